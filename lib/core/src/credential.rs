@@ -1,0 +1,1 @@
+//! Software TPM2_MakeCredential for RSA and ECC endorsement keys.

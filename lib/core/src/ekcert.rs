@@ -1,0 +1,1 @@
+//! EK certificate validation against a store of TPM vendor CA certificates.

@@ -1,0 +1,1 @@
+//! Linux IMA measurement lists: parsing, PCR 10 replay, signatures.

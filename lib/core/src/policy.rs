@@ -1,0 +1,1 @@
+//! Runtime (IMA) policies: this project's format and Keylime's formats.

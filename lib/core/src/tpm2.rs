@@ -1,0 +1,1 @@
+//! TPM 2.0 wire structures (TPMT_PUBLIC, TPMS_ATTEST, TPMT_SIGNATURE).
