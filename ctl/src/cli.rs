@@ -1,0 +1,139 @@
+//! Command-line grammar: `kctl [-o table|json] NOUN VERB ...`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::output::Format;
+
+#[derive(Debug, Parser)]
+#[command(name = "kctl", version, about = "Operate a keylime-rs attestation deployment")]
+pub struct Cli {
+    /// Output format: a readable table, or one JSON document on stdout.
+    #[arg(short = 'o', long = "output", value_enum, global = true, default_value = "table")]
+    pub output: Format,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Work with IMA measurement lists (offline).
+    #[command(subcommand)]
+    Ima(ImaCommand),
+    /// Runtime policies: generate and test (offline).
+    #[command(subcommand)]
+    Policies(PoliciesCommand),
+}
+
+/// A PCR bank / digest algorithm name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum HashAlgArg {
+    Sha1,
+    Sha256,
+    Sha384,
+    Sha512,
+}
+
+impl From<HashAlgArg> for kl_core::alg::HashAlg {
+    fn from(a: HashAlgArg) -> Self {
+        use kl_core::alg::HashAlg;
+        match a {
+            HashAlgArg::Sha1 => HashAlg::Sha1,
+            HashAlgArg::Sha256 => HashAlg::Sha256,
+            HashAlgArg::Sha384 => HashAlg::Sha384,
+            HashAlgArg::Sha512 => HashAlg::Sha512,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImaCommand {
+    /// Replay an IMA log into PCR 10 and print the result.
+    Replay {
+        /// ASCII (`ascii_runtime_measurements`) or binary IMA log; `-` for stdin.
+        log: PathBuf,
+        /// PCR bank to replay.
+        #[arg(long, value_enum, default_value = "sha256")]
+        hash_alg: HashAlgArg,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PoliciesCommand {
+    /// Appraise logs against policies offline, as the verifier would.
+    Test(TestArgs),
+    /// Runtime (IMA) policies.
+    #[command(subcommand)]
+    Runtime(RuntimeCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct TestArgs {
+    /// Runtime policy: this project's format, Keylime's runtime policy JSON (also DSSE-signed)
+    /// or Keylime's flat allowlist.
+    #[arg(long)]
+    pub runtime_policy: PathBuf,
+    /// Keylime exclude list to merge into the runtime policy.
+    #[arg(long)]
+    pub exclude: Option<PathBuf>,
+    /// PEM public key that must have signed a DSSE-enveloped policy.
+    #[arg(long)]
+    pub policy_key: Option<PathBuf>,
+    /// The IMA log to appraise.
+    #[arg(long)]
+    pub ima_log: PathBuf,
+    /// PCR bank to replay.
+    #[arg(long, value_enum, default_value = "sha256")]
+    pub hash_alg: HashAlgArg,
+    /// Quoted PCR 10 value the log must replay to (at any prefix), in hex.
+    #[arg(long)]
+    pub pcr10: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RuntimeCommand {
+    /// Generate a runtime policy from an IMA log, a directory tree or a Keylime allowlist.
+    Generate(GenerateArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PolicyFormat {
+    /// This project's runtime policy format.
+    Native,
+    /// Keylime's runtime policy JSON.
+    Keylime,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).multiple(true).args(["ima_log", "dir", "allowlist"])))]
+pub struct GenerateArgs {
+    /// Take every file measured in this IMA log (ToMToU and violation entries are skipped).
+    #[arg(long)]
+    pub ima_log: Option<PathBuf>,
+    /// Hash every regular file under this directory (in parallel; progress on stderr).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// With --dir: the absolute path the directory will have on the attested machine
+    /// (default: the directory's own path; use `/` for a mounted root file system image).
+    #[arg(long, requires = "dir")]
+    pub root: Option<PathBuf>,
+    /// With --dir: skip paths under this prefix (repeatable), e.g. /proc.
+    #[arg(long = "skip-path", requires = "dir")]
+    pub skip_paths: Vec<PathBuf>,
+    /// A Keylime flat allowlist (`<hex digest>  <path>` lines).
+    #[arg(long)]
+    pub allowlist: Option<PathBuf>,
+    /// A Keylime exclude list (one regular expression per line).
+    #[arg(long)]
+    pub exclude: Option<PathBuf>,
+    /// Digest algorithm for hashed files.
+    #[arg(long, value_enum, default_value = "sha256")]
+    pub hash_alg: HashAlgArg,
+    /// Policy format to write.
+    #[arg(long, value_enum, default_value = "native")]
+    pub format: PolicyFormat,
+    /// Write the policy here instead of stdout.
+    #[arg(long = "out")]
+    pub out: Option<PathBuf>,
+}

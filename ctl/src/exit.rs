@@ -1,0 +1,54 @@
+//! Exit codes and how failures are reported.
+
+use std::process::ExitCode;
+
+/// What a command concluded, when it ran to the end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Exit 0.
+    Ok,
+    /// Exit 1: evaluated and negative (a policy test failed).
+    Negative,
+}
+
+impl From<Outcome> for ExitCode {
+    fn from(o: Outcome) -> ExitCode {
+        match o {
+            Outcome::Ok => ExitCode::SUCCESS,
+            Outcome::Negative => ExitCode::from(1),
+        }
+    }
+}
+
+/// Why a command could not finish.
+#[derive(Debug)]
+pub enum Failure {
+    /// Exit 2: bad usage, config or input (unreadable or malformed file).
+    Input(anyhow::Error),
+    /// Exit 3: the thing asked for does not exist.
+    #[allow(dead_code)]
+    NotFound(anyhow::Error),
+    /// Exit 4: a server or transport error.
+    #[allow(dead_code)]
+    Server(anyhow::Error),
+}
+
+impl Failure {
+    pub fn report(self) -> ExitCode {
+        let (code, err) = match self {
+            Failure::Input(e) => (2, e),
+            Failure::NotFound(e) => (3, e),
+            Failure::Server(e) => (4, e),
+        };
+        // One line: the context chain joined, outermost first.
+        eprintln!("kctl: {err:#}");
+        ExitCode::from(code)
+    }
+}
+
+/// Shorthand for input errors: `.map_err(input)`.
+pub fn input(e: impl Into<anyhow::Error>) -> Failure {
+    Failure::Input(e.into())
+}
+
+pub type CmdResult = Result<Outcome, Failure>;
