@@ -39,7 +39,11 @@ pub enum SignatureError {
 enum VerifyKey {
     Rsa(RsaPublicKeyComponents<Vec<u8>>),
     /// P-256 or P-384 with its uncompressed point.
-    Ecc { curve: EccCurve, size: usize, point: Vec<u8> },
+    Ecc {
+        curve: EccCurve,
+        size: usize,
+        point: Vec<u8>,
+    },
 }
 
 /// An attestation key, parsed and checked once, ready to verify quotes: holds the public area,
@@ -66,9 +70,12 @@ impl PreparedAk {
                 let n = k.modulus_magnitude()?;
                 let bits = n.len() * 8 - n[0].leading_zeros() as usize;
                 if !(RSA_MIN_BITS..=RSA_MAX_BITS).contains(&bits) {
-                    return Err(
-                        KeyError::ModulusSize { bits, min: RSA_MIN_BITS, max: RSA_MAX_BITS }.into()
-                    );
+                    return Err(KeyError::ModulusSize {
+                        bits,
+                        min: RSA_MIN_BITS,
+                        max: RSA_MAX_BITS,
+                    }
+                    .into());
                 }
                 VerifyKey::Rsa(RsaPublicKeyComponents { n: n.to_vec(), e: k.exponent_bytes() })
             }
@@ -99,7 +106,9 @@ impl PreparedAk {
         match (&self.key, &signature.body) {
             (VerifyKey::Rsa(key), SignatureBody::Rsa(sig)) => {
                 let params: &signature::RsaParameters = match (signature.alg, hash) {
-                    (SigAlg::RsaSsa, HashAlg::Sha1) => &signature::RSA_PKCS1_2048_8192_SHA1_FOR_LEGACY_USE_ONLY,
+                    (SigAlg::RsaSsa, HashAlg::Sha1) => {
+                        &signature::RSA_PKCS1_2048_8192_SHA1_FOR_LEGACY_USE_ONLY
+                    }
                     (SigAlg::RsaSsa, HashAlg::Sha256) => &signature::RSA_PKCS1_2048_8192_SHA256,
                     (SigAlg::RsaSsa, HashAlg::Sha384) => &signature::RSA_PKCS1_2048_8192_SHA384,
                     (SigAlg::RsaSsa, HashAlg::Sha512) => &signature::RSA_PKCS1_2048_8192_SHA512,
@@ -129,7 +138,12 @@ impl PreparedAk {
                 let mut fixed = Vec::with_capacity(2 * size);
                 for (part, value) in [("r", r), ("s", s)] {
                     let value = tpm2::strip_leading_zeros_to(value, *size).ok_or(
-                        SignatureError::ScalarTooLong { part, len: value.len(), size: *size, curve: *curve },
+                        SignatureError::ScalarTooLong {
+                            part,
+                            len: value.len(),
+                            size: *size,
+                            curve: *curve,
+                        },
                     )?;
                     fixed.resize(fixed.len() + size - value.len(), 0);
                     fixed.extend_from_slice(value);

@@ -23,7 +23,9 @@ pub use pcr_policy::{PcrPolicy, PcrPolicyError};
 use serde_json::json;
 
 use crate::alg::{Digest, HashAlg};
-use crate::tpm2::{Attest, AttestBody, ClockInfo, PcrSelection, PcrSet, PcrValues, SigAlg, Signature};
+use crate::tpm2::{
+    Attest, AttestBody, ClockInfo, PcrSelection, PcrSet, PcrValues, SigAlg, Signature,
+};
 use crate::verdict::{Finding, Verdict, rule};
 
 /// The qualifying data an agent passes to TPM2_Quote: `SHA-256(nonce || SHA-256(SPKI))`, where
@@ -144,9 +146,12 @@ pub fn verify_quote(
 
     if attest.extra_data != request.qualifying_data {
         verdict.push(
-            Finding::new(rule::QUOTE_NONCE, "the quote's extraData is not the requested qualifying data")
-                .expected(hex::encode(request.qualifying_data))
-                .actual(hex::encode(&attest.extra_data)),
+            Finding::new(
+                rule::QUOTE_NONCE,
+                "the quote's extraData is not the requested qualifying data",
+            )
+            .expected(hex::encode(request.qualifying_data))
+            .actual(hex::encode(&attest.extra_data)),
         );
     }
 
@@ -184,9 +189,12 @@ fn check_algorithms(
     let hash_names = || json!(accepted.hash.iter().map(|h| h.name()).collect::<Vec<_>>());
     if !accepted.signing.contains(&signature.alg) {
         verdict.push(
-            Finding::new(rule::QUOTE_ALGORITHM, format!("signing algorithm {} is not accepted", signature.alg))
-                .expected(json!(accepted.signing.iter().map(|a| a.name()).collect::<Vec<_>>()))
-                .actual(signature.alg.name()),
+            Finding::new(
+                rule::QUOTE_ALGORITHM,
+                format!("signing algorithm {} is not accepted", signature.alg),
+            )
+            .expected(json!(accepted.signing.iter().map(|a| a.name()).collect::<Vec<_>>()))
+            .actual(signature.alg.name()),
         );
     }
     match signature.hash() {
@@ -214,7 +222,10 @@ fn check_algorithms(
                         rule::QUOTE_ALGORITHM,
                         format!(
                             "PCR bank {} is not accepted",
-                            other.map_or_else(|| format!("{:#06x}", bank.hash_alg), |h| h.name().to_owned())
+                            other.map_or_else(
+                                || format!("{:#06x}", bank.hash_alg),
+                                |h| h.name().to_owned()
+                            )
                         ),
                     )
                     .expected(hash_names()),
@@ -239,7 +250,10 @@ fn check_selection(
             verdict.push(
                 Finding::new(
                     rule::QUOTE_SELECTION,
-                    format!("the quote selects PCRs {} of bank {:#06x}, which was not requested", bank.pcrs, bank.hash_alg),
+                    format!(
+                        "the quote selects PCRs {} of bank {:#06x}, which was not requested",
+                        bank.pcrs, bank.hash_alg
+                    ),
                 )
                 .expected(request.bank.name())
                 .actual(format!("{:#06x}", bank.hash_alg)),
@@ -266,7 +280,9 @@ fn check_selection(
         if !unattested.is_empty() {
             verdict.push(Finding::new(
                 rule::QUOTE_SELECTION,
-                format!("values were supplied for PCRs [{unattested}] that the quote does not cover"),
+                format!(
+                    "values were supplied for PCRs [{unattested}] that the quote does not cover"
+                ),
             ));
         }
     }
@@ -297,7 +313,10 @@ fn check_pcr_digest(
                 verdict.push(
                     Finding::new(
                         rule::QUOTE_PCR_DIGEST,
-                        format!("PCR {pcr} of bank {:#06x} is quoted but no value was supplied", bank.hash_alg),
+                        format!(
+                            "PCR {pcr} of bank {:#06x} is quoted but no value was supplied",
+                            bank.hash_alg
+                        ),
                     )
                     .pcr(pcr),
                 );

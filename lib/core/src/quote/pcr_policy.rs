@@ -46,7 +46,8 @@ impl PcrPolicy {
     /// Parses this project's format or Keylime's `tpm_policy`, telling them apart by the
     /// `pcrs` key.
     pub fn from_json(text: &[u8]) -> Result<PcrPolicy, PcrPolicyError> {
-        let value: Value = serde_json::from_slice(text).map_err(|e| PcrPolicyError::Json(e.to_string()))?;
+        let value: Value =
+            serde_json::from_slice(text).map_err(|e| PcrPolicyError::Json(e.to_string()))?;
         let Value::Object(map) = value else {
             return Err(PcrPolicyError::NotAnObject);
         };
@@ -59,7 +60,8 @@ impl PcrPolicy {
 
     /// Parses Keylime's `tpm_policy` JSON.
     pub fn from_keylime_json(text: &[u8]) -> Result<PcrPolicy, PcrPolicyError> {
-        let value: Value = serde_json::from_slice(text).map_err(|e| PcrPolicyError::Json(e.to_string()))?;
+        let value: Value =
+            serde_json::from_slice(text).map_err(|e| PcrPolicyError::Json(e.to_string()))?;
         match value {
             Value::Object(map) => PcrPolicy::from_keylime_map(&map),
             _ => Err(PcrPolicyError::NotAnObject),
@@ -78,7 +80,10 @@ impl PcrPolicy {
                 Some(name.parse().map_err(|_| PcrPolicyError::BadHashAlg(value.to_string()))?);
         }
         let Some(Value::Object(pcrs)) = map.get("pcrs") else {
-            return Err(PcrPolicyError::BadKey { key: "pcrs".into(), problem: "must be an object" });
+            return Err(PcrPolicyError::BadKey {
+                key: "pcrs".into(),
+                problem: "must be an object",
+            });
         };
         for (pcr, values) in pcrs {
             policy.add(pcr, values)?;
@@ -91,7 +96,8 @@ impl PcrPolicy {
         for (key, value) in map {
             if key == "mask" {
                 let text = value.as_str().unwrap_or_default();
-                let digits = text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")).unwrap_or(text);
+                let digits =
+                    text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")).unwrap_or(text);
                 policy.mask = u32::from_str_radix(digits, 16)
                     .ok()
                     .filter(|_| !digits.is_empty())
@@ -109,7 +115,10 @@ impl PcrPolicy {
             .parse::<u32>()
             .ok()
             .filter(|p| *p < PcrSet::LIMIT && key.bytes().all(|b| b.is_ascii_digit()))
-            .ok_or_else(|| PcrPolicyError::BadKey { key: key.to_owned(), problem: "not a PCR index 0..31" })?;
+            .ok_or_else(|| PcrPolicyError::BadKey {
+                key: key.to_owned(),
+                problem: "not a PCR index 0..31",
+            })?;
         let list: Vec<&Value> = match values {
             Value::Array(items) => items.iter().collect(),
             single @ Value::String(_) => vec![single],
@@ -131,7 +140,10 @@ impl PcrPolicy {
             let text = value.as_str().ok_or_else(|| bad(value, "not a string"))?;
             let raw = hex::decode(text).map_err(|_| bad(value, "not hex"))?;
             if HashAlg::from_len(raw.len()).is_none() {
-                return Err(bad(value, "not the length of a SHA-1, SHA-256, SHA-384 or SHA-512 digest"));
+                return Err(bad(
+                    value,
+                    "not the length of a SHA-1, SHA-256, SHA-384 or SHA-512 digest",
+                ));
             }
             if self.bank.is_some_and(|b| b.len() != raw.len()) {
                 return Err(bad(value, "not the length of the policy's hash_alg"));
@@ -170,7 +182,10 @@ impl PcrPolicy {
             verdict.push(
                 Finding::new(
                     rule::PCR_BANK,
-                    format!("the PCR policy is for the {bank} bank, the quote's values are {}", values.bank()),
+                    format!(
+                        "the PCR policy is for the {bank} bank, the quote's values are {}",
+                        values.bank()
+                    ),
                 )
                 .expected(bank.name())
                 .actual(values.bank().name()),
@@ -181,16 +196,24 @@ impl PcrPolicy {
             let expected = || json!(allowed.iter().map(hex::encode).collect::<Vec<_>>());
             match values.get(pcr) {
                 None => verdict.push(
-                    Finding::new(rule::PCR_MISSING, format!("PCR {pcr} is in the policy but not in the quote"))
-                        .pcr(pcr)
-                        .expected(expected()),
+                    Finding::new(
+                        rule::PCR_MISSING,
+                        format!("PCR {pcr} is in the policy but not in the quote"),
+                    )
+                    .pcr(pcr)
+                    .expected(expected()),
                 ),
-                Some(actual) if !allowed.iter().any(|a| a.as_slice() == actual.as_bytes()) => verdict.push(
-                    Finding::new(rule::PCR_MISMATCH, format!("PCR {pcr} holds a value the policy does not allow"))
+                Some(actual) if !allowed.iter().any(|a| a.as_slice() == actual.as_bytes()) => {
+                    verdict.push(
+                        Finding::new(
+                            rule::PCR_MISMATCH,
+                            format!("PCR {pcr} holds a value the policy does not allow"),
+                        )
                         .pcr(pcr)
                         .expected(expected())
                         .actual(actual.to_hex()),
-                ),
+                    )
+                }
                 Some(_) => {}
             }
         }
@@ -203,7 +226,9 @@ impl PcrPolicy {
         let pcrs: Map<String, Value> = self
             .allowed
             .iter()
-            .map(|(pcr, vals)| (pcr.to_string(), json!(vals.iter().map(hex::encode).collect::<Vec<_>>())))
+            .map(|(pcr, vals)| {
+                (pcr.to_string(), json!(vals.iter().map(hex::encode).collect::<Vec<_>>()))
+            })
             .collect();
         let mut doc = json!({ "pcrs": pcrs });
         if let Some(bank) = self.bank {
@@ -231,7 +256,11 @@ mod tests {
 
     #[test]
     fn keylime_policy_imports_with_mask_and_single_strings() {
-        let text = format!(r#"{{"16": "{}", "15": ["{}"], "mask": "0x408000"}}"#, a().to_uppercase(), "00".repeat(32));
+        let text = format!(
+            r#"{{"16": "{}", "15": ["{}"], "mask": "0x408000"}}"#,
+            a().to_uppercase(),
+            "00".repeat(32)
+        );
         let p = PcrPolicy::from_json(text.as_bytes()).expect("valid");
         assert_eq!(p.pcrs().to_string(), "15,16,22");
         assert_eq!(p.allowed_hex(16), Some(vec![a()]));
@@ -240,7 +269,10 @@ mod tests {
 
     #[test]
     fn mismatch_and_missing_name_the_pcr() {
-        let text = format!(r#"{{"hash_alg": "sha256", "pcrs": {{"15": ["{a}"], "23": ["{a}"]}}}}"#, a = a());
+        let text = format!(
+            r#"{{"hash_alg": "sha256", "pcrs": {{"15": ["{a}"], "23": ["{a}"]}}}}"#,
+            a = a()
+        );
         let p = PcrPolicy::from_json(text.as_bytes()).expect("valid");
         let v = p.evaluate(&values());
         assert_eq!(v.findings.len(), 2);
@@ -257,7 +289,10 @@ mod tests {
         let text = format!(r#"{{"hash_alg": "sha1", "pcrs": {{"15": ["{}"]}}}}"#, "00".repeat(20));
         let p = PcrPolicy::from_json(text.as_bytes()).expect("valid");
         let v = p.evaluate(&values());
-        assert_eq!(v.findings.iter().map(|f| f.rule.as_str()).collect::<Vec<_>>(), vec![rule::PCR_BANK]);
+        assert_eq!(
+            v.findings.iter().map(|f| f.rule.as_str()).collect::<Vec<_>>(),
+            vec![rule::PCR_BANK]
+        );
     }
 
     #[test]
@@ -272,7 +307,7 @@ mod tests {
             (r#"{"pcrs": {}, "bank": 1}"#, "key \"bank\": unknown key"),
         ];
         for (text, needle) in cases {
-            let err = PcrPolicy::from_json(text.as_bytes()).unwrap_err().to_string();
+            let err = PcrPolicy::from_json(text.as_bytes()).expect_err("must fail").to_string();
             assert!(err.contains(needle), "{text}: {err}");
         }
         assert!(matches!(PcrPolicy::from_json(b"[1]"), Err(PcrPolicyError::NotAnObject)));

@@ -5,8 +5,8 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::tpm2::{
-    EccCurve, EccPublic, ObjectAttributes, PcrDump, Public, PublicKey, RsaPublic, Scheme, SignatureBody,
-    SymmetricDef,
+    EccCurve, EccPublic, ObjectAttributes, PcrDump, Public, PublicKey, RsaPublic, Scheme,
+    SignatureBody, SymmetricDef,
 };
 
 #[path = "../../tests/support/synthetic_quote.rs"]
@@ -14,7 +14,8 @@ mod synthetic;
 use synthetic::{SyntheticAk, pcr_values, quote_attest};
 
 fn fixture(name: &str) -> Vec<u8> {
-    let path = format!("{}/../../../shared/fixtures/keylime/quote/{name}", env!("CARGO_MANIFEST_DIR"));
+    let path =
+        format!("{}/../../../shared/fixtures/keylime/quote/{name}", env!("CARGO_MANIFEST_DIR"));
     std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
@@ -74,7 +75,8 @@ fn golden_ak_name_and_spki() {
     assert_eq!(g.ak.name(), fixture("ak.name").as_slice());
     let pem = String::from_utf8(fixture("akpub.pem")).expect("ascii");
     let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
-    let der = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b64).expect("base64");
+    let der =
+        base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b64).expect("base64");
     assert_eq!(g.ak.public().spki_der().expect("RSA"), der);
     // The public area marshals back to exactly the registrar's bytes.
     assert_eq!(g.ak.public().to_tpm2b_bytes(), fixture("ak.pub"));
@@ -110,7 +112,10 @@ fn every_flipped_attest_byte_fails() {
     // The bytes of extraData (offset 44..64) also break the nonce; of pcrDigest, the digest.
     let mut attest = g.attest.clone();
     attest[50] ^= 0x80;
-    assert_eq!(rules(&g.verify(&attest, &g.signature, &g.dump)), [rule::QUOTE_SIGNATURE, rule::QUOTE_NONCE]);
+    assert_eq!(
+        rules(&g.verify(&attest, &g.signature, &g.dump)),
+        [rule::QUOTE_SIGNATURE, rule::QUOTE_NONCE]
+    );
     let last = g.attest.len() - 1;
     let mut attest = g.attest.clone();
     attest[last] ^= 0x80;
@@ -155,7 +160,9 @@ fn every_flipped_pcr_value_byte_fails() {
                 if p == pcr {
                     raw[i] ^= 0x01;
                 }
-                values.insert(p, Digest::from_bytes(HashAlg::Sha256, &raw).expect("len")).expect("new");
+                values
+                    .insert(p, Digest::from_bytes(HashAlg::Sha256, &raw).expect("len"))
+                    .expect("new");
             }
             let bytes = PcrDump::from_banks(vec![values]).to_bytes();
             let outcome = g.verify(&g.attest, &g.signature, &bytes);
@@ -181,7 +188,11 @@ fn golden_wrong_nonce_selection_and_replay() {
     assert_eq!(rules(&outcome), [rule::QUOTE_NONCE, rule::QUOTE_SELECTION]);
     assert!(outcome.verdict.findings[1].message.contains("extra [22]"));
 
-    let request = QuoteRequest { qualifying_data: &g.nonce, pcrs: PcrSet::from_indices([15, 16, 22]).expect("ok"), ..request };
+    let request = QuoteRequest {
+        qualifying_data: &g.nonce,
+        pcrs: PcrSet::from_indices([15, 16, 22]).expect("ok"),
+        ..request
+    };
     let first = verify_quote(&g.ak, &request, &evidence, None);
     let again = verify_quote(&g.ak, &request, &evidence, first.next_clock.as_ref());
     assert_eq!(rules(&again), [rule::QUOTE_REPLAYED]);
@@ -191,7 +202,8 @@ fn golden_wrong_nonce_selection_and_replay() {
 #[test]
 fn golden_sha256_refused_is_an_algorithm_finding() {
     let mut g = Golden::load();
-    g.algorithms = AcceptedAlgorithms { hash: vec![HashAlg::Sha384], signing: vec![SigAlg::RsaPss] };
+    g.algorithms =
+        AcceptedAlgorithms { hash: vec![HashAlg::Sha384], signing: vec![SigAlg::RsaPss] };
     let outcome = g.verify(&g.attest, &g.signature, &g.dump);
     // signing algorithm, signature hash and PCR bank: three refusals, signature still fine.
     assert_eq!(rules(&outcome), [rule::QUOTE_ALGORITHM; 3]);
@@ -210,7 +222,12 @@ fn synthetic_round(
     let attest = quote_attest(nonce.as_bytes(), &values, hash, clock).to_bytes();
     let signature = ak.sign(alg, hash, &attest).to_bytes();
     let algorithms = AcceptedAlgorithms::default();
-    let request = QuoteRequest { qualifying_data: nonce.as_bytes(), bank: HashAlg::Sha256, pcrs: values.pcrs(), algorithms: &algorithms };
+    let request = QuoteRequest {
+        qualifying_data: nonce.as_bytes(),
+        bank: HashAlg::Sha256,
+        pcrs: values.pcrs(),
+        algorithms: &algorithms,
+    };
     let evidence = QuoteEvidence { attest: &attest, signature: &signature, pcrs: &values };
     verify_quote(&prepared, &request, &evidence, prior)
 }
@@ -231,7 +248,9 @@ fn synthetic_quotes_of_every_supported_scheme_verify() {
         let outcome = synthetic_round(&rsa, alg, hash, None, clock(10, 0, 0));
         assert!(outcome.verdict.passed(), "{alg} {hash}: {:#?}", outcome.verdict);
     }
-    for (curve, hash) in [(EccCurve::NIST_P256, HashAlg::Sha256), (EccCurve::NIST_P384, HashAlg::Sha384)] {
+    for (curve, hash) in
+        [(EccCurve::NIST_P256, HashAlg::Sha256), (EccCurve::NIST_P384, HashAlg::Sha384)]
+    {
         let ak = SyntheticAk::ecdsa(curve);
         let outcome = synthetic_round(&ak, SigAlg::Ecdsa, hash, None, clock(10, 0, 0));
         assert!(outcome.verdict.passed(), "{curve}: {:#?}", outcome.verdict);
@@ -252,7 +271,10 @@ fn ecdsa_scalars_are_padded_and_checked() {
     assert_eq!(prepared.verify(&padded, message), Ok(()));
     let mut long = sig.clone();
     long.body = SignatureBody::Ecc { r: [&[1u8][..], r].concat(), s: s.clone() };
-    assert!(matches!(prepared.verify(&long, message), Err(SignatureError::ScalarTooLong { part: "r", .. })));
+    assert!(matches!(
+        prepared.verify(&long, message),
+        Err(SignatureError::ScalarTooLong { part: "r", .. })
+    ));
     let mut empty = sig.clone();
     empty.body = SignatureBody::Ecc { r: vec![], s: s.clone() };
     assert_eq!(prepared.verify(&empty, message), Err(SignatureError::Invalid));
@@ -267,8 +289,14 @@ fn wrong_key_type_and_unsupported_combinations_fail() {
     let prepared_ecc = PreparedAk::new(ecc.public.clone()).expect("valid");
     let ecc_sig = ecc.sign(SigAlg::Ecdsa, HashAlg::Sha256, b"m");
     let rsa_sig = rsa.sign(SigAlg::RsaSsa, HashAlg::Sha256, b"m");
-    assert!(matches!(prepared_rsa.verify(&ecc_sig, b"m"), Err(SignatureError::WrongKeyType { .. })));
-    assert!(matches!(prepared_ecc.verify(&rsa_sig, b"m"), Err(SignatureError::WrongKeyType { .. })));
+    assert!(matches!(
+        prepared_rsa.verify(&ecc_sig, b"m"),
+        Err(SignatureError::WrongKeyType { .. })
+    ));
+    assert!(matches!(
+        prepared_ecc.verify(&rsa_sig, b"m"),
+        Err(SignatureError::WrongKeyType { .. })
+    ));
     let mut sha384 = ecc_sig.clone();
     sha384.hash_alg = HashAlg::Sha384.tpm_alg_id();
     assert!(matches!(prepared_ecc.verify(&sha384, b"m"), Err(SignatureError::Unsupported { .. })));
@@ -281,7 +309,12 @@ fn wrong_key_type_and_unsupported_combinations_fail() {
     let attest = quote_attest(b"n", &values, HashAlg::Sha256, clock(1, 0, 0)).to_bytes();
     let sig = ecc.sign(SigAlg::Ecdsa, HashAlg::Sha256, &attest).to_bytes();
     let algorithms = AcceptedAlgorithms::default();
-    let request = QuoteRequest { qualifying_data: b"n", bank: HashAlg::Sha256, pcrs: values.pcrs(), algorithms: &algorithms };
+    let request = QuoteRequest {
+        qualifying_data: b"n",
+        bank: HashAlg::Sha256,
+        pcrs: values.pcrs(),
+        algorithms: &algorithms,
+    };
     let evidence = QuoteEvidence { attest: &attest, signature: &sig, pcrs: &values };
     assert!(verify_quote(&prepared_ecc, &request, &evidence, None).verdict.passed());
     let outcome = verify_quote(&prepared_rsa, &request, &evidence, None);
@@ -300,7 +333,12 @@ fn sha1_is_refused_by_default() {
     sig.hash_alg = HashAlg::Sha1.tpm_alg_id();
     let sig = sig.to_bytes();
     let algorithms = AcceptedAlgorithms::default();
-    let request = QuoteRequest { qualifying_data: b"n", bank: HashAlg::Sha1, pcrs: values.pcrs(), algorithms: &algorithms };
+    let request = QuoteRequest {
+        qualifying_data: b"n",
+        bank: HashAlg::Sha1,
+        pcrs: values.pcrs(),
+        algorithms: &algorithms,
+    };
     let evidence = QuoteEvidence { attest: &attest, signature: &sig, pcrs: &values };
     let outcome = verify_quote(&prepared, &request, &evidence, None);
     assert_eq!(
@@ -313,18 +351,26 @@ fn sha1_is_refused_by_default() {
 fn clock_rules_through_verify_quote() {
     let ak = SyntheticAk::ecdsa(EccCurve::NIST_P256);
     let prior = clock(1000, 3, 1);
-    let later = synthetic_round(&ak, SigAlg::Ecdsa, HashAlg::Sha256, Some(&prior), clock(2000, 3, 1));
+    let later =
+        synthetic_round(&ak, SigAlg::Ecdsa, HashAlg::Sha256, Some(&prior), clock(2000, 3, 1));
     assert!(later.verdict.passed());
     assert_eq!(later.next_clock, Some(clock(2000, 3, 1)));
 
-    let rebooted = synthetic_round(&ak, SigAlg::Ecdsa, HashAlg::Sha256, Some(&prior), ClockInfo { safe: false, ..clock(5, 4, 0) });
+    let rebooted = synthetic_round(
+        &ak,
+        SigAlg::Ecdsa,
+        HashAlg::Sha256,
+        Some(&prior),
+        ClockInfo { safe: false, ..clock(5, 4, 0) },
+    );
     assert!(rebooted.verdict.passed() && rebooted.rebooted);
 
     let replayed = synthetic_round(&ak, SigAlg::Ecdsa, HashAlg::Sha256, Some(&prior), prior);
     assert_eq!(rules(&replayed), [rule::QUOTE_REPLAYED]);
     assert_eq!(replayed.next_clock, Some(prior));
 
-    let backwards = synthetic_round(&ak, SigAlg::Ecdsa, HashAlg::Sha256, Some(&prior), clock(10, 3, 2));
+    let backwards =
+        synthetic_round(&ak, SigAlg::Ecdsa, HashAlg::Sha256, Some(&prior), clock(10, 3, 2));
     assert_eq!(rules(&backwards), [rule::QUOTE_CLOCK]);
 }
 
@@ -332,14 +378,26 @@ fn clock_rules_through_verify_quote() {
 fn certify_structure_is_not_a_quote() {
     let ak = SyntheticAk::ecdsa(EccCurve::NIST_P256);
     let prepared = PreparedAk::new(ak.public.clone()).expect("valid");
-    let mut attest = quote_attest(b"n", &pcr_values(HashAlg::Sha256, &[15]), HashAlg::Sha256, clock(1, 0, 0));
-    attest.body = AttestBody::Certify { name: prepared.name().to_vec(), qualified_name: vec![0, 0x0b] };
+    let mut attest =
+        quote_attest(b"n", &pcr_values(HashAlg::Sha256, &[15]), HashAlg::Sha256, clock(1, 0, 0));
+    attest.body =
+        AttestBody::Certify { name: prepared.name().to_vec(), qualified_name: vec![0, 0x0b] };
     let attest = attest.to_bytes();
     let sig = ak.sign(SigAlg::Ecdsa, HashAlg::Sha256, &attest).to_bytes();
     let values = pcr_values(HashAlg::Sha256, &[15]);
     let algorithms = AcceptedAlgorithms::default();
-    let request = QuoteRequest { qualifying_data: b"n", bank: HashAlg::Sha256, pcrs: values.pcrs(), algorithms: &algorithms };
-    let outcome = verify_quote(&prepared, &request, &QuoteEvidence { attest: &attest, signature: &sig, pcrs: &values }, None);
+    let request = QuoteRequest {
+        qualifying_data: b"n",
+        bank: HashAlg::Sha256,
+        pcrs: values.pcrs(),
+        algorithms: &algorithms,
+    };
+    let outcome = verify_quote(
+        &prepared,
+        &request,
+        &QuoteEvidence { attest: &attest, signature: &sig, pcrs: &values },
+        None,
+    );
     assert_eq!(rules(&outcome), [rule::QUOTE_MALFORMED]);
     assert!(outcome.verdict.findings[0].message.contains("certification"));
 }
@@ -352,15 +410,30 @@ fn missing_and_unattested_pcr_values_fail() {
     let attest = quote_attest(b"n", &quoted, HashAlg::Sha256, clock(1, 0, 0)).to_bytes();
     let sig = ak.sign(SigAlg::Ecdsa, HashAlg::Sha256, &attest).to_bytes();
     let algorithms = AcceptedAlgorithms::default();
-    let request = QuoteRequest { qualifying_data: b"n", bank: HashAlg::Sha256, pcrs: quoted.pcrs(), algorithms: &algorithms };
+    let request = QuoteRequest {
+        qualifying_data: b"n",
+        bank: HashAlg::Sha256,
+        pcrs: quoted.pcrs(),
+        algorithms: &algorithms,
+    };
 
     let fewer = pcr_values(HashAlg::Sha256, &[14]);
-    let outcome = verify_quote(&prepared, &request, &QuoteEvidence { attest: &attest, signature: &sig, pcrs: &fewer }, None);
+    let outcome = verify_quote(
+        &prepared,
+        &request,
+        &QuoteEvidence { attest: &attest, signature: &sig, pcrs: &fewer },
+        None,
+    );
     assert_eq!(rules(&outcome), [rule::QUOTE_PCR_DIGEST]);
     assert_eq!(outcome.verdict.findings[0].pcr, Some(15));
 
     let more = pcr_values(HashAlg::Sha256, &[14, 15, 16]);
-    let outcome = verify_quote(&prepared, &request, &QuoteEvidence { attest: &attest, signature: &sig, pcrs: &more }, None);
+    let outcome = verify_quote(
+        &prepared,
+        &request,
+        &QuoteEvidence { attest: &attest, signature: &sig, pcrs: &more },
+        None,
+    );
     assert_eq!(rules(&outcome), [rule::QUOTE_SELECTION]);
 }
 
@@ -368,28 +441,35 @@ fn missing_and_unattested_pcr_values_fail() {
 fn ak_preparation_refuses_unfit_keys() {
     let mut public = SyntheticAk::ecdsa(EccCurve::NIST_P256).public;
     public.attributes = ObjectAttributes(0x0005_0072 & !ObjectAttributes::SIGN);
-    let err = PreparedAk::new(public.clone()).unwrap_err();
+    let err = PreparedAk::new(public.clone()).expect_err("must fail");
     assert!(err.to_string().contains("sign not set"), "{err}");
     public.attributes = ObjectAttributes(0x0005_0072);
     if let PublicKey::Ecc(k) = &mut public.key {
         k.curve = EccCurve::NIST_P521;
     }
-    assert!(matches!(PreparedAk::new(public), Err(AkError::Key(crate::tpm2::KeyError::UnsupportedCurve(_)))));
+    assert!(matches!(
+        PreparedAk::new(public),
+        Err(AkError::Key(crate::tpm2::KeyError::UnsupportedCurve(_)))
+    ));
     let small = Public {
         name_alg: HashAlg::Sha256,
         attributes: ObjectAttributes(0x0005_0072),
         auth_policy: vec![],
         key: PublicKey::Rsa(RsaPublic {
             symmetric: SymmetricDef::Null,
-            scheme: Some(Scheme { scheme: SigAlg::RsaSsa.tpm_alg_id(), hash_alg: 0x000b, count: 0 }),
+            scheme: Some(Scheme {
+                scheme: SigAlg::RsaSsa.tpm_alg_id(),
+                hash_alg: 0x000b,
+                count: 0,
+            }),
             key_bits: 1024,
             raw_exponent: 0,
             modulus: vec![0xc5; 128],
         }),
     };
-    let err = PreparedAk::new(small).unwrap_err();
+    let err = PreparedAk::new(small).expect_err("must fail");
     assert!(err.to_string().contains("1024 bits"), "{err}");
-    let err = PreparedAk::from_tpm2b_public(&[0, 4, 0, 1, 0, 0x99]).unwrap_err();
+    let err = PreparedAk::from_tpm2b_public(&[0, 4, 0, 1, 0, 0x99]).expect_err("must fail");
     assert!(err.to_string().starts_with("AK public area: TPMT_PUBLIC.nameAlg at byte 4"), "{err}");
 }
 
@@ -406,7 +486,10 @@ fn qualifying_data_binds_nonce_and_identity() {
 #[test]
 fn golden_structures_fail_on_every_truncation() {
     for (name, parse) in [
-        ("quote.out", (|b: &[u8]| Attest::parse(b).map(drop)) as fn(&[u8]) -> Result<(), crate::tpm2::Error>),
+        (
+            "quote.out",
+            (|b: &[u8]| Attest::parse(b).map(drop)) as fn(&[u8]) -> Result<(), crate::tpm2::Error>,
+        ),
         ("quotesig.out", |b| Signature::parse(b).map(drop)),
         ("ak.pub", |b| Public::parse_tpm2b(b).map(drop)),
         ("quotepcr.out", |b| PcrDump::parse(b).map(drop)),
@@ -421,7 +504,11 @@ fn golden_structures_fail_on_every_truncation() {
 }
 
 fn ecc_public_strategy() -> impl Strategy<Value = Public> {
-    (any::<u32>(), prop::collection::vec(any::<u8>(), 0..40), prop::collection::vec(any::<u8>(), 0..40))
+    (
+        any::<u32>(),
+        prop::collection::vec(any::<u8>(), 0..40),
+        prop::collection::vec(any::<u8>(), 0..40),
+    )
         .prop_map(|(attributes, x, y)| Public {
             name_alg: HashAlg::Sha384,
             attributes: ObjectAttributes(attributes),
@@ -430,7 +517,11 @@ fn ecc_public_strategy() -> impl Strategy<Value = Public> {
                 symmetric: SymmetricDef::Cipher { algorithm: 0x0006, key_bits: 128, mode: 0x0043 },
                 scheme: None,
                 curve: EccCurve::NIST_P256,
-                kdf: Some(Scheme { scheme: crate::tpm2::alg_id::KDF1_SP800_56A, hash_alg: 0x000b, count: 0 }),
+                kdf: Some(Scheme {
+                    scheme: crate::tpm2::alg_id::KDF1_SP800_56A,
+                    hash_alg: 0x000b,
+                    count: 0,
+                }),
                 x,
                 y,
             }),

@@ -157,14 +157,24 @@ mod tests {
         let good = quote().to_bytes();
         let mut b = good.clone();
         b[0] = 0;
-        assert!(Attest::parse(&b).unwrap_err().to_string().starts_with("TPMS_ATTEST.magic at byte 0"));
+        assert!(
+            Attest::parse(&b)
+                .expect_err("must fail")
+                .to_string()
+                .starts_with("TPMS_ATTEST.magic at byte 0")
+        );
         let mut b = good.clone();
         b[5] = 0x14;
-        assert!(Attest::parse(&b).unwrap_err().to_string().starts_with("TPMS_ATTEST.type at byte 4"));
+        assert!(
+            Attest::parse(&b)
+                .expect_err("must fail")
+                .to_string()
+                .starts_with("TPMS_ATTEST.type at byte 4")
+        );
         let mut b = good.clone();
         // magic 4 + type 2 + signer 2+4 + extra 2+32 + clock 8 + reset 4 + restart 4 = 62
         b[62] = 2;
-        let err = Attest::parse(&b).unwrap_err();
+        let err = Attest::parse(&b).expect_err("must fail");
         assert_eq!(err.offset(), 62, "{err}");
         assert!(err.to_string().contains("clockInfo.safe"), "{err}");
     }
@@ -173,7 +183,7 @@ mod tests {
     fn every_truncation_is_an_error_naming_a_position() {
         let good = quote().to_bytes();
         for len in 0..good.len() {
-            let err = Attest::parse(&good[..len]).unwrap_err();
+            let err = Attest::parse(&good[..len]).expect_err("must fail");
             assert!(err.offset() <= len, "{err}");
         }
     }

@@ -70,7 +70,9 @@ pub mod st {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    #[error("{structure}.{field} at byte {offset}: truncated, needs {needed} bytes but {available} remain")]
+    #[error(
+        "{structure}.{field} at byte {offset}: truncated, needs {needed} bytes but {available} remain"
+    )]
     Truncated {
         structure: &'static str,
         field: &'static str,
@@ -131,5 +133,5 @@ pub(crate) const MAX_RSA_BYTES: usize = 1024;
 /// ECC coordinates up to P-521.
 pub(crate) const MAX_ECC_BYTES: usize = 66;
 
-pub use signature::UnknownSigAlg;
 pub(crate) use public::strip_leading_zeros_to;
+pub use signature::UnknownSigAlg;

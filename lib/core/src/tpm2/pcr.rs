@@ -101,7 +101,11 @@ pub struct PcrBankSelection {
 
 impl PcrBankSelection {
     pub fn new(bank: HashAlg, pcrs: PcrSet) -> PcrBankSelection {
-        PcrBankSelection { hash_alg: bank.tpm_alg_id(), size_of_select: pcrs.min_select_size(), pcrs }
+        PcrBankSelection {
+            hash_alg: bank.tpm_alg_id(),
+            size_of_select: pcrs.min_select_size(),
+            pcrs,
+        }
     }
 
     pub fn bank(&self) -> Option<HashAlg> {
@@ -306,11 +310,16 @@ impl PcrDump {
                 ));
             }
             let mut le = [0u8; 4];
-            le[..usize::from(size_of_select)].copy_from_slice(&select[..usize::from(size_of_select)]);
+            le[..usize::from(size_of_select)]
+                .copy_from_slice(&select[..usize::from(size_of_select)]);
             let bank = HashAlg::from_tpm_alg_id(hash_alg).ok_or_else(|| {
                 r.invalid("pcrSelection.hash", offset, hash_alg.into(), "a supported PCR bank")
             })?;
-            selection.banks.push(PcrBankSelection { hash_alg, size_of_select, pcrs: PcrSet(u32::from_le_bytes(le)) });
+            selection.banks.push(PcrBankSelection {
+                hash_alg,
+                size_of_select,
+                pcrs: PcrSet(u32::from_le_bytes(le)),
+            });
             banks.push(PcrValues::new(bank));
         }
 
@@ -352,12 +361,17 @@ impl PcrDump {
                     .get(..size)
                     .and_then(|raw| Digest::from_bytes(values.bank(), raw))
                     .ok_or_else(|| {
-                        r.invalid("digests.list.digest.size", offset, size as u64, "the bank's digest size")
+                        r.invalid(
+                            "digests.list.digest.size",
+                            offset,
+                            size as u64,
+                            "the bank's digest size",
+                        )
                     })?;
                 // Selection order is strictly ascending per bank, so insertion cannot fail.
-                values
-                    .insert(pcr, digest)
-                    .map_err(|_| r.invalid("digests.list.digest", offset, pcr.into(), "a new PCR"))?;
+                values.insert(pcr, digest).map_err(|_| {
+                    r.invalid("digests.list.digest", offset, pcr.into(), "a new PCR")
+                })?;
             }
         }
         if targets.next().is_some() {
@@ -389,13 +403,16 @@ impl PcrDump {
             if let Some(bank) = self.selection.banks.get(slot) {
                 entry[..2].copy_from_slice(&bank.hash_alg.to_le_bytes());
                 entry[2] = bank.size_of_select;
-                for (i, b) in bank.pcrs.select_bytes(bank.size_of_select.min(MAX_SELECT)).enumerate() {
+                for (i, b) in
+                    bank.pcrs.select_bytes(bank.size_of_select.min(MAX_SELECT)).enumerate()
+                {
                     entry[3 + i] = b;
                 }
             }
             out.extend_from_slice(&entry);
         }
-        let digests: Vec<&Digest> = self.banks.iter().flat_map(|b| b.iter().map(|(_, d)| d)).collect();
+        let digests: Vec<&Digest> =
+            self.banks.iter().flat_map(|b| b.iter().map(|(_, d)| d)).collect();
         let chunks: Vec<&[&Digest]> = digests.chunks(DUMP_DIGESTS).collect();
         out.extend_from_slice(&(chunks.len() as u32).to_le_bytes());
         for chunk in chunks {
@@ -445,18 +462,18 @@ mod tests {
         let mut bytes = dump.to_bytes();
         // Claim one list only: the second is then trailing and two PCRs lack a value.
         bytes[132] = 1;
-        let err = PcrDump::parse(&bytes).unwrap_err();
+        let err = PcrDump::parse(&bytes).expect_err("must fail");
         assert!(err.to_string().contains("digests.count"), "{err}");
     }
 
     #[test]
     fn values_reject_wrong_bank_and_duplicates() {
         let mut v = sample();
-        assert_eq!(
-            v.insert(15, HashAlg::Sha256.zero()),
-            Err(PcrValuesError::Duplicate(15))
-        );
-        assert!(matches!(v.insert(16, HashAlg::Sha1.zero()), Err(PcrValuesError::WrongBank { .. })));
+        assert_eq!(v.insert(15, HashAlg::Sha256.zero()), Err(PcrValuesError::Duplicate(15)));
+        assert!(matches!(
+            v.insert(16, HashAlg::Sha1.zero()),
+            Err(PcrValuesError::WrongBank { .. })
+        ));
         assert_eq!(v.insert(32, HashAlg::Sha256.zero()), Err(PcrValuesError::OutOfRange(32)));
         assert_eq!(v.pcrs().to_string(), "0,1,2,3,4,5,6,7,14,15");
     }

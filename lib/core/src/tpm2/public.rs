@@ -52,7 +52,9 @@ pub const AK_REQUIRED_ATTRIBUTES: [(u32, &str); 5] = [
 pub enum KeyError {
     #[error("AK objectAttributes {attributes:#010x}: {missing} not set")]
     MissingAttributes { attributes: u32, missing: String },
-    #[error("AK objectAttributes {attributes:#010x}: decrypt is set, an AK must be a signing-only key")]
+    #[error(
+        "AK objectAttributes {attributes:#010x}: decrypt is set, an AK must be a signing-only key"
+    )]
     Decrypt { attributes: u32 },
     #[error("ECC curve {0} is not supported here")]
     UnsupportedCurve(EccCurve),
@@ -272,7 +274,12 @@ impl Public {
         let offset = r.offset();
         let object_type = r.u16("type")?;
         if object_type != alg_id::RSA && object_type != alg_id::ECC {
-            return Err(r.invalid("type", offset, object_type.into(), "TPM_ALG_RSA or TPM_ALG_ECC"));
+            return Err(r.invalid(
+                "type",
+                offset,
+                object_type.into(),
+                "TPM_ALG_RSA or TPM_ALG_ECC",
+            ));
         }
         let offset = r.offset();
         let name_alg_id = r.u16("nameAlg")?;
@@ -427,9 +434,7 @@ fn read_scheme(r: &mut Reader<'_>, field: &'static str) -> Result<Option<Scheme>
         | alg_id::ECMQV
         | alg_id::KDF1_SP800_56A
         | alg_id::KDF2
-        | alg_id::KDF1_SP800_108 => {
-            Ok(Some(Scheme { scheme, hash_alg: r.u16(field)?, count: 0 }))
-        }
+        | alg_id::KDF1_SP800_108 => Ok(Some(Scheme { scheme, hash_alg: r.u16(field)?, count: 0 })),
         other => Err(r.invalid(field, offset, other.into(), "a known scheme or TPM_ALG_NULL")),
     }
 }
@@ -487,13 +492,13 @@ mod tests {
     fn ak_attribute_errors_name_the_attribute() {
         let mut ak = ecc_ak();
         ak.attributes = ObjectAttributes(0x0005_0072 & !ObjectAttributes::RESTRICTED);
-        let err = ak.check_ak_attributes().unwrap_err();
+        let err = ak.check_ak_attributes().expect_err("must fail");
         assert!(err.to_string().contains("restricted not set"), "{err}");
         ak.attributes = ObjectAttributes(0x0004_0062);
-        let err = ak.check_ak_attributes().unwrap_err().to_string();
+        let err = ak.check_ak_attributes().expect_err("must fail").to_string();
         assert!(err.contains("fixedParent, restricted not set"), "{err}");
         ak.attributes = ObjectAttributes(0x0007_0072);
-        let err = ak.check_ak_attributes().unwrap_err();
+        let err = ak.check_ak_attributes().expect_err("must fail");
         assert_eq!(err, KeyError::Decrypt { attributes: 0x0007_0072 });
     }
 
@@ -501,7 +506,7 @@ mod tests {
     fn unknown_type_is_rejected_with_offset() {
         let mut bytes = ecc_ak().to_bytes();
         bytes[0..2].copy_from_slice(&alg_id::KEYEDHASH.to_be_bytes());
-        let err = Public::parse(&bytes).unwrap_err();
+        let err = Public::parse(&bytes).expect_err("must fail");
         assert_eq!(err.offset(), 0);
         assert!(err.to_string().starts_with("TPMT_PUBLIC.type at byte 0"), "{err}");
     }
@@ -510,10 +515,10 @@ mod tests {
     fn tpm2b_size_mismatch_is_an_error() {
         let mut bytes = ecc_ak().to_tpm2b_bytes();
         bytes.push(0);
-        let err = Public::parse_tpm2b(&bytes).unwrap_err();
+        let err = Public::parse_tpm2b(&bytes).expect_err("must fail");
         assert!(matches!(err, Error::Trailing { structure: "TPM2B_PUBLIC", .. }), "{err}");
         bytes[1] += 1;
-        let err = Public::parse_tpm2b(&bytes).unwrap_err();
+        let err = Public::parse_tpm2b(&bytes).expect_err("must fail");
         assert!(matches!(err, Error::Trailing { structure: "TPMT_PUBLIC", .. }), "{err}");
     }
 

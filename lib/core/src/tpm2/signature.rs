@@ -19,12 +19,20 @@ pub enum SigAlg {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown signing algorithm {0:?} (expected rsassa, rsapss, ecdsa, ecdaa, sm2 or ecschnorr)")]
+#[error(
+    "unknown signing algorithm {0:?} (expected rsassa, rsapss, ecdsa, ecdaa, sm2 or ecschnorr)"
+)]
 pub struct UnknownSigAlg(pub String);
 
 impl SigAlg {
-    pub const ALL: [SigAlg; 6] =
-        [SigAlg::RsaSsa, SigAlg::RsaPss, SigAlg::Ecdsa, SigAlg::EcDaa, SigAlg::Sm2, SigAlg::EcSchnorr];
+    pub const ALL: [SigAlg; 6] = [
+        SigAlg::RsaSsa,
+        SigAlg::RsaPss,
+        SigAlg::Ecdsa,
+        SigAlg::EcDaa,
+        SigAlg::Sm2,
+        SigAlg::EcSchnorr,
+    ];
 
     pub const fn name(self) -> &'static str {
         match self {
@@ -154,7 +162,11 @@ mod tests {
     #[test]
     fn round_trips() {
         for sig in [
-            Signature { alg: SigAlg::RsaSsa, hash_alg: alg_id::SHA256, body: SignatureBody::Rsa(vec![1; 256]) },
+            Signature {
+                alg: SigAlg::RsaSsa,
+                hash_alg: alg_id::SHA256,
+                body: SignatureBody::Rsa(vec![1; 256]),
+            },
             Signature {
                 alg: SigAlg::Ecdsa,
                 hash_alg: alg_id::SHA384,
@@ -167,8 +179,11 @@ mod tests {
 
     #[test]
     fn unknown_scheme_names_offset() {
-        let err = Signature::parse(&[0x00, 0x05, 0x00, 0x0b]).unwrap_err();
-        assert_eq!(err.to_string(), "TPMT_SIGNATURE.sigAlg at byte 0: 0x5 is not RSASSA, RSAPSS, ECDSA, ECDAA, SM2 or ECSCHNORR");
+        let err = Signature::parse(&[0x00, 0x05, 0x00, 0x0b]).expect_err("must fail");
+        assert_eq!(
+            err.to_string(),
+            "TPMT_SIGNATURE.sigAlg at byte 0: 0x5 is not RSASSA, RSAPSS, ECDSA, ECDAA, SM2 or ECSCHNORR"
+        );
     }
 
     #[test]

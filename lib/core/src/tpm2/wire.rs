@@ -86,11 +86,23 @@ impl<'a> Reader<'a> {
         Ok(Reader { buf, pos: 0, base, structure: self.structure })
     }
 
-    pub(crate) fn invalid(&self, field: &'static str, offset: usize, value: u64, expected: &'static str) -> Error {
+    pub(crate) fn invalid(
+        &self,
+        field: &'static str,
+        offset: usize,
+        value: u64,
+        expected: &'static str,
+    ) -> Error {
         Error::Invalid { structure: self.structure, field, offset, value, expected }
     }
 
-    pub(crate) fn too_large(&self, field: &'static str, offset: usize, size: usize, max: usize) -> Error {
+    pub(crate) fn too_large(
+        &self,
+        field: &'static str,
+        offset: usize,
+        size: usize,
+        max: usize,
+    ) -> Error {
         Error::TooLarge { structure: self.structure, field, offset, size, max }
     }
 
@@ -147,11 +159,8 @@ mod tests {
     fn truncation_names_field_and_offset() {
         let mut r = Reader::new(&[0, 1, 2], "TPMS_TEST");
         assert_eq!(r.u16("a"), Ok(1));
-        let err = r.u32("b").unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "TPMS_TEST.b at byte 2: truncated, needs 4 bytes but 1 remain"
-        );
+        let err = r.u32("b").expect_err("must fail");
+        assert_eq!(err.to_string(), "TPMS_TEST.b at byte 2: truncated, needs 4 bytes but 1 remain");
     }
 
     #[test]
@@ -163,13 +172,13 @@ mod tests {
         sub.u8("x").expect("one byte");
         assert_eq!(sub.offset(), 3);
         assert!(r.finish().is_ok());
-        assert_eq!(sub.finish().unwrap_err().offset(), 3);
+        assert_eq!(sub.finish().expect_err("must fail").offset(), 3);
     }
 
     #[test]
     fn tpm2b_respects_maximum() {
         let mut r = Reader::new(&[0, 5, 1, 2, 3, 4, 5], "TPMS_TEST");
-        let err = r.tpm2b("buffer", 4).unwrap_err();
+        let err = r.tpm2b("buffer", 4).expect_err("must fail");
         assert!(err.to_string().contains("size 5 exceeds the maximum 4"), "{err}");
     }
 }

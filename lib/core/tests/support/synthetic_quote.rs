@@ -43,13 +43,19 @@ impl SyntheticAk {
 
     pub fn ecdsa(curve: EccCurve) -> SyntheticAk {
         let (alg, hash, size) = match curve {
-            EccCurve::NIST_P256 => (&ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING, HashAlg::Sha256, 32),
-            EccCurve::NIST_P384 => (&ring::signature::ECDSA_P384_SHA384_FIXED_SIGNING, HashAlg::Sha384, 48),
+            EccCurve::NIST_P256 => {
+                (&ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING, HashAlg::Sha256, 32)
+            }
+            EccCurve::NIST_P384 => {
+                (&ring::signature::ECDSA_P384_SHA384_FIXED_SIGNING, HashAlg::Sha384, 48)
+            }
             other => panic!("no software signer for {other}"),
         };
         let rng = ring::rand::SystemRandom::new();
-        let pkcs8 = ring::signature::EcdsaKeyPair::generate_pkcs8(alg, &rng).expect("key generation");
-        let pair = ring::signature::EcdsaKeyPair::from_pkcs8(alg, pkcs8.as_ref(), &rng).expect("generated key");
+        let pkcs8 =
+            ring::signature::EcdsaKeyPair::generate_pkcs8(alg, &rng).expect("key generation");
+        let pair = ring::signature::EcdsaKeyPair::from_pkcs8(alg, pkcs8.as_ref(), &rng)
+            .expect("generated key");
         let point = ring::signature::KeyPair::public_key(&pair).as_ref().to_vec();
         let public = Public {
             name_alg: HashAlg::Sha256,
@@ -57,7 +63,11 @@ impl SyntheticAk {
             auth_policy: vec![],
             key: PublicKey::Ecc(EccPublic {
                 symmetric: SymmetricDef::Null,
-                scheme: Some(Scheme { scheme: SigAlg::Ecdsa.tpm_alg_id(), hash_alg: hash.tpm_alg_id(), count: 0 }),
+                scheme: Some(Scheme {
+                    scheme: SigAlg::Ecdsa.tpm_alg_id(),
+                    hash_alg: hash.tpm_alg_id(),
+                    count: 0,
+                }),
                 curve,
                 kdf: None,
                 x: point[1..1 + size].to_vec(),
@@ -109,7 +119,12 @@ pub fn pcr_values(bank: HashAlg, pcrs: &[u32]) -> PcrValues {
 }
 
 /// A `TPMS_ATTEST` quoting `values`, its digest made with `hash` as a TPM does.
-pub fn quote_attest(extra_data: &[u8], values: &PcrValues, hash: HashAlg, clock_info: ClockInfo) -> Attest {
+pub fn quote_attest(
+    extra_data: &[u8],
+    values: &PcrValues,
+    hash: HashAlg,
+    clock_info: ClockInfo,
+) -> Attest {
     let mut h = hash.hasher();
     for (_, v) in values.iter() {
         h.update(v.as_bytes());
