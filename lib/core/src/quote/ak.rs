@@ -67,8 +67,7 @@ impl PreparedAk {
         public.check_ak_attributes()?;
         let key = match &public.key {
             PublicKey::Rsa(k) => {
-                let n = k.modulus_magnitude()?;
-                let bits = n.len() * 8 - n[0].leading_zeros() as usize;
+                let bits = k.modulus_bits()?;
                 if !(RSA_MIN_BITS..=RSA_MAX_BITS).contains(&bits) {
                     return Err(KeyError::ModulusSize {
                         bits,
@@ -77,7 +76,7 @@ impl PreparedAk {
                     }
                     .into());
                 }
-                VerifyKey::Rsa(RsaPublicKeyComponents { n: n.to_vec(), e: k.exponent_bytes() })
+                VerifyKey::Rsa(k.ring_components()?)
             }
             PublicKey::Ecc(k) => {
                 if k.curve != EccCurve::NIST_P256 && k.curve != EccCurve::NIST_P384 {

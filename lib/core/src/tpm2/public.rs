@@ -3,6 +3,8 @@
 
 use std::fmt;
 
+use ring::signature::RsaPublicKeyComponents;
+
 use super::wire::{Reader, Writer};
 use super::{Error, MAX_DIGEST, MAX_ECC_BYTES, MAX_RSA_BYTES, alg_id, der};
 use crate::alg::HashAlg;
@@ -62,6 +64,8 @@ pub enum KeyError {
     CoordinateTooLong { coordinate: &'static str, len: usize, size: usize, curve: EccCurve },
     #[error("RSA modulus is empty or zero")]
     EmptyModulus,
+    #[error("RSA exponent {0} is not an odd number of at least 3")]
+    BadExponent(u32),
     #[error("RSA modulus of {bits} bits is outside the supported range {min}..={max}")]
     ModulusSize { bits: usize, min: usize, max: usize },
     #[error("key type {0} cannot sign {1}")]
@@ -164,6 +168,25 @@ impl RsaPublic {
     pub fn modulus_magnitude(&self) -> Result<&[u8], KeyError> {
         let first = self.modulus.iter().position(|&b| b != 0).ok_or(KeyError::EmptyModulus)?;
         Ok(&self.modulus[first..])
+    }
+
+    /// The key as ring verifies with it: `n` and `e` without leading zeros. Refuses what no
+    /// RSA verification could accept (a zero modulus, an even or too small exponent).
+    pub fn ring_components(&self) -> Result<RsaPublicKeyComponents<Vec<u8>>, KeyError> {
+        let e = self.exponent();
+        if e < 3 || e.is_multiple_of(2) {
+            return Err(KeyError::BadExponent(e));
+        }
+        Ok(RsaPublicKeyComponents {
+            n: self.modulus_magnitude()?.to_vec(),
+            e: self.exponent_bytes(),
+        })
+    }
+
+    /// The modulus size in bits.
+    pub fn modulus_bits(&self) -> Result<usize, KeyError> {
+        let n = self.modulus_magnitude()?;
+        Ok(n.len() * 8 - n[0].leading_zeros() as usize)
     }
 }
 
@@ -529,5 +552,27 @@ mod tests {
             k.x = vec![1; 33];
         }
         assert!(matches!(ak.spki_der(), Err(KeyError::CoordinateTooLong { coordinate: "x", .. })));
+    }
+
+    #[test]
+    fn rsa_exponent_defaults_and_is_checked() {
+        let mut k = RsaPublic {
+            symmetric: SymmetricDef::Null,
+            scheme: None,
+            key_bits: 2048,
+            raw_exponent: 0,
+            modulus: [&[0u8, 0x80][..], &[1; 255]].concat(),
+        };
+        let c = k.ring_components().expect("default exponent");
+        assert_eq!(c.e, vec![1, 0, 1]);
+        assert_eq!(c.n.len(), 256, "leading zero dropped");
+        assert_eq!(k.modulus_bits(), Ok(2048));
+        k.raw_exponent = 3;
+        assert_eq!(k.ring_components().expect("e = 3").e, vec![3]);
+        k.raw_exponent = 4;
+        assert_eq!(k.ring_components().map(drop), Err(KeyError::BadExponent(4)));
+        k.modulus = vec![0; 4];
+        k.raw_exponent = 0;
+        assert_eq!(k.ring_components().map(drop), Err(KeyError::EmptyModulus));
     }
 }
