@@ -83,6 +83,53 @@ fn golden_ak_name_and_spki() {
 }
 
 #[test]
+fn golden_ek_public_area() {
+    // An RSA EK: policy-authorised storage key with an AES-128-CFB symmetric definition.
+    let ek = Public::parse_tpm2b(&fixture("ek.pub")).expect("EK parses");
+    assert_eq!(ek.to_tpm2b_bytes(), fixture("ek.pub"));
+    let PublicKey::Rsa(k) = &ek.key else { panic!("RSA EK") };
+    assert_eq!(
+        k.symmetric,
+        SymmetricDef::Cipher {
+            algorithm: crate::tpm2::alg_id::AES,
+            key_bits: 128,
+            mode: crate::tpm2::alg_id::CFB
+        }
+    );
+    assert_eq!(ek.auth_policy.len(), 32);
+    let pem = String::from_utf8(fixture("ekpub.pem")).expect("ascii");
+    let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    let der =
+        base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b64).expect("base64");
+    assert_eq!(ek.spki_der().expect("RSA"), der);
+    // An EK decrypts and does not sign: it is no AK.
+    let err = PreparedAk::new(ek).expect_err("an EK is not an AK");
+    assert!(err.to_string().contains("sign not set"), "{err}");
+}
+
+#[test]
+fn ecc_spki_has_the_standard_p256_prefix() {
+    let ak = SyntheticAk::ecdsa(EccCurve::NIST_P256);
+    let spki = ak.public.spki_der().expect("P-256");
+    let prefix = hex::decode("3059301306072a8648ce3d020106082a8648ce3d030107034200").expect("hex");
+    assert_eq!(&spki[..prefix.len()], prefix.as_slice());
+    let PublicKey::Ecc(k) = &ak.public.key else { panic!("ecc") };
+    assert_eq!(&spki[prefix.len()..], k.uncompressed_point().expect("point").as_slice());
+}
+
+#[test]
+fn truncated_attest_is_malformed_naming_the_offset() {
+    let g = Golden::load();
+    let outcome = g.verify(&g.attest[..70], &g.signature, &g.dump);
+    assert_eq!(rules(&outcome), [rule::QUOTE_MALFORMED]);
+    assert!(outcome.facts.is_none());
+    assert_eq!(
+        outcome.verdict.findings[0].message,
+        "TPMS_ATTEST.clockInfo.clock at byte 64: truncated, needs 8 bytes but 6 remain"
+    );
+}
+
+#[test]
 fn golden_pcr_dump_values() {
     let dump = PcrDump::parse(&fixture("quotepcr.out")).expect("parses");
     let bank = dump.bank(HashAlg::Sha256).expect("sha256 bank");
