@@ -99,8 +99,9 @@ pub struct QuoteOutcome {
     /// The clock state to keep for the next quote: this quote's clock if the verdict passed,
     /// otherwise the prior state unchanged.
     pub next_clock: Option<ClockInfo>,
-    /// The reset count grew since the prior state: the machine rebooted, so incremental state
-    /// (IMA offset, running PCR 10, event log) must start again from zero.
+    /// The verdict passed and the reset count grew since the prior state: the machine
+    /// rebooted, so incremental state (IMA offset, running PCR 10, event log) must start again
+    /// from zero.
     pub rebooted: bool,
 }
 
@@ -138,9 +139,11 @@ pub fn verify_quote(
 
     if let Err(e) = ak.verify(&signature, evidence.attest) {
         verdict.push(
-            Finding::new(rule::QUOTE_SIGNATURE, format!("quote signature: {e}"))
-                .expected(hex::encode(ak.name()))
-                .actual(format!("{} {:#06x}", signature.alg, signature.hash_alg)),
+            Finding::new(
+                rule::QUOTE_SIGNATURE,
+                format!("quote signature by the AK named {}: {e}", hex::encode(ak.name())),
+            )
+            .actual(format!("{} with hash {:#06x}", signature.alg, signature.hash_alg)),
         );
     }
 
@@ -167,7 +170,12 @@ pub fn verify_quote(
     }
 
     let rebooted = clock::check(prior, &attest.clock_info, &mut verdict);
-    let next_clock = if verdict.passed() { Some(attest.clock_info) } else { prior.copied() };
+    // Only an authentic, fresh quote may move the state forward or announce a reboot.
+    let (next_clock, rebooted) = if verdict.passed() {
+        (Some(attest.clock_info), rebooted)
+    } else {
+        (prior.copied(), false)
+    };
     QuoteOutcome {
         facts: Some(QuoteFacts {
             attest,

@@ -422,6 +422,29 @@ fn clock_rules_through_verify_quote() {
 }
 
 #[test]
+fn a_forged_quote_announces_no_reboot() {
+    let ak = SyntheticAk::ecdsa(EccCurve::NIST_P256);
+    let forger = SyntheticAk::ecdsa(EccCurve::NIST_P256);
+    let prepared = PreparedAk::new(ak.public.clone()).expect("valid");
+    let values = pcr_values(HashAlg::Sha256, &[15]);
+    let attest = quote_attest(b"n", &values, HashAlg::Sha256, clock(1, 9, 0)).to_bytes();
+    let sig = forger.sign(SigAlg::Ecdsa, HashAlg::Sha256, &attest).to_bytes();
+    let algorithms = AcceptedAlgorithms::default();
+    let request = QuoteRequest {
+        qualifying_data: b"n",
+        bank: HashAlg::Sha256,
+        pcrs: values.pcrs(),
+        algorithms: &algorithms,
+    };
+    let evidence = QuoteEvidence { attest: &attest, signature: &sig, pcrs: &values };
+    let prior = clock(1000, 3, 0);
+    let outcome = verify_quote(&prepared, &request, &evidence, Some(&prior));
+    assert_eq!(rules(&outcome), [rule::QUOTE_SIGNATURE]);
+    assert!(!outcome.rebooted);
+    assert_eq!(outcome.next_clock, Some(prior));
+}
+
+#[test]
 fn certify_structure_is_not_a_quote() {
     let ak = SyntheticAk::ecdsa(EccCurve::NIST_P256);
     let prepared = PreparedAk::new(ak.public.clone()).expect("valid");
