@@ -645,6 +645,39 @@ proptest! {
         }
     }
 
+    /// Whatever parses marshals back to the same bytes, so a Name computed from a parsed
+    /// public area is the hash of exactly the bytes the TPM produced.
+    #[test]
+    fn parsing_is_canonical(
+        which in 0usize..4,
+        at in any::<prop::sample::Index>(),
+        byte in any::<u8>(),
+    ) {
+        let name = ["ak.pub", "ek.pub", "quote.out", "quotesig.out"][which];
+        let mut bytes = fixture(name);
+        let i = at.index(bytes.len());
+        bytes[i] = byte;
+        match which {
+            0 | 1 => if let Ok(p) = Public::parse_tpm2b(&bytes) {
+                prop_assert_eq!(p.to_tpm2b_bytes(), bytes);
+            },
+            2 => if let Ok(a) = Attest::parse(&bytes) {
+                prop_assert_eq!(a.to_bytes(), bytes);
+            },
+            _ => if let Ok(s) = Signature::parse(&bytes) {
+                prop_assert_eq!(s.to_bytes(), bytes);
+            },
+        }
+    }
+
+    #[test]
+    fn pcr_dumps_round_trip(bank in 0usize..4, pcrs in any::<u32>()) {
+        let bank = HashAlg::ALL[bank];
+        let indices: Vec<u32> = PcrSet(pcrs).iter().collect();
+        let dump = PcrDump::from_banks(vec![pcr_values(bank, &indices)]);
+        prop_assert_eq!(PcrDump::parse(&dump.to_bytes()).expect("round trip"), dump);
+    }
+
     #[test]
     fn public_areas_round_trip(public in ecc_public_strategy()) {
         let bytes = public.to_tpm2b_bytes();
