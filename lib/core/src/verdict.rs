@@ -21,6 +21,7 @@ pub mod rule {
     pub const QUOTE_REPLAYED: &str = "quote.replayed";
     pub const PCR_MISMATCH: &str = "pcr.mismatch";
     pub const PCR_MISSING: &str = "pcr.missing";
+    pub const PCR_BANK: &str = "pcr.bank";
     pub const IMA_NOT_IN_POLICY: &str = "ima.not_in_policy";
     pub const IMA_DIGEST_MISMATCH: &str = "ima.digest_mismatch";
     pub const IMA_PCR10_MISMATCH: &str = "ima.pcr10_mismatch";

@@ -1,1 +1,0 @@
-//! TPM quote verification.

@@ -1,1 +1,0 @@
-//! TPM 2.0 wire structures (TPMT_PUBLIC, TPMS_ATTEST, TPMT_SIGNATURE).
