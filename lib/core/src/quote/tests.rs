@@ -15,7 +15,7 @@ use synthetic::{SyntheticAk, pcr_values, quote_attest};
 
 fn fixture(name: &str) -> Vec<u8> {
     let path =
-        format!("{}/../../../shared/fixtures/keylime/quote/{name}", env!("CARGO_MANIFEST_DIR"));
+        format!("{}/tests/data/keylime/quote/{name}", env!("CARGO_MANIFEST_DIR"));
     std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
