@@ -2,8 +2,8 @@
 //! DER reader. The signed TBS bytes are kept exactly as encoded.
 
 use super::der::{
-    DerError, Reader, TAG_BIT_STRING, TAG_BOOLEAN, TAG_GENERALIZED_TIME, TAG_INTEGER, TAG_OCTET_STRING,
-    TAG_OID, TAG_SEQUENCE, TAG_SET, TAG_UTC_TIME, Tlv, oid_to_string,
+    DerError, Reader, TAG_BIT_STRING, TAG_BOOLEAN, TAG_GENERALIZED_TIME, TAG_INTEGER,
+    TAG_OCTET_STRING, TAG_OID, TAG_SEQUENCE, TAG_SET, TAG_UTC_TIME, Tlv, oid_to_string,
 };
 
 pub(crate) mod oid {
@@ -115,15 +115,13 @@ pub(crate) struct Certificate {
     pub subject_key_id: Option<Vec<u8>>,
     pub authority_key_id: Option<Vec<u8>>,
     pub tpm: TpmAttributes,
-    /// Bytes after the certificate's outer SEQUENCE, ignored.
-    pub trailing_bytes: usize,
 }
 
 impl Certificate {
     pub(crate) fn parse(der: &[u8]) -> Result<Certificate, DerError> {
         let mut top = Reader::new(der);
+        // Bytes after the outer SEQUENCE are ignored: some vendors pad EK certificates.
         let cert = top.read(TAG_SEQUENCE, "Certificate")?;
-        let trailing_bytes = top.remaining();
         let mut c = cert.contents();
         let tbs = c.read(TAG_SEQUENCE, "tbsCertificate")?;
         let outer_alg = c.read(TAG_SEQUENCE, "signatureAlgorithm")?;
@@ -181,7 +179,6 @@ impl Certificate {
             subject_key_id: None,
             authority_key_id: None,
             tpm: TpmAttributes::default(),
-            trailing_bytes,
         };
         // issuerUniqueID [1] and subjectUniqueID [2], primitive or constructed.
         for tag in [0x81, 0xa1, 0x82, 0xa2] {
@@ -217,7 +214,10 @@ impl Certificate {
                     Some(b) => b.boolean()?,
                     None => false,
                 };
-                let path_len = s.read_optional(TAG_INTEGER, "pathLenConstraint")?.map(|i| i.small_uint()).transpose()?;
+                let path_len = s
+                    .read_optional(TAG_INTEGER, "pathLenConstraint")?
+                    .map(|i| i.small_uint())
+                    .transpose()?;
                 self.basic_constraints = Some((ca, path_len));
             }
             oid::KEY_USAGE => {
@@ -226,11 +226,13 @@ impl Certificate {
                 self.key_cert_sign = Some(bits.first().is_some_and(|b| b & 0x04 != 0));
             }
             oid::SUBJECT_KEY_ID => {
-                self.subject_key_id = Some(r.read(TAG_OCTET_STRING, "subjectKeyIdentifier")?.value.to_vec());
+                self.subject_key_id =
+                    Some(r.read(TAG_OCTET_STRING, "subjectKeyIdentifier")?.value.to_vec());
             }
             oid::AUTHORITY_KEY_ID => {
                 let seq = r.read(TAG_SEQUENCE, "authorityKeyIdentifier")?;
-                self.authority_key_id = seq.contents().read_optional(0x80, "keyIdentifier")?.map(|k| k.value.to_vec());
+                self.authority_key_id =
+                    seq.contents().read_optional(0x80, "keyIdentifier")?.map(|k| k.value.to_vec());
             }
             oid::SUBJECT_ALT_NAME => {
                 let names = r.read(TAG_SEQUENCE, "subjectAltName")?;
@@ -279,19 +281,28 @@ fn parse_spki(spki: &Tlv<'_>) -> Result<SubjectPublicKey, DerError> {
     let key_bytes = bits.bit_string_bytes()?;
     let key = match alg_oid.as_slice() {
         oid::RSA_ENCRYPTION => {
-            let seq = Reader::new(key_bytes).read(TAG_SEQUENCE, "RSAPublicKey").map_err(|e| shift(e, bits.value_offset + 1))?;
+            let seq = Reader::new(key_bytes)
+                .read(TAG_SEQUENCE, "RSAPublicKey")
+                .map_err(|e| shift(e, bits.value_offset + 1))?;
             let mut k = seq.contents();
             let n = k.read(TAG_INTEGER, "modulus").map_err(|e| shift(e, bits.value_offset + 1))?;
-            let e = k.read(TAG_INTEGER, "publicExponent").map_err(|e| shift(e, bits.value_offset + 1))?;
+            let e = k
+                .read(TAG_INTEGER, "publicExponent")
+                .map_err(|e| shift(e, bits.value_offset + 1))?;
             PublicKey::Rsa { modulus: strip_zeros(n.value), exponent: strip_zeros(e.value) }
         }
         oid::EC_PUBLIC_KEY => {
-            let curve_oid = Reader::new(&params).read(TAG_OID, "namedCurve").map_err(|e| shift(e, alg.value_offset))?;
+            let curve_oid = Reader::new(&params)
+                .read(TAG_OID, "namedCurve")
+                .map_err(|e| shift(e, alg.value_offset))?;
             let (curve, coord) = match curve_oid.value {
                 oid::P256 => (EcCurve::P256, 32),
                 oid::P384 => (EcCurve::P384, 48),
                 other => {
-                    return Err(DerError::new(alg.offset, format!("unsupported elliptic curve {}", oid_to_string(other))));
+                    return Err(DerError::new(
+                        alg.offset,
+                        format!("unsupported elliptic curve {}", oid_to_string(other)),
+                    ));
                 }
             };
             if key_bytes.len() != 1 + 2 * coord || key_bytes[0] != 0x04 {
@@ -303,7 +314,10 @@ fn parse_spki(spki: &Tlv<'_>) -> Result<SubjectPublicKey, DerError> {
             PublicKey::Ec { curve, point: key_bytes.to_vec() }
         }
         other => {
-            return Err(DerError::new(alg.offset, format!("unsupported public key algorithm {}", oid_to_string(other))));
+            return Err(DerError::new(
+                alg.offset,
+                format!("unsupported public key algorithm {}", oid_to_string(other)),
+            ));
         }
     };
     Ok(SubjectPublicKey { spki_der: spki.raw.to_vec(), key, key_bytes: key_bytes.to_vec() })
@@ -362,7 +376,13 @@ fn parse_name(name: &Tlv<'_>) -> Result<Name, DerError> {
 
 /// Wraps one RDN so `for_each_attribute` can walk it like a one-RDN Name.
 fn rdn_as_name<'a>(rdn: &Tlv<'a>) -> Tlv<'a> {
-    Tlv { tag: TAG_SEQUENCE, offset: rdn.offset, value_offset: rdn.offset, value: rdn.raw, raw: rdn.raw }
+    Tlv {
+        tag: TAG_SEQUENCE,
+        offset: rdn.offset,
+        value_offset: rdn.offset,
+        value: rdn.raw,
+        raw: rdn.raw,
+    }
 }
 
 fn attribute_label(id: &[u8]) -> String {
@@ -387,7 +407,11 @@ fn decode_string(value: &Tlv<'_>) -> Result<String, DerError> {
         0x14 => value.value.iter().map(|b| char::from(*b)).collect(),
         // BMPString (UCS-2).
         0x1e => {
-            let units: Vec<u16> = value.value.chunks(2).map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])).collect();
+            let units: Vec<u16> = value
+                .value
+                .chunks(2)
+                .map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))
+                .collect();
             String::from_utf16_lossy(&units)
         }
         _ => format!("#{}", hex::encode(value.raw)),
@@ -405,8 +429,15 @@ fn parse_time(t: &Tlv<'_>, what: &str) -> Result<i64, DerError> {
             let yy = num(text, 0, 2).ok_or_else(|| bad("bad UTCTime year"))?;
             (&text[2.min(text.len())..], if yy >= 50 { 1900 + yy } else { 2000 + yy })
         }
-        TAG_GENERALIZED_TIME => (&text[4.min(text.len())..], num(text, 0, 4).ok_or_else(|| bad("bad GeneralizedTime year"))?),
-        other => return Err(bad(&format!("expected UTCTime or GeneralizedTime, found tag 0x{other:02x}"))),
+        TAG_GENERALIZED_TIME => (
+            &text[4.min(text.len())..],
+            num(text, 0, 4).ok_or_else(|| bad("bad GeneralizedTime year"))?,
+        ),
+        other => {
+            return Err(bad(&format!(
+                "expected UTCTime or GeneralizedTime, found tag 0x{other:02x}"
+            )));
+        }
     };
     let field = |at: usize| num(digits, at, 2).ok_or_else(|| bad(&format!("bad time {text:?}")));
     let (month, day, hour, minute) = (field(0)?, field(2)?, field(4)?, field(6)?);
@@ -431,7 +462,12 @@ fn parse_time(t: &Tlv<'_>, what: &str) -> Result<i64, DerError> {
         }
         _ => return Err(bad(&format!("bad time {text:?}"))),
     };
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
+    if !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
         return Err(bad(&format!("time out of range {text:?}")));
     }
     let days = days_from_civil(year as i64, month as i64, day as i64);
@@ -488,7 +524,10 @@ mod tests {
         assert_eq!(time(TAG_GENERALIZED_TIME, "20180711000000.5Z").expect("frac"), 1_531_267_200);
         assert_eq!(time(TAG_UTC_TIME, "180711020000+0200").expect("offset"), 1_531_267_200);
         assert_eq!(time(TAG_UTC_TIME, "500101000000Z").expect("1950"), -631_152_000);
-        assert_eq!(format_time(time(TAG_GENERALIZED_TIME, "99991231235959Z").expect("max")), "9999-12-31T23:59:59Z");
+        assert_eq!(
+            format_time(time(TAG_GENERALIZED_TIME, "99991231235959Z").expect("max")),
+            "9999-12-31T23:59:59Z"
+        );
         assert!(time(TAG_UTC_TIME, "181311000000Z").is_err());
         assert!(time(TAG_UTC_TIME, "18071100").is_err());
         assert!(time(TAG_INTEGER, "18071100").is_err());

@@ -74,7 +74,9 @@ impl<'a> Tlv<'a> {
     pub(crate) fn bit_flags(&self) -> Result<&'a [u8], DerError> {
         match self.value.split_first() {
             Some((n, rest)) if *n < 8 => Ok(rest),
-            Some(_) => Err(DerError::new(self.value_offset, "BIT STRING unused-bits count above 7")),
+            Some(_) => {
+                Err(DerError::new(self.value_offset, "BIT STRING unused-bits count above 7"))
+            }
             None => Err(DerError::new(self.offset, "empty BIT STRING")),
         }
     }
@@ -94,7 +96,10 @@ impl<'a> Tlv<'a> {
             return Err(DerError::new(self.offset, "empty INTEGER"));
         }
         if bytes[0] & 0x80 != 0 {
-            return Err(DerError::new(self.value_offset, "negative INTEGER where a count was expected"));
+            return Err(DerError::new(
+                self.value_offset,
+                "negative INTEGER where a count was expected",
+            ));
         }
         let start = bytes.iter().position(|b| *b != 0).unwrap_or(bytes.len());
         let significant = &bytes[start..];
@@ -141,9 +146,15 @@ impl<'a> Reader<'a> {
     pub(crate) fn read_any(&mut self) -> Result<Tlv<'a>, DerError> {
         let start = self.pos;
         let abs = self.base + start;
-        let tag = *self.data.get(start).ok_or_else(|| DerError::new(abs, "unexpected end of data, expected a tag"))?;
+        let tag = *self
+            .data
+            .get(start)
+            .ok_or_else(|| DerError::new(abs, "unexpected end of data, expected a tag"))?;
         if tag & 0x1f == 0x1f {
-            return Err(DerError::new(abs, format!("multi-byte tag number (tag byte 0x{tag:02x}) is not supported")));
+            return Err(DerError::new(
+                abs,
+                format!("multi-byte tag number (tag byte 0x{tag:02x}) is not supported"),
+            ));
         }
         let first = *self
             .data
@@ -166,10 +177,8 @@ impl<'a> Reader<'a> {
             (len, 2 + n)
         };
         let value_start = start + header;
-        let end = value_start
-            .checked_add(len)
-            .filter(|end| *end <= self.data.len())
-            .ok_or_else(|| {
+        let end = value_start.checked_add(len).filter(|end| *end <= self.data.len()).ok_or_else(
+            || {
                 DerError::new(
                     abs,
                     format!(
@@ -177,7 +186,8 @@ impl<'a> Reader<'a> {
                         self.data.len() - value_start.min(self.data.len())
                     ),
                 )
-            })?;
+            },
+        )?;
         self.pos = end;
         Ok(Tlv {
             tag,
@@ -191,7 +201,9 @@ impl<'a> Reader<'a> {
     /// Reads the next item and checks its tag.
     pub(crate) fn read(&mut self, tag: u8, what: &str) -> Result<Tlv<'a>, DerError> {
         let offset = self.offset();
-        let tlv = self.read_any().map_err(|e| DerError::new(e.offset, format!("{what}: {}", e.reason)))?;
+        let tlv = self
+            .read_any()
+            .map_err(|e| DerError::new(e.offset, format!("{what}: {}", e.reason)))?;
         if tlv.tag != tag {
             return Err(DerError::new(
                 offset,
@@ -202,7 +214,11 @@ impl<'a> Reader<'a> {
     }
 
     /// Reads the next item if it has this tag.
-    pub(crate) fn read_optional(&mut self, tag: u8, what: &str) -> Result<Option<Tlv<'a>>, DerError> {
+    pub(crate) fn read_optional(
+        &mut self,
+        tag: u8,
+        what: &str,
+    ) -> Result<Option<Tlv<'a>>, DerError> {
         if self.peek_tag() == Some(tag) { self.read(tag, what).map(Some) } else { Ok(None) }
     }
 
@@ -211,7 +227,10 @@ impl<'a> Reader<'a> {
         if self.is_empty() {
             Ok(())
         } else {
-            Err(DerError::new(self.offset(), format!("{what}: {} unexpected bytes", self.remaining())))
+            Err(DerError::new(
+                self.offset(),
+                format!("{what}: {} unexpected bytes", self.remaining()),
+            ))
         }
     }
 }
@@ -274,13 +293,17 @@ mod tests {
 
         let err = Reader::new(&[0x30, 0x80, 0x00, 0x00]).read_any().expect_err("indefinite");
         assert_eq!(err.offset, 1);
-        let err = Reader::new(&[0x02, 0x01, 0x01]).read(TAG_SEQUENCE, "tbs").expect_err("wrong tag");
+        let err =
+            Reader::new(&[0x02, 0x01, 0x01]).read(TAG_SEQUENCE, "tbs").expect_err("wrong tag");
         assert!(err.reason.contains("tbs: expected tag 0x30, found 0x02"), "{err}");
     }
 
     #[test]
     fn formats_oids() {
-        assert_eq!(oid_to_string(&[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0b]), "1.2.840.113549.1.1.11");
+        assert_eq!(
+            oid_to_string(&[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0b]),
+            "1.2.840.113549.1.1.11"
+        );
         assert_eq!(oid_to_string(&[0x67, 0x81, 0x05, 0x02, 0x01]), "2.23.133.2.1");
     }
 

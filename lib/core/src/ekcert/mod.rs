@@ -56,11 +56,17 @@ pub enum EkCertError {
     Pem { input: String, line: usize, reason: String },
     #[error("the EK CA store is empty")]
     EmptyStore,
-    #[error("chain depth {depth}: issuer {issuer:?} of {subject:?} is not in the CA store or the supplied intermediates")]
+    #[error(
+        "chain depth {depth}: issuer {issuer:?} of {subject:?} is not in the CA store or the supplied intermediates"
+    )]
     UnknownIssuer { depth: usize, subject: String, issuer: String },
-    #[error("chain depth {depth}: signature of {subject:?} does not verify with the key of {issuer:?}")]
+    #[error(
+        "chain depth {depth}: signature of {subject:?} does not verify with the key of {issuer:?}"
+    )]
     BadSignature { depth: usize, subject: String, issuer: String },
-    #[error("chain depth {depth}: {subject:?} is signed with {algorithm}, which is not supported with a {key} issuer key")]
+    #[error(
+        "chain depth {depth}: {subject:?} is signed with {algorithm}, which is not supported with a {key} issuer key"
+    )]
     UnsupportedAlgorithm { depth: usize, subject: String, algorithm: String, key: String },
     #[error("chain depth {depth}: {subject:?} expired at {not_after} (checked at {now})")]
     Expired { depth: usize, subject: String, not_after: String, now: String },
@@ -156,14 +162,20 @@ impl CaStore {
             _ => vec![contents.to_vec()],
         };
         for (i, der) in ders.iter().enumerate() {
-            let name = if ders.len() == 1 { source.to_owned() } else { format!("{source} (certificate {})", i + 1) };
+            let name = if ders.len() == 1 {
+                source.to_owned()
+            } else {
+                format!("{source} (certificate {})", i + 1)
+            };
             self.add_der(&name, der)?;
         }
         Ok(ders.len())
     }
 
     /// Builds a store from `(file name, contents)` pairs, e.g. a directory's files.
-    pub fn from_files<'a>(files: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Result<CaStore, EkCertError> {
+    pub fn from_files<'a>(
+        files: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+    ) -> Result<CaStore, EkCertError> {
         let mut store = CaStore::new();
         for (name, contents) in files {
             store.add_file(name, contents)?;
@@ -179,11 +191,20 @@ pub fn pem_certificates(source: &str, text: &str) -> Result<Vec<Vec<u8>>, EkCert
     for (i, line) in text.lines().enumerate() {
         let line_no = i + 1;
         let line = line.trim();
-        if let Some(label) = line.strip_prefix("-----BEGIN ").and_then(|l| l.strip_suffix("-----")) {
+        if let Some(label) = line.strip_prefix("-----BEGIN ").and_then(|l| l.strip_suffix("-----"))
+        {
             if let Some((start, _, _)) = block {
-                return Err(pem_err(source, line_no, format!("BEGIN inside the block opened at line {start}")));
+                return Err(pem_err(
+                    source,
+                    line_no,
+                    format!("BEGIN inside the block opened at line {start}"),
+                ));
             }
-            block = Some((line_no, label == "CERTIFICATE" || label == "TRUSTED CERTIFICATE", String::new()));
+            block = Some((
+                line_no,
+                label == "CERTIFICATE" || label == "TRUSTED CERTIFICATE",
+                String::new(),
+            ));
         } else if line.starts_with("-----END ") {
             let Some((start, is_cert, body)) = block.take() else {
                 return Err(pem_err(source, line_no, "END without BEGIN".to_owned()));
@@ -191,7 +212,13 @@ pub fn pem_certificates(source: &str, text: &str) -> Result<Vec<Vec<u8>>, EkCert
             if is_cert {
                 let der = base64::engine::general_purpose::STANDARD
                     .decode(body.as_bytes())
-                    .map_err(|e| pem_err(source, start, format!("invalid base64 in the block starting here: {e}")))?;
+                    .map_err(|e| {
+                        pem_err(
+                            source,
+                            start,
+                            format!("invalid base64 in the block starting here: {e}"),
+                        )
+                    })?;
                 out.push(der);
             }
         } else if let Some((_, _, body)) = block.as_mut() {
@@ -225,12 +252,15 @@ pub fn validate(
     store: &CaStore,
     options: &ValidationOptions,
 ) -> Result<ValidatedChain, EkCertError> {
-    let leaf = Certificate::parse(ek_cert).map_err(|e| EkCertError::malformed("EK certificate", e))?;
+    let leaf =
+        Certificate::parse(ek_cert).map_err(|e| EkCertError::malformed("EK certificate", e))?;
     let extra = intermediates
         .iter()
         .enumerate()
         .map(|(i, der)| {
-            Certificate::parse(der).map_err(|e| EkCertError::malformed(&format!("intermediate certificate {}", i + 1), e))
+            Certificate::parse(der).map_err(|e| {
+                EkCertError::malformed(&format!("intermediate certificate {}", i + 1), e)
+            })
         })
         .collect::<Result<Vec<_>, _>>()?;
     if store.is_empty() {
@@ -250,7 +280,13 @@ pub fn validate(
             .certs
             .iter()
             .map(|c| (c, true, None))
-            .chain(extra.iter().enumerate().filter(|(i, _)| !used[*i]).map(|(i, c)| (c, false, Some(i))))
+            .chain(
+                extra
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| !used[*i])
+                    .map(|(i, c)| (c, false, Some(i))),
+            )
             .filter(|(c, _, _)| is_issuer_candidate(current, c));
         let mut first_failure = None;
         let mut found = None;
@@ -309,14 +345,25 @@ fn is_issuer_candidate(cert: &Certificate, issuer: &Certificate) -> bool {
 }
 
 /// `below` is the number of intermediates between the issuer and the EK certificate.
-fn check_ca(issuer: &Certificate, depth: usize, below: usize, from_store: bool) -> Result<(), EkCertError> {
-    let not_ca = |reason: String| EkCertError::NotCa { depth, subject: issuer.subject.display.clone(), reason };
+fn check_ca(
+    issuer: &Certificate,
+    depth: usize,
+    below: usize,
+    from_store: bool,
+) -> Result<(), EkCertError> {
+    let not_ca = |reason: String| EkCertError::NotCa {
+        depth,
+        subject: issuer.subject.display.clone(),
+        reason,
+    };
     match issuer.basic_constraints {
         Some((true, path_len)) => {
             if let Some(max) = path_len
                 && below as u64 > max
             {
-                return Err(not_ca(format!("pathLenConstraint {max} but {below} intermediate(s) below it")));
+                return Err(not_ca(format!(
+                    "pathLenConstraint {max} but {below} intermediate(s) below it"
+                )));
             }
         }
         Some((false, _)) => return Err(not_ca("basicConstraints cA is FALSE".to_owned())),
@@ -329,7 +376,11 @@ fn check_ca(issuer: &Certificate, depth: usize, below: usize, from_store: bool) 
     Ok(())
 }
 
-fn check_time(cert: &Certificate, depth: usize, options: &ValidationOptions) -> Result<(), EkCertError> {
+fn check_time(
+    cert: &Certificate,
+    depth: usize,
+    options: &ValidationOptions,
+) -> Result<(), EkCertError> {
     let Some(now) = options.now else { return Ok(()) };
     if now < cert.not_before {
         return Err(EkCertError::NotYetValid {

@@ -44,18 +44,27 @@ fn every_store_certificate_parses() {
     let store = full_store();
     assert_eq!(store.len(), 51);
     for cert in &store.certs {
-        assert!(cert.basic_constraints.is_some_and(|(ca, _)| ca), "{} is a CA", cert.subject.display);
+        assert!(
+            cert.basic_constraints.is_some_and(|(ca, _)| ca),
+            "{} is a CA",
+            cert.subject.display
+        );
     }
 }
 
 #[test]
 fn st_rsa_ek_certificate_validates_despite_trailing_bytes() {
     let der = read(ST_RSA);
-    assert!(Certificate::parse(&der).expect("parses").trailing_bytes > 0);
+    let mut top = der::Reader::new(&der);
+    top.read_any().expect("outer SEQUENCE");
+    assert_eq!(top.remaining(), 431, "the fixture has trailing bytes");
     let chain = validate(&der, &[], &full_store(), &ValidationOptions::at(NOW)).expect("valid");
     assert_eq!(chain.chain.len(), 2);
     assert_eq!(chain.chain[0].subject, "(empty name)");
-    assert_eq!(chain.chain[1].subject, "C=CH, O=STMicroelectronics NV, CN=STM TPM EK Intermediate CA 05");
+    assert_eq!(
+        chain.chain[1].subject,
+        "C=CH, O=STMicroelectronics NV, CN=STM TPM EK Intermediate CA 05"
+    );
     assert!(chain.chain[1].from_store && !chain.chain[0].from_store);
     match &chain.ek_public.key {
         PublicKey::Rsa { modulus, exponent } => {
@@ -77,36 +86,49 @@ fn st_rsa_ek_certificate_validates_despite_trailing_bytes() {
 
 #[test]
 fn st_ecc_ek_certificate_validates() {
-    let chain = validate(&read(ST_ECC), &[], &store_of(&["STM_ECC_01I.pem"]), &ValidationOptions::at(NOW)).expect("valid");
-    assert_eq!(chain.chain[1].subject, "C=CH, O=STMicroelectronics NV, CN=STM TPM ECC Intermediate CA 01");
-    assert!(matches!(chain.ek_public.key, PublicKey::Ec { curve: EcCurve::P256, ref point } if point[1..3] == [0x1b, 0x13]));
+    let chain =
+        validate(&read(ST_ECC), &[], &store_of(&["STM_ECC_01I.pem"]), &ValidationOptions::at(NOW))
+            .expect("valid");
+    assert_eq!(
+        chain.chain[1].subject,
+        "C=CH, O=STMicroelectronics NV, CN=STM TPM ECC Intermediate CA 01"
+    );
+    assert!(
+        matches!(chain.ek_public.key, PublicKey::Ec { curve: EcCurve::P256, ref point } if point[1..3] == [0x1b, 0x13])
+    );
     assert_eq!(chain.tpm.model.as_deref(), Some("ST33HTPHAHB4"));
 }
 
 #[test]
 fn nuvoton_certificate_with_unordered_set_validates() {
-    let chain = validate(&read(NUVOTON), &[], &store_of(&["NUVO_2110.pem"]), &ValidationOptions::at(NOW)).expect("valid");
+    let chain =
+        validate(&read(NUVOTON), &[], &store_of(&["NUVO_2110.pem"]), &ValidationOptions::at(NOW))
+            .expect("valid");
     assert_eq!(chain.chain.len(), 2);
     assert!(chain.chain[0].subject.contains("Nuvoton TPM Root CA 2110"));
     assert_eq!(chain.tpm, TpmAttributes::default());
-    validate(&read(NUVOTON), &[], &full_store(), &ValidationOptions::at(NOW)).expect("valid in full store");
+    validate(&read(NUVOTON), &[], &full_store(), &ValidationOptions::at(NOW))
+        .expect("valid in full store");
 }
 
 #[test]
 fn intermediates_supplied_with_the_ek_bridge_to_a_root() {
     let root_only = store_of(&["STM_RSA_RT.pem"]);
     let intermediate = pem_der("ek-ca/STM_RSA_05I.pem");
-    let chain = validate(&read(ST_RSA), &[&intermediate], &root_only, &ValidationOptions::at(NOW)).expect("valid");
+    let chain = validate(&read(ST_RSA), &[&intermediate], &root_only, &ValidationOptions::at(NOW))
+        .expect("valid");
     assert_eq!(chain.chain.len(), 3);
     assert!(!chain.chain[1].from_store && chain.chain[2].from_store);
-    let err = validate(&read(ST_RSA), &[], &root_only, &ValidationOptions::at(NOW)).expect_err("no bridge");
+    let err = validate(&read(ST_RSA), &[], &root_only, &ValidationOptions::at(NOW))
+        .expect_err("no bridge");
     assert!(matches!(err, EkCertError::UnknownIssuer { depth: 0, .. }), "{err}");
 }
 
 #[test]
 fn p384_root_verifies_p256_intermediate_with_sha384() {
     let der = pem_der("ek-ca/STM_ECC_01I.pem");
-    let chain = validate(&der, &[], &store_of(&["STM_ECC_01RT.pem"]), &ValidationOptions::at(NOW)).expect("valid");
+    let chain = validate(&der, &[], &store_of(&["STM_ECC_01RT.pem"]), &ValidationOptions::at(NOW))
+        .expect("valid");
     assert_eq!(chain.chain.len(), 2);
 }
 
@@ -117,7 +139,10 @@ fn sha1_signatures_pass_only_when_allowed() {
     validate(&der, &[], &store, &ValidationOptions::at(NOW)).expect("sha1 allowed");
     let strict = ValidationOptions { allow_sha1: false, ..ValidationOptions::at(NOW) };
     let err = validate(&der, &[], &store, &strict).expect_err("sha1 refused");
-    assert!(matches!(err, EkCertError::UnsupportedAlgorithm { depth: 0, ref algorithm, .. } if algorithm == "sha1WithRSAEncryption"), "{err}");
+    assert!(
+        matches!(err, EkCertError::UnsupportedAlgorithm { depth: 0, ref algorithm, .. } if algorithm == "sha1WithRSAEncryption"),
+        "{err}"
+    );
 }
 
 fn flipped(mut der: Vec<u8>, at: usize) -> Vec<u8> {
@@ -154,19 +179,28 @@ fn flipped_tbs_byte_fails_at_depth_zero() {
 fn tampered_intermediate_fails_at_depth_one() {
     let intermediate = pem_der("ek-ca/STM_RSA_05I.pem");
     let bad = flipped(intermediate.clone(), last_signature_byte(&intermediate));
-    let err = validate(&read(ST_RSA), &[&bad], &store_of(&["STM_RSA_RT.pem"]), &ValidationOptions::at(NOW))
-        .expect_err("bad intermediate");
+    let err = validate(
+        &read(ST_RSA),
+        &[&bad],
+        &store_of(&["STM_RSA_RT.pem"]),
+        &ValidationOptions::at(NOW),
+    )
+    .expect_err("bad intermediate");
     assert!(matches!(err, EkCertError::BadSignature { depth: 1, .. }), "{err}");
 }
 
 #[test]
 fn empty_store_and_wrong_vendor_fail() {
-    let err = validate(&read(ST_RSA), &[], &CaStore::new(), &ValidationOptions::at(NOW)).expect_err("empty");
+    let err = validate(&read(ST_RSA), &[], &CaStore::new(), &ValidationOptions::at(NOW))
+        .expect_err("empty");
     assert_eq!(err, EkCertError::EmptyStore);
     let others = store_of(&["NUVO_2110.pem", "IFX_RSA_RT.pem", "INTEL_I.pem", "STM_ECC_01I.pem"]);
-    let err = validate(&read(ST_RSA), &[], &others, &ValidationOptions::at(NOW)).expect_err("wrong vendor");
+    let err = validate(&read(ST_RSA), &[], &others, &ValidationOptions::at(NOW))
+        .expect_err("wrong vendor");
     match err {
-        EkCertError::UnknownIssuer { depth: 0, issuer, .. } => assert!(issuer.contains("STM TPM EK Intermediate CA 05")),
+        EkCertError::UnknownIssuer { depth: 0, issuer, .. } => {
+            assert!(issuer.contains("STM TPM EK Intermediate CA 05"))
+        }
         other => panic!("expected UnknownIssuer, got {other}"),
     }
 }
@@ -183,14 +217,18 @@ fn validity_period_is_enforced_when_a_time_is_given() {
     let before = ValidationOptions::at(1_483_228_800); // 2017-01-01
     let err = validate(&read(ST_RSA), &[], &store, &before).expect_err("not yet valid");
     assert!(matches!(err, EkCertError::NotYetValid { depth: 0, .. }), "{err}");
-    validate(&read(ST_RSA), &[], &store, &ValidationOptions::ignoring_time()).expect("time ignored");
+    validate(&read(ST_RSA), &[], &store, &ValidationOptions::ignoring_time())
+        .expect("time ignored");
 }
 
 #[test]
 fn issuers_must_be_cas() {
     let leaf = Certificate::parse(&read(ST_RSA)).expect("parses");
     let err = check_ca(&leaf, 1, 0, true).expect_err("EK cert is not a CA");
-    assert!(matches!(err, EkCertError::NotCa { depth: 1, ref reason, .. } if reason.contains("cA is FALSE")), "{err}");
+    assert!(
+        matches!(err, EkCertError::NotCa { depth: 1, ref reason, .. } if reason.contains("cA is FALSE")),
+        "{err}"
+    );
     let intermediate = Certificate::parse(&pem_der("ek-ca/STM_RSA_05I.pem")).expect("parses");
     check_ca(&intermediate, 1, 0, true).expect("CA with pathlen 0 over the EK");
     let err = check_ca(&intermediate, 2, 1, true).expect_err("pathlen 0 exceeded");
@@ -200,7 +238,8 @@ fn issuers_must_be_cas() {
 #[test]
 fn malformed_certificates_name_the_offset() {
     let der = read(ST_ECC);
-    let err = validate(&der[..300], &[], &full_store(), &ValidationOptions::at(NOW)).expect_err("truncated");
+    let err = validate(&der[..300], &[], &full_store(), &ValidationOptions::at(NOW))
+        .expect_err("truncated");
     match &err {
         EkCertError::Malformed { input, offset, .. } => {
             assert_eq!(input, "EK certificate");
@@ -220,14 +259,20 @@ fn malformed_certificates_name_the_offset() {
 
 #[test]
 fn pem_errors_name_the_line() {
-    let err = pem_certificates("ca.pem", "junk\n-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n")
-        .expect_err("bad base64");
+    let err = pem_certificates(
+        "ca.pem",
+        "junk\n-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n",
+    )
+    .expect_err("bad base64");
     assert!(matches!(err, EkCertError::Pem { line: 2, .. }), "{err}");
-    let err = pem_certificates("ca.pem", "-----BEGIN CERTIFICATE-----\nAAAA\n").expect_err("unclosed");
+    let err =
+        pem_certificates("ca.pem", "-----BEGIN CERTIFICATE-----\nAAAA\n").expect_err("unclosed");
     assert!(err.to_string().starts_with("ca.pem: line 1: block is never closed"), "{err}");
-    let two = format!("{}\n-----BEGIN EC PRIVATE KEY-----\nAAAA\n-----END EC PRIVATE KEY-----\n{}", 
+    let two = format!(
+        "{}\n-----BEGIN EC PRIVATE KEY-----\nAAAA\n-----END EC PRIVATE KEY-----\n{}",
         String::from_utf8(read("ek-ca/NUVO_2110.pem")).expect("utf8"),
-        String::from_utf8(read("ek-ca/NUVO_2111.pem")).expect("utf8"));
+        String::from_utf8(read("ek-ca/NUVO_2111.pem")).expect("utf8")
+    );
     let mut store = CaStore::new();
     assert_eq!(store.add_file("bundle.pem", two.as_bytes()).expect("bundle"), 2);
     assert_eq!(store.add_file("raw.der", &read(NUVOTON)).expect("der file"), 1);

@@ -49,10 +49,18 @@ fn algorithm_for(
             oid::SHA512 => &signature::RSA_PSS_2048_8192_SHA512,
             _ => return None,
         },
-        (PublicKey::Ec { curve: EcCurve::P256, .. }, oid::ECDSA_SHA256) => &signature::ECDSA_P256_SHA256_ASN1,
-        (PublicKey::Ec { curve: EcCurve::P256, .. }, oid::ECDSA_SHA384) => &signature::ECDSA_P256_SHA384_ASN1,
-        (PublicKey::Ec { curve: EcCurve::P384, .. }, oid::ECDSA_SHA256) => &signature::ECDSA_P384_SHA256_ASN1,
-        (PublicKey::Ec { curve: EcCurve::P384, .. }, oid::ECDSA_SHA384) => &signature::ECDSA_P384_SHA384_ASN1,
+        (PublicKey::Ec { curve: EcCurve::P256, .. }, oid::ECDSA_SHA256) => {
+            &signature::ECDSA_P256_SHA256_ASN1
+        }
+        (PublicKey::Ec { curve: EcCurve::P256, .. }, oid::ECDSA_SHA384) => {
+            &signature::ECDSA_P256_SHA384_ASN1
+        }
+        (PublicKey::Ec { curve: EcCurve::P384, .. }, oid::ECDSA_SHA256) => {
+            &signature::ECDSA_P384_SHA256_ASN1
+        }
+        (PublicKey::Ec { curve: EcCurve::P384, .. }, oid::ECDSA_SHA384) => {
+            &signature::ECDSA_P384_SHA384_ASN1
+        }
         _ => return None,
     };
     Some(alg)
