@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use kl_core::alg::HashAlg;
 use kl_core::credential::{EkKey, EkSymmetric, make_credential};
-use kl_core::ekcert::{CaStore, ValidationOptions, validate};
+use kl_core::ekcert::{CaStore, EcCurve, ValidationOptions, validate};
 use p256::elliptic_curve::Generate;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -52,10 +52,28 @@ fn main() {
 
     let ecc_private = p256::SecretKey::generate_from_rng(&mut rng);
     let point = ecc_private.public_key().to_sec1_bytes();
-    let ecc_ek =
-        EkKey::ecc_p256(&point[1..33], &point[33..65], HashAlg::Sha256, EkSymmetric::Aes128);
+    let ecc_ek = EkKey::ecc(
+        EcCurve::P256,
+        &point[1..33],
+        &point[33..65],
+        HashAlg::Sha256,
+        EkSymmetric::Aes128,
+    );
     bench("make_credential P-256 EK", || {
         black_box(make_credential(&ecc_ek, &ak_name, &secret, &mut rng).expect("made"));
+    });
+
+    let p384_private = p384::SecretKey::generate_from_rng(&mut rng);
+    let point = p384_private.public_key().to_sec1_bytes();
+    let p384_ek = EkKey::ecc(
+        EcCurve::P384,
+        &point[1..49],
+        &point[49..97],
+        HashAlg::Sha384,
+        EkSymmetric::Aes256,
+    );
+    bench("make_credential P-384 EK", || {
+        black_box(make_credential(&p384_ek, &ak_name, &secret, &mut rng).expect("made"));
     });
 
     let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(format!("{FIXTURES}/ek-ca"))

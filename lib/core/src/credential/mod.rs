@@ -12,8 +12,8 @@
 //! - `hmacKey = KDFa(seed, "INTEGRITY")`, `outerHMAC = HMAC(hmacKey, encIdentity || akName)`.
 //!
 //! The randomness comes from the caller, so tests can be deterministic. Supported EKs: RSA
-//! (2048 to 4096 bits) and ECC P-256, with name algorithm SHA-256, SHA-384 or SHA-512 and
-//! AES-128 or AES-256. P-384 EKs (the high-range template H-3) are not supported yet.
+//! (2048 to 4096 bits), ECC P-256 and P-384, with name algorithm SHA-256, SHA-384 or SHA-512
+//! and AES-128 or AES-256.
 
 use aes::{Aes128, Aes256};
 use cfb_mode::Encryptor;
@@ -71,8 +71,8 @@ impl EkSymmetric {
 pub enum EkPublicKey {
     /// Big-endian modulus and the public exponent.
     Rsa { modulus: Vec<u8>, exponent: u32 },
-    /// Big-endian affine coordinates on P-256.
-    EccP256 { x: Vec<u8>, y: Vec<u8> },
+    /// Big-endian affine coordinates.
+    Ecc { curve: EcCurve, x: Vec<u8>, y: Vec<u8> },
 }
 
 /// An EK as MakeCredential needs it: public key, name algorithm and symmetric algorithm.
@@ -94,14 +94,24 @@ impl EkKey {
         }
     }
 
-    /// A P-256 EK from its TPMS_ECC_POINT coordinates.
-    pub fn ecc_p256(x: &[u8], y: &[u8], name_alg: HashAlg, symmetric: EkSymmetric) -> EkKey {
-        EkKey { public: EkPublicKey::EccP256 { x: x.to_vec(), y: y.to_vec() }, name_alg, symmetric }
+    /// An ECC EK from its TPMS_ECC_POINT coordinates.
+    pub fn ecc(
+        curve: EcCurve,
+        x: &[u8],
+        y: &[u8],
+        name_alg: HashAlg,
+        symmetric: EkSymmetric,
+    ) -> EkKey {
+        EkKey {
+            public: EkPublicKey::Ecc { curve, x: x.to_vec(), y: y.to_vec() },
+            name_alg,
+            symmetric,
+        }
     }
 
     /// An EK from a SubjectPublicKeyInfo (e.g. the EK certificate's), assuming the TCG default
     /// template for its key type: SHA-256 and AES-128 for RSA-2048 and P-256, SHA-384 and
-    /// AES-256 for larger RSA keys (templates H-6 and H-7).
+    /// AES-256 for P-384 and larger RSA keys (templates H-3, H-6 and H-7).
     pub fn from_spki_der(der: &[u8]) -> Result<EkKey, CredentialError> {
         let spki = SubjectPublicKey::from_spki_der(der)
             .map_err(|e| CredentialError::EkKey(format!("SubjectPublicKeyInfo {e}")))?;
@@ -126,15 +136,20 @@ impl EkKey {
                 };
                 Ok(EkKey::rsa(modulus, e, name_alg, symmetric))
             }
-            PublicKey::Ec { curve: EcCurve::P256, point } => Ok(EkKey::ecc_p256(
+            PublicKey::Ec { curve: EcCurve::P256, point } => Ok(EkKey::ecc(
+                EcCurve::P256,
                 &point[1..33],
                 &point[33..65],
                 HashAlg::Sha256,
                 EkSymmetric::Aes128,
             )),
-            PublicKey::Ec { curve: EcCurve::P384, .. } => {
-                Err(CredentialError::EkKey("P-384 EKs are not supported".to_owned()))
-            }
+            PublicKey::Ec { curve: EcCurve::P384, point } => Ok(EkKey::ecc(
+                EcCurve::P384,
+                &point[1..49],
+                &point[49..97],
+                HashAlg::Sha384,
+                EkSymmetric::Aes256,
+            )),
         }
     }
 }
@@ -166,7 +181,8 @@ pub fn make_credential<R: CryptoRng + ?Sized>(
     }
     let (seed, encrypted_secret) = match &ek.public {
         EkPublicKey::Rsa { modulus, exponent } => rsa_seed(name_alg, modulus, *exponent, rng)?,
-        EkPublicKey::EccP256 { x, y } => ecc_seed(name_alg, x, y, rng)?,
+        EkPublicKey::Ecc { curve: EcCurve::P256, x, y } => p256_seed(name_alg, x, y, rng)?,
+        EkPublicKey::Ecc { curve: EcCurve::P384, x, y } => p384_seed(name_alg, x, y, rng)?,
     };
     let id_object = seal(name_alg, ek.symmetric, &seed, ak_name, credential)?;
     Ok(MadeCredential { id_object, encrypted_secret })
@@ -238,44 +254,58 @@ fn rsa_seed<R: CryptoRng + ?Sized>(
     Ok((seed, encrypted))
 }
 
-fn ecc_seed<R: CryptoRng + ?Sized>(
-    name_alg: HashAlg,
-    x: &[u8],
-    y: &[u8],
-    rng: &mut R,
-) -> Result<(Vec<u8>, Vec<u8>), CredentialError> {
-    if x.len() > 32 || y.len() > 32 {
-        return Err(CredentialError::EkKey(format!(
-            "P-256 coordinates of {} and {} bytes",
-            x.len(),
-            y.len()
-        )));
-    }
-    let mut sec1 = [0u8; 65];
-    sec1[0] = 0x04;
-    sec1[33 - x.len()..33].copy_from_slice(x);
-    sec1[65 - y.len()..].copy_from_slice(y);
-    let ek = p256::PublicKey::from_sec1_bytes(&sec1)
-        .map_err(|_| CredentialError::EkKey("the P-256 point is not on the curve".to_owned()))?;
-    let ephemeral = p256::ecdh::EphemeralSecret::generate_from_rng(rng);
-    let shared = ephemeral.diffie_hellman(&ek);
-    let ephemeral_point = ephemeral.public_key().to_sec1_bytes();
-    let (ex, ey) = (&ephemeral_point[1..33], &ephemeral_point[33..65]);
-    let seed = kdfe(
-        name_alg,
-        shared.raw_secret_bytes(),
-        b"IDENTITY",
-        ex,
-        &sec1[1..33],
-        name_alg.len() as u32 * 8,
-    );
-    let mut point = Vec::with_capacity(68);
-    for coordinate in [ex, ey] {
-        point.extend_from_slice(&32u16.to_be_bytes());
-        point.extend_from_slice(coordinate);
-    }
-    Ok((seed, point))
+/// The ECC seed: ephemeral ECDH with the EK, then KDFe over the shared x coordinate. A macro
+/// because p256 and p384 share an API but not a convenient set of trait bounds.
+macro_rules! ecc_seed {
+    ($name:ident, $curve:ident, $size:expr) => {
+        fn $name<R: CryptoRng + ?Sized>(
+            name_alg: HashAlg,
+            x: &[u8],
+            y: &[u8],
+            rng: &mut R,
+        ) -> Result<(Vec<u8>, Vec<u8>), CredentialError> {
+            const SIZE: usize = $size;
+            let curve = stringify!($curve);
+            if x.len() > SIZE || y.len() > SIZE {
+                return Err(CredentialError::EkKey(format!(
+                    "{curve} coordinates of {} and {} bytes",
+                    x.len(),
+                    y.len()
+                )));
+            }
+            let mut sec1 = [0u8; 1 + 2 * SIZE];
+            sec1[0] = 0x04;
+            sec1[1 + SIZE - x.len()..1 + SIZE].copy_from_slice(x);
+            sec1[1 + 2 * SIZE - y.len()..].copy_from_slice(y);
+            let ek = $curve::PublicKey::from_sec1_bytes(&sec1).map_err(|_| {
+                CredentialError::EkKey(format!("the {curve} point is not on the curve"))
+            })?;
+            let ephemeral = $curve::ecdh::EphemeralSecret::generate_from_rng(rng);
+            let shared = ephemeral.diffie_hellman(&ek);
+            let ephemeral_point = ephemeral.public_key().to_sec1_bytes();
+            let (ex, ey) = (&ephemeral_point[1..1 + SIZE], &ephemeral_point[1 + SIZE..]);
+            let bits = name_alg.len() as u32 * 8;
+            let seed = kdfe(
+                name_alg,
+                shared.raw_secret_bytes(),
+                b"IDENTITY",
+                ex,
+                &sec1[1..1 + SIZE],
+                bits,
+            );
+            // The TPMS_ECC_POINT of the ephemeral key.
+            let mut point = Vec::with_capacity(4 + 2 * SIZE);
+            for coordinate in [ex, ey] {
+                point.extend_from_slice(&(SIZE as u16).to_be_bytes());
+                point.extend_from_slice(coordinate);
+            }
+            Ok((seed, point))
+        }
+    };
 }
+
+ecc_seed!(p256_seed, p256, 32);
+ecc_seed!(p384_seed, p384, 48);
 
 fn hmac_algorithm(alg: HashAlg) -> ring::hmac::Algorithm {
     match alg {

@@ -1,6 +1,5 @@
 use base64::Engine;
 use cfb_mode::Decryptor;
-use p256::elliptic_curve::ecdh::diffie_hellman;
 use proptest::prelude::*;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -31,7 +30,30 @@ fn ak_name() -> Vec<u8> {
 /// The EK's private half, for the software ActivateCredential below.
 enum EkPrivate {
     Rsa(Box<rsa::PrivateKey>),
-    Ecc(p256::SecretKey),
+    P256(p256::SecretKey),
+    P384(p384::SecretKey),
+}
+
+/// The shared x coordinate of ECDH between `private` and the ephemeral point, and the EK's own
+/// x coordinate.
+fn ecdh(private: &EkPrivate, ephemeral: &[u8]) -> Result<(Vec<u8>, Vec<u8>), String> {
+    match private {
+        EkPrivate::P256(k) => {
+            let e =
+                p256::PublicKey::from_sec1_bytes(ephemeral).map_err(|_| "point not on curve")?;
+            let z =
+                p256::elliptic_curve::ecdh::diffie_hellman(k.to_nonzero_scalar(), e.as_affine());
+            Ok((z.raw_secret_bytes().to_vec(), k.public_key().to_sec1_bytes()[1..33].to_vec()))
+        }
+        EkPrivate::P384(k) => {
+            let e =
+                p384::PublicKey::from_sec1_bytes(ephemeral).map_err(|_| "point not on curve")?;
+            let z =
+                p384::elliptic_curve::ecdh::diffie_hellman(k.to_nonzero_scalar(), e.as_affine());
+            Ok((z.raw_secret_bytes().to_vec(), k.public_key().to_sec1_bytes()[1..49].to_vec()))
+        }
+        EkPrivate::Rsa(_) => Err("not an ECC key".to_owned()),
+    }
 }
 
 /// Software TPM2_ActivateCredential (TPM 2.0 Part 1 §24), the inverse of `make_credential`,
@@ -50,26 +72,19 @@ fn activate(
                 &made.encrypted_secret,
             )
             .map_err(|e| format!("OAEP: {e}"))?,
-        EkPrivate::Ecc(private) => {
+        ecc => {
             let s = &made.encrypted_secret;
-            if s.len() != 68 || s[..2] != [0, 32] || s[34..36] != [0, 32] {
+            let size = usize::from(u16::from_be_bytes([s[0], s[1]]));
+            let ex = &s[2..2 + size];
+            let ey = &s[4 + size..];
+            if s.len() != 4 + 2 * size
+                || usize::from(u16::from_be_bytes([s[2 + size], s[3 + size]])) != size
+            {
                 return Err("bad TPMS_ECC_POINT".to_owned());
             }
-            let mut sec1 = vec![0x04];
-            sec1.extend_from_slice(&s[2..34]);
-            sec1.extend_from_slice(&s[36..68]);
-            let ephemeral =
-                p256::PublicKey::from_sec1_bytes(&sec1).map_err(|_| "point not on curve")?;
-            let z = diffie_hellman(private.to_nonzero_scalar(), ephemeral.as_affine());
-            let own = private.public_key().to_sec1_bytes();
-            kdfe(
-                alg,
-                z.raw_secret_bytes(),
-                b"IDENTITY",
-                &s[2..34],
-                &own[1..33],
-                alg.len() as u32 * 8,
-            )
+            let sec1 = [&[0x04], ex, ey].concat();
+            let (z, own_x) = ecdh(ecc, &sec1)?;
+            kdfe(alg, &z, b"IDENTITY", ex, &own_x, alg.len() as u32 * 8)
         }
     };
     let id = &made.id_object;
@@ -100,8 +115,19 @@ fn rsa_ek() -> (EkPrivate, EkKey) {
 fn ecc_ek(seed: u64, symmetric: EkSymmetric) -> (EkPrivate, EkKey) {
     let private = p256::SecretKey::generate_from_rng(&mut StdRng::seed_from_u64(seed));
     let point = private.public_key().to_sec1_bytes();
-    let key = EkKey::ecc_p256(&point[1..33], &point[33..65], HashAlg::Sha256, symmetric);
-    (EkPrivate::Ecc(private), key)
+    let key = EkKey::ecc(EcCurve::P256, &point[1..33], &point[33..65], HashAlg::Sha256, symmetric);
+    (EkPrivate::P256(private), key)
+}
+
+/// A P-384 EK with the high-range template's algorithms, built through its SPKI.
+fn p384_ek(seed: u64) -> (EkPrivate, EkKey) {
+    let private = p384::SecretKey::generate_from_rng(&mut StdRng::seed_from_u64(seed));
+    let point = private.public_key().to_sec1_bytes();
+    // SubjectPublicKeyInfo: id-ecPublicKey, secp384r1, the uncompressed point.
+    let mut spki = hex::decode("3076301006072a8648ce3d020106052b81040022036200").expect("hex");
+    spki.extend_from_slice(&point);
+    let key = EkKey::from_spki_der(&spki).expect("P-384 SPKI");
+    (EkPrivate::P384(private), key)
 }
 
 #[test]
@@ -174,6 +200,21 @@ fn ecc_round_trip_and_wrong_ak_name() {
 }
 
 #[test]
+fn p384_round_trip_uses_the_high_range_template() {
+    let (private, key) = p384_ek(9);
+    assert_eq!((key.name_alg, key.symmetric), (HashAlg::Sha384, EkSymmetric::Aes256));
+    let secret = [0x77; 48];
+    let made =
+        make_credential(&key, &ak_name(), &secret, &mut StdRng::seed_from_u64(2)).expect("made");
+    assert_eq!(made.encrypted_secret.len(), 2 + 48 + 2 + 48);
+    assert_eq!(made.id_object[..2], [0, 48]);
+    assert_eq!(activate(&private, &key, &ak_name(), &made).expect("activates"), secret);
+    let mut other = ak_name();
+    other[2] ^= 1;
+    assert!(activate(&private, &key, &other, &made).is_err());
+}
+
+#[test]
 fn output_depends_only_on_the_rng() {
     let (_, key) = ecc_ek(7, EkSymmetric::Aes128);
     let run = |seed| {
@@ -230,7 +271,8 @@ fn rejects_bad_inputs_with_reasons() {
         make_credential(&sha1, &ak_name(), b"s", rng),
         Err(CredentialError::NameAlg(HashAlg::Sha1))
     );
-    let off_curve = EkKey::ecc_p256(&[1; 32], &[2; 32], HashAlg::Sha256, EkSymmetric::Aes128);
+    let off_curve =
+        EkKey::ecc(EcCurve::P256, &[1; 32], &[2; 32], HashAlg::Sha256, EkSymmetric::Aes128);
     assert!(matches!(
         make_credential(&off_curve, &ak_name(), b"s", rng),
         Err(CredentialError::EkKey(_))
@@ -240,8 +282,17 @@ fn rejects_bad_inputs_with_reasons() {
 
     let p384_root = pem_body("ek-ca/STM_ECC_01RT.pem");
     let (p384, _) = crate::ekcert::parse_ek_certificate(&p384_root).expect("cert");
-    let err = EkKey::from_subject_public_key(&p384).expect_err("P-384");
-    assert!(err.to_string().contains("P-384"), "{err}");
+    let key = EkKey::from_subject_public_key(&p384).expect("P-384");
+    assert!(
+        matches!(key.public, EkPublicKey::Ecc { curve: EcCurve::P384, ref x, .. } if x.len() == 48)
+    );
+    make_credential(&key, &ak_name(), b"s", rng).expect("a P-384 CA key is a valid EK key");
+    let wrong_curve = EkKey {
+        public: EkPublicKey::Ecc { curve: EcCurve::P256, x: vec![1; 48], y: vec![2; 48] },
+        ..key
+    };
+    let err = make_credential(&wrong_curve, &ak_name(), b"s", rng).expect_err("48-byte P-256");
+    assert!(err.to_string().contains("p256 coordinates of 48 and 48 bytes"), "{err}");
     let err = EkKey::from_spki_der(&[0x30, 0x03, 0x02]).expect_err("truncated SPKI");
     assert!(err.to_string().contains("at byte"), "{err}");
 }
@@ -269,8 +320,10 @@ proptest! {
         x in proptest::collection::vec(any::<u8>(), 0..40),
     ) {
         let _ = EkKey::from_spki_der(&spki);
-        let key = EkKey::ecc_p256(&x, &x, HashAlg::Sha256, EkSymmetric::Aes128);
-        let _ = make_credential(&key, &name, &credential, &mut StdRng::seed_from_u64(0));
+        for curve in [EcCurve::P256, EcCurve::P384] {
+            let key = EkKey::ecc(curve, &x, &x, HashAlg::Sha256, EkSymmetric::Aes128);
+            let _ = make_credential(&key, &name, &credential, &mut StdRng::seed_from_u64(0));
+        }
     }
 
     #[test]
