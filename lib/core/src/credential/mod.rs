@@ -118,6 +118,14 @@ impl EkKey {
         EkKey::from_subject_public_key(&spki)
     }
 
+    /// The key in the form an EK certificate's key is compared with.
+    pub fn public_key(&self) -> PublicKey {
+        match &self.public {
+            EkPublicKey::Rsa { modulus, exponent } => PublicKey::rsa(modulus, *exponent),
+            EkPublicKey::Ecc { curve, x, y } => PublicKey::ecc(*curve, x, y),
+        }
+    }
+
     /// Like [`EkKey::from_spki_der`], from an already parsed key.
     pub fn from_subject_public_key(spki: &SubjectPublicKey) -> Result<EkKey, CredentialError> {
         match &spki.key {

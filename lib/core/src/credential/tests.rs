@@ -233,6 +233,10 @@ fn shape_matches_tpm2_tools_for_the_fixture_ek() {
     let key = EkKey::from_spki_der(&pem_body("quote/ekpub.pem")).expect("EK SPKI");
     let EkPublicKey::Rsa { modulus, exponent } = &key.public else { panic!("RSA EK expected") };
     assert_eq!(*exponent, 65_537);
+    assert_eq!(
+        key.public_key(),
+        SubjectPublicKey::from_spki_der(&pem_body("quote/ekpub.pem")).expect("spki").key
+    );
     let ek_pub = read("quote/ek.pub");
     assert!(
         ek_pub.windows(256).any(|w| w == modulus.as_slice()),

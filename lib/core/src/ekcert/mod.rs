@@ -30,6 +30,7 @@
 //!   [`ValidationOptions::allow_sha1`] is set (the default), because Infineon's intermediate CAs are
 //!   signed with SHA-1 by their root. RSA keys must be 2048 to 8192 bits (ring's limits).
 
+mod appraise;
 mod cert;
 pub(crate) mod der;
 mod verify;
@@ -39,6 +40,7 @@ mod tests;
 
 use base64::Engine;
 
+pub use appraise::appraise_ek_certificate;
 use cert::Certificate;
 pub use cert::{EcCurve, PublicKey, SubjectPublicKey, TpmAttributes};
 pub use der::DerError;

@@ -286,6 +286,66 @@ fn parse_ek_certificate_reads_key_and_attributes() {
     assert_eq!(tpm.manufacturer.as_deref(), Some("id:53544D20"));
 }
 
+#[test]
+fn appraisal_reports_each_rule() {
+    use crate::verdict::rule;
+    let store = full_store();
+    let options = ValidationOptions::at(NOW);
+    let (ek, _) = parse_ek_certificate(&read(ST_ECC)).expect("parses");
+    let PublicKey::Ec { point, .. } = &ek.key else { panic!("ECC expected") };
+    let agent_ek = PublicKey::ecc(EcCurve::P256, &point[1..33], &point[33..65]);
+    let rules = |verdict: &crate::verdict::Verdict| -> Vec<String> {
+        verdict.findings.iter().map(|f| f.rule.clone()).collect()
+    };
+
+    let (verdict, chain) =
+        appraise_ek_certificate(Some(&read(ST_ECC)), &[], &store, &options, &agent_ek);
+    assert!(verdict.passed(), "{verdict:?}");
+    assert_eq!(verdict.checked, ["ek_cert"]);
+    assert_eq!(chain.expect("chain").chain.len(), 2);
+
+    let mut other_point = point.clone();
+    other_point[64] ^= 1;
+    let other = PublicKey::Ec { curve: EcCurve::P256, point: other_point };
+    let (verdict, chain) =
+        appraise_ek_certificate(Some(&read(ST_ECC)), &[], &store, &options, &other);
+    assert_eq!(rules(&verdict), [rule::EKCERT_KEY_MISMATCH]);
+    assert!(chain.is_some());
+
+    let (verdict, _) = appraise_ek_certificate(None, &[], &store, &options, &agent_ek);
+    assert_eq!(rules(&verdict), [rule::EKCERT_MISSING]);
+    let (verdict, _) =
+        appraise_ek_certificate(Some(&[0x30, 0x01]), &[], &store, &options, &agent_ek);
+    assert_eq!(rules(&verdict), [rule::EKCERT_MALFORMED]);
+    assert!(verdict.findings[0].message.contains("at byte 0"), "{:?}", verdict.findings);
+    let (verdict, _) = appraise_ek_certificate(
+        Some(&read(ST_ECC)),
+        &[],
+        &store_of(&["NUVO_2110.pem"]),
+        &options,
+        &agent_ek,
+    );
+    assert_eq!(rules(&verdict), [rule::EKCERT_UNTRUSTED]);
+    let late = ValidationOptions::at(1_893_456_000);
+    let (verdict, _) = appraise_ek_certificate(Some(&read(ST_ECC)), &[], &store, &late, &agent_ek);
+    assert_eq!(rules(&verdict), [rule::EKCERT_VALIDITY]);
+}
+
+#[test]
+fn tpm_public_fields_compare_equal_to_certificate_keys() {
+    let (ek, _) = parse_ek_certificate(&read(ST_RSA)).expect("parses");
+    let PublicKey::Rsa { modulus, .. } = &ek.key else { panic!("RSA expected") };
+    let mut padded = vec![0];
+    padded.extend_from_slice(modulus);
+    assert_eq!(PublicKey::rsa(&padded, 0), ek.key);
+    assert_eq!(PublicKey::rsa(modulus, 65_537), ek.key);
+    assert_ne!(PublicKey::rsa(modulus, 3), ek.key);
+    let short = PublicKey::ecc(EcCurve::P256, &[1], &[2; 32]);
+    assert!(
+        matches!(short, PublicKey::Ec { ref point, .. } if point.len() == 65 && point[32] == 1)
+    );
+}
+
 fn fixture_certs() -> Vec<Vec<u8>> {
     vec![read(ST_RSA), read(ST_ECC), read(NUVOTON), pem_der("ek-ca/INF_RSA_010RT.pem")]
 }
