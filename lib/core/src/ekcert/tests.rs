@@ -346,6 +346,50 @@ fn tpm_public_fields_compare_equal_to_certificate_keys() {
     );
 }
 
+fn tlv(tag: u8, value: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    match value.len() {
+        n if n < 0x80 => out.push(n as u8),
+        n if n < 0x100 => out.extend_from_slice(&[0x81, n as u8]),
+        n => out.extend_from_slice(&[0x82, (n >> 8) as u8, n as u8]),
+    }
+    out.extend_from_slice(value);
+    out
+}
+
+/// Rebuilds the ST ECC certificate with `r` and `s` re-encoded by `encode`.
+fn with_ecdsa_integers(encode: impl Fn(&[u8]) -> Vec<u8>) -> Vec<u8> {
+    let der = read(ST_ECC);
+    let outer = der::Reader::new(&der).read_any().expect("outer");
+    let mut parts = outer.contents();
+    let tbs = parts.read_any().expect("tbs");
+    let alg = parts.read_any().expect("alg");
+    let bits = parts.read_any().expect("sig");
+    let sig = der::Reader::new(&bits.value[1..]).read_any().expect("ECDSA-Sig-Value");
+    let mut ints = sig.contents();
+    let mut body = Vec::new();
+    for _ in 0..2 {
+        let int = ints.read_any().expect("integer");
+        body.extend(tlv(0x02, &encode(int.value)));
+    }
+    let mut bit_string = vec![0];
+    bit_string.extend(tlv(0x30, &body));
+    tlv(0x30, &[tbs.raw, alg.raw, &tlv(0x03, &bit_string)].concat())
+}
+
+#[test]
+fn ecdsa_integers_with_extra_zero_bytes_still_verify_but_changed_values_do_not() {
+    let store = store_of(&["STM_ECC_01I.pem"]);
+    let options = ValidationOptions::at(NOW);
+    let padded = with_ecdsa_integers(|v| [&[0, 0][..], v].concat());
+    validate(&padded, &[], &store, &options).expect("same r and s, sloppier encoding");
+    let same = with_ecdsa_integers(<[u8]>::to_vec);
+    assert_eq!(same, read(ST_ECC)[..same.len()], "the rebuild is faithful");
+    let changed = with_ecdsa_integers(|v| [&[1][..], v].concat());
+    let err = validate(&changed, &[], &store, &options).expect_err("different r and s");
+    assert!(matches!(err, EkCertError::BadSignature { depth: 0, .. }), "{err}");
+}
+
 fn fixture_certs() -> Vec<Vec<u8>> {
     vec![read(ST_RSA), read(ST_ECC), read(NUVOTON), pem_der("ek-ca/INF_RSA_010RT.pem")]
 }

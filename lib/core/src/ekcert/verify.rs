@@ -4,7 +4,7 @@
 use ring::signature::{self, UnparsedPublicKey, VerificationAlgorithm};
 
 use super::cert::{Certificate, EcCurve, PublicKey, oid};
-use super::der::{Reader, TAG_OID, TAG_SEQUENCE, oid_to_string};
+use super::der::{Reader, TAG_INTEGER, TAG_OID, TAG_SEQUENCE, oid_to_string};
 use super::{EkCertError, ValidationOptions};
 
 /// Verifies that `issuer`'s key signed `cert`, which sits at chain depth `depth`.
@@ -22,13 +22,54 @@ pub(crate) fn check_signature(
             key: key_name(&issuer.public_key.key),
         }
     })?;
+    let bad = || EkCertError::BadSignature {
+        depth,
+        subject: cert.subject.display.clone(),
+        issuer: issuer.subject.display.clone(),
+    };
+    let signature = match &issuer.public_key.key {
+        PublicKey::Ec { curve, .. } => ecdsa_canonical(&cert.signature, *curve).ok_or_else(bad)?,
+        PublicKey::Rsa { .. } => cert.signature.clone(),
+    };
     UnparsedPublicKey::new(algorithm, &issuer.public_key.key_bytes)
-        .verify(&cert.tbs, &cert.signature)
-        .map_err(|_| EkCertError::BadSignature {
-            depth,
-            subject: cert.subject.display.clone(),
-            issuer: issuer.subject.display.clone(),
-        })
+        .verify(&cert.tbs, &signature)
+        .map_err(|_| bad())
+}
+
+/// Re-encodes an ECDSA-Sig-Value in canonical DER. Reading it leniently tolerates signers that
+/// encode r or s with superfluous or missing leading zero bytes; the signature value is not
+/// itself signed, and r and s are checked the same way either way.
+fn ecdsa_canonical(der: &[u8], curve: EcCurve) -> Option<Vec<u8>> {
+    let size = match curve {
+        EcCurve::P256 => 32,
+        EcCurve::P384 => 48,
+    };
+    let seq = Reader::new(der).read(TAG_SEQUENCE, "ECDSA-Sig-Value").ok()?;
+    let mut r = seq.contents();
+    let mut body = Vec::with_capacity(2 * size + 6);
+    for _ in 0..2 {
+        let int = r.read(TAG_INTEGER, "ECDSA r or s").ok()?;
+        let start = int.value.iter().position(|b| *b != 0).unwrap_or(int.value.len());
+        let magnitude = &int.value[start..];
+        if magnitude.len() > size {
+            return None;
+        }
+        let pad = magnitude.first().is_none_or(|b| b & 0x80 != 0);
+        body.push(TAG_INTEGER);
+        body.push((magnitude.len() + usize::from(pad)) as u8);
+        if pad {
+            body.push(0);
+        }
+        body.extend_from_slice(magnitude);
+    }
+    r.finish("ECDSA-Sig-Value").ok()?;
+    let mut out = vec![TAG_SEQUENCE];
+    if body.len() >= 0x80 {
+        out.push(0x81);
+    }
+    out.push(body.len() as u8);
+    out.extend_from_slice(&body);
+    Some(out)
 }
 
 fn algorithm_for(
