@@ -7,7 +7,9 @@
 //! Certificates are read with a small lenient DER reader ([`der`]) because real EK certificates
 //! break strict parsers (trailing bytes after the certificate, SETs out of canonical order).
 //! Leniency stops at the signature: every signature is checked by ring over the TBS bytes exactly
-//! as encoded, so a sloppy encoding can be accepted but a modified one cannot.
+//! as encoded, so a sloppy encoding can be accepted but a modified one cannot. The only unsigned
+//! parts of a certificate are the outer signatureAlgorithm, which must equal the signed one byte
+//! for byte, and the signature value, whose ECDSA integers are read leniently and re-encoded.
 //!
 //! Trust policy:
 //! - Every certificate in the [`CaStore`] is a trust anchor (the same model as Keylime's
@@ -157,41 +159,78 @@ impl CaStore {
 
     /// Adds every certificate of a PEM file or bundle and returns how many. Other PEM blocks
     /// (keys, CRLs) are skipped. A file that holds no PEM block at all is read as one DER
-    /// certificate, since stores sometimes hold `.der`/`.cer` files too.
+    /// certificate, since stores sometimes hold `.der`/`.cer` files too. Nothing is added if
+    /// any certificate of the file is unreadable.
     pub fn add_file(&mut self, source: &str, contents: &[u8]) -> Result<usize, EkCertError> {
-        let ders = match std::str::from_utf8(contents) {
-            Ok(text) if text.contains("-----BEGIN") => pem_certificates(source, text)?,
-            _ => vec![contents.to_vec()],
-        };
-        for (i, der) in ders.iter().enumerate() {
-            let name = if ders.len() == 1 {
-                source.to_owned()
-            } else {
-                format!("{source} (certificate {})", i + 1)
-            };
-            self.add_der(&name, der)?;
-        }
-        Ok(ders.len())
+        let certs = file_certificates(source, contents)?
+            .into_iter()
+            .map(|(name, der)| {
+                Certificate::parse(&der).map_err(|e| EkCertError::malformed(&name, e))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let n = certs.len();
+        self.certs.extend(certs);
+        Ok(n)
     }
 
-    /// Builds a store from `(file name, contents)` pairs, e.g. a directory's files.
+    /// Builds a store from `(file name, contents)` pairs, e.g. a directory's files. Unlike
+    /// [`CaStore::add_file`], a certificate that cannot be read (a malformed file, or a CA key
+    /// type this module does not support) is skipped and reported in the returned list, so one
+    /// odd vendor file does not disable EK validation for every other vendor.
     pub fn from_files<'a>(
         files: impl IntoIterator<Item = (&'a str, &'a [u8])>,
-    ) -> Result<CaStore, EkCertError> {
+    ) -> (CaStore, Vec<EkCertError>) {
         let mut store = CaStore::new();
-        for (name, contents) in files {
-            store.add_file(name, contents)?;
+        let mut skipped = Vec::new();
+        for (source, contents) in files {
+            match file_certificates(source, contents) {
+                Ok(certs) => {
+                    for (name, der) in certs {
+                        match Certificate::parse(&der) {
+                            Ok(cert) => store.certs.push(cert),
+                            Err(e) => skipped.push(EkCertError::malformed(&name, e)),
+                        }
+                    }
+                }
+                Err(e) => skipped.push(e),
+            }
         }
-        Ok(store)
+        (store, skipped)
     }
+}
+
+/// The DER certificates of one store file, each with the name errors should use.
+fn file_certificates(source: &str, contents: &[u8]) -> Result<Vec<(String, Vec<u8>)>, EkCertError> {
+    let ders = match std::str::from_utf8(contents) {
+        Ok(text) if text.contains("-----BEGIN") => pem_certificates(source, text)?,
+        _ => vec![contents.to_vec()],
+    };
+    let many = ders.len() > 1;
+    Ok(ders
+        .into_iter()
+        .enumerate()
+        .map(|(i, der)| {
+            let name =
+                if many { format!("{source} (certificate {})", i + 1) } else { source.to_owned() };
+            (name, der)
+        })
+        .collect())
 }
 
 /// Decodes the `CERTIFICATE` blocks of a PEM text.
 pub fn pem_certificates(source: &str, text: &str) -> Result<Vec<Vec<u8>>, EkCertError> {
     let mut out = Vec::new();
     let mut block: Option<(usize, bool, String)> = None;
-    for (i, line) in text.lines().enumerate() {
-        let line_no = i + 1;
+    // Vendor PEM files often lack a final newline, so `cat *.pem` glues an END line to the
+    // next BEGIN line: split such lines, keeping their line number.
+    let lines = text.lines().enumerate().flat_map(|(i, line)| {
+        let (first, second) = match line.find("----------BEGIN ") {
+            Some(at) => (&line[..at + 5], Some(&line[at + 5..])),
+            None => (line, None),
+        };
+        std::iter::once((i + 1, first)).chain(second.map(|s| (i + 1, s)))
+    });
+    for (line_no, line) in lines {
         let line = line.trim();
         if let Some(label) = line.strip_prefix("-----BEGIN ").and_then(|l| l.strip_suffix("-----"))
         {

@@ -279,6 +279,35 @@ fn pem_errors_name_the_line() {
 }
 
 #[test]
+fn store_loading_skips_and_reports_unreadable_certificates() {
+    let good = read("ek-ca/NUVO_2110.pem");
+    let bundle = [
+        read("ek-ca/STM_RSA_05I.pem"),
+        b"-----BEGIN CERTIFICATE-----\nMAA=\n-----END CERTIFICATE-----\n".to_vec(),
+    ]
+    .concat();
+    let files: Vec<(&str, &[u8])> = vec![
+        ("NUVO_2110.pem", &good),
+        ("bundle.pem", &bundle),
+        ("broken.pem", b"-----BEGIN CERTIFICATE-----\n"),
+    ];
+    let (store, skipped) = CaStore::from_files(files);
+    assert_eq!(store.len(), 2);
+    assert_eq!(skipped.len(), 2);
+    assert!(
+        skipped[0].to_string().starts_with("bundle.pem (certificate 2): malformed DER at byte"),
+        "{}",
+        skipped[0]
+    );
+    assert!(
+        matches!(&skipped[1], EkCertError::Pem { input, line: 1, .. } if input == "broken.pem")
+    );
+    let mut strict = CaStore::new();
+    strict.add_file("bundle.pem", &bundle).expect_err("one bad certificate");
+    assert!(strict.is_empty(), "nothing added from a file with a bad certificate");
+}
+
+#[test]
 fn parse_ek_certificate_reads_key_and_attributes() {
     let (key, tpm) = parse_ek_certificate(&read(ST_ECC)).expect("parses");
     assert!(matches!(key.key, PublicKey::Ec { curve: EcCurve::P256, .. }));
@@ -395,6 +424,16 @@ fn fixture_certs() -> Vec<Vec<u8>> {
 }
 
 proptest! {
+    #[test]
+    fn pem_reader_never_panics(text in "(-----(BEGIN|END) [A-Z ]{0,12}-----|[A-Za-z0-9+/=]{0,70}|\\PC{0,8})(\n(-----(BEGIN|END) [A-Z ]{0,12}-----|[A-Za-z0-9+/=]{0,70}|\\PC{0,8})){0,12}") {
+        if let Ok(certs) = pem_certificates("fuzz.pem", &text) {
+            for der in certs {
+                let _ = Certificate::parse(&der);
+            }
+        }
+        let _ = CaStore::from_files([("fuzz.pem", text.as_bytes())]);
+    }
+
     #[test]
     fn parser_never_panics_on_arbitrary_bytes(data in proptest::collection::vec(any::<u8>(), 0..2048)) {
         let _ = Certificate::parse(&data);
