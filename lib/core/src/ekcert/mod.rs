@@ -4,7 +4,7 @@
 //! vendor CA, and extracting what the registrar needs from it: the EK public key (to compare with
 //! the EK the agent presented) and the TCG TPM manufacturer, model and version attributes.
 //!
-//! Certificates are read with a small lenient DER reader ([`der`]) because real EK certificates
+//! Certificates are read with a small lenient DER reader (the `der` submodule) because real EK certificates
 //! break strict parsers (trailing bytes after the certificate, SETs out of canonical order).
 //! Leniency stops at the signature: every signature is checked by ring over the TBS bytes exactly
 //! as encoded, so a sloppy encoding can be accepted but a modified one cannot. The only unsigned
