@@ -33,6 +33,11 @@ pub mod rule {
     pub const IMA_BUF: &str = "ima.buf_not_in_policy";
     pub const IMA_HASH_ALG: &str = "ima.hash_alg";
     pub const COVERAGE_NOT_ENFORCED: &str = "coverage.not_enforced";
+    pub const EKCERT_MISSING: &str = "ekcert.missing";
+    pub const EKCERT_MALFORMED: &str = "ekcert.malformed";
+    pub const EKCERT_UNTRUSTED: &str = "ekcert.untrusted";
+    pub const EKCERT_VALIDITY: &str = "ekcert.validity";
+    pub const EKCERT_KEY_MISMATCH: &str = "ekcert.key_mismatch";
 }
 
 /// One reason an attestation did not pass.

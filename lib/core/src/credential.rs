@@ -1,1 +1,0 @@
-//! Software TPM2_MakeCredential for RSA and ECC endorsement keys.

@@ -1,1 +1,0 @@
-//! EK certificate validation against a store of TPM vendor CA certificates.
