@@ -4,8 +4,8 @@
 use std::convert::TryFrom;
 
 use tss_esapi::Context;
-use tss_esapi::abstraction::{AsymmetricAlgorithmSelection, DefaultKey, ek, nv};
-use tss_esapi::constants::CapabilityType;
+use tss_esapi::abstraction::{AsymmetricAlgorithmSelection, DefaultKey, ek};
+use tss_esapi::constants::{CapabilityType, PropertyTag};
 use tss_esapi::handles::{KeyHandle, NvIndexHandle, NvIndexTpmHandle, TpmHandle};
 use tss_esapi::interface_types::ecc::EccCurve;
 use tss_esapi::interface_types::key_bits::RsaKeyBits;
@@ -103,20 +103,39 @@ pub(crate) fn read_nv(ctx: &mut Context, index: u32) -> tss_esapi::Result<Vec<u8
     let nv_index = NvIndexTpmHandle::new(index)?;
     let mut object =
         ctx.execute_without_session(|c| c.tr_from_tpm_public(TpmHandle::NvIndex(nv_index)))?;
-    let result = (|| {
-        let (public, _) =
-            ctx.execute_without_session(|c| c.nv_read_public(NvIndexHandle::from(object)))?;
-        let auth = if public.attributes().auth_read() {
-            NvAuth::NvIndex(NvIndexHandle::from(object))
-        } else {
-            NvAuth::Owner
-        };
-        ctx.execute_with_nullauth_session(|c| nv::read_full(c, auth, nv_index))
-    })();
-    // read_full may already have closed the ESYS object; a failure to close it is harmless.
-    let _ = ctx.tr_close(&mut object);
-    result
+    let result = read_nv_object(ctx, NvIndexHandle::from(object));
+    let closed = ctx.tr_close(&mut object);
+    let bytes = result?;
+    closed?;
+    Ok(bytes)
 }
+
+fn read_nv_object(ctx: &mut Context, handle: NvIndexHandle) -> tss_esapi::Result<Vec<u8>> {
+    let (public, _) = ctx.execute_without_session(|c| c.nv_read_public(handle))?;
+    let auth =
+        if public.attributes().auth_read() { NvAuth::NvIndex(handle) } else { NvAuth::Owner };
+    let chunk = ctx
+        .get_tpm_property(PropertyTag::NvBufferMax)?
+        .and_then(|max| u16::try_from(max).ok())
+        .unwrap_or(NV_BUFFER_FALLBACK);
+    let size = public.data_size();
+    let mut data = Vec::with_capacity(size);
+    while data.len() < size {
+        let offset = u16::try_from(data.len()).map_err(|_| {
+            tss_esapi::Error::WrapperError(tss_esapi::WrapperErrorKind::WrongParamSize)
+        })?;
+        let want = chunk.min(u16::try_from(size - data.len()).unwrap_or(chunk));
+        let part = ctx.execute_with_nullauth_session(|c| c.nv_read(auth, handle, want, offset))?;
+        if part.is_empty() {
+            break;
+        }
+        data.extend_from_slice(part.value());
+    }
+    Ok(data)
+}
+
+/// The smallest NV buffer a TPM may have (TPM2_PT_NV_BUFFER_MAX is at least this).
+const NV_BUFFER_FALLBACK: u16 = 512;
 
 /// Splits concatenated DER certificates (a vendor may store several in one index), ignoring
 /// padding after the last one.
