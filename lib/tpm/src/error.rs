@@ -25,7 +25,7 @@ const LAYER_ESYS: u32 = 7;
 const LAYER_TCTI: u32 = 10;
 const BASE_BAD_SEQUENCE: u32 = 7;
 const BASE_IO_ERROR: u32 = 10;
-const BASE_NO_CONNECTION: u32 = 15;
+const BASE_NO_CONNECTION: u32 = 8;
 /// TPM_RC_REFERENCE_H0..H6: a handle names an object or session the TPM no longer holds, as
 /// after the TPM restarted between two commands.
 const RC_REFERENCE_H0: u32 = 0x910;
@@ -73,10 +73,49 @@ impl From<tss_esapi::Error> for TssError {
 impl fmt::Display for TssError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.code() {
-            Some(code) => write!(f, "{} (TSS2_RC {code:#x})", self.error),
+            Some(code) => match software_stack_error(code) {
+                Some(text) => write!(f, "{text} (TSS2_RC {code:#x})"),
+                None => write!(f, "{} (TSS2_RC {code:#x})", self.error),
+            },
             None => write!(f, "{}", self.error),
         }
     }
+}
+
+/// Words for the codes of the software stack's own layers, which tss-esapi leaves unnamed.
+fn software_stack_error(code: u32) -> Option<String> {
+    let layer = match (code >> 16) & 0xff {
+        6 => "FAPI",
+        7 => "ESYS",
+        8 => "SYS",
+        9 => "marshalling",
+        10 => "TCTI",
+        11 | 12 => "resource manager",
+        _ => return None,
+    };
+    let what = match code & 0xffff {
+        1 => "general failure",
+        2 => "not implemented",
+        3 => "bad context",
+        5 => "bad reference",
+        6 => "buffer too small",
+        7 => "called out of sequence (an earlier command was interrupted)",
+        8 => "no connection to the TPM",
+        9 => "timed out, try again",
+        10 => "I/O error talking to the TPM (connection refused or closed)",
+        11 => "bad value",
+        12 => "not permitted",
+        16 => "bad size",
+        17 => "malformed response",
+        19 => "response too short",
+        20 => "incompatible TCTI",
+        21 => "not supported",
+        23 => "out of memory",
+        24 => "invalid ESYS handle",
+        27 => "response HMAC from the TPM did not verify",
+        other => return Some(format!("{layer} error {other}")),
+    };
+    Some(format!("{layer}: {what}"))
 }
 
 impl std::error::Error for TssError {}
@@ -269,6 +308,8 @@ mod tests {
             TpmError::from_tss("start session", t, tss(RC_SESSION_MEMORY)),
             TpmError::OutOfMemory { slots: "session", .. }
         ));
+        let io = TpmError::from_tss("quote", t, tss(RC_TCTI_IO_ERROR)).to_string();
+        assert!(io.contains("TCTI: I/O error") && io.contains("0xa000a"), "{io}");
         let other = TpmError::from_tss("activate credential", t, tss(0x1df));
         assert!(matches!(other, TpmError::Command { .. }));
         assert!(other.to_string().contains("0x1df"), "{other}");

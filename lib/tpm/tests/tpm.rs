@@ -300,3 +300,68 @@ fn operations_before_an_ak_exists_say_so() {
     let values = tpm.pcr_read(HashAlg::Sha384, &[0, 23]).expect("sha384 bank");
     assert_eq!(values[0].value, HashAlg::Sha384.zero());
 }
+
+#[test]
+fn tpm_memory_exhaustion_is_reported_as_such() {
+    let Some(sw) = Swtpm::start() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tpm = Tpm::open(&sw.tcti(), KeyAlg::Rsa2048).expect("open");
+    // Another client fills the two object slots the EK leaves free.
+    let mut side = side_context(&sw);
+    let ek = Public::unmarshall(&tpm.ek().public).expect("EK public");
+    for _ in 0..2 {
+        side.load_external_public(ek.clone(), Hierarchy::Owner).expect("load external");
+    }
+    let err = tpm.load_or_create_ak(dir.path(), KeyAlg::EccP256).expect_err("no slot");
+    assert!(matches!(err, TpmError::OutOfMemory { .. }), "{err}");
+    assert!(err.to_string().contains("transient object"), "{err}");
+    drop(side);
+    tpm.load_or_create_ak(dir.path(), KeyAlg::EccP256).expect("AK once slots are free");
+}
+
+#[test]
+fn dictionary_attack_lockout_is_reported_with_the_remedy() {
+    let Some(mut sw) = Swtpm::start() else { return };
+    // One unclean stop after using the DA-protected EK and AK is enough to lock out.
+    let status = std::process::Command::new("tpm2_dictionarylockout")
+        .args(["-s", "-n", "1", "-t", "1000", "-l", "1000"])
+        .env("TPM2TOOLS_TCTI", sw.tcti())
+        .status()
+        .expect("run tpm2_dictionarylockout");
+    assert!(status.success(), "tpm2_dictionarylockout: {status}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (tpm, _) = open_with_ak(&sw, KeyAlg::EccP256, dir.path());
+    tpm.quote(b"n", HashAlg::Sha256, &[0]).expect("quote");
+    sw.restart_unclean();
+    let err = tpm.quote(b"n", HashAlg::Sha256, &[0]).expect_err("locked out");
+    assert!(matches!(err, TpmError::Lockout { .. }), "{err}");
+    assert!(err.to_string().contains("tpm2_dictionarylockout --clear-lockout"), "{err}");
+}
+
+#[test]
+fn one_tpm_serves_many_threads() {
+    let Some(sw) = Swtpm::start() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (tpm, ak) = open_with_ak(&sw, KeyAlg::EccP256, dir.path());
+    let tpm = std::sync::Arc::new(tpm);
+    let workers: Vec<_> = (0..4u8)
+        .map(|i| {
+            let tpm = tpm.clone();
+            std::thread::spawn(move || {
+                (0..3u8)
+                    .map(|j| {
+                        let digest = HashAlg::Sha256.digest(&[i, j]);
+                        tpm.pcr_extend(HashAlg::Sha256, 16, digest.as_bytes()).expect("extend");
+                        let nonce = [i, j];
+                        (nonce, tpm.quote(&nonce, HashAlg::Sha256, &[10, 16]).expect("quote"))
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    for worker in workers {
+        for (nonce, quote) in worker.join().expect("worker") {
+            verify_quote(&quote, &ak.key.public, &nonce);
+        }
+    }
+}
