@@ -14,6 +14,20 @@
 //! The C library logs expected failures (an absent NV index, a dropped connection) to stderr.
 //! Programs that do not want those lines set `TSS2_LOG=all+NONE` in the environment before the
 //! first [`Tpm::open`] (`TSS2_LOG=esys+debug,tcti+trace` shows every command instead).
+//!
+//! ```no_run
+//! use kl_core::alg::HashAlg;
+//! use kl_tpm::{KeyAlg, Tpm};
+//!
+//! # fn main() -> Result<(), kl_tpm::TpmError> {
+//! let tpm = Tpm::open("device:/dev/tpmrm0", KeyAlg::Rsa2048)?;
+//! let ek_cert = tpm.ek_certificate()?; // None when the TPM holds no certificate
+//! let ak = tpm.load_or_create_ak("/var/lib/keylime/agent".as_ref(), KeyAlg::Rsa2048)?;
+//! let quote = tpm.quote(b"verifier nonce", HashAlg::Sha256, &[0, 1, 2, 3, 4, 5, 6, 7, 10])?;
+//! # let _ = (ek_cert, ak, quote);
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod ak;
 mod credential;

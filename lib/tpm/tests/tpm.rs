@@ -302,6 +302,35 @@ fn operations_before_an_ak_exists_say_so() {
 }
 
 #[test]
+fn objects_and_sessions_left_by_a_crashed_client_are_flushed_at_open() {
+    let Some(sw) = Swtpm::start() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A client that fills every object and session slot and goes away without cleaning up
+    // (its context is kept alive here, as a crashed process's handles stay in the TPM).
+    let mut crashed = side_context(&sw);
+    let ek = {
+        let probe = Tpm::open(&sw.tcti(), KeyAlg::Rsa2048).expect("open");
+        Public::unmarshall(&probe.ek().public).expect("EK public")
+    };
+    for _ in 0..3 {
+        crashed.load_external_public(ek.clone(), Hierarchy::Owner).expect("fill object slot");
+        crashed
+            .start_auth_session(
+                None,
+                None,
+                None,
+                tss_esapi::constants::SessionType::Hmac,
+                tss_esapi::structures::SymmetricDefinition::AES_128_CFB,
+                tss_esapi::interface_types::algorithm::HashingAlgorithm::Sha256,
+            )
+            .expect("fill session slot");
+    }
+    let (tpm, ak) = open_with_ak(&sw, KeyAlg::Rsa2048, dir.path());
+    let (blob, encrypted) = make_credential(&sw, &tpm.ek().public, &ak.key.name, &[5; 32]);
+    assert_eq!(tpm.activate_credential(&blob, &encrypted).expect("activate"), [5; 32]);
+}
+
+#[test]
 fn tpm_memory_exhaustion_is_reported_as_such() {
     let Some(sw) = Swtpm::start() else { return };
     let dir = tempfile::tempdir().expect("tempdir");
