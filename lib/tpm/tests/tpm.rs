@@ -128,6 +128,44 @@ fn ek_is_the_manufactured_one_and_its_certificate_matches() {
     assert!(tpm.ek_intermediate_certificates().expect("chain").is_empty());
 }
 
+/// Stores `data` in a new NV index with tpm2-tools, as a vendor would at manufacture.
+fn define_nv(sw: &Swtpm, index: u32, attributes: &str, data: &[u8]) {
+    let file = tempfile::NamedTempFile::new().expect("temp file");
+    fs::write(file.path(), data).expect("write NV data");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(args[0])
+            .args(&args[1..])
+            .env("TPM2TOOLS_TCTI", sw.tcti())
+            .output()
+            .expect("run tpm2-tools");
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let index = format!("{index:#x}");
+    let size = data.len().to_string();
+    run(&["tpm2_nvdefine", &index, "-C", "o", "-s", &size, "-a", attributes]);
+    let path = file.path().to_str().expect("utf-8 path");
+    run(&["tpm2_nvwrite", &index, "-C", "o", "-i", path]);
+}
+
+#[test]
+fn intermediate_certificates_are_read_from_every_index_in_the_range() {
+    let Some(sw) = Swtpm::start() else { return };
+    let cert = fs::read(&swtpm::template().expect("template").ek_cert).expect("cert");
+    let small = vec![0x30, 0x03, 0x02, 0x01, 0x07];
+    // Owner-readable only, with padding after the certificate.
+    let padded = [cert.clone(), vec![0xff; 8]].concat();
+    define_nv(&sw, 0x01c0_0100, "ownerread|ownerwrite|ppwrite", &padded);
+    // Readable with its own (empty) auth, holding two certificates back to back.
+    let two = [small.clone(), small.clone()].concat();
+    define_nv(&sw, 0x01c0_01ff, "authread|ownerwrite|ownerread", &two);
+    // Outside the range: ignored.
+    define_nv(&sw, 0x01c0_0200, "authread|ownerwrite|ownerread", &small);
+
+    let tpm = Tpm::open(&sw.tcti(), KeyAlg::Rsa2048).expect("open");
+    let chain = tpm.ek_intermediate_certificates().expect("chain");
+    assert_eq!(chain, vec![cert, small.clone(), small]);
+}
+
 #[test]
 fn ak_is_persisted_and_reloads_with_the_same_name() {
     let Some(sw) = Swtpm::start() else { return };
