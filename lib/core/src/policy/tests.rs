@@ -1,0 +1,1 @@
+//! Golden tests on Keylime fixtures, format round trips and property tests.
