@@ -186,7 +186,9 @@ impl VerificationKey {
             OID_P256 => Curve::P256,
             OID_P384 => Curve::P384,
             _ => {
-                return Err(KeyError("unsupported elliptic curve (expected P-256 or P-384)".into()));
+                return Err(KeyError(
+                    "unsupported elliptic curve (expected P-256 or P-384)".into(),
+                ));
             }
         };
         Ok(VerificationKey { curve, point: spki.key.to_vec(), spki: der.to_vec() })

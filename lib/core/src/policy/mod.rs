@@ -43,7 +43,7 @@ pub enum PolicyError {
     /// A malformed line of a line-oriented format.
     #[error("{format}: line {line}: {message}")]
     Line { format: &'static str, line: usize, message: String },
-    /// An exclude regex that does not compile (index into the sorted exclude list).
+    /// An exclude regex that does not compile (index in the order the excludes were given).
     #[error("exclude #{index} {pattern:?}: {message}")]
     Exclude { index: usize, pattern: String, message: String },
     /// A name given twice in one JSON object.
@@ -236,14 +236,14 @@ pub(crate) fn parse_digest(
             hex_part.len()
         ));
     };
-    if let Some(alg) = alg {
-        if alg != implied {
-            return Err(format!(
-                "digest {text:?}: {alg} digests have {} hex digits, not {}",
-                2 * alg.len(),
-                hex_part.len()
-            ));
-        }
+    if let Some(alg) = alg
+        && alg != implied
+    {
+        return Err(format!(
+            "digest {text:?}: {alg} digests have {} hex digits, not {}",
+            2 * alg.len(),
+            hex_part.len()
+        ));
     }
     hex::decode_to_slice(hex_part, &mut buf[..len])
         .map_err(|e| format!("digest {text:?}: not hexadecimal ({e})"))?;

@@ -64,9 +64,9 @@ pub(crate) fn check_exclude(pattern: &str) -> Result<(), String> {
 }
 
 impl Excludes {
+    /// Checks each pattern (errors give its index in the order given), then sorts,
+    /// deduplicates and compiles them into one regex.
     fn compile(mut patterns: Vec<String>) -> Result<Excludes, PolicyError> {
-        patterns.sort();
-        patterns.dedup();
         for (index, p) in patterns.iter().enumerate() {
             check_exclude(p).map_err(|message| PolicyError::Exclude {
                 index,
@@ -74,6 +74,8 @@ impl Excludes {
                 message,
             })?;
         }
+        patterns.sort();
+        patterns.dedup();
         if patterns.is_empty() {
             return Ok(Excludes::default());
         }
@@ -143,10 +145,10 @@ fn lookup<'a>(
     digest: &[u8],
 ) -> Lookup<'a> {
     let known = table.get(name);
-    if let Some(list) = known {
-        if list.contains(digest) {
-            return Lookup::Allowed;
-        }
+    if let Some(list) = known
+        && list.contains(digest)
+    {
+        return Lookup::Allowed;
     }
     if excludes.matches(name) {
         return Lookup::Excluded;
