@@ -184,8 +184,10 @@ impl TableBuilder {
             rows.sort_by(|a, b| name_of(a).cmp(name_of(b)));
         }
 
-        let mut digests = Vec::with_capacity(self.digests.len());
-        let mut out_rows: Vec<Row> = Vec::with_capacity(rows.len());
+        // Each entry is `u32 LE name length | u32 LE digests length | name | digests`, so a
+        // lookup that finds the name has the digests in the same cache lines.
+        let mut data = Vec::with_capacity(names.len() + self.digests.len() + 8 * rows.len());
+        let mut entries: Vec<u32> = Vec::with_capacity(rows.len());
         let mut scratch: Vec<&[u8]> = Vec::new();
         let mut i = 0;
         while i < rows.len() {
@@ -204,29 +206,37 @@ impl TableBuilder {
             }
             scratch.sort_unstable_by(|a, b| a.len().cmp(&b.len()).then_with(|| a.cmp(b)));
             scratch.dedup();
-            let digests_start = offset(digests.len(), &mut self.too_large);
+            let start = offset(data.len(), &mut self.too_large);
+            let name = name_of(&first).as_bytes();
+            let digests_len: usize = scratch.iter().map(|d| d.len() + 1).sum();
+            data.extend_from_slice(&offset(name.len(), &mut self.too_large).to_le_bytes());
+            data.extend_from_slice(&offset(digests_len, &mut self.too_large).to_le_bytes());
+            data.extend_from_slice(name);
             for d in &scratch {
-                digests.push(d.len() as u8);
-                digests.extend_from_slice(d);
+                data.push(d.len() as u8);
+                data.extend_from_slice(d);
             }
-            let digests_end = offset(digests.len(), &mut self.too_large);
-            out_rows.push(Row { digests_start, digests_end, ..first });
+            entries.push(start);
             i = j;
         }
-        if self.too_large {
+        if self.too_large || data.len() >= EMPTY as usize {
             return Err(TableError::TooLarge);
         }
-        Ok(DigestTable::index(names, digests, out_rows))
+        Ok(DigestTable::index(data, entries))
     }
 }
+
+const EMPTY: u32 = u32::MAX;
 
 /// An immutable, sorted, hash-indexed map from names to digest lists.
 #[derive(Clone, Default)]
 pub(crate) struct DigestTable {
-    names: String,
-    digests: Vec<u8>,
-    rows: Vec<Row>,
-    /// `hash_high_32 << 32 | (row + 1)`; 0 marks an empty slot.
+    /// Entries back to back, sorted by name.
+    data: Vec<u8>,
+    /// Offset of each entry in `data`, in sorted order.
+    entries: Vec<u32>,
+    /// Open addressing, linear probing, load factor at most 1/2: `hash_high_32 << 32 | offset`,
+    /// or `EMPTY` in the low half for a free slot.
     slots: Vec<u64>,
 }
 
@@ -269,39 +279,48 @@ fn hash(name: &[u8]) -> u64 {
 }
 
 impl DigestTable {
-    fn index(names: String, digests: Vec<u8>, rows: Vec<Row>) -> DigestTable {
-        let capacity = (rows.len() * 2).next_power_of_two().max(8);
+    fn index(data: Vec<u8>, entries: Vec<u32>) -> DigestTable {
+        let capacity = (entries.len() * 2).next_power_of_two().max(8);
         let mask = capacity - 1;
-        let mut slots = vec![0u64; capacity];
-        for (i, row) in rows.iter().enumerate() {
-            let h = hash(&names.as_bytes()[row.name_start as usize..row.name_end as usize]);
+        let mut table = DigestTable { data, entries, slots: vec![u64::from(EMPTY); capacity] };
+        for i in 0..table.entries.len() {
+            let start = table.entries[i];
+            let (name, _) = table.entry(start);
+            let h = hash(name);
             let mut s = (h as usize) & mask;
-            while slots[s] != 0 {
+            while table.slots[s] as u32 != EMPTY {
                 s = (s + 1) & mask;
             }
-            slots[s] = (h & 0xffff_ffff_0000_0000) | (i as u64 + 1);
+            table.slots[s] = (h & 0xffff_ffff_0000_0000) | u64::from(start);
         }
-        DigestTable { names, digests, rows, slots }
+        table
+    }
+
+    /// The name and digest list of the entry at `start`.
+    fn entry(&self, start: u32) -> (&[u8], DigestList<'_>) {
+        let at = start as usize;
+        let word = |o: usize| {
+            let mut w = [0u8; 4];
+            if let Some(b) = self.data.get(o..o + 4) {
+                w.copy_from_slice(b);
+            }
+            u32::from_le_bytes(w) as usize
+        };
+        let name_len = word(at);
+        let digests_len = word(at + 4);
+        let name_start = at + 8;
+        let name = self.data.get(name_start..name_start + name_len).unwrap_or_default();
+        let digests_start = name_start + name_len;
+        let encoded = self.data.get(digests_start..digests_start + digests_len).unwrap_or_default();
+        (name, DigestList { encoded })
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.rows.len()
+        self.entries.len()
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.rows.is_empty()
-    }
-
-    fn name(&self, row: &Row) -> &str {
-        self.names.get(row.name_start as usize..row.name_end as usize).unwrap_or_default()
-    }
-
-    fn list(&self, row: &Row) -> DigestList<'_> {
-        let encoded = self
-            .digests
-            .get(row.digests_start as usize..row.digests_end as usize)
-            .unwrap_or_default();
-        DigestList { encoded }
+        self.entries.is_empty()
     }
 
     /// The digests allowed for `name`, if the name is in the table.
@@ -310,27 +329,31 @@ impl DigestTable {
             return None;
         }
         let mask = self.slots.len() - 1;
-        let h = hash(name.as_bytes());
+        let name = name.as_bytes();
+        let h = hash(name);
         let tag = h & 0xffff_ffff_0000_0000;
         let mut s = (h as usize) & mask;
         loop {
             let slot = self.slots[s];
-            if slot == 0 {
+            if slot as u32 == EMPTY {
                 return None;
             }
             if slot & 0xffff_ffff_0000_0000 == tag {
-                let row = self.rows.get((slot as u32 as usize).wrapping_sub(1))?;
-                if self.name(row) == name {
-                    return Some(self.list(row));
+                let (candidate, list) = self.entry(slot as u32);
+                if candidate == name {
+                    return Some(list);
                 }
             }
             s = (s + 1) & mask;
         }
     }
 
-    /// Rows in canonical (byte-wise sorted name) order.
+    /// Entries in canonical (byte-wise sorted name) order.
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&str, DigestList<'_>)> + '_ {
-        self.rows.iter().map(|r| (self.name(r), self.list(r)))
+        self.entries.iter().map(|&start| {
+            let (name, list) = self.entry(start);
+            (std::str::from_utf8(name).unwrap_or_default(), list)
+        })
     }
 }
 
