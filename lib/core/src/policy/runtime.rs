@@ -15,8 +15,9 @@ use std::sync::OnceLock;
 use regex::Regex;
 
 use super::PolicyError;
-use super::table::{DigestList, DigestTable, Duplicates, TableBuilder, TableError};
+use super::table::{DigestList, DigestTable, Duplicates, TableBuilder, TableError, prefixed_hex};
 use crate::alg::HashAlg;
+use crate::verdict::{Finding, rule};
 
 /// The outcome of looking up one measurement (file, buffer or key) in a runtime policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +39,51 @@ impl Lookup<'_> {
     /// Whether the entry passes (allowed or excluded).
     pub fn passes(&self) -> bool {
         matches!(self, Lookup::Allowed | Lookup::Excluded)
+    }
+
+    /// The finding for a file measurement that does not pass: `ima.not_in_policy` for an
+    /// unknown path, `ima.digest_mismatch` (with the allowed digests as `expected`) otherwise.
+    /// `actual` is the measured digest; callers add the IMA log line.
+    pub fn file_finding(&self, path: &str, actual: &[u8]) -> Option<Finding> {
+        self.finding(rule::IMA_NOT_IN_POLICY, rule::IMA_DIGEST_MISMATCH, "file", path, actual)
+    }
+
+    /// The finding for an `ima-buf` measurement that does not pass (`ima.buf_not_in_policy`).
+    pub fn buf_finding(&self, name: &str, actual: &[u8]) -> Option<Finding> {
+        self.finding(rule::IMA_BUF, rule::IMA_BUF, "buffer", name, actual)
+    }
+
+    /// The finding for a key loaded onto a keyring that does not pass (`ima.keyring`).
+    pub fn keyring_finding(&self, keyring: &str, actual: &[u8]) -> Option<Finding> {
+        self.finding(rule::IMA_KEYRING, rule::IMA_KEYRING, "key on keyring", keyring, actual)
+    }
+
+    fn finding(
+        &self,
+        unknown_rule: &str,
+        mismatch_rule: &str,
+        what: &str,
+        name: &str,
+        actual: &[u8],
+    ) -> Option<Finding> {
+        let actual_hex = prefixed_hex(actual);
+        match self {
+            Lookup::Allowed | Lookup::Excluded => None,
+            Lookup::UnknownPath => Some(
+                Finding::new(unknown_rule, format!("{what} {name:?} is not in the runtime policy"))
+                    .path(name)
+                    .actual(actual_hex),
+            ),
+            Lookup::DigestNotAllowed { allowed } => Some(
+                Finding::new(
+                    mismatch_rule,
+                    format!("{what} {name:?} has digest {actual_hex}, which the runtime policy does not allow"),
+                )
+                .path(name)
+                .expected(allowed.to_prefixed_hex())
+                .actual(actual_hex),
+            ),
+        }
     }
 }
 
@@ -510,6 +556,41 @@ mod tests {
         b.add_exclude("/a|/b");
         let p = b.build().expect("builds");
         assert!(p.is_excluded("/b/x") && !p.is_excluded("/c/b"));
+    }
+
+    #[test]
+    fn findings_for_each_rule() {
+        let p = policy();
+        assert!(
+            p.lookup_file("/usr/bin/bash", &[1; 32])
+                .file_finding("/usr/bin/bash", &[1; 32])
+                .is_none()
+        );
+        assert!(p.lookup_file("/tmp/x", &[0; 32]).file_finding("/tmp/x", &[0; 32]).is_none());
+
+        let f = p.lookup_file("/usr/bin/zsh", &[9; 20]).file_finding("/usr/bin/zsh", &[9; 20]);
+        let f = f.expect("unknown path fails");
+        assert_eq!(f.rule, rule::IMA_NOT_IN_POLICY);
+        assert_eq!(f.path.as_deref(), Some("/usr/bin/zsh"));
+        assert_eq!(f.actual, Some(format!("sha1:{}", "09".repeat(20)).into()));
+
+        let f = p.lookup_file("/usr/bin/bash", &[9; 32]).file_finding("/usr/bin/bash", &[9; 32]);
+        let f = f.expect("wrong digest fails");
+        assert_eq!(f.rule, rule::IMA_DIGEST_MISMATCH);
+        assert_eq!(
+            f.expected,
+            Some(serde_json::json!([
+                format!("sha1:{}", "02".repeat(20)),
+                format!("sha256:{}", "01".repeat(32))
+            ]))
+        );
+
+        let f = p.lookup_buf("kernel_version", &[0; 32]).buf_finding("kernel_version", &[0; 32]);
+        assert_eq!(f.expect("wrong buffer").rule, rule::IMA_BUF);
+        let f = p.lookup_buf("other", &[0; 32]).buf_finding("other", &[0; 32]);
+        assert_eq!(f.expect("unknown buffer").rule, rule::IMA_BUF);
+        let f = p.lookup_keyring(".ima", &[0; 32]).keyring_finding(".ima", &[0; 32]);
+        assert_eq!(f.expect("unknown key").rule, rule::IMA_KEYRING);
     }
 
     #[test]
