@@ -99,6 +99,68 @@ fn signatures_are_required_when_asked_and_need_a_key() {
 }
 
 #[test]
+fn openssl_signed_envelope_verifies_with_the_certificate() {
+    let cert = include_bytes!("testdata/signer-p384-cert.pem");
+    let envelope = include_bytes!("testdata/runtime-policy-test-signed-p384-x509.json");
+    let key = VerificationKey::from_pem(cert).expect("certificate key");
+    assert_eq!(key.curve(), Curve::P384);
+    let opts = LoadOptions { signing_key: Some(&key), require_signature: true };
+    let (p, format) = load(envelope, &opts).expect("verifies");
+    assert_eq!(format, Format::Signed);
+    assert_eq!(p, keylime::parse(RUNTIME_POLICY).expect("parses"));
+    // The Keylime fixture key did not sign it.
+    let other = self::key();
+    let opts = LoadOptions { signing_key: Some(&other), require_signature: true };
+    assert!(matches!(
+        load(envelope, &opts),
+        Err(PolicyError::Dsse(DsseError::BadSignature { .. }))
+    ));
+}
+
+#[test]
+fn certificate_keys_match_openssl() {
+    // SHA-256 of the DER SubjectPublicKeyInfo, as `openssl x509 -pubkey | openssl pkey -pubin
+    // -outform DER | sha256sum` prints it.
+    let cases: [(&[u8], Curve, &str); 3] = [
+        (
+            include_bytes!(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../../shared/fixtures/keylime/ek-ca/IFX_ECC_034.pem"
+            )),
+            Curve::P256,
+            "61e3740e9bdc788db0135746f29f0fd54586463f35d2a35131d1603235d6bd82",
+        ),
+        (
+            include_bytes!(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../../shared/fixtures/keylime/ek-ca/INF_ECC_010RT.pem"
+            )),
+            Curve::P384,
+            "ce5183a19d6fe79a6c1b058cfa700379f67d587a8afd0f51621e82d9f00c5a28",
+        ),
+        (
+            include_bytes!(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../../shared/fixtures/keylime/ek-ca/STM_ECC_01RT.pem"
+            )),
+            Curve::P384,
+            "b9e2d0d69753c717df3f14464a6cda088f5d1fda07ffce506baa3288419366df",
+        ),
+    ];
+    for (pem, curve, spki_sha256) in cases {
+        let key = VerificationKey::from_pem(pem).expect("EC certificate");
+        assert_eq!(key.curve(), curve);
+        assert_eq!(hex::encode(HashAlg::Sha256.digest(key.spki_der()).as_bytes()), spki_sha256);
+    }
+    let rsa = include_bytes!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../../shared/fixtures/keylime/ek-ca/IFX_RSA_034.pem"
+    ));
+    let err = VerificationKey::from_pem(rsa).expect_err("RSA is not a policy signing key");
+    assert!(err.to_string().contains("unsupported key type"), "{err}");
+}
+
+#[test]
 fn dsse_with_generated_p384_key_and_native_payload() {
     use ring::rand::SystemRandom;
     use ring::signature::{self as sig, EcdsaKeyPair, KeyPair};
