@@ -103,10 +103,31 @@ fn regex_message(e: &regex::Error) -> String {
         .unwrap_or_else(|| text.replace('\n', " "))
 }
 
+/// Rewrites the Python escapes that the regex crate spells differently: `\Z` (end of text)
+/// is `\z` here. The policy keeps the pattern as written.
+fn rust_syntax(pattern: &str) -> std::borrow::Cow<'_, str> {
+    if !pattern.contains("\\Z") {
+        return pattern.into();
+    }
+    let mut out = String::with_capacity(pattern.len());
+    let mut chars = pattern.chars();
+    while let Some(c) = chars.next() {
+        out.push(c);
+        if c == '\\' {
+            match chars.next() {
+                Some('Z') => out.push('z'),
+                Some(next) => out.push(next),
+                None => {}
+            }
+        }
+    }
+    out.into()
+}
+
 /// Checks one exclude on its own, so that an unbalanced pattern such as `a)|(.*` cannot
 /// change the meaning of the combined alternation.
 pub(crate) fn check_exclude(pattern: &str) -> Result<(), String> {
-    Regex::new(pattern).map(|_| ()).map_err(|e| regex_message(&e))
+    Regex::new(&rust_syntax(pattern)).map(|_| ()).map_err(|e| regex_message(&e))
 }
 
 impl Excludes {
@@ -125,7 +146,8 @@ impl Excludes {
         if patterns.is_empty() {
             return Ok(Excludes::default());
         }
-        let alternation: Vec<String> = patterns.iter().map(|p| format!("(?:{p})")).collect();
+        let alternation: Vec<String> =
+            patterns.iter().map(|p| format!("(?:{})", rust_syntax(p))).collect();
         let regex = regex::RegexBuilder::new(&format!("^(?:{})", alternation.join("|")))
             .size_limit(256 << 20)
             .build()
@@ -545,6 +567,17 @@ mod tests {
         b.add_exclude("(?<=a)b");
         let err = b.build().expect_err("look-behind unsupported");
         assert!(err.to_string().contains("exclude #0"), "{err}");
+    }
+
+    #[test]
+    fn python_end_of_text_escape() {
+        let mut b = RuntimePolicyBuilder::new();
+        b.add_exclude("/run/x\\Z").add_exclude("/lit\\\\Z");
+        let p = b.build().expect("builds");
+        assert!(p.is_excluded("/run/x") && !p.is_excluded("/run/xy"));
+        // An escaped backslash followed by Z is a literal backslash and Z.
+        assert!(p.is_excluded("/lit\\Z/more"));
+        assert_eq!(p.excludes(), ["/lit\\\\Z", "/run/x\\Z"]);
     }
 
     #[test]
