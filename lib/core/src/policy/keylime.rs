@@ -15,7 +15,6 @@ use serde_json::Value;
 
 use super::native::{DigestMapSeed, Sink, parse_keys, put_digest_map, put_str, put_strings};
 use super::{DigestSyntax, PolicyError, RuntimePolicy, RuntimePolicyBuilder, Str, keys};
-use crate::alg::HashAlg;
 
 const FIELDS: &[&str] =
     &["meta", "release", "digests", "excludes", "keyrings", "ima", "ima-buf", "verification-keys"];
@@ -203,9 +202,6 @@ impl RuntimePolicy {
         String::from_utf8(out).unwrap_or_default()
     }
 }
-
-/// Keylime's default for `ima.log_hash_alg`.
-pub const DEFAULT_LOG_HASH_ALG: HashAlg = HashAlg::Sha1;
 
 #[cfg(test)]
 mod tests {
