@@ -1,1 +1,0 @@
-//! Runtime (IMA) policies: this project's format and Keylime's formats.

@@ -1,0 +1,410 @@
+//! The compact name -> digests table behind every part of a runtime policy.
+//!
+//! A policy may hold hundreds of thousands of paths, so the table avoids one heap allocation per
+//! entry: names live in one string arena, digests in one byte arena (each digest stored as a
+//! length byte followed by its raw bytes, the algorithm being implied by the length), and an
+//! open-addressing index of `u64` slots maps a name's hash to its row. Rows are sorted by name,
+//! so serialisation walks them in canonical order. The table is immutable once built.
+
+use std::fmt;
+
+use crate::alg::{HashAlg, MAX_DIGEST_LEN};
+
+/// The allowed digests of one name, in canonical order (shorter algorithms first, then bytes).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct DigestList<'a> {
+    encoded: &'a [u8],
+}
+
+impl<'a> DigestList<'a> {
+    /// Iterates over the raw digests.
+    pub fn iter(&self) -> DigestIter<'a> {
+        DigestIter { rest: self.encoded }
+    }
+
+    /// Whether `digest` (raw bytes; the algorithm is implied by its length) is in the list.
+    pub fn contains(&self, digest: &[u8]) -> bool {
+        self.iter().any(|d| d == digest)
+    }
+
+    pub fn len(&self) -> usize {
+        self.iter().count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.encoded.is_empty()
+    }
+
+    /// The digests as `alg:hex` strings, as this project's policy format writes them.
+    pub fn to_prefixed_hex(&self) -> Vec<String> {
+        self.iter().map(prefixed_hex).collect()
+    }
+}
+
+impl fmt::Debug for DigestList<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.iter().map(prefixed_hex)).finish()
+    }
+}
+
+impl<'a> IntoIterator for DigestList<'a> {
+    type Item = &'a [u8];
+    type IntoIter = DigestIter<'a>;
+
+    fn into_iter(self) -> DigestIter<'a> {
+        self.iter()
+    }
+}
+
+/// Iterator over a [`DigestList`].
+#[derive(Debug, Clone)]
+pub struct DigestIter<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Iterator for DigestIter<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let (&len, tail) = self.rest.split_first()?;
+        let len = usize::from(len);
+        let digest = tail.get(..len)?;
+        self.rest = tail.get(len..).unwrap_or_default();
+        Some(digest)
+    }
+}
+
+/// `sha256:<hex>` for a raw digest of a supported length, `<hex>` otherwise.
+pub(crate) fn prefixed_hex(digest: &[u8]) -> String {
+    match HashAlg::from_len(digest.len()) {
+        Some(alg) => format!("{}:{}", alg.name(), hex::encode(digest)),
+        None => hex::encode(digest),
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Row {
+    name_start: u32,
+    name_end: u32,
+    digests_start: u32,
+    digests_end: u32,
+}
+
+/// What to do when a name appears more than once while building.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Duplicates {
+    /// Union of the digest lists (flat allowlists, generation).
+    Merge,
+    /// An error naming the name (JSON objects with a repeated key).
+    Reject,
+}
+
+/// Building a table failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum TableError {
+    Duplicate(String),
+    TooLarge,
+}
+
+/// Accumulates rows in arrival order; [`TableBuilder::finish`] sorts and indexes them.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct TableBuilder {
+    names: String,
+    digests: Vec<u8>,
+    rows: Vec<Row>,
+    open: Option<Row>,
+    too_large: bool,
+}
+
+fn offset(len: usize, too_large: &mut bool) -> u32 {
+    u32::try_from(len).unwrap_or_else(|_| {
+        *too_large = true;
+        0
+    })
+}
+
+impl TableBuilder {
+    /// Starts the row of `name`; digests pushed until [`TableBuilder::end`] belong to it.
+    pub(crate) fn begin(&mut self, name: &str) {
+        self.end();
+        let name_start = offset(self.names.len(), &mut self.too_large);
+        self.names.push_str(name);
+        let name_end = offset(self.names.len(), &mut self.too_large);
+        let digests_start = offset(self.digests.len(), &mut self.too_large);
+        self.open = Some(Row { name_start, name_end, digests_start, digests_end: digests_start });
+    }
+
+    /// Adds a digest to the open row. The caller has checked the length (at most 64 bytes).
+    pub(crate) fn push_digest(&mut self, digest: &[u8]) {
+        debug_assert!(digest.len() <= MAX_DIGEST_LEN);
+        if self.open.is_none() || digest.len() > usize::from(u8::MAX) {
+            return;
+        }
+        self.digests.push(digest.len() as u8);
+        self.digests.extend_from_slice(digest);
+    }
+
+    pub(crate) fn end(&mut self) {
+        if let Some(mut row) = self.open.take() {
+            row.digests_end = offset(self.digests.len(), &mut self.too_large);
+            self.rows.push(row);
+        }
+    }
+
+    /// Adds one (name, digest) pair as its own row.
+    pub(crate) fn add(&mut self, name: &str, digest: Option<&[u8]>) {
+        self.begin(name);
+        if let Some(d) = digest {
+            self.push_digest(d);
+        }
+        self.end();
+    }
+
+    /// Copies every row of an existing table.
+    pub(crate) fn extend_from(&mut self, table: &DigestTable) {
+        for (name, list) in table.iter() {
+            self.begin(name);
+            for d in list.iter() {
+                self.push_digest(d);
+            }
+        }
+        self.end();
+    }
+
+    pub(crate) fn finish(mut self, duplicates: Duplicates) -> Result<DigestTable, TableError> {
+        self.end();
+        if self.too_large {
+            return Err(TableError::TooLarge);
+        }
+        let names = self.names;
+        let name_of = |r: &Row| &names[r.name_start as usize..r.name_end as usize];
+        // A stable sort is adaptive: already-sorted input (our own output) costs one pass.
+        let mut rows = self.rows;
+        if !rows.windows(2).all(|w| name_of(&w[0]) <= name_of(&w[1])) {
+            rows.sort_by(|a, b| name_of(a).cmp(name_of(b)));
+        }
+
+        // Each entry is `u32 LE name length | u32 LE digests length | name | digests`, so a
+        // lookup that finds the name has the digests in the same cache lines.
+        let mut data = Vec::with_capacity(names.len() + self.digests.len() + 8 * rows.len());
+        let mut entries: Vec<u32> = Vec::with_capacity(rows.len());
+        let mut scratch: Vec<&[u8]> = Vec::new();
+        let mut i = 0;
+        while i < rows.len() {
+            let first = rows[i];
+            let mut j = i + 1;
+            while j < rows.len() && name_of(&rows[j]) == name_of(&first) {
+                j += 1;
+            }
+            if j - i > 1 && duplicates == Duplicates::Reject {
+                return Err(TableError::Duplicate(name_of(&first).to_owned()));
+            }
+            scratch.clear();
+            for row in &rows[i..j] {
+                let encoded = &self.digests[row.digests_start as usize..row.digests_end as usize];
+                scratch.extend(DigestList { encoded }.iter());
+            }
+            scratch.sort_unstable_by(|a, b| a.len().cmp(&b.len()).then_with(|| a.cmp(b)));
+            scratch.dedup();
+            let start = offset(data.len(), &mut self.too_large);
+            let name = name_of(&first).as_bytes();
+            let digests_len: usize = scratch.iter().map(|d| d.len() + 1).sum();
+            data.extend_from_slice(&offset(name.len(), &mut self.too_large).to_le_bytes());
+            data.extend_from_slice(&offset(digests_len, &mut self.too_large).to_le_bytes());
+            data.extend_from_slice(name);
+            for d in &scratch {
+                data.push(d.len() as u8);
+                data.extend_from_slice(d);
+            }
+            entries.push(start);
+            i = j;
+        }
+        if self.too_large || data.len() >= EMPTY as usize {
+            return Err(TableError::TooLarge);
+        }
+        Ok(DigestTable::index(data, entries))
+    }
+}
+
+const EMPTY: u32 = u32::MAX;
+
+/// An immutable, sorted, hash-indexed map from names to digest lists.
+#[derive(Clone, Default)]
+pub(crate) struct DigestTable {
+    /// Entries back to back, sorted by name.
+    data: Vec<u8>,
+    /// Offset of each entry in `data`, in sorted order.
+    entries: Vec<u32>,
+    /// Open addressing, linear probing, load factor at most 1/2: `hash_high_32 << 32 | offset`,
+    /// or `EMPTY` in the low half for a free slot.
+    slots: Vec<u64>,
+}
+
+impl fmt::Debug for DigestTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+impl PartialEq for DigestTable {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for DigestTable {}
+
+/// A fast non-cryptographic hash of a name (FxHash-style word mixing, Murmur3 finaliser).
+/// Keys come from the policy (trusted); lookups of attacker-chosen names only probe.
+fn hash(name: &[u8]) -> u64 {
+    const K: u64 = 0x517c_c1b7_2722_0a95;
+    let mut h: u64 = name.len() as u64;
+    let mut chunks = name.chunks_exact(8);
+    for c in &mut chunks {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(c);
+        h = (h.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(K);
+    }
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        let mut w = [0u8; 8];
+        w[..rest.len()].copy_from_slice(rest);
+        h = (h.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(K);
+    }
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
+}
+
+impl DigestTable {
+    fn index(data: Vec<u8>, entries: Vec<u32>) -> DigestTable {
+        let capacity = (entries.len() * 2).next_power_of_two().max(8);
+        let mask = capacity - 1;
+        let mut table = DigestTable { data, entries, slots: vec![u64::from(EMPTY); capacity] };
+        for i in 0..table.entries.len() {
+            let start = table.entries[i];
+            let (name, _) = table.entry(start);
+            let h = hash(name);
+            let mut s = (h as usize) & mask;
+            while table.slots[s] as u32 != EMPTY {
+                s = (s + 1) & mask;
+            }
+            table.slots[s] = (h & 0xffff_ffff_0000_0000) | u64::from(start);
+        }
+        table
+    }
+
+    /// The name and digest list of the entry at `start`.
+    fn entry(&self, start: u32) -> (&[u8], DigestList<'_>) {
+        let at = start as usize;
+        let word = |o: usize| {
+            let mut w = [0u8; 4];
+            if let Some(b) = self.data.get(o..o + 4) {
+                w.copy_from_slice(b);
+            }
+            u32::from_le_bytes(w) as usize
+        };
+        let name_len = word(at);
+        let digests_len = word(at + 4);
+        let name_start = at + 8;
+        let name = self.data.get(name_start..name_start + name_len).unwrap_or_default();
+        let digests_start = name_start + name_len;
+        let encoded = self.data.get(digests_start..digests_start + digests_len).unwrap_or_default();
+        (name, DigestList { encoded })
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The digests allowed for `name`, if the name is in the table.
+    pub(crate) fn get(&self, name: &str) -> Option<DigestList<'_>> {
+        if self.slots.is_empty() {
+            return None;
+        }
+        let mask = self.slots.len() - 1;
+        let name = name.as_bytes();
+        let h = hash(name);
+        let tag = h & 0xffff_ffff_0000_0000;
+        let mut s = (h as usize) & mask;
+        loop {
+            let slot = self.slots[s];
+            if slot as u32 == EMPTY {
+                return None;
+            }
+            if slot & 0xffff_ffff_0000_0000 == tag {
+                let (candidate, list) = self.entry(slot as u32);
+                if candidate == name {
+                    return Some(list);
+                }
+            }
+            s = (s + 1) & mask;
+        }
+    }
+
+    /// Entries in canonical (byte-wise sorted name) order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&str, DigestList<'_>)> + '_ {
+        self.entries.iter().map(|&start| {
+            let (name, list) = self.entry(start);
+            (std::str::from_utf8(name).unwrap_or_default(), list)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn build(pairs: &[(&str, &[u8])], dup: Duplicates) -> Result<DigestTable, TableError> {
+        let mut b = TableBuilder::default();
+        for (n, d) in pairs {
+            b.add(n, Some(d));
+        }
+        b.finish(dup)
+    }
+
+    #[test]
+    fn lookup_and_merge() {
+        let a = [1u8; 20];
+        let b = [2u8; 32];
+        let t = build(&[("/b", &b), ("/a", &a), ("/b", &a), ("/b", &b)], Duplicates::Merge)
+            .expect("builds");
+        assert_eq!(t.len(), 2);
+        let list = t.get("/b").expect("present");
+        assert_eq!(list.iter().collect::<Vec<_>>(), vec![&a[..], &b[..]]);
+        assert!(list.contains(&b) && !list.contains(&[2u8; 20]));
+        assert!(t.get("/c").is_none());
+        assert!(t.get("").is_none());
+        let names: Vec<_> = t.iter().map(|(n, _)| n).collect();
+        assert_eq!(names, vec!["/a", "/b"]);
+    }
+
+    #[test]
+    fn rejects_duplicates_when_asked() {
+        let d = [0u8; 20];
+        assert_eq!(
+            build(&[("/x", &d), ("/x", &d)], Duplicates::Reject).err(),
+            Some(TableError::Duplicate("/x".into()))
+        );
+    }
+
+    #[test]
+    fn many_names_all_found() {
+        let mut b = TableBuilder::default();
+        for i in 0..10_000u32 {
+            b.add(&format!("/usr/lib/file{i}"), Some(&[i as u8; 32]));
+        }
+        let t = b.finish(Duplicates::Reject).expect("builds");
+        for i in 0..10_000u32 {
+            let l = t.get(&format!("/usr/lib/file{i}")).expect("found");
+            assert!(l.contains(&[i as u8; 32]));
+        }
+        assert!(t.get("/usr/lib/file10000").is_none());
+    }
+}
