@@ -8,7 +8,8 @@
 //! - [`keylime`]: Keylime's runtime policy JSON (`meta.version` 1), import and export;
 //! - [`dsse`]: DSSE envelopes around a policy, signed with ECDSA P-256/P-384;
 //! - [`allowlist`]: Keylime's flat allowlist (`<digest>  <path>` lines) and exclude list;
-//! - [`load`]: format detection over all of the above.
+//! - [`load`]: format detection over all of the above;
+//! - [`PcrPolicy`]: allowed values per PCR (this project's JSON and Keylime's `tpm_policy`).
 //!
 //! Nothing here reads files: callers hand bytes in. Errors name the input format, the
 //! position (line and column, or line) and what is wrong.
@@ -18,6 +19,7 @@ pub mod dsse;
 pub mod keylime;
 mod keys;
 pub mod native;
+mod pcr;
 mod runtime;
 mod table;
 
@@ -28,6 +30,7 @@ use serde::de::{self, Deserialize, Deserializer, MapAccess, Visitor};
 
 pub use dsse::{DsseError, Envelope};
 pub use keys::{Curve, KeyError, VerificationKey};
+pub use pcr::{PcrPolicy, PcrPolicyError};
 pub use runtime::{FileLookup, Lookup, RuntimePolicy, RuntimePolicyBuilder, from_file_digests};
 pub use table::{DigestIter, DigestList};
 

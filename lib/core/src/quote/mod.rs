@@ -5,7 +5,7 @@
 //! qualifying data the verifier asked for, the PCR selection is exactly the one requested, the
 //! `pcrDigest` matches the PCR values supplied with the quote, and the TPM clock moved forward
 //! since the last accepted quote. It also evaluates those (now attested) PCR values against a
-//! [`PcrPolicy`].
+//! [`crate::policy::PcrPolicy`].
 //!
 //! Everything that goes wrong with the evidence (malformed bytes, a wrong key type, a flipped
 //! byte) is a finding in the returned [`Verdict`], never a pass and never an `Err`. Parsing of
@@ -13,12 +13,10 @@
 
 mod ak;
 mod clock;
-mod pcr_policy;
 #[cfg(test)]
 mod tests;
 
 pub use ak::{AkError, PreparedAk, SignatureError};
-pub use pcr_policy::{PcrPolicy, PcrPolicyError};
 
 use serde_json::json;
 

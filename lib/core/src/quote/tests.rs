@@ -4,6 +4,7 @@
 use proptest::prelude::*;
 
 use super::*;
+use crate::policy::PcrPolicy;
 use crate::tpm2::{
     EccCurve, EccPublic, ObjectAttributes, PcrDump, Public, PublicKey, RsaPublic, Scheme,
     SignatureBody, SymmetricDef,

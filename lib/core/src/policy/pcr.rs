@@ -173,7 +173,7 @@ impl PcrPolicy {
     }
 
     /// Checks PCR values, which must be the attested ones: those of a quote that passed
-    /// [`super::verify_quote`]. Findings: `pcr.missing` for a PCR of the policy without a value,
+    /// [`crate::quote::verify_quote`]. Findings: `pcr.missing` for a PCR of the policy without a value,
     /// `pcr.mismatch` for a value not in the allowed list, `pcr.bank` for values of a bank
     /// other than the policy's.
     pub fn evaluate(&self, values: &PcrValues) -> Verdict {
