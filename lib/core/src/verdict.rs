@@ -32,6 +32,18 @@ pub mod rule {
     pub const IMA_BUF: &str = "ima.buf_not_in_policy";
     pub const IMA_HASH_ALG: &str = "ima.hash_alg";
     pub const COVERAGE_NOT_ENFORCED: &str = "coverage.not_enforced";
+    pub const MB_SECUREBOOT_DISABLED: &str = "mb.secureboot_disabled";
+    pub const MB_FIRMWARE_NOT_ALLOWED: &str = "mb.firmware_not_allowed";
+    pub const MB_BOOTLOADER_NOT_ALLOWED: &str = "mb.bootloader_not_allowed";
+    pub const MB_KERNEL_NOT_ALLOWED: &str = "mb.kernel_not_allowed";
+    pub const MB_CMDLINE_NOT_ALLOWED: &str = "mb.cmdline_not_allowed";
+    pub const MB_DB_MISSING: &str = "mb.db_missing";
+    pub const MB_DBX_MISSING: &str = "mb.dbx_missing";
+    pub const MB_PCR_MISMATCH: &str = "mb.pcr_mismatch";
+    pub const MB_PCR_MISSING: &str = "mb.pcr_missing";
+    pub const MB_BANK_MISSING: &str = "mb.bank_missing";
+    pub const MB_DIGEST_MISMATCH: &str = "mb.digest_mismatch";
+    pub const MB_EVENT_ORDER: &str = "mb.event_order";
 }
 
 /// One reason an attestation did not pass.

@@ -178,7 +178,7 @@ fn text_or_utf16(data: &[u8]) -> Option<String> {
     if efi::is_printable(data) {
         return Some(efi::text(data));
     }
-    if data.len() % 2 == 0 && data.len() >= 2 {
+    if data.len().is_multiple_of(2) && data.len() >= 2 {
         let s = efi::utf16_to_string(data);
         if !s.is_empty() && s.chars().all(|c| !c.is_control()) {
             return Some(s);
@@ -213,7 +213,7 @@ fn variable_value(t: EventType, var: &UefiVariable<'_>) -> VariableValue {
     if d.len() == 1 && matches!(name, "SecureBoot" | "SetupMode" | "AuditMode" | "DeployedMode") {
         return VariableValue::Boolean { enabled: d[0] == 1, raw: d[0] };
     }
-    if name == "BootOrder" && d.len() % 2 == 0 {
+    if name == "BootOrder" && d.len().is_multiple_of(2) {
         let order = d
             .chunks_exact(2)
             .map(|c| format!("{:04X}", u16::from_le_bytes([c[0], c[1]])))

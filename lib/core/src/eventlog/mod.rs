@@ -24,7 +24,7 @@ mod reader;
 mod types;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::collections::BTreeMap;
 
@@ -529,7 +529,7 @@ pub(crate) fn ipl_text(data: &[u8]) -> Option<(&'static str, &[u8])> {
     None
 }
 
-fn covered_bytes(event: &Event, coverage: Coverage) -> Option<&[u8]> {
+pub(crate) fn covered_bytes(event: &Event, coverage: Coverage) -> Option<&[u8]> {
     match coverage {
         Coverage::None => None,
         Coverage::EventData => Some(&event.data),
