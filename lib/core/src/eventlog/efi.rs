@@ -185,8 +185,17 @@ impl Serialize for SignatureKind {
 /// The most signatures accepted from one variable; far above any real db/dbx.
 const MAX_SIGNATURES: usize = 100_000;
 
-/// Parses a sequence of `EFI_SIGNATURE_LIST`s that must fill `raw` exactly.
-pub fn parse_signature_lists(raw: &[u8]) -> Option<Vec<Signature>> {
+/// A borrowed entry of an `EFI_SIGNATURE_LIST`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SignatureRef<'a> {
+    pub kind: SignatureKind,
+    pub owner: Guid,
+    /// The certificate DER or the hash.
+    pub data: &'a [u8],
+}
+
+/// Parses a sequence of `EFI_SIGNATURE_LIST`s that must fill `raw` exactly, without copying.
+pub fn signature_entries(raw: &[u8]) -> Option<Vec<SignatureRef<'_>>> {
     let mut r = Reader::new(raw);
     let mut out = Vec::new();
     while !r.is_empty() {
@@ -204,11 +213,22 @@ pub fn parse_signature_lists(raw: &[u8]) -> Option<Vec<Signature>> {
                 return None;
             }
             let owner = Guid(r.array()?);
-            let data = hex::encode(r.bytes(sig_size - 16)?);
-            out.push(Signature { kind, owner, data });
+            let data = r.bytes(sig_size - 16)?;
+            out.push(SignatureRef { kind, owner, data });
         }
     }
     Some(out)
+}
+
+/// Parses a sequence of `EFI_SIGNATURE_LIST`s that must fill `raw` exactly, for display.
+pub fn parse_signature_lists(raw: &[u8]) -> Option<Vec<Signature>> {
+    let entries = signature_entries(raw)?;
+    Some(
+        entries
+            .into_iter()
+            .map(|e| Signature { kind: e.kind, owner: e.owner, data: hex::encode(e.data) })
+            .collect(),
+    )
 }
 
 /// A decoded `EFI_LOAD_OPTION` (a `Boot####` variable).

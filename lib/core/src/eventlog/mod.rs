@@ -168,11 +168,30 @@ pub struct EventLog {
     /// Whether the input was base64 of the binary log.
     pub from_base64: bool,
     pcrs: PcrBanks,
+    verified_banks: Vec<HashAlg>,
 }
 
 impl EventLog {
-    /// Parses a log given as raw binary or as base64 of it (detected), and replays it.
+    /// Parses a log given as raw binary or as base64 of it (detected), replays it, and checks
+    /// event data against the digests of every bank.
     pub fn parse(input: &[u8]) -> Result<EventLog, EventLogError> {
+        Self::parse_verifying(input, None)
+    }
+
+    /// Like [`EventLog::parse`], but checks event data only against the digests of `banks`
+    /// (those the log carries): the appraisal path passes the quoted and the policy bank,
+    /// which is all that ties data to a quote, and skips hashing the others.
+    pub fn parse_verifying_banks(
+        input: &[u8],
+        banks: &[HashAlg],
+    ) -> Result<EventLog, EventLogError> {
+        Self::parse_verifying(input, Some(banks))
+    }
+
+    fn parse_verifying(
+        input: &[u8],
+        verify: Option<&[HashAlg]>,
+    ) -> Result<EventLog, EventLogError> {
         if input.is_empty() {
             return Err(EventLogError::Empty);
         }
@@ -180,7 +199,7 @@ impl EventLog {
             return Err(EventLogError::TooLarge { size: input.len(), limit: MAX_LOG_SIZE });
         }
         if looks_binary(input) {
-            return parse_binary(input, false);
+            return parse_binary(input, false, verify);
         }
         let text: Vec<u8> = input.iter().copied().filter(|b| !b.is_ascii_whitespace()).collect();
         if text.is_empty() {
@@ -188,7 +207,7 @@ impl EventLog {
         }
         if !text.iter().all(|b| is_base64_char(*b)) {
             // Not base64: report it as the binary log it then must be.
-            return parse_binary(input, false);
+            return parse_binary(input, false, verify);
         }
         let raw = base64::engine::general_purpose::STANDARD
             .decode(&text)
@@ -196,12 +215,31 @@ impl EventLog {
         if raw.is_empty() {
             return Err(EventLogError::Empty);
         }
-        parse_binary(&raw, true)
+        parse_binary(&raw, true, verify)
     }
 
     /// The digest banks the log carries and this implementation can replay.
     pub fn banks(&self) -> Vec<HashAlg> {
         self.spec_id.algorithms.iter().filter_map(|a| a.alg).collect()
+    }
+
+    /// The banks whose digests [`Event::digest_verified`] was checked against.
+    pub fn verified_banks(&self) -> &[HashAlg] {
+        &self.verified_banks
+    }
+
+    /// This log with event data also checked against the digests of `banks`.
+    pub fn verified_in(&self, banks: &[HashAlg]) -> EventLog {
+        let mut log = self.clone();
+        for b in banks {
+            if self.banks().contains(b) && !log.verified_banks.contains(b) {
+                log.verified_banks.push(*b);
+            }
+        }
+        for e in &mut log.events[1..] {
+            check_coverage(e, &log.verified_banks);
+        }
+        log
     }
 
     /// Replayed PCR values for every known bank (only PCRs that had an event extended, plus
@@ -240,7 +278,11 @@ impl Ctx {
     }
 }
 
-fn parse_binary(raw: &[u8], base64: bool) -> Result<EventLog, EventLogError> {
+fn parse_binary(
+    raw: &[u8],
+    base64: bool,
+    verify: Option<&[HashAlg]>,
+) -> Result<EventLog, EventLogError> {
     let ctx = Ctx { base64 };
     let mut r = Reader::new(raw);
     let (spec_id, header) = parse_spec_id(&mut r, &ctx)?;
@@ -280,7 +322,16 @@ fn parse_binary(raw: &[u8], base64: bool) -> Result<EventLog, EventLogError> {
         events.push(event);
     }
     let pcrs = replay(&events, &spec_id, startup_locality);
-    Ok(EventLog { spec_id, events, startup_locality, from_base64: base64, pcrs })
+    let verified_banks: Vec<HashAlg> = spec_id
+        .algorithms
+        .iter()
+        .filter_map(|a| a.alg)
+        .filter(|a| verify.is_none_or(|v| v.contains(a)))
+        .collect();
+    for e in &mut events[1..] {
+        check_coverage(e, &verified_banks);
+    }
+    Ok(EventLog { spec_id, events, startup_locality, from_base64: base64, pcrs, verified_banks })
 }
 
 fn parse_spec_id(r: &mut Reader<'_>, ctx: &Ctx) -> Result<(SpecId, Event), EventLogError> {
@@ -480,7 +531,7 @@ fn parse_event2(
             format!("event size {size} exceeds the {} bytes left", r.remaining()),
         )
     })?;
-    let mut event = Event {
+    let event = Event {
         number,
         offset,
         pcr,
@@ -491,7 +542,6 @@ fn parse_event2(
         coverage: Coverage::None,
         digest_verified: None,
     };
-    check_coverage(&mut event);
     Ok(event)
 }
 
@@ -538,17 +588,21 @@ pub(crate) fn covered_bytes(event: &Event, coverage: Coverage) -> Option<&[u8]> 
     }
 }
 
-fn check_coverage(event: &mut Event) {
+/// Sets `coverage` and `digest_verified` from the digests of `banks`.
+fn check_coverage(event: &mut Event, banks: &[HashAlg]) {
+    event.coverage = Coverage::None;
+    event.digest_verified = None;
     let candidates = coverage_candidates(event);
     let Some(&first) = candidates.first() else {
         return;
     };
-    if event.digests.is_empty() {
+    let checked = || event.digests.iter().filter(|d| banks.contains(&d.alg()));
+    if checked().next().is_none() {
         return;
     }
     for &coverage in candidates {
         if let Some(bytes) = covered_bytes(event, coverage)
-            && event.digests.iter().all(|d| d.alg().digest(bytes) == *d)
+            && checked().all(|d| d.alg().digest(bytes) == *d)
         {
             event.coverage = coverage;
             event.digest_verified = Some(true);

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use super::facts::{self, BootFacts, Measured, VarFact};
 use super::{CmdlineRule, MbPolicy, anchored_regex, parse_digest};
 use crate::alg::{Digest, HashAlg};
-use crate::eventlog::efi::Guid;
+use crate::eventlog::efi::{Guid, SignatureKind};
 use crate::eventlog::{Event, EventLog, EventType, covered_bytes};
 use crate::verdict::{Finding, Verdict, rule};
 
@@ -34,10 +34,22 @@ pub fn evaluate(
 ) -> Verdict {
     let mut v = Verdict::default();
     v.checked(CHECKED);
+    // Event data counts only when checked against the digests of the banks that matter: the
+    // quoted one (which ties digests to the TPM) and the policy's.
+    let mut needed = vec![policy.hash_alg];
+    needed.extend(quoted_pcrs.and_then(|q| q.values().next()).map(Digest::alg));
+    let reverified;
+    let log = if needed.iter().all(|b| !log.banks().contains(b) || log.verified_banks().contains(b))
+    {
+        log
+    } else {
+        reverified = log.verified_in(&needed);
+        &reverified
+    };
     let covered = |e: &Event| policy.pcrs.contains(&e.pcr);
 
     for e in log.measurements().filter(|e| covered(e)) {
-        check_digest(&mut v, e);
+        check_digest(&mut v, e, log.verified_banks());
     }
     if let Some(quoted) = quoted_pcrs {
         check_quote(&mut v, log, policy, quoted);
@@ -90,14 +102,14 @@ fn replayed(log: &EventLog, bank: HashAlg, pcr: u32) -> Digest {
     log.pcr(bank, pcr).copied().unwrap_or_else(|| bank.zero())
 }
 
-fn check_digest(v: &mut Verdict, e: &Event) {
+fn check_digest(v: &mut Verdict, e: &Event, banks: &[HashAlg]) {
     if e.digest_verified != Some(false) {
         return;
     }
     let bytes = covered_bytes(e, e.coverage).unwrap_or(&[]);
     let mut expected = serde_json::Map::new();
     let mut actual = serde_json::Map::new();
-    for d in &e.digests {
+    for d in e.digests.iter().filter(|d| banks.contains(&d.alg())) {
         let want = d.alg().digest(bytes);
         if want != *d {
             expected.insert(d.alg().name().into(), want.to_hex().into());
@@ -405,9 +417,11 @@ fn check_db(v: &mut Verdict, policy: &MbPolicy, db: Option<&VarFact<'_>>) {
     let sigs = db.map(facts::signatures).unwrap_or_default();
     for want in &policy.db_must_contain {
         let owner = want.owner.as_deref().and_then(Guid::parse);
+        let data =
+            hex::decode(want.data.strip_prefix("0x").unwrap_or(&want.data)).unwrap_or_default();
         let found = sigs.iter().any(|s| {
             want.kind.matches(s.kind)
-                && s.data.eq_ignore_ascii_case(want.data.strip_prefix("0x").unwrap_or(&want.data))
+                && s.data == data.as_slice()
                 && owner.is_none_or(|o| o == s.owner)
         });
         if found {
@@ -430,6 +444,18 @@ fn check_db(v: &mut Verdict, policy: &MbPolicy, db: Option<&VarFact<'_>>) {
     }
 }
 
+/// Lowercase hex of a 32-byte hash.
+fn hex_lower_32(raw: &[u8]) -> Option<[u8; 64]> {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let raw: &[u8; 32] = raw.try_into().ok()?;
+    let mut out = [0u8; 64];
+    for (i, b) in raw.iter().enumerate() {
+        out[2 * i] = DIGITS[usize::from(b >> 4)];
+        out[2 * i + 1] = DIGITS[usize::from(b & 0xf)];
+    }
+    Some(out)
+}
+
 fn kind_name(kind: super::SignatureRuleKind) -> &'static str {
     match kind {
         super::SignatureRuleKind::X509 => "x509",
@@ -442,13 +468,20 @@ fn check_dbx(v: &mut Verdict, policy: &MbPolicy, dbx: Option<&VarFact<'_>>) {
         return;
     }
     let sigs = dbx.map(facts::signatures).unwrap_or_default();
+    // dbx holds hundreds of hashes and so does a policy generated from it: compare lowercase
+    // hex in a sorted table rather than decoding every policy string.
+    let mut present: Vec<[u8; 64]> = sigs
+        .iter()
+        .filter(|s| s.kind == SignatureKind::Sha256)
+        .filter_map(|s| hex_lower_32(s.data))
+        .collect();
+    present.sort_unstable();
     let mut missing = Vec::new();
     for want in &policy.dbx_must_include {
         let want = want.strip_prefix("0x").unwrap_or(want);
-        if !sigs.iter().any(|s| {
-            s.kind == crate::eventlog::efi::SignatureKind::Sha256
-                && s.data.eq_ignore_ascii_case(want)
-        }) {
+        let key: Option<[u8; 64]> =
+            want.as_bytes().try_into().ok().map(|k: [u8; 64]| k.map(|c| c.to_ascii_lowercase()));
+        if key.is_none_or(|k| present.binary_search(&k).is_err()) {
             missing.push(want.to_ascii_lowercase());
         }
     }

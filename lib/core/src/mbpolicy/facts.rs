@@ -2,7 +2,7 @@
 //! digest covers, or from the digests themselves.
 
 use crate::alg::{Digest, HashAlg};
-use crate::eventlog::efi::{self, Signature, UefiVariable};
+use crate::eventlog::efi::{self, SignatureRef, UefiVariable};
 use crate::eventlog::{Coverage, Event, EventLog, EventType, ipl_text};
 
 /// A digest together with the event it came from.
@@ -146,6 +146,6 @@ pub(crate) fn collect<'a>(log: &'a EventLog, bank: HashAlg, pcrs: &[u32]) -> Boo
 }
 
 /// The signatures of a signature-database variable (empty when it does not parse).
-pub(crate) fn signatures(var: &VarFact<'_>) -> Vec<Signature> {
-    efi::parse_signature_lists(var.data).unwrap_or_default()
+pub(crate) fn signatures<'a>(var: &VarFact<'a>) -> Vec<SignatureRef<'a>> {
+    efi::signature_entries(var.data).unwrap_or_default()
 }

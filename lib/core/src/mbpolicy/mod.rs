@@ -319,14 +319,18 @@ pub fn generate(log: &EventLog, allow_secureboot_off: bool) -> MbPolicy {
             };
             push_unique(
                 &mut policy.db_must_contain,
-                SignatureRule { kind, data: sig.data, owner: Some(sig.owner.to_string()) },
+                SignatureRule {
+                    kind,
+                    data: hex::encode(sig.data),
+                    owner: Some(sig.owner.to_string()),
+                },
             );
         }
     }
     if let Some(dbx) = &f.dbx {
         for sig in facts::signatures(dbx) {
             if sig.kind == SignatureKind::Sha256 {
-                push_unique(&mut policy.dbx_must_include, sig.data);
+                push_unique(&mut policy.dbx_must_include, hex::encode(sig.data));
             }
         }
     }

@@ -344,3 +344,33 @@ fn policy_json_errors_name_the_field() {
     assert_eq!(p.pcrs, DEFAULT_PCRS.to_vec());
     assert!(!p.allow_secureboot_off);
 }
+
+#[test]
+fn data_is_checked_in_the_quoted_bank_even_if_the_parse_skipped_it() {
+    // A forger rewrites SecureBoot = 1 and fixes the sha256 digest, leaving sha1 (the quoted
+    // bank here) as the TPM recorded it.
+    let name = "binary_bios_measurements";
+    let good = log(name);
+    let sb = &good.events[12];
+    let mut raw = raw_binary(name);
+    let end = span(sb).end;
+    raw[end - 1] = 1;
+    let forged_data = raw[end - sb.data.len()..end].to_vec();
+    let sha256_at = sb.offset + 12 + 2 + 20 + 2;
+    raw[sha256_at..sha256_at + 32].copy_from_slice(HashAlg::Sha256.digest(&forged_data).as_bytes());
+    let forged = EventLog::parse_verifying_banks(&raw, &[HashAlg::Sha256]).expect("parses");
+    assert_eq!(forged.verified_banks(), &[HashAlg::Sha256]);
+    assert_eq!(
+        forged.events[12].digest_verified,
+        Some(true),
+        "sha256 alone was forged consistently"
+    );
+    let policy = generate(&good, false);
+    let v = evaluate(&forged, &policy, Some(&quoted(&good, HashAlg::Sha1)));
+    let ids = rules(&v);
+    assert!(ids.contains(&rule::MB_DIGEST_MISMATCH), "{ids:?}");
+    assert!(ids.contains(&rule::MB_SECUREBOOT_DISABLED), "{ids:?}");
+    let f = with_rule(&v, rule::MB_DIGEST_MISMATCH);
+    assert_eq!(f[0].event, Some(12));
+    assert!(f[0].actual.as_ref().is_some_and(|a| a.get("sha1").is_some()));
+}
