@@ -374,3 +374,23 @@ fn data_is_checked_in_the_quoted_bank_even_if_the_parse_skipped_it() {
     assert_eq!(f[0].event, Some(12));
     assert!(f[0].actual.as_ref().is_some_and(|a| a.get("sha1").is_some()));
 }
+
+#[test]
+fn imported_keylime_refstate_is_enforced() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../../shared/fixtures/keylime/policy/mb_example_reference_state.json"
+    );
+    let json = std::fs::read(path).expect("refstate fixture");
+    let policy = MbPolicy::from_keylime_refstate(&json).expect("imports");
+    // The sample refstate describes an Ubuntu VM, not this CentOS one.
+    let log = log_mb();
+    let v = evaluate(&log, &policy, None);
+    let ids = rules(&v);
+    for id in
+        [rule::MB_BOOTLOADER_NOT_ALLOWED, rule::MB_KERNEL_NOT_ALLOWED, rule::MB_CMDLINE_NOT_ALLOWED]
+    {
+        assert!(ids.contains(&id), "{id} missing from {ids:?}");
+    }
+    assert!(!ids.contains(&rule::MB_SECUREBOOT_DISABLED));
+}
