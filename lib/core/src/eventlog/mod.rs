@@ -485,12 +485,14 @@ fn parse_event2(
     let event_type = EventType(r.u32().ok_or_else(|| short(r, "event type"))?);
     let count_pos = r.pos();
     let count = r.u32().ok_or_else(|| short(r, "digest count"))? as usize;
-    if count > sizes.len() {
+    // Every event carries one digest per bank the Spec ID event announces; a missing one would
+    // silently leave that bank's replay short.
+    if count != sizes.len() {
         return Err(ctx.err(
             number,
             count_pos,
             format!(
-                "digest count {count} exceeds the {} algorithms of the Spec ID event",
+                "digest count {count} differs from the {} algorithms of the Spec ID event",
                 sizes.len()
             ),
         ));

@@ -281,3 +281,18 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn late_startup_locality_is_refused() {
+    // Moving the StartupLocality event after the first PCR 0 extend makes the log ambiguous.
+    let raw = fixture("binary_bios_measurements");
+    let log = EventLog::parse(&raw).expect("parses");
+    let (loc, next) = (&log.events[1], &log.events[2]);
+    let mut bad = raw[..loc.offset].to_vec();
+    bad.extend_from_slice(&raw[next.offset..next.offset + e_size(next)]);
+    bad.extend_from_slice(&raw[loc.offset..loc.offset + e_size(loc)]);
+    bad.extend_from_slice(&raw[next.offset + e_size(next)..]);
+    let err = EventLog::parse(&bad).expect_err("late locality");
+    assert!(err.to_string().contains("event 2 at byte offset"), "{err}");
+    assert!(err.to_string().contains("after PCR 0 was already extended"), "{err}");
+}
