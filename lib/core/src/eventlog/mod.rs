@@ -126,7 +126,8 @@ pub struct Event {
     pub data: Vec<u8>,
     /// What part of `data` the digest covers (when it could be checked, or is expected to).
     pub coverage: Coverage,
-    /// `Some(true)` when every known-bank digest equals the hash of the covered data,
+    /// `Some(true)` when every digest of the processed banks ([`EventLog::processed_banks`])
+    /// equals the hash of the covered data,
     /// `Some(false)` when data that should hash to the digest does not, `None` when the digest
     /// is not a hash of the data.
     pub digest_verified: Option<bool>,
@@ -168,7 +169,8 @@ pub struct EventLog {
     /// Whether the input was base64 of the binary log.
     pub from_base64: bool,
     pcrs: PcrBanks,
-    verified_banks: Vec<HashAlg>,
+    /// The banks replayed and checked against event data.
+    processed_banks: Vec<HashAlg>,
 }
 
 impl EventLog {
@@ -178,13 +180,10 @@ impl EventLog {
         Self::parse_verifying(input, None)
     }
 
-    /// Like [`EventLog::parse`], but checks event data only against the digests of `banks`
-    /// (those the log carries): the appraisal path passes the quoted and the policy bank,
-    /// which is all that ties data to a quote, and skips hashing the others.
-    pub fn parse_verifying_banks(
-        input: &[u8],
-        banks: &[HashAlg],
-    ) -> Result<EventLog, EventLogError> {
+    /// Like [`EventLog::parse`], but replays and checks event data only in `banks` (those the
+    /// log carries): the appraisal path passes the quoted and the policy bank, which is all
+    /// that ties data to a quote, and skips hashing the others.
+    pub fn parse_for_banks(input: &[u8], banks: &[HashAlg]) -> Result<EventLog, EventLogError> {
         Self::parse_verifying(input, Some(banks))
     }
 
@@ -223,27 +222,29 @@ impl EventLog {
         self.spec_id.algorithms.iter().filter_map(|a| a.alg).collect()
     }
 
-    /// The banks whose digests [`Event::digest_verified`] was checked against.
-    pub fn verified_banks(&self) -> &[HashAlg] {
-        &self.verified_banks
+    /// The banks that were replayed and whose digests [`Event::digest_verified`] was checked
+    /// against: all known banks after [`EventLog::parse`].
+    pub fn processed_banks(&self) -> &[HashAlg] {
+        &self.processed_banks
     }
 
-    /// This log with event data also checked against the digests of `banks`.
-    pub fn verified_in(&self, banks: &[HashAlg]) -> EventLog {
+    /// This log with `banks` (those it carries) replayed and checked as well.
+    pub fn with_banks(&self, banks: &[HashAlg]) -> EventLog {
         let mut log = self.clone();
         for b in banks {
-            if self.banks().contains(b) && !log.verified_banks.contains(b) {
-                log.verified_banks.push(*b);
+            if self.banks().contains(b) && !log.processed_banks.contains(b) {
+                log.processed_banks.push(*b);
             }
         }
         for e in &mut log.events[1..] {
-            check_coverage(e, &log.verified_banks);
+            check_coverage(e, &log.processed_banks);
         }
+        log.pcrs = replay(&log.events, &log.processed_banks, log.startup_locality);
         log
     }
 
-    /// Replayed PCR values for every known bank (only PCRs that had an event extended, plus
-    /// PCR 0 when a StartupLocality event set it).
+    /// Replayed PCR values for every processed bank (only PCRs that had an event extended,
+    /// plus PCR 0 when a StartupLocality event set it).
     pub fn pcrs(&self) -> &PcrBanks {
         &self.pcrs
     }
@@ -321,17 +322,17 @@ fn parse_binary(
         }
         events.push(event);
     }
-    let pcrs = replay(&events, &spec_id, startup_locality);
-    let verified_banks: Vec<HashAlg> = spec_id
+    let processed_banks: Vec<HashAlg> = spec_id
         .algorithms
         .iter()
         .filter_map(|a| a.alg)
         .filter(|a| verify.is_none_or(|v| v.contains(a)))
         .collect();
     for e in &mut events[1..] {
-        check_coverage(e, &verified_banks);
+        check_coverage(e, &processed_banks);
     }
-    Ok(EventLog { spec_id, events, startup_locality, from_base64: base64, pcrs, verified_banks })
+    let pcrs = replay(&events, &processed_banks, startup_locality);
+    Ok(EventLog { spec_id, events, startup_locality, from_base64: base64, pcrs, processed_banks })
 }
 
 fn parse_spec_id(r: &mut Reader<'_>, ctx: &Ctx) -> Result<(SpecId, Event), EventLogError> {
@@ -615,9 +616,9 @@ fn check_coverage(event: &mut Event, banks: &[HashAlg]) {
     event.digest_verified = Some(false);
 }
 
-fn replay(events: &[Event], spec_id: &SpecId, locality: Option<u8>) -> PcrBanks {
+fn replay(events: &[Event], algs: &[HashAlg], locality: Option<u8>) -> PcrBanks {
     let mut banks = PcrBanks::new();
-    for alg in spec_id.algorithms.iter().filter_map(|a| a.alg) {
+    for &alg in algs {
         let pcrs = banks.entry(alg).or_default();
         if let Some(l) = locality {
             let mut raw = [0u8; crate::alg::MAX_DIGEST_LEN];

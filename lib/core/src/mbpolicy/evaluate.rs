@@ -39,17 +39,17 @@ pub fn evaluate(
     let mut needed = vec![policy.hash_alg];
     needed.extend(quoted_pcrs.and_then(|q| q.values().next()).map(Digest::alg));
     let reverified;
-    let log = if needed.iter().all(|b| !log.banks().contains(b) || log.verified_banks().contains(b))
-    {
-        log
-    } else {
-        reverified = log.verified_in(&needed);
-        &reverified
-    };
+    let log =
+        if needed.iter().all(|b| !log.banks().contains(b) || log.processed_banks().contains(b)) {
+            log
+        } else {
+            reverified = log.with_banks(&needed);
+            &reverified
+        };
     let covered = |e: &Event| policy.pcrs.contains(&e.pcr);
 
     for e in log.measurements().filter(|e| covered(e)) {
-        check_digest(&mut v, e, log.verified_banks());
+        check_digest(&mut v, e, log.processed_banks());
     }
     if let Some(quoted) = quoted_pcrs {
         check_quote(&mut v, log, policy, quoted);
@@ -444,14 +444,26 @@ fn check_db(v: &mut Verdict, policy: &MbPolicy, db: Option<&VarFact<'_>>) {
     }
 }
 
-/// Lowercase hex of a 32-byte hash.
-fn hex_lower_32(raw: &[u8]) -> Option<[u8; 64]> {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let raw: &[u8; 32] = raw.try_into().ok()?;
-    let mut out = [0u8; 64];
-    for (i, b) in raw.iter().enumerate() {
-        out[2 * i] = DIGITS[usize::from(b >> 4)];
-        out[2 * i + 1] = DIGITS[usize::from(b & 0xf)];
+/// A 32-byte hash as an ordered integer pair.
+fn hash_key(raw: &[u8; 32]) -> Option<(u128, u128)> {
+    let (hi, lo) = raw.split_at(16);
+    Some((u128::from_be_bytes(hi.try_into().ok()?), u128::from_be_bytes(lo.try_into().ok()?)))
+}
+
+/// Decodes 64 hex digits (either case).
+fn decode_hex_32(text: &[u8]) -> Option<[u8; 32]> {
+    fn nibble(c: u8) -> Option<u8> {
+        match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            b'A'..=b'F' => Some(c - b'A' + 10),
+            _ => None,
+        }
+    }
+    let text: &[u8; 64] = text.try_into().ok()?;
+    let mut out = [0u8; 32];
+    for (o, pair) in out.iter_mut().zip(text.chunks_exact(2)) {
+        *o = nibble(pair[0])? << 4 | nibble(pair[1])?;
     }
     Some(out)
 }
@@ -468,19 +480,18 @@ fn check_dbx(v: &mut Verdict, policy: &MbPolicy, dbx: Option<&VarFact<'_>>) {
         return;
     }
     let sigs = dbx.map(facts::signatures).unwrap_or_default();
-    // dbx holds hundreds of hashes and so does a policy generated from it: compare lowercase
-    // hex in a sorted table rather than decoding every policy string.
-    let mut present: Vec<[u8; 64]> = sigs
+    // dbx holds hundreds of hashes and so does a policy generated from it: look them up as
+    // integer pairs in a sorted table.
+    let mut present: Vec<(u128, u128)> = sigs
         .iter()
         .filter(|s| s.kind == SignatureKind::Sha256)
-        .filter_map(|s| hex_lower_32(s.data))
+        .filter_map(|s| hash_key(s.data.try_into().ok()?))
         .collect();
     present.sort_unstable();
     let mut missing = Vec::new();
     for want in &policy.dbx_must_include {
         let want = want.strip_prefix("0x").unwrap_or(want);
-        let key: Option<[u8; 64]> =
-            want.as_bytes().try_into().ok().map(|k: [u8; 64]| k.map(|c| c.to_ascii_lowercase()));
+        let key = decode_hex_32(want.as_bytes()).and_then(|raw| hash_key(&raw));
         if key.is_none_or(|k| present.binary_search(&k).is_err()) {
             missing.push(want.to_ascii_lowercase());
         }
