@@ -394,3 +394,39 @@ fn imported_keylime_refstate_is_enforced() {
     }
     assert!(!ids.contains(&rule::MB_SECUREBOOT_DISABLED));
 }
+
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn evaluating_mutated_logs_never_panics(
+            which in 0usize..4, flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+        ) {
+            let name = LOGS[which];
+            let good = log(name);
+            let policy = generate(&good, false);
+            let quote = quoted(&good, HashAlg::Sha256);
+            let mut raw = raw_binary(name);
+            for (at, byte) in flips {
+                let i = at.index(raw.len());
+                raw[i] = byte;
+            }
+            if let Ok(bad) = EventLog::parse(&raw) {
+                let v = evaluate(&bad, &policy, Some(&quote));
+                let _ = serde_json::to_string(&v);
+                let _ = generate(&bad, true);
+            }
+        }
+
+        #[test]
+        fn policy_readers_never_panic(data in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = MbPolicy::from_json(&data);
+            let _ = MbPolicy::from_keylime_refstate(&data);
+        }
+    }
+}
