@@ -11,7 +11,9 @@
 pub mod alg;
 pub mod credential;
 pub mod ekcert;
+pub mod eventlog;
 pub mod ima;
+pub mod mbpolicy;
 pub mod policy;
 pub mod quote;
 pub mod tpm2;

@@ -38,6 +38,18 @@ pub mod rule {
     pub const EKCERT_UNTRUSTED: &str = "ekcert.untrusted";
     pub const EKCERT_VALIDITY: &str = "ekcert.validity";
     pub const EKCERT_KEY_MISMATCH: &str = "ekcert.key_mismatch";
+    pub const MB_SECUREBOOT_DISABLED: &str = "mb.secureboot_disabled";
+    pub const MB_FIRMWARE_NOT_ALLOWED: &str = "mb.firmware_not_allowed";
+    pub const MB_BOOTLOADER_NOT_ALLOWED: &str = "mb.bootloader_not_allowed";
+    pub const MB_KERNEL_NOT_ALLOWED: &str = "mb.kernel_not_allowed";
+    pub const MB_CMDLINE_NOT_ALLOWED: &str = "mb.cmdline_not_allowed";
+    pub const MB_DB_MISSING: &str = "mb.db_missing";
+    pub const MB_DBX_MISSING: &str = "mb.dbx_missing";
+    pub const MB_PCR_MISMATCH: &str = "mb.pcr_mismatch";
+    pub const MB_PCR_MISSING: &str = "mb.pcr_missing";
+    pub const MB_BANK_MISSING: &str = "mb.bank_missing";
+    pub const MB_DIGEST_MISMATCH: &str = "mb.digest_mismatch";
+    pub const MB_EVENT_ORDER: &str = "mb.event_order";
 }
 
 /// One reason an attestation did not pass.
