@@ -94,8 +94,13 @@ pub enum ConfigError {
     ReadDir { path: PathBuf, source: std::io::Error },
     #[error("{}: not valid TOML: {message}", path.display())]
     Syntax { path: PathBuf, message: String },
-    #[error("{origin}: unknown option \"{key}\" for the {component}")]
-    UnknownOption { origin: Source, key: String, component: Component },
+    #[error("{origin}: unknown option \"{key}\" for the {component}{}", did_you_mean(suggestion))]
+    UnknownOption {
+        origin: Source,
+        key: String,
+        component: Component,
+        suggestion: Option<&'static str>,
+    },
     #[error("{origin}: [{section}] is not a section of the {component} config")]
     UnknownSection { origin: Source, section: String, component: Component },
     #[error("{}: {key} is set both at top level and in [{section}]", path.display())]
@@ -240,7 +245,7 @@ pub fn load<T: ComponentConfig>(sources: &Sources) -> Result<Loaded<T>, ConfigEr
         for (key, raw) in file_entries(component, &path, &table)? {
             let origin = Source::File(path.clone());
             let Some(spec) = spec_of(&key) else {
-                return Err(ConfigError::UnknownOption { origin, key, component });
+                return Err(unknown(origin, key, component, &specs));
             };
             let value = value::parse_toml(spec, raw)
                 .map_err(|reason| invalid(origin.clone(), &key, raw.to_string(), reason))?;
@@ -263,7 +268,7 @@ pub fn load<T: ComponentConfig>(sources: &Sources) -> Result<Loaded<T>, ConfigEr
         let origin = Source::Env(var.to_owned());
         let key = option.to_ascii_lowercase();
         let Some(spec) = spec_of(&key) else {
-            return Err(ConfigError::UnknownOption { origin, key, component });
+            return Err(unknown(origin, key, component, &specs));
         };
         let value = value::parse_str(spec, raw)
             .map_err(|r| invalid(origin.clone(), &key, Quoted(raw), r))?;
@@ -273,7 +278,7 @@ pub fn load<T: ComponentConfig>(sources: &Sources) -> Result<Loaded<T>, ConfigEr
     for flag in &sources.flags {
         let origin = Source::Flag(flag.name.clone());
         let Some(spec) = spec_of(&flag.option) else {
-            return Err(ConfigError::UnknownOption { origin, key: flag.option.clone(), component });
+            return Err(unknown(origin, flag.option.clone(), component, &specs));
         };
         let value = value::parse_str(spec, &flag.value)
             .map_err(|r| invalid(origin.clone(), &flag.option, Quoted(&flag.value), r))?;
@@ -301,6 +306,36 @@ pub fn load<T: ComponentConfig>(sources: &Sources) -> Result<Loaded<T>, ConfigEr
     let config = serde_json::from_value(Json::Object(object))
         .map_err(|e| ConfigError::Build { component, message: e.to_string() })?;
     Ok(Loaded { config, origins })
+}
+
+fn did_you_mean(suggestion: &Option<&'static str>) -> String {
+    suggestion.map(|s| format!(" (did you mean \"{s}\"?)")).unwrap_or_default()
+}
+
+fn unknown(origin: Source, key: String, component: Component, specs: &[OptionSpec]) -> ConfigError {
+    let suggestion = specs
+        .iter()
+        .map(|spec| (edit_distance(&key, spec.name), spec.name))
+        .filter(|(distance, _)| *distance <= 2)
+        .min()
+        .map(|(_, name)| name);
+    ConfigError::UnknownOption { origin, key, component, suggestion }
+}
+
+/// Levenshtein distance, for suggesting the option a typo meant.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substitute = diagonal + usize::from(ca != *cb);
+            diagonal = row[j + 1];
+            row[j + 1] = substitute.min(row[j] + 1).min(row[j + 1] + 1);
+        }
+    }
+    row[b.len()]
 }
 
 fn invalid(origin: Source, key: &str, value: impl fmt::Display, reason: String) -> ConfigError {

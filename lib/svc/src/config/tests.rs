@@ -186,10 +186,19 @@ fn foreign_sections_and_doubly_set_keys_are_errors() -> TestResult {
 fn unknown_keys_name_the_file_and_key() -> TestResult {
     let roots = Roots::new()?;
     let path =
-        roots.write("usr/etc/keylime/registrar.conf", "[registrar]\nregistrar_prot = 1\n")?;
+        roots.write("usr/etc/keylime/registrar.conf", "[registrar]\ntpm_cert_stor = \"/x\"\n")?;
     assert_eq!(
         error_of::<RegistrarConfig>(&roots.sources()),
-        format!("{}: unknown option \"registrar_prot\" for the registrar", path.display())
+        format!(
+            "{}: unknown option \"tpm_cert_stor\" for the registrar (did you mean \"tpm_cert_store\"?)",
+            path.display()
+        )
+    );
+    // An agent option is unknown to the registrar, with nothing close enough to suggest.
+    let path = roots.write("usr/etc/keylime/registrar.conf", "revocation_actions = []\n")?;
+    assert_eq!(
+        error_of::<RegistrarConfig>(&roots.sources()),
+        format!("{}: unknown option \"revocation_actions\" for the registrar", path.display())
     );
     Ok(())
 }
@@ -242,7 +251,7 @@ fn environment_errors_name_the_variable() -> TestResult {
     let sources = with_env(roots.sources(), &[("KEYLIME_VERIFIER_QUOTE_INTERVALL", "2")]);
     assert_eq!(
         error_of::<VerifierConfig>(&sources),
-        "environment variable KEYLIME_VERIFIER_QUOTE_INTERVALL: unknown option \"quote_intervall\" for the verifier"
+        "environment variable KEYLIME_VERIFIER_QUOTE_INTERVALL: unknown option \"quote_intervall\" for the verifier (did you mean \"quote_interval\"?)"
     );
     // Other components' variables are not this component's business.
     let sources = with_env(roots.sources(), &[("KEYLIME_AGENT_BOGUS", "1")]);

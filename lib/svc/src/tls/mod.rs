@@ -8,6 +8,7 @@
 mod agent;
 mod ca;
 mod files;
+mod listener;
 mod role;
 mod rustls_config;
 
@@ -16,6 +17,7 @@ use std::path::PathBuf;
 pub use agent::AgentIdentity;
 pub use ca::{CertificateAuthority, IssuedCert, ensure_generated, prepare};
 pub use files::{TlsDir, TlsFiles, TlsIdentity, read_certificates};
+pub use listener::TlsIncoming;
 pub use role::{ROLE_URI_PREFIX, Role, role_of};
 pub use rustls_config::{ClientAuth, ServerTrust, client_config, crypto_provider, server_config};
 
