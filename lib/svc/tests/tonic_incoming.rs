@@ -8,7 +8,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use kl_svc::tls::{ClientAuth, TlsFiles, TlsIncoming, ensure_generated, role_of, server_config};
+use kl_svc::tls::{
+    AgentIdentity, ClientAuth, ServerTrust, TlsConnector, TlsFiles, TlsIncoming, client_config,
+    ensure_generated, role_of, server_config,
+};
 use tonic::body::Body;
 use tonic::codegen::{Service, http};
 use tonic::server::NamedService;
@@ -51,6 +54,53 @@ impl Service<http::Request<Body>> for WhoAmI {
     }
 }
 
+/// Calls `WhoAmI` over `channel` and returns the `x-role` header of the answer.
+async fn who_am_i(
+    channel: &mut tonic::transport::Channel,
+    port: u16,
+) -> Result<Option<String>, Box<dyn std::error::Error>> {
+    poll_fn(|cx| channel.poll_ready(cx)).await?;
+    let request = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://127.0.0.1:{port}/keylime.test.v1.WhoAmI/Get"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(Body::empty())?;
+    let response = tokio::time::timeout(Duration::from_secs(10), channel.call(request)).await??;
+    Ok(response.headers().get("x-role").and_then(|v| v.to_str().ok()).map(str::to_owned))
+}
+
+#[tokio::test]
+async fn tonic_client_pins_the_agent_certificate_through_the_connector()
+-> Result<(), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let tls = TlsFiles::new(dir.path().join("cv_ca"));
+    ensure_generated(&tls, &[])?;
+    let agent = AgentIdentity::generate("d432fbb3-d2f1-4a97-9ef7-75bd81c00000", &[])?;
+    let config =
+        server_config(agent.tls_identity()?, &tls.ca_certificates()?, ClientAuth::Required)?;
+    let addr: SocketAddr = "127.0.0.1:0".parse()?;
+    let incoming = TlsIncoming::bind(addr, Arc::new(config), Duration::from_secs(10)).await?;
+    let port = incoming.local_addr().port();
+    let server = tokio::spawn(Server::builder().add_service(WhoAmI).serve_with_incoming(incoming));
+    let endpoint = Endpoint::from_shared(format!("http://127.0.0.1:{port}"))?;
+
+    let pinned =
+        client_config(&ServerTrust::Pinned(agent.cert_der.clone()), Some(tls.client_identity()?))?;
+    let connect = endpoint.connect_with_connector(TlsConnector::new(Arc::new(pinned)));
+    let mut channel = tokio::time::timeout(Duration::from_secs(10), connect).await??;
+    assert_eq!(who_am_i(&mut channel, port).await?.as_deref(), Some("admin"));
+
+    let other = AgentIdentity::generate("d432fbb3-d2f1-4a97-9ef7-75bd81c00000", &[])?;
+    let wrong_pin =
+        client_config(&ServerTrust::Pinned(other.cert_der), Some(tls.client_identity()?))?;
+    let connect = endpoint.connect_with_connector(TlsConnector::new(Arc::new(wrong_pin)));
+    let refused = tokio::time::timeout(Duration::from_secs(10), connect).await?;
+    assert!(refused.is_err(), "a different pinned certificate was accepted");
+    server.abort();
+    Ok(())
+}
+
 #[tokio::test]
 async fn tonic_server_on_tls_incoming_sees_the_client_role()
 -> Result<(), Box<dyn std::error::Error>> {
@@ -72,15 +122,7 @@ async fn tonic_server_on_tls_incoming_sees_the_client_role()
     let endpoint =
         Endpoint::from_shared(format!("https://127.0.0.1:{port}"))?.tls_config(client_tls)?;
     let mut channel = tokio::time::timeout(Duration::from_secs(10), endpoint.connect()).await??;
-    poll_fn(|cx| channel.poll_ready(cx)).await?;
-    let request = http::Request::builder()
-        .method("POST")
-        .uri(format!("https://127.0.0.1:{port}/keylime.test.v1.WhoAmI/Get"))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(Body::empty())?;
-    let response = tokio::time::timeout(Duration::from_secs(10), channel.call(request)).await??;
-    assert_eq!(response.headers().get("x-role").map(|v| v.as_bytes()), Some(&b"admin"[..]));
+    assert_eq!(who_am_i(&mut channel, port).await?.as_deref(), Some("admin"));
     server.abort();
     Ok(())
 }
