@@ -221,19 +221,51 @@ struct Setting {
     origin: Source,
 }
 
+/// The settings gathered so far, later layers overwriting earlier ones.
+struct Layers {
+    component: Component,
+    specs: Vec<OptionSpec>,
+    settings: BTreeMap<&'static str, Setting>,
+}
+
+impl Layers {
+    /// Checks and records one value; `shown` is the value as the error message quotes it.
+    fn set(
+        &mut self,
+        key: &str,
+        origin: Source,
+        shown: impl fmt::Display,
+        parse: impl FnOnce(&OptionSpec) -> Result<Json, String>,
+    ) -> Result<(), ConfigError> {
+        let Some(spec) = self.specs.iter().find(|s| s.name == key) else {
+            return Err(unknown(origin, key.to_owned(), self.component, &self.specs));
+        };
+        let value = parse(spec).map_err(|reason| ConfigError::InvalidValue {
+            origin: origin.clone(),
+            key: key.to_owned(),
+            value: shown.to_string(),
+            reason,
+        })?;
+        self.settings.insert(spec.name, Setting { value, origin });
+        Ok(())
+    }
+}
+
 /// Loads and checks the config of component `T` from `sources`.
 pub fn load<T: ComponentConfig>(sources: &Sources) -> Result<Loaded<T>, ConfigError> {
     let component = T::COMPONENT;
-    let specs = T::options();
-    let spec_of = |key: &str| specs.iter().find(|s| s.name == key);
-    let mut settings: BTreeMap<&'static str, Setting> = BTreeMap::new();
+    let mut layers = Layers { component, specs: T::options(), settings: BTreeMap::new() };
 
-    for spec in &specs {
-        if let Default::Value(raw) = spec.default {
-            let value = value::parse_str(spec, raw)
-                .map_err(|reason| invalid(Source::Default, spec.name, Quoted(raw), reason))?;
-            settings.insert(spec.name, Setting { value, origin: Source::Default });
-        }
+    let defaults: Vec<(&'static str, &'static str)> = layers
+        .specs
+        .iter()
+        .filter_map(|spec| match spec.default {
+            Default::Value(raw) => Some((spec.name, raw)),
+            _ => None,
+        })
+        .collect();
+    for (key, raw) in defaults {
+        layers.set(key, Source::Default, Quoted(raw), |spec| value::parse_str(spec, raw))?;
     }
 
     let prefix = component.env_prefix();
@@ -244,47 +276,31 @@ pub fn load<T: ComponentConfig>(sources: &Sources) -> Result<Loaded<T>, ConfigEr
         let table = read_table(&path)?;
         for (key, raw) in file_entries(component, &path, &table)? {
             let origin = Source::File(path.clone());
-            let Some(spec) = spec_of(&key) else {
-                return Err(unknown(origin, key, component, &specs));
-            };
-            let value = value::parse_toml(spec, raw)
-                .map_err(|reason| invalid(origin.clone(), &key, raw.to_string(), reason))?;
-            settings.insert(spec.name, Setting { value, origin });
+            layers.set(&key, origin, raw, |spec| value::parse_toml(spec, raw))?;
         }
     }
 
-    let mut env_settings: Vec<(&str, &str, &str)> = Vec::new();
-    if let Some(dir) = sources.env.get("KEYLIME_DIR") {
-        env_settings.push(("KEYLIME_DIR", "keylime_dir", dir));
-    }
-    for (var, raw) in &sources.env {
-        if let Some(option) = var.strip_prefix(&prefix)
-            && *var != config_var
-        {
-            env_settings.push((var, option, raw));
-        }
-    }
-    for (var, option, raw) in env_settings {
-        let origin = Source::Env(var.to_owned());
+    // KEYLIME_DIR first, so that the component's own KEYLIME_<C>_KEYLIME_DIR wins over it.
+    let general =
+        sources.env.get_key_value("KEYLIME_DIR").map(|(var, raw)| (var, "keylime_dir", raw));
+    let specific = sources
+        .env
+        .iter()
+        .filter(|(var, _)| **var != config_var)
+        .filter_map(|(var, raw)| var.strip_prefix(&prefix).map(|option| (var, option, raw)));
+    for (var, option, raw) in general.into_iter().chain(specific) {
         let key = option.to_ascii_lowercase();
-        let Some(spec) = spec_of(&key) else {
-            return Err(unknown(origin, key, component, &specs));
-        };
-        let value = value::parse_str(spec, raw)
-            .map_err(|r| invalid(origin.clone(), &key, Quoted(raw), r))?;
-        settings.insert(spec.name, Setting { value, origin });
+        let origin = Source::Env(var.clone());
+        layers.set(&key, origin, Quoted(raw), |spec| value::parse_str(spec, raw))?;
     }
 
     for flag in &sources.flags {
         let origin = Source::Flag(flag.name.clone());
-        let Some(spec) = spec_of(&flag.option) else {
-            return Err(unknown(origin, flag.option.clone(), component, &specs));
-        };
-        let value = value::parse_str(spec, &flag.value)
-            .map_err(|r| invalid(origin.clone(), &flag.option, Quoted(&flag.value), r))?;
-        settings.insert(spec.name, Setting { value, origin });
+        let raw = flag.value.as_str();
+        layers.set(&flag.option, origin, Quoted(raw), |spec| value::parse_str(spec, raw))?;
     }
 
+    let Layers { specs, mut settings, .. } = layers;
     let keylime_dir = settings
         .get("keylime_dir")
         .and_then(|s| s.value.as_str())
@@ -336,10 +352,6 @@ fn edit_distance(a: &str, b: &str) -> usize {
         }
     }
     row[b.len()]
-}
-
-fn invalid(origin: Source, key: &str, value: impl fmt::Display, reason: String) -> ConfigError {
-    ConfigError::InvalidValue { origin, key: key.to_owned(), value: value.to_string(), reason }
 }
 
 /// Quotes a raw string the way TOML would show it, for error messages.

@@ -204,6 +204,9 @@ fn seconds(f: f64) -> Result<Json, String> {
     if !f.is_finite() || f < 0.0 {
         return Err("not a non-negative number of seconds".to_owned());
     }
+    if std::time::Duration::try_from_secs_f64(f).is_err() {
+        return Err("too many seconds".to_owned());
+    }
     serde_json::Number::from_f64(f).map(Json::Number).ok_or_else(|| reason_for(Kind::Seconds))
 }
 
@@ -259,6 +262,7 @@ mod tests {
         assert_eq!(parse_str(&spec(Kind::Seconds), "2"), Ok(Json::from(2.0)));
         assert!(parse_str(&spec(Kind::Seconds), "-1").is_err());
         assert!(parse_str(&spec(Kind::Seconds), "NaN").is_err());
+        assert_eq!(parse_str(&spec(Kind::Seconds), "1e300"), Err("too many seconds".to_owned()));
     }
 
     #[test]
