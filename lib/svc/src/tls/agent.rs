@@ -103,19 +103,20 @@ impl AgentIdentity {
 mod tests {
     use super::*;
 
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
     #[test]
-    fn identity_has_agent_id_as_cn_and_round_trips_through_files() -> Result<(), TlsError> {
+    fn identity_has_agent_id_as_cn_and_round_trips_through_files() -> TestResult {
         let id = AgentIdentity::generate(
             "d432fbb3-d2f1-4a97-9ef7-75bd81c00000",
             &["10.0.0.5".to_owned()],
         )?;
-        let (_, cert) = x509_parser::parse_x509_certificate(&id.cert_der)
-            .map_err(|e| TlsError::Certificate(e.to_string()))?;
+        let (_, cert) = x509_parser::parse_x509_certificate(&id.cert_der)?;
         let cn = cert.subject().iter_common_name().next().and_then(|cn| cn.as_str().ok());
         assert_eq!(cn, Some("d432fbb3-d2f1-4a97-9ef7-75bd81c00000"));
         assert_eq!(cert.tbs_certificate.subject_pki.raw, id.spki_der.as_slice());
 
-        let dir = tempfile::tempdir().map_err(|e| TlsError::Certificate(e.to_string()))?;
+        let dir = tempfile::tempdir()?;
         let (cert_path, key_path) = (dir.path().join("agent.crt"), dir.path().join("agent.pem"));
         id.write(&cert_path, &key_path)?;
         let back = AgentIdentity::read(&cert_path, &key_path)?;

@@ -230,11 +230,13 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     use super::*;
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
     use crate::tls::role_of;
 
     #[test]
-    fn generate_creates_all_files_with_private_keys_0600_and_reuses_them() -> Result<(), TlsError> {
-        let dir = tempfile::tempdir().map_err(|e| TlsError::Certificate(e.to_string()))?;
+    fn generate_creates_all_files_with_private_keys_0600_and_reuses_them() -> TestResult {
+        let dir = tempfile::tempdir()?;
         let tls = TlsFiles::new(dir.path().join("cv_ca"));
         assert!(ensure_generated(&tls, &["verifier.example".to_owned()])?);
         for key in [tls.ca_key(), tls.server_key(), tls.client_key()] {
@@ -250,8 +252,7 @@ mod tests {
         let client = tls.client_identity()?;
         assert_eq!(role_of(&client.chain[0])?, Some(Role::Admin));
         let server = tls.server_identity()?;
-        let (_, cert) = x509_parser::parse_x509_certificate(&server.chain[0])
-            .map_err(|e| TlsError::Certificate(e.to_string()))?;
+        let (_, cert) = x509_parser::parse_x509_certificate(&server.chain[0])?;
         let names = san_names(&cert);
         for name in ["localhost", "verifier.example", "127.0.0.1", "::1", "urn:keylime:role:server"]
         {
@@ -284,32 +285,31 @@ mod tests {
     }
 
     #[test]
-    fn missing_server_cert_is_reissued_by_the_existing_ca() -> Result<(), TlsError> {
-        let dir = tempfile::tempdir().map_err(|e| TlsError::Certificate(e.to_string()))?;
+    fn missing_server_cert_is_reissued_by_the_existing_ca() -> TestResult {
+        let dir = tempfile::tempdir()?;
         let tls = TlsFiles::new(dir.path());
         ensure_generated(&tls, &[])?;
         let ca_before = std::fs::read(tls.ca_cert()).ok();
-        std::fs::remove_file(tls.server_cert())
-            .map_err(|e| TlsError::Certificate(e.to_string()))?;
+        std::fs::remove_file(tls.server_cert())?;
         assert!(ensure_generated(&tls, &[])?);
         assert_eq!(std::fs::read(tls.ca_cert()).ok(), ca_before);
         Ok(())
     }
 
     #[test]
-    fn leaf_without_ca_and_mismatched_ca_key_are_refused() -> Result<(), TlsError> {
-        let dir = tempfile::tempdir().map_err(|e| TlsError::Certificate(e.to_string()))?;
+    fn leaf_without_ca_and_mismatched_ca_key_are_refused() -> TestResult {
+        let dir = tempfile::tempdir()?;
         let tls = TlsFiles::new(dir.path());
-        std::fs::write(tls.server_cert(), "x").map_err(|e| TlsError::Certificate(e.to_string()))?;
+        std::fs::write(tls.server_cert(), "x")?;
         let err = ensure_generated(&tls, &[]).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.contains("cacert.crt: missing"), "{err}");
 
-        let other = tempfile::tempdir().map_err(|e| TlsError::Certificate(e.to_string()))?;
+        let other = tempfile::tempdir()?;
         let a = TlsFiles::new(other.path().join("a"));
         let b = TlsFiles::new(other.path().join("b"));
         CertificateAuthority::generate("a")?.write(&a)?;
         CertificateAuthority::generate("b")?.write(&b)?;
-        std::fs::copy(b.ca_key(), a.ca_key()).map_err(|e| TlsError::Certificate(e.to_string()))?;
+        std::fs::copy(b.ca_key(), a.ca_key())?;
         let err = CertificateAuthority::read(&a).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.contains("cakey.pem: does not hold the key of"), "{err}");
         Ok(())
@@ -325,7 +325,7 @@ mod tests {
     }
 
     #[test]
-    fn issued_role_certs_carry_their_role() -> Result<(), TlsError> {
+    fn issued_role_certs_carry_their_role() -> TestResult {
         let ca = CertificateAuthority::generate("test CA")?;
         for role in [Role::Admin, Role::Viewer, Role::Verifier, Role::Server] {
             let cert = ca.issue(role, "someone", &[])?;
