@@ -1,0 +1,305 @@
+//! The typed configs of the agent, registrar, verifier and tenant, and their option tables.
+//! Each struct has exactly the fields its table lists (a test checks this).
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::value::{Kind, OptionSpec};
+use super::{Component, ComponentConfig};
+use crate::tls::TlsDir;
+
+const HASH_ALGS: &[&str] = &["sha1", "sha256", "sha384", "sha512", "sm3_256"];
+const SIGNING_ALGS: &[&str] = &["rsassa", "rsapss", "ecdsa", "ecschnorr", "sm2"];
+const ENCRYPTION_ALGS: &[&str] = &["rsa", "ecc"];
+const LOG_FORMATS: &[&str] = &["text", "json"];
+
+/// Log output format (`log_format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// How the agent picks its id (`uuid`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum AgentUuid {
+    /// A fixed UUID, stored lowercase.
+    Fixed(String),
+    /// A random UUID at each start.
+    Generate,
+    /// The lowercase hex SHA-256 of the EK public key.
+    HashEk,
+}
+
+impl TryFrom<String> for AgentUuid {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        match s.as_str() {
+            "generate" => Ok(AgentUuid::Generate),
+            "hash_ek" => Ok(AgentUuid::HashEk),
+            _ if super::is_uuid(&s) => Ok(AgentUuid::Fixed(s.to_ascii_lowercase())),
+            _ => Err(format!("\"{s}\" is not a UUID, \"generate\" or \"hash_ek\"")),
+        }
+    }
+}
+
+impl From<AgentUuid> for String {
+    fn from(u: AgentUuid) -> String {
+        match u {
+            AgentUuid::Fixed(s) => s,
+            AgentUuid::Generate => "generate".to_owned(),
+            AgentUuid::HashEk => "hash_ek".to_owned(),
+        }
+    }
+}
+
+/// Durations as (possibly fractional) seconds, in config values and in `--print-config`.
+mod seconds {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let secs = f64::deserialize(d)?;
+        Duration::try_from_secs_f64(secs).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Options every daemon has: `keylime_dir`, `ip`, `port`, `tls_dir`, `log_format`, `log_level`.
+fn daemon_options(port: &'static str, tls_dir: &'static str) -> Vec<OptionSpec> {
+    let mut options = vec![
+        OptionSpec::new("ip", Kind::Ip, "127.0.0.1"),
+        OptionSpec::new("port", Kind::Port, port),
+    ];
+    options.extend(client_options(tls_dir));
+    options
+}
+
+/// Options of every program, the tenant included.
+fn client_options(tls_dir: &'static str) -> Vec<OptionSpec> {
+    vec![
+        OptionSpec::new("keylime_dir", Kind::Path, "/var/lib/keylime"),
+        OptionSpec::new("tls_dir", Kind::TlsDir, tls_dir),
+        OptionSpec::new("log_format", Kind::Choice(LOG_FORMATS), "text"),
+        OptionSpec::new("log_level", Kind::Text, "info"),
+    ]
+}
+
+/// `keylime_agent` settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    pub keylime_dir: PathBuf,
+    pub ip: IpAddr,
+    pub port: u16,
+    pub tls_dir: TlsDir,
+    pub log_format: LogFormat,
+    /// A `tracing` filter (`info`, `kl_agent=debug`); `RUST_LOG` overrides it.
+    pub log_level: String,
+    pub uuid: AgentUuid,
+    /// Address the verifier and kctl reach the agent at; `ip` when unset.
+    pub contact_ip: Option<String>,
+    /// Port the verifier and kctl reach the agent at; `port` when unset.
+    pub contact_port: Option<u16>,
+    pub registrar_ip: String,
+    pub registrar_port: u16,
+    pub tcti: String,
+    /// CA that client certificates (verifier, kctl) must chain to.
+    pub trusted_client_ca: PathBuf,
+    /// Agent key material (identity key, certificate, payload).
+    pub agent_data_path: PathBuf,
+    pub ima_ml_path: PathBuf,
+    pub measuredboot_ml_path: PathBuf,
+    /// The verifier address whose revocation notices are accepted (and signature-checked).
+    pub revocation_notification_ip: String,
+    pub revocation_actions: Vec<String>,
+    pub revocation_actions_dir: PathBuf,
+    /// Whether revocation actions shipped in a payload may run.
+    pub allow_payload_revocation_actions: bool,
+    pub payload_script: String,
+    pub tpm_hash_alg: String,
+    pub tpm_encryption_alg: String,
+    pub tpm_signing_alg: String,
+    /// Most IMA entries one quote reply carries; the verifier asks again for the rest.
+    pub ima_max_entries: u64,
+}
+
+impl ComponentConfig for AgentConfig {
+    const COMPONENT: Component = Component::Agent;
+
+    fn options() -> Vec<OptionSpec> {
+        let mut options = daemon_options("9002", "default");
+        options.extend([
+            OptionSpec::new("uuid", Kind::AgentUuid, "hash_ek"),
+            OptionSpec::optional("contact_ip", Kind::Host),
+            OptionSpec::optional("contact_port", Kind::Port),
+            OptionSpec::new("registrar_ip", Kind::Host, "127.0.0.1"),
+            OptionSpec::new("registrar_port", Kind::Port, "8891"),
+            OptionSpec::new("tcti", Kind::Tcti, "device:/dev/tpmrm0"),
+            OptionSpec::under_keylime_dir("trusted_client_ca", Kind::Path, "cv_ca/cacert.crt"),
+            OptionSpec::under_keylime_dir("agent_data_path", Kind::Path, "agent"),
+            OptionSpec::new(
+                "ima_ml_path",
+                Kind::Path,
+                "/sys/kernel/security/ima/ascii_runtime_measurements",
+            ),
+            OptionSpec::new(
+                "measuredboot_ml_path",
+                Kind::Path,
+                "/sys/kernel/security/tpm0/binary_bios_measurements",
+            ),
+            OptionSpec::new("revocation_notification_ip", Kind::Host, "127.0.0.1"),
+            OptionSpec::new("revocation_actions", Kind::TextList, ""),
+            OptionSpec::new("revocation_actions_dir", Kind::Path, "/usr/libexec/keylime"),
+            OptionSpec::new("allow_payload_revocation_actions", Kind::Bool, "true"),
+            OptionSpec::new("payload_script", Kind::Text, "autorun.sh"),
+            OptionSpec::new("tpm_hash_alg", Kind::Choice(HASH_ALGS), "sha256"),
+            OptionSpec::new("tpm_encryption_alg", Kind::Choice(ENCRYPTION_ALGS), "rsa"),
+            OptionSpec::new("tpm_signing_alg", Kind::Choice(SIGNING_ALGS), "rsassa"),
+            OptionSpec::new("ima_max_entries", Kind::Count, "10000"),
+        ]);
+        options
+    }
+}
+
+/// `keylime_registrar` settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrarConfig {
+    pub keylime_dir: PathBuf,
+    pub ip: IpAddr,
+    pub port: u16,
+    pub tls_dir: TlsDir,
+    pub log_format: LogFormat,
+    pub log_level: String,
+    /// Vendor CA certificates that EK certificates are checked against.
+    pub tpm_cert_store: PathBuf,
+    pub require_ek_cert: bool,
+    /// Extra DNS names and IPs for a generated server certificate.
+    pub cert_subject_alternative_names: Vec<String>,
+    /// Registrations (Register and Activate) allowed per source address per minute.
+    pub registration_rate_limit: u64,
+}
+
+impl ComponentConfig for RegistrarConfig {
+    const COMPONENT: Component = Component::Registrar;
+
+    fn options() -> Vec<OptionSpec> {
+        let mut options = daemon_options("8891", "default");
+        options.extend([
+            OptionSpec::under_keylime_dir("tpm_cert_store", Kind::Path, "tpm_cert_store"),
+            OptionSpec::new("require_ek_cert", Kind::Bool, "true"),
+            OptionSpec::new("cert_subject_alternative_names", Kind::TextList, ""),
+            OptionSpec::new("registration_rate_limit", Kind::Count, "60"),
+        ]);
+        options
+    }
+}
+
+/// `keylime_verifier` settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifierConfig {
+    pub keylime_dir: PathBuf,
+    pub ip: IpAddr,
+    pub port: u16,
+    pub tls_dir: TlsDir,
+    pub log_format: LogFormat,
+    pub log_level: String,
+    pub registrar_ip: String,
+    pub registrar_port: u16,
+    #[serde(with = "seconds")]
+    pub quote_interval: Duration,
+    #[serde(with = "seconds")]
+    pub retry_interval: Duration,
+    pub max_retries: u64,
+    pub exponential_backoff: bool,
+    #[serde(with = "seconds")]
+    pub request_timeout: Duration,
+    pub webhook_url: Option<String>,
+    pub webhook_secret: Option<String>,
+    pub accept_tpm_hash_algs: Vec<String>,
+    pub accept_tpm_signing_algs: Vec<String>,
+    /// Extra DNS names and IPs for the generated server certificate.
+    pub cert_subject_alternative_names: Vec<String>,
+    /// Attestation history and events older than this are pruned.
+    #[serde(with = "seconds")]
+    pub history_max_age: Duration,
+    /// At most this many attestation records are kept per agent.
+    pub history_max_entries: u64,
+}
+
+impl ComponentConfig for VerifierConfig {
+    const COMPONENT: Component = Component::Verifier;
+
+    fn options() -> Vec<OptionSpec> {
+        let mut options = daemon_options("8881", "generate");
+        options.extend([
+            OptionSpec::new("registrar_ip", Kind::Host, "127.0.0.1"),
+            OptionSpec::new("registrar_port", Kind::Port, "8891"),
+            OptionSpec::new("quote_interval", Kind::Seconds, "2"),
+            OptionSpec::new("retry_interval", Kind::Seconds, "2"),
+            OptionSpec::new("max_retries", Kind::Count, "5"),
+            OptionSpec::new("exponential_backoff", Kind::Bool, "true"),
+            OptionSpec::new("request_timeout", Kind::Seconds, "60"),
+            OptionSpec::optional("webhook_url", Kind::Url),
+            OptionSpec::optional("webhook_secret", Kind::Text),
+            OptionSpec::new(
+                "accept_tpm_hash_algs",
+                Kind::ChoiceList(HASH_ALGS),
+                "sha512,sha384,sha256",
+            ),
+            OptionSpec::new(
+                "accept_tpm_signing_algs",
+                Kind::ChoiceList(SIGNING_ALGS),
+                "rsassa,rsapss,ecdsa,ecschnorr",
+            ),
+            OptionSpec::new("cert_subject_alternative_names", Kind::TextList, ""),
+            OptionSpec::new("history_max_age", Kind::Seconds, "2592000"),
+            OptionSpec::new("history_max_entries", Kind::Count, "1000"),
+        ]);
+        options
+    }
+}
+
+/// `kctl` / `keylime_tenant` settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    pub keylime_dir: PathBuf,
+    pub tls_dir: TlsDir,
+    pub log_format: LogFormat,
+    pub log_level: String,
+    pub verifier_ip: String,
+    pub verifier_port: u16,
+    pub registrar_ip: String,
+    pub registrar_port: u16,
+    #[serde(with = "seconds")]
+    pub request_timeout: Duration,
+}
+
+impl ComponentConfig for TenantConfig {
+    const COMPONENT: Component = Component::Tenant;
+
+    fn options() -> Vec<OptionSpec> {
+        let mut options = client_options("default");
+        options.extend([
+            OptionSpec::new("verifier_ip", Kind::Host, "127.0.0.1"),
+            OptionSpec::new("verifier_port", Kind::Port, "8881"),
+            OptionSpec::new("registrar_ip", Kind::Host, "127.0.0.1"),
+            OptionSpec::new("registrar_port", Kind::Port, "8891"),
+            OptionSpec::new("request_timeout", Kind::Seconds, "60"),
+        ]);
+        options
+    }
+}

@@ -1,0 +1,42 @@
+//! `kl-svc`: the plumbing the registrar, verifier, agent and kctl share.
+//!
+//! It owns layered TOML configuration ([`config`]), the CA, TLS identities, rustls configs and
+//! TLS transports for tonic ([`tls`]), tracing setup ([`logging`]), systemd readiness
+//! ([`systemd`]) and the shutdown signal ([`shutdown`]). It holds no attestation logic and no
+//! protocol: it never parses TPM structures, opens a database or defines an RPC, and it keeps no
+//! global state beyond the tracing subscriber a binary asks it to install.
+//!
+//! A daemon's start-up, in outline:
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//!
+//! use kl_svc::config::{self, ConfigArgs, VerifierConfig};
+//! use kl_svc::tls::{self, ClientAuth, TlsIncoming};
+//!
+//! # async fn start(args: ConfigArgs) -> Result<(), Box<dyn std::error::Error>> {
+//! let loaded = config::load::<VerifierConfig>(&args.sources(Vec::new())?)?;
+//! if args.print_config {
+//!     println!("{}", loaded.to_json()?);
+//!     return Ok(());
+//! }
+//! let cfg = loaded.config;
+//! kl_svc::logging::init(cfg.log_format, &cfg.log_level)?;
+//! let shutdown = kl_svc::shutdown::Shutdown::install()?;
+//! let files = tls::prepare(&cfg.tls_dir, &cfg.keylime_dir, &cfg.cert_subject_alternative_names)?;
+//! let server = tls::server_config(files.server_identity()?, &files.ca_certificates()?, ClientAuth::Required)?;
+//! let incoming = TlsIncoming::bind((cfg.ip, cfg.port).into(), Arc::new(server), Duration::from_secs(10)).await?;
+//! // tonic::transport::Server::builder().add_service(..)
+//! //     .serve_with_incoming_shutdown(incoming, async { shutdown.wait().await; })
+//! kl_svc::systemd::notify_ready()?;
+//! # drop((incoming, shutdown));
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod config;
+pub mod logging;
+pub mod shutdown;
+pub mod systemd;
+pub mod tls;
