@@ -18,7 +18,9 @@ use crate::exit::Failure;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result: exit::CmdResult = match &cli.command {
-        Command::Ima(_) | Command::Policies(_) => Err(Failure::Input(anyhow::anyhow!("not built yet"))),
+        Command::Ima(_) | Command::Policies(_) => {
+            Err(Failure::Input(anyhow::anyhow!("not built yet")))
+        }
     };
     match result {
         Ok(code) => code.into(),

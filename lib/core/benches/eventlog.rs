@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use kl_core::alg::{Digest, HashAlg};
 use kl_core::eventlog::EventLog;
-use kl_core::mbpolicy::{self, DEFAULT_PCRS};
+use kl_core::policy::mb::{self as mbpolicy, DEFAULT_PCRS};
 
 fn main() {
     let path = concat!(

@@ -13,7 +13,6 @@ pub mod credential;
 pub mod ekcert;
 pub mod eventlog;
 pub mod ima;
-pub mod mbpolicy;
 pub mod policy;
 pub mod quote;
 pub mod tpm2;

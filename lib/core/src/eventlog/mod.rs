@@ -4,7 +4,7 @@
 //! per bank exactly as the TCG PC Client Platform Firmware Profile specifies, checking which
 //! event data is covered by its digest, and decoding event data (EFI variables, signature
 //! databases, boot options, image loads with device paths, GPT headers, grub's measurements)
-//! into something an operator can read and the measured-boot policy ([`crate::mbpolicy`]) can
+//! into something an operator can read and the measured-boot policy ([`crate::policy::mb`]) can
 //! check.
 //!
 //! Replay rules: every bank starts at zero, except that an `EV_NO_ACTION` event carrying

@@ -5,8 +5,7 @@ use proptest::prelude::*;
 use super::*;
 
 pub(crate) fn fixture(name: &str) -> Vec<u8> {
-    let path =
-        format!("{}/tests/data/keylime/eventlog/{name}", env!("CARGO_MANIFEST_DIR"));
+    let path = format!("{}/tests/data/keylime/eventlog/{name}", env!("CARGO_MANIFEST_DIR"));
     std::fs::read(&path).unwrap_or_else(|e| panic!("reading {path}: {e}"))
 }
 

@@ -1,4 +1,4 @@
-//! Runtime (IMA) policies: this project's JSON format, Keylime's formats, signed envelopes.
+//! Policies: runtime (IMA) policies in this project's and Keylime's formats, measured-boot and PCR policies.
 //!
 //! This module owns the in-memory [`RuntimePolicy`] that IMA appraisal looks entries up in,
 //! and every way to get one from bytes:
@@ -9,6 +9,7 @@
 //! - [`dsse`]: DSSE envelopes around a policy, signed with ECDSA P-256/P-384;
 //! - [`allowlist`]: Keylime's flat allowlist (`<digest>  <path>` lines) and exclude list;
 //! - [`load`]: format detection over all of the above;
+//! - [`mb`]: measured-boot policies for UEFI event logs;
 //! - [`PcrPolicy`]: allowed values per PCR (this project's JSON and Keylime's `tpm_policy`).
 //!
 //! Nothing here reads files: callers hand bytes in. Errors name the input format, the
@@ -18,6 +19,7 @@ pub mod allowlist;
 pub mod dsse;
 pub mod keylime;
 mod keys;
+pub mod mb;
 pub mod native;
 mod pcr;
 mod runtime;

@@ -7,11 +7,7 @@ use crate::alg::HashAlg;
 
 macro_rules! fixture {
     ($name:literal) => {
-        include_bytes!(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/data/keylime/policy/",
-            $name
-        ))
+        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/keylime/policy/", $name))
     };
 }
 

@@ -15,8 +15,7 @@ mod synthetic;
 use synthetic::{SyntheticAk, pcr_values, quote_attest};
 
 fn fixture(name: &str) -> Vec<u8> {
-    let path =
-        format!("{}/tests/data/keylime/quote/{name}", env!("CARGO_MANIFEST_DIR"));
+    let path = format!("{}/tests/data/keylime/quote/{name}", env!("CARGO_MANIFEST_DIR"));
     std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
