@@ -1,0 +1,1 @@
+//! Golden tests on real logs, synthetic signed entries, and property tests.
