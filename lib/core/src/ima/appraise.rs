@@ -62,7 +62,12 @@ pub struct ImaOptions {
 
 impl Default for ImaOptions {
     fn default() -> ImaOptions {
-        ImaOptions { bank: HashAlg::Sha256, log_hash_alg: HashAlg::Sha1, pcr_index: IMA_PCR, strict_tomtou: false }
+        ImaOptions {
+            bank: HashAlg::Sha256,
+            log_hash_alg: HashAlg::Sha1,
+            pcr_index: IMA_PCR,
+            strict_tomtou: false,
+        }
     }
 }
 
@@ -161,7 +166,13 @@ pub fn appraise<'a, R: ImaRules + ?Sized>(
             verdict.push(
                 Finding::new(
                     rule::IMA_WRONG_PCR,
-                    format!("line {}: {} is measured into PCR {}, not {}", entry.line(), entry.name, entry.pcr, options.pcr_index),
+                    format!(
+                        "line {}: {} is measured into PCR {}, not {}",
+                        entry.line(),
+                        entry.name,
+                        entry.pcr,
+                        options.pcr_index
+                    ),
                 )
                 .line(entry.line())
                 .path(entry.name)
@@ -180,7 +191,11 @@ pub fn appraise<'a, R: ImaRules + ?Sized>(
                 verdict.push(
                     Finding::new(
                         rule::IMA_TOMTOU,
-                        format!("line {}: measurement violation (ToMToU or open writer) on {}", entry.line(), entry.name),
+                        format!(
+                            "line {}: measurement violation (ToMToU or open writer) on {}",
+                            entry.line(),
+                            entry.name
+                        ),
                     )
                     .line(entry.line())
                     .path(entry.name),
@@ -210,10 +225,18 @@ pub fn appraise<'a, R: ImaRules + ?Sized>(
                         FileCheck::Allowed => {
                             learned.insert(keyid, key);
                             let der = scratch.clone();
-                            new_keys.push((entry.index, LearnedKey { keyring: entry.name.to_owned(), der }));
+                            new_keys.push((
+                                entry.index,
+                                LearnedKey { keyring: entry.name.to_owned(), der },
+                            ));
                         }
                         FileCheck::Excluded => {}
-                        check => verdict.push(rule_finding(rule::IMA_KEYRING, "key in keyring", &entry, check)),
+                        check => verdict.push(rule_finding(
+                            rule::IMA_KEYRING,
+                            "key in keyring",
+                            &entry,
+                            check,
+                        )),
                     },
                     Err(_) => match rules.check_buf(entry.name, &entry.digest) {
                         FileCheck::Allowed | FileCheck::Excluded => {}
@@ -238,10 +261,13 @@ pub fn appraise<'a, R: ImaRules + ?Sized>(
                         Err(SignatureError::UnknownKey(id)) => unknown_key = Some(id),
                         Err(e) => {
                             verdict.push(
-                                Finding::new(rule::IMA_SIGNATURE, format!("line {}: {}: {e}", entry.line(), entry.name))
-                                    .line(entry.line())
-                                    .path(entry.name)
-                                    .actual(entry.digest.to_string()),
+                                Finding::new(
+                                    rule::IMA_SIGNATURE,
+                                    format!("line {}: {}: {e}", entry.line(), entry.name),
+                                )
+                                .line(entry.line())
+                                .path(entry.name)
+                                .actual(entry.digest.to_string()),
                             );
                             continue;
                         }
@@ -265,7 +291,8 @@ pub fn appraise<'a, R: ImaRules + ?Sized>(
             let mut next = ImaState { entries_processed: count, ..ImaState::default() };
             next.pcrs.insert(bank, pcr);
             next.learned_keys = state.learned_keys.clone();
-            next.learned_keys.extend(new_keys.into_iter().filter(|(i, _)| *i < count).map(|(_, k)| k));
+            next.learned_keys
+                .extend(new_keys.into_iter().filter(|(i, _)| *i < count).map(|(_, k)| k));
             (next, Some(count - state.entries_processed))
         }
         None => {
@@ -289,7 +316,11 @@ pub fn appraise<'a, R: ImaRules + ?Sized>(
 
 fn template_hash_finding(entry: &Entry<'_>, computed: &Digest) -> Finding {
     let message = if computed.alg() == entry.template_hash.alg() {
-        format!("line {}: template hash of {} does not match its template data", entry.line(), entry.name)
+        format!(
+            "line {}: template hash of {} does not match its template data",
+            entry.line(),
+            entry.name
+        )
     } else {
         format!(
             "line {}: template hash of {} is {} bytes, the log hash algorithm {} has {}",
@@ -316,8 +347,11 @@ fn rule_finding(rule_id: &str, what: &str, entry: &Entry<'_>, check: FileCheck) 
         (_, FileCheck::DigestMismatch) => (rule_id, "digest is not allowed for this name"),
         _ => (rule_id, "is not in the runtime policy"),
     };
-    Finding::new(rule_id, format!("line {}: {what} {} ({}): {why}", entry.line(), entry.name, entry.digest))
-        .line(entry.line())
-        .path(entry.name)
-        .actual(entry.digest.to_string())
+    Finding::new(
+        rule_id,
+        format!("line {}: {what} {} ({}): {why}", entry.line(), entry.name, entry.digest),
+    )
+    .line(entry.line())
+    .path(entry.name)
+    .actual(entry.digest.to_string())
 }

@@ -109,7 +109,9 @@ pub(crate) fn parse_line(line: &[u8], index: u64) -> Result<Entry<'_>, Defect> {
         }
         TemplateKind::ImaNg => (rest, Template::ImaNg),
         TemplateKind::ImaSig => match rsplit_space(rest) {
-            Some((path, sig)) if is_hex(sig) => (path, Template::ImaSig { signature: Blob::Hex(sig) }),
+            Some((path, sig)) if is_hex(sig) => {
+                (path, Template::ImaSig { signature: Blob::Hex(sig) })
+            }
             _ => (rest, Template::ImaSig { signature: Blob::Hex(b"") }),
         },
         TemplateKind::ImaBuf => {
@@ -152,7 +154,8 @@ fn parse_template_hash(s: &[u8]) -> Result<Digest, Defect> {
 /// `d-ng` as printed: `<alg>:<hex>`.
 fn parse_digest_ng(s: &[u8]) -> Result<FileDigest<'_>, Defect> {
     let bad = || Defect::FileDigest(excerpt(s));
-    let (alg, hex) = s.iter().position(|&b| b == b':').map(|n| (&s[..n], &s[n + 1..])).ok_or_else(bad)?;
+    let (alg, hex) =
+        s.iter().position(|&b| b == b':').map(|n| (&s[..n], &s[n + 1..])).ok_or_else(bad)?;
     if !valid_alg_name(alg) {
         return Err(bad());
     }
@@ -164,7 +167,9 @@ fn parse_digest_ng(s: &[u8]) -> Result<FileDigest<'_>, Defect> {
 pub(crate) fn valid_alg_name(alg: &[u8]) -> bool {
     !alg.is_empty()
         && alg.len() <= 64
-        && alg.iter().all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'_')
+        && alg
+            .iter()
+            .all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'_')
 }
 
 /// A bounded, printable excerpt of untrusted input for error messages.
@@ -198,7 +203,10 @@ mod tests {
     fn ima_sig_splits_signature_from_path() {
         let e = one("10 1d8d532d463c9f8c205d0df7787669a85f93e260 ima-sig sha256:00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff /usr/bin/my tool 030204aabbccdd0002abcd").expect("parses");
         assert_eq!(e.name, "/usr/bin/my tool");
-        assert_eq!(e.template, Template::ImaSig { signature: Blob::Hex(b"030204aabbccdd0002abcd") });
+        assert_eq!(
+            e.template,
+            Template::ImaSig { signature: Blob::Hex(b"030204aabbccdd0002abcd") }
+        );
         // The kernel's blank for an empty signature.
         let e = one("10 1d8d532d463c9f8c205d0df7787669a85f93e260 ima-sig sha256:00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff /usr/bin/my tool ").expect("parses");
         assert_eq!(e.name, "/usr/bin/my tool");
@@ -213,7 +221,8 @@ mod tests {
         let e = one("10 1d8d532d463c9f8c205d0df7787669a85f93e260 ima-buf sha256:00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff kexec-cmdline 726f6f74").expect("parses");
         assert_eq!(e.name, "kexec-cmdline");
         assert_eq!(e.template, Template::ImaBuf { buf: Blob::Hex(b"726f6f74") });
-        let err = one("10 1d8d532d463c9f8c205d0df7787669a85f93e260 ima-buf sha256:00 name xyz").expect_err("not hex");
+        let err = one("10 1d8d532d463c9f8c205d0df7787669a85f93e260 ima-buf sha256:00 name xyz")
+            .expect_err("not hex");
         assert!(err.to_string().contains("line 1"), "{err}");
     }
 
@@ -222,7 +231,11 @@ mod tests {
         let e = one("10 1d8d532d463c9f8c205d0df7787669a85f93e260 ima 0000000000000000000000000000000000000000 /init").expect("parses");
         assert_eq!(e.template, Template::Ima);
         assert_eq!(e.name, "/init");
-        let long = format!("10 1d8d532d463c9f8c205d0df7787669a85f93e260 ima {} /{}", "00".repeat(20), "a".repeat(300));
+        let long = format!(
+            "10 1d8d532d463c9f8c205d0df7787669a85f93e260 ima {} /{}",
+            "00".repeat(20),
+            "a".repeat(300)
+        );
         let err = one(&long).expect_err("too long");
         assert!(matches!(err, ImaError::Malformed { defect: Defect::TooLong { .. }, .. }));
     }
@@ -233,14 +246,21 @@ mod tests {
         let results: Vec<_> = AsciiLog::new(log.as_bytes()).collect();
         assert_eq!(results.len(), 2);
         let err = results[1].clone().expect_err("bad hash");
-        assert_eq!(err.to_string(), "IMA log line 2: template hash \"zz\" is not 20, 32, 48 or 64 bytes of hex");
-        let err = AsciiLog::starting_at(b"10 00 ima-ng", 41).next().expect("item").expect_err("bad");
+        assert_eq!(
+            err.to_string(),
+            "IMA log line 2: template hash \"zz\" is not 20, 32, 48 or 64 bytes of hex"
+        );
+        let err =
+            AsciiLog::starting_at(b"10 00 ima-ng", 41).next().expect("item").expect_err("bad");
         assert!(err.to_string().starts_with("IMA log line 42:"), "{err}");
-        let err = one("10 1d8d532d463c9f8c205d0df7787669a85f93e260 ima-modsig sha1:00 /a").expect_err("unknown");
+        let err = one("10 1d8d532d463c9f8c205d0df7787669a85f93e260 ima-modsig sha1:00 /a")
+            .expect_err("unknown");
         assert!(err.to_string().contains("unknown template \"ima-modsig\""), "{err}");
-        let err = one("x 1d8d532d463c9f8c205d0df7787669a85f93e260 ima-ng sha1:00 /a").expect_err("pcr");
+        let err =
+            one("x 1d8d532d463c9f8c205d0df7787669a85f93e260 ima-ng sha1:00 /a").expect_err("pcr");
         assert!(err.to_string().contains("PCR index"), "{err}");
-        let err = one("10 1d8d532d463c9f8c205d0df7787669a85f93e260 ima-ng 00 /a").expect_err("digest");
+        let err =
+            one("10 1d8d532d463c9f8c205d0df7787669a85f93e260 ima-ng 00 /a").expect_err("digest");
         assert!(err.to_string().contains("file digest"), "{err}");
     }
 

@@ -35,7 +35,13 @@ impl<'a> BinaryLog<'a> {
     /// Parses entries that start at entry `first_index` of the full list; errors report byte
     /// offsets within `data`.
     pub fn starting_at(data: &'a [u8], first_index: u64) -> BinaryLog<'a> {
-        BinaryLog { data, pos: 0, index: first_index, template_hash_alg: HashAlg::Sha1, done: false }
+        BinaryLog {
+            data,
+            pos: 0,
+            index: first_index,
+            template_hash_alg: HashAlg::Sha1,
+            done: false,
+        }
     }
 
     /// For the kernel's per-algorithm lists (`binary_runtime_measurements_sha256`, ...), whose
@@ -65,7 +71,10 @@ impl<'a> Iterator for BinaryLog<'a> {
             }
             Err(defect) => {
                 self.done = true;
-                Some(Err(ImaError::Malformed { position: Position::Offset(cur.pos as u64), defect }))
+                Some(Err(ImaError::Malformed {
+                    position: Position::Offset(cur.pos as u64),
+                    defect,
+                }))
             }
         }
     }
@@ -105,13 +114,22 @@ impl<'a> Cursor<'a> {
     }
 }
 
-fn parse_entry<'a>(cur: &mut Cursor<'a>, index: u64, hash_alg: HashAlg) -> Result<Entry<'a>, Defect> {
+fn parse_entry<'a>(
+    cur: &mut Cursor<'a>,
+    index: u64,
+    hash_alg: HashAlg,
+) -> Result<Entry<'a>, Defect> {
     let pcr = cur.u32("PCR index")?;
     let hash = cur.take(hash_alg.len(), "template hash")?;
-    let template_hash = Digest::from_bytes(hash_alg, hash).ok_or(Defect::Truncated("template hash"))?;
+    let template_hash =
+        Digest::from_bytes(hash_alg, hash).ok_or(Defect::Truncated("template hash"))?;
     let name_len = cur.u32("template name length")? as usize;
     if name_len == 0 || name_len > MAX_TEMPLATE_NAME_LEN {
-        return Err(Defect::TooLong { field: "template name", len: name_len, max: MAX_TEMPLATE_NAME_LEN });
+        return Err(Defect::TooLong {
+            field: "template name",
+            len: name_len,
+            max: MAX_TEMPLATE_NAME_LEN,
+        });
     }
     let name = cur.take(name_len, "template name")?;
     let kind = TemplateKind::from_name(name)
@@ -138,7 +156,9 @@ fn parse_entry<'a>(cur: &mut Cursor<'a>, index: u64, hash_alg: HashAlg) -> Resul
             _ => return Err(Defect::NameNotTerminated),
         };
         let template = match kind {
-            TemplateKind::ImaSig => Template::ImaSig { signature: Blob::Raw(fields.field("sig field")?) },
+            TemplateKind::ImaSig => {
+                Template::ImaSig { signature: Blob::Raw(fields.field("sig field")?) }
+            }
             TemplateKind::ImaBuf => Template::ImaBuf { buf: Blob::Raw(fields.field("buf field")?) },
             _ => Template::ImaNg,
         };
@@ -211,17 +231,23 @@ mod tests {
         let (mut a, mut b) = (Vec::new(), Vec::new());
         for (x, y) in ascii.iter().zip(&binary) {
             assert_eq!(x.index, y.index);
-            assert_eq!((x.pcr, x.template_hash, x.digest, x.name), (y.pcr, y.template_hash, y.digest, y.name));
+            assert_eq!(
+                (x.pcr, x.template_hash, x.digest, x.name),
+                (y.pcr, y.template_hash, y.digest, y.name)
+            );
             assert_eq!(x.template_data(&mut a), y.template_data(&mut b));
         }
-        assert_eq!(binary[1].position, Position::Offset(
-            (4 + 20 + 4 + 6 + 4 + (4 + 6 + 20) + (4 + 15)) as u64));
+        assert_eq!(
+            binary[1].position,
+            Position::Offset((4 + 20 + 4 + 6 + 4 + (4 + 6 + 20) + (4 + 15)) as u64)
+        );
     }
 
     #[test]
     fn truncation_names_the_offset() {
         let bin = to_binary(LINES);
-        let first_len = match BinaryLog::new(&bin).nth(1).expect("second").expect("valid").position {
+        let first_len = match BinaryLog::new(&bin).nth(1).expect("second").expect("valid").position
+        {
             Position::Offset(o) => o as usize,
             Position::Line(_) => unreachable!(),
         };
@@ -229,7 +255,10 @@ mod tests {
         let results: Vec<_> = BinaryLog::new(cut).collect();
         assert_eq!(results.len(), 2);
         let err = results[1].clone().expect_err("truncated");
-        assert_eq!(err.to_string(), format!("IMA binary log byte offset {}: truncated in template hash", first_len + 4));
+        assert_eq!(
+            err.to_string(),
+            format!("IMA binary log byte offset {}: truncated in template hash", first_len + 4)
+        );
     }
 
     #[test]

@@ -10,7 +10,8 @@ const TAG_BIT_STRING: u8 = 0x03;
 const TAG_OCTET_STRING: u8 = 0x04;
 const TAG_BOOLEAN: u8 = 0x01;
 
-pub(crate) const OID_RSA_ENCRYPTION: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01];
+pub(crate) const OID_RSA_ENCRYPTION: &[u8] =
+    &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01];
 pub(crate) const OID_EC_PUBLIC_KEY: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
 pub(crate) const OID_P256: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
 pub(crate) const OID_P384: &[u8] = &[0x2b, 0x81, 0x04, 0x00, 0x22];
@@ -149,7 +150,10 @@ mod tests {
 
     #[test]
     fn pem_blocks_skip_parameters_and_keep_order() {
-        let text = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures/keylime/ima/keys/secp256k1.pem"));
+        let text = include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../../shared/fixtures/keylime/ima/keys/secp256k1.pem"
+        ));
         let blocks = pem_blocks(text.as_bytes());
         let labels: Vec<_> = blocks.iter().map(|(l, _)| l.as_str()).collect();
         assert_eq!(labels, ["EC PARAMETERS", "EC PRIVATE KEY"]);

@@ -174,9 +174,13 @@ pub enum Template<'a> {
     Ima,
     ImaNg,
     /// The `sig` field: a `signature_v2_hdr` or empty.
-    ImaSig { signature: Blob<'a> },
+    ImaSig {
+        signature: Blob<'a>,
+    },
     /// The `buf` field: measured data, e.g. a key loaded into a keyring.
-    ImaBuf { buf: Blob<'a> },
+    ImaBuf {
+        buf: Blob<'a>,
+    },
 }
 
 /// Where an entry was read: a line of an ASCII log or a byte offset in a binary log.

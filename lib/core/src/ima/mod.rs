@@ -86,8 +86,9 @@ pub enum Defect {
     TrailingData(usize),
 }
 
-/// The format of a measurement list, told apart by its first byte (an ASCII log starts with
-/// the decimal PCR index, a binary one with a little-endian `u32`).
+/// The format of a measurement list, told apart by its first four bytes: a binary log starts
+/// with a little-endian `u32` PCR index (a control character and three zero bytes); anything
+/// else is read as text, so that a text file that is not a log gets a line-numbered error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Ascii,
@@ -96,8 +97,8 @@ pub enum LogFormat {
 
 impl LogFormat {
     pub fn detect(log: &[u8]) -> LogFormat {
-        match log.first() {
-            Some(b) if !b.is_ascii_digit() => LogFormat::Binary,
+        match log {
+            [pcr, 0, 0, 0, ..] if *pcr < 0x20 => LogFormat::Binary,
             _ => LogFormat::Ascii,
         }
     }

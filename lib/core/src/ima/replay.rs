@@ -118,9 +118,16 @@ pub(crate) struct Tracker {
 }
 
 impl Tracker {
-    pub(crate) fn new(state: &ImaState, bank: HashAlg, quoted: Digest) -> Result<Tracker, ImaError> {
+    pub(crate) fn new(
+        state: &ImaState,
+        bank: HashAlg,
+        quoted: Digest,
+    ) -> Result<Tracker, ImaError> {
         if quoted.alg() != bank {
-            return Err(ImaError::State(format!("quoted PCR value is {}, bank is {bank}", quoted.alg())));
+            return Err(ImaError::State(format!(
+                "quoted PCR value is {}, bank is {bank}",
+                quoted.alg()
+            )));
         }
         let pcr = state.running_pcr(bank)?;
         let mut t = Tracker { pcr, quoted, processed: state.entries_processed, matched: None };
@@ -157,11 +164,16 @@ mod pcr_hex {
 
     use crate::alg::{Digest, HashAlg};
 
-    pub fn serialize<S: Serializer>(m: &BTreeMap<HashAlg, Digest>, s: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: Serializer>(
+        m: &BTreeMap<HashAlg, Digest>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
         s.collect_map(m.iter().map(|(alg, d)| (alg, d.to_hex())))
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<HashAlg, Digest>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<HashAlg, Digest>, D::Error> {
         let raw = BTreeMap::<HashAlg, String>::deserialize(d)?;
         raw.into_iter()
             .map(|(alg, hex)| {

@@ -28,9 +28,29 @@ const HEADER_LEN: usize = 9;
 
 /// The kernel's `hash_algo_name[]`, indexed by `HASH_ALGO_*`.
 const LINUX_HASH_ALGOS: [&str; 23] = [
-    "md4", "md5", "sha1", "rmd160", "sha256", "sha384", "sha512", "sha224", "rmd128", "rmd256",
-    "rmd320", "wp256", "wp384", "wp512", "tgr128", "tgr160", "tgr192", "sm3", "streebog256",
-    "streebog512", "sha3-256", "sha3-384", "sha3-512",
+    "md4",
+    "md5",
+    "sha1",
+    "rmd160",
+    "sha256",
+    "sha384",
+    "sha512",
+    "sha224",
+    "rmd128",
+    "rmd256",
+    "rmd320",
+    "wp256",
+    "wp384",
+    "wp512",
+    "tgr128",
+    "tgr160",
+    "tgr192",
+    "sm3",
+    "streebog256",
+    "streebog512",
+    "sha3-256",
+    "sha3-384",
+    "sha3-512",
 ];
 
 /// The kernel's name of a `HASH_ALGO_*` id.
@@ -163,9 +183,12 @@ impl PublicKey {
         if let Some((spki, ski)) = der::parse_certificate(der) {
             let (key, computed) = PublicKey::from_spki_der(spki)?;
             let keyid = match ski {
-                Some(id) if id.len() >= 4 => {
-                    u32::from_be_bytes([id[id.len() - 4], id[id.len() - 3], id[id.len() - 2], id[id.len() - 1]])
-                }
+                Some(id) if id.len() >= 4 => u32::from_be_bytes([
+                    id[id.len() - 4],
+                    id[id.len() - 3],
+                    id[id.len() - 2],
+                    id[id.len() - 1],
+                ]),
                 _ => computed,
             };
             return Ok((key, keyid));
@@ -181,7 +204,8 @@ impl PublicKey {
     pub fn from_spki_der(der: &[u8]) -> Result<(PublicKey, u32), KeyError> {
         let spki = der::parse_spki(der).ok_or(KeyError::Unrecognised)?;
         if spki.algorithm == OID_RSA_ENCRYPTION {
-            let key = rsa::PublicKey::from_pkcs1_der(spki.key).map_err(|_| KeyError::Invalid("RSA"))?;
+            let key =
+                rsa::PublicKey::from_pkcs1_der(spki.key).map_err(|_| KeyError::Invalid("RSA"))?;
             return Ok((PublicKey::Rsa(Box::new(key)), keyid_of(spki.key)));
         }
         if spki.algorithm != OID_EC_PUBLIC_KEY {
@@ -234,9 +258,13 @@ impl PublicKey {
 
 /// DER of the DigestInfo before the digest, for PKCS#1 v1.5 signatures.
 fn digest_info_prefix(hash: &str, len: usize) -> Option<&'static [u8]> {
-    const SHA1: &[u8] = &[0x30, 0x21, 0x30, 0x09, 0x06, 0x05, 0x2b, 0x0e, 0x03, 0x02, 0x1a, 0x05, 0x00, 0x04, 0x14];
+    const SHA1: &[u8] =
+        &[0x30, 0x21, 0x30, 0x09, 0x06, 0x05, 0x2b, 0x0e, 0x03, 0x02, 0x1a, 0x05, 0x00, 0x04, 0x14];
     const fn sha2(total: u8, id: u8, len: u8) -> [u8; 19] {
-        [0x30, total, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, id, 0x05, 0x00, 0x04, len]
+        [
+            0x30, total, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02,
+            id, 0x05, 0x00, 0x04, len,
+        ]
     }
     const SHA224: [u8; 19] = sha2(0x2d, 0x04, 28);
     const SHA256: [u8; 19] = sha2(0x31, 0x01, 32);
@@ -317,7 +345,10 @@ pub(crate) fn verify_with(
     let header = SignatureHeader::parse(field)?;
     let sig_alg = header.hash_algo_name().ok_or(SignatureError::HashAlgo(header.hash_algo))?;
     if sig_alg != digest.alg_name() {
-        return Err(SignatureError::AlgMismatch { sig: sig_alg, digest: digest.alg_name().to_owned() });
+        return Err(SignatureError::AlgMismatch {
+            sig: sig_alg,
+            digest: digest.alg_name().to_owned(),
+        });
     }
     let mut any = false;
     for set in sets {
@@ -328,5 +359,9 @@ pub(crate) fn verify_with(
             }
         }
     }
-    Err(if any { SignatureError::Invalid(header.keyid) } else { SignatureError::UnknownKey(header.keyid) })
+    Err(if any {
+        SignatureError::Invalid(header.keyid)
+    } else {
+        SignatureError::UnknownKey(header.keyid)
+    })
 }
