@@ -144,7 +144,7 @@ fn parse_pcr(s: &[u8]) -> Result<u32, Defect> {
 
 fn parse_template_hash(s: &[u8]) -> Result<Digest, Defect> {
     let alg = HashAlg::from_len(s.len() / 2)
-        .filter(|_| s.len() % 2 == 0)
+        .filter(|_| s.len().is_multiple_of(2))
         .ok_or_else(|| Defect::TemplateHash(excerpt(s)))?;
     let mut raw = [0u8; MAX_DIGEST_LEN];
     decode_hex(s, &mut raw[..alg.len()]).ok_or_else(|| Defect::TemplateHash(excerpt(s)))?;

@@ -77,7 +77,7 @@ impl<'a> FileDigest<'a> {
 
     /// Decodes hex (validated by the caller or rejected here).
     pub(crate) fn from_hex(alg: &'a str, hex: &[u8]) -> Option<FileDigest<'a>> {
-        if hex.len() % 2 != 0 || hex.len() > 2 * MAX_FILE_DIGEST_LEN {
+        if !hex.len().is_multiple_of(2) || hex.len() > 2 * MAX_FILE_DIGEST_LEN {
             return None;
         }
         let mut bytes = [0; MAX_FILE_DIGEST_LEN];
@@ -295,7 +295,7 @@ pub(crate) fn decode_hex(hex: &[u8], out: &mut [u8]) -> Option<()> {
 
 /// Whether `hex` is even-length valid hex.
 pub(crate) fn is_hex(hex: &[u8]) -> bool {
-    hex.len() % 2 == 0 && hex.iter().all(|&c| hex_nibble(c).is_some())
+    hex.len().is_multiple_of(2) && hex.iter().all(|&c| hex_nibble(c).is_some())
 }
 
 #[cfg(test)]

@@ -27,6 +27,8 @@ mod replay;
 pub mod sig;
 
 #[cfg(test)]
+mod sig_tests;
+#[cfg(test)]
 mod tests;
 
 pub use appraise::{FileCheck, ImaAppraisal, ImaOptions, ImaRules, appraise, appraise_log};
