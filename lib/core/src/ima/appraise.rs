@@ -23,6 +23,15 @@ use super::{BinaryLog, Entries, Entry, FileDigest, IMA_PCR, ImaError, LogFormat,
 use crate::alg::{Digest, HashAlg};
 use crate::verdict::{Finding, Verdict, rule};
 
+#[cfg(test)]
+#[test]
+fn sha1_fast_path_matches_ring() {
+    for len in [0, 55, 56, 64, 150, 1000] {
+        let data = vec![0xa5; len];
+        assert_eq!(log_hash(HashAlg::Sha1, &data), HashAlg::Sha1.digest(&data), "{len}");
+    }
+}
+
 /// What the rules say about one measurement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FileCheck {
@@ -203,7 +212,7 @@ pub fn appraise<'a, R: ImaRules + ?Sized>(
             }
             continue;
         }
-        let computed = options.log_hash_alg.digest(data);
+        let computed = log_hash(options.log_hash_alg, data);
         if computed != entry.template_hash {
             verdict.push(template_hash_finding(&entry, &computed));
         }
@@ -312,6 +321,20 @@ pub fn appraise<'a, R: ImaRules + ?Sized>(
         }
     };
     Ok(ImaAppraisal { verdict, state: next_state, entries, matched, final_pcr, violations })
+}
+
+/// Hashes template data for the template-hash check. ring's SHA-1 has no hardware path, and
+/// SHA-1 over every entry is most of the cost of an appraisal, so SHA-1 uses the `sha1` crate
+/// (SHA-NI when the CPU has it, detected at run time); other algorithms use ring.
+fn log_hash(alg: HashAlg, data: &[u8]) -> Digest {
+    if alg == HashAlg::Sha1 {
+        use sha1::Digest as _;
+        let out = sha1::Sha1::digest(data);
+        if let Some(d) = Digest::from_bytes(HashAlg::Sha1, out.as_slice()) {
+            return d;
+        }
+    }
+    alg.digest(data)
 }
 
 fn template_hash_finding(entry: &Entry<'_>, computed: &Digest) -> Finding {

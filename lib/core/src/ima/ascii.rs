@@ -44,7 +44,7 @@ impl<'a> Iterator for AsciiLog<'a> {
             return None;
         }
         let rest = &self.text[self.pos..];
-        let (line, advance) = match rest.iter().position(|&b| b == b'\n') {
+        let (line, advance) = match memchr::memchr(b'\n', rest) {
             Some(n) => (&rest[..n], n + 1),
             None => (rest, rest.len()),
         };
@@ -60,12 +60,12 @@ impl<'a> Iterator for AsciiLog<'a> {
 }
 
 fn split_space(s: &[u8]) -> Option<(&[u8], &[u8])> {
-    let n = s.iter().position(|&b| b == b' ')?;
+    let n = memchr::memchr(b' ', s)?;
     Some((&s[..n], &s[n + 1..]))
 }
 
 fn rsplit_space(s: &[u8]) -> Option<(&[u8], &[u8])> {
-    let n = s.iter().rposition(|&b| b == b' ')?;
+    let n = memchr::memrchr(b' ', s)?;
     Some((&s[..n], &s[n + 1..]))
 }
 

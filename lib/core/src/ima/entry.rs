@@ -273,13 +273,27 @@ impl Entry<'_> {
     }
 }
 
-fn hex_nibble(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
+/// Hex digit values; `INVALID` marks a non-hex byte.
+const INVALID: u8 = 0x10;
+static HEX_VALUES: [u8; 256] = {
+    let mut t = [INVALID; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
     }
+    let mut i = 0;
+    while i < 6 {
+        t[b'a' as usize + i] = 10 + i as u8;
+        t[b'A' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    t
+};
+
+fn hex_nibble(c: u8) -> Option<u8> {
+    let v = HEX_VALUES[c as usize];
+    (v != INVALID).then_some(v)
 }
 
 /// Decodes `hex` (exactly `2 * out.len()` digits) into `out`; `None` on a non-hex digit.
@@ -287,10 +301,15 @@ pub(crate) fn decode_hex(hex: &[u8], out: &mut [u8]) -> Option<()> {
     if hex.len() != 2 * out.len() {
         return None;
     }
+    // Branch-free per byte: any invalid digit sets the INVALID bit in `bad`.
+    let mut bad = 0u8;
     for (o, pair) in out.iter_mut().zip(hex.chunks_exact(2)) {
-        *o = (hex_nibble(pair[0])? << 4) | hex_nibble(pair[1])?;
+        let hi = HEX_VALUES[pair[0] as usize];
+        let lo = HEX_VALUES[pair[1] as usize];
+        bad |= hi | lo;
+        *o = (hi << 4) | (lo & 0x0f);
     }
-    Some(())
+    (bad & INVALID == 0).then_some(())
 }
 
 /// Whether `hex` is even-length valid hex.
