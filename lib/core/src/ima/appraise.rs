@@ -295,14 +295,13 @@ pub fn appraise<'a, R: ImaRules + ?Sized>(
 
     let entries = next_index - state.entries_processed;
     let final_pcr = tracker.pcr;
-    let (next_state, matched) = match tracker.matched() {
-        Some((count, pcr)) => {
-            let mut next = ImaState { entries_processed: count, ..ImaState::default() };
-            next.pcrs.insert(bank, pcr);
-            next.learned_keys = state.learned_keys.clone();
-            next.learned_keys
+    let mut next_state = tracker.next_state(state);
+    let matched = match tracker.matched() {
+        Some((count, _)) => {
+            next_state
+                .learned_keys
                 .extend(new_keys.into_iter().filter(|(i, _)| *i < count).map(|(_, k)| k));
-            (next, Some(count - state.entries_processed))
+            Some(count - state.entries_processed)
         }
         None => {
             verdict.push(
@@ -317,7 +316,7 @@ pub fn appraise<'a, R: ImaRules + ?Sized>(
                 .expected(quoted_pcr.to_hex())
                 .actual(final_pcr.to_hex()),
             );
-            (state.clone(), None)
+            None
         }
     };
     Ok(ImaAppraisal { verdict, state: next_state, entries, matched, final_pcr, violations })

@@ -35,7 +35,10 @@ pub use appraise::{FileCheck, ImaAppraisal, ImaOptions, ImaRules, appraise, appr
 pub use ascii::AsciiLog;
 pub use binary::{BinaryLog, encode_entry};
 pub use entry::{Blob, Entry, FileDigest, MAX_FILE_DIGEST_LEN, Position, Template, TemplateKind};
-pub use replay::{ImaState, LearnedKey, Replayed, extend_value, replay, replay_log};
+pub use replay::{
+    ImaState, IncrementalReplay, LearnedKey, Replayed, extend_value, replay, replay_incremental,
+    replay_log,
+};
 pub use sig::{KeyError, PublicKey, SignatureError, SignatureHeader, VerificationKeys};
 
 /// The PCR the kernel extends IMA measurements into by default.

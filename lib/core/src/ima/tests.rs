@@ -320,6 +320,47 @@ fn quote_may_cover_any_prefix_and_later_entries_are_resent() {
 }
 
 #[test]
+fn replay_incremental_matches_prefixes_without_content_checks() {
+    let log = golden_log();
+    let starts = line_starts(&log);
+    let q = replay_log(&log[..starts[100]], &[HashAlg::Sha1]).expect("replays").pcrs[0];
+    let r =
+        replay_incremental(AsciiLog::new(&log[..starts[150]]), &ImaState::default(), &q, IMA_PCR)
+            .expect("replays");
+    assert_eq!((r.entries, r.matched), (150, Some(100)));
+    assert_eq!(r.state.entries_processed, 100);
+    assert_eq!(r.state.pcrs[&HashAlg::Sha1], q);
+    let golden = hex_digest(HashAlg::Sha1, GOLDEN_SHA1);
+    let r2 = replay_incremental(
+        AsciiLog::starting_at(&log[starts[100]..], 100),
+        &r.state,
+        &golden,
+        IMA_PCR,
+    )
+    .expect("replays");
+    assert_eq!((r2.entries, r2.matched, r2.final_pcr), (726, Some(726), golden));
+    // No match: the prior state comes back.
+    let r3 = replay_incremental(
+        AsciiLog::starting_at(&log[starts[100]..], 100),
+        &r.state,
+        &q.clone(),
+        11,
+    )
+    .expect("replays");
+    assert_eq!(r3.matched, Some(726), "entries for another PCR are consumed without extending");
+    let wrong = HashAlg::Sha1.digest(b"x");
+    let r4 = replay_incremental(
+        AsciiLog::starting_at(&log[starts[100]..], 100),
+        &r.state,
+        &wrong,
+        IMA_PCR,
+    )
+    .expect("replays");
+    assert_eq!((r4.matched, r4.final_pcr), (None, golden));
+    assert_eq!(r4.state, r.state);
+}
+
+#[test]
 fn pcr10_mismatch_names_both_values_and_keeps_the_prior_state() {
     let log = golden_log();
     let rules = MapRules::from_log(&log);
