@@ -388,3 +388,24 @@ fn buffers_that_are_not_keys_go_to_check_buf() {
     rules.bufs.entry("kexec-cmdline".into()).or_default().insert(digest.as_bytes().to_vec());
     assert!(appraise_text(&log, &rules, &VerificationKeys::new()).verdict.passed());
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn arbitrary_signatures_never_verify_or_panic(
+        sig in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600),
+        algo in 0u8..30,
+    ) {
+        let mut keys = VerificationKeys::new();
+        let rsa_id = keys.add(&fixture("ima/keys/rsa2048pub.pem")).expect("key");
+        let sk = secp256k1_key();
+        let k1_id = keys.add(&ec_spki(OID_SECP256K1, sk.verifying_key().to_sec1_point(false).as_bytes())).expect("key");
+        let digest = HashAlg::Sha256.digest(b"content");
+        let d = FileDigest::new("sha256", digest.as_bytes()).expect("fits");
+        for id in [rsa_id, k1_id] {
+            proptest::prop_assert!(keys.verify(&sig_field(algo, id, &sig), &d).is_err());
+        }
+        proptest::prop_assert!(keys.verify(&sig, &d).is_err());
+    }
+}
