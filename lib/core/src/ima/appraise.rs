@@ -148,18 +148,11 @@ pub fn appraise<'a, R: ImaRules + ?Sized>(
 ) -> Result<ImaAppraisal, ImaError> {
     let bank = options.bank;
     let mut tracker = Tracker::new(state, bank, *quoted_pcr)?;
-    let mut learned = VerificationKeys::new();
-    for (i, k) in state.learned_keys.iter().enumerate() {
-        learned
-            .add(&k.der)
-            .map_err(|e| ImaError::State(format!("learned_keys[{i}] ({}): {e}", k.keyring)))?;
-    }
-    let mut new_keys: Vec<(u64, LearnedKey)> = Vec::new();
+    let mut content = ContentChecks::new(state)?;
     let mut verdict = Verdict::default();
     verdict.checked("ima");
     let mut violations = Vec::new();
     let mut data = Vec::with_capacity(512);
-    let mut scratch = Vec::new();
     let mut next_index = state.entries_processed;
 
     for entry in entries {
@@ -212,6 +205,8 @@ pub fn appraise<'a, R: ImaRules + ?Sized>(
             }
             continue;
         }
+        // The rule lookup comes first: its cache misses then overlap with the hashing below.
+        let content = content.check(&entry, rules, keys);
         let computed = log_hash(options.log_hash_alg, data);
         if computed != entry.template_hash {
             verdict.push(template_hash_finding(&entry, &computed));
@@ -224,72 +219,8 @@ pub fn appraise<'a, R: ImaRules + ?Sized>(
             bank.digest(data)
         };
         tracker.advance(Some(&value));
-
-        match entry.template {
-            Template::ImaBuf { buf } => {
-                scratch.clear();
-                buf.append_to(&mut scratch);
-                match PublicKey::parse(&scratch) {
-                    Ok((key, keyid)) => match rules.check_keyring(entry.name, &entry.digest) {
-                        FileCheck::Allowed => {
-                            learned.insert(keyid, key);
-                            let der = scratch.clone();
-                            new_keys.push((
-                                entry.index,
-                                LearnedKey { keyring: entry.name.to_owned(), der },
-                            ));
-                        }
-                        FileCheck::Excluded => {}
-                        check => verdict.push(rule_finding(
-                            rule::IMA_KEYRING,
-                            "key in keyring",
-                            &entry,
-                            check,
-                        )),
-                    },
-                    Err(_) => match rules.check_buf(entry.name, &entry.digest) {
-                        FileCheck::Allowed | FileCheck::Excluded => {}
-                        check => verdict.push(rule_finding(rule::IMA_BUF, "buffer", &entry, check)),
-                    },
-                }
-            }
-            Template::Ima | Template::ImaNg | Template::ImaSig { .. } => {
-                let check = rules.check_file(entry.name, &entry.digest);
-                if check == FileCheck::Excluded {
-                    continue;
-                }
-                let mut unknown_key = None;
-                if let Template::ImaSig { signature } = entry.template
-                    && !signature.is_empty()
-                {
-                    scratch.clear();
-                    signature.append_to(&mut scratch);
-                    match sig::verify_with(&[keys, &learned], &scratch, &entry.digest) {
-                        Ok(_) => continue,
-                        Err(_) if check == FileCheck::Allowed => continue,
-                        Err(SignatureError::UnknownKey(id)) => unknown_key = Some(id),
-                        Err(e) => {
-                            verdict.push(
-                                Finding::new(
-                                    rule::IMA_SIGNATURE,
-                                    format!("line {}: {}: {e}", entry.line(), entry.name),
-                                )
-                                .line(entry.line())
-                                .path(entry.name)
-                                .actual(entry.digest.to_string()),
-                            );
-                            continue;
-                        }
-                    }
-                }
-                if check != FileCheck::Allowed {
-                    let mut f = rule_finding(rule::IMA_NOT_IN_POLICY, "file", &entry, check);
-                    if let Some(id) = unknown_key {
-                        f.message.push_str(&format!(" (signed by unknown key id {id:08x})"));
-                    }
-                    verdict.push(f);
-                }
-            }
+        if let Some(finding) = content {
+            verdict.push(finding);
         }
     }
 
@@ -300,7 +231,7 @@ pub fn appraise<'a, R: ImaRules + ?Sized>(
         Some((count, _)) => {
             next_state
                 .learned_keys
-                .extend(new_keys.into_iter().filter(|(i, _)| *i < count).map(|(_, k)| k));
+                .extend(content.new_keys.into_iter().filter(|(i, _)| *i < count).map(|(_, k)| k));
             Some(count - state.entries_processed)
         }
         None => {
@@ -320,6 +251,97 @@ pub fn appraise<'a, R: ImaRules + ?Sized>(
         }
     };
     Ok(ImaAppraisal { verdict, state: next_state, entries, matched, final_pcr, violations })
+}
+
+/// Per-entry content checks: rules, signatures, keyrings; and the keys learned on the way.
+struct ContentChecks {
+    /// Keys from keyring measurements: those kept in the state, then this round's.
+    learned: VerificationKeys,
+    /// This round's learned keys with the index of the entry that measured them.
+    new_keys: Vec<(u64, LearnedKey)>,
+    /// Decoded signature or buffer of the current entry.
+    scratch: Vec<u8>,
+}
+
+impl ContentChecks {
+    fn new(state: &ImaState) -> Result<ContentChecks, ImaError> {
+        let mut learned = VerificationKeys::new();
+        for (i, k) in state.learned_keys.iter().enumerate() {
+            learned
+                .add(&k.der)
+                .map_err(|e| ImaError::State(format!("learned_keys[{i}] ({}): {e}", k.keyring)))?;
+        }
+        Ok(ContentChecks { learned, new_keys: Vec::new(), scratch: Vec::new() })
+    }
+
+    /// The finding for `entry`, if its content is not allowed.
+    fn check<R: ImaRules + ?Sized>(
+        &mut self,
+        entry: &Entry<'_>,
+        rules: &R,
+        keys: &VerificationKeys,
+    ) -> Option<Finding> {
+        match entry.template {
+            Template::ImaBuf { buf } => {
+                self.scratch.clear();
+                buf.append_to(&mut self.scratch);
+                let Ok((key, keyid)) = PublicKey::parse(&self.scratch) else {
+                    return match rules.check_buf(entry.name, &entry.digest) {
+                        FileCheck::Allowed | FileCheck::Excluded => None,
+                        check => Some(rule_finding(rule::IMA_BUF, "buffer", entry, check)),
+                    };
+                };
+                match rules.check_keyring(entry.name, &entry.digest) {
+                    FileCheck::Allowed => {
+                        self.learned.insert(keyid, key);
+                        let der = self.scratch.clone();
+                        let learned = LearnedKey { keyring: entry.name.to_owned(), der };
+                        self.new_keys.push((entry.index, learned));
+                        None
+                    }
+                    FileCheck::Excluded => None,
+                    check => Some(rule_finding(rule::IMA_KEYRING, "key in keyring", entry, check)),
+                }
+            }
+            Template::Ima | Template::ImaNg | Template::ImaSig { .. } => {
+                let check = rules.check_file(entry.name, &entry.digest);
+                if check == FileCheck::Excluded {
+                    return None;
+                }
+                let mut unknown_key = None;
+                if let Template::ImaSig { signature } = entry.template
+                    && !signature.is_empty()
+                {
+                    self.scratch.clear();
+                    signature.append_to(&mut self.scratch);
+                    match sig::verify_with(&[keys, &self.learned], &self.scratch, &entry.digest) {
+                        Ok(_) => return None,
+                        Err(_) if check == FileCheck::Allowed => return None,
+                        Err(SignatureError::UnknownKey(id)) => unknown_key = Some(id),
+                        Err(e) => {
+                            return Some(
+                                Finding::new(
+                                    rule::IMA_SIGNATURE,
+                                    format!("line {}: {}: {e}", entry.line(), entry.name),
+                                )
+                                .line(entry.line())
+                                .path(entry.name)
+                                .actual(entry.digest.to_string()),
+                            );
+                        }
+                    }
+                }
+                if check == FileCheck::Allowed {
+                    return None;
+                }
+                let mut f = rule_finding(rule::IMA_NOT_IN_POLICY, "file", entry, check);
+                if let Some(id) = unknown_key {
+                    f.message.push_str(&format!(" (signed by unknown key id {id:08x})"));
+                }
+                Some(f)
+            }
+        }
+    }
 }
 
 /// Hashes template data for the template-hash check. ring's SHA-1 has no hardware path, and
