@@ -23,15 +23,6 @@ use super::{BinaryLog, Entries, Entry, FileDigest, IMA_PCR, ImaError, LogFormat,
 use crate::alg::{Digest, HashAlg};
 use crate::verdict::{Finding, Verdict, rule};
 
-#[cfg(test)]
-#[test]
-fn sha1_fast_path_matches_ring() {
-    for len in [0, 55, 56, 64, 150, 1000] {
-        let data = vec![0xa5; len];
-        assert_eq!(log_hash(HashAlg::Sha1, &data), HashAlg::Sha1.digest(&data), "{len}");
-    }
-}
-
 /// What the rules say about one measurement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FileCheck {
@@ -398,4 +389,17 @@ fn rule_finding(rule_id: &str, what: &str, entry: &Entry<'_>, check: FileCheck) 
     .line(entry.line())
     .path(entry.name)
     .actual(entry.digest.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sha1_fast_path_matches_ring() {
+        for len in [0, 55, 56, 64, 150, 1000] {
+            let data = vec![0xa5; len];
+            assert_eq!(log_hash(HashAlg::Sha1, &data), HashAlg::Sha1.digest(&data), "{len}");
+        }
+    }
 }
