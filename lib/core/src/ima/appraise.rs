@@ -109,6 +109,9 @@ impl<'a> Entry<'a> {
 }
 
 /// Appraises a log chunk (ASCII or binary, detected) that starts at `state.entries_processed`.
+///
+/// After a reboot (or when the agent answers from entry 0 because it could not serve the
+/// requested offset) the caller passes `ImaState::default()` and the whole log.
 pub fn appraise_log<R: ImaRules + ?Sized>(
     log: &[u8],
     rules: &R,
