@@ -31,7 +31,9 @@ mod sig_tests;
 #[cfg(test)]
 mod tests;
 
-pub use appraise::{FileCheck, ImaAppraisal, ImaOptions, ImaRules, appraise, appraise_log};
+pub use appraise::{
+    FileCheck, ImaAppraisal, ImaOptions, ImaRules, KeyringMeasurement, appraise, appraise_log,
+};
 pub use ascii::AsciiLog;
 pub use binary::{BinaryLog, encode_entry};
 pub use entry::{Blob, Entry, FileDigest, MAX_FILE_DIGEST_LEN, Position, Template, TemplateKind};
