@@ -1,1 +1,0 @@
-//! Linux IMA measurement lists: parsing, PCR 10 replay, signatures.

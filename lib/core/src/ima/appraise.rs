@@ -1,0 +1,408 @@
+//! Appraisal: one pass over new measurement list entries that replays PCR 10 against the quoted
+//! value, checks every template hash, verifies `ima-sig` signatures, learns keys measured into
+//! keyrings, and asks an [`ImaRules`] implementation (the runtime policy) about each entry.
+//!
+//! Decisions, where Keylime leaves room:
+//! - Violations (all-zero template hash, e.g. ToMToU) extend all-ones and skip the template-hash
+//!   and content checks. They are listed in [`ImaAppraisal::violations`]; only with
+//!   [`ImaOptions::strict_tomtou`] do they become `ima.tomtou` findings.
+//! - An entry for another PCR is an `ima.wrong_pcr` finding and is not extended.
+//! - A signed entry passes when its signature verifies with a known key, whatever the rules say
+//!   about its digest (exclusions are checked first). When it does not verify the rules decide:
+//!   an allowed digest still passes (as in Keylime); otherwise an unknown key id reads as
+//!   `ima.not_in_policy` and a bad signature or header as `ima.signature`.
+//! - A key measured into a keyring is checked with [`ImaRules::check_keyring`]; when allowed it
+//!   verifies later entries in this round, and it is kept in the next state if the quote covers
+//!   its entry. Ignored keyrings (`Excluded`) are neither checked nor learned.
+//! - On a PCR 10 mismatch the returned state is the prior one; Keylime restarts from entry 0,
+//!   which a caller gets with `ImaState::default()`.
+
+use super::replay::{ImaState, LearnedKey, Tracker};
+use super::sig::{self, PublicKey, SignatureError, VerificationKeys};
+use super::{BinaryLog, Entries, Entry, FileDigest, IMA_PCR, ImaError, LogFormat, Template};
+use crate::alg::{Digest, HashAlg};
+use crate::verdict::{Finding, Verdict, rule};
+
+/// What the rules say about one measurement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileCheck {
+    /// The digest is allowed for this path (or buffer name, or keyring).
+    Allowed,
+    /// The path matches an exclude rule (or the keyring is ignored): not checked.
+    Excluded,
+    /// The rules do not know the path.
+    UnknownPath,
+    /// The rules know the path, but not with this digest.
+    DigestMismatch,
+}
+
+/// The per-entry questions a runtime policy answers. Implementations should be cheap: they are
+/// called once per entry on the hot path, with borrowed path and digest.
+pub trait ImaRules {
+    /// A file measurement (`ima`, `ima-ng`, `ima-sig`; `boot_aggregate` is a path like any other).
+    fn check_file(&self, path: &str, digest: &FileDigest<'_>) -> FileCheck;
+    /// An `ima-buf` measurement that is not a key (e.g. `kexec-cmdline`).
+    fn check_buf(&self, name: &str, digest: &FileDigest<'_>) -> FileCheck;
+    /// A key or certificate measured into `keyring` (an `ima-buf` entry named after the keyring).
+    fn check_keyring(&self, keyring: &str, digest: &FileDigest<'_>) -> FileCheck;
+}
+
+/// How to appraise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImaOptions {
+    /// The quoted PCR bank.
+    pub bank: HashAlg,
+    /// The algorithm of the template hash column (sha1 unless the log is a per-algorithm list).
+    pub log_hash_alg: HashAlg,
+    /// The PCR IMA extends.
+    pub pcr_index: u32,
+    /// Report violations (ToMToU, open-writers) as `ima.tomtou` findings.
+    pub strict_tomtou: bool,
+}
+
+impl Default for ImaOptions {
+    fn default() -> ImaOptions {
+        ImaOptions {
+            bank: HashAlg::Sha256,
+            log_hash_alg: HashAlg::Sha1,
+            pcr_index: IMA_PCR,
+            strict_tomtou: false,
+        }
+    }
+}
+
+/// The outcome of appraising one round of entries.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImaAppraisal {
+    pub verdict: Verdict,
+    /// The state for the next round.
+    pub state: ImaState,
+    /// New entries read.
+    pub entries: u64,
+    /// How many of the new entries the quoted PCR value covers; `None` when it matched no prefix.
+    pub matched: Option<u64>,
+    /// The PCR value after all new entries.
+    pub final_pcr: Digest,
+    /// Lines of violation entries (all-zero template hash).
+    pub violations: Vec<u64>,
+}
+
+/// A key or certificate measured into a keyring by an `ima-buf` entry.
+#[derive(Debug, Clone)]
+pub struct KeyringMeasurement<'a> {
+    pub keyring: &'a str,
+    pub digest: FileDigest<'a>,
+    pub key: PublicKey,
+    pub keyid: u32,
+    /// The measured bytes.
+    pub der: Vec<u8>,
+}
+
+impl<'a> Entry<'a> {
+    /// The key in an `ima-buf` entry whose buffer is a certificate or public key.
+    pub fn keyring_measurement(&self) -> Option<KeyringMeasurement<'a>> {
+        let Template::ImaBuf { buf } = self.template else { return None };
+        let der = buf.to_vec();
+        let (key, keyid) = PublicKey::parse(&der).ok()?;
+        Some(KeyringMeasurement { keyring: self.name, digest: self.digest, key, keyid, der })
+    }
+}
+
+/// Appraises a log chunk (ASCII or binary, detected) that starts at `state.entries_processed`.
+///
+/// After a reboot (or when the agent answers from entry 0 because it could not serve the
+/// requested offset) the caller passes `ImaState::default()` and the whole log.
+pub fn appraise_log<R: ImaRules + ?Sized>(
+    log: &[u8],
+    rules: &R,
+    keys: &VerificationKeys,
+    state: &ImaState,
+    options: &ImaOptions,
+    quoted_pcr: &Digest,
+) -> Result<ImaAppraisal, ImaError> {
+    let first = state.entries_processed;
+    let entries = match LogFormat::detect(log) {
+        LogFormat::Ascii => Entries::parse(log, first),
+        LogFormat::Binary => Entries::Binary(
+            BinaryLog::starting_at(log, first).with_template_hash_alg(options.log_hash_alg),
+        ),
+    };
+    appraise(entries, rules, keys, state, options, quoted_pcr)
+}
+
+/// Appraises new entries (which must start at entry `state.entries_processed`) against the
+/// quoted PCR value of `options.bank`. `Err` only when the entries or the state cannot be read.
+pub fn appraise<'a, R: ImaRules + ?Sized>(
+    entries: impl IntoIterator<Item = Result<Entry<'a>, ImaError>>,
+    rules: &R,
+    keys: &VerificationKeys,
+    state: &ImaState,
+    options: &ImaOptions,
+    quoted_pcr: &Digest,
+) -> Result<ImaAppraisal, ImaError> {
+    let bank = options.bank;
+    let mut tracker = Tracker::new(state, bank, *quoted_pcr)?;
+    let mut content = ContentChecks::new(state)?;
+    let mut verdict = Verdict::default();
+    verdict.checked("ima");
+    let mut violations = Vec::new();
+    let mut data = Vec::with_capacity(512);
+    let mut next_index = state.entries_processed;
+
+    for entry in entries {
+        let entry = entry?;
+        if entry.index != next_index {
+            return Err(ImaError::State(format!(
+                "entry {} given where entry {next_index} was expected",
+                entry.index
+            )));
+        }
+        next_index += 1;
+        if entry.pcr != options.pcr_index {
+            verdict.push(
+                Finding::new(
+                    rule::IMA_WRONG_PCR,
+                    format!(
+                        "line {}: {} is measured into PCR {}, not {}",
+                        entry.line(),
+                        entry.name,
+                        entry.pcr,
+                        options.pcr_index
+                    ),
+                )
+                .line(entry.line())
+                .path(entry.name)
+                .pcr(entry.pcr)
+                .expected(options.pcr_index)
+                .actual(entry.pcr),
+            );
+            tracker.advance(None);
+            continue;
+        }
+        let data = entry.template_data(&mut data);
+        if entry.is_violation() {
+            tracker.advance(Some(&Digest::filled(bank, 0xff)));
+            violations.push(entry.line());
+            if options.strict_tomtou {
+                verdict.push(
+                    Finding::new(
+                        rule::IMA_TOMTOU,
+                        format!(
+                            "line {}: measurement violation (ToMToU or open writer) on {}",
+                            entry.line(),
+                            entry.name
+                        ),
+                    )
+                    .line(entry.line())
+                    .path(entry.name),
+                );
+            }
+            continue;
+        }
+        // The rule lookup comes first: its cache misses then overlap with the hashing below.
+        let content = content.check(&entry, rules, keys);
+        let computed = log_hash(options.log_hash_alg, data);
+        if computed != entry.template_hash {
+            verdict.push(template_hash_finding(&entry, &computed));
+        }
+        let value = if entry.template_hash.alg() == bank {
+            entry.template_hash
+        } else if bank == options.log_hash_alg {
+            computed
+        } else {
+            bank.digest(data)
+        };
+        tracker.advance(Some(&value));
+        if let Some(finding) = content {
+            verdict.push(finding);
+        }
+    }
+
+    let entries = next_index - state.entries_processed;
+    let final_pcr = tracker.pcr;
+    let mut next_state = tracker.next_state(state);
+    let matched = match tracker.matched() {
+        Some((count, _)) => {
+            next_state
+                .learned_keys
+                .extend(content.new_keys.into_iter().filter(|(i, _)| *i < count).map(|(_, k)| k));
+            Some(count - state.entries_processed)
+        }
+        None => {
+            verdict.push(
+                Finding::new(
+                    rule::IMA_PCR10_MISMATCH,
+                    format!(
+                        "quoted PCR {} ({bank}) matches no prefix of the {entries} new entries after entry {}",
+                        options.pcr_index, state.entries_processed
+                    ),
+                )
+                .pcr(options.pcr_index)
+                .expected(quoted_pcr.to_hex())
+                .actual(final_pcr.to_hex()),
+            );
+            None
+        }
+    };
+    Ok(ImaAppraisal { verdict, state: next_state, entries, matched, final_pcr, violations })
+}
+
+/// Per-entry content checks: rules, signatures, keyrings; and the keys learned on the way.
+struct ContentChecks {
+    /// Keys from keyring measurements: those kept in the state, then this round's.
+    learned: VerificationKeys,
+    /// This round's learned keys with the index of the entry that measured them.
+    new_keys: Vec<(u64, LearnedKey)>,
+    /// Decoded signature or buffer of the current entry.
+    scratch: Vec<u8>,
+}
+
+impl ContentChecks {
+    fn new(state: &ImaState) -> Result<ContentChecks, ImaError> {
+        let mut learned = VerificationKeys::new();
+        for (i, k) in state.learned_keys.iter().enumerate() {
+            learned
+                .add(&k.der)
+                .map_err(|e| ImaError::State(format!("learned_keys[{i}] ({}): {e}", k.keyring)))?;
+        }
+        Ok(ContentChecks { learned, new_keys: Vec::new(), scratch: Vec::new() })
+    }
+
+    /// The finding for `entry`, if its content is not allowed.
+    fn check<R: ImaRules + ?Sized>(
+        &mut self,
+        entry: &Entry<'_>,
+        rules: &R,
+        keys: &VerificationKeys,
+    ) -> Option<Finding> {
+        match entry.template {
+            Template::ImaBuf { buf } => {
+                self.scratch.clear();
+                buf.append_to(&mut self.scratch);
+                let Ok((key, keyid)) = PublicKey::parse(&self.scratch) else {
+                    return match rules.check_buf(entry.name, &entry.digest) {
+                        FileCheck::Allowed | FileCheck::Excluded => None,
+                        check => Some(rule_finding(rule::IMA_BUF, "buffer", entry, check)),
+                    };
+                };
+                match rules.check_keyring(entry.name, &entry.digest) {
+                    FileCheck::Allowed => {
+                        self.learned.insert(keyid, key);
+                        let der = self.scratch.clone();
+                        let learned = LearnedKey { keyring: entry.name.to_owned(), der };
+                        self.new_keys.push((entry.index, learned));
+                        None
+                    }
+                    FileCheck::Excluded => None,
+                    check => Some(rule_finding(rule::IMA_KEYRING, "key in keyring", entry, check)),
+                }
+            }
+            Template::Ima | Template::ImaNg | Template::ImaSig { .. } => {
+                let check = rules.check_file(entry.name, &entry.digest);
+                if check == FileCheck::Excluded {
+                    return None;
+                }
+                let mut unknown_key = None;
+                if let Template::ImaSig { signature } = entry.template
+                    && !signature.is_empty()
+                {
+                    self.scratch.clear();
+                    signature.append_to(&mut self.scratch);
+                    match sig::verify_with(&[keys, &self.learned], &self.scratch, &entry.digest) {
+                        Ok(_) => return None,
+                        Err(_) if check == FileCheck::Allowed => return None,
+                        Err(SignatureError::UnknownKey(id)) => unknown_key = Some(id),
+                        Err(e) => {
+                            return Some(
+                                Finding::new(
+                                    rule::IMA_SIGNATURE,
+                                    format!("line {}: {}: {e}", entry.line(), entry.name),
+                                )
+                                .line(entry.line())
+                                .path(entry.name)
+                                .actual(entry.digest.to_string()),
+                            );
+                        }
+                    }
+                }
+                if check == FileCheck::Allowed {
+                    return None;
+                }
+                let mut f = rule_finding(rule::IMA_NOT_IN_POLICY, "file", entry, check);
+                if let Some(id) = unknown_key {
+                    f.message.push_str(&format!(" (signed by unknown key id {id:08x})"));
+                }
+                Some(f)
+            }
+        }
+    }
+}
+
+/// Hashes template data for the template-hash check. ring's SHA-1 has no hardware path, and
+/// SHA-1 over every entry is most of the cost of an appraisal, so SHA-1 uses the `sha1` crate
+/// (SHA-NI when the CPU has it, detected at run time); other algorithms use ring.
+fn log_hash(alg: HashAlg, data: &[u8]) -> Digest {
+    if alg == HashAlg::Sha1 {
+        use sha1::Digest as _;
+        let out = sha1::Sha1::digest(data);
+        if let Some(d) = Digest::from_bytes(HashAlg::Sha1, out.as_slice()) {
+            return d;
+        }
+    }
+    alg.digest(data)
+}
+
+fn template_hash_finding(entry: &Entry<'_>, computed: &Digest) -> Finding {
+    let message = if computed.alg() == entry.template_hash.alg() {
+        format!(
+            "line {}: template hash of {} does not match its template data",
+            entry.line(),
+            entry.name
+        )
+    } else {
+        format!(
+            "line {}: template hash of {} is {} bytes, the log hash algorithm {} has {}",
+            entry.line(),
+            entry.name,
+            entry.template_hash.as_bytes().len(),
+            computed.alg(),
+            computed.alg().len()
+        )
+    };
+    Finding::new(rule::IMA_TEMPLATE_HASH, message)
+        .line(entry.line())
+        .path(entry.name)
+        .expected(computed.to_hex())
+        .actual(entry.template_hash.to_hex())
+}
+
+/// A finding for a measurement the rules did not allow.
+fn rule_finding(rule_id: &str, what: &str, entry: &Entry<'_>, check: FileCheck) -> Finding {
+    let (rule_id, why) = match (rule_id, check) {
+        (r, FileCheck::DigestMismatch) if r == rule::IMA_NOT_IN_POLICY => {
+            (rule::IMA_DIGEST_MISMATCH, "digest is not allowed for this path")
+        }
+        (_, FileCheck::DigestMismatch) => (rule_id, "digest is not allowed for this name"),
+        _ => (rule_id, "is not in the runtime policy"),
+    };
+    Finding::new(
+        rule_id,
+        format!("line {}: {what} {} ({}): {why}", entry.line(), entry.name, entry.digest),
+    )
+    .line(entry.line())
+    .path(entry.name)
+    .actual(entry.digest.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sha1_fast_path_matches_ring() {
+        for len in [0, 55, 56, 64, 150, 1000] {
+            let data = vec![0xa5; len];
+            assert_eq!(log_hash(HashAlg::Sha1, &data), HashAlg::Sha1.digest(&data), "{len}");
+        }
+    }
+}

@@ -1,0 +1,411 @@
+//! Signed (`ima-sig`) and keyring (`ima-buf`) entries, built and signed in the tests with the
+//! fixture keys or freshly generated ones.
+
+use k256::ecdsa::signature::hazmat::PrehashSigner;
+use ring::rand::SystemRandom;
+use ring::signature::{self as rs, KeyPair};
+
+use super::der::{OID_EC_PUBLIC_KEY, OID_P256, OID_P384, OID_SECP256K1, pem_blocks};
+use super::sig::SignatureError;
+use super::tests::{MapRules, make_line};
+use super::*;
+use crate::alg::HashAlg;
+use crate::verdict::rule;
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/keylime");
+
+fn fixture(name: &str) -> Vec<u8> {
+    let path = format!("{FIXTURES}/{name}");
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+fn pem_der(name: &str, label: &str) -> Vec<u8> {
+    pem_blocks(&fixture(name)).into_iter().find(|(l, _)| l == label).expect("PEM block").1
+}
+
+fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    match content.len() {
+        n if n < 0x80 => out.push(n as u8),
+        n if n < 0x100 => out.extend_from_slice(&[0x81, n as u8]),
+        n => out.extend_from_slice(&[0x82, (n >> 8) as u8, n as u8]),
+    }
+    out.extend_from_slice(content);
+    out
+}
+
+fn ec_spki(curve: &[u8], point: &[u8]) -> Vec<u8> {
+    let alg = tlv(0x30, &[tlv(0x06, OID_EC_PUBLIC_KEY), tlv(0x06, curve)].concat());
+    let bits = tlv(0x03, &[&[0u8][..], point].concat());
+    tlv(0x30, &[alg, bits].concat())
+}
+
+/// A `signature_v2_hdr` field.
+fn sig_field(hash_algo: u8, keyid: u32, sig: &[u8]) -> Vec<u8> {
+    let mut out = vec![EVM_IMA_XATTR_DIGSIG_TYPE, 2, hash_algo];
+    out.extend_from_slice(&keyid.to_be_bytes());
+    out.extend_from_slice(&(sig.len() as u16).to_be_bytes());
+    out.extend_from_slice(sig);
+    out
+}
+
+const EVM_IMA_XATTR_DIGSIG_TYPE: u8 = sig::EVM_IMA_XATTR_DIGSIG;
+const HASH_ALGO_SHA256: u8 = 4;
+const HASH_ALGO_SHA384: u8 = 5;
+const HASH_ALGO_SHA512: u8 = 6;
+
+/// Signs `content` with the fixture RSA key (PKCS#1 v1.5); the signature is over its digest.
+fn rsa_sign(key_pem: &str, alg: &'static dyn rs::RsaEncoding, content: &[u8]) -> Vec<u8> {
+    let key = rs::RsaKeyPair::from_der(&pem_der(key_pem, "RSA PRIVATE KEY")).expect("RSA key");
+    let mut sig = vec![0; key.public().modulus_len()];
+    key.sign(alg, &SystemRandom::new(), content, &mut sig).expect("signs");
+    sig
+}
+
+fn secp256k1_key() -> k256::ecdsa::SigningKey {
+    let der = pem_der("ima/keys/secp256k1.pem", "EC PRIVATE KEY");
+    // ECPrivateKey: SEQUENCE { INTEGER 1, OCTET STRING (32) privateKey, ... }
+    k256::ecdsa::SigningKey::from_slice(&der[7..39]).expect("scalar")
+}
+
+fn generated_ec(alg: &'static rs::EcdsaSigningAlgorithm) -> rs::EcdsaKeyPair {
+    let rng = SystemRandom::new();
+    let pkcs8 = rs::EcdsaKeyPair::generate_pkcs8(alg, &rng).expect("generates");
+    rs::EcdsaKeyPair::from_pkcs8(alg, pkcs8.as_ref(), &rng).expect("loads")
+}
+
+#[test]
+fn key_ids_match_openssl() {
+    // Expected values from `openssl rsa -RSAPublicKey_out -outform DER | sha1sum`, the
+    // certificate's SubjectKeyIdentifier, and the SHA-1 of the uncompressed secp256k1 point.
+    let mut keys = VerificationKeys::new();
+    assert_eq!(keys.add(&fixture("ima/keys/rsa2048pub.pem")), Ok(0xf345_2d23));
+    assert_eq!(keys.add(&fixture("revocation/test-cert.pem")), Ok(0xc623_217a));
+    assert_eq!(keys.add(&pem_der("revocation/test-cert.pem", "CERTIFICATE")), Ok(0xc623_217a));
+    let point = secp256k1_key().verifying_key().to_sec1_point(false);
+    assert_eq!(keys.add(&ec_spki(OID_SECP256K1, point.as_bytes())), Ok(0x531f_4025));
+    assert_eq!(keys.len(), 4);
+    assert_eq!(keys.get(0xc623_217a).len(), 2);
+    assert!(keys.get(1).is_empty());
+    assert_eq!(keys.add_pem_bundle(&fixture("ima/keys/rsa2048pub.pem")), Ok(vec![0xf345_2d23]));
+    assert_eq!(keys.add(b"not a key"), Err(KeyError::Unrecognised));
+    let ed25519_spki =
+        tlv(0x30, &[tlv(0x30, &tlv(0x06, &[0x2b, 0x65, 0x70])), tlv(0x03, &[0; 33])].concat());
+    assert_eq!(keys.add(&ed25519_spki), Err(KeyError::Algorithm("2b6570".into())));
+}
+
+#[test]
+fn signature_header_errors() {
+    assert_eq!(SignatureHeader::parse(&[3, 2, 4]), Err(SignatureError::Short(3)));
+    assert_eq!(SignatureHeader::parse(&[1, 2, 4, 0, 0, 0, 1, 0, 0]), Err(SignatureError::Type(1)));
+    assert_eq!(
+        SignatureHeader::parse(&[3, 1, 4, 0, 0, 0, 1, 0, 0]),
+        Err(SignatureError::Version(1))
+    );
+    assert_eq!(
+        SignatureHeader::parse(&[3, 2, 4, 0, 0, 0, 1, 0, 2, 0xaa]),
+        Err(SignatureError::Size { declared: 2, actual: 1 })
+    );
+    let h = SignatureHeader::parse(&[5, 2, 4, 0xde, 0xad, 0xbe, 0xef, 0, 1, 0xaa]).expect("valid");
+    assert_eq!(
+        (h.sig_type, h.keyid, h.signature, h.hash_algo_name()),
+        (5, 0xdead_beef, &[0xaa][..], Some("sha256"))
+    );
+}
+
+#[test]
+fn rsa_and_ecdsa_signatures_verify_over_the_digest() {
+    let content = b"#!/bin/sh\necho hello\n";
+    let mut keys = VerificationKeys::new();
+
+    // RSA-2048 (fixture), SHA-256 and SHA-512.
+    let rsa_id = keys.add(&fixture("ima/keys/rsa2048pub.pem")).expect("key");
+    let sha256 = HashAlg::Sha256.digest(content);
+    let sha512 = HashAlg::Sha512.digest(content);
+    let d256 = FileDigest::new("sha256", sha256.as_bytes()).expect("fits");
+    let d512 = FileDigest::new("sha512", sha512.as_bytes()).expect("fits");
+    let sig = rsa_sign("ima/keys/rsa2048.pem", &rs::RSA_PKCS1_SHA256, content);
+    assert_eq!(keys.verify(&sig_field(HASH_ALGO_SHA256, rsa_id, &sig), &d256), Ok(rsa_id));
+    let sig512 = rsa_sign("ima/keys/rsa2048.pem", &rs::RSA_PKCS1_SHA512, content);
+    assert_eq!(keys.verify(&sig_field(HASH_ALGO_SHA512, rsa_id, &sig512), &d512), Ok(rsa_id));
+    // Wrong digest, algorithm mismatch, unknown key, unknown algorithm id.
+    let other =
+        FileDigest::new("sha256", HashAlg::Sha256.digest(b"other").as_bytes()).expect("fits");
+    assert_eq!(
+        keys.verify(&sig_field(HASH_ALGO_SHA256, rsa_id, &sig), &other),
+        Err(SignatureError::Invalid(rsa_id))
+    );
+    assert!(matches!(
+        keys.verify(&sig_field(HASH_ALGO_SHA512, rsa_id, &sig), &d256),
+        Err(SignatureError::AlgMismatch { sig: "sha512", .. })
+    ));
+    assert_eq!(
+        keys.verify(&sig_field(HASH_ALGO_SHA256, 7, &sig), &d256),
+        Err(SignatureError::UnknownKey(7))
+    );
+    assert_eq!(keys.verify(&sig_field(99, rsa_id, &sig), &d256), Err(SignatureError::HashAlgo(99)));
+
+    // P-256 and P-384, generated.
+    for (alg, curve, hash, algo_id) in [
+        (&rs::ECDSA_P256_SHA256_ASN1_SIGNING, OID_P256, HashAlg::Sha256, HASH_ALGO_SHA256),
+        (&rs::ECDSA_P384_SHA384_ASN1_SIGNING, OID_P384, HashAlg::Sha384, HASH_ALGO_SHA384),
+    ] {
+        let pair = generated_ec(alg);
+        let id = keys.add(&ec_spki(curve, pair.public_key().as_ref())).expect("key");
+        let sig = pair.sign(&SystemRandom::new(), content).expect("signs");
+        let digest = hash.digest(content);
+        let d = FileDigest::new(hash.name(), digest.as_bytes()).expect("fits");
+        assert_eq!(keys.verify(&sig_field(algo_id, id, sig.as_ref()), &d), Ok(id), "{hash}");
+        let wrong = FileDigest::new(hash.name(), hash.digest(b"other").as_bytes()).expect("fits");
+        assert_eq!(
+            keys.verify(&sig_field(algo_id, id, sig.as_ref()), &wrong),
+            Err(SignatureError::Invalid(id))
+        );
+    }
+
+    // secp256k1 (fixture key), including a high-S signature as OpenSSL may produce.
+    let sk = secp256k1_key();
+    let id = keys
+        .add(&ec_spki(OID_SECP256K1, sk.verifying_key().to_sec1_point(false).as_bytes()))
+        .expect("key");
+    let sig: k256::ecdsa::Signature = sk.sign_prehash(sha256.as_bytes()).expect("signs");
+    let der = sig.to_der();
+    assert_eq!(keys.verify(&sig_field(HASH_ALGO_SHA256, id, der.as_bytes()), &d256), Ok(id));
+    let (r, s) = sig.split_scalars();
+    let high =
+        k256::ecdsa::Signature::from_scalars(r.to_bytes(), (-*s).to_bytes()).expect("high-S");
+    assert_eq!(
+        keys.verify(&sig_field(HASH_ALGO_SHA256, id, high.to_der().as_bytes()), &d256),
+        Ok(id)
+    );
+    assert_eq!(
+        keys.verify(&sig_field(HASH_ALGO_SHA256, id, der.as_bytes()), &other),
+        Err(SignatureError::Invalid(id))
+    );
+}
+
+fn appraise_text(log: &str, rules: &MapRules, keys: &VerificationKeys) -> ImaAppraisal {
+    let quoted = replay_log(log.as_bytes(), &[HashAlg::Sha256]).expect("replays").pcrs[0];
+    appraise_log(log.as_bytes(), rules, keys, &ImaState::default(), &ImaOptions::default(), &quoted)
+        .expect("appraises")
+}
+
+fn rule_ids(a: &ImaAppraisal) -> Vec<&str> {
+    a.verdict.findings.iter().map(|f| f.rule.as_str()).collect()
+}
+
+#[test]
+fn signed_entries_pass_on_signature_and_fall_back_to_rules() {
+    let content = b"signed binary";
+    let digest = HashAlg::Sha256.digest(content);
+    let mut keys = VerificationKeys::new();
+    let id = keys.add(&fixture("ima/keys/rsa2048pub.pem")).expect("key");
+    let good = sig_field(
+        HASH_ALGO_SHA256,
+        id,
+        &rsa_sign("ima/keys/rsa2048.pem", &rs::RSA_PKCS1_SHA256, content),
+    );
+    let bad = sig_field(
+        HASH_ALGO_SHA256,
+        id,
+        &rsa_sign("ima/keys/rsa2048.pem", &rs::RSA_PKCS1_SHA256, b"x"),
+    );
+    let unknown = sig_field(HASH_ALGO_SHA256, 0x1234_5678, &[1, 2, 3]);
+    let line = |sig: &[u8], path: &str| {
+        make_line(
+            10,
+            Template::ImaSig { signature: Blob::Raw(sig) },
+            "sha256",
+            digest.as_bytes(),
+            path,
+        )
+    };
+    let log = [
+        line(&good, "/usr/bin/signed tool"),
+        line(&bad, "/usr/bin/bad"),
+        line(&unknown, "/usr/bin/unknown-key"),
+        line(&[], "/usr/bin/unsigned"),
+        line(&bad, "/usr/bin/bad-but-allowed"),
+        line(&[3, 2], "/usr/bin/short"),
+    ]
+    .concat();
+    let mut rules = MapRules::default();
+    rules
+        .files
+        .entry("/usr/bin/bad-but-allowed".into())
+        .or_default()
+        .insert(digest.as_bytes().to_vec());
+    let a = appraise_text(&log, &rules, &keys);
+    let summary: Vec<_> = a
+        .verdict
+        .findings
+        .iter()
+        .map(|f| (f.rule.as_str(), f.line.unwrap_or(0), f.path.clone().unwrap_or_default()))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (rule::IMA_SIGNATURE, 2, "/usr/bin/bad".to_owned()),
+            (rule::IMA_NOT_IN_POLICY, 3, "/usr/bin/unknown-key".to_owned()),
+            (rule::IMA_NOT_IN_POLICY, 4, "/usr/bin/unsigned".to_owned()),
+            (rule::IMA_SIGNATURE, 6, "/usr/bin/short".to_owned()),
+        ]
+    );
+    assert!(
+        a.verdict.findings[0].message.contains("does not verify with key id f3452d23"),
+        "{}",
+        a.verdict.findings[0].message
+    );
+    assert!(
+        a.verdict.findings[1].message.contains("unknown key id 12345678"),
+        "{}",
+        a.verdict.findings[1].message
+    );
+    assert!(
+        a.verdict.findings[3].message.contains("shorter than the 9-byte"),
+        "{}",
+        a.verdict.findings[3].message
+    );
+    // Without the key, the good signature no longer helps.
+    let a = appraise_text(&log, &rules, &VerificationKeys::new());
+    assert_eq!(a.verdict.findings[0].line, Some(1));
+    assert_eq!(a.verdict.findings[0].rule, rule::IMA_NOT_IN_POLICY);
+}
+
+#[test]
+fn keys_measured_into_keyrings_are_checked_learned_and_kept() {
+    let cert = pem_der("revocation/test-cert.pem", "CERTIFICATE");
+    let cert_digest = HashAlg::Sha256.digest(&cert);
+    let content = b"tool signed by the keyring key";
+    let digest = HashAlg::Sha256.digest(content);
+    let sig = sig_field(
+        HASH_ALGO_SHA256,
+        0xc623_217a,
+        &rsa_sign("revocation/test-rsa.pem", &rs::RSA_PKCS1_SHA256, content),
+    );
+    let key_line = make_line(
+        10,
+        Template::ImaBuf { buf: Blob::Raw(&cert) },
+        "sha256",
+        cert_digest.as_bytes(),
+        ".ima",
+    );
+    let sig_line = make_line(
+        10,
+        Template::ImaSig { signature: Blob::Raw(&sig) },
+        "sha256",
+        digest.as_bytes(),
+        "/opt/tool",
+    );
+    let log = format!("{key_line}{sig_line}");
+
+    // The measurement exposes the key.
+    let entry = AsciiLog::new(key_line.as_bytes()).next().expect("entry").expect("valid");
+    let m = entry.keyring_measurement().expect("a key");
+    assert_eq!(
+        (m.keyring, m.keyid, m.digest.as_bytes()),
+        (".ima", 0xc623_217a, cert_digest.as_bytes())
+    );
+    assert!(matches!(m.key, PublicKey::Rsa(_)));
+
+    // Allowed keyring: the key verifies the later entry; both pass.
+    let mut rules = MapRules::default();
+    rules.keyrings.entry(".ima".into()).or_default().insert(cert_digest.as_bytes().to_vec());
+    let keys = VerificationKeys::new();
+    let a = appraise_text(&log, &rules, &keys);
+    assert!(a.verdict.passed(), "{:?}", a.verdict.findings);
+    assert_eq!(a.state.learned_keys, [LearnedKey { keyring: ".ima".into(), der: cert.clone() }]);
+
+    // Across rounds: round one is quoted after the key entry only.
+    let options = ImaOptions::default();
+    let q1 = replay_log(key_line.as_bytes(), &[HashAlg::Sha256]).expect("replays").pcrs[0];
+    let r1 = appraise_log(key_line.as_bytes(), &rules, &keys, &ImaState::default(), &options, &q1)
+        .expect("appraises");
+    assert_eq!(r1.state.learned_keys.len(), 1);
+    let json = serde_json::to_string(&r1.state).expect("serializes");
+    let state: ImaState = serde_json::from_str(&json).expect("deserializes");
+    let q2 = replay_log(log.as_bytes(), &[HashAlg::Sha256]).expect("replays").pcrs[0];
+    let r2 =
+        appraise_log(sig_line.as_bytes(), &rules, &keys, &state, &options, &q2).expect("appraises");
+    assert!(r2.verdict.passed(), "{:?}", r2.verdict.findings);
+    assert_eq!(r2.state.learned_keys.len(), 1);
+    // A key entry the quote does not cover is not kept.
+    let r0 = appraise_log(
+        log.as_bytes(),
+        &rules,
+        &keys,
+        &ImaState::default(),
+        &options,
+        &HashAlg::Sha256.zero(),
+    )
+    .expect("appraises");
+    assert_eq!(r0.matched, Some(0));
+    assert!(r0.state.learned_keys.is_empty());
+
+    // Keyring digest not allowed: ima.keyring, and the key is not learned.
+    let mut denied = MapRules::default();
+    denied.keyrings.entry(".ima".into()).or_default().insert(vec![0; 32]);
+    let a = appraise_text(&log, &denied, &keys);
+    assert_eq!(rule_ids(&a), [rule::IMA_KEYRING, rule::IMA_NOT_IN_POLICY]);
+    assert_eq!(
+        (a.verdict.findings[0].line, a.verdict.findings[0].path.as_deref()),
+        (Some(1), Some(".ima"))
+    );
+    assert!(a.state.learned_keys.is_empty());
+
+    // Ignored keyring: no finding, nothing learned.
+    let ignored = MapRules { ignored_keyrings: vec![".ima".into()], ..MapRules::default() };
+    let a = appraise_text(&key_line, &ignored, &keys);
+    assert!(a.verdict.passed());
+    assert!(a.state.learned_keys.is_empty());
+}
+
+#[test]
+fn buffers_that_are_not_keys_go_to_check_buf() {
+    let cmdline = b"root=/dev/vda1 ro";
+    let digest = HashAlg::Sha256.digest(cmdline);
+    let log = make_line(
+        10,
+        Template::ImaBuf { buf: Blob::Raw(cmdline) },
+        "sha256",
+        digest.as_bytes(),
+        "kexec-cmdline",
+    );
+    let entry = AsciiLog::new(log.as_bytes()).next().expect("entry").expect("valid");
+    assert!(entry.keyring_measurement().is_none());
+    let a = appraise_text(&log, &MapRules::default(), &VerificationKeys::new());
+    assert_eq!(rule_ids(&a), [rule::IMA_BUF]);
+    assert_eq!(a.verdict.findings[0].path.as_deref(), Some("kexec-cmdline"));
+    let mut rules = MapRules::default();
+    rules.bufs.entry("kexec-cmdline".into()).or_default().insert(vec![0; 32]);
+    let a = appraise_text(&log, &rules, &VerificationKeys::new());
+    assert_eq!(rule_ids(&a), [rule::IMA_BUF]);
+    assert!(
+        a.verdict.findings[0].message.contains("not allowed for this name"),
+        "{}",
+        a.verdict.findings[0].message
+    );
+    rules.bufs.entry("kexec-cmdline".into()).or_default().insert(digest.as_bytes().to_vec());
+    assert!(appraise_text(&log, &rules, &VerificationKeys::new()).verdict.passed());
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn arbitrary_signatures_never_verify_or_panic(
+        sig in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600),
+        algo in 0u8..30,
+    ) {
+        let mut keys = VerificationKeys::new();
+        let rsa_id = keys.add(&fixture("ima/keys/rsa2048pub.pem")).expect("key");
+        let sk = secp256k1_key();
+        let k1_id = keys.add(&ec_spki(OID_SECP256K1, sk.verifying_key().to_sec1_point(false).as_bytes())).expect("key");
+        let digest = HashAlg::Sha256.digest(b"content");
+        let d = FileDigest::new("sha256", digest.as_bytes()).expect("fits");
+        for id in [rsa_id, k1_id] {
+            proptest::prop_assert!(keys.verify(&sig_field(algo, id, &sig), &d).is_err());
+        }
+        proptest::prop_assert!(keys.verify(&sig, &d).is_err());
+    }
+}
