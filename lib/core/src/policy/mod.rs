@@ -17,6 +17,7 @@
 
 pub mod allowlist;
 pub mod dsse;
+mod ima_rules;
 pub mod keylime;
 mod keys;
 pub mod mb;
