@@ -21,9 +21,21 @@ pub enum Command {
     /// Work with IMA measurement lists (offline).
     #[command(subcommand)]
     Ima(ImaCommand),
-    /// Runtime policies: generate and test (offline).
+    /// Policies: generate runtime and measured-boot policies, test logs against them (offline).
     #[command(subcommand)]
     Policies(PoliciesCommand),
+    /// Work with UEFI event logs (offline).
+    #[command(subcommand)]
+    Eventlog(EventlogCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EventlogCommand {
+    /// Decode a UEFI event log and replay its PCRs in every bank.
+    Show {
+        /// Raw binary log (`binary_bios_measurements`) or base64 of one; `-` for stdin.
+        log: PathBuf,
+    },
 }
 
 /// A PCR bank / digest algorithm name.
@@ -66,6 +78,31 @@ pub enum PoliciesCommand {
     /// Runtime (IMA) policies.
     #[command(subcommand)]
     Runtime(RuntimeCommand),
+    /// Measured-boot policies.
+    #[command(subcommand)]
+    Mb(MbCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MbCommand {
+    /// Generate a measured-boot policy from a known-good UEFI event log.
+    Generate(MbGenerateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MbGenerateArgs {
+    /// The known-good log: raw binary or base64.
+    #[arg(long)]
+    pub event_log: PathBuf,
+    /// Accept machines with Secure Boot off (otherwise the policy requires it on).
+    #[arg(long)]
+    pub allow_secureboot_off: bool,
+    /// Also pin the replayed values of the covered PCRs.
+    #[arg(long)]
+    pub pin_pcrs: bool,
+    /// Write the policy here instead of stdout.
+    #[arg(long = "out")]
+    pub out: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -73,22 +110,32 @@ pub struct TestArgs {
     /// Runtime policy: this project's format, Keylime's runtime policy JSON (also DSSE-signed)
     /// or Keylime's flat allowlist.
     #[arg(long)]
-    pub runtime_policy: PathBuf,
+    pub runtime_policy: Option<PathBuf>,
     /// Keylime exclude list to merge into the runtime policy.
     #[arg(long)]
     pub exclude: Option<PathBuf>,
     /// PEM public key that must have signed a DSSE-enveloped policy.
     #[arg(long)]
     pub policy_key: Option<PathBuf>,
-    /// The IMA log to appraise.
+    /// The IMA log to appraise (ASCII or binary).
     #[arg(long)]
-    pub ima_log: PathBuf,
+    pub ima_log: Option<PathBuf>,
     /// PCR bank to replay.
     #[arg(long, value_enum, default_value = "sha256")]
     pub hash_alg: HashAlgArg,
     /// Quoted PCR 10 value the log must replay to (at any prefix), in hex.
     #[arg(long)]
     pub pcr10: Option<String>,
+    /// Measured-boot policy: this project's format or Keylime's reference state JSON.
+    #[arg(long)]
+    pub mb_policy: Option<PathBuf>,
+    /// The UEFI event log to appraise (raw binary or base64).
+    #[arg(long)]
+    pub event_log: Option<PathBuf>,
+    /// Quoted PCR values the event log must replay to: JSON `{"0": "hex", ...}` (optionally
+    /// per bank) or `tpm2_pcrread` output.
+    #[arg(long)]
+    pub pcrs: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

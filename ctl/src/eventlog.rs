@@ -48,12 +48,19 @@ fn render(log: &EventLog) -> String {
     let mut s = output::table(&["#", "PCR", "TYPE", "DIGEST", "DATA OK", "DETAILS"], &rows);
     for (bank, pcrs) in json["pcrs"].as_object().into_iter().flatten() {
         s.push_str(&format!("\nreplayed PCRs ({bank}):\n"));
-        let rows: Vec<Vec<String>> = pcrs
+        let mut rows: Vec<(u32, Vec<String>)> = pcrs
             .as_object()
             .into_iter()
             .flatten()
-            .map(|(pcr, v)| vec![pcr.clone(), v.as_str().unwrap_or("").to_owned()])
+            .map(|(pcr, v)| {
+                (
+                    pcr.parse().unwrap_or(u32::MAX),
+                    vec![pcr.clone(), v.as_str().unwrap_or("").to_owned()],
+                )
+            })
             .collect();
+        rows.sort_by_key(|(n, _)| *n);
+        let rows: Vec<Vec<String>> = rows.into_iter().map(|(_, r)| r).collect();
         s.push_str(&output::table(&["PCR", "VALUE"], &rows));
     }
     s
@@ -76,6 +83,9 @@ fn summary(decoded: &Value) -> String {
     }
     if let Some(dp) = decoded["device_path"].as_str() {
         parts.push(dp.to_owned());
+    }
+    if let (Some(base), Some(len)) = (decoded["base"].as_u64(), decoded["length"].as_u64()) {
+        parts.push(format!("0x{base:x} +{len}"));
     }
     if let Some(locality) = decoded["locality"].as_u64() {
         parts.push(format!("locality {locality}"));

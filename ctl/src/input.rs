@@ -18,7 +18,9 @@ pub fn read(path: &Path) -> Result<Vec<u8>, Failure> {
 }
 
 /// Turns a parse error into an input failure naming the file.
-pub fn malformed<E: std::error::Error + Send + Sync + 'static>(path: &Path) -> impl FnOnce(E) -> Failure {
+pub fn malformed<E: std::error::Error + Send + Sync + 'static>(
+    path: &Path,
+) -> impl FnOnce(E) -> Failure {
     let name = display(path);
     move |e| input(anyhow::Error::new(e).context(name))
 }

@@ -5,22 +5,25 @@
 //! error, 3 not found, 4 server or transport error.
 
 mod cli;
+mod eventlog;
 mod exit;
+mod ima;
+mod input;
 mod output;
+mod policies;
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
 use crate::cli::{Cli, Command};
-use crate::exit::Failure;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result: exit::CmdResult = match &cli.command {
-        Command::Ima(_) | Command::Policies(_) => {
-            Err(Failure::Input(anyhow::anyhow!("not built yet")))
-        }
+    let result = match &cli.command {
+        Command::Ima(cmd) => ima::run(cmd, cli.output),
+        Command::Policies(cmd) => policies::run(cmd, cli.output),
+        Command::Eventlog(cmd) => eventlog::run(cmd, cli.output),
     };
     match result {
         Ok(code) => code.into(),

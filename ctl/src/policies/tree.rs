@@ -99,9 +99,11 @@ mod tests {
 
     #[test]
     fn paths_are_mapped_onto_the_root() {
-        let p = recorded_path(Path::new("/mnt/img"), Path::new("/"), Path::new("/mnt/img/usr/bin/x"));
+        let p =
+            recorded_path(Path::new("/mnt/img"), Path::new("/"), Path::new("/mnt/img/usr/bin/x"));
         assert_eq!(p, "/usr/bin/x");
-        let p = recorded_path(Path::new("/usr/bin"), Path::new("/usr/bin"), Path::new("/usr/bin/x"));
+        let p =
+            recorded_path(Path::new("/usr/bin"), Path::new("/usr/bin"), Path::new("/usr/bin/x"));
         assert_eq!(p, "/usr/bin/x");
     }
 }
