@@ -9,6 +9,19 @@ use crate::output::Format;
 #[derive(Debug, Parser)]
 #[command(name = "kctl", version, about = "Operate a keylime-rs attestation deployment")]
 pub struct Cli {
+    /// Read only this config file instead of /usr/etc/keylime/tenant.conf, /etc/keylime/tenant.conf
+    /// and their .conf.d drop-ins.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Verifier address, HOST or HOST:PORT (default: verifier_ip/verifier_port of the config).
+    #[arg(long, global = true, value_name = "ADDR")]
+    pub verifier: Option<String>,
+    /// Registrar address, HOST or HOST:PORT (default: registrar_ip/registrar_port of the config).
+    #[arg(long, global = true, value_name = "ADDR")]
+    pub registrar: Option<String>,
+    /// Directory holding cacert.crt and the client certificate (default: <keylime_dir>/cv_ca).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub tls_dir: Option<PathBuf>,
     /// Output format: a readable table, or one JSON document on stdout.
     #[arg(short = 'o', long = "output", value_enum, global = true, default_value = "table")]
     pub output: Format,
@@ -27,6 +40,50 @@ pub enum Command {
     /// Work with UEFI event logs (offline).
     #[command(subcommand)]
     Eventlog(EventlogCommand),
+    /// What the registrar knows: agents' TPM identities.
+    #[command(subcommand)]
+    Registrar(RegistrarCommand),
+    /// The deployment CA and role certificates.
+    #[command(subcommand)]
+    Ca(CaCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RegistrarCommand {
+    /// List registered (activated) agents.
+    List,
+    /// Show one agent's record; exits 3 when the registrar does not know it.
+    Show { agent_id: String },
+    /// Delete an agent, freeing its id; succeeds with `changed: false` when absent.
+    Delete { agent_id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// Create the CA, a server certificate and the admin client certificate in the TLS
+    /// directory, keeping whatever is already there.
+    Init {
+        /// Extra DNS names or IP addresses for the server certificate (repeatable).
+        #[arg(long = "server-name")]
+        server_names: Vec<String>,
+    },
+    /// Issue a certificate for a role: `<NAME>-cert.crt` and `<NAME>-private.pem`.
+    Issue {
+        /// admin, viewer, verifier or server.
+        #[arg(long)]
+        role: String,
+        /// Certificate common name and file name prefix.
+        name: String,
+        /// DNS names or IP addresses to include (servers).
+        #[arg(long = "dns-name")]
+        names: Vec<String>,
+        /// Where to write the files (default: the TLS directory).
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+        /// Replace existing files.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

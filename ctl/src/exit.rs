@@ -26,10 +26,8 @@ pub enum Failure {
     /// Exit 2: bad usage, config or input (unreadable or malformed file).
     Input(anyhow::Error),
     /// Exit 3: the thing asked for does not exist.
-    #[allow(dead_code)]
     NotFound(anyhow::Error),
     /// Exit 4: a server or transport error.
-    #[allow(dead_code)]
     Server(anyhow::Error),
 }
 

@@ -4,13 +4,16 @@
 //! errors go to stderr. Exit codes: 0 ok, 1 evaluated and negative, 2 usage, config or input
 //! error, 3 not found, 4 server or transport error.
 
+mod ca;
 mod cli;
+mod connect;
 mod eventlog;
 mod exit;
 mod ima;
 mod input;
 mod output;
 mod policies;
+mod registrar;
 
 use std::process::ExitCode;
 
@@ -24,6 +27,8 @@ fn main() -> ExitCode {
         Command::Ima(cmd) => ima::run(cmd, cli.output),
         Command::Policies(cmd) => policies::run(cmd, cli.output),
         Command::Eventlog(cmd) => eventlog::run(cmd, cli.output),
+        Command::Registrar(cmd) => registrar::run(&cli, cmd),
+        Command::Ca(cmd) => ca::run(&cli, cmd),
     };
     match result {
         Ok(code) => code.into(),

@@ -1,0 +1,147 @@
+//! Talking to the daemons: configuration (the tenant config of DESIGN §5 plus flags), TLS with
+//! the deployment CA and the admin client certificate, and gRPC status to exit code mapping.
+
+use std::time::Duration;
+
+use anyhow::{Context, anyhow};
+use kl_svc::config::{self, ConfigArgs, Flag, TenantConfig};
+use kl_svc::tls::{self, ServerTrust, TlsConnector, TlsFiles};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+use crate::cli::Cli;
+use crate::exit::Failure;
+
+/// The effective tenant configuration: files, `KEYLIME_TENANT_*`, then kctl's flags.
+pub fn tenant_config(cli: &Cli) -> Result<TenantConfig, Failure> {
+    let mut flags = Vec::new();
+    if let Some(addr) = &cli.verifier {
+        let (ip, port) = split_addr(addr, "--verifier")?;
+        flags.push(Flag::new("verifier_ip", ip));
+        if let Some(port) = port {
+            flags.push(Flag::new("verifier_port", port));
+        }
+    }
+    if let Some(addr) = &cli.registrar {
+        let (ip, port) = split_addr(addr, "--registrar")?;
+        flags.push(Flag::new("registrar_ip", ip));
+        if let Some(port) = port {
+            flags.push(Flag::new("registrar_port", port));
+        }
+    }
+    if let Some(dir) = &cli.tls_dir {
+        flags.push(Flag::new("tls_dir", dir.display().to_string()));
+    }
+    let args = ConfigArgs { config: cli.config.clone(), ..ConfigArgs::default() };
+    let sources = args.sources(flags).map_err(|e| Failure::Input(e.into()))?;
+    let loaded = config::load::<TenantConfig>(&sources).map_err(|e| Failure::Input(e.into()))?;
+    Ok(loaded.config)
+}
+
+/// `HOST`, `HOST:PORT` or `[V6]:PORT`.
+fn split_addr(addr: &str, flag: &str) -> Result<(String, Option<String>), Failure> {
+    let bad = || Failure::Input(anyhow!("{flag} {addr:?}: expected HOST or HOST:PORT"));
+    if let Some(rest) = addr.strip_prefix('[') {
+        let (host, tail) = rest.split_once(']').ok_or_else(bad)?;
+        let port = tail.strip_prefix(':').map(str::to_owned);
+        return Ok((host.to_owned(), port));
+    }
+    match addr.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') => Ok((host.to_owned(), Some(port.to_owned()))),
+        Some(_) => Ok((addr.to_owned(), None)),
+        None if addr.is_empty() => Err(bad()),
+        None => Ok((addr.to_owned(), None)),
+    }
+}
+
+/// The deployment TLS files kctl uses (`tls_dir`: `default` = `<keylime_dir>/cv_ca`).
+pub fn tls_files(config: &TenantConfig) -> TlsFiles {
+    TlsFiles::new(config.tls_dir.path(&config.keylime_dir))
+}
+
+/// A gRPC channel to `host:port` over TLS 1.3, trusting the deployment CA and presenting the
+/// admin client certificate.
+pub async fn channel(config: &TenantConfig, host: &str, port: u16) -> Result<Channel, Failure> {
+    let files = tls_files(config);
+    let setup = || -> anyhow::Result<_> {
+        let cas = files.ca_certificates()?;
+        let identity = files.client_identity()?;
+        Ok(tls::client_config(&ServerTrust::Ca(cas), Some(identity))?)
+    };
+    let client = setup()
+        .with_context(|| {
+            format!(
+                "TLS files in {}",
+                files.ca_cert().parent().map(|p| p.display().to_string()).unwrap_or_default()
+            )
+        })
+        .map_err(Failure::Input)?;
+    let host_uri = if host.contains(':') { format!("[{host}]") } else { host.to_owned() };
+    let endpoint = Endpoint::from_shared(format!("http://{host_uri}:{port}"))
+        .map_err(|e| Failure::Input(anyhow!("{host}:{port}: {e}")))?
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(config.request_timeout);
+    endpoint.connect_with_connector(TlsConnector::new(std::sync::Arc::new(client))).await.map_err(
+        |e| Failure::Server(anyhow!("{host}:{port}: cannot connect: {}", source_chain(&e))),
+    )
+}
+
+fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        let text = inner.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        cur = inner.source();
+    }
+    s
+}
+
+/// DESIGN §6: NOT_FOUND exits 3, INVALID_ARGUMENT 2, every other failure 4.
+pub fn status(what: &str, status: Status) -> Failure {
+    let err = anyhow!("{what}: {} ({:?})", status.message(), status.code());
+    match status.code() {
+        Code::NotFound => Failure::NotFound(err),
+        Code::InvalidArgument => Failure::Input(err),
+        _ => Failure::Server(err),
+    }
+}
+
+/// Runs a future on a single-threaded runtime (kctl makes one call at a time).
+pub fn block_on<F: std::future::Future>(f: F) -> Result<F::Output, Failure> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Server(anyhow!("starting the async runtime: {e}")))?;
+    Ok(rt.block_on(f))
+}
+
+/// RFC 3339 for a protobuf timestamp.
+pub fn rfc3339(ts: Option<&prost_types::Timestamp>) -> Option<String> {
+    let ts = ts?;
+    let t = time::OffsetDateTime::from_unix_timestamp(ts.seconds).ok()?;
+    t.format(&time::format_description::well_known::Rfc3339).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_split_into_host_and_port() {
+        assert_eq!(
+            split_addr("10.0.0.1:8881", "--v").ok(),
+            Some(("10.0.0.1".into(), Some("8881".into())))
+        );
+        assert_eq!(
+            split_addr("verifier.example", "--v").ok(),
+            Some(("verifier.example".into(), None))
+        );
+        assert_eq!(split_addr("[::1]:8891", "--v").ok(), Some(("::1".into(), Some("8891".into()))));
+        assert_eq!(split_addr("::1", "--v").ok(), Some(("::1".into(), None)));
+        assert!(split_addr("", "--v").is_err());
+    }
+}
