@@ -9,6 +9,7 @@
 //! attestation is a `Verdict` with findings; an `Err` means the input could not be evaluated.
 
 pub mod alg;
+pub mod appraisal;
 pub mod credential;
 pub mod ekcert;
 pub mod eventlog;

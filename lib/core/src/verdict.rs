@@ -32,6 +32,10 @@ pub mod rule {
     pub const IMA_KEYRING: &str = "ima.keyring";
     pub const IMA_BUF: &str = "ima.buf_not_in_policy";
     pub const IMA_HASH_ALG: &str = "ima.hash_alg";
+    pub const IMA_OFFSET: &str = "ima.offset";
+    pub const IMA_MALFORMED: &str = "ima.malformed";
+    pub const MB_EVENT_LOG_MISSING: &str = "mb.event_log_missing";
+    pub const MB_EVENT_LOG_MALFORMED: &str = "mb.event_log_malformed";
     pub const COVERAGE_NOT_ENFORCED: &str = "coverage.not_enforced";
     pub const EKCERT_MISSING: &str = "ekcert.missing";
     pub const EKCERT_MALFORMED: &str = "ekcert.malformed";
