@@ -3,18 +3,8 @@
 
 use super::*;
 use crate::policy::mb;
+use crate::quote::tests::synthetic::{self, SyntheticAk, quote_attest};
 use crate::tpm2::{EccCurve, SigAlg};
-// Names the synthetic quote module (included below) takes from its parent.
-#[allow(unused_imports)]
-use crate::tpm2::{
-    Attest, AttestBody, EccPublic, ObjectAttributes, PcrSelection, Public, PublicKey, RsaPublic,
-    Scheme, Signature, SignatureBody, SymmetricDef,
-};
-
-#[path = "../tests/support/synthetic_quote.rs"]
-#[allow(dead_code)]
-mod synthetic;
-use synthetic::{SyntheticAk, quote_attest};
 
 const SPKI: &[u8] = b"agent identity key (any bytes: only its digest is bound)";
 

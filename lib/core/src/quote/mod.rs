@@ -14,7 +14,7 @@
 mod ak;
 mod clock;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub use ak::{AkError, PreparedAk, SignatureError};
 

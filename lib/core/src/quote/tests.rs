@@ -11,7 +11,7 @@ use crate::tpm2::{
 };
 
 #[path = "../../tests/support/synthetic_quote.rs"]
-mod synthetic;
+pub(crate) mod synthetic;
 use synthetic::{SyntheticAk, pcr_values, quote_attest};
 
 fn fixture(name: &str) -> Vec<u8> {
