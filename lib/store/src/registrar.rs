@@ -67,7 +67,7 @@ impl AgentRecord {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Activation {
     /// The record is stored; this is it, with its registration count.
-    Activated(AgentRecord),
+    Activated(Box<AgentRecord>),
     /// A different TPM identity holds the id; nothing was written.
     IdentityConflict,
 }
@@ -139,7 +139,7 @@ impl RegistrarStore {
                     None => 1,
                 };
                 AGENTS.insert(txn, &record.agent_id, &record)?;
-                outcomes.push(Activation::Activated(record));
+                outcomes.push(Activation::Activated(Box::new(record)));
             }
             Ok(outcomes)
         })
@@ -192,7 +192,7 @@ mod tests {
         assert_eq!(second.registration_count, 2);
         drop(store);
         let store = RegistrarStore::open(&path)?;
-        assert_eq!(store.get_agent("a")?, Some(second));
+        assert_eq!(store.get_agent("a")?, Some(*second));
         Ok(())
     }
 
