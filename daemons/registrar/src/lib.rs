@@ -67,6 +67,7 @@ pub fn store_path(config: &RegistrarConfig) -> PathBuf {
 pub struct Server {
     incoming: TlsIncoming,
     service: RegistrarService,
+    writer_thread: std::thread::JoinHandle<()>,
 }
 
 impl Server {
@@ -87,7 +88,7 @@ impl Server {
             .await
             .map_err(|e| Error::Internal(format!("opening the state store: {e}")))??;
         let store = Arc::new(store);
-        let writer = ActivationWriter::start(store.clone())?;
+        let (writer, writer_thread) = ActivationWriter::start(store.clone())?;
         let address = SocketAddr::new(config.ip, config.port);
         let incoming = TlsIncoming::bind(address, Arc::new(server_tls), HANDSHAKE_TIMEOUT)
             .await
@@ -101,7 +102,7 @@ impl Server {
             access,
             limiter: Arc::new(RateLimiter::new(config.registration_rate_limit)),
         };
-        Ok(Server { incoming, service })
+        Ok(Server { incoming, service, writer_thread })
     }
 
     /// The bound address (the real port when configured with port 0).
@@ -109,15 +110,23 @@ impl Server {
         self.incoming.local_addr()
     }
 
-    /// Serves until `shutdown` resolves, then finishes the calls in progress.
+    /// Serves until `shutdown` resolves, then finishes the calls in progress and closes the
+    /// state file (so another registrar may open it once this returns).
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
         let service = RegistrarServer::new(self.service)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        tonic::transport::Server::builder()
+        let served = tonic::transport::Server::builder()
             .add_service(service)
             .serve_with_incoming_shutdown(self.incoming, shutdown)
-            .await?;
+            .await;
+        // Every connection has ended, and with them the service's handles on the writer.
+        let writer_thread = self.writer_thread;
+        tokio::task::spawn_blocking(move || writer_thread.join())
+            .await
+            .map_err(|e| Error::Internal(format!("waiting for the store writer: {e}")))?
+            .map_err(|_| Error::Internal("the store writer thread panicked".to_owned()))?;
+        served?;
         Ok(())
     }
 }

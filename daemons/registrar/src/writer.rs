@@ -21,14 +21,17 @@ pub struct ActivationWriter {
 }
 
 impl ActivationWriter {
-    /// Starts the writer thread; it ends when the last handle is dropped.
-    pub fn start(store: Arc<RegistrarStore>) -> Result<ActivationWriter, Error> {
+    /// Starts the writer thread; it ends, releasing its handle on the store, when the last
+    /// `ActivationWriter` is dropped.
+    pub fn start(
+        store: Arc<RegistrarStore>,
+    ) -> Result<(ActivationWriter, std::thread::JoinHandle<()>), Error> {
         let (jobs, receiver) = mpsc::unbounded_channel();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("registrar-writer".to_owned())
             .spawn(move || write_batches(&store, receiver))
             .map_err(|e| Error::Internal(format!("cannot start the store writer thread: {e}")))?;
-        Ok(ActivationWriter { jobs })
+        Ok((ActivationWriter { jobs }, thread))
     }
 
     /// Stores `record` as [`RegistrarStore::activate`] does, batched with concurrent calls.
