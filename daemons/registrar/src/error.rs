@@ -1,0 +1,87 @@
+//! The registrar's errors and the gRPC status each one becomes.
+
+use std::path::PathBuf;
+
+use kl_store::StoreError;
+use kl_svc::tls::TlsError;
+
+/// Everything that can go wrong in the registrar, from start-up to one RPC.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A request field is malformed or unacceptable; `field` is its proto name.
+    #[error("{field}: {reason}")]
+    InvalidArgument { field: &'static str, reason: String },
+    /// The EK certificate is missing, untrusted or certifies another key.
+    #[error("ek_certificate: {0}")]
+    EkCertificate(String),
+    /// A different TPM identity is registered under the agent id.
+    #[error(
+        "agent {agent_id} is registered with a different EK or EK certificate; an admin must \
+         delete it before another TPM can register under this id"
+    )]
+    IdentityConflict { agent_id: String },
+    /// Activate without a pending registration (never registered, expired, or dropped by a
+    /// failed activation).
+    #[error("no pending registration for agent {agent_id}; register first")]
+    NoPendingRegistration { agent_id: String },
+    /// The activation proof does not match. Says nothing about the expected value.
+    #[error("activation of agent {agent_id} failed: the proof does not match; register again")]
+    ActivationFailed { agent_id: String },
+    /// The caller's certificate does not grant the RPC. Names the action, never an agent.
+    #[error("{action} requires {required} client certificate")]
+    RoleRequired { action: &'static str, required: &'static str },
+    #[error("{action}: too many registration requests from {source_ip}; retry later")]
+    RateLimited { action: &'static str, source_ip: String },
+    #[error("too many registrations are pending; retry later")]
+    PendingFull,
+    #[error("agent {agent_id} is not registered")]
+    AgentNotFound { agent_id: String },
+    #[error("state store: {0}")]
+    Store(#[from] StoreError),
+    /// A failure inside the registrar that the caller cannot fix.
+    #[error("{0}")]
+    Internal(String),
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("listening on {address}: {source}")]
+    Listen { address: std::net::SocketAddr, source: std::io::Error },
+    #[error("serving gRPC: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+impl Error {
+    pub(crate) fn invalid(field: &'static str, reason: impl Into<String>) -> Error {
+        Error::InvalidArgument { field, reason: reason.into() }
+    }
+}
+
+impl From<Error> for tonic::Status {
+    fn from(e: Error) -> tonic::Status {
+        use tonic::Status;
+        let message = e.to_string();
+        match e {
+            Error::InvalidArgument { .. } => Status::invalid_argument(message),
+            Error::EkCertificate(_)
+            | Error::ActivationFailed { .. }
+            | Error::RoleRequired { .. } => Status::permission_denied(message),
+            Error::IdentityConflict { .. } => Status::already_exists(message),
+            Error::NoPendingRegistration { .. } | Error::AgentNotFound { .. } => {
+                Status::not_found(message)
+            }
+            Error::RateLimited { .. } | Error::PendingFull => Status::resource_exhausted(message),
+            Error::Store(_)
+            | Error::Internal(_)
+            | Error::Tls(_)
+            | Error::Io { .. }
+            | Error::Listen { .. }
+            | Error::Serve(_) => {
+                // The details (file names, storage errors) are for the operator's log.
+                tracing::error!(error = %message, "request failed");
+                Status::internal("internal registrar error; see the registrar log")
+            }
+        }
+    }
+}

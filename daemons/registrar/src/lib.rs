@@ -1,0 +1,137 @@
+//! `kl-registrar`: the registrar daemon, `keylime_registrar`.
+//!
+//! It owns the agents' TPM identities: it checks a registering agent's EK (and EK certificate,
+//! against `tpm_cert_store`) and AK, proves by a credential challenge (TPM2_MakeCredential /
+//! ActivateCredential) that both keys live in one TPM, and only then stores the agent in
+//! `<keylime_dir>/registrar.redb`, where the verifier and kctl read it. The first activated EK
+//! of an agent id owns that id until an admin deletes the agent.
+//!
+//! It never talks to a TPM (no libtss2: MakeCredential is computed in software by `kl-core`),
+//! never calls agents or the verifier, and never shows anything of a registration that has not
+//! activated; read and delete RPCs require a role certificate from the deployment CA
+//! ([`access`] has the rules).
+//!
+//! ```no_run
+//! # async fn start(config: kl_svc::config::RegistrarConfig) -> Result<(), kl_registrar::Error> {
+//! let server = kl_registrar::Server::bind(&config).await?;
+//! println!("listening on {}", server.local_addr());
+//! server.serve(async { /* wait for SIGTERM */ }).await?;
+//! # Ok(())
+//! # }
+//! ```
+
+mod access;
+mod error;
+mod pending;
+mod ratelimit;
+pub mod registration;
+mod service;
+mod writer;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kl_proto::registrar::v1::registrar_server::RegistrarServer;
+use kl_store::registrar::RegistrarStore;
+use kl_svc::config::RegistrarConfig;
+use kl_svc::tls::{self, TlsIncoming};
+
+pub use error::Error;
+pub use service::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, RegistrarService};
+
+use access::Access;
+use pending::PendingRegistrations;
+use ratelimit::RateLimiter;
+use registration::EkTrust;
+use writer::ActivationWriter;
+
+/// How long a client may take to finish its TLS handshake before it is dropped.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a registration waits for its Activate.
+pub const PENDING_TTL: Duration = Duration::from_secs(120);
+/// Most registrations pending at once.
+pub const MAX_PENDING: usize = 100_000;
+/// Largest request accepted (EK certificate chains are the biggest part).
+const MAX_MESSAGE_BYTES: usize = 1 << 20;
+
+/// The state file under `keylime_dir`.
+pub fn store_path(config: &RegistrarConfig) -> PathBuf {
+    config.keylime_dir.join("registrar.redb")
+}
+
+/// A registrar bound to its port, ready to serve.
+#[derive(Debug)]
+pub struct Server {
+    incoming: TlsIncoming,
+    service: RegistrarService,
+    writer_thread: std::thread::JoinHandle<()>,
+}
+
+impl Server {
+    /// Reads the TLS files and the EK CA store, opens the state file and binds
+    /// `config.ip:config.port` (port 0 picks a free port; see [`Server::local_addr`]).
+    pub async fn bind(config: &RegistrarConfig) -> Result<Server, Error> {
+        let files = tls::prepare(
+            &config.tls_dir,
+            &config.keylime_dir,
+            &config.cert_subject_alternative_names,
+        )?;
+        let access = Access::new(&files.ca_certificates()?)?;
+        let server_tls = access.server_config(files.server_identity()?)?;
+        let trust = EkTrust::load(&config.tpm_cert_store, config.require_ek_cert)?;
+        let path = store_path(config);
+        let opening = path.clone();
+        let store = tokio::task::spawn_blocking(move || RegistrarStore::open(&opening))
+            .await
+            .map_err(|e| Error::Internal(format!("opening the state store: {e}")))??;
+        let store = Arc::new(store);
+        let (writer, writer_thread) = ActivationWriter::start(store.clone())?;
+        let address = SocketAddr::new(config.ip, config.port);
+        let incoming = TlsIncoming::bind(address, Arc::new(server_tls), HANDSHAKE_TIMEOUT)
+            .await
+            .map_err(|source| Error::Listen { address, source })?;
+        tracing::info!(address = %incoming.local_addr(), state = %path.display(), "registrar listening");
+        let service = RegistrarService {
+            store,
+            writer,
+            pending: Arc::new(PendingRegistrations::new(PENDING_TTL, MAX_PENDING)),
+            trust: Arc::new(trust),
+            access,
+            limiter: Arc::new(RateLimiter::new(config.registration_rate_limit)),
+        };
+        Ok(Server { incoming, service, writer_thread })
+    }
+
+    /// The bound address (the real port when configured with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.incoming.local_addr()
+    }
+
+    /// Serves until `shutdown` resolves, then finishes the calls in progress and closes the
+    /// state file (so another registrar may open it once this returns).
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+        let service = RegistrarServer::new(self.service)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let served = tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming_shutdown(self.incoming, shutdown)
+            .await;
+        // Every connection has ended, and with them the service's handles on the writer.
+        let writer_thread = self.writer_thread;
+        tokio::task::spawn_blocking(move || writer_thread.join())
+            .await
+            .map_err(|e| Error::Internal(format!("waiting for the store writer: {e}")))?
+            .map_err(|_| Error::Internal("the store writer thread panicked".to_owned()))?;
+        served?;
+        Ok(())
+    }
+}
+
+/// Binds and serves until `shutdown` resolves.
+pub async fn run(config: RegistrarConfig, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    Server::bind(&config).await?.serve(shutdown).await
+}

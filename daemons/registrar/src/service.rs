@@ -1,0 +1,227 @@
+//! The `keylime.registrar.v1.Registrar` gRPC service.
+
+use std::sync::Arc;
+
+use kl_core::credential;
+use kl_proto::registrar::v1 as pb;
+use kl_proto::registrar::v1::registrar_server::Registrar;
+use kl_store::registrar::{Activation, AgentRecord, RegistrarStore, Timestamp};
+use tonic::{Request, Response, Status};
+
+use crate::Error;
+use crate::access::{self, Access};
+use crate::pending::PendingRegistrations;
+use crate::ratelimit::RateLimiter;
+use crate::registration::{self, EkTrust};
+use crate::writer::ActivationWriter;
+
+/// Page size of ListAgents when the request gives none.
+pub const DEFAULT_PAGE_SIZE: usize = 100;
+/// Largest page ListAgents returns.
+pub const MAX_PAGE_SIZE: usize = 1000;
+
+/// The registrar's request handling; cheap to clone (shared state behind `Arc`s).
+#[derive(Debug, Clone)]
+pub struct RegistrarService {
+    pub(crate) store: Arc<RegistrarStore>,
+    pub(crate) writer: ActivationWriter,
+    pub(crate) pending: Arc<PendingRegistrations>,
+    pub(crate) trust: Arc<EkTrust>,
+    pub(crate) access: Access,
+    pub(crate) limiter: Arc<RateLimiter>,
+}
+
+impl RegistrarService {
+    fn rate_limit<T>(&self, request: &Request<T>, action: &'static str) -> Result<(), Error> {
+        let Some(source) = request.remote_addr().map(|a| a.ip()) else {
+            return Ok(());
+        };
+        if self.limiter.allow(source) {
+            Ok(())
+        } else {
+            Err(Error::RateLimited { action, source_ip: source.to_string() })
+        }
+    }
+
+    async fn register(
+        &self,
+        request: Request<pb::RegisterRequest>,
+    ) -> Result<pb::RegisterResponse, Error> {
+        self.rate_limit(&request, "Register")?;
+        let request = request.into_inner();
+        let checked = registration::check(&request, &self.trust)?;
+        if let Some(existing) = self.read(move |store| store.get_agent(&request.agent_id)).await?
+            && !existing.same_tpm_identity(&checked.record)
+        {
+            tracing::warn!(agent_id = %existing.agent_id, "registration with a different TPM identity refused");
+            return Err(Error::IdentityConflict { agent_id: existing.agent_id });
+        }
+        let (secret, made) = registration::challenge(&checked.ek, &checked.record.ak_name)?;
+        let agent_id = checked.record.agent_id.clone();
+        self.pending.insert(checked.record, secret).map_err(|_| Error::PendingFull)?;
+        tracing::info!(%agent_id, "registration pending activation");
+        Ok(pb::RegisterResponse {
+            credential_blob: made.id_object,
+            encrypted_secret: made.encrypted_secret,
+        })
+    }
+
+    async fn activate(
+        &self,
+        request: Request<pb::ActivateRequest>,
+    ) -> Result<pb::ActivateResponse, Error> {
+        self.rate_limit(&request, "Activate")?;
+        let request = request.into_inner();
+        registration::check_agent_id(&request.agent_id)?;
+        let agent_id = request.agent_id;
+        let pending = self
+            .pending
+            .take(&agent_id)
+            .ok_or_else(|| Error::NoPendingRegistration { agent_id: agent_id.clone() })?;
+        if !credential::verify_activation(&pending.secret, &agent_id, &request.auth_tag) {
+            tracing::warn!(%agent_id, "activation proof does not match; pending registration dropped");
+            return Err(Error::ActivationFailed { agent_id });
+        }
+        let mut record = pending.record;
+        record.activated_at = Timestamp::now();
+        match self.writer.activate(record).await? {
+            Activation::Activated(record) => {
+                tracing::info!(%agent_id, registration_count = record.registration_count, "agent activated");
+                Ok(pb::ActivateResponse { registration_count: record.registration_count })
+            }
+            Activation::IdentityConflict => {
+                tracing::warn!(%agent_id, "activation refused: another TPM identity activated this id first");
+                Err(Error::IdentityConflict { agent_id })
+            }
+        }
+    }
+
+    async fn get_agent(
+        &self,
+        request: Request<pb::GetAgentRequest>,
+    ) -> Result<pb::GetAgentResponse, Error> {
+        self.access.require(&request, access::GET_AGENT)?;
+        let agent_id = request.into_inner().agent_id;
+        registration::check_agent_id(&agent_id)?;
+        let id = agent_id.clone();
+        match self.read(move |store| store.get_agent(&id)).await? {
+            Some(record) => Ok(pb::GetAgentResponse { agent: Some(to_proto(record)) }),
+            None => Err(Error::AgentNotFound { agent_id }),
+        }
+    }
+
+    async fn list_agents(
+        &self,
+        request: Request<pb::ListAgentsRequest>,
+    ) -> Result<pb::ListAgentsResponse, Error> {
+        self.access.require(&request, access::LIST_AGENTS)?;
+        let request = request.into_inner();
+        let page_size = match request.page_size as usize {
+            0 => DEFAULT_PAGE_SIZE,
+            n => n.min(MAX_PAGE_SIZE),
+        };
+        let after = if request.page_token.is_empty() {
+            None
+        } else {
+            registration::check_agent_id(&request.page_token)
+                .map_err(|_| Error::invalid("page_token", "not a token returned by ListAgents"))?;
+            Some(request.page_token)
+        };
+        let mut agents =
+            self.read(move |store| store.list_agents(after.as_deref(), page_size + 1)).await?;
+        let next_page_token = if agents.len() > page_size {
+            agents.truncate(page_size);
+            agents.last().map(|a| a.agent_id.clone()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(pb::ListAgentsResponse {
+            agents: agents.into_iter().map(to_proto).collect(),
+            next_page_token,
+        })
+    }
+
+    async fn delete_agent(
+        &self,
+        request: Request<pb::DeleteAgentRequest>,
+    ) -> Result<pb::DeleteAgentResponse, Error> {
+        self.access.require(&request, access::DELETE_AGENT)?;
+        let agent_id = request.into_inner().agent_id;
+        registration::check_agent_id(&agent_id)?;
+        let id = agent_id.clone();
+        let deleted = self.read(move |store| store.delete_agent(&id)).await?;
+        tracing::info!(%agent_id, deleted, "agent deleted by an admin");
+        Ok(pb::DeleteAgentResponse { deleted })
+    }
+
+    /// Runs a store call off the async workers (redb calls block).
+    async fn read<T: Send + 'static>(
+        &self,
+        call: impl FnOnce(&RegistrarStore) -> Result<T, kl_store::StoreError> + Send + 'static,
+    ) -> Result<T, Error> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || call(&store))
+            .await
+            .map_err(|e| Error::Internal(format!("store task failed: {e}")))?
+            .map_err(Error::from)
+    }
+}
+
+fn to_proto(record: AgentRecord) -> pb::AgentRecord {
+    let timestamp = |t: Timestamp| prost_types::Timestamp {
+        seconds: t.seconds,
+        nanos: i32::try_from(t.nanos).unwrap_or(0),
+    };
+    pb::AgentRecord {
+        agent_id: record.agent_id,
+        ek_public: record.ek_public,
+        ek_certificate: record.ek_certificate,
+        ek_intermediate_certificates: record.ek_intermediate_certificates,
+        ek_certificate_verified: record.ek_certificate_verified,
+        ak_public: record.ak_public,
+        ak_name: record.ak_name,
+        agent_certificate: record.agent_certificate,
+        contact: Some(pb::Contact { ip: record.contact_ip, port: u32::from(record.contact_port) }),
+        registration_count: record.registration_count,
+        registered_at: Some(timestamp(record.registered_at)),
+        activated_at: Some(timestamp(record.activated_at)),
+    }
+}
+
+#[tonic::async_trait]
+impl Registrar for RegistrarService {
+    async fn register(
+        &self,
+        request: Request<pb::RegisterRequest>,
+    ) -> Result<Response<pb::RegisterResponse>, Status> {
+        Ok(Response::new(RegistrarService::register(self, request).await?))
+    }
+
+    async fn activate(
+        &self,
+        request: Request<pb::ActivateRequest>,
+    ) -> Result<Response<pb::ActivateResponse>, Status> {
+        Ok(Response::new(RegistrarService::activate(self, request).await?))
+    }
+
+    async fn get_agent(
+        &self,
+        request: Request<pb::GetAgentRequest>,
+    ) -> Result<Response<pb::GetAgentResponse>, Status> {
+        Ok(Response::new(RegistrarService::get_agent(self, request).await?))
+    }
+
+    async fn list_agents(
+        &self,
+        request: Request<pb::ListAgentsRequest>,
+    ) -> Result<Response<pb::ListAgentsResponse>, Status> {
+        Ok(Response::new(RegistrarService::list_agents(self, request).await?))
+    }
+
+    async fn delete_agent(
+        &self,
+        request: Request<pb::DeleteAgentRequest>,
+    ) -> Result<Response<pb::DeleteAgentResponse>, Status> {
+        Ok(Response::new(RegistrarService::delete_agent(self, request).await?))
+    }
+}

@@ -1,0 +1,7 @@
+//! The registrar over real gRPC and TLS, with software agents.
+
+mod support;
+
+mod access;
+mod registration;
+mod security;

@@ -1,0 +1,266 @@
+//! Opening a store file: the `meta` table, the schema version and migrations.
+//!
+//! A schema is an ordered list of migrations; migration `i` (from zero) brings a file from
+//! version `i` to version `i + 1`, so a new file (version 0, no `meta` table) runs them all and
+//! the schema's version is the number of migrations. Pending migrations run in one write
+//! transaction together with the version update: a crash half way leaves the file as it was.
+
+use std::path::{Path, PathBuf};
+
+use redb::{ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+
+use crate::StoreError;
+
+/// Holds `schema_version` (and nothing else yet).
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const SCHEMA_VERSION: &str = "schema_version";
+
+/// One step of a schema: creates or reshapes tables inside the migration transaction.
+#[derive(Debug, Clone, Copy)]
+pub struct Migration {
+    /// What the step does, for error messages and logs ("create the agents table").
+    pub description: &'static str,
+    pub apply: fn(&WriteTransaction) -> Result<(), StoreError>,
+}
+
+/// A store's layout over time.
+#[derive(Debug)]
+pub struct Schema {
+    /// Which daemon's store this is ("registrar"), for error messages.
+    pub name: &'static str,
+    pub migrations: &'static [Migration],
+}
+
+impl Schema {
+    /// The version a file has once every migration ran.
+    pub fn version(&self) -> u64 {
+        self.migrations.len() as u64
+    }
+}
+
+/// An open store file at the current schema version.
+#[derive(Debug)]
+pub struct Database {
+    db: redb::Database,
+    path: PathBuf,
+    schema: &'static Schema,
+}
+
+/// Opens (creating it if absent) the store at `path` and migrates it to `schema`'s version.
+/// Refuses a file whose version is newer than `schema`'s. redb locks the file, so a second
+/// process opening it gets an error naming it.
+pub fn open_database(path: &Path, schema: &'static Schema) -> Result<Database, StoreError> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| StoreError::Open {
+            path: path.to_owned(),
+            schema: schema.name,
+            source: Box::new(redb::DatabaseError::Storage(redb::StorageError::Io(e))),
+        })?;
+    }
+    let db = redb::Database::create(path).map_err(|e| StoreError::Open {
+        path: path.to_owned(),
+        schema: schema.name,
+        source: Box::new(e),
+    })?;
+    let database = Database { db, path: path.to_owned(), schema };
+    database.migrate()?;
+    Ok(database)
+}
+
+impl Database {
+    /// The file this store lives in.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The schema version recorded in the file.
+    pub fn schema_version(&self) -> Result<u64, StoreError> {
+        self.read("read the schema version", |txn| match txn.open_table(META) {
+            Ok(meta) => read_version(&meta).map_err(|e| StoreError::table("meta", e)),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
+            Err(e) => Err(StoreError::table("meta", e)),
+        })
+    }
+
+    /// Runs `body` in a write transaction and commits it when `body` succeeds; on an error
+    /// nothing `body` wrote is kept. `operation` names the work in errors.
+    pub fn write<T>(
+        &self,
+        operation: &str,
+        body: impl FnOnce(&WriteTransaction) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let txn =
+            self.db.begin_write().map_err(|e| StoreError::storage(&self.path, operation, e))?;
+        let out = body(&txn)?;
+        txn.commit().map_err(|e| StoreError::storage(&self.path, operation, e))?;
+        Ok(out)
+    }
+
+    /// Runs `body` in a read transaction (a consistent snapshot).
+    pub fn read<T>(
+        &self,
+        operation: &str,
+        body: impl FnOnce(&ReadTransaction) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let txn =
+            self.db.begin_read().map_err(|e| StoreError::storage(&self.path, operation, e))?;
+        body(&txn)
+    }
+
+    fn migrate(&self) -> Result<(), StoreError> {
+        let schema = self.schema;
+        let supported = schema.version();
+        self.write("migrate the schema", |txn| {
+            let found = {
+                let meta = txn.open_table(META).map_err(|e| StoreError::table("meta", e))?;
+                read_version(&meta).map_err(|e| StoreError::table("meta", e))?
+            };
+            if found > supported {
+                return Err(StoreError::NewerSchema {
+                    path: self.path.clone(),
+                    schema: schema.name,
+                    found,
+                    supported,
+                });
+            }
+            for (index, migration) in schema.migrations.iter().enumerate().skip(found as usize) {
+                (migration.apply)(txn).map_err(|e| StoreError::Migration {
+                    path: self.path.clone(),
+                    version: index as u64 + 1,
+                    description: migration.description,
+                    source: Box::new(e),
+                })?;
+            }
+            if found != supported {
+                let mut meta = txn.open_table(META).map_err(|e| StoreError::table("meta", e))?;
+                meta.insert(SCHEMA_VERSION, supported).map_err(|e| StoreError::table("meta", e))?;
+            }
+            Ok(())
+        })
+    }
+}
+
+fn read_version(meta: &impl ReadableTable<&'static str, u64>) -> Result<u64, redb::StorageError> {
+    Ok(meta.get(SCHEMA_VERSION)?.map(|v| v.value()).unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::{Deserialize, Serialize};
+
+    use super::*;
+    use crate::Records;
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct NoteV1 {
+        text: String,
+    }
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct NoteV2 {
+        text: String,
+        words: u32,
+    }
+
+    const NOTES_V1: Records<NoteV1> = Records::new("notes");
+    const NOTES_V2: Records<NoteV2> = Records::new("notes");
+
+    fn create_notes(txn: &WriteTransaction) -> Result<(), StoreError> {
+        NOTES_V1.create(txn)
+    }
+
+    /// Re-encodes every note with its word count.
+    fn count_words(txn: &WriteTransaction) -> Result<(), StoreError> {
+        for (key, old) in NOTES_V1.all_for_update(txn)? {
+            let words = old.text.split_whitespace().count() as u32;
+            NOTES_V2.insert(txn, &key, &NoteV2 { text: old.text, words })?;
+        }
+        Ok(())
+    }
+
+    fn broken(_txn: &WriteTransaction) -> Result<(), StoreError> {
+        Err(StoreError::Table {
+            table: "notes",
+            source: Box::new(redb::Error::Corrupted("test migration refuses".to_owned())),
+        })
+    }
+
+    static V1: Schema = Schema {
+        name: "test",
+        migrations: &[Migration { description: "create the notes table", apply: create_notes }],
+    };
+    static V2: Schema = Schema {
+        name: "test",
+        migrations: &[
+            Migration { description: "create the notes table", apply: create_notes },
+            Migration { description: "count the words of each note", apply: count_words },
+        ],
+    };
+    static V2_BROKEN: Schema = Schema {
+        name: "test",
+        migrations: &[
+            Migration { description: "create the notes table", apply: create_notes },
+            Migration { description: "a step that fails", apply: broken },
+        ],
+    };
+
+    #[test]
+    fn new_file_gets_the_current_version_and_keeps_data_across_reopen() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("state/test.redb");
+        let db = open_database(&path, &V1)?;
+        assert_eq!(db.schema_version()?, 1);
+        db.write("add", |txn| NOTES_V1.insert(txn, "a", &NoteV1 { text: "hello".into() }))?;
+        drop(db);
+        let db = open_database(&path, &V1)?;
+        let note = db.read("get", |txn| NOTES_V1.get(txn, "a"))?;
+        assert_eq!(note, Some(NoteV1 { text: "hello".into() }));
+        Ok(())
+    }
+
+    #[test]
+    fn older_file_is_migrated_in_order() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("test.redb");
+        let db = open_database(&path, &V1)?;
+        db.write("add", |txn| NOTES_V1.insert(txn, "a", &NoteV1 { text: "one two three".into() }))?;
+        drop(db);
+        let db = open_database(&path, &V2)?;
+        assert_eq!(db.schema_version()?, 2);
+        let note = db.read("get", |txn| NOTES_V2.get(txn, "a"))?;
+        assert_eq!(note, Some(NoteV2 { text: "one two three".into(), words: 3 }));
+        Ok(())
+    }
+
+    #[test]
+    fn failed_migration_leaves_the_file_unchanged_and_names_the_step() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("test.redb");
+        let db = open_database(&path, &V1)?;
+        db.write("add", |txn| NOTES_V1.insert(txn, "a", &NoteV1 { text: "kept".into() }))?;
+        drop(db);
+        let err = open_database(&path, &V2_BROKEN).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("migration to schema version 2 (a step that fails) failed"), "{err}");
+        let db = open_database(&path, &V1)?;
+        assert_eq!(db.schema_version()?, 1);
+        assert_eq!(
+            db.read("get", |txn| NOTES_V1.get(txn, "a"))?,
+            Some(NoteV1 { text: "kept".into() })
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn newer_file_is_refused_naming_file_and_versions() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("test.redb");
+        drop(open_database(&path, &V2)?);
+        let err = open_database(&path, &V1).err().map(|e| e.to_string()).unwrap_or_default();
+        let expected =
+            format!("{}: schema version 2 is newer than the 1 this test supports", path.display());
+        assert!(err.starts_with(&expected), "{err}");
+        Ok(())
+    }
+}
