@@ -46,6 +46,120 @@ pub enum Command {
     /// The deployment CA and role certificates.
     #[command(subcommand)]
     Ca(CaCommand),
+    /// Agents at the verifier: enrolment and attestation state.
+    #[command(subcommand)]
+    Agents(AgentsCommand),
+    /// The verifier's event stream.
+    #[command(subcommand)]
+    Events(EventsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentsCommand {
+    /// List agents known to the verifier or the registrar.
+    List,
+    /// Show an enrolled agent: state, attestation count, last verdict. Exits 3 when not enrolled.
+    Show { uuid: String },
+    /// Enroll an agent (or converge an enrolled agent's settings).
+    Enroll(EnrollArgs),
+    /// Change an agent's policies, keeping its attestation state.
+    Update(UpdateArgs),
+    /// Stop attesting an agent and forget it; succeeds with `changed: false` when absent.
+    Unenroll { uuid: String },
+    /// Pause attestation of an agent.
+    Stop { uuid: String },
+    /// Resume attestation of a stopped or failed agent.
+    Resume { uuid: String },
+    /// An agent's attestation history, newest first.
+    Attestations {
+        uuid: String,
+        /// At most this many.
+        #[arg(long, default_value = "20")]
+        limit: u32,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct EnrollArgs {
+    pub uuid: String,
+    /// Name of a runtime policy stored at the verifier.
+    #[arg(long)]
+    pub runtime_policy: Option<String>,
+    /// Name of a measured-boot policy stored at the verifier.
+    #[arg(long)]
+    pub mb_policy: Option<String>,
+    /// PCR policy: a file or inline JSON, this project's format or Keylime's `tpm_policy`.
+    #[arg(long)]
+    pub pcr_policy: Option<String>,
+    /// PCR bank to quote (default sha256).
+    #[arg(long)]
+    pub hash_alg: Option<String>,
+    /// Wait until the agent passed (exit 0) or failed (exit 1), with a spinner on stderr.
+    #[arg(long)]
+    pub wait: bool,
+    /// With --wait: give up after this many seconds (exit 1).
+    #[arg(long, default_value = "60")]
+    pub timeout: f64,
+}
+
+#[derive(Debug, Args)]
+pub struct UpdateArgs {
+    pub uuid: String,
+    /// New runtime policy name; an empty string removes it.
+    #[arg(long)]
+    pub runtime_policy: Option<String>,
+    /// New measured-boot policy name; an empty string removes it.
+    #[arg(long)]
+    pub mb_policy: Option<String>,
+    /// New PCR policy (file or inline JSON).
+    #[arg(long, conflicts_with = "clear_pcr_policy")]
+    pub pcr_policy: Option<String>,
+    /// Remove the PCR policy.
+    #[arg(long)]
+    pub clear_pcr_policy: bool,
+    /// Resume attestation if the agent is failed or stopped.
+    #[arg(long)]
+    pub resume: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EventsCommand {
+    /// Stream events as NDJSON (with -o json), one per line, until interrupted.
+    Watch {
+        /// Start after this cursor (0: every retained event).
+        #[arg(long, default_value = "0")]
+        from: u64,
+        /// Only this agent's events.
+        #[arg(long)]
+        uuid: Option<String>,
+        /// Stop after this many events.
+        #[arg(long)]
+        count: Option<u64>,
+    },
+}
+
+/// Verbs on named policies stored at the verifier.
+#[derive(Debug, Subcommand)]
+pub enum StoredPolicyCommand {
+    /// Store a policy under a name; `changed: false` when it already holds the same content.
+    Apply {
+        name: String,
+        /// The policy document; `-` for stdin.
+        #[arg(long, short = 'f')]
+        file: PathBuf,
+        /// Runtime policies: a Keylime exclude list to merge.
+        #[arg(long)]
+        exclude: Option<PathBuf>,
+        /// Runtime policies: the PEM key a DSSE-signed document must verify with.
+        #[arg(long)]
+        signing_key: Option<PathBuf>,
+    },
+    /// Show a stored policy and its canonical document; exits 3 when absent.
+    Show { name: String },
+    /// List stored policies.
+    List,
+    /// Delete a stored policy; `changed: false` when absent.
+    Delete { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -144,6 +258,8 @@ pub enum PoliciesCommand {
 pub enum MbCommand {
     /// Generate a measured-boot policy from a known-good UEFI event log.
     Generate(MbGenerateArgs),
+    #[command(flatten)]
+    Stored(StoredPolicyCommand),
 }
 
 #[derive(Debug, Args)]
@@ -199,6 +315,8 @@ pub struct TestArgs {
 pub enum RuntimeCommand {
     /// Generate a runtime policy from an IMA log, a directory tree or a Keylime allowlist.
     Generate(GenerateArgs),
+    #[command(flatten)]
+    Stored(StoredPolicyCommand),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -1,17 +1,24 @@
 //! `kctl policies ...`: offline policy generation and testing.
 
 mod generate;
+mod remote;
 mod test;
 mod tree;
 
-use crate::cli::{MbCommand, PoliciesCommand, RuntimeCommand};
+use crate::cli::{Cli, MbCommand, PoliciesCommand, RuntimeCommand};
 use crate::exit::CmdResult;
-use crate::output::Format;
 
-pub fn run(cmd: &PoliciesCommand, format: Format) -> CmdResult {
+pub fn run(cli: &Cli, cmd: &PoliciesCommand) -> CmdResult {
+    let format = cli.output;
     match cmd {
         PoliciesCommand::Test(args) => test::run(args, format),
         PoliciesCommand::Runtime(RuntimeCommand::Generate(args)) => generate::runtime(args, format),
+        PoliciesCommand::Runtime(RuntimeCommand::Stored(cmd)) => {
+            remote::run(cli, remote::Kind::Runtime, cmd)
+        }
         PoliciesCommand::Mb(MbCommand::Generate(args)) => generate::measured_boot(args, format),
+        PoliciesCommand::Mb(MbCommand::Stored(cmd)) => {
+            remote::run(cli, remote::Kind::MeasuredBoot, cmd)
+        }
     }
 }

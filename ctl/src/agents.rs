@@ -1,0 +1,358 @@
+//! `kctl agents ...`: enrolment at the verifier, merged with what the registrar knows.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::anyhow;
+use indicatif::{ProgressBar, ProgressStyle};
+use kl_proto::registrar::v1::registrar_client::RegistrarClient;
+use kl_proto::registrar::v1::{GetAgentRequest as RegGetAgent, ListAgentsRequest as RegListAgents};
+use kl_proto::verifier::v1::verifier_client::VerifierClient;
+use kl_proto::verifier::v1::{
+    AgentState, EnrollAgentRequest, GetAgentRequest, ListAgentsRequest, ListAttestationsRequest,
+    PcrPolicy, PcrValues, ResumeAgentRequest, StopAgentRequest, UnenrollAgentRequest,
+    UpdateAgentRequest,
+};
+use serde_json::{Value, json};
+use tonic::transport::Channel;
+
+use crate::cli::{AgentsCommand, Cli, EnrollArgs, UpdateArgs};
+use crate::connect::{self, block_on};
+use crate::exit::{CmdResult, Failure, Outcome, input};
+use crate::input::{display, read};
+use crate::output::{self, Format};
+use crate::verifier_json as vj;
+
+pub fn run(cli: &Cli, cmd: &AgentsCommand) -> CmdResult {
+    let config = connect::tenant_config(cli)?;
+    block_on(async {
+        let verifier = connect::channel(&config, &config.verifier_ip, config.verifier_port).await?;
+        let mut client = VerifierClient::new(verifier);
+        match cmd {
+            AgentsCommand::List => {
+                let registrar = match connect::channel(
+                    &config,
+                    &config.registrar_ip,
+                    config.registrar_port,
+                )
+                .await
+                {
+                    Ok(ch) => Some(ch),
+                    Err(e) => {
+                        eprintln!(
+                            "kctl: registrar not reachable, showing the verifier's view only: {e:?}"
+                        );
+                        None
+                    }
+                };
+                list(cli, &mut client, registrar).await
+            }
+            AgentsCommand::Show { uuid } => {
+                let reply = client
+                    .get_agent(GetAgentRequest { agent_id: uuid.clone() })
+                    .await
+                    .map_err(|s| connect::status(&format!("agent {uuid}"), s))?
+                    .into_inner();
+                let mut doc = reply.agent.as_ref().map(vj::agent).unwrap_or(Value::Null);
+                if let Ok(ch) =
+                    connect::channel(&config, &config.registrar_ip, config.registrar_port).await
+                {
+                    let reg = RegistrarClient::new(ch)
+                        .get_agent(RegGetAgent { agent_id: uuid.clone() })
+                        .await;
+                    doc["registered"] = json!(reg.is_ok());
+                }
+                print(cli, &doc, agent_table)
+            }
+            AgentsCommand::Enroll(args) => enroll(cli, &mut client, args).await,
+            AgentsCommand::Update(args) => update(cli, &mut client, args).await,
+            AgentsCommand::Unenroll { uuid } => {
+                let changed = client
+                    .unenroll_agent(UnenrollAgentRequest { agent_id: uuid.clone() })
+                    .await
+                    .map_err(|s| connect::status(&format!("unenroll {uuid}"), s))?
+                    .into_inner()
+                    .changed;
+                print(cli, &json!({"uuid": uuid, "changed": changed}), |d| format!("{d}\n"))
+            }
+            AgentsCommand::Stop { uuid } => {
+                let r = client
+                    .stop_agent(StopAgentRequest { agent_id: uuid.clone() })
+                    .await
+                    .map_err(|s| connect::status(&format!("stop {uuid}"), s))?
+                    .into_inner();
+                print(cli, &with_changed(r.agent.as_ref().map(vj::agent), r.changed), agent_table)
+            }
+            AgentsCommand::Resume { uuid } => {
+                let r = client
+                    .resume_agent(ResumeAgentRequest { agent_id: uuid.clone() })
+                    .await
+                    .map_err(|s| connect::status(&format!("resume {uuid}"), s))?
+                    .into_inner();
+                print(cli, &with_changed(r.agent.as_ref().map(vj::agent), r.changed), agent_table)
+            }
+            AgentsCommand::Attestations { uuid, limit } => {
+                let r = client
+                    .list_attestations(ListAttestationsRequest {
+                        agent_id: uuid.clone(),
+                        page_size: *limit,
+                        page_token: String::new(),
+                    })
+                    .await
+                    .map_err(|s| connect::status(&format!("attestations of {uuid}"), s))?
+                    .into_inner();
+                let list: Vec<Value> = r.attestations.iter().map(vj::attestation).collect();
+                print(cli, &json!({"uuid": uuid, "attestations": list}), attestations_table)
+            }
+        }
+    })?
+}
+
+fn print(cli: &Cli, doc: &Value, table: impl Fn(&Value) -> String) -> CmdResult {
+    match cli.output {
+        Format::Json => output::json(doc).map_err(input)?,
+        Format::Table => output::text(&table(doc)).map_err(input)?,
+    }
+    Ok(Outcome::Ok)
+}
+
+fn with_changed(agent: Option<Value>, changed: bool) -> Value {
+    let mut doc = agent.unwrap_or_else(|| json!({}));
+    doc["changed"] = json!(changed);
+    doc
+}
+
+async fn list(
+    cli: &Cli,
+    client: &mut VerifierClient<Channel>,
+    registrar: Option<Channel>,
+) -> CmdResult {
+    let mut merged: BTreeMap<String, Value> = BTreeMap::new();
+    let mut token = String::new();
+    loop {
+        let page = client
+            .list_agents(ListAgentsRequest { page_size: 1000, page_token: token, state: 0 })
+            .await
+            .map_err(|s| connect::status("verifier ListAgents", s))?
+            .into_inner();
+        for a in &page.agents {
+            let mut doc = vj::agent(a);
+            doc["enrolled"] = json!(true);
+            merged.insert(a.agent_id.clone(), doc);
+        }
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    if let Some(channel) = registrar {
+        let mut reg = RegistrarClient::new(channel);
+        let mut token = String::new();
+        loop {
+            let page = reg
+                .list_agents(RegListAgents { page_size: 1000, page_token: token })
+                .await
+                .map_err(|s| connect::status("registrar ListAgents", s))?
+                .into_inner();
+            for a in &page.agents {
+                let entry = merged.entry(a.agent_id.clone()).or_insert_with(
+                    || json!({"uuid": a.agent_id, "state": "not_enrolled", "enrolled": false}),
+                );
+                entry["registered"] = json!(true);
+                if let (true, Some(c)) = (entry["contact_ip"].is_null(), &a.contact) {
+                    entry["contact_ip"] = json!(c.ip);
+                    entry["contact_port"] = json!(c.port);
+                }
+            }
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            token = page.next_page_token;
+        }
+    }
+    let agents: Vec<Value> = merged.into_values().collect();
+    print(cli, &json!({ "agents": agents }), |d| {
+        let rows: Vec<Vec<String>> = d["agents"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|a| {
+                vec![
+                    a["uuid"].as_str().unwrap_or("").to_owned(),
+                    a["state"].as_str().unwrap_or("").to_owned(),
+                    match a["registered"].as_bool() {
+                        Some(true) => "yes".into(),
+                        Some(false) => "no".into(),
+                        None => "?".into(),
+                    },
+                    a["attestation_count"]
+                        .as_u64()
+                        .map(|n| n.to_string())
+                        .unwrap_or_else(|| "-".into()),
+                    a["last_success_at"].as_str().unwrap_or("-").to_owned(),
+                ]
+            })
+            .collect();
+        output::table(&["UUID", "STATE", "REGISTERED", "ATTESTATIONS", "LAST SUCCESS"], &rows)
+    })
+}
+
+/// A PCR policy from a file (or inline JSON): this project's format or Keylime's `tpm_policy`.
+fn pcr_policy(arg: &str) -> Result<PcrPolicy, Failure> {
+    let (bytes, name) = if arg.trim_start().starts_with('{') {
+        (arg.as_bytes().to_vec(), "--pcr-policy".to_owned())
+    } else {
+        let path = Path::new(arg);
+        (read(path)?, display(path))
+    };
+    let policy = kl_core::policy::PcrPolicy::from_json(&bytes)
+        .or_else(|native| kl_core::policy::PcrPolicy::from_keylime_json(&bytes).map_err(|_| native))
+        .map_err(|e| input(anyhow!("{name}: {e}")))?;
+    let mut pcrs = std::collections::HashMap::new();
+    for pcr in policy.pcrs().iter() {
+        let values = policy
+            .allowed_hex(pcr)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|h| hex::decode(h).ok())
+            .collect();
+        pcrs.insert(pcr, PcrValues { values });
+    }
+    Ok(PcrPolicy { pcrs })
+}
+
+async fn enroll(cli: &Cli, client: &mut VerifierClient<Channel>, args: &EnrollArgs) -> CmdResult {
+    let pcr = args.pcr_policy.as_deref().map(pcr_policy).transpose()?;
+    let request = EnrollAgentRequest {
+        agent_id: args.uuid.clone(),
+        runtime_policy: args.runtime_policy.clone().unwrap_or_default(),
+        measured_boot_policy: args.mb_policy.clone().unwrap_or_default(),
+        pcr_policy: pcr,
+        v_key_half: Vec::new(),
+        accept_hash_algorithms: Vec::new(),
+        accept_signing_algorithms: Vec::new(),
+        hash_algorithm: args.hash_alg.clone().unwrap_or_default(),
+    };
+    let reply = client
+        .enroll_agent(request)
+        .await
+        .map_err(|s| connect::status(&format!("enroll {}", args.uuid), s))?
+        .into_inner();
+    let mut doc = with_changed(reply.agent.as_ref().map(vj::agent), reply.changed);
+    if !args.wait {
+        return print(cli, &doc, agent_table);
+    }
+    let (state, agent) = wait(client, &args.uuid, Duration::from_secs_f64(args.timeout)).await?;
+    let changed = doc["changed"].clone();
+    doc = agent;
+    doc["changed"] = changed;
+    print(cli, &doc, agent_table)?;
+    Ok(if state == AgentState::Passed { Outcome::Ok } else { Outcome::Negative })
+}
+
+/// Polls until the agent passes or fails, with a spinner on stderr. Times out into exit 1.
+async fn wait(
+    client: &mut VerifierClient<Channel>,
+    uuid: &str,
+    timeout: Duration,
+) -> Result<(AgentState, Value), Failure> {
+    let spinner = ProgressBar::new_spinner();
+    spinner.set_style(
+        ProgressStyle::with_template("{spinner} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    spinner.enable_steady_tick(Duration::from_millis(120));
+    let deadline = Instant::now() + timeout;
+    loop {
+        let reply = client
+            .get_agent(GetAgentRequest { agent_id: uuid.to_owned() })
+            .await
+            .map_err(|s| connect::status(&format!("agent {uuid}"), s))?
+            .into_inner();
+        let agent = reply.agent.unwrap_or_default();
+        let state = AgentState::try_from(agent.state).unwrap_or(AgentState::Unspecified);
+        spinner.set_message(format!("{uuid}: {}", vj::state_name(agent.state)));
+        let done = matches!(state, AgentState::Passed | AgentState::Failed);
+        if done || Instant::now() >= deadline {
+            spinner.finish_and_clear();
+            if !done {
+                eprintln!(
+                    "kctl: {uuid}: still {} after {:?}",
+                    vj::state_name(agent.state),
+                    timeout
+                );
+            }
+            return Ok((state, vj::agent(&agent)));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn update(cli: &Cli, client: &mut VerifierClient<Channel>, args: &UpdateArgs) -> CmdResult {
+    let pcr = args.pcr_policy.as_deref().map(pcr_policy).transpose()?;
+    let reply = client
+        .update_agent(UpdateAgentRequest {
+            agent_id: args.uuid.clone(),
+            runtime_policy: args.runtime_policy.clone(),
+            measured_boot_policy: args.mb_policy.clone(),
+            pcr_policy: pcr,
+            clear_pcr_policy: args.clear_pcr_policy,
+            resume: args.resume,
+        })
+        .await
+        .map_err(|s| connect::status(&format!("update {}", args.uuid), s))?
+        .into_inner();
+    print(cli, &with_changed(reply.agent.as_ref().map(vj::agent), reply.changed), agent_table)
+}
+
+fn agent_table(a: &Value) -> String {
+    let mut s = String::new();
+    for key in [
+        "uuid",
+        "state",
+        "changed",
+        "registered",
+        "runtime_policy",
+        "measured_boot_policy",
+        "attestation_count",
+        "last_success_at",
+        "last_attestation_at",
+        "ima_offset",
+    ] {
+        if let Some(v) = a.get(key).filter(|v| !v.is_null()) {
+            let text = v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string());
+            s.push_str(&format!("{key:<22}{text}\n"));
+        }
+    }
+    if let Some(findings) = a["last_verdict"]["findings"].as_array().filter(|f| !f.is_empty()) {
+        s.push_str("findings:\n");
+        for f in findings {
+            s.push_str(&format!(
+                "  {}  {}\n",
+                f["rule"].as_str().unwrap_or(""),
+                f["message"].as_str().unwrap_or("")
+            ));
+        }
+    }
+    s
+}
+
+fn attestations_table(d: &Value) -> String {
+    let rows: Vec<Vec<String>> = d["attestations"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|a| {
+            vec![
+                a["sequence"].to_string(),
+                a["at"].as_str().unwrap_or("").to_owned(),
+                if a["verdict"]["passed"] == true { "passed".into() } else { "failed".into() },
+                a["verdict"]["findings"].as_array().map(|f| f.len()).unwrap_or(0).to_string(),
+                a["ima_entries"].to_string(),
+                a["duration_us"].to_string(),
+            ]
+        })
+        .collect();
+    output::table(&["SEQ", "AT", "VERDICT", "FINDINGS", "IMA ENTRIES", "µs"], &rows)
+}
