@@ -14,6 +14,7 @@ pub mod credential;
 pub mod ekcert;
 pub mod eventlog;
 pub mod ima;
+pub mod payload;
 pub mod policy;
 pub mod quote;
 pub mod tpm2;
