@@ -22,6 +22,7 @@ use crate::connect::{self, block_on};
 use crate::exit::{CmdResult, Failure, Outcome, input};
 use crate::input::{display, read};
 use crate::output::{self, Format};
+use crate::payload;
 use crate::verifier_json as vj;
 
 pub fn run(cli: &Cli, cmd: &AgentsCommand) -> CmdResult {
@@ -224,12 +225,17 @@ fn pcr_policy(arg: &str) -> Result<PcrPolicy, Failure> {
 
 async fn enroll(cli: &Cli, client: &mut VerifierClient<Channel>, args: &EnrollArgs) -> CmdResult {
     let pcr = args.pcr_policy.as_deref().map(pcr_policy).transpose()?;
+    let v_key_half = if args.payload.is_some() || args.cert.is_some() {
+        bootstrap_key(cli, client, args).await?
+    } else {
+        Vec::new()
+    };
     let request = EnrollAgentRequest {
         agent_id: args.uuid.clone(),
         runtime_policy: args.runtime_policy.clone().unwrap_or_default(),
         measured_boot_policy: args.mb_policy.clone().unwrap_or_default(),
         pcr_policy: pcr,
-        v_key_half: Vec::new(),
+        v_key_half,
         accept_hash_algorithms: Vec::new(),
         accept_signing_algorithms: Vec::new(),
         hash_algorithm: args.hash_alg.clone().unwrap_or_default(),
@@ -249,6 +255,59 @@ async fn enroll(cli: &Cli, client: &mut VerifierClient<Channel>, args: &EnrollAr
     doc["changed"] = changed;
     print(cli, &doc, agent_table)?;
     Ok(if state == AgentState::Passed { Outcome::Ok } else { Outcome::Negative })
+}
+
+/// Sends U and the payload to the agent and returns V, unless the agent is already enrolled
+/// (enrolment converges settings; a payload is delivered once).
+async fn bootstrap_key(
+    cli: &Cli,
+    client: &mut VerifierClient<Channel>,
+    args: &EnrollArgs,
+) -> Result<Vec<u8>, Failure> {
+    let uuid = &args.uuid;
+    if client.get_agent(GetAgentRequest { agent_id: uuid.clone() }).await.is_ok() {
+        eprintln!(
+            "kctl: {uuid} is already enrolled; its payload is not sent again (unenroll it first to replace it)"
+        );
+        return Ok(Vec::new());
+    }
+    let config = connect::tenant_config(cli)?;
+    let registrar = connect::channel(&config, &config.registrar_ip, config.registrar_port).await?;
+    let record = RegistrarClient::new(registrar)
+        .get_agent(RegGetAgent { agent_id: uuid.clone() })
+        .await
+        .map_err(|s| connect::status(&format!("registrar agent {uuid}"), s))?
+        .into_inner()
+        .agent
+        .ok_or_else(|| Failure::NotFound(anyhow!("registrar agent {uuid}: no record")))?;
+    let agent_addr = match &args.agent {
+        Some(a) => {
+            let (h, p) = a
+                .rsplit_once(':')
+                .and_then(|(h, p)| {
+                    Some((h.trim_matches(['[', ']']).to_owned(), p.parse::<u16>().ok()?))
+                })
+                .ok_or_else(|| input(anyhow!("--agent {a:?}: expected HOST:PORT")))?;
+            Some((h, p))
+        }
+        None => None,
+    };
+    let contact_ip = agent_addr
+        .as_ref()
+        .map(|(h, _)| h.clone())
+        .or_else(|| record.contact.as_ref().map(|c| c.ip.clone()))
+        .unwrap_or_default();
+    let spec =
+        payload::PayloadSpec { source: args.payload.as_deref(), agent_cert: args.cert.is_some() };
+    let archive = payload::build(&config, uuid, &contact_ip, &spec)?;
+    let v = payload::deliver_u(
+        &config,
+        &record,
+        agent_addr.as_ref().map(|(h, p)| (h.as_str(), *p)),
+        &archive,
+    )
+    .await?;
+    Ok(v.to_vec())
 }
 
 /// Polls until the agent passes or fails, with a spinner on stderr. Times out into exit 1.

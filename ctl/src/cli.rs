@@ -94,6 +94,18 @@ pub struct EnrollArgs {
     /// PCR bank to quote (default sha256).
     #[arg(long)]
     pub hash_alg: Option<String>,
+    /// Deliver this payload (a zip file, or a directory whose files are packed): encrypted
+    /// under a fresh bootstrap key, U to the agent after its identity quote checks out, V to the
+    /// verifier for after the first passing attestation. `autorun.sh` in it runs on the agent.
+    #[arg(long)]
+    pub payload: Option<PathBuf>,
+    /// `default`: add a certificate and key for the agent, issued by the deployment CA, and the
+    /// CA certificate to the payload.
+    #[arg(long, value_parser = ["default"])]
+    pub cert: Option<String>,
+    /// The agent's address for the key delivery, HOST:PORT (default: its contact at the registrar).
+    #[arg(long)]
+    pub agent: Option<String>,
     /// Wait until the agent passed (exit 0) or failed (exit 1), with a spinner on stderr.
     #[arg(long)]
     pub wait: bool,

@@ -1,7 +1,5 @@
 //! Exit codes and how failures are reported.
 
-use std::process::ExitCode;
-
 /// What a command concluded, when it ran to the end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -11,11 +9,11 @@ pub enum Outcome {
     Negative,
 }
 
-impl From<Outcome> for ExitCode {
-    fn from(o: Outcome) -> ExitCode {
+impl From<Outcome> for u8 {
+    fn from(o: Outcome) -> u8 {
         match o {
-            Outcome::Ok => ExitCode::SUCCESS,
-            Outcome::Negative => ExitCode::from(1),
+            Outcome::Ok => 0,
+            Outcome::Negative => 1,
         }
     }
 }
@@ -23,6 +21,9 @@ impl From<Outcome> for ExitCode {
 /// Why a command could not finish.
 #[derive(Debug)]
 pub enum Failure {
+    /// Exit 1: a check was evaluated and came out negative (e.g. an identity quote that does not
+    /// verify).
+    Negative(anyhow::Error),
     /// Exit 2: bad usage, config or input (unreadable or malformed file).
     Input(anyhow::Error),
     /// Exit 3: the thing asked for does not exist.
@@ -32,15 +33,16 @@ pub enum Failure {
 }
 
 impl Failure {
-    pub fn report(self) -> ExitCode {
+    pub fn report(self) -> u8 {
         let (code, err) = match self {
+            Failure::Negative(e) => (1, e),
             Failure::Input(e) => (2, e),
             Failure::NotFound(e) => (3, e),
             Failure::Server(e) => (4, e),
         };
         // One line: the context chain joined, outermost first.
         eprintln!("kctl: {err:#}");
-        ExitCode::from(code)
+        code
     }
 }
 

@@ -285,6 +285,13 @@ pub fn parse_ek_certificate(der: &[u8]) -> Result<(SubjectPublicKey, TpmAttribut
     Ok((cert.public_key, cert.tpm))
 }
 
+/// The subject public key of any X.509 certificate (DER), e.g. an agent's identity
+/// certificate, read with the same lenient parser.
+pub fn certificate_public_key(der: &[u8]) -> Result<SubjectPublicKey, EkCertError> {
+    let cert = Certificate::parse(der).map_err(|e| EkCertError::malformed("certificate", e))?;
+    Ok(cert.public_key)
+}
+
 /// Validates an EK certificate (DER) against `store`, using `intermediates` (DER, any order)
 /// to bridge to a store certificate.
 pub fn validate(

@@ -1,0 +1,353 @@
+//! `keylime_tenant`: accepts the commands of the Keylime guide and runs them with kctl.
+//!
+//! ```text
+//! keylime_tenant -v VERIFIER -t AGENT -u UUID --cert default -c add [--include ZIP|DIR]
+//!                [--allowlist FILE [--exclude FILE] | --runtime-policy FILE] [--mb-policy FILE]
+//! keylime_tenant -c reglist | regstatus | regdelete | status | cvlist | delete | update ...
+//! ```
+//!
+//! Keylime's two-letter options (`-vp`, `-tp`, `-rp`, `-vi`) are accepted as written. Config
+//! comes from `/etc/keylime/tenant.conf` (and `/usr/etc`, drop-ins, `KEYLIME_TENANT_*`), as for
+//! kctl; exit codes are kctl's.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, ValueEnum};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum TenantCommand {
+    Add,
+    Update,
+    Delete,
+    Status,
+    Cvstatus,
+    Cvlist,
+    Reglist,
+    Regstatus,
+    Regdelete,
+}
+
+#[derive(Debug, Parser)]
+#[command(name = "keylime_tenant", version, about = "Keylime tenant commands, run by kctl")]
+struct Tenant {
+    /// The command to run.
+    #[arg(short = 'c', long = "command", value_enum, default_value = "add")]
+    command: TenantCommand,
+    /// Agent UUID.
+    #[arg(short = 'u', long = "uuid")]
+    uuid: Option<String>,
+    /// Verifier IP address or host name.
+    #[arg(short = 'v', long = "cv_targethost", alias = "verifier")]
+    verifier: Option<String>,
+    /// Verifier port (`-vp`).
+    #[arg(long = "verifier-port")]
+    verifier_port: Option<u16>,
+    /// Verifier id (`-vi`; accepted, one verifier per deployment here).
+    #[arg(long = "verifier-id")]
+    verifier_id: Option<String>,
+    /// Agent IP address (`-t`).
+    #[arg(short = 't', long = "targethost")]
+    agent: Option<String>,
+    /// Agent port (`-tp`).
+    #[arg(long = "agent-port")]
+    agent_port: Option<u16>,
+    /// Registrar IP address or host name (`-r`).
+    #[arg(short = 'r', long = "registrar")]
+    registrar: Option<String>,
+    /// Registrar port (`-rp`).
+    #[arg(long = "registrar-port")]
+    registrar_port: Option<u16>,
+    /// `default`: put a certificate for the agent, issued by the CA, into the payload.
+    #[arg(long)]
+    cert: Option<String>,
+    /// A zip file or directory to deliver with the certificate; `autorun.sh` in it runs on the
+    /// agent once it is attested.
+    #[arg(long)]
+    include: Option<PathBuf>,
+    /// A payload file to deliver (`-f`).
+    #[arg(short = 'f', long = "file")]
+    file: Option<PathBuf>,
+    /// Keylime flat allowlist.
+    #[arg(long)]
+    allowlist: Option<PathBuf>,
+    /// Keylime exclude list (with --allowlist or --runtime-policy).
+    #[arg(long)]
+    exclude: Option<PathBuf>,
+    /// Runtime policy file (Keylime JSON, DSSE-signed, or this project's format).
+    #[arg(long = "runtime-policy")]
+    runtime_policy: Option<PathBuf>,
+    /// Name to store the runtime policy under (default: the agent UUID).
+    #[arg(long = "runtime-policy-name")]
+    runtime_policy_name: Option<String>,
+    /// PEM key a signed runtime policy must verify with.
+    #[arg(long = "runtime-policy-sig-key")]
+    runtime_policy_key: Option<PathBuf>,
+    /// Measured-boot policy file (Keylime reference state or this project's format).
+    #[arg(long = "mb-policy", alias = "mb_refstate")]
+    mb_policy: Option<PathBuf>,
+    /// Name to store the measured-boot policy under (default: the agent UUID).
+    #[arg(long = "mb-policy-name")]
+    mb_policy_name: Option<String>,
+    /// Keylime `tpm_policy` JSON.
+    #[arg(long = "tpm_policy")]
+    tpm_policy: Option<String>,
+    /// Wait for the agent to pass after `add`.
+    #[arg(long = "verify")]
+    verify: bool,
+    /// Config file instead of /etc/keylime/tenant.conf and friends.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+/// Keylime's argparse accepts two-letter short options; rewrite them to long ones.
+fn normalise(args: impl Iterator<Item = OsString>) -> Vec<OsString> {
+    args.map(|a| match a.to_str() {
+        Some("-vp") => "--verifier-port".into(),
+        Some("-tp") => "--agent-port".into(),
+        Some("-rp") => "--registrar-port".into(),
+        Some("-vi") => "--verifier-id".into(),
+        Some("-pf") => "--file".into(),
+        _ => a,
+    })
+    .collect()
+}
+
+impl Tenant {
+    /// The kctl flags every command shares.
+    fn common(&self) -> Vec<String> {
+        let mut v = vec!["kctl".to_owned()];
+        if let Some(c) = &self.config {
+            v.extend(["--config".into(), c.display().to_string()]);
+        }
+        if let Some(host) = &self.verifier {
+            v.push("--verifier".into());
+            v.push(addr(host, self.verifier_port));
+        }
+        if let Some(host) = &self.registrar {
+            v.push("--registrar".into());
+            v.push(addr(host, self.registrar_port));
+        }
+        v
+    }
+
+    fn uuid(&self) -> Result<&str, String> {
+        self.uuid.as_deref().ok_or_else(|| format!("-c {:?} needs -u UUID", self.command))
+    }
+
+    /// The kctl invocations a tenant command stands for, in order.
+    fn plan(&self) -> Result<Vec<Vec<String>>, String> {
+        let kctl = |rest: &[&str]| {
+            let mut v = self.common();
+            v.extend(rest.iter().map(|s| (*s).to_owned()));
+            v
+        };
+        Ok(match self.command {
+            TenantCommand::Reglist => vec![kctl(&["registrar", "list"])],
+            TenantCommand::Regstatus => vec![kctl(&["registrar", "show", self.uuid()?])],
+            TenantCommand::Regdelete => vec![kctl(&["registrar", "delete", self.uuid()?])],
+            TenantCommand::Cvlist => vec![kctl(&["agents", "list"])],
+            TenantCommand::Status | TenantCommand::Cvstatus => {
+                vec![kctl(&["agents", "show", self.uuid()?])]
+            }
+            TenantCommand::Delete => vec![kctl(&["agents", "unenroll", self.uuid()?])],
+            TenantCommand::Add => self.add_plan()?,
+            TenantCommand::Update => {
+                let mut plan = vec![kctl(&["agents", "unenroll", self.uuid()?])];
+                plan.extend(self.add_plan()?);
+                plan
+            }
+        })
+    }
+
+    fn add_plan(&self) -> Result<Vec<Vec<String>>, String> {
+        let uuid = self.uuid()?.to_owned();
+        let mut plan = Vec::new();
+        let mut enroll = self.common();
+        enroll.extend(["agents".into(), "enroll".into(), uuid.clone()]);
+
+        let runtime_source = match (&self.allowlist, &self.runtime_policy) {
+            (Some(_), Some(_)) => {
+                return Err("give --allowlist or --runtime-policy, not both".into());
+            }
+            (Some(p), None) | (None, Some(p)) => Some(p),
+            (None, None) => None,
+        };
+        if let Some(file) = runtime_source {
+            let name = self.runtime_policy_name.clone().unwrap_or_else(|| uuid.clone());
+            let mut apply = self.common();
+            apply.extend(["policies".into(), "runtime".into(), "apply".into(), name.clone()]);
+            apply.extend(["--file".into(), file.display().to_string()]);
+            if let Some(e) = &self.exclude {
+                apply.extend(["--exclude".into(), e.display().to_string()]);
+            }
+            if let Some(k) = &self.runtime_policy_key {
+                apply.extend(["--signing-key".into(), k.display().to_string()]);
+            }
+            plan.push(apply);
+            enroll.extend(["--runtime-policy".into(), name]);
+        } else if self.exclude.is_some() {
+            return Err("--exclude needs --allowlist or --runtime-policy".into());
+        }
+        if let Some(file) = &self.mb_policy {
+            let name = self.mb_policy_name.clone().unwrap_or_else(|| uuid.clone());
+            let mut apply = self.common();
+            apply.extend(["policies".into(), "mb".into(), "apply".into(), name.clone()]);
+            apply.extend(["--file".into(), file.display().to_string()]);
+            plan.push(apply);
+            enroll.extend(["--mb-policy".into(), name]);
+        }
+        if let Some(p) = &self.tpm_policy {
+            enroll.extend(["--pcr-policy".into(), p.clone()]);
+        }
+        match self.cert.as_deref() {
+            None => {}
+            Some("default") => enroll.extend(["--cert".into(), "default".into()]),
+            Some(other) => {
+                return Err(format!(
+                    "--cert {other:?}: only `default` (the deployment CA of the verifier) is supported"
+                ));
+            }
+        }
+        match (&self.include, &self.file) {
+            (Some(_), Some(_)) => return Err("give --include or -f, not both".into()),
+            (Some(p), None) | (None, Some(p)) => {
+                enroll.extend(["--payload".into(), p.display().to_string()])
+            }
+            (None, None) => {}
+        }
+        if let Some(host) = &self.agent {
+            let port = self.agent_port.unwrap_or(9002);
+            enroll.extend(["--agent".into(), addr(host, Some(port))]);
+        }
+        if self.verify {
+            enroll.push("--wait".into());
+        }
+        plan.push(enroll);
+        Ok(plan)
+    }
+}
+
+fn addr(host: &str, port: Option<u16>) -> String {
+    let host = if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]")
+    } else {
+        host.to_owned()
+    };
+    match port {
+        Some(p) => format!("{host}:{p}"),
+        None => host,
+    }
+}
+
+fn main() -> ExitCode {
+    let tenant = Tenant::parse_from(normalise(std::env::args_os()));
+    let plan = match tenant.plan() {
+        Ok(plan) => plan,
+        Err(msg) => {
+            eprintln!("keylime_tenant: {msg}");
+            return ExitCode::from(2);
+        }
+    };
+    for argv in plan {
+        let cli = match kctl::Cli::try_parse_from(&argv) {
+            Ok(cli) => cli,
+            Err(e) => {
+                eprintln!("keylime_tenant: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        let code = kctl::execute(&cli);
+        if code != 0 {
+            return ExitCode::from(code);
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(args: &[&str]) -> Result<Vec<Vec<String>>, String> {
+        let argv =
+            std::iter::once("keylime_tenant").chain(args.iter().copied()).map(OsString::from);
+        Tenant::try_parse_from(normalise(argv)).map_err(|e| e.to_string())?.plan()
+    }
+
+    #[test]
+    fn the_guides_add_becomes_policy_apply_and_enroll() {
+        let p = plan(&[
+            "-v",
+            "10.0.0.1",
+            "-t",
+            "10.0.0.2",
+            "-u",
+            "d432fbb3-d2f1-4a97-9ef7-75bd81c00000",
+            "--cert",
+            "default",
+            "-c",
+            "add",
+            "--include",
+            "payload.zip",
+            "--allowlist",
+            "allow.txt",
+            "--exclude",
+            "excl.txt",
+        ])
+        .expect("plan");
+        assert_eq!(p.len(), 2);
+        assert_eq!(
+            p[0],
+            [
+                "kctl",
+                "--verifier",
+                "10.0.0.1",
+                "policies",
+                "runtime",
+                "apply",
+                "d432fbb3-d2f1-4a97-9ef7-75bd81c00000",
+                "--file",
+                "allow.txt",
+                "--exclude",
+                "excl.txt"
+            ]
+        );
+        let enroll = p[1].join(" ");
+        assert!(enroll.starts_with(
+            "kctl --verifier 10.0.0.1 agents enroll d432fbb3-d2f1-4a97-9ef7-75bd81c00000"
+        ));
+        assert!(enroll.contains("--runtime-policy d432fbb3-d2f1-4a97-9ef7-75bd81c00000"));
+        assert!(enroll.contains("--cert default") && enroll.contains("--payload payload.zip"));
+        assert!(enroll.contains("--agent 10.0.0.2:9002"));
+        for argv in &p {
+            kctl::Cli::try_parse_from(argv).expect("kctl accepts the translated command");
+        }
+    }
+
+    #[test]
+    fn two_letter_options_and_other_commands() {
+        let p = plan(&["-r", "10.0.0.3", "-rp", "9000", "-c", "reglist"]).expect("plan");
+        assert_eq!(p, [["kctl", "--registrar", "10.0.0.3:9000", "registrar", "list"]]);
+        let p = plan(&["-v", "::1", "-vp", "8881", "-u", "a", "-c", "delete"]).expect("plan");
+        assert_eq!(p, [["kctl", "--verifier", "[::1]:8881", "agents", "unenroll", "a"]]);
+        let p = plan(&["-u", "a", "-c", "update", "--runtime-policy", "p.json"]).expect("plan");
+        assert_eq!(p.len(), 3);
+        assert_eq!(p[0][1..], ["agents", "unenroll", "a"]);
+        for argv in plan(&["-u", "a", "-c", "status"]).expect("plan").iter().chain(&p) {
+            kctl::Cli::try_parse_from(argv).expect("kctl accepts it");
+        }
+    }
+
+    #[test]
+    fn missing_or_conflicting_arguments_are_usage_errors() {
+        assert!(plan(&["-c", "delete"]).expect_err("no uuid").contains("-u UUID"));
+        assert!(plan(&["-u", "a", "--allowlist", "x", "--runtime-policy", "y"]).is_err());
+        assert!(plan(&["-u", "a", "--exclude", "x"]).is_err());
+        assert!(
+            plan(&["-u", "a", "--cert", "/some/ca/dir"]).expect_err("cert dir").contains("default")
+        );
+        assert!(plan(&["-c", "frobnicate"]).is_err());
+    }
+}

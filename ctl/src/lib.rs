@@ -1,0 +1,49 @@
+//! `kctl`: the operator CLI, as a library so that `keylime_tenant` (the front that accepts the
+//! commands of the Keylime guide) runs the very same code.
+//!
+//! Output discipline: with `-o json` stdout holds exactly one JSON document; logs, progress and
+//! errors go to stderr. Exit codes: 0 ok, 1 evaluated and negative, 2 usage, config or input
+//! error, 3 not found, 4 server or transport error.
+
+mod agents;
+mod ca;
+pub mod cli;
+mod connect;
+mod eventlog;
+mod events;
+mod exit;
+mod ima;
+mod input;
+mod output;
+mod payload;
+mod policies;
+mod registrar;
+mod verifier_json;
+
+use std::process::ExitCode;
+
+pub use crate::cli::Cli;
+use crate::cli::Command;
+
+/// Runs one kctl command and reports a failure on stderr; the exit code follows DESIGN §6.
+pub fn run(cli: &Cli) -> ExitCode {
+    ExitCode::from(execute(cli))
+}
+
+/// [`run`], returning the exit code as a number (0 ok, 1 negative, 2 input, 3 not found,
+/// 4 server).
+pub fn execute(cli: &Cli) -> u8 {
+    let result = match &cli.command {
+        Command::Ima(cmd) => ima::run(cmd, cli.output),
+        Command::Policies(cmd) => policies::run(cli, cmd),
+        Command::Eventlog(cmd) => eventlog::run(cmd, cli.output),
+        Command::Registrar(cmd) => registrar::run(cli, cmd),
+        Command::Ca(cmd) => ca::run(cli, cmd),
+        Command::Agents(cmd) => agents::run(cli, cmd),
+        Command::Events(cmd) => events::run(cli, cmd),
+    };
+    match result {
+        Ok(code) => code.into(),
+        Err(failure) => failure.report(),
+    }
+}
