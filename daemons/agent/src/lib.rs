@@ -106,28 +106,17 @@ impl Agent {
 
         let tcti = config.tcti.clone();
         let dir = data_dir.clone();
-        let (tpm, ak, ek_certificate, ek_intermediates, banks) =
+        let (tpm, ak, ek_certificate, ek_intermediates) =
             tokio::task::spawn_blocking(move || -> Result<_, Error> {
                 let tpm = Tpm::open(&tcti, ek_alg)?;
                 let ak = tpm.load_or_create_ak(&dir, ak_alg)?;
                 let cert = tpm.ek_certificate()?;
                 let intermediates = tpm.ek_intermediate_certificates()?;
-                let banks = service::active_banks(&tpm);
-                Ok((tpm, ak, cert, intermediates, banks))
+                Ok((Arc::new(tpm), ak, cert, intermediates))
             })
             .await
             .map_err(|e| Error::Internal(format!("TPM start-up task: {e}")))??;
-        if !banks.contains(&default_bank) {
-            return Err(Error::Config {
-                key: "tpm_hash_alg",
-                value: config.tpm_hash_alg.clone(),
-                reason: format!(
-                    "the TPM has no active {} PCR bank (active: {})",
-                    default_bank.name(),
-                    banks.iter().map(|b| b.name()).collect::<Vec<_>>().join(", ")
-                ),
-            });
-        }
+        service::check_bank(&tpm, default_bank, &config.tpm_hash_alg).await?;
         let ek = tpm.ek().clone();
         tracing::info!(
             tcti = %config.tcti,
@@ -172,11 +161,11 @@ impl Agent {
             RegistrarAddress { host: config.registrar_ip.clone(), port: config.registrar_port, ca };
         let service = AgentService {
             agent_id,
-            tpm: Arc::new(tpm),
+            tpm,
             identity_spki: identity.spki_der.clone(),
             default_bank,
             ak_alg,
-            pcr_banks: banks,
+            pcr_banks: vec![default_bank],
             ima: ImaLog::new(&config.ima_ml_path),
             ima_limit: config.ima_max_entries.max(1),
             event_log_path: config.measuredboot_ml_path.clone(),

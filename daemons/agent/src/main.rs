@@ -22,7 +22,6 @@ async fn main() -> anyhow::Result<()> {
     }
     let cfg = loaded.config;
     kl_svc::logging::init(cfg.log_format, &cfg.log_level)?;
-    let shutdown = kl_svc::shutdown::Shutdown::install().context("installing signal handlers")?;
     let agent = match kl_agent::Agent::start(cfg).await {
         Ok(agent) => agent,
         Err(e) => {
@@ -30,6 +29,9 @@ async fn main() -> anyhow::Result<()> {
             return Err(e).context("cannot start the agent");
         }
     };
+    // Installed only now, so that SIGTERM during start-up (a TPM that takes long) still ends
+    // the process at once.
+    let shutdown = kl_svc::shutdown::Shutdown::install().context("installing signal handlers")?;
     kl_svc::systemd::notify_ready().context("notifying systemd")?;
     let stop = async move {
         let signal = shutdown.wait().await;

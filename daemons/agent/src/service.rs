@@ -7,6 +7,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use kl_core::alg::HashAlg;
 use kl_core::quote::qualifying_data;
@@ -35,7 +36,7 @@ pub struct AgentService {
     pub identity_spki: Vec<u8>,
     pub default_bank: HashAlg,
     pub ak_alg: KeyAlg,
-    /// PCR banks the TPM has active, found at start.
+    /// The PCR banks the agent quotes: the configured one (see [`check_bank`]).
     pub pcr_banks: Vec<HashAlg>,
     pub ima: ImaLog,
     /// Most IMA entries in one reply (`ima_max_entries`).
@@ -43,9 +44,32 @@ pub struct AgentService {
     pub event_log_path: PathBuf,
 }
 
-/// Which PCR banks the TPM has active: a bank is active when PCR 0 can be read from it.
-pub fn active_banks(tpm: &Tpm) -> Vec<HashAlg> {
-    HashAlg::ALL.into_iter().filter(|bank| tpm.pcr_read(*bank, &[0]).is_ok()).collect()
+/// How long reading one PCR of the configured bank may take at start.
+const BANK_PROBE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Checks at start that the TPM returns PCR values from `bank` (`tpm_hash_alg`).
+///
+/// The TPM library's PCR read never returns when asked for a bank the TPM has not allocated
+/// (it waits for values that do not come), so other banks are never probed and never quoted:
+/// the agent serves the one configured bank, and a misconfigured bank stops the start-up
+/// after a deadline instead of hanging it.
+pub async fn check_bank(tpm: &Arc<Tpm>, bank: HashAlg, setting: &str) -> Result<(), Error> {
+    let probe = tokio::task::spawn_blocking({
+        let tpm = tpm.clone();
+        move || tpm.pcr_read(bank, &[0])
+    });
+    let not_active =
+        |reason: String| Error::Config { key: "tpm_hash_alg", value: setting.to_owned(), reason };
+    match tokio::time::timeout(BANK_PROBE_TIMEOUT, probe).await {
+        Ok(Ok(Ok(_))) => Ok(()),
+        Ok(Ok(Err(e))) => Err(not_active(format!("cannot read PCR 0 from this bank: {e}"))),
+        Ok(Err(e)) => Err(Error::Internal(format!("PCR probe task: {e}"))),
+        Err(_) => Err(not_active(format!(
+            "the TPM returned no PCR values from the {} bank within {BANK_PROBE_TIMEOUT:?}; \
+             is the bank active?",
+            bank.name()
+        ))),
+    }
 }
 
 fn proto_hash(alg: HashAlg) -> pb::HashAlgorithm {
@@ -133,7 +157,11 @@ impl AgentService {
         if !self.pcr_banks.contains(&bank) {
             return Err(Error::InvalidArgument {
                 field: "hash_algorithm",
-                reason: format!("the TPM has no active {} PCR bank", bank.name()),
+                reason: format!(
+                    "{} is not a bank this agent quotes (tpm_hash_alg = {})",
+                    bank.name(),
+                    self.default_bank.name()
+                ),
             });
         }
         check_pcrs(&req.pcrs)?;
