@@ -1,0 +1,219 @@
+//! `kl-agent`: the agent that runs on each attested machine (`keylime_agent`).
+//!
+//! It owns the machine's TPM (through `kl-tpm`): it opens it, reads the EK and its
+//! certificates, loads or creates the AK, keeps a P-256 identity key and self-signed
+//! certificate, registers all of it with the registrar (credential activation proves the AK
+//! and EK share a TPM), and serves the agent gRPC API to the verifier and kctl over mutual TLS:
+//! GetInfo and GetQuote (a TPM quote bound to the verifier's nonce and the identity key, PCR
+//! values, IMA entries from an offset, the UEFI event log). It never judges its own evidence,
+//! never stores attestation state beyond its key files, and never trusts a client whose
+//! certificate does not chain to the deployment CA.
+//!
+//! Start-up is [`Agent::start`] (TPM, keys, identity, listening socket; errors here are fatal
+//! and say what to fix), then [`Agent::serve`] (registration with retries, alongside the gRPC
+//! server, until shutdown). [`run`] does both.
+
+pub mod error;
+pub mod identity;
+pub mod imalog;
+pub mod registration;
+pub mod service;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::os::unix::fs::DirBuilderExt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kl_core::alg::HashAlg;
+use kl_proto::agent::v1::agent_server::AgentServer;
+use kl_svc::config::AgentConfig;
+use kl_svc::tls::{AgentIdentity, ClientAuth, TlsIncoming, read_certificates, server_config};
+use kl_tpm::{KeyAlg, Tpm};
+
+pub use error::Error;
+
+use crate::imalog::ImaLog;
+use crate::registration::{RegistrarAddress, Registration};
+use crate::service::AgentService;
+
+/// Largest gRPC message the agent sends or accepts (a reply may carry many IMA entries and a
+/// UEFI event log).
+pub const MAX_MESSAGE_SIZE: usize = 64 * 1024 * 1024;
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A started agent: TPM open, AK loaded, identity ready, socket bound; not yet serving.
+#[derive(Debug)]
+pub struct Agent {
+    config: AgentConfig,
+    service: AgentService,
+    identity: AgentIdentity,
+    registration: Registration,
+    registrar: RegistrarAddress,
+    incoming: TlsIncoming,
+}
+
+/// Starts the agent and serves until `shutdown` resolves or registration is refused.
+pub async fn run(
+    config: AgentConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    Agent::start(config).await?.serve(shutdown).await
+}
+
+fn key_algs(config: &AgentConfig) -> Result<(KeyAlg, KeyAlg, HashAlg), Error> {
+    let ek = match config.tpm_encryption_alg.as_str() {
+        "rsa" => KeyAlg::Rsa2048,
+        "ecc" => KeyAlg::EccP256,
+        other => return Err(unsupported("tpm_encryption_alg", other, "rsa or ecc")),
+    };
+    let ak = match config.tpm_signing_alg.as_str() {
+        "rsassa" => KeyAlg::Rsa2048,
+        "ecdsa" => KeyAlg::EccP256,
+        other => return Err(unsupported("tpm_signing_alg", other, "rsassa or ecdsa")),
+    };
+    let bank = config
+        .tpm_hash_alg
+        .parse::<HashAlg>()
+        .map_err(|_| unsupported("tpm_hash_alg", &config.tpm_hash_alg, "sha1 to sha512"))?;
+    Ok((ek, ak, bank))
+}
+
+fn unsupported(key: &'static str, value: &str, supported: &str) -> Error {
+    Error::Config {
+        key,
+        value: value.to_owned(),
+        reason: format!("not supported by this agent (supported: {supported})"),
+    }
+}
+
+impl Agent {
+    /// Opens the TPM, loads or creates the AK and the identity, and binds `ip:port` (port 0
+    /// picks a free port; see [`Agent::local_addr`]).
+    pub async fn start(config: AgentConfig) -> Result<Agent, Error> {
+        let (ek_alg, ak_alg, default_bank) = key_algs(&config)?;
+        let data_dir = config.agent_data_path.clone();
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&data_dir).map_err(|e| {
+            Error::Config {
+                key: "agent_data_path",
+                value: data_dir.display().to_string(),
+                reason: format!("cannot create the directory: {e}"),
+            }
+        })?;
+        let ca = read_certificates(&config.trusted_client_ca).map_err(|source| {
+            Error::TrustedCa { path: config.trusted_client_ca.clone(), source }
+        })?;
+
+        let tcti = config.tcti.clone();
+        let dir = data_dir.clone();
+        let (tpm, ak, ek_certificate, ek_intermediates) =
+            tokio::task::spawn_blocking(move || -> Result<_, Error> {
+                let tpm = Tpm::open(&tcti, ek_alg)?;
+                let ak = tpm.load_or_create_ak(&dir, ak_alg)?;
+                let cert = tpm.ek_certificate()?;
+                let intermediates = tpm.ek_intermediate_certificates()?;
+                Ok((Arc::new(tpm), ak, cert, intermediates))
+            })
+            .await
+            .map_err(|e| Error::Internal(format!("TPM start-up task: {e}")))??;
+        service::check_bank(&tpm, default_bank, &config.tpm_hash_alg).await?;
+        let ek = tpm.ek().clone();
+        tracing::info!(
+            tcti = %config.tcti,
+            ek = ek.alg.name(),
+            ek_certificate = ek_certificate.is_some(),
+            ak_created = ak.created,
+            "TPM ready"
+        );
+
+        let agent_id = identity::agent_id(&config.uuid, &data_dir, &ek.public)?;
+        let contact_ip = config.contact_ip.clone().unwrap_or_else(|| config.ip.to_string());
+        let mut names = vec![contact_ip.clone()];
+        if !config.ip.is_unspecified() && config.ip.to_string() != contact_ip {
+            names.push(config.ip.to_string());
+        }
+        let identity = identity::load_or_create_identity(&data_dir, &agent_id, &names)?;
+
+        let server = server_config(
+            identity.tls_identity().map_err(Error::ServerTls)?,
+            &ca,
+            ClientAuth::Required,
+        )
+        .map_err(Error::ServerTls)?;
+        let addr = SocketAddr::new(config.ip, config.port);
+        let incoming = TlsIncoming::bind(addr, Arc::new(server), HANDSHAKE_TIMEOUT)
+            .await
+            .map_err(|source| Error::Bind { addr, source })?;
+        let local_addr = incoming.local_addr();
+        tracing::info!(%agent_id, address = %local_addr, "agent listening");
+
+        let registration = Registration {
+            agent_id: agent_id.clone(),
+            ek_public: ek.public.clone(),
+            ek_certificate,
+            ek_intermediates,
+            ak_public: ak.key.public.clone(),
+            agent_certificate: identity.cert_der.to_vec(),
+            contact_ip,
+            contact_port: config.contact_port.unwrap_or(local_addr.port()),
+        };
+        let registrar =
+            RegistrarAddress { host: config.registrar_ip.clone(), port: config.registrar_port, ca };
+        let service = AgentService {
+            agent_id,
+            tpm,
+            identity_spki: identity.spki_der.clone(),
+            default_bank,
+            ak_alg,
+            pcr_banks: vec![default_bank],
+            ima: ImaLog::new(&config.ima_ml_path),
+            ima_limit: config.ima_max_entries.max(1),
+            event_log_path: config.measuredboot_ml_path.clone(),
+        };
+        Ok(Agent { config, service, identity, registration, registrar, incoming })
+    }
+
+    /// The address the gRPC server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.incoming.local_addr()
+    }
+
+    /// The agent id in use.
+    pub fn agent_id(&self) -> &str {
+        &self.registration.agent_id
+    }
+
+    /// The identity certificate (DER) callers pin.
+    pub fn certificate(&self) -> &[u8] {
+        &self.identity.cert_der
+    }
+
+    /// The effective configuration.
+    pub fn config(&self) -> &AgentConfig {
+        &self.config
+    }
+
+    /// Registers (retrying until the registrar answers) while serving gRPC, until `shutdown`
+    /// resolves. A refused registration stops the agent with that error.
+    pub async fn serve(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), Error> {
+        let Agent { service, registration, registrar, incoming, .. } = self;
+        let tpm = service.tpm.clone();
+        let grpc = AgentServer::new(service)
+            .max_decoding_message_size(MAX_MESSAGE_SIZE)
+            .max_encoding_message_size(MAX_MESSAGE_SIZE);
+        let server = tonic::transport::Server::builder()
+            .add_service(grpc)
+            .serve_with_incoming_shutdown(incoming, shutdown);
+        tokio::pin!(server);
+
+        let register = registration::register_until_done(&registrar, tpm, &registration);
+        tokio::select! {
+            served = &mut server => return served.map_err(Error::from),
+            registered = register => { registered?; }
+        }
+        server.await.map_err(Error::from)
+    }
+}

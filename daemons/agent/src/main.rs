@@ -1,0 +1,45 @@
+//! `keylime_agent`: reads the agent config, starts the agent and serves until SIGTERM.
+
+use anyhow::Context;
+use clap::Parser;
+use kl_svc::config::{self, AgentConfig, ConfigArgs};
+
+/// The keylime-rs agent: registers this machine's TPM and answers attestation requests.
+#[derive(Debug, Parser)]
+#[command(name = "keylime_agent", version)]
+struct Args {
+    #[command(flatten)]
+    config: ConfigArgs,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let loaded = config::load::<AgentConfig>(&args.config.sources(Vec::new())?)?;
+    if args.config.print_config {
+        println!("{}", loaded.to_json()?);
+        return Ok(());
+    }
+    let cfg = loaded.config;
+    kl_svc::logging::init(cfg.log_format, &cfg.log_level)?;
+    let agent = match kl_agent::Agent::start(cfg).await {
+        Ok(agent) => agent,
+        Err(e) => {
+            tracing::error!("cannot start the agent: {e}");
+            return Err(e).context("cannot start the agent");
+        }
+    };
+    // Installed only now, so that SIGTERM during start-up (a TPM that takes long) still ends
+    // the process at once.
+    let shutdown = kl_svc::shutdown::Shutdown::install().context("installing signal handlers")?;
+    kl_svc::systemd::notify_ready().context("notifying systemd")?;
+    let stop = async move {
+        let signal = shutdown.wait().await;
+        tracing::info!(%signal, "stopping");
+    };
+    if let Err(e) = agent.serve(stop).await {
+        tracing::error!("agent stopped: {e}");
+        return Err(e).context("agent stopped");
+    }
+    Ok(())
+}

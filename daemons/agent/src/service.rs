@@ -1,0 +1,311 @@
+//! The agent's gRPC service: GetInfo and GetQuote. Payload delivery (DeliverKey, VerifyKey)
+//! and revocation notices (NotifyRevocation) answer UNIMPLEMENTED for now.
+//!
+//! Callers are authenticated by TLS (certificates chaining to `trusted_client_ca`, checked in
+//! the handshake); here their role is checked too: only `admin` and `verifier` certificates
+//! may ask for evidence.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kl_core::alg::HashAlg;
+use kl_core::quote::qualifying_data;
+use kl_proto::agent::v1 as pb;
+use kl_proto::agent::v1::agent_server::Agent as AgentRpc;
+use kl_svc::tls::{Role, role_of};
+use kl_tpm::{KeyAlg, Tpm};
+use tonic::{Request, Response, Status};
+
+use crate::error::Error;
+use crate::imalog::ImaLog;
+
+/// Nonce length bounds (GetQuoteRequest.nonce).
+pub const MIN_NONCE_LEN: usize = 16;
+pub const MAX_NONCE_LEN: usize = 32;
+/// The highest PCR index.
+const MAX_PCR: u32 = 23;
+
+/// What the service needs to answer: the TPM with its AK loaded, the identity key quotes are
+/// bound to, and the logs.
+#[derive(Debug)]
+pub struct AgentService {
+    pub agent_id: String,
+    pub tpm: Arc<Tpm>,
+    /// DER SubjectPublicKeyInfo of the identity (TLS) key.
+    pub identity_spki: Vec<u8>,
+    pub default_bank: HashAlg,
+    pub ak_alg: KeyAlg,
+    /// The PCR banks the agent quotes: the configured one (see [`check_bank`]).
+    pub pcr_banks: Vec<HashAlg>,
+    pub ima: ImaLog,
+    /// Most IMA entries in one reply (`ima_max_entries`).
+    pub ima_limit: u64,
+    pub event_log_path: PathBuf,
+}
+
+/// How long reading one PCR of the configured bank may take at start.
+const BANK_PROBE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Checks at start that the TPM returns PCR values from `bank` (`tpm_hash_alg`).
+///
+/// The TPM library's PCR read never returns when asked for a bank the TPM has not allocated
+/// (it waits for values that do not come), so other banks are never probed and never quoted:
+/// the agent serves the one configured bank, and a misconfigured bank stops the start-up
+/// after a deadline instead of hanging it.
+pub async fn check_bank(tpm: &Arc<Tpm>, bank: HashAlg, setting: &str) -> Result<(), Error> {
+    let probe = tokio::task::spawn_blocking({
+        let tpm = tpm.clone();
+        move || tpm.pcr_read(bank, &[0])
+    });
+    let not_active =
+        |reason: String| Error::Config { key: "tpm_hash_alg", value: setting.to_owned(), reason };
+    match tokio::time::timeout(BANK_PROBE_TIMEOUT, probe).await {
+        Ok(Ok(Ok(_))) => Ok(()),
+        Ok(Ok(Err(e))) => Err(not_active(format!("cannot read PCR 0 from this bank: {e}"))),
+        Ok(Err(e)) => Err(Error::Internal(format!("PCR probe task: {e}"))),
+        Err(_) => Err(not_active(format!(
+            "the TPM returned no PCR values from the {} bank within {BANK_PROBE_TIMEOUT:?}; \
+             is the bank active?",
+            bank.name()
+        ))),
+    }
+}
+
+fn proto_hash(alg: HashAlg) -> pb::HashAlgorithm {
+    match alg {
+        HashAlg::Sha1 => pb::HashAlgorithm::Sha1,
+        HashAlg::Sha256 => pb::HashAlgorithm::Sha256,
+        HashAlg::Sha384 => pb::HashAlgorithm::Sha384,
+        HashAlg::Sha512 => pb::HashAlgorithm::Sha512,
+    }
+}
+
+/// The bank a request asks for; UNSPECIFIED means `default`.
+fn requested_bank(value: i32, default: HashAlg) -> Result<HashAlg, Error> {
+    let invalid = |reason: String| Error::InvalidArgument { field: "hash_algorithm", reason };
+    match pb::HashAlgorithm::try_from(value) {
+        Ok(pb::HashAlgorithm::Unspecified) => Ok(default),
+        Ok(pb::HashAlgorithm::Sha1) => Ok(HashAlg::Sha1),
+        Ok(pb::HashAlgorithm::Sha256) => Ok(HashAlg::Sha256),
+        Ok(pb::HashAlgorithm::Sha384) => Ok(HashAlg::Sha384),
+        Ok(pb::HashAlgorithm::Sha512) => Ok(HashAlg::Sha512),
+        Err(_) => Err(invalid(format!("{value} is not a known hash algorithm"))),
+    }
+}
+
+fn check_nonce(nonce: &[u8]) -> Result<(), Error> {
+    if (MIN_NONCE_LEN..=MAX_NONCE_LEN).contains(&nonce.len()) {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument {
+            field: "nonce",
+            reason: format!(
+                "{} bytes; a nonce has {MIN_NONCE_LEN} to {MAX_NONCE_LEN} bytes",
+                nonce.len()
+            ),
+        })
+    }
+}
+
+fn check_pcrs(pcrs: &[u32]) -> Result<(), Error> {
+    let invalid = |reason: String| Error::InvalidArgument { field: "pcrs", reason };
+    if pcrs.is_empty() {
+        return Err(invalid("no PCR selected".to_owned()));
+    }
+    match pcrs.iter().find(|p| **p > MAX_PCR) {
+        Some(p) => Err(invalid(format!("PCR {p} does not exist (PCRs are numbered 0 to 23)"))),
+        None => Ok(()),
+    }
+}
+
+/// Only the verifier and administrators may ask an agent for evidence.
+fn check_caller<T>(request: &Request<T>) -> Result<(), Status> {
+    let certs = request.peer_certs().ok_or_else(|| {
+        Status::unauthenticated("a client certificate issued by the deployment CA is required")
+    })?;
+    let leaf = certs
+        .first()
+        .ok_or_else(|| Status::unauthenticated("the client presented no certificate"))?;
+    match role_of(leaf) {
+        Ok(Some(Role::Admin | Role::Verifier)) => Ok(()),
+        Ok(Some(role)) => Err(Status::permission_denied(format!(
+            "role {} may not call the agent (admin or verifier required)",
+            role.as_str()
+        ))),
+        Ok(None) => Err(Status::permission_denied(
+            "the client certificate names no role (admin or verifier required)",
+        )),
+        Err(e) => Err(Status::permission_denied(format!("client certificate: {e}"))),
+    }
+}
+
+/// Seconds since the epoch at which the machine booted (`btime` in /proc/stat), 0 if unknown.
+fn boot_time() -> i64 {
+    std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|stat| {
+            stat.lines().find_map(|l| l.strip_prefix("btime ").and_then(|v| v.trim().parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+impl AgentService {
+    async fn quote(&self, req: pb::GetQuoteRequest) -> Result<pb::GetQuoteResponse, Error> {
+        check_nonce(&req.nonce)?;
+        let bank = requested_bank(req.hash_algorithm, self.default_bank)?;
+        if !self.pcr_banks.contains(&bank) {
+            return Err(Error::InvalidArgument {
+                field: "hash_algorithm",
+                reason: format!(
+                    "{} is not a bank this agent quotes (tpm_hash_alg = {})",
+                    bank.name(),
+                    self.default_bank.name()
+                ),
+            });
+        }
+        check_pcrs(&req.pcrs)?;
+
+        let extra_data = qualifying_data(&req.nonce, &self.identity_spki);
+        let tpm = self.tpm.clone();
+        let pcrs = req.pcrs.clone();
+        let quote =
+            tokio::task::spawn_blocking(move || tpm.quote(extra_data.as_bytes(), bank, &pcrs))
+                .await
+                .map_err(|e| Error::Internal(format!("quote task: {e}")))??;
+
+        // The log is read after the quote, so it holds at least every entry PCR 10 covers.
+        let limit = match u64::from(req.max_ima_entries) {
+            0 => self.ima_limit,
+            asked => asked.min(self.ima_limit),
+        };
+        let ima = if self.ima.available() {
+            let slice = self.ima.read_from(req.ima_offset, limit)?;
+            if slice.restarted {
+                tracing::info!(
+                    requested = req.ima_offset,
+                    "IMA offset past the end of the measurement list (rebooted?): serving from 0"
+                );
+            }
+            Some(slice)
+        } else {
+            None
+        };
+        let event_log = if req.include_event_log {
+            match std::fs::read(&self.event_log_path) {
+                Ok(bytes) => bytes,
+                Err(e) => {
+                    tracing::debug!(path = %self.event_log_path.display(), error = %e, "no event log");
+                    Vec::new()
+                }
+            }
+        } else {
+            Vec::new()
+        };
+
+        Ok(pb::GetQuoteResponse {
+            attest: quote.attest,
+            signature: quote.signature,
+            hash_algorithm: proto_hash(quote.bank).into(),
+            pcr_values: quote
+                .pcr_values
+                .into_iter()
+                .map(|v| pb::PcrValue { index: v.index, value: v.value.as_bytes().to_vec() })
+                .collect(),
+            ima_offset: ima.as_ref().map_or(0, |s| s.offset),
+            ima_entry_count: ima.as_ref().map_or(0, |s| s.count),
+            ima_more: ima.as_ref().is_some_and(|s| s.more),
+            ima_entries: ima.map(|s| s.entries).unwrap_or_default(),
+            event_log,
+            boot_time: boot_time(),
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl AgentRpc for AgentService {
+    async fn get_info(
+        &self,
+        request: Request<pb::GetInfoRequest>,
+    ) -> Result<Response<pb::GetInfoResponse>, Status> {
+        check_caller(&request)?;
+        let tpm = self.tpm.clone();
+        let ak = tokio::task::spawn_blocking(move || tpm.ak())
+            .await
+            .map_err(|e| Status::internal(format!("AK task: {e}")))?
+            .map_err(Error::from)?;
+        let signing = match self.ak_alg {
+            KeyAlg::Rsa2048 => pb::SigningAlgorithm::Rsassa,
+            KeyAlg::EccP256 => pb::SigningAlgorithm::Ecdsa,
+        };
+        Ok(Response::new(pb::GetInfoResponse {
+            agent_id: self.agent_id.clone(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            ak_public: ak.public,
+            hash_algorithm: proto_hash(self.default_bank).into(),
+            signing_algorithm: signing.into(),
+            pcr_banks: self.pcr_banks.iter().map(|b| proto_hash(*b).into()).collect(),
+            ima_available: self.ima.available(),
+            event_log_available: self.event_log_path.is_file(),
+            payload_installed: false,
+        }))
+    }
+
+    async fn get_quote(
+        &self,
+        request: Request<pb::GetQuoteRequest>,
+    ) -> Result<Response<pb::GetQuoteResponse>, Status> {
+        check_caller(&request)?;
+        match self.quote(request.into_inner()).await {
+            Ok(reply) => Ok(Response::new(reply)),
+            Err(e) => {
+                tracing::warn!(error = %e, "GetQuote failed");
+                Err(e.into())
+            }
+        }
+    }
+
+    async fn deliver_key(
+        &self,
+        request: Request<pb::DeliverKeyRequest>,
+    ) -> Result<Response<pb::DeliverKeyResponse>, Status> {
+        check_caller(&request)?;
+        Err(Error::Unimplemented("DeliverKey (payload delivery)").into())
+    }
+
+    async fn verify_key(
+        &self,
+        request: Request<pb::VerifyKeyRequest>,
+    ) -> Result<Response<pb::VerifyKeyResponse>, Status> {
+        check_caller(&request)?;
+        Err(Error::Unimplemented("VerifyKey (payload delivery)").into())
+    }
+
+    async fn notify_revocation(
+        &self,
+        request: Request<pb::NotifyRevocationRequest>,
+    ) -> Result<Response<pb::NotifyRevocationResponse>, Status> {
+        check_caller(&request)?;
+        Err(Error::Unimplemented("NotifyRevocation (revocation actions)").into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_checks_name_the_field() {
+        let msg = |e: Error| Status::from(e).message().to_owned();
+        assert!(msg(check_nonce(&[0; 8]).expect_err("short nonce")).starts_with("nonce: 8 bytes"));
+        assert!(check_nonce(&[0; 33]).is_err());
+        assert!(check_nonce(&[0; 16]).is_ok() && check_nonce(&[0; 32]).is_ok());
+        assert!(msg(check_pcrs(&[0, 24]).expect_err("PCR 24")).starts_with("pcrs: PCR 24"));
+        assert!(msg(check_pcrs(&[]).expect_err("no PCR")).starts_with("pcrs: "));
+        assert!(check_pcrs(&[0, 10, 23]).is_ok());
+        assert_eq!(requested_bank(0, HashAlg::Sha256).ok(), Some(HashAlg::Sha256));
+        assert_eq!(requested_bank(3, HashAlg::Sha256).ok(), Some(HashAlg::Sha384));
+        let bad = requested_bank(99, HashAlg::Sha256).expect_err("unknown bank");
+        assert!(msg(bad).starts_with("hash_algorithm: 99"));
+    }
+}

@@ -1,0 +1,198 @@
+//! The agent on its own (no registrar running): start-up errors, evidence, recovery and
+//! persistence of its keys.
+
+use std::time::Duration;
+
+use kl_core::alg::HashAlg;
+use kl_core::tpm2::Attest;
+use kl_proto::agent::v1::GetInfoRequest;
+use kl_tests::daemon::{self, AGENT, Daemon};
+use kl_tests::deployment::Deployment;
+use kl_tests::ima::{ImaWriter, replay};
+use kl_tests::{Result, err};
+use tonic::Code;
+
+use crate::{
+    OUTCOME_TIMEOUT, agent_settings, get_quote, nonce, quote_request, tpm_and_deployment, verify,
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quote_verifies_with_the_agents_ak_and_ima_replay_matches_pcr10() -> Result<()> {
+    let Some((tpm, deployment)) = tpm_and_deployment()? else { return Ok(()) };
+    let nobody = daemon::free_port()?;
+    let mut agent = deployment.start_agent("agent", &agent_settings(&tpm, nobody))?;
+    let cert = agent.certificate()?;
+    let mut client = deployment.agent_client(agent.daemon.port(), cert.clone()).await?;
+
+    let mut ima = ImaWriter::default();
+    for n in 0..5 {
+        let contents = format!("#!/bin/sh\necho {n}\n");
+        ima.measure(&tpm, &agent.ima_log, &format!("/usr/bin/tool{n}"), contents.as_bytes())?;
+    }
+
+    let info = client.get_info(GetInfoRequest {}).await?.into_inner();
+    let nonce = nonce();
+    let reply = get_quote(&mut client, &nonce, 0).await?;
+    let (outcome, values) = verify(&reply, &info.ak_public, &cert, &nonce)?;
+    assert!(outcome.verdict.passed(), "{:#?}", outcome.verdict);
+    assert_eq!((reply.ima_offset, reply.ima_entry_count, reply.ima_more), (0, 5, false));
+    let pcr10 = values.get(10).ok_or_else(|| err("no PCR 10 in the reply"))?;
+    assert_eq!(pcr10, ima.pcr10_sha256());
+    assert_eq!(&replay(&reply.ima_entries, HashAlg::Sha256)?, pcr10);
+
+    // Another nonce does not verify against this quote.
+    let (stale, _) = verify(&reply, &info.ak_public, &cert, &crate::nonce())?;
+    assert!(!stale.verdict.passed());
+
+    // Bounded pages from an offset, and a restart from 0 past the end of the list.
+    let page = client.get_quote(quote_request(&nonce, 1, 2)).await?.into_inner();
+    assert_eq!((page.ima_offset, page.ima_entry_count, page.ima_more), (1, 2, true));
+    let all = std::fs::read_to_string(&agent.ima_log)?;
+    let expected: String = all.lines().skip(1).take(2).map(|l| format!("{l}\n")).collect();
+    assert_eq!(String::from_utf8(page.ima_entries)?, expected);
+    let past = get_quote(&mut client, &nonce, 50).await?;
+    assert_eq!((past.ima_offset, past.ima_entry_count), (0, 5));
+
+    // Bad requests name the field.
+    let short = client.get_quote(quote_request(&[1; 8], 0, 0)).await.expect_err("short nonce");
+    assert_eq!(short.code(), Code::InvalidArgument);
+    assert!(short.message().starts_with("nonce:"), "{}", short.message());
+    let mut bad_pcr = quote_request(&nonce, 0, 0);
+    bad_pcr.pcrs.push(24);
+    let bad_pcr = client.get_quote(bad_pcr).await.expect_err("PCR 24");
+    assert_eq!(bad_pcr.code(), Code::InvalidArgument);
+    assert!(bad_pcr.message().starts_with("pcrs:"), "{}", bad_pcr.message());
+    let mut sha512 = quote_request(&nonce, 0, 0);
+    sha512.hash_algorithm = kl_proto::agent::v1::HashAlgorithm::Sha512.into();
+    let sha512 = client.get_quote(sha512).await.expect_err("inactive bank");
+    assert!(sha512.message().starts_with("hash_algorithm:"), "{}", sha512.message());
+
+    // Payload and revocation RPCs are not there yet, and say so.
+    let unimplemented = client
+        .verify_key(kl_proto::agent::v1::VerifyKeyRequest { challenge: vec![0; 16] })
+        .await
+        .expect_err("VerifyKey");
+    assert_eq!(unimplemented.code(), Code::Unimplemented);
+
+    // No registrar answered meanwhile: the agent says it keeps trying.
+    agent.daemon.wait_for_output("will retry", OUTCOME_TIMEOUT)?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_without_an_admin_or_verifier_certificate_are_refused() -> Result<()> {
+    let Some((tpm, deployment)) = tpm_and_deployment()? else { return Ok(()) };
+    let agent = deployment.start_agent("agent", &agent_settings(&tpm, daemon::free_port()?))?;
+    let cert = agent.certificate()?;
+
+    // A certificate from another CA fails the handshake.
+    let other = Deployment::new()?;
+    let refused = match other.agent_client(agent.daemon.port(), cert.clone()).await {
+        Err(_) => true,
+        Ok(mut client) => client.get_info(GetInfoRequest {}).await.is_err(),
+    };
+    assert!(refused, "a client certificate from another CA was accepted");
+
+    // A viewer certificate from the deployment CA may not ask for evidence.
+    let ca = kl_svc::tls::CertificateAuthority::read(&deployment.tls())?;
+    let viewer = ca.issue(kl_svc::tls::Role::Viewer, "monitoring", &[])?;
+    let dir = tempfile::tempdir()?;
+    let tls = kl_svc::tls::TlsFiles::new(dir.path());
+    std::fs::copy(deployment.tls().ca_cert(), tls.ca_cert())?;
+    viewer.write(&tls.client_cert(), &tls.client_key())?;
+    let config = kl_svc::tls::client_config(
+        &kl_svc::tls::ServerTrust::Pinned(cert),
+        Some(tls.client_identity()?),
+    )?;
+    let channel = tonic::transport::Endpoint::from_shared(format!(
+        "http://127.0.0.1:{}",
+        agent.daemon.port()
+    ))?
+    .connect_with_connector(kl_svc::tls::TlsConnector::new(std::sync::Arc::new(config)))
+    .await?;
+    let mut client = kl_proto::agent::v1::agent_client::AgentClient::new(channel);
+    let denied = client.get_info(GetInfoRequest {}).await.expect_err("viewer");
+    assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_swtpm_restart_is_recovered() -> Result<()> {
+    let Some((mut tpm, deployment)) = tpm_and_deployment()? else { return Ok(()) };
+    let agent = deployment.start_agent("agent", &agent_settings(&tpm, daemon::free_port()?))?;
+    let cert = agent.certificate()?;
+    let mut client = deployment.agent_client(agent.daemon.port(), cert.clone()).await?;
+    let info = client.get_info(GetInfoRequest {}).await?.into_inner();
+
+    let before = get_quote(&mut client, &crate::nonce(), 0).await?;
+    tpm.restart_unclean()?;
+    let nonce = crate::nonce();
+    let after = get_quote(&mut client, &nonce, 0).await?;
+    let (outcome, _) = verify(&after, &info.ak_public, &cert, &nonce)?;
+    assert!(outcome.verdict.passed(), "{:#?}", outcome.verdict);
+    let resets = |attest: &[u8]| Attest::parse(attest).map(|a| a.clock_info.reset_count);
+    assert!(resets(&after.attest)? > resets(&before.attest)?, "the TPM did not reset");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_restart_keeps_its_id_ak_and_identity() -> Result<()> {
+    let Some((tpm, deployment)) = tpm_and_deployment()? else { return Ok(()) };
+    let mut agent = deployment.start_agent("agent", &agent_settings(&tpm, daemon::free_port()?))?;
+    let cert = agent.certificate()?;
+    let mut client = deployment.agent_client(agent.daemon.port(), cert.clone()).await?;
+    let before = client.get_info(GetInfoRequest {}).await?.into_inner();
+
+    agent.daemon.restart()?;
+    assert_eq!(agent.certificate()?, cert);
+    let mut client = deployment.agent_client(agent.daemon.port(), cert).await?;
+    let after = client.get_info(GetInfoRequest {}).await?.into_inner();
+    assert_eq!(after.agent_id, before.agent_id);
+    assert_eq!(after.ak_public, before.ak_public);
+    assert!(kl_svc::config::is_uuid(&after.agent_id), "{}", after.agent_id);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hash_ek_is_the_sha256_of_the_ek_certificate_key() -> Result<()> {
+    let Some((tpm, deployment)) = tpm_and_deployment()? else { return Ok(()) };
+    let mut settings = agent_settings(&tpm, daemon::free_port()?);
+    settings.uuid = "hash_ek".to_owned();
+    let agent = deployment.start_agent("agent", &settings)?;
+    let mut client = deployment.agent_client(agent.daemon.port(), agent.certificate()?).await?;
+    let info = client.get_info(GetInfoRequest {}).await?.into_inner();
+    let expected = HashAlg::Sha256.digest(&crate::spki_of(&tpm.ek_certificate()?)?).to_hex();
+    assert_eq!(info.agent_id, expected);
+    Ok(())
+}
+
+/// TPM problems at start are fatal and say what is wrong; no swtpm needed.
+#[test]
+fn an_unreachable_tpm_stops_the_agent_with_a_clear_error() -> Result<()> {
+    let deployment = Deployment::new()?;
+    for (tcti, expected) in [
+        (
+            format!("swtpm:host=127.0.0.1,port={}", daemon::free_port()?),
+            "cannot connect to the TPM",
+        ),
+        ("device:/dev/tpm-none".to_owned(), "no TPM device at /dev/tpm-none"),
+    ] {
+        let dir = tempfile::tempdir()?;
+        let mut config = toml::Table::new();
+        config.insert("keylime_dir".into(), dir.path().display().to_string().into());
+        config.insert("port".into(), 0.into());
+        config.insert("tcti".into(), tcti.clone().into());
+        config.insert(
+            "trusted_client_ca".into(),
+            deployment.tls().ca_cert().display().to_string().into(),
+        );
+        let path = dir.path().join("agent.conf");
+        std::fs::write(&path, toml::to_string(&config)?)?;
+        let mut agent = Daemon::start(AGENT, &path, &dir.path().join("agent.log"), 0)?;
+        let status = agent.wait_exit(Duration::from_secs(30))?;
+        assert!(!status.success(), "the agent ran without a TPM at {tcti}");
+        let output = agent.output();
+        assert!(output.contains(expected) && output.contains(&tcti), "{tcti}: {output}");
+    }
+    Ok(())
+}

@@ -1,0 +1,245 @@
+//! The daemons as real binaries: found in the build's target directory (built once when
+//! missing), started with `--config FILE`, their stderr and stdout kept in a log file, waited
+//! for (port open, log line), stopped with SIGTERM and killed on drop.
+//!
+//! `cargo nextest run --workspace` (and `cargo test --workspace`) build every binary of the
+//! workspace before running tests. Running only this package (`cargo test -p kl-tests`) leaves
+//! them unbuilt: the first test then runs `cargo build -p <package> --bins`. A binary left
+//! over from an older build is used as it is; build the workspace first after changing a
+//! daemon.
+
+use std::fs::{self, File};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::{Result, err};
+
+/// How long a daemon may take to open its port.
+pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A daemon program of the workspace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Program {
+    /// The binary, `keylime_agent`.
+    pub bin: &'static str,
+    /// The package that builds it, `kl-agent`.
+    pub package: &'static str,
+}
+
+pub const AGENT: Program = Program { bin: "keylime_agent", package: "kl-agent" };
+pub const REGISTRAR: Program = Program { bin: "keylime_registrar", package: "kl-registrar" };
+
+/// `target/<profile>/`, the directory of this test binary's parent (`deps/`).
+fn profile_dir() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let deps = exe.parent().ok_or_else(|| err("test binary has no directory"))?;
+    let dir =
+        if deps.file_name().is_some_and(|n| n == "deps") { deps.parent() } else { Some(deps) };
+    dir.map(Path::to_path_buf).ok_or_else(|| err("test binary is not under target/<profile>"))
+}
+
+/// The path of `program`'s binary, building it first when it is missing.
+pub fn binary(program: Program) -> Result<PathBuf> {
+    // One build at a time in this process; cargo's own lock serialises processes.
+    static BUILD: Mutex<()> = Mutex::new(());
+    let path = profile_dir()?.join(program.bin);
+    if path.is_file() {
+        return Ok(path);
+    }
+    let _guard = BUILD.lock().unwrap_or_else(|p| p.into_inner());
+    if path.is_file() {
+        return Ok(path);
+    }
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .ok_or_else(|| err("kl-tests has no parent directory"))?;
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut build = Command::new(cargo);
+    build.current_dir(workspace).args(["build", "-p", program.package, "--bins"]);
+    if profile_dir()?.file_name().is_some_and(|n| n == "release") {
+        build.arg("--release");
+    }
+    let output = build.output()?;
+    if !output.status.success() || !path.is_file() {
+        return Err(err(format!(
+            "{} is not built and `cargo build -p {} --bins` failed ({}): {}",
+            path.display(),
+            program.package,
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        )));
+    }
+    Ok(path)
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind(("127.0.0.1", 0))?.local_addr()?.port())
+}
+
+/// A running (or stopped) daemon process.
+#[derive(Debug)]
+pub struct Daemon {
+    program: Program,
+    config: PathBuf,
+    log: PathBuf,
+    port: u16,
+    child: Option<Child>,
+    /// Log length when the current process started, so waits look at its own lines.
+    log_start: u64,
+}
+
+impl Daemon {
+    /// Starts `program --config config`, appending its output to `log`. `port` is where it
+    /// listens (from its config); [`Daemon::wait_listening`] waits for it.
+    pub fn start(program: Program, config: &Path, log: &Path, port: u16) -> Result<Daemon> {
+        let mut daemon = Daemon {
+            program,
+            config: config.to_owned(),
+            log: log.to_owned(),
+            port,
+            child: None,
+            log_start: 0,
+        };
+        daemon.spawn()?;
+        Ok(daemon)
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        let bin = binary(self.program)?;
+        let out = File::options().create(true).append(true).open(&self.log)?;
+        self.log_start = out.metadata()?.len();
+        let child = Command::new(&bin)
+            .arg("--config")
+            .arg(&self.config)
+            .env("TSS2_LOG", "all+NONE")
+            .env_remove("NOTIFY_SOCKET")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .map_err(|e| err(format!("cannot run {}: {e}", bin.display())))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The output of the current process so far.
+    pub fn output(&self) -> String {
+        let all = fs::read(&self.log).unwrap_or_default();
+        let start = usize::try_from(self.log_start).unwrap_or(0).min(all.len());
+        String::from_utf8_lossy(&all[start..]).into_owned()
+    }
+
+    /// The exit status, if the process has ended.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// Waits until the daemon accepts TCP connections on its port; fails with its output when
+    /// it exits first.
+    pub fn wait_listening(&mut self) -> Result<()> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(status) = self.exited() {
+                return Err(err(format!(
+                    "{} exited ({status}) before listening on port {}:\n{}",
+                    self.program.bin,
+                    self.port,
+                    self.output()
+                )));
+            }
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(err(format!(
+                    "{} did not listen on port {} within {START_TIMEOUT:?}:\n{}",
+                    self.program.bin,
+                    self.port,
+                    self.output()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until the current process has written a line containing `text`.
+    pub fn wait_for_output(&mut self, text: &str, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.output().contains(text) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(err(format!(
+                    "{} did not write \"{text}\" within {timeout:?}:\n{}",
+                    self.program.bin,
+                    self.output()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until the process ends by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.exited() {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                return Err(err(format!(
+                    "{} still runs after {timeout:?}:\n{}",
+                    self.program.bin,
+                    self.output()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, then SIGKILL if it has not ended within a few seconds.
+    pub fn stop(&mut self) -> Result<()> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        if child.try_wait()?.is_none() {
+            let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+            let deadline = Instant::now() + STOP_TIMEOUT;
+            while child.try_wait()?.is_none() {
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        child.wait()?;
+        Ok(())
+    }
+
+    /// Stops the daemon and starts it again with the same config, then waits for its port.
+    pub fn restart(&mut self) -> Result<()> {
+        self.stop()?;
+        self.spawn()?;
+        self.wait_listening()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
