@@ -124,6 +124,8 @@ impl Deployment {
         t.insert("ima_ml_path".into(), path_value(&ima_log));
         t.insert("measuredboot_ml_path".into(), path_value(&dir.join("binary_bios_measurements")));
         t.insert("log_level".into(), "info,kl_agent=debug".into());
+        // No tmpfs mounts under test directories: they would outlive a killed agent.
+        t.insert("secure_size".into(), 0.into());
         for (k, v) in &settings.extra {
             t.insert(k.clone(), v.clone());
         }

@@ -57,6 +57,9 @@ pub enum Error {
     #[error("{0} is not implemented by this agent yet")]
     Unimplemented(&'static str),
 
+    #[error("payload: {0}")]
+    Payload(#[from] crate::payload::InstallError),
+
     #[error("internal: {0}")]
     Internal(String),
 }

@@ -16,6 +16,7 @@
 pub mod error;
 pub mod identity;
 pub mod imalog;
+pub mod payload;
 pub mod registration;
 pub mod service;
 
@@ -159,6 +160,17 @@ impl Agent {
         };
         let registrar =
             RegistrarAddress { host: config.registrar_ip.clone(), port: config.registrar_port, ca };
+        let payload = Arc::new(payload::PayloadInstaller::new(
+            &agent_id,
+            &identity.key_pem,
+            payload::PayloadSettings {
+                secure_dir: config.secure_dir.clone(),
+                script: config.payload_script.clone(),
+                script_timeout: config.payload_script_timeout,
+                limits: kl_core::payload::Limits::default(),
+                tmpfs_size: config.secure_size,
+            },
+        )?);
         let service = AgentService {
             agent_id,
             tpm,
@@ -169,6 +181,7 @@ impl Agent {
             ima: ImaLog::new(&config.ima_ml_path),
             ima_limit: config.ima_max_entries.max(1),
             event_log_path: config.measuredboot_ml_path.clone(),
+            payload,
         };
         Ok(Agent { config, service, identity, registration, registrar, incoming })
     }

@@ -1,5 +1,5 @@
-//! The agent's gRPC service: GetInfo and GetQuote. Payload delivery (DeliverKey, VerifyKey)
-//! and revocation notices (NotifyRevocation) answer UNIMPLEMENTED for now.
+//! The agent's gRPC service: GetInfo, GetQuote, payload delivery (DeliverKey, VerifyKey, see
+//! [`crate::payload`]). Revocation notices (NotifyRevocation) answer UNIMPLEMENTED for now.
 //!
 //! Callers are authenticated by TLS (certificates chaining to `trusted_client_ca`, checked in
 //! the handshake); here their role is checked too: only `admin` and `verifier` certificates
@@ -19,6 +19,7 @@ use tonic::{Request, Response, Status};
 
 use crate::error::Error;
 use crate::imalog::ImaLog;
+use crate::payload::PayloadInstaller;
 
 /// Nonce length bounds (GetQuoteRequest.nonce).
 pub const MIN_NONCE_LEN: usize = 16;
@@ -42,6 +43,8 @@ pub struct AgentService {
     /// Most IMA entries in one reply (`ima_max_entries`).
     pub ima_limit: u64,
     pub event_log_path: PathBuf,
+    /// Key halves and the payload they unlock.
+    pub payload: Arc<PayloadInstaller>,
 }
 
 /// How long reading one PCR of the configured bank may take at start.
@@ -270,7 +273,13 @@ impl AgentRpc for AgentService {
         request: Request<pb::DeliverKeyRequest>,
     ) -> Result<Response<pb::DeliverKeyResponse>, Status> {
         check_caller(&request)?;
-        Err(Error::Unimplemented("DeliverKey (payload delivery)").into())
+        match self.payload.deliver(request.into_inner()).await {
+            Ok(key_derived) => Ok(Response::new(pb::DeliverKeyResponse { key_derived })),
+            Err(e) => {
+                tracing::warn!(error = %e, "DeliverKey refused");
+                Err(e.into())
+            }
+        }
     }
 
     async fn verify_key(
@@ -278,7 +287,8 @@ impl AgentRpc for AgentService {
         request: Request<pb::VerifyKeyRequest>,
     ) -> Result<Response<pb::VerifyKeyResponse>, Status> {
         check_caller(&request)?;
-        Err(Error::Unimplemented("VerifyKey (payload delivery)").into())
+        let hmac = self.payload.verify(&request.into_inner().challenge)?;
+        Ok(Response::new(pb::VerifyKeyResponse { hmac }))
     }
 
     async fn notify_revocation(

@@ -127,6 +127,13 @@ pub struct AgentConfig {
     /// Whether revocation actions shipped in a payload may run.
     pub allow_payload_revocation_actions: bool,
     pub payload_script: String,
+    /// How long the payload script may run before it is killed.
+    #[serde(with = "seconds")]
+    pub payload_script_timeout: Duration,
+    /// Where payloads are extracted (`<keylime_dir>/secure`).
+    pub secure_dir: PathBuf,
+    /// Bytes of the tmpfs mounted on `secure_dir` (0: no tmpfs, a 0700 directory).
+    pub secure_size: u64,
     pub tpm_hash_alg: String,
     pub tpm_encryption_alg: String,
     pub tpm_signing_alg: String,
@@ -163,6 +170,9 @@ impl ComponentConfig for AgentConfig {
             OptionSpec::new("revocation_actions_dir", Kind::Path, "/usr/libexec/keylime"),
             OptionSpec::new("allow_payload_revocation_actions", Kind::Bool, "true"),
             OptionSpec::new("payload_script", Kind::Text, "autorun.sh"),
+            OptionSpec::new("payload_script_timeout", Kind::Seconds, "300"),
+            OptionSpec::under_keylime_dir("secure_dir", Kind::Path, "secure"),
+            OptionSpec::new("secure_size", Kind::Count, "67108864"),
             OptionSpec::new("tpm_hash_alg", Kind::Choice(HASH_ALGS), "sha256"),
             OptionSpec::new("tpm_encryption_alg", Kind::Choice(ENCRYPTION_ALGS), "rsa"),
             OptionSpec::new("tpm_signing_alg", Kind::Choice(SIGNING_ALGS), "rsassa"),
