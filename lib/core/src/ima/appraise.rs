@@ -45,6 +45,16 @@ pub trait ImaRules {
     fn check_buf(&self, name: &str, digest: &FileDigest<'_>) -> FileCheck;
     /// A key or certificate measured into `keyring` (an `ima-buf` entry named after the keyring).
     fn check_keyring(&self, keyring: &str, digest: &FileDigest<'_>) -> FileCheck;
+
+    /// A hint that [`ImaRules::check_file`] will soon be asked about each of `paths`:
+    /// appraisal parses entries in batches and calls this before checking any entry of the
+    /// batch, so that an implementation backed by a large table can load what the checks will
+    /// read with the cache misses of all the paths in flight at once, instead of one after the
+    /// other. It must not change any answer; the default does nothing.
+    #[inline]
+    fn prefetch_files(&self, paths: &[&str]) {
+        let _ = paths;
+    }
 }
 
 /// How to appraise.
@@ -149,75 +159,96 @@ pub fn appraise<'a, R: ImaRules + ?Sized>(
     let mut data = Vec::with_capacity(512);
     let mut next_index = state.entries_processed;
 
-    for entry in entries {
-        let entry = entry?;
-        if entry.index != next_index {
-            return Err(ImaError::State(format!(
-                "entry {} given where entry {next_index} was expected",
-                entry.index
-            )));
+    // Entries are parsed in batches, and the rules are told the batch's paths before any of
+    // them is checked, so that their cache misses overlap (see `ImaRules::prefetch_files`).
+    // An error in a later entry of a batch is returned after the earlier ones are processed,
+    // which gives the same result: the whole appraisal is an error.
+    let mut entries = entries.into_iter();
+    let mut batch: Vec<Result<Entry<'a>, ImaError>> = Vec::with_capacity(BATCH);
+    loop {
+        batch.clear();
+        batch.extend(entries.by_ref().take(BATCH));
+        if batch.is_empty() {
+            break;
         }
-        next_index += 1;
-        if entry.pcr != options.pcr_index {
-            verdict.push(
-                Finding::new(
-                    rule::IMA_WRONG_PCR,
-                    format!(
-                        "line {}: {} is measured into PCR {}, not {}",
-                        entry.line(),
-                        entry.name,
-                        entry.pcr,
-                        options.pcr_index
-                    ),
-                )
-                .line(entry.line())
-                .path(entry.name)
-                .pcr(entry.pcr)
-                .expected(options.pcr_index)
-                .actual(entry.pcr),
-            );
-            tracker.advance(None);
-            continue;
+        let mut paths = [""; BATCH];
+        let mut n = 0;
+        for entry in batch.iter().flatten() {
+            if !matches!(entry.template, Template::ImaBuf { .. }) {
+                paths[n] = entry.name;
+                n += 1;
+            }
         }
-        let data = entry.template_data(&mut data);
-        if entry.is_violation() {
-            tracker.advance(Some(&Digest::filled(bank, 0xff)));
-            violations.push(entry.line());
-            if options.strict_tomtou {
+        rules.prefetch_files(&paths[..n]);
+        for entry in batch.drain(..) {
+            let entry = entry?;
+            if entry.index != next_index {
+                return Err(ImaError::State(format!(
+                    "entry {} given where entry {next_index} was expected",
+                    entry.index
+                )));
+            }
+            next_index += 1;
+            if entry.pcr != options.pcr_index {
                 verdict.push(
                     Finding::new(
-                        rule::IMA_TOMTOU,
+                        rule::IMA_WRONG_PCR,
                         format!(
-                            "line {}: measurement violation (ToMToU or open writer) on {}",
+                            "line {}: {} is measured into PCR {}, not {}",
                             entry.line(),
-                            entry.name
+                            entry.name,
+                            entry.pcr,
+                            options.pcr_index
                         ),
                     )
                     .line(entry.line())
-                    .path(entry.name),
+                    .path(entry.name)
+                    .pcr(entry.pcr)
+                    .expected(options.pcr_index)
+                    .actual(entry.pcr),
                 );
+                tracker.advance(None);
+                continue;
             }
-            continue;
-        }
-        // The rule lookup comes first: its cache misses then overlap with the hashing below.
-        let content = content.check(&entry, rules, keys);
-        let computed = log_hash(options.log_hash_alg, data);
-        if computed != entry.template_hash {
-            verdict.push(template_hash_finding(&entry, &computed));
-        }
-        let value = if entry.template_hash.alg() == bank {
-            entry.template_hash
-        } else if bank == options.log_hash_alg {
-            computed
-        } else {
-            bank.digest(data)
-        };
-        tracker.advance(Some(&value));
-        if let Some(finding) = content {
-            verdict.push(finding);
+            let data = entry.template_data(&mut data);
+            if entry.is_violation() {
+                tracker.advance(Some(&Digest::filled(bank, 0xff)));
+                violations.push(entry.line());
+                if options.strict_tomtou {
+                    verdict.push(
+                        Finding::new(
+                            rule::IMA_TOMTOU,
+                            format!(
+                                "line {}: measurement violation (ToMToU or open writer) on {}",
+                                entry.line(),
+                                entry.name
+                            ),
+                        )
+                        .line(entry.line())
+                        .path(entry.name),
+                    );
+                }
+                continue;
+            }
+            // The rule lookup comes first: its cache misses then overlap with the hashing below.
+            let content = content.check(&entry, rules, keys);
+            let computed = log_hash(options.log_hash_alg, data);
+            if computed != entry.template_hash {
+                verdict.push(template_hash_finding(&entry, &computed));
+            }
+            let value = if entry.template_hash.alg() == bank {
+                entry.template_hash
+            } else if bank == options.log_hash_alg {
+                computed
+            } else {
+                bank.digest(data)
+            };
+            tracker.advance(Some(&value));
+            if let Some(finding) = content {
+                verdict.push(finding);
+            }
         }
     }
-
     let entries = next_index - state.entries_processed;
     let final_pcr = tracker.pcr;
     let mut next_state = tracker.next_state(state);
@@ -246,6 +277,9 @@ pub fn appraise<'a, R: ImaRules + ?Sized>(
     };
     Ok(ImaAppraisal { verdict, state: next_state, entries, matched, final_pcr, violations })
 }
+
+/// Entries parsed ahead of their checks (see [`ImaRules::prefetch_files`]).
+const BATCH: usize = 16;
 
 /// Per-entry content checks: rules, signatures, keyrings; and the keys learned on the way.
 struct ContentChecks {

@@ -348,6 +348,38 @@ impl DigestTable {
         }
     }
 
+    /// Reads the index slots of `names` and the first bytes of the entries they point to, so
+    /// that following [`DigestTable::get`] calls find them in the cache. The loads of one
+    /// phase do not depend on each other, so their cache misses overlap: hashes first, then
+    /// all slots, then all entries. Returns a value derived from the loads (meaningless, for
+    /// the caller to keep them alive).
+    pub(crate) fn touch(&self, names: &[&str]) -> u64 {
+        const CHUNK: usize = 16;
+        if self.slots.is_empty() {
+            return 0;
+        }
+        let mask = self.slots.len() - 1;
+        let last = self.data.len().saturating_sub(1);
+        let mut acc = 0u64;
+        for chunk in names.chunks(CHUNK) {
+            let mut slots = [0u64; CHUNK];
+            for (slot, name) in slots.iter_mut().zip(chunk) {
+                *slot = (hash(name.as_bytes()) as usize & mask) as u64;
+            }
+            for slot in slots.iter_mut().take(chunk.len()) {
+                *slot = self.slots.get(*slot as usize).copied().unwrap_or(u64::from(EMPTY));
+            }
+            for slot in slots.iter().take(chunk.len()) {
+                // A free slot reads the last byte of the data: harmless.
+                let at = (*slot as u32 as usize).min(last);
+                let first = self.data.get(at).copied().unwrap_or_default();
+                let second = self.data.get((at + 64).min(last)).copied().unwrap_or_default();
+                acc = acc.wrapping_add(u64::from(first) ^ u64::from(second));
+            }
+        }
+        acc
+    }
+
     /// Entries in canonical (byte-wise sorted name) order.
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&str, DigestList<'_>)> + '_ {
         self.entries.iter().map(|&start| {
