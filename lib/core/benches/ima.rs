@@ -2,8 +2,8 @@
 //! SHA-1 template hashes) replayed in the sha256 bank and checked against a real
 //! [`RuntimePolicy`] of 100k paths with a few excludes.
 //!
-//! Run with `cargo bench -p kl-core --bench ima` (add `-- appraise` for the appraisal lines
-//! only). Two log orders: `clustered` visits packages (runs of 50 paths that sort together) in
+//! Run with `cargo bench -p kl-core --bench ima` (arguments after `--` select lines by
+//! a part of their label, e.g. `-- appraise` or `-- random`). Two log orders: `clustered` visits packages (runs of 50 paths that sort together) in
 //! a random order, the files of a package in order, as a real log measures a program and then
 //! its libraries; `random` visits the paths in a uniformly random order, the worst case for
 //! the policy's caches. Each log measures every path twice (two different orders) and has 1%
@@ -223,6 +223,27 @@ fn primitives(policy: &RuntimePolicy, paths: &[String], order: &[usize]) {
         }
     });
     report("primitive: policy lookup, random order", d, order.len(), 0);
+    for batch in [8, 16, 32] {
+        let d = best_of(ROUNDS, || {
+            let mut names = Vec::with_capacity(batch);
+            for chunk in order.chunks(batch) {
+                names.clear();
+                names.extend(chunk.iter().map(|&i| paths[i].as_str()));
+                policy.prefetch_files(&names);
+                for &i in chunk {
+                    let ok =
+                        policy.lookup_file(&paths[i], digests[i].as_bytes()) == Lookup::Allowed;
+                    black_box(ok);
+                }
+            }
+        });
+        report(
+            &format!("primitive: policy lookup, random order, prefetch {batch}"),
+            d,
+            order.len(),
+            0,
+        );
+    }
 }
 
 fn appraise_line(
@@ -268,57 +289,69 @@ fn main() {
         EXCLUDES.len(),
         built.as_secs_f64() * 1e3,
     );
-    let only_appraise = std::env::args().any(|a| a == "appraise");
-    if !only_appraise {
+    // Arguments (other than cargo's `--bench`) select the lines whose label contains one of them.
+    let filters: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let run =
+        |label: &str| filters.is_empty() || filters.iter().any(|f| label.contains(f.as_str()));
+    if run("primitive") {
         primitives(&policy, &paths, &random_order);
+    }
+    if run("parse (ASCII)") {
         let d = best_of(ROUNDS, || {
             black_box(AsciiLog::new(&random).filter(|e| e.is_ok()).count());
         });
         report("parse (ASCII)", d, ENTRIES, random.len());
+    }
+    if run("parse + replay") {
         let d = best_of(ROUNDS, || {
             black_box(replay_log(&random, &[HashAlg::Sha256]).expect("replays"));
         });
         report("parse + replay sha256 bank", d, ENTRIES, random.len());
-        appraise_line(
+    }
+    let sha1 = ImaOptions { bank: HashAlg::Sha1, ..options };
+    let quoted1 = replay_log(&random, &[HashAlg::Sha1]).expect("replays").pcrs[0];
+    let no_prefetch = NoPrefetch(&policy);
+    let lines: [(&str, &[u8], &dyn ImaRules, &ImaOptions, &Digest); 6] = [
+        (
             "appraise ASCII, allow-all rules (no lookups)",
             &random,
             &AllowAll,
             &options,
             &quoted_random,
-        );
+        ),
+        (
+            "appraise ASCII, 100k-path policy, clustered order",
+            &clustered,
+            &policy,
+            &options,
+            &quoted_clustered,
+        ),
+        (
+            "appraise ASCII, 100k-path policy, random order",
+            &random,
+            &policy,
+            &options,
+            &quoted_random,
+        ),
+        (
+            "appraise ASCII, random order, no prefetch hint",
+            &random,
+            &no_prefetch,
+            &options,
+            &quoted_random,
+        ),
+        (
+            "appraise binary, 100k-path policy, random order",
+            &bin,
+            &policy,
+            &options,
+            &quoted_random,
+        ),
+        ("appraise ASCII, sha1 bank, random order", &random, &policy, &sha1, &quoted1),
+    ];
+    for (label, log, rules, options, quoted) in lines {
+        if run(label) {
+            appraise_line(label, log, rules, options, quoted);
+        }
     }
-    appraise_line(
-        "appraise ASCII, 100k-path policy, clustered order",
-        &clustered,
-        &policy,
-        &options,
-        &quoted_clustered,
-    );
-    appraise_line(
-        "appraise ASCII, 100k-path policy, random order",
-        &random,
-        &policy,
-        &options,
-        &quoted_random,
-    );
-    appraise_line(
-        "appraise ASCII, same, random order, no prefetch hint",
-        &random,
-        &NoPrefetch(&policy),
-        &options,
-        &quoted_random,
-    );
-    if only_appraise {
-        return;
-    }
-    appraise_line(
-        "appraise binary, 100k-path policy, random order",
-        &bin,
-        &policy,
-        &options,
-        &quoted_random,
-    );
-    let sha1 = ImaOptions { bank: HashAlg::Sha1, ..options };
-    let quoted1 = replay_log(&random, &[HashAlg::Sha1]).expect("replays").pcrs[0];
-    appraise_line("appraise ASCII, sha1 bank, random order", &random, &policy, &sha1, &quoted1);
 }

@@ -180,8 +180,8 @@ pub fn appraise<'a, R: ImaRules + ?Sized>(
             }
         }
         rules.prefetch_files(&paths[..n]);
-        for entry in batch.drain(..) {
-            let entry = entry?;
+        for entry in &batch {
+            let entry = entry.as_ref().map_err(Clone::clone)?;
             if entry.index != next_index {
                 return Err(ImaError::State(format!(
                     "entry {} given where entry {next_index} was expected",

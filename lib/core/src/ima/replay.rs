@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::entry::Entry;
 use super::{Entries, IMA_PCR, ImaError};
-use crate::alg::{Digest, HashAlg};
+use crate::alg::{Digest, HashAlg, MAX_DIGEST_LEN};
 
 /// What a verifier keeps per agent between IMA rounds.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,10 +95,25 @@ pub fn replay<'a>(
         let data = entry.template_data(&mut data);
         for pcr in &mut pcrs {
             let value = extend_value(&entry, pcr.alg(), data);
-            pcr.extend(value.as_bytes());
+            extend(pcr, value.as_bytes());
         }
     }
     Ok(Replayed { entries: count, pcrs })
+}
+
+/// `pcr = H(pcr || value)`, as [`Digest::extend`], hashed in one call from a stack buffer,
+/// which is measurably cheaper than two incremental updates on the hot path.
+fn extend(pcr: &mut Digest, value: &[u8]) {
+    let mut buf = [0u8; 2 * MAX_DIGEST_LEN];
+    let n = pcr.as_bytes().len();
+    match buf.get_mut(n..n + value.len()) {
+        Some(tail) => {
+            tail.copy_from_slice(value);
+            buf[..n].copy_from_slice(pcr.as_bytes());
+            *pcr = pcr.alg().digest(&buf[..n + value.len()]);
+        }
+        None => pcr.extend(value),
+    }
 }
 
 /// Replays a whole log (ASCII or binary, detected) into PCR 10 of each of `banks`.
@@ -188,7 +203,7 @@ impl Tracker {
     /// Consumes one entry, extending with `value` unless the entry is for another PCR.
     pub(crate) fn advance(&mut self, value: Option<&Digest>) {
         if let Some(v) = value {
-            self.pcr.extend(v.as_bytes());
+            extend(&mut self.pcr, v.as_bytes());
         }
         self.processed += 1;
         self.check();
