@@ -254,28 +254,53 @@ impl PartialEq for DigestTable {
 
 impl Eq for DigestTable {}
 
-/// A fast non-cryptographic hash of a name (FxHash-style word mixing, Murmur3 finaliser).
-/// Keys come from the policy (trusted); lookups of attacker-chosen names only probe.
+/// A fast non-cryptographic hash of a name: 16 bytes per 64x64->128-bit multiply, folded
+/// (the construction of wyhash), the tail read as overlapping words. Keys come from the policy
+/// (trusted); an attacker-chosen name only probes, and probe runs are bounded by the clusters
+/// the policy's own names form, so crafted collisions cannot slow lookups down.
 fn hash(name: &[u8]) -> u64 {
-    const K: u64 = 0x517c_c1b7_2722_0a95;
-    let mut h: u64 = name.len() as u64;
-    let mut chunks = name.chunks_exact(8);
-    for c in &mut chunks {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(c);
-        h = (h.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(K);
+    const P0: u64 = 0xa076_1d64_78bd_642f;
+    const P1: u64 = 0xe703_7ed1_a0b4_28db;
+    const P2: u64 = 0x8ebc_6af0_9c88_c6e3;
+    fn fold(a: u64, b: u64) -> u64 {
+        let r = u128::from(a) * u128::from(b);
+        (r as u64) ^ ((r >> 64) as u64)
     }
-    let rest = chunks.remainder();
-    if !rest.is_empty() {
+    fn word(b: &[u8], at: usize) -> u64 {
         let mut w = [0u8; 8];
-        w[..rest.len()].copy_from_slice(rest);
-        h = (h.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(K);
+        if let Some(s) = b.get(at..at + 8) {
+            w.copy_from_slice(s);
+        }
+        u64::from_le_bytes(w)
     }
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    h ^ (h >> 33)
+    fn half(b: &[u8], at: usize) -> u64 {
+        let mut w = [0u8; 4];
+        if let Some(s) = b.get(at..at + 4) {
+            w.copy_from_slice(s);
+        }
+        u64::from(u32::from_le_bytes(w))
+    }
+    let len = name.len();
+    let mut h = P0 ^ (len as u64).wrapping_mul(P2);
+    let (a, b) = if len > 16 {
+        let mut at = 0;
+        while len - at > 16 {
+            h = fold(word(name, at) ^ P1, word(name, at + 8) ^ h);
+            at += 16;
+        }
+        (word(name, len - 16), word(name, len - 8))
+    } else if len >= 8 {
+        (word(name, 0), word(name, len - 8))
+    } else if len >= 4 {
+        (half(name, 0), half(name, len - 4))
+    } else if len > 0 {
+        let byte = |i: usize| u64::from(name[i]);
+        ((byte(0) << 16) | (byte(len / 2) << 8) | byte(len - 1), 0)
+    } else {
+        (0, 0)
+    };
+    h = fold(a ^ P1, b ^ h);
+    fold(h ^ P2, h ^ P1 ^ len as u64)
 }
 
 impl DigestTable {
