@@ -2,12 +2,13 @@
 //! SHA-1 template hashes) replayed in the sha256 bank and checked against a real
 //! [`RuntimePolicy`] of 100k paths with a few excludes.
 //!
-//! Run with `cargo bench -p kl-core --bench ima` (arguments after `--` select lines by
-//! a part of their label, e.g. `-- appraise` or `-- random`). Two log orders: `clustered` visits packages (runs of 50 paths that sort together) in
-//! a random order, the files of a package in order, as a real log measures a program and then
-//! its libraries; `random` visits the paths in a uniformly random order, the worst case for
-//! the policy's caches. Each log measures every path twice (two different orders) and has 1%
-//! entries for excluded paths under `/tmp/`, which are not in the policy.
+//! Run with `cargo bench -p kl-core --bench ima`; arguments after `--` select lines by a part
+//! of their label (e.g. `-- appraise` or `-- random`). Two log orders: `clustered` visits
+//! packages (runs of 50 paths that sort together) in a random order, the files of a package in
+//! order, as a real log measures a program and then its libraries; `random` visits the paths
+//! in a uniformly random order, the worst case for the policy's caches. Each log measures
+//! every path twice (two different orders) and has 1% entries for excluded paths under
+//! `/tmp/`, which are not in the policy.
 //!
 //! Times are on-CPU time of the benchmark thread (best of several rounds), so that other load
 //! on a shared machine does not count; wall time is printed beside it.
@@ -264,6 +265,9 @@ fn appraise_line(
     report(what, d, ENTRIES, log.len());
 }
 
+/// One appraisal line: label, log, rules, options and quoted PCR value.
+type Line<'a> = (&'a str, &'a [u8], &'a dyn ImaRules, &'a ImaOptions, &'a Digest);
+
 fn main() {
     let paths: Vec<String> = (0..PATHS).map(path).collect();
     let t = Instant::now();
@@ -311,7 +315,7 @@ fn main() {
     let sha1 = ImaOptions { bank: HashAlg::Sha1, ..options };
     let quoted1 = replay_log(&random, &[HashAlg::Sha1]).expect("replays").pcrs[0];
     let no_prefetch = NoPrefetch(&policy);
-    let lines: [(&str, &[u8], &dyn ImaRules, &ImaOptions, &Digest); 6] = [
+    let lines: [Line<'_>; 6] = [
         (
             "appraise ASCII, allow-all rules (no lookups)",
             &random,

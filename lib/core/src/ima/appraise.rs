@@ -231,10 +231,10 @@ pub fn appraise<'a, R: ImaRules + ?Sized>(
                 continue;
             }
             // The rule lookup comes first: its cache misses then overlap with the hashing below.
-            let content = content.check(&entry, rules, keys);
+            let content = content.check(entry, rules, keys);
             let computed = log_hash(options.log_hash_alg, data);
             if computed != entry.template_hash {
-                verdict.push(template_hash_finding(&entry, &computed));
+                verdict.push(template_hash_finding(entry, &computed));
             }
             let value = if entry.template_hash.alg() == bank {
                 entry.template_hash
@@ -430,7 +430,101 @@ fn rule_finding(rule_id: &str, what: &str, entry: &Entry<'_>, check: FileCheck) 
 
 #[cfg(test)]
 mod tests {
+    use std::cell::RefCell;
+
     use super::*;
+
+    const LOG: &[u8] = include_bytes!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/keylime/ima/ascii_runtime_measurements"
+    ));
+
+    /// Allows everything and records the order of hints and checks.
+    #[derive(Default)]
+    struct Recorder {
+        events: RefCell<Vec<(bool, String)>>,
+    }
+
+    impl ImaRules for Recorder {
+        fn check_file(&self, path: &str, _digest: &FileDigest<'_>) -> FileCheck {
+            self.events.borrow_mut().push((false, path.to_owned()));
+            FileCheck::Allowed
+        }
+
+        fn check_buf(&self, _name: &str, _digest: &FileDigest<'_>) -> FileCheck {
+            FileCheck::Allowed
+        }
+
+        fn check_keyring(&self, _keyring: &str, _digest: &FileDigest<'_>) -> FileCheck {
+            FileCheck::Allowed
+        }
+
+        fn prefetch_files(&self, paths: &[&str]) {
+            assert!(paths.len() <= BATCH);
+            self.events.borrow_mut().extend(paths.iter().map(|p| (true, (*p).to_owned())));
+        }
+    }
+
+    /// Every checked path was hinted before its check, in the same order, and only those.
+    #[test]
+    fn every_file_check_is_hinted_ahead_in_order() {
+        let quoted = super::super::replay_log(LOG, &[HashAlg::Sha256]).expect("replays").pcrs[0];
+        let rules = Recorder::default();
+        let keys = VerificationKeys::new();
+        let a =
+            appraise_log(LOG, &rules, &keys, &ImaState::default(), &ImaOptions::default(), &quoted)
+                .expect("appraises");
+        assert!(a.verdict.passed());
+        let events = rules.events.into_inner();
+        let hinted: Vec<&str> = events.iter().filter(|e| e.0).map(|e| e.1.as_str()).collect();
+        let checked: Vec<&str> = events.iter().filter(|e| !e.0).map(|e| e.1.as_str()).collect();
+        // Violations are hinted but not checked: the fixture has none.
+        assert_eq!(a.violations, Vec::<u64>::new());
+        assert_eq!(hinted, checked);
+        assert!(checked.len() > 2 * BATCH, "the fixture spans several batches");
+        let mut pending = 0usize;
+        for (hint, _) in &events {
+            if *hint {
+                pending += 1;
+            } else {
+                assert!(pending > 0, "a check came before its hint");
+                pending -= 1;
+            }
+        }
+    }
+
+    /// A malformed entry anywhere in a batch (first, last, or past a batch boundary) is the
+    /// error of the whole appraisal, naming its line.
+    #[test]
+    fn a_malformed_entry_in_any_batch_position_is_the_error() {
+        let lines: Vec<&[u8]> = LOG.split_inclusive(|&b| b == b'\n').collect();
+        for bad in [0, 1, BATCH - 1, BATCH, BATCH + 1, 3 * BATCH + 5] {
+            let mut log = Vec::new();
+            for (i, line) in lines.iter().take(bad + 10).enumerate() {
+                if i == bad {
+                    log.extend_from_slice(b"10 nothex ima-ng sha1:00 /x\n");
+                } else {
+                    log.extend_from_slice(line);
+                }
+            }
+            let quoted = HashAlg::Sha256.zero();
+            let err = appraise_log(
+                &log,
+                &Recorder::default(),
+                &VerificationKeys::new(),
+                &ImaState::default(),
+                &ImaOptions::default(),
+                &quoted,
+            )
+            .expect_err("malformed");
+            match err {
+                ImaError::Malformed { position, .. } => {
+                    assert_eq!(position, super::super::Position::Line(bad as u64 + 1))
+                }
+                other => panic!("{other}"),
+            }
+        }
+    }
 
     #[test]
     fn sha1_fast_path_matches_ring() {

@@ -288,6 +288,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn one_shot_extend_equals_the_definition() {
+        for bank in [HashAlg::Sha1, HashAlg::Sha256, HashAlg::Sha384, HashAlg::Sha512] {
+            let mut fast = bank.digest(b"start");
+            let mut slow = fast;
+            for value in [bank.digest(b"m"), Digest::filled(bank, 0xff), bank.zero()] {
+                extend(&mut fast, value.as_bytes());
+                slow.extend(value.as_bytes());
+                assert_eq!(fast, slow, "{bank}");
+            }
+            // A value longer than the bank (never produced by appraisal) takes the slow path.
+            let long = [7u8; 2 * MAX_DIGEST_LEN];
+            extend(&mut fast, &long);
+            slow.extend(&long);
+            assert_eq!(fast, slow, "{bank}");
+        }
+    }
+
+    #[test]
     fn state_round_trips_through_json() {
         let mut state = ImaState { entries_processed: 3, ..ImaState::default() };
         state.pcrs.insert(HashAlg::Sha256, HashAlg::Sha256.digest(b"x"));

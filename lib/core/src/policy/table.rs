@@ -444,6 +444,43 @@ mod tests {
         assert_eq!(names, vec!["/a", "/b"]);
     }
 
+    /// Every byte of a name, at every length (which exercises each tail case), changes the
+    /// hash.
+    #[test]
+    fn hash_mixes_every_byte() {
+        for len in 0..70usize {
+            let name: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
+            let h = hash(&name);
+            for at in 0..len {
+                let mut other = name.clone();
+                other[at] ^= 0x01;
+                assert_ne!(hash(&other), h, "len {len}, byte {at}");
+            }
+            let mut longer = name.clone();
+            longer.push(0);
+            assert_ne!(hash(&longer), h, "len {len} vs trailing NUL");
+        }
+    }
+
+    /// Touching is harmless on any table and name, and lookups after it answer the same.
+    #[test]
+    fn touch_changes_no_answer() {
+        assert_eq!(DigestTable::default().touch(&["/a", ""]), 0);
+        let mut b = TableBuilder::default();
+        let names: Vec<String> = (0..300).map(|i| format!("/n/{i}")).collect();
+        for (i, n) in names.iter().enumerate() {
+            b.add(n, Some(&[i as u8; 32]));
+        }
+        let t = b.finish(Duplicates::Reject).expect("builds");
+        let mut queries: Vec<&str> = names.iter().map(String::as_str).collect();
+        queries.extend(["", "/", "/n/300", "/n/-1"]);
+        let before: Vec<_> = queries.iter().map(|q| t.get(q)).collect();
+        t.touch(&queries);
+        let after: Vec<_> = queries.iter().map(|q| t.get(q)).collect();
+        assert_eq!(before, after);
+        assert_eq!(after.iter().filter(|l| l.is_some()).count(), 300);
+    }
+
     #[test]
     fn rejects_duplicates_when_asked() {
         let d = [0u8; 20];
