@@ -159,27 +159,17 @@ pub fn appraise<'a, R: ImaRules + ?Sized>(
     let mut data = Vec::with_capacity(512);
     let mut next_index = state.entries_processed;
 
-    // Entries are parsed in batches, and the rules are told the batch's paths before any of
-    // them is checked, so that their cache misses overlap (see `ImaRules::prefetch_files`).
-    // An error in a later entry of a batch is returned after the earlier ones are processed,
-    // which gives the same result: the whole appraisal is an error.
+    // Entries are parsed in batches, one batch ahead, and the rules are told a batch's paths
+    // when it is parsed, so that their cache misses overlap each other and the checks of the
+    // batch before (see `ImaRules::prefetch_files`). An error in a parsed-ahead entry is
+    // returned after the earlier entries are processed, which gives the same result: the
+    // whole appraisal is an error.
     let mut entries = entries.into_iter();
     let mut batch: Vec<Result<Entry<'a>, ImaError>> = Vec::with_capacity(BATCH);
-    loop {
-        batch.clear();
-        batch.extend(entries.by_ref().take(BATCH));
-        if batch.is_empty() {
-            break;
-        }
-        let mut paths = [""; BATCH];
-        let mut n = 0;
-        for entry in batch.iter().flatten() {
-            if !matches!(entry.template, Template::ImaBuf { .. }) {
-                paths[n] = entry.name;
-                n += 1;
-            }
-        }
-        rules.prefetch_files(&paths[..n]);
+    let mut ahead: Vec<Result<Entry<'a>, ImaError>> = Vec::with_capacity(BATCH);
+    parse_batch(&mut entries, &mut batch, rules);
+    while !batch.is_empty() {
+        parse_batch(&mut entries, &mut ahead, rules);
         for entry in &batch {
             let entry = entry.as_ref().map_err(Clone::clone)?;
             if entry.index != next_index {
@@ -248,6 +238,7 @@ pub fn appraise<'a, R: ImaRules + ?Sized>(
                 verdict.push(finding);
             }
         }
+        std::mem::swap(&mut batch, &mut ahead);
     }
     let entries = next_index - state.entries_processed;
     let final_pcr = tracker.pcr;
@@ -279,7 +270,28 @@ pub fn appraise<'a, R: ImaRules + ?Sized>(
 }
 
 /// Entries parsed ahead of their checks (see [`ImaRules::prefetch_files`]).
-const BATCH: usize = 16;
+const BATCH: usize = 32;
+
+/// Replaces `batch` with the next (up to) [`BATCH`] entries and hints their paths to `rules`.
+fn parse_batch<'a, R: ImaRules + ?Sized>(
+    entries: &mut impl Iterator<Item = Result<Entry<'a>, ImaError>>,
+    batch: &mut Vec<Result<Entry<'a>, ImaError>>,
+    rules: &R,
+) {
+    batch.clear();
+    batch.extend(entries.by_ref().take(BATCH));
+    let mut paths = [""; BATCH];
+    let mut n = 0;
+    for entry in batch.iter().flatten() {
+        if !matches!(entry.template, Template::ImaBuf { .. }) {
+            paths[n] = entry.name;
+            n += 1;
+        }
+    }
+    if n > 0 {
+        rules.prefetch_files(&paths[..n]);
+    }
+}
 
 /// Per-entry content checks: rules, signatures, keyrings; and the keys learned on the way.
 struct ContentChecks {

@@ -227,6 +227,9 @@ impl TableBuilder {
 }
 
 const EMPTY: u32 = u32::MAX;
+/// The bits of an index slot that hold the high 24 bits of the name's hash; below them, 8 bits
+/// hold the entry's length in bytes (capped at 255) and the low 32 bits its offset.
+const TAG: u64 = 0xffff_ff00_0000_0000;
 
 /// An immutable, sorted, hash-indexed map from names to digest lists.
 #[derive(Clone, Default)]
@@ -235,8 +238,8 @@ pub(crate) struct DigestTable {
     data: Vec<u8>,
     /// Offset of each entry in `data`, in sorted order.
     entries: Vec<u32>,
-    /// Open addressing, linear probing, load factor at most 1/2: `hash_high_32 << 32 | offset`,
-    /// or `EMPTY` in the low half for a free slot.
+    /// Open addressing, linear probing, load factor at most 1/2: hash tag, entry length and
+    /// offset (see [`TAG`]), or `EMPTY` in the low half for a free slot.
     slots: Vec<u64>,
 }
 
@@ -316,9 +319,16 @@ impl DigestTable {
             while table.slots[s] as u32 != EMPTY {
                 s = (s + 1) & mask;
             }
-            table.slots[s] = (h & 0xffff_ffff_0000_0000) | u64::from(start);
+            let span = table.entry_len(start).min(usize::from(u8::MAX)) as u64;
+            table.slots[s] = (h & TAG) | (span << 32) | u64::from(start);
         }
         table
+    }
+
+    /// The length in bytes of the entry at `start`.
+    fn entry_len(&self, start: u32) -> usize {
+        let (name, list) = self.entry(start);
+        8 + name.len() + list.encoded.len()
     }
 
     /// The name and digest list of the entry at `start`.
@@ -356,14 +366,14 @@ impl DigestTable {
         let mask = self.slots.len() - 1;
         let name = name.as_bytes();
         let h = hash(name);
-        let tag = h & 0xffff_ffff_0000_0000;
+        let tag = h & TAG;
         let mut s = (h as usize) & mask;
         loop {
             let slot = self.slots[s];
             if slot as u32 == EMPTY {
                 return None;
             }
-            if slot & 0xffff_ffff_0000_0000 == tag {
+            if slot & TAG == tag {
                 let (candidate, list) = self.entry(slot as u32);
                 if candidate == name {
                     return Some(list);
@@ -379,7 +389,7 @@ impl DigestTable {
     /// all slots, then all entries. Returns a value derived from the loads (meaningless, for
     /// the caller to keep them alive).
     pub(crate) fn touch(&self, names: &[&str]) -> u64 {
-        const CHUNK: usize = 16;
+        const CHUNK: usize = 32;
         if self.slots.is_empty() {
             return 0;
         }
@@ -395,12 +405,14 @@ impl DigestTable {
                 *slot = self.slots.get(*slot as usize).copied().unwrap_or(u64::from(EMPTY));
             }
             for slot in slots.iter().take(chunk.len()) {
-                // A free slot reads the last byte of the data: harmless.
+                // A free slot reads the last byte of the data: harmless. Each cache line of
+                // the entry is read (at most four: the length is capped at 255).
                 let at = (*slot as u32 as usize).min(last);
-                // An entry of a typical path with one digest spans at most three cache lines.
-                for offset in [0, 64, 128] {
-                    let byte = self.data.get((at + offset).min(last)).copied().unwrap_or_default();
-                    acc = acc.wrapping_add(u64::from(byte));
+                let end = (at + (*slot >> 32) as u8 as usize).min(last);
+                let mut line = at;
+                while line <= end {
+                    acc = acc.wrapping_add(u64::from(self.data.get(line).copied().unwrap_or(0)));
+                    line = (line | 63) + 1;
                 }
             }
         }
