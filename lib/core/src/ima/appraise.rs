@@ -17,7 +17,7 @@
 //! - On a PCR 10 mismatch the returned state is the prior one; Keylime restarts from entry 0,
 //!   which a caller gets with `ImaState::default()`.
 
-use super::replay::{ImaState, LearnedKey, Tracker};
+use super::replay::{ImaState, LearnedKey, Tracker, same_digest};
 use super::sig::{self, PublicKey, SignatureError, VerificationKeys};
 use super::{BinaryLog, Entries, Entry, FileDigest, IMA_PCR, ImaError, LogFormat, Template};
 use crate::alg::{Digest, HashAlg};
@@ -223,7 +223,7 @@ pub fn appraise<'a, R: ImaRules + ?Sized>(
             // The rule lookup comes first: its cache misses then overlap with the hashing below.
             let content = content.check(entry, rules, keys);
             let computed = log_hash(options.log_hash_alg, data);
-            if computed != entry.template_hash {
+            if !same_digest(&computed, &entry.template_hash) {
                 verdict.push(template_hash_finding(entry, &computed));
             }
             let value = if entry.template_hash.alg() == bank {

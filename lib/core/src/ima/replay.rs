@@ -116,6 +116,21 @@ fn extend(pcr: &mut Digest, value: &[u8]) {
     }
 }
 
+/// `a == b`, without a call to `memcmp` over the full 64-byte buffers: this runs once or twice
+/// per entry.
+#[inline]
+pub(crate) fn same_digest(a: &Digest, b: &Digest) -> bool {
+    fn word(s: &[u8]) -> u64 {
+        let mut w = [0u8; 8];
+        w[..s.len()].copy_from_slice(s);
+        u64::from_le_bytes(w)
+    }
+    let (x, y) = (a.as_bytes(), b.as_bytes());
+    a.alg() == b.alg()
+        && x.len() == y.len()
+        && x.chunks(8).zip(y.chunks(8)).fold(0, |d, (p, q)| d | (word(p) ^ word(q))) == 0
+}
+
 /// Replays a whole log (ASCII or binary, detected) into PCR 10 of each of `banks`.
 pub fn replay_log(log: &[u8], banks: &[HashAlg]) -> Result<Replayed, ImaError> {
     replay(Entries::parse(log, 0), banks, IMA_PCR)
@@ -210,7 +225,7 @@ impl Tracker {
     }
 
     fn check(&mut self) {
-        if self.pcr == self.quoted {
+        if same_digest(&self.pcr, &self.quoted) {
             self.matched = Some((self.processed, self.pcr));
         }
     }
@@ -286,6 +301,25 @@ mod b64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn same_digest_is_equality() {
+        let banks = [HashAlg::Sha1, HashAlg::Sha256, HashAlg::Sha384, HashAlg::Sha512];
+        for a in banks {
+            for b in banks {
+                let (x, y) = (a.digest(b"x"), b.digest(b"x"));
+                assert_eq!(same_digest(&x, &y), x == y);
+                assert_eq!(same_digest(&a.zero(), &b.zero()), a == b);
+            }
+            let x = a.digest(b"x");
+            for i in 0..a.len() {
+                let mut bytes = x.as_bytes().to_vec();
+                bytes[i] ^= 0x80;
+                let y = Digest::from_bytes(a, &bytes).expect("same length");
+                assert!(!same_digest(&x, &y), "{a} byte {i}");
+            }
+        }
+    }
 
     #[test]
     fn one_shot_extend_equals_the_definition() {
