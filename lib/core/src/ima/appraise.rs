@@ -16,6 +16,12 @@
 //!   its entry. Ignored keyrings (`Excluded`) are neither checked nor learned.
 //! - On a PCR 10 mismatch the returned state is the prior one; Keylime restarts from entry 0,
 //!   which a caller gets with `ImaState::default()`.
+//!
+//! Throughput: entries are parsed in batches of [`BATCH`], one batch ahead of the checks, and
+//! the paths of each batch are handed to [`ImaRules::prefetch_files`] when it is parsed. A
+//! runtime policy of 100k paths is far larger than the caches; hinted together, the cache
+//! misses of a batch's lookups overlap instead of costing a memory round trip each (see
+//! `docs/benchmarks.md`).
 
 use super::replay::{ImaState, LearnedKey, Tracker, same_digest};
 use super::sig::{self, PublicKey, SignatureError, VerificationKeys};
@@ -220,7 +226,7 @@ pub fn appraise<'a, R: ImaRules + ?Sized>(
                 }
                 continue;
             }
-            // The rule lookup comes first: its cache misses then overlap with the hashing below.
+            // The rules' data for this entry was hinted a batch ago, so the lookup hits the cache.
             let content = content.check(entry, rules, keys);
             let computed = log_hash(options.log_hash_alg, data);
             if !same_digest(&computed, &entry.template_hash) {
@@ -269,7 +275,8 @@ pub fn appraise<'a, R: ImaRules + ?Sized>(
     Ok(ImaAppraisal { verdict, state: next_state, entries, matched, final_pcr, violations })
 }
 
-/// Entries parsed ahead of their checks (see [`ImaRules::prefetch_files`]).
+/// Entries parsed ahead of their checks (see [`ImaRules::prefetch_files`]): enough for the
+/// misses of one batch to overlap, few enough that hinted data stays in the L1 cache.
 const BATCH: usize = 32;
 
 /// Replaces `batch` with the next (up to) [`BATCH`] entries and hints their paths to `rules`.

@@ -5,6 +5,12 @@
 //! length byte followed by its raw bytes, the algorithm being implied by the length), and an
 //! open-addressing index of `u64` slots maps a name's hash to its row. Rows are sorted by name,
 //! so serialisation walks them in canonical order. The table is immutable once built.
+//!
+//! Lookups are built for IMA appraisal, where a large policy does not fit in the caches: an
+//! index slot holds a 24-bit hash tag (a miss rarely touches an entry), the entry's length and
+//! its offset; an entry holds its name and digests side by side (one or two cache lines for a
+//! typical path). [`DigestTable::touch`] loads the slots and then the entries of many names
+//! with their cache misses in flight together, ahead of the lookups.
 
 use std::fmt;
 
