@@ -16,8 +16,14 @@
 //!   its entry. Ignored keyrings (`Excluded`) are neither checked nor learned.
 //! - On a PCR 10 mismatch the returned state is the prior one; Keylime restarts from entry 0,
 //!   which a caller gets with `ImaState::default()`.
+//!
+//! Throughput: entries are parsed in batches of [`BATCH`], one batch ahead of the checks, and
+//! the paths of each batch are handed to [`ImaRules::prefetch_files`] when it is parsed. A
+//! runtime policy of 100k paths is far larger than the caches; hinted together, the cache
+//! misses of a batch's lookups overlap instead of costing a memory round trip each (see
+//! `docs/benchmarks.md`).
 
-use super::replay::{ImaState, LearnedKey, Tracker};
+use super::replay::{ImaState, LearnedKey, Tracker, same_digest};
 use super::sig::{self, PublicKey, SignatureError, VerificationKeys};
 use super::{BinaryLog, Entries, Entry, FileDigest, IMA_PCR, ImaError, LogFormat, Template};
 use crate::alg::{Digest, HashAlg};
@@ -45,6 +51,16 @@ pub trait ImaRules {
     fn check_buf(&self, name: &str, digest: &FileDigest<'_>) -> FileCheck;
     /// A key or certificate measured into `keyring` (an `ima-buf` entry named after the keyring).
     fn check_keyring(&self, keyring: &str, digest: &FileDigest<'_>) -> FileCheck;
+
+    /// A hint that [`ImaRules::check_file`] will soon be asked about each of `paths`:
+    /// appraisal parses entries in batches and calls this before checking any entry of the
+    /// batch, so that an implementation backed by a large table can load what the checks will
+    /// read with the cache misses of all the paths in flight at once, instead of one after the
+    /// other. It must not change any answer; the default does nothing.
+    #[inline]
+    fn prefetch_files(&self, paths: &[&str]) {
+        let _ = paths;
+    }
 }
 
 /// How to appraise.
@@ -149,75 +165,87 @@ pub fn appraise<'a, R: ImaRules + ?Sized>(
     let mut data = Vec::with_capacity(512);
     let mut next_index = state.entries_processed;
 
-    for entry in entries {
-        let entry = entry?;
-        if entry.index != next_index {
-            return Err(ImaError::State(format!(
-                "entry {} given where entry {next_index} was expected",
-                entry.index
-            )));
-        }
-        next_index += 1;
-        if entry.pcr != options.pcr_index {
-            verdict.push(
-                Finding::new(
-                    rule::IMA_WRONG_PCR,
-                    format!(
-                        "line {}: {} is measured into PCR {}, not {}",
-                        entry.line(),
-                        entry.name,
-                        entry.pcr,
-                        options.pcr_index
-                    ),
-                )
-                .line(entry.line())
-                .path(entry.name)
-                .pcr(entry.pcr)
-                .expected(options.pcr_index)
-                .actual(entry.pcr),
-            );
-            tracker.advance(None);
-            continue;
-        }
-        let data = entry.template_data(&mut data);
-        if entry.is_violation() {
-            tracker.advance(Some(&Digest::filled(bank, 0xff)));
-            violations.push(entry.line());
-            if options.strict_tomtou {
+    // Entries are parsed in batches, one batch ahead, and the rules are told a batch's paths
+    // when it is parsed, so that their cache misses overlap each other and the checks of the
+    // batch before (see `ImaRules::prefetch_files`). An error in a parsed-ahead entry is
+    // returned after the earlier entries are processed, which gives the same result: the
+    // whole appraisal is an error.
+    let mut entries = entries.into_iter();
+    let mut batch: Vec<Result<Entry<'a>, ImaError>> = Vec::with_capacity(BATCH);
+    let mut ahead: Vec<Result<Entry<'a>, ImaError>> = Vec::with_capacity(BATCH);
+    parse_batch(&mut entries, &mut batch, rules);
+    while !batch.is_empty() {
+        parse_batch(&mut entries, &mut ahead, rules);
+        for entry in &batch {
+            let entry = entry.as_ref().map_err(Clone::clone)?;
+            if entry.index != next_index {
+                return Err(ImaError::State(format!(
+                    "entry {} given where entry {next_index} was expected",
+                    entry.index
+                )));
+            }
+            next_index += 1;
+            if entry.pcr != options.pcr_index {
                 verdict.push(
                     Finding::new(
-                        rule::IMA_TOMTOU,
+                        rule::IMA_WRONG_PCR,
                         format!(
-                            "line {}: measurement violation (ToMToU or open writer) on {}",
+                            "line {}: {} is measured into PCR {}, not {}",
                             entry.line(),
-                            entry.name
+                            entry.name,
+                            entry.pcr,
+                            options.pcr_index
                         ),
                     )
                     .line(entry.line())
-                    .path(entry.name),
+                    .path(entry.name)
+                    .pcr(entry.pcr)
+                    .expected(options.pcr_index)
+                    .actual(entry.pcr),
                 );
+                tracker.advance(None);
+                continue;
             }
-            continue;
+            let data = entry.template_data(&mut data);
+            if entry.is_violation() {
+                tracker.advance(Some(&Digest::filled(bank, 0xff)));
+                violations.push(entry.line());
+                if options.strict_tomtou {
+                    verdict.push(
+                        Finding::new(
+                            rule::IMA_TOMTOU,
+                            format!(
+                                "line {}: measurement violation (ToMToU or open writer) on {}",
+                                entry.line(),
+                                entry.name
+                            ),
+                        )
+                        .line(entry.line())
+                        .path(entry.name),
+                    );
+                }
+                continue;
+            }
+            // The rules' data for this entry was hinted a batch ago, so the lookup hits the cache.
+            let content = content.check(entry, rules, keys);
+            let computed = log_hash(options.log_hash_alg, data);
+            if !same_digest(&computed, &entry.template_hash) {
+                verdict.push(template_hash_finding(entry, &computed));
+            }
+            let value = if entry.template_hash.alg() == bank {
+                entry.template_hash
+            } else if bank == options.log_hash_alg {
+                computed
+            } else {
+                bank.digest(data)
+            };
+            tracker.advance(Some(&value));
+            if let Some(finding) = content {
+                verdict.push(finding);
+            }
         }
-        // The rule lookup comes first: its cache misses then overlap with the hashing below.
-        let content = content.check(&entry, rules, keys);
-        let computed = log_hash(options.log_hash_alg, data);
-        if computed != entry.template_hash {
-            verdict.push(template_hash_finding(&entry, &computed));
-        }
-        let value = if entry.template_hash.alg() == bank {
-            entry.template_hash
-        } else if bank == options.log_hash_alg {
-            computed
-        } else {
-            bank.digest(data)
-        };
-        tracker.advance(Some(&value));
-        if let Some(finding) = content {
-            verdict.push(finding);
-        }
+        std::mem::swap(&mut batch, &mut ahead);
     }
-
     let entries = next_index - state.entries_processed;
     let final_pcr = tracker.pcr;
     let mut next_state = tracker.next_state(state);
@@ -245,6 +273,31 @@ pub fn appraise<'a, R: ImaRules + ?Sized>(
         }
     };
     Ok(ImaAppraisal { verdict, state: next_state, entries, matched, final_pcr, violations })
+}
+
+/// Entries parsed ahead of their checks (see [`ImaRules::prefetch_files`]): enough for the
+/// misses of one batch to overlap, few enough that hinted data stays in the L1 cache.
+const BATCH: usize = 32;
+
+/// Replaces `batch` with the next (up to) [`BATCH`] entries and hints their paths to `rules`.
+fn parse_batch<'a, R: ImaRules + ?Sized>(
+    entries: &mut impl Iterator<Item = Result<Entry<'a>, ImaError>>,
+    batch: &mut Vec<Result<Entry<'a>, ImaError>>,
+    rules: &R,
+) {
+    batch.clear();
+    batch.extend(entries.by_ref().take(BATCH));
+    let mut paths = [""; BATCH];
+    let mut n = 0;
+    for entry in batch.iter().flatten() {
+        if !matches!(entry.template, Template::ImaBuf { .. }) {
+            paths[n] = entry.name;
+            n += 1;
+        }
+    }
+    if n > 0 {
+        rules.prefetch_files(&paths[..n]);
+    }
 }
 
 /// Per-entry content checks: rules, signatures, keyrings; and the keys learned on the way.
@@ -396,7 +449,101 @@ fn rule_finding(rule_id: &str, what: &str, entry: &Entry<'_>, check: FileCheck) 
 
 #[cfg(test)]
 mod tests {
+    use std::cell::RefCell;
+
     use super::*;
+
+    const LOG: &[u8] = include_bytes!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/keylime/ima/ascii_runtime_measurements"
+    ));
+
+    /// Allows everything and records the order of hints and checks.
+    #[derive(Default)]
+    struct Recorder {
+        events: RefCell<Vec<(bool, String)>>,
+    }
+
+    impl ImaRules for Recorder {
+        fn check_file(&self, path: &str, _digest: &FileDigest<'_>) -> FileCheck {
+            self.events.borrow_mut().push((false, path.to_owned()));
+            FileCheck::Allowed
+        }
+
+        fn check_buf(&self, _name: &str, _digest: &FileDigest<'_>) -> FileCheck {
+            FileCheck::Allowed
+        }
+
+        fn check_keyring(&self, _keyring: &str, _digest: &FileDigest<'_>) -> FileCheck {
+            FileCheck::Allowed
+        }
+
+        fn prefetch_files(&self, paths: &[&str]) {
+            assert!(paths.len() <= BATCH);
+            self.events.borrow_mut().extend(paths.iter().map(|p| (true, (*p).to_owned())));
+        }
+    }
+
+    /// Every checked path was hinted before its check, in the same order, and only those.
+    #[test]
+    fn every_file_check_is_hinted_ahead_in_order() {
+        let quoted = super::super::replay_log(LOG, &[HashAlg::Sha256]).expect("replays").pcrs[0];
+        let rules = Recorder::default();
+        let keys = VerificationKeys::new();
+        let a =
+            appraise_log(LOG, &rules, &keys, &ImaState::default(), &ImaOptions::default(), &quoted)
+                .expect("appraises");
+        assert!(a.verdict.passed());
+        let events = rules.events.into_inner();
+        let hinted: Vec<&str> = events.iter().filter(|e| e.0).map(|e| e.1.as_str()).collect();
+        let checked: Vec<&str> = events.iter().filter(|e| !e.0).map(|e| e.1.as_str()).collect();
+        // Violations are hinted but not checked: the fixture has none.
+        assert_eq!(a.violations, Vec::<u64>::new());
+        assert_eq!(hinted, checked);
+        assert!(checked.len() > 2 * BATCH, "the fixture spans several batches");
+        let mut pending = 0usize;
+        for (hint, _) in &events {
+            if *hint {
+                pending += 1;
+            } else {
+                assert!(pending > 0, "a check came before its hint");
+                pending -= 1;
+            }
+        }
+    }
+
+    /// A malformed entry anywhere in a batch (first, last, or past a batch boundary) is the
+    /// error of the whole appraisal, naming its line.
+    #[test]
+    fn a_malformed_entry_in_any_batch_position_is_the_error() {
+        let lines: Vec<&[u8]> = LOG.split_inclusive(|&b| b == b'\n').collect();
+        for bad in [0, 1, BATCH - 1, BATCH, BATCH + 1, 3 * BATCH + 5] {
+            let mut log = Vec::new();
+            for (i, line) in lines.iter().take(bad + 10).enumerate() {
+                if i == bad {
+                    log.extend_from_slice(b"10 nothex ima-ng sha1:00 /x\n");
+                } else {
+                    log.extend_from_slice(line);
+                }
+            }
+            let quoted = HashAlg::Sha256.zero();
+            let err = appraise_log(
+                &log,
+                &Recorder::default(),
+                &VerificationKeys::new(),
+                &ImaState::default(),
+                &ImaOptions::default(),
+                &quoted,
+            )
+            .expect_err("malformed");
+            match err {
+                ImaError::Malformed { position, .. } => {
+                    assert_eq!(position, super::super::Position::Line(bad as u64 + 1))
+                }
+                other => panic!("{other}"),
+            }
+        }
+    }
 
     #[test]
     fn sha1_fast_path_matches_ring() {

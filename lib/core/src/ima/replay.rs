@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::entry::Entry;
 use super::{Entries, IMA_PCR, ImaError};
-use crate::alg::{Digest, HashAlg};
+use crate::alg::{Digest, HashAlg, MAX_DIGEST_LEN};
 
 /// What a verifier keeps per agent between IMA rounds.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,10 +95,35 @@ pub fn replay<'a>(
         let data = entry.template_data(&mut data);
         for pcr in &mut pcrs {
             let value = extend_value(&entry, pcr.alg(), data);
-            pcr.extend(value.as_bytes());
+            extend(pcr, value.as_bytes());
         }
     }
     Ok(Replayed { entries: count, pcrs })
+}
+
+/// `pcr = H(pcr || value)`, as [`Digest::extend`], hashed in one call from a stack buffer,
+/// which is measurably cheaper than two incremental updates on the hot path.
+fn extend(pcr: &mut Digest, value: &[u8]) {
+    let mut buf = [0u8; 2 * MAX_DIGEST_LEN];
+    let n = pcr.as_bytes().len();
+    match buf.get_mut(n..n + value.len()) {
+        Some(tail) => {
+            tail.copy_from_slice(value);
+            buf[..n].copy_from_slice(pcr.as_bytes());
+            *pcr = pcr.alg().digest(&buf[..n + value.len()]);
+        }
+        None => pcr.extend(value),
+    }
+}
+
+/// `a == b`, deciding most unequal pairs on their first eight bytes without a `memcmp` call:
+/// the running PCR is compared with the quoted value after every entry.
+#[inline]
+pub(crate) fn same_digest(a: &Digest, b: &Digest) -> bool {
+    match (a.as_bytes().first_chunk::<8>(), b.as_bytes().first_chunk::<8>()) {
+        (Some(x), Some(y)) if x != y => false,
+        _ => a == b,
+    }
 }
 
 /// Replays a whole log (ASCII or binary, detected) into PCR 10 of each of `banks`.
@@ -188,14 +213,14 @@ impl Tracker {
     /// Consumes one entry, extending with `value` unless the entry is for another PCR.
     pub(crate) fn advance(&mut self, value: Option<&Digest>) {
         if let Some(v) = value {
-            self.pcr.extend(v.as_bytes());
+            extend(&mut self.pcr, v.as_bytes());
         }
         self.processed += 1;
         self.check();
     }
 
     fn check(&mut self) {
-        if self.pcr == self.quoted {
+        if same_digest(&self.pcr, &self.quoted) {
             self.matched = Some((self.processed, self.pcr));
         }
     }
@@ -271,6 +296,43 @@ mod b64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn same_digest_is_equality() {
+        let banks = [HashAlg::Sha1, HashAlg::Sha256, HashAlg::Sha384, HashAlg::Sha512];
+        for a in banks {
+            for b in banks {
+                let (x, y) = (a.digest(b"x"), b.digest(b"x"));
+                assert_eq!(same_digest(&x, &y), x == y);
+                assert_eq!(same_digest(&a.zero(), &b.zero()), a == b);
+            }
+            let x = a.digest(b"x");
+            for i in 0..a.len() {
+                let mut bytes = x.as_bytes().to_vec();
+                bytes[i] ^= 0x80;
+                let y = Digest::from_bytes(a, &bytes).expect("same length");
+                assert!(!same_digest(&x, &y), "{a} byte {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn one_shot_extend_equals_the_definition() {
+        for bank in [HashAlg::Sha1, HashAlg::Sha256, HashAlg::Sha384, HashAlg::Sha512] {
+            let mut fast = bank.digest(b"start");
+            let mut slow = fast;
+            for value in [bank.digest(b"m"), Digest::filled(bank, 0xff), bank.zero()] {
+                extend(&mut fast, value.as_bytes());
+                slow.extend(value.as_bytes());
+                assert_eq!(fast, slow, "{bank}");
+            }
+            // A value longer than the bank (never produced by appraisal) takes the slow path.
+            let long = [7u8; 2 * MAX_DIGEST_LEN];
+            extend(&mut fast, &long);
+            slow.extend(&long);
+            assert_eq!(fast, slow, "{bank}");
+        }
+    }
 
     #[test]
     fn state_round_trips_through_json() {

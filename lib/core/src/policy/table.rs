@@ -5,6 +5,12 @@
 //! length byte followed by its raw bytes, the algorithm being implied by the length), and an
 //! open-addressing index of `u64` slots maps a name's hash to its row. Rows are sorted by name,
 //! so serialisation walks them in canonical order. The table is immutable once built.
+//!
+//! Lookups are built for IMA appraisal, where a large policy does not fit in the caches: an
+//! index slot holds a 24-bit hash tag (a miss rarely touches an entry), the entry's length and
+//! its offset; an entry holds its name and digests side by side (one or two cache lines for a
+//! typical path). [`DigestTable::touch`] loads the slots and then the entries of many names
+//! with their cache misses in flight together, ahead of the lookups.
 
 use std::fmt;
 
@@ -227,6 +233,9 @@ impl TableBuilder {
 }
 
 const EMPTY: u32 = u32::MAX;
+/// The bits of an index slot that hold the high 24 bits of the name's hash; below them, 8 bits
+/// hold the entry's length in bytes (capped at 255) and the low 32 bits its offset.
+const TAG: u64 = 0xffff_ff00_0000_0000;
 
 /// An immutable, sorted, hash-indexed map from names to digest lists.
 #[derive(Clone, Default)]
@@ -235,8 +244,8 @@ pub(crate) struct DigestTable {
     data: Vec<u8>,
     /// Offset of each entry in `data`, in sorted order.
     entries: Vec<u32>,
-    /// Open addressing, linear probing, load factor at most 1/2: `hash_high_32 << 32 | offset`,
-    /// or `EMPTY` in the low half for a free slot.
+    /// Open addressing, linear probing, load factor at most 1/2: hash tag, entry length and
+    /// offset (see [`TAG`]), or `EMPTY` in the low half for a free slot.
     slots: Vec<u64>,
 }
 
@@ -254,28 +263,53 @@ impl PartialEq for DigestTable {
 
 impl Eq for DigestTable {}
 
-/// A fast non-cryptographic hash of a name (FxHash-style word mixing, Murmur3 finaliser).
-/// Keys come from the policy (trusted); lookups of attacker-chosen names only probe.
+/// A fast non-cryptographic hash of a name: 16 bytes per 64x64->128-bit multiply, folded
+/// (the construction of wyhash), the tail read as overlapping words. Keys come from the policy
+/// (trusted); an attacker-chosen name only probes, and probe runs are bounded by the clusters
+/// the policy's own names form, so crafted collisions cannot slow lookups down.
 fn hash(name: &[u8]) -> u64 {
-    const K: u64 = 0x517c_c1b7_2722_0a95;
-    let mut h: u64 = name.len() as u64;
-    let mut chunks = name.chunks_exact(8);
-    for c in &mut chunks {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(c);
-        h = (h.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(K);
+    const P0: u64 = 0xa076_1d64_78bd_642f;
+    const P1: u64 = 0xe703_7ed1_a0b4_28db;
+    const P2: u64 = 0x8ebc_6af0_9c88_c6e3;
+    fn fold(a: u64, b: u64) -> u64 {
+        let r = u128::from(a) * u128::from(b);
+        (r as u64) ^ ((r >> 64) as u64)
     }
-    let rest = chunks.remainder();
-    if !rest.is_empty() {
+    fn word(b: &[u8], at: usize) -> u64 {
         let mut w = [0u8; 8];
-        w[..rest.len()].copy_from_slice(rest);
-        h = (h.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(K);
+        if let Some(s) = b.get(at..at + 8) {
+            w.copy_from_slice(s);
+        }
+        u64::from_le_bytes(w)
     }
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    h ^ (h >> 33)
+    fn half(b: &[u8], at: usize) -> u64 {
+        let mut w = [0u8; 4];
+        if let Some(s) = b.get(at..at + 4) {
+            w.copy_from_slice(s);
+        }
+        u64::from(u32::from_le_bytes(w))
+    }
+    let len = name.len();
+    let mut h = P0 ^ (len as u64).wrapping_mul(P2);
+    let (a, b) = if len > 16 {
+        let mut at = 0;
+        while len - at > 16 {
+            h = fold(word(name, at) ^ P1, word(name, at + 8) ^ h);
+            at += 16;
+        }
+        (word(name, len - 16), word(name, len - 8))
+    } else if len >= 8 {
+        (word(name, 0), word(name, len - 8))
+    } else if len >= 4 {
+        (half(name, 0), half(name, len - 4))
+    } else if len > 0 {
+        let byte = |i: usize| u64::from(name[i]);
+        ((byte(0) << 16) | (byte(len / 2) << 8) | byte(len - 1), 0)
+    } else {
+        (0, 0)
+    };
+    h = fold(a ^ P1, b ^ h);
+    fold(h ^ P2, h ^ P1 ^ len as u64)
 }
 
 impl DigestTable {
@@ -291,9 +325,16 @@ impl DigestTable {
             while table.slots[s] as u32 != EMPTY {
                 s = (s + 1) & mask;
             }
-            table.slots[s] = (h & 0xffff_ffff_0000_0000) | u64::from(start);
+            let span = table.entry_len(start).min(usize::from(u8::MAX)) as u64;
+            table.slots[s] = (h & TAG) | (span << 32) | u64::from(start);
         }
         table
+    }
+
+    /// The length in bytes of the entry at `start`.
+    fn entry_len(&self, start: u32) -> usize {
+        let (name, list) = self.entry(start);
+        8 + name.len() + list.encoded.len()
     }
 
     /// The name and digest list of the entry at `start`.
@@ -331,14 +372,14 @@ impl DigestTable {
         let mask = self.slots.len() - 1;
         let name = name.as_bytes();
         let h = hash(name);
-        let tag = h & 0xffff_ffff_0000_0000;
+        let tag = h & TAG;
         let mut s = (h as usize) & mask;
         loop {
             let slot = self.slots[s];
             if slot as u32 == EMPTY {
                 return None;
             }
-            if slot & 0xffff_ffff_0000_0000 == tag {
+            if slot & TAG == tag {
                 let (candidate, list) = self.entry(slot as u32);
                 if candidate == name {
                     return Some(list);
@@ -346,6 +387,42 @@ impl DigestTable {
             }
             s = (s + 1) & mask;
         }
+    }
+
+    /// Reads the index slots of `names` and the first bytes of the entries they point to, so
+    /// that following [`DigestTable::get`] calls find them in the cache. The loads of one
+    /// phase do not depend on each other, so their cache misses overlap: hashes first, then
+    /// all slots, then all entries. Returns a value derived from the loads (meaningless, for
+    /// the caller to keep them alive).
+    pub(crate) fn touch(&self, names: &[&str]) -> u64 {
+        const CHUNK: usize = 32;
+        if self.slots.is_empty() {
+            return 0;
+        }
+        let mask = self.slots.len() - 1;
+        let last = self.data.len().saturating_sub(1);
+        let mut acc = 0u64;
+        for chunk in names.chunks(CHUNK) {
+            let mut slots = [0u64; CHUNK];
+            for (slot, name) in slots.iter_mut().zip(chunk) {
+                *slot = (hash(name.as_bytes()) as usize & mask) as u64;
+            }
+            for slot in slots.iter_mut().take(chunk.len()) {
+                *slot = self.slots.get(*slot as usize).copied().unwrap_or(u64::from(EMPTY));
+            }
+            for slot in slots.iter().take(chunk.len()) {
+                // A free slot reads the last byte of the data: harmless. Each cache line of
+                // the entry is read (at most four: the length is capped at 255).
+                let at = (*slot as u32 as usize).min(last);
+                let end = (at + (*slot >> 32) as u8 as usize).min(last);
+                let mut line = at;
+                while line <= end {
+                    acc = acc.wrapping_add(u64::from(self.data.get(line).copied().unwrap_or(0)));
+                    line = (line | 63) + 1;
+                }
+            }
+        }
+        acc
     }
 
     /// Entries in canonical (byte-wise sorted name) order.
@@ -383,6 +460,43 @@ mod tests {
         assert!(t.get("").is_none());
         let names: Vec<_> = t.iter().map(|(n, _)| n).collect();
         assert_eq!(names, vec!["/a", "/b"]);
+    }
+
+    /// Every byte of a name, at every length (which exercises each tail case), changes the
+    /// hash.
+    #[test]
+    fn hash_mixes_every_byte() {
+        for len in 0..70usize {
+            let name: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
+            let h = hash(&name);
+            for at in 0..len {
+                let mut other = name.clone();
+                other[at] ^= 0x01;
+                assert_ne!(hash(&other), h, "len {len}, byte {at}");
+            }
+            let mut longer = name.clone();
+            longer.push(0);
+            assert_ne!(hash(&longer), h, "len {len} vs trailing NUL");
+        }
+    }
+
+    /// Touching is harmless on any table and name, and lookups after it answer the same.
+    #[test]
+    fn touch_changes_no_answer() {
+        assert_eq!(DigestTable::default().touch(&["/a", ""]), 0);
+        let mut b = TableBuilder::default();
+        let names: Vec<String> = (0..300).map(|i| format!("/n/{i}")).collect();
+        for (i, n) in names.iter().enumerate() {
+            b.add(n, Some(&[i as u8; 32]));
+        }
+        let t = b.finish(Duplicates::Reject).expect("builds");
+        let mut queries: Vec<&str> = names.iter().map(String::as_str).collect();
+        queries.extend(["", "/", "/n/300", "/n/-1"]);
+        let before: Vec<_> = queries.iter().map(|q| t.get(q)).collect();
+        t.touch(&queries);
+        let after: Vec<_> = queries.iter().map(|q| t.get(q)).collect();
+        assert_eq!(before, after);
+        assert_eq!(after.iter().filter(|l| l.is_some()).count(), 300);
     }
 
     #[test]
