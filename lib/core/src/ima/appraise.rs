@@ -391,17 +391,9 @@ impl ContentChecks {
     }
 }
 
-/// Hashes template data for the template-hash check. ring's SHA-1 has no hardware path, and
-/// SHA-1 over every entry is most of the cost of an appraisal, so SHA-1 uses the `sha1` crate
-/// (SHA-NI when the CPU has it, detected at run time); other algorithms use ring.
+/// Hashes template data for the template-hash check ([`HashAlg::digest`] picks the fastest
+/// implementation).
 fn log_hash(alg: HashAlg, data: &[u8]) -> Digest {
-    if alg == HashAlg::Sha1 {
-        use sha1::Digest as _;
-        let out = sha1::Sha1::digest(data);
-        if let Some(d) = Digest::from_bytes(HashAlg::Sha1, out.as_slice()) {
-            return d;
-        }
-    }
     alg.digest(data)
 }
 
