@@ -4,6 +4,7 @@
 //! `agent` needs only the agent; `registration` runs the registrar too.
 
 mod agent;
+mod kctl;
 mod registration;
 
 use std::time::{Duration, Instant};
