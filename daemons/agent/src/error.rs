@@ -74,7 +74,12 @@ impl Error {
                 | Error::RegistrarAddress { .. }
                 | Error::RegistrationRefused { .. }
                 | Error::Activation(_)
-                | Error::Tpm(TpmError::InvalidTcti { .. } | TpmError::AkAlgorithm { .. })
+                | Error::Tpm(
+                    TpmError::InvalidTcti { .. }
+                        | TpmError::AkAlgorithm { .. }
+                        | TpmError::AkBlob { .. }
+                        | TpmError::AkFile { .. }
+                )
         )
     }
 }
