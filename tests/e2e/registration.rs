@@ -177,3 +177,32 @@ async fn a_quote_verifies_with_the_ak_the_registrar_recorded() -> Result<()> {
     assert_eq!(pcr10, ima.pcr10_sha256());
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_tpm_under_a_registered_id_is_refused() -> Result<()> {
+    let Some((tpm, deployment)) = tpm_and_deployment()? else { return Ok(()) };
+    let Some(other_tpm) = kl_tests::swtpm::Swtpm::manufacture()? else { return Ok(()) };
+    let config = deployment.registrar_config(daemon::free_port()?, &tpm.ca_dir(), false);
+    let registrar = deployment.start_registrar(&config)?;
+    let id = "d432fbb3-d2f1-4a97-9ef7-75bd81c00000";
+    let mut settings = agent_settings(&tpm, registrar.port());
+    settings.uuid = id.to_owned();
+    let _first = deployment.start_agent("first", &settings)?;
+    let mut client = deployment.registrar_client(registrar.port()).await?;
+    let record = wait_registered(&mut client, id, 1).await?;
+
+    let mut settings = agent_settings(&other_tpm, registrar.port());
+    settings.uuid = id.to_owned();
+    let mut second = deployment.start_agent("second", &settings)?;
+    let status = second.daemon.wait_exit(OUTCOME_TIMEOUT)?;
+    assert_eq!(status.code(), Some(78), "{status}");
+    let output = second.daemon.output();
+    assert!(
+        output.contains("the registrar refused Register (AlreadyExists)"),
+        "agent output:\n{output}"
+    );
+    let after = client.get_agent(GetAgentRequest { agent_id: id.to_owned() }).await?;
+    let after = after.into_inner().agent.ok_or_else(|| err("GetAgent: no agent"))?;
+    assert_eq!(after.ek_public, record.ek_public);
+    Ok(())
+}
