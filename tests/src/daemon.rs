@@ -113,7 +113,14 @@ impl Daemon {
         let bin = binary(self.program)?;
         let out = File::options().create(true).append(true).open(&self.log)?;
         self.log_start = out.metadata()?.len();
-        let child = Command::new(&bin)
+        let mut command = Command::new(&bin);
+        // Only the config file speaks: no KEYLIME_* settings from the environment of the tests.
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("KEYLIME_") {
+                command.env_remove(name);
+            }
+        }
+        let child = command
             .arg("--config")
             .arg(&self.config)
             .env("TSS2_LOG", "all+NONE")

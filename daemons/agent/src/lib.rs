@@ -127,7 +127,20 @@ impl Agent {
         );
 
         let agent_id = identity::agent_id(&config.uuid, &data_dir, &ek.public)?;
-        let contact_ip = config.contact_ip.clone().unwrap_or_else(|| config.ip.to_string());
+        let contact_ip = match &config.contact_ip {
+            Some(ip) => ip.clone(),
+            None if config.ip.is_unspecified() => {
+                return Err(Error::Config {
+                    key: "contact_ip",
+                    value: String::new(),
+                    reason: format!(
+                        "must be set when ip = {} (the address the verifier reaches the agent at)",
+                        config.ip
+                    ),
+                });
+            }
+            None => config.ip.to_string(),
+        };
         let mut names = vec![contact_ip.clone()];
         if !config.ip.is_unspecified() && config.ip.to_string() != contact_ip {
             names.push(config.ip.to_string());
@@ -166,7 +179,7 @@ impl Agent {
             default_bank,
             ak_alg,
             pcr_banks: vec![default_bank],
-            ima: ImaLog::new(&config.ima_ml_path),
+            ima: Arc::new(ImaLog::new(&config.ima_ml_path)),
             ima_limit: config.ima_max_entries.max(1),
             event_log_path: config.measuredboot_ml_path.clone(),
         };
