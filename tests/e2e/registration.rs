@@ -206,3 +206,22 @@ async fn another_tpm_under_a_registered_id_is_refused() -> Result<()> {
     assert_eq!(after.ek_public, record.ek_public);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_registers_only_with_a_registrar_of_its_deployment_ca() -> Result<()> {
+    let Some((tpm, deployment)) = tpm_and_deployment()? else { return Ok(()) };
+    let registrar = deployment.start_registrar(&registrar_config(&deployment, &tpm.ca_dir())?)?;
+    // The agent trusts another deployment's CA, so this registrar's certificate fails.
+    let other = Deployment::new()?;
+    let mut settings = agent_settings(&tpm, registrar.port());
+    let other_ca = other.tls().ca_cert().display().to_string();
+    settings.extra.insert("trusted_client_ca".into(), other_ca.into());
+    let mut agent = deployment.start_agent("agent", &settings)?;
+    agent.daemon.wait_for_output("UnknownIssuer", OUTCOME_TIMEOUT)?;
+    assert!(agent.daemon.exited().is_none(), "a TLS failure is retried, not fatal");
+
+    let mut client = deployment.registrar_client(registrar.port()).await?;
+    let list = client.list_agents(ListAgentsRequest::default()).await?.into_inner();
+    assert!(list.agents.is_empty(), "{:?}", list.agents);
+    Ok(())
+}
