@@ -217,7 +217,7 @@ async fn the_agent_registers_only_with_a_registrar_of_its_deployment_ca() -> Res
     let other_ca = other.tls().ca_cert().display().to_string();
     settings.extra.insert("trusted_client_ca".into(), other_ca.into());
     let mut agent = deployment.start_agent("agent", &settings)?;
-    agent.daemon.wait_for_output("UnknownIssuer", OUTCOME_TIMEOUT)?;
+    agent.daemon.wait_for_output("invalid peer certificate", OUTCOME_TIMEOUT)?;
     assert!(agent.daemon.exited().is_none(), "a TLS failure is retried, not fatal");
 
     let mut client = deployment.registrar_client(registrar.port()).await?;
