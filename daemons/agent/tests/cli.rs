@@ -58,3 +58,15 @@ fn a_missing_deployment_ca_exits_78_naming_it() -> TestResult {
     assert!(stderr.contains("trusted_client_ca") && stderr.contains("cacert.crt"), "{stderr}");
     Ok(())
 }
+
+#[test]
+fn listening_on_all_addresses_needs_a_contact_address() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("agent.conf");
+    std::fs::write(&config, "ip = \"0.0.0.0\"\n")?;
+    let output = agent().arg("--config").arg(&config).output()?;
+    assert_eq!(output.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("contact_ip") && stderr.contains("0.0.0.0"), "{stderr}");
+    Ok(())
+}
