@@ -121,7 +121,7 @@ async fn an_ek_certificate_from_an_unknown_ca_is_refused() -> Result<()> {
     std::fs::write(store.join("other-vendor.pem"), other.cert_pem())?;
     let registrar = deployment.start_registrar(&registrar_config(&deployment, &store)?)?;
 
-    let mut agent = deployment.start_agent("agent", &agent_settings(&tpm, registrar.port()))?;
+    let mut agent = deployment.spawn_agent("agent", &agent_settings(&tpm, registrar.port()))?;
     let status = agent.daemon.wait_exit(OUTCOME_TIMEOUT)?;
     // 78: a refusal, which systemd does not restart.
     assert_eq!(status.code(), Some(78), "{status}");
@@ -193,7 +193,7 @@ async fn another_tpm_under_a_registered_id_is_refused() -> Result<()> {
 
     let mut settings = agent_settings(&other_tpm, registrar.port());
     settings.uuid = id.to_owned();
-    let mut second = deployment.start_agent("second", &settings)?;
+    let mut second = deployment.spawn_agent("second", &settings)?;
     let status = second.daemon.wait_exit(OUTCOME_TIMEOUT)?;
     assert_eq!(status.code(), Some(78), "{status}");
     let output = second.daemon.output();
