@@ -121,9 +121,10 @@ async fn an_ek_certificate_from_an_unknown_ca_is_refused() -> Result<()> {
     std::fs::write(store.join("other-vendor.pem"), other.cert_pem())?;
     let registrar = deployment.start_registrar(&registrar_config(&deployment, &store)?)?;
 
-    let mut agent = deployment.start_agent("agent", &agent_settings(&tpm, registrar.port()))?;
+    let mut agent = deployment.spawn_agent("agent", &agent_settings(&tpm, registrar.port()))?;
     let status = agent.daemon.wait_exit(OUTCOME_TIMEOUT)?;
-    assert!(!status.success());
+    // 78: a refusal, which systemd does not restart.
+    assert_eq!(status.code(), Some(78), "{status}");
     let output = agent.daemon.output();
     assert!(
         output.contains("the registrar refused Register (PermissionDenied)"),
@@ -174,5 +175,53 @@ async fn a_quote_verifies_with_the_ak_the_registrar_recorded() -> Result<()> {
     let pcr10 = values.get(10).ok_or_else(|| err("no PCR 10"))?;
     assert_eq!(&replay(&reply.ima_entries, kl_core::alg::HashAlg::Sha256)?, pcr10);
     assert_eq!(pcr10, ima.pcr10_sha256());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_tpm_under_a_registered_id_is_refused() -> Result<()> {
+    let Some((tpm, deployment)) = tpm_and_deployment()? else { return Ok(()) };
+    let Some(other_tpm) = kl_tests::swtpm::Swtpm::manufacture()? else { return Ok(()) };
+    let config = deployment.registrar_config(daemon::free_port()?, &tpm.ca_dir(), false);
+    let registrar = deployment.start_registrar(&config)?;
+    let id = "d432fbb3-d2f1-4a97-9ef7-75bd81c00000";
+    let mut settings = agent_settings(&tpm, registrar.port());
+    settings.uuid = id.to_owned();
+    let _first = deployment.start_agent("first", &settings)?;
+    let mut client = deployment.registrar_client(registrar.port()).await?;
+    let record = wait_registered(&mut client, id, 1).await?;
+
+    let mut settings = agent_settings(&other_tpm, registrar.port());
+    settings.uuid = id.to_owned();
+    let mut second = deployment.spawn_agent("second", &settings)?;
+    let status = second.daemon.wait_exit(OUTCOME_TIMEOUT)?;
+    assert_eq!(status.code(), Some(78), "{status}");
+    let output = second.daemon.output();
+    assert!(
+        output.contains("the registrar refused Register (AlreadyExists)"),
+        "agent output:\n{output}"
+    );
+    let after = client.get_agent(GetAgentRequest { agent_id: id.to_owned() }).await?;
+    let after = after.into_inner().agent.ok_or_else(|| err("GetAgent: no agent"))?;
+    assert_eq!(after.ek_public, record.ek_public);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_registers_only_with_a_registrar_of_its_deployment_ca() -> Result<()> {
+    let Some((tpm, deployment)) = tpm_and_deployment()? else { return Ok(()) };
+    let registrar = deployment.start_registrar(&registrar_config(&deployment, &tpm.ca_dir())?)?;
+    // The agent trusts another deployment's CA, so this registrar's certificate fails.
+    let other = Deployment::new()?;
+    let mut settings = agent_settings(&tpm, registrar.port());
+    let other_ca = other.tls().ca_cert().display().to_string();
+    settings.extra.insert("trusted_client_ca".into(), other_ca.into());
+    let mut agent = deployment.start_agent("agent", &settings)?;
+    agent.daemon.wait_for_output("invalid peer certificate", OUTCOME_TIMEOUT)?;
+    assert!(agent.daemon.exited().is_none(), "a TLS failure is retried, not fatal");
+
+    let mut client = deployment.registrar_client(registrar.port()).await?;
+    let list = client.list_agents(ListAgentsRequest::default()).await?.into_inner();
+    assert!(list.agents.is_empty(), "{:?}", list.agents);
     Ok(())
 }

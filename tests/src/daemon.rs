@@ -2,18 +2,17 @@
 //! missing), started with `--config FILE`, their stderr and stdout kept in a log file, waited
 //! for (port open, log line), stopped with SIGTERM and killed on drop.
 //!
-//! `cargo nextest run --workspace` (and `cargo test --workspace`) build every binary of the
-//! workspace before running tests. Running only this package (`cargo test -p kl-tests`) leaves
-//! them unbuilt: the first test then runs `cargo build -p <package> --bins`. A binary left
-//! over from an older build is used as it is; build the workspace first after changing a
-//! daemon.
+//! `cargo nextest run --workspace` (and `cargo test --workspace`) build the daemon binaries
+//! before running tests, because each daemon package has integration tests of its own. When
+//! only this package is tested (`cargo test -p kl-tests`), a binary that is missing or older
+//! than the sources it is built from is built here with `cargo build -p <package> --bins`.
 
 use std::fs::{self, File};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::{Result, err};
 
@@ -28,10 +27,17 @@ pub struct Program {
     pub bin: &'static str,
     /// The package that builds it, `kl-agent`.
     pub package: &'static str,
+    /// The package's directory in the workspace.
+    pub dir: &'static str,
 }
 
-pub const AGENT: Program = Program { bin: "keylime_agent", package: "kl-agent" };
-pub const REGISTRAR: Program = Program { bin: "keylime_registrar", package: "kl-registrar" };
+pub const AGENT: Program =
+    Program { bin: "keylime_agent", package: "kl-agent", dir: "daemons/agent" };
+pub const REGISTRAR: Program =
+    Program { bin: "keylime_registrar", package: "kl-registrar", dir: "daemons/registrar" };
+
+/// Directories whose sources go into every daemon, besides the daemon's own.
+const SHARED_SOURCES: [&str; 3] = ["lib", "proto", "Cargo.lock"];
 
 /// `target/<profile>/`, the directory of this test binary's parent (`deps/`).
 fn profile_dir() -> Result<PathBuf> {
@@ -47,16 +53,13 @@ pub fn binary(program: Program) -> Result<PathBuf> {
     // One build at a time in this process; cargo's own lock serialises processes.
     static BUILD: Mutex<()> = Mutex::new(());
     let path = profile_dir()?.join(program.bin);
-    if path.is_file() {
-        return Ok(path);
-    }
-    let _guard = BUILD.lock().unwrap_or_else(|p| p.into_inner());
-    if path.is_file() {
-        return Ok(path);
-    }
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .ok_or_else(|| err("kl-tests has no parent directory"))?;
+    let _guard = BUILD.lock().unwrap_or_else(|p| p.into_inner());
+    if is_fresh(&path, workspace, program) {
+        return Ok(path);
+    }
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut build = Command::new(cargo);
     build.current_dir(workspace).args(["build", "-p", program.package, "--bins"]);
@@ -74,6 +77,30 @@ pub fn binary(program: Program) -> Result<PathBuf> {
         )));
     }
     Ok(path)
+}
+
+/// Whether `binary` exists and is newer than every source file it is built from.
+fn is_fresh(binary: &Path, workspace: &Path, program: Program) -> bool {
+    let Ok(built) = fs::metadata(binary).and_then(|m| m.modified()) else {
+        return false;
+    };
+    let mut roots: Vec<PathBuf> = SHARED_SOURCES.iter().map(|d| workspace.join(d)).collect();
+    roots.push(workspace.join(program.dir));
+    roots.iter().all(|root| newest_modification(root).is_none_or(|newest| newest <= built))
+}
+
+/// The latest modification time of a file under `path` (or of `path` itself).
+fn newest_modification(path: &Path) -> Option<SystemTime> {
+    let meta = fs::metadata(path).ok()?;
+    if !meta.is_dir() {
+        return meta.modified().ok();
+    }
+    fs::read_dir(path)
+        .ok()?
+        .flatten()
+        .filter(|e| e.file_name() != "target")
+        .filter_map(|e| newest_modification(&e.path()))
+        .max()
 }
 
 /// A loopback port that was free a moment ago.
@@ -113,7 +140,14 @@ impl Daemon {
         let bin = binary(self.program)?;
         let out = File::options().create(true).append(true).open(&self.log)?;
         self.log_start = out.metadata()?.len();
-        let child = Command::new(&bin)
+        let mut command = Command::new(&bin);
+        // Only the config file speaks: no KEYLIME_* settings from the environment of the tests.
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("KEYLIME_") {
+                command.env_remove(name);
+            }
+        }
+        let child = command
             .arg("--config")
             .arg(&self.config)
             .env("TSS2_LOG", "all+NONE")

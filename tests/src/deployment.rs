@@ -107,6 +107,13 @@ impl Deployment {
     /// Writes an agent config under `<keylime_dir>/<name>/` and starts the agent, waiting for
     /// its port.
     pub fn start_agent(&self, name: &str, settings: &AgentSettings) -> Result<TestAgent> {
+        let mut agent = self.spawn_agent(name, settings)?;
+        agent.daemon.wait_listening()?;
+        Ok(agent)
+    }
+
+    /// Like [`Deployment::start_agent`], without waiting: for agents expected to stop.
+    pub fn spawn_agent(&self, name: &str, settings: &AgentSettings) -> Result<TestAgent> {
         let dir = self.dir.path().join(name);
         std::fs::create_dir_all(&dir)?;
         let ima_log = dir.join("ascii_runtime_measurements");
@@ -131,8 +138,7 @@ impl Deployment {
         }
         let config = dir.join("agent.conf");
         std::fs::write(&config, toml::to_string(&t)?)?;
-        let mut daemon = Daemon::start(AGENT, &config, &dir.join("agent.log"), port)?;
-        daemon.wait_listening()?;
+        let daemon = Daemon::start(AGENT, &config, &dir.join("agent.log"), port)?;
         Ok(TestAgent { daemon, dir, ima_log })
     }
 

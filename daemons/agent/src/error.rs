@@ -64,6 +64,29 @@ pub enum Error {
     Internal(String),
 }
 
+impl Error {
+    /// Whether starting again cannot help: the configuration is wrong or the registrar refused
+    /// this TPM. `keylime_agent` exits with status 78 (EX_CONFIG) then, which the systemd unit
+    /// does not restart.
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            Error::Config { .. }
+                | Error::TrustedCa { .. }
+                | Error::Identity(_)
+                | Error::RegistrarAddress { .. }
+                | Error::RegistrationRefused { .. }
+                | Error::Activation(_)
+                | Error::Tpm(
+                    TpmError::InvalidTcti { .. }
+                        | TpmError::AkAlgorithm { .. }
+                        | TpmError::AkBlob { .. }
+                        | TpmError::AkFile { .. }
+                )
+        )
+    }
+}
+
 impl From<Error> for Status {
     fn from(e: Error) -> Status {
         let code = match &e {

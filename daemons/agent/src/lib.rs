@@ -93,6 +93,20 @@ impl Agent {
     /// picks a free port; see [`Agent::local_addr`]).
     pub async fn start(config: AgentConfig) -> Result<Agent, Error> {
         let (ek_alg, ak_alg, default_bank) = key_algs(&config)?;
+        let contact_ip = match &config.contact_ip {
+            Some(ip) => ip.clone(),
+            None if config.ip.is_unspecified() => {
+                return Err(Error::Config {
+                    key: "contact_ip",
+                    value: String::new(),
+                    reason: format!(
+                        "must be set when ip = {} (the address the verifier reaches the agent at)",
+                        config.ip
+                    ),
+                });
+            }
+            None => config.ip.to_string(),
+        };
         let data_dir = config.agent_data_path.clone();
         std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&data_dir).map_err(|e| {
             Error::Config {
@@ -128,7 +142,6 @@ impl Agent {
         );
 
         let agent_id = identity::agent_id(&config.uuid, &data_dir, &ek.public)?;
-        let contact_ip = config.contact_ip.clone().unwrap_or_else(|| config.ip.to_string());
         let mut names = vec![contact_ip.clone()];
         if !config.ip.is_unspecified() && config.ip.to_string() != contact_ip {
             names.push(config.ip.to_string());
@@ -178,7 +191,7 @@ impl Agent {
             default_bank,
             ak_alg,
             pcr_banks: vec![default_bank],
-            ima: ImaLog::new(&config.ima_ml_path),
+            ima: Arc::new(ImaLog::new(&config.ima_ml_path)),
             ima_limit: config.ima_max_entries.max(1),
             event_log_path: config.measuredboot_ml_path.clone(),
             payload,

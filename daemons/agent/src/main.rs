@@ -1,8 +1,16 @@
 //! `keylime_agent`: reads the agent config, starts the agent and serves until SIGTERM.
+//!
+//! Exit status: 0 after SIGTERM or SIGINT, 78 (EX_CONFIG) when restarting cannot help (bad
+//! configuration, registration refused), 1 for other failures.
+
+use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
 use kl_svc::config::{self, AgentConfig, ConfigArgs};
+
+/// Exit status for errors a restart cannot fix (sysexits.h EX_CONFIG).
+const EXIT_PERMANENT: u8 = 78;
 
 /// The keylime-rs agent: registers this machine's TPM and answers attestation requests.
 #[derive(Debug, Parser)]
@@ -13,8 +21,19 @@ struct Args {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+async fn main() -> ExitCode {
+    match run(Args::parse()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("keylime_agent: {e:#}");
+            let permanent = e.downcast_ref::<kl_agent::Error>().is_some_and(|e| e.is_permanent())
+                || e.downcast_ref::<config::ConfigError>().is_some();
+            ExitCode::from(if permanent { EXIT_PERMANENT } else { 1 })
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
     let loaded = config::load::<AgentConfig>(&args.config.sources(Vec::new())?)?;
     if args.config.print_config {
         println!("{}", loaded.to_json()?);
@@ -26,7 +45,7 @@ async fn main() -> anyhow::Result<()> {
         Ok(agent) => agent,
         Err(e) => {
             tracing::error!("cannot start the agent: {e}");
-            return Err(e).context("cannot start the agent");
+            return Err(e.into());
         }
     };
     // Installed only now, so that SIGTERM during start-up (a TPM that takes long) still ends
@@ -39,7 +58,7 @@ async fn main() -> anyhow::Result<()> {
     };
     if let Err(e) = agent.serve(stop).await {
         tracing::error!("agent stopped: {e}");
-        return Err(e).context("agent stopped");
+        return Err(e.into());
     }
     Ok(())
 }

@@ -15,7 +15,7 @@ use kl_core::credential::activation_proof;
 use kl_proto::registrar::v1::registrar_client::RegistrarClient;
 use kl_proto::registrar::v1::{ActivateRequest, Contact, RegisterRequest};
 use kl_svc::tls::{ServerTrust, TlsConnector, client_config};
-use kl_tpm::Tpm;
+use kl_tpm::{Tpm, TpmError};
 use ring::rand::{SecureRandom, SystemRandom};
 use rustls::pki_types::CertificateDer;
 use tonic::Code;
@@ -121,7 +121,11 @@ async fn attempt(
     .await
     .map_err(|e| Attempt::Retry(format!("credential activation task: {e}")))?
     .map_err(|e| {
-        if e.is_connection_lost() {
+        // A TPM that went away, is busy with other clients or recovers from lockout may
+        // activate later; any other failure means the challenge is not for this TPM.
+        let transient = e.is_connection_lost()
+            || matches!(e, TpmError::Lockout { .. } | TpmError::OutOfMemory { .. });
+        if transient {
             Attempt::Retry(format!("credential activation: {e}"))
         } else {
             Attempt::Refused(Error::Activation(e))

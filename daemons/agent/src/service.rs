@@ -18,7 +18,7 @@ use kl_tpm::{KeyAlg, Tpm};
 use tonic::{Request, Response, Status};
 
 use crate::error::Error;
-use crate::imalog::ImaLog;
+use crate::imalog::{ImaLog, ImaSlice};
 use crate::payload::PayloadInstaller;
 
 /// Nonce length bounds (GetQuoteRequest.nonce).
@@ -39,7 +39,7 @@ pub struct AgentService {
     pub ak_alg: KeyAlg,
     /// The PCR banks the agent quotes: the configured one (see [`check_bank`]).
     pub pcr_banks: Vec<HashAlg>,
-    pub ima: ImaLog,
+    pub ima: Arc<ImaLog>,
     /// Most IMA entries in one reply (`ima_max_entries`).
     pub ima_limit: u64,
     pub event_log_path: PathBuf,
@@ -153,6 +153,37 @@ fn boot_time() -> i64 {
         .unwrap_or(0)
 }
 
+/// The IMA entries from `offset` (None when there is no measurement list) and, when a path is
+/// given, the UEFI event log (empty when there is none). Blocking file reads.
+fn read_logs(
+    ima: &ImaLog,
+    offset: u64,
+    limit: u64,
+    event_log: Option<&PathBuf>,
+) -> Result<(Option<ImaSlice>, Vec<u8>), Error> {
+    let slice = if ima.available() {
+        let slice = ima.read_from(offset, limit)?;
+        if slice.restarted {
+            tracing::info!(
+                requested = offset,
+                "IMA offset past the end of the measurement list (rebooted?): serving from 0"
+            );
+        }
+        Some(slice)
+    } else {
+        None
+    };
+    let event_log = match event_log.map(std::fs::read) {
+        None => Vec::new(),
+        Some(Ok(bytes)) => bytes,
+        Some(Err(e)) => {
+            tracing::debug!(error = %e, "no UEFI event log");
+            Vec::new()
+        }
+    };
+    Ok((slice, event_log))
+}
+
 impl AgentService {
     async fn quote(&self, req: pb::GetQuoteRequest) -> Result<pb::GetQuoteResponse, Error> {
         check_nonce(&req.nonce)?;
@@ -182,29 +213,13 @@ impl AgentService {
             0 => self.ima_limit,
             asked => asked.min(self.ima_limit),
         };
-        let ima = if self.ima.available() {
-            let slice = self.ima.read_from(req.ima_offset, limit)?;
-            if slice.restarted {
-                tracing::info!(
-                    requested = req.ima_offset,
-                    "IMA offset past the end of the measurement list (rebooted?): serving from 0"
-                );
-            }
-            Some(slice)
-        } else {
-            None
-        };
-        let event_log = if req.include_event_log {
-            match std::fs::read(&self.event_log_path) {
-                Ok(bytes) => bytes,
-                Err(e) => {
-                    tracing::debug!(path = %self.event_log_path.display(), error = %e, "no event log");
-                    Vec::new()
-                }
-            }
-        } else {
-            Vec::new()
-        };
+        let (ima_log, event_log_path) = (self.ima.clone(), self.event_log_path.clone());
+        let (offset, include_event_log) = (req.ima_offset, req.include_event_log);
+        let (ima, event_log) = tokio::task::spawn_blocking(move || {
+            read_logs(&ima_log, offset, limit, include_event_log.then_some(&event_log_path))
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("log reading task: {e}")))??;
 
         Ok(pb::GetQuoteResponse {
             attest: quote.attest,
