@@ -76,12 +76,13 @@ async fn quote_verifies_with_the_agents_ak_and_ima_replay_matches_pcr10() -> Res
     let sha512 = client.get_quote(sha512).await.expect_err("inactive bank");
     assert!(sha512.message().starts_with("hash_algorithm:"), "{}", sha512.message());
 
-    // Payload and revocation RPCs are not there yet, and say so.
-    let unimplemented = client
+    // No payload key yet: VerifyKey says so.
+    let no_key = client
         .verify_key(kl_proto::agent::v1::VerifyKeyRequest { challenge: vec![0; 16] })
         .await
         .expect_err("VerifyKey");
-    assert_eq!(unimplemented.code(), Code::Unimplemented);
+    assert_eq!(no_key.code(), Code::FailedPrecondition);
+    assert!(no_key.message().contains("not been derived"), "{}", no_key.message());
 
     // No registrar answered meanwhile: the agent says it keeps trying.
     agent.daemon.wait_for_output("will retry", OUTCOME_TIMEOUT)?;
