@@ -18,6 +18,7 @@ pub mod identity;
 pub mod imalog;
 pub mod payload;
 pub mod registration;
+pub mod revocation;
 pub mod service;
 
 use std::future::Future;
