@@ -44,8 +44,12 @@ impl RevocationActions {
                 tracing::warn!(action = %name, "revocation action names must be plain file names; skipped");
             }
         }
-        if self.allow_payload_actions {
-            if let Ok(list) = std::fs::read_to_string(self.payload_dir.join("action_list")) {
+        let listed = match self.allow_payload_actions {
+            true => std::fs::read_to_string(self.payload_dir.join("action_list")).ok(),
+            false => None,
+        };
+        {
+            if let Some(list) = listed {
                 for name in
                     list.split(|c: char| c == ',' || c.is_whitespace()).filter(|n| !n.is_empty())
                 {
