@@ -44,21 +44,17 @@ impl RevocationActions {
                 tracing::warn!(action = %name, "revocation action names must be plain file names; skipped");
             }
         }
-        let listed = match self.allow_payload_actions {
-            true => std::fs::read_to_string(self.payload_dir.join("action_list")).ok(),
-            false => None,
-        };
+        let listed = self
+            .allow_payload_actions
+            .then(|| std::fs::read_to_string(self.payload_dir.join("action_list")).ok())
+            .flatten()
+            .unwrap_or_default();
+        for name in listed.split(|c: char| c == ',' || c.is_whitespace()).filter(|n| !n.is_empty())
         {
-            if let Some(list) = listed {
-                for name in
-                    list.split(|c: char| c == ',' || c.is_whitespace()).filter(|n| !n.is_empty())
-                {
-                    if plain_name(name) {
-                        out.push(self.payload_dir.join(name));
-                    } else {
-                        tracing::warn!(action = %name, "payload action names must be plain file names; skipped");
-                    }
-                }
+            if plain_name(name) {
+                out.push(self.payload_dir.join(name));
+            } else {
+                tracing::warn!(action = %name, "payload action names must be plain file names; skipped");
             }
         }
         out
