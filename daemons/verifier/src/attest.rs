@@ -99,7 +99,11 @@ pub(crate) async fn round(
         let reply = match client.get_quote(request.clone()).await {
             Ok(reply) => reply.into_inner(),
             Err(status) if is_transport(&status) => {
-                return RoundOutcome::Unreachable(format!("{}: {}", status.code(), status.message()));
+                return RoundOutcome::Unreachable(format!(
+                    "{}: {}",
+                    status.code(),
+                    status.message()
+                ));
             }
             Err(status) => {
                 let finding = Finding::new(

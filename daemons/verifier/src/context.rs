@@ -11,10 +11,10 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
+use kl_core::alg::HashAlg;
 use kl_core::appraisal::{AgentPolicy, AttestationState};
 use kl_core::quote::{AcceptedAlgorithms, PreparedAk};
 use kl_core::tpm2::{Public, SigAlg};
-use kl_core::alg::HashAlg;
 use kl_proto::agent::v1::agent_client::AgentClient;
 use kl_proto::registrar::v1::registrar_client::RegistrarClient;
 use kl_store::verifier::{AgentEntry, VerifierStore};
@@ -132,7 +132,8 @@ impl Context {
 
     /// A client for the registrar, connected on first use and reused.
     pub fn registrar(&self) -> Result<RegistrarClient<Channel>, Error> {
-        let mut slot = self.registrar.lock().map_err(|_| Error::Internal("registrar lock".into()))?;
+        let mut slot =
+            self.registrar.lock().map_err(|_| Error::Internal("registrar lock".into()))?;
         if let Some(client) = slot.as_ref() {
             return Ok(client.clone());
         }
@@ -148,10 +149,11 @@ impl Context {
         } else {
             self.config.registrar_ip.clone()
         };
-        let endpoint = Endpoint::from_shared(format!("http://{host}:{}", self.config.registrar_port))
-            .map_err(|e| registrar_error(e.to_string()))?
-            .connect_timeout(self.config.request_timeout)
-            .timeout(self.config.request_timeout);
+        let endpoint =
+            Endpoint::from_shared(format!("http://{host}:{}", self.config.registrar_port))
+                .map_err(|e| registrar_error(e.to_string()))?
+                .connect_timeout(self.config.request_timeout)
+                .timeout(self.config.request_timeout);
         let channel = endpoint.connect_with_connector_lazy(TlsConnector::new(Arc::new(tls)));
         let client = RegistrarClient::new(channel);
         *slot = Some(client.clone());
@@ -192,7 +194,8 @@ impl Context {
         let identity_spki = identity_spki(&entry.agent_certificate)?;
         let mut algorithms = self.default_algorithms.clone();
         if !entry.accept_hash_algorithms.is_empty() {
-            algorithms.hash = parse_hash_algs(&entry.accept_hash_algorithms, "accept_hash_algorithms")?;
+            algorithms.hash =
+                parse_hash_algs(&entry.accept_hash_algorithms, "accept_hash_algorithms")?;
         }
         if !entry.accept_signing_algorithms.is_empty() {
             algorithms.signing =
@@ -247,10 +250,15 @@ pub(crate) fn identity_spki(certificate: &[u8]) -> Result<Vec<u8>, Error> {
     Ok(cert.tbs_certificate.subject_pki.raw.to_vec())
 }
 
-pub(crate) fn parse_hash_algs(names: &[String], field: &'static str) -> Result<Vec<HashAlg>, Error> {
+pub(crate) fn parse_hash_algs(
+    names: &[String],
+    field: &'static str,
+) -> Result<Vec<HashAlg>, Error> {
     names
         .iter()
-        .map(|n| n.parse().map_err(|_| Error::invalid(field, format!("unknown hash algorithm {n:?}"))))
+        .map(|n| {
+            n.parse().map_err(|_| Error::invalid(field, format!("unknown hash algorithm {n:?}")))
+        })
         .collect()
 }
 

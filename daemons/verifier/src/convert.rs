@@ -182,6 +182,9 @@ mod tests {
             rfc3339(&Timestamp { seconds: 1_795_756_037, nanos: 123_000_000 }),
             "2026-11-27T05:07:17.123Z"
         );
-        assert_eq!(rfc3339(&Timestamp { seconds: 951_782_400, nanos: 0 }), "2000-02-29T00:00:00.000Z");
+        assert_eq!(
+            rfc3339(&Timestamp { seconds: 951_782_400, nanos: 0 }),
+            "2000-02-29T00:00:00.000Z"
+        );
     }
 }

@@ -56,7 +56,10 @@ pub(crate) fn watch(
     from_cursor: u64,
     agent_id: String,
     mut shutdown: watch::Receiver<bool>,
-) -> Result<(mpsc::Receiver<Result<pb::Event, tonic::Status>>, impl Future<Output = ()> + Send + 'static), Error> {
+) -> Result<
+    (mpsc::Receiver<Result<pb::Event, tonic::Status>>, impl Future<Output = ()> + Send + 'static),
+    Error,
+> {
     if from_cursor > 0 {
         let oldest = store.oldest_event()?;
         let last = store.last_event()?;

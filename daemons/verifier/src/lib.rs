@@ -104,14 +104,12 @@ impl Server {
         let server_key = std::fs::read_to_string(files.server_key()).map_err(|e| {
             Error::Internal(format!("{}: cannot read: {e}", files.server_key().display()))
         })?;
-        let server_cert = server_identity
-            .chain
-            .first()
-            .map(|c| c.as_ref().to_vec())
-            .ok_or_else(|| Error::Internal("the server certificate file is empty".to_owned()))?;
-        let signer = NoticeSigner::from_pem(&server_key, server_cert).map_err(|e| {
-            Error::Internal(format!("{}: {e}", files.server_key().display()))
-        })?;
+        let server_cert =
+            server_identity.chain.first().map(|c| c.as_ref().to_vec()).ok_or_else(|| {
+                Error::Internal("the server certificate file is empty".to_owned())
+            })?;
+        let signer = NoticeSigner::from_pem(&server_key, server_cert)
+            .map_err(|e| Error::Internal(format!("{}: {e}", files.server_key().display())))?;
         let client_identity = files.client_identity()?;
 
         let path = store_path(config);
@@ -125,13 +123,11 @@ impl Server {
             StateWriter::start(store.clone(), hub.clone(), config.history_max_entries)?;
 
         let mut default_algorithms = AcceptedAlgorithms::default();
-        default_algorithms.hash = context::parse_hash_algs(&config.accept_tpm_hash_algs, "accept_tpm_hash_algs")?;
+        default_algorithms.hash =
+            context::parse_hash_algs(&config.accept_tpm_hash_algs, "accept_tpm_hash_algs")?;
         // Schemes kl-core cannot verify are left out rather than refused at start-up.
-        default_algorithms.signing = config
-            .accept_tpm_signing_algs
-            .iter()
-            .filter_map(|name| name.parse().ok())
-            .collect();
+        default_algorithms.signing =
+            config.accept_tpm_signing_algs.iter().filter_map(|name| name.parse().ok()).collect();
 
         let (stop, shutdown) = watch::channel(false);
         let mut agents = BTreeMap::new();

@@ -93,7 +93,8 @@ pub(crate) fn pcr_policy(proto: Option<&pb::PcrPolicy>) -> Result<String, Error>
         })
         .collect();
     let json = serde_json::json!({ "pcrs": pcrs }).to_string();
-    PcrPolicy::from_json(json.as_bytes()).map_err(|e| Error::invalid("pcr_policy", e.to_string()))?;
+    PcrPolicy::from_json(json.as_bytes())
+        .map_err(|e| Error::invalid("pcr_policy", e.to_string()))?;
     Ok(json)
 }
 
@@ -128,11 +129,9 @@ pub(crate) struct PolicyCache {
 impl PolicyCache {
     /// The runtime policy stored under `name`, parsed once per content digest.
     pub fn runtime(&self, store: &VerifierStore, name: &str) -> Result<Arc<RuntimeRules>, Error> {
-        let (record, document) =
-            store.get_policy(PolicyKind::Runtime, name)?.ok_or_else(|| Error::PolicyNotFound {
-                kind: "runtime",
-                name: name.to_owned(),
-            })?;
+        let (record, document) = store
+            .get_policy(PolicyKind::Runtime, name)?
+            .ok_or_else(|| Error::PolicyNotFound { kind: "runtime", name: name.to_owned() })?;
         let mut cache = self.runtime.lock().map_err(|_| poisoned())?;
         if let Some(rules) = cache.get(&record.digest).and_then(Weak::upgrade) {
             return Ok(rules);
@@ -150,17 +149,18 @@ impl PolicyCache {
 
     /// The measured-boot policy stored under `name`, parsed once per content digest.
     pub fn measured_boot(&self, store: &VerifierStore, name: &str) -> Result<Arc<MbPolicy>, Error> {
-        let (record, document) = store.get_policy(PolicyKind::MeasuredBoot, name)?.ok_or_else(
-            || Error::PolicyNotFound { kind: "measured-boot", name: name.to_owned() },
-        )?;
+        let (record, document) =
+            store.get_policy(PolicyKind::MeasuredBoot, name)?.ok_or_else(|| {
+                Error::PolicyNotFound { kind: "measured-boot", name: name.to_owned() }
+            })?;
         let mut cache = self.measured_boot.lock().map_err(|_| poisoned())?;
         if let Some(policy) = cache.get(&record.digest).and_then(Weak::upgrade) {
             return Ok(policy);
         }
-        let parsed = Arc::new(
-            MbPolicy::from_json(&document)
-                .map_err(|e| Error::Internal(format!("stored measured-boot policy {name:?}: {e}")))?,
-        );
+        let parsed =
+            Arc::new(MbPolicy::from_json(&document).map_err(|e| {
+                Error::Internal(format!("stored measured-boot policy {name:?}: {e}"))
+            })?);
         cache.retain(|_, weak| weak.strong_count() > 0);
         cache.insert(record.digest, Arc::downgrade(&parsed));
         Ok(parsed)

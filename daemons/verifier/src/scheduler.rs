@@ -151,9 +151,8 @@ async fn attest_once(ctx: &Arc<Context>, slot: &Arc<AgentSlot>) -> Duration {
                 }
                 interval
             } else {
-                for failure in events
-                    .into_iter()
-                    .filter(|e| e.kind == pb::EventKind::AttestationFailed as i32)
+                for failure in
+                    events.into_iter().filter(|e| e.kind == pb::EventKind::AttestationFailed as i32)
                 {
                     revocation::notify_others(ctx, failure);
                 }

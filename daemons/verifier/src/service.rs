@@ -44,7 +44,11 @@ fn check_agent_id(agent_id: &str) -> Result<(), Error> {
 fn check_policy_name(name: &str) -> Result<(), Error> {
     let valid = (1..=128).contains(&name.len())
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-    if valid { Ok(()) } else { Err(Error::invalid("name", format!("{name:?} is not [A-Za-z0-9._-]{{1,128}}"))) }
+    if valid {
+        Ok(())
+    } else {
+        Err(Error::invalid("name", format!("{name:?} is not [A-Za-z0-9._-]{{1,128}}")))
+    }
 }
 
 fn state_of(state: i32) -> pb::AgentState {
@@ -90,7 +94,9 @@ impl VerifierService {
     }
 
     fn slot(&self, agent_id: &str) -> Result<Arc<AgentSlot>, Error> {
-        self.ctx.slot(agent_id).ok_or_else(|| Error::AgentNotFound { agent_id: agent_id.to_owned() })
+        self.ctx
+            .slot(agent_id)
+            .ok_or_else(|| Error::AgentNotFound { agent_id: agent_id.to_owned() })
     }
 
     fn agents_using(&self, kind: PolicyKind, name: &str) -> u64 {
@@ -171,12 +177,11 @@ impl VerifierService {
     }
 
     fn get_policy(&self, kind: PolicyKind, name: &str) -> Result<(pb::PolicyInfo, Vec<u8>), Error> {
-        let (record, document) = self.ctx.store.get_policy(kind, name)?.ok_or_else(|| {
-            Error::PolicyNotFound {
+        let (record, document) =
+            self.ctx.store.get_policy(kind, name)?.ok_or_else(|| Error::PolicyNotFound {
                 kind: if kind == PolicyKind::Runtime { "runtime" } else { "measured-boot" },
                 name: name.to_owned(),
-            }
-        })?;
+            })?;
         Ok((convert::policy_info(&record, self.agents_using(kind, name)), document))
     }
 
@@ -230,8 +235,9 @@ impl Verifier for VerifierService {
         parse_sig_algs(&req.accept_signing_algorithms, "accept_signing_algorithms")?;
         let record = self.registrar_record(&req.agent_id).await?;
         let contact = record.contact.unwrap_or_default();
-        let contact_port = u16::try_from(contact.port)
-            .map_err(|_| Error::invalid("contact", format!("port {} from the registrar", contact.port)))?;
+        let contact_port = u16::try_from(contact.port).map_err(|_| {
+            Error::invalid("contact", format!("port {} from the registrar", contact.port))
+        })?;
 
         let mut entry = AgentEntry {
             agent_id: req.agent_id.clone(),
@@ -318,9 +324,12 @@ impl Verifier for VerifierService {
             removed: std::sync::atomic::AtomicBool::new(false),
         });
         {
-            let mut agents = self.ctx.agents.write().map_err(|_| Error::Internal("agent table lock".into()))?;
+            let mut agents =
+                self.ctx.agents.write().map_err(|_| Error::Internal("agent table lock".into()))?;
             if agents.contains_key(&slot.id) {
-                return Err(Status::aborted("a concurrent enrolment of this agent is in progress; retry"));
+                return Err(Status::aborted(
+                    "a concurrent enrolment of this agent is in progress; retry",
+                ));
             }
             agents.insert(slot.id.clone(), slot.clone());
         }
@@ -388,10 +397,8 @@ impl Verifier for VerifierService {
                 continue;
             }
             if agents.len() == limit {
-                next_page_token = agents
-                    .last()
-                    .map(|a: &pb::AgentStatus| a.agent_id.clone())
-                    .unwrap_or_default();
+                next_page_token =
+                    agents.last().map(|a: &pb::AgentStatus| a.agent_id.clone()).unwrap_or_default();
                 break;
             }
             agents.push(status);
@@ -438,7 +445,10 @@ impl Verifier for VerifierService {
                 && matches!(state_of(previous), pb::AgentState::Failed | pb::AgentState::Stopped);
         if !settings_changed && !resume {
             let agent = convert::agent_status(&rt.snapshot());
-            return Ok(Response::new(pb::UpdateAgentResponse { agent: Some(agent), changed: false }));
+            return Ok(Response::new(pb::UpdateAgentResponse {
+                agent: Some(agent),
+                changed: false,
+            }));
         }
         rt.entry = settings;
         rt.changed();
@@ -515,7 +525,8 @@ impl Verifier for VerifierService {
         let mut rt = slot.runtime.lock().await;
         let changed = state_of(rt.entry.state) != pb::AgentState::Stopped;
         if changed {
-            self.set_state(&slot, &mut rt, pb::AgentState::Stopped, "stopped by an operator").await?;
+            self.set_state(&slot, &mut rt, pb::AgentState::Stopped, "stopped by an operator")
+                .await?;
         }
         let agent = convert::agent_status(&rt.snapshot());
         Ok(Response::new(pb::StopAgentResponse { agent: Some(agent), changed }))
@@ -531,7 +542,8 @@ impl Verifier for VerifierService {
         let changed =
             matches!(state_of(rt.entry.state), pb::AgentState::Stopped | pb::AgentState::Failed);
         if changed {
-            self.set_state(&slot, &mut rt, pb::AgentState::Pending, "resumed by an operator").await?;
+            self.set_state(&slot, &mut rt, pb::AgentState::Pending, "resumed by an operator")
+                .await?;
         }
         let agent = convert::agent_status(&rt.snapshot());
         Ok(Response::new(pb::ResumeAgentResponse { agent: Some(agent), changed }))
@@ -629,11 +641,15 @@ impl Verifier for VerifierService {
             None
         } else {
             Some(req.page_token.parse::<u64>().map_err(|_| {
-                Error::invalid("page_token", format!("{:?} is not a token of this list", req.page_token))
+                Error::invalid(
+                    "page_token",
+                    format!("{:?} is not a token of this list", req.page_token),
+                )
             })?)
         };
         let limit = page_size(req.page_size);
-        let records = self.ctx.store.history(&req.agent_id, before, limit + 1).map_err(Error::from)?;
+        let records =
+            self.ctx.store.history(&req.agent_id, before, limit + 1).map_err(Error::from)?;
         let more = records.len() > limit;
         let attestations: Vec<pb::Attestation> =
             records.iter().take(limit).map(convert::attestation).collect();

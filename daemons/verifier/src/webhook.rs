@@ -40,10 +40,9 @@ impl Target {
             None => (rest, "/"),
         };
         let (host, port) = match authority.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (
-                h,
-                p.parse().map_err(|_| format!("webhook_url {url:?}: bad port {p:?}"))?,
-            ),
+            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
+                (h, p.parse().map_err(|_| format!("webhook_url {url:?}: bad port {p:?}"))?)
+            }
             _ => (authority, 80),
         };
         if host.is_empty() {
@@ -64,7 +63,12 @@ pub fn signature(secret: &str, body: &[u8]) -> String {
 }
 
 /// One POST; the status code of the answer.
-async fn post(target: &Target, body: &[u8], secret: Option<&str>, timeout: Duration) -> Result<u16, String> {
+async fn post(
+    target: &Target,
+    body: &[u8],
+    secret: Option<&str>,
+    timeout: Duration,
+) -> Result<u16, String> {
     let attempt = async {
         let mut stream = TcpStream::connect((target.host.as_str(), target.port))
             .await
@@ -92,11 +96,10 @@ async fn post(target: &Target, body: &[u8], secret: Option<&str>, timeout: Durat
             answer.extend_from_slice(&buffer[..n]);
         }
         let line = String::from_utf8_lossy(&answer);
-        let status = line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse::<u16>().ok())
-            .ok_or_else(|| format!("not an HTTP answer: {:?}", line.lines().next().unwrap_or("")))?;
+        let status =
+            line.split_whitespace().nth(1).and_then(|s| s.parse::<u16>().ok()).ok_or_else(
+                || format!("not an HTTP answer: {:?}", line.lines().next().unwrap_or("")),
+            )?;
         Ok(status)
     };
     tokio::time::timeout(timeout, attempt).await.map_err(|_| "timed out".to_owned())?
@@ -140,12 +143,15 @@ pub(crate) async fn run(context: Arc<Context>, url: String) {
             let body = convert::event_json(&event).to_string().into_bytes();
             let mut backoff = context.config.retry_interval.max(Duration::from_millis(50));
             loop {
-                match post(&target, &body, secret.as_deref(), context.config.request_timeout).await {
+                match post(&target, &body, secret.as_deref(), context.config.request_timeout).await
+                {
                     Ok(status) if (200..300).contains(&status) => break,
                     Ok(status) => {
                         tracing::warn!(cursor = event.cursor, status, "webhook refused; retrying")
                     }
-                    Err(e) => tracing::warn!(cursor = event.cursor, error = %e, "webhook failed; retrying"),
+                    Err(e) => {
+                        tracing::warn!(cursor = event.cursor, error = %e, "webhook failed; retrying")
+                    }
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}

@@ -12,7 +12,9 @@ use std::ops::Bound;
 use std::path::Path;
 use std::time::Duration;
 
-use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction};
+use redb::{
+    ReadTransaction, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction,
+};
 use serde::{Deserialize, Serialize};
 
 pub use crate::registrar::Timestamp;
@@ -276,7 +278,8 @@ impl VerifierStore {
             for agent in &batch.agents {
                 AGENTS.insert(txn, &agent.agent_id, agent)?;
             }
-            let mut history = txn.open_table(HISTORY).map_err(|e| StoreError::table("history", e))?;
+            let mut history =
+                txn.open_table(HISTORY).map_err(|e| StoreError::table("history", e))?;
             for agent_id in &batch.removed {
                 AGENTS.remove(txn, agent_id)?;
                 let start = format!("{agent_id}\0");
@@ -307,7 +310,9 @@ impl VerifierStore {
                 last += 1;
                 event.cursor = last;
                 let bytes = encode("events", &last.to_string(), &event)?;
-                events.insert(last, bytes.as_slice()).map_err(|e| StoreError::table("events", e))?;
+                events
+                    .insert(last, bytes.as_slice())
+                    .map_err(|e| StoreError::table("events", e))?;
                 out.push(event);
             }
             drop(events);
@@ -456,7 +461,8 @@ impl VerifierStore {
         let cutoff = Timestamp::now().seconds.saturating_sub(max_age.as_secs() as i64);
         self.db.write("prune history and events", |txn| {
             let mut pruned = Pruned::default();
-            let mut history = txn.open_table(HISTORY).map_err(|e| StoreError::table("history", e))?;
+            let mut history =
+                txn.open_table(HISTORY).map_err(|e| StoreError::table("history", e))?;
             history
                 .retain(|key, value| {
                     let keep = match decode::<HistoryRecord>("history", key, value) {

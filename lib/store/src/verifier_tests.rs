@@ -81,7 +81,8 @@ fn events_get_increasing_cursors_that_survive_reopen_and_pruning() -> TestResult
     // Keep at most one event: the oldest goes, and cursors are not reused.
     assert_eq!(store.prune(Duration::from_secs(3600), 1)?.events, 1);
     assert_eq!(store.oldest_event()?, Some(3));
-    let next = store.commit(Batch { events: vec![event("a", Timestamp::now())], ..Batch::default() }, 0)?;
+    let next = store
+        .commit(Batch { events: vec![event("a", Timestamp::now())], ..Batch::default() }, 0)?;
     assert_eq!(next[0].cursor, 4);
     assert_eq!(store.last_event()?, 4);
     Ok(())
@@ -108,7 +109,8 @@ fn history_is_bounded_per_agent_newest_first_and_removed_with_the_agent() -> Tes
     assert!(store.history("a", None, 10)?.is_empty());
     assert_eq!(seqs(store.history("b", None, 10)?), [5, 4, 3]);
     let old = Timestamp { seconds: 10, nanos: 0 };
-    store.commit(Batch { history: vec![("b".to_owned(), record(6, old))], ..Batch::default() }, 0)?;
+    store
+        .commit(Batch { history: vec![("b".to_owned(), record(6, old))], ..Batch::default() }, 0)?;
     assert_eq!(store.prune(Duration::from_secs(60), 100)?.history, 1);
     assert_eq!(seqs(store.history("b", None, 10)?), [5, 4, 3]);
     Ok(())

@@ -1,0 +1,62 @@
+//! Restarts and retention.
+
+use kl_proto::verifier::v1 as pb;
+
+use crate::support::{Fixture, TestResult};
+
+#[tokio::test]
+async fn a_restarted_verifier_continues_without_reenrolment_or_lost_events() -> TestResult {
+    let mut fx = Fixture::start(|_| {}).await?;
+    let agent = fx.agent().await?;
+    fx.put_policy("p", &agent).await?;
+    fx.enroll(&agent, "p").await?;
+    let before = fx.wait_for(&agent.id, "three passes", |s| s.attestation_count >= 3).await?;
+    let events_before =
+        fx.events_until(0, |e| e.kind == pb::EventKind::StateChanged as i32).await?;
+
+    fx.stop_verifier().await?;
+    let stopped = kl_store::verifier::VerifierStore::open(&kl_verifier::store_path(&fx.config))?;
+    let stored = stopped.get_agent(&agent.id)?.ok_or("agent not stored")?;
+    assert!(stored.attestation_count >= before.attestation_count, "state was committed");
+    drop(stopped);
+    fx.start_verifier().await?;
+
+    let after = fx
+        .wait_for(&agent.id, "more passes", |s| s.attestation_count > stored.attestation_count)
+        .await?;
+    assert_eq!(after.state, pb::AgentState::Passed as i32);
+    assert!(after.ima_offset >= before.ima_offset, "IMA progress kept");
+    // A file measured after the restart is still caught, from the stored offset.
+    agent.with(|m| m.ima.measure("/opt/new", b"new"));
+    let failed = fx.wait_state(&agent.id, pb::AgentState::Failed).await?;
+    let finding = &failed.last_verdict.ok_or("no verdict")?.findings[0];
+    assert_eq!(finding.path.as_deref(), Some("/opt/new"));
+    // Every event from before the restart is still there, with the same cursors.
+    let last_before = events_before.last().map(|e| e.cursor).ok_or("no events")?;
+    let replayed = fx.events_until(0, |e| e.cursor == last_before).await?;
+    assert_eq!(
+        replayed.iter().map(|e| e.cursor).collect::<Vec<_>>(),
+        events_before.iter().map(|e| e.cursor).collect::<Vec<_>>()
+    );
+    let newer =
+        fx.events_until(last_before, |e| e.kind == pb::EventKind::AttestationFailed as i32).await?;
+    assert!(newer.iter().all(|e| e.cursor > last_before));
+    fx.stop_verifier().await
+}
+
+#[tokio::test]
+async fn history_is_pruned_to_the_configured_count() -> TestResult {
+    let mut fx = Fixture::start(|c| c.history_max_entries = 3).await?;
+    let agent = fx.agent().await?;
+    fx.put_policy("p", &agent).await?;
+    fx.enroll(&agent, "p").await?;
+    fx.wait_for(&agent.id, "six passes", |s| s.attestation_count >= 6).await?;
+    let request = pb::ListAttestationsRequest { agent_id: agent.id.clone(), ..Default::default() };
+    let history = fx.admin().await?.list_attestations(request).await?.into_inner();
+    let sequences: Vec<u64> = history.attestations.iter().map(|a| a.sequence).collect();
+    assert!(sequences.len() <= 3 && sequences.len() >= 2, "{sequences:?}");
+    assert!(sequences.windows(2).all(|w| w[0] > w[1]), "newest first: {sequences:?}");
+    assert!(sequences[0] >= 5, "{sequences:?}");
+    assert!(history.attestations.iter().all(|a| a.verdict.as_ref().is_some_and(|v| v.passed)));
+    fx.stop_verifier().await
+}
