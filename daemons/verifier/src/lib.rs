@@ -122,12 +122,15 @@ impl Server {
         let (writer, writer_thread) =
             StateWriter::start(store.clone(), hub.clone(), config.history_max_entries)?;
 
-        let mut default_algorithms = AcceptedAlgorithms::default();
-        default_algorithms.hash =
-            context::parse_hash_algs(&config.accept_tpm_hash_algs, "accept_tpm_hash_algs")?;
-        // Schemes kl-core cannot verify are left out rather than refused at start-up.
-        default_algorithms.signing =
-            config.accept_tpm_signing_algs.iter().filter_map(|name| name.parse().ok()).collect();
+        let default_algorithms = AcceptedAlgorithms {
+            hash: context::parse_hash_algs(&config.accept_tpm_hash_algs, "accept_tpm_hash_algs")?,
+            // Schemes kl-core cannot verify are left out rather than refused at start-up.
+            signing: config
+                .accept_tpm_signing_algs
+                .iter()
+                .filter_map(|name| name.parse().ok())
+                .collect(),
+        };
 
         let (stop, shutdown) = watch::channel(false);
         let mut agents = BTreeMap::new();

@@ -479,21 +479,7 @@ impl VerifierStore {
             let mut events = txn.open_table(EVENTS).map_err(|e| StoreError::table("events", e))?;
             let total = events.len().map_err(|e| StoreError::table("events", e))?;
             let mut excess = total.saturating_sub(max_events);
-            loop {
-                let Some((cursor, at)) = ({
-                    let first = events.first().map_err(|e| StoreError::table("events", e))?;
-                    match first {
-                        Some((k, v)) => {
-                            let cursor = k.value();
-                            let event: EventRecord =
-                                decode("events", &cursor.to_string(), v.value())?;
-                            Some((cursor, event.at))
-                        }
-                        None => None,
-                    }
-                }) else {
-                    break;
-                };
+            while let Some((cursor, at)) = first_event(&events)? {
                 if excess == 0 && !older_than(&at, cutoff) {
                     break;
                 }
@@ -504,6 +490,19 @@ impl VerifierStore {
             Ok(pruned)
         })
     }
+}
+
+/// The cursor and time of the oldest event.
+fn first_event(
+    events: &impl ReadableTable<u64, &'static [u8]>,
+) -> Result<Option<(u64, Timestamp)>, StoreError> {
+    let first = events.first().map_err(|e| StoreError::table("events", e))?;
+    let Some((key, value)) = first else {
+        return Ok(None);
+    };
+    let cursor = key.value();
+    let event: EventRecord = decode("events", &cursor.to_string(), value.value())?;
+    Ok(Some((cursor, event.at)))
 }
 
 fn events_after(

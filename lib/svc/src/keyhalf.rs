@@ -74,7 +74,7 @@ pub fn seal(recipient_spki_der: &[u8], half: &[u8]) -> Result<SealedHalf, KeyHal
     let key = agreement::agree_ephemeral(
         ephemeral,
         &UnparsedPublicKey::new(&ECDH_P256, &point),
-        |shared| aead_key(shared),
+        aead_key,
     )
     .map_err(|_| KeyHalfError::Recipient("not a P-256 public key".to_owned()))??;
     let mut nonce = [0u8; 12];
