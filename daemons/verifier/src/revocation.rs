@@ -14,6 +14,9 @@ use crate::context::Context;
 use crate::convert;
 use crate::scheduler::event;
 
+/// Notices in flight at once.
+const MAX_CONCURRENT_NOTICES: usize = 64;
+
 /// Sends the notice of `failure` to every other agent, in the background.
 pub(crate) fn notify_others(ctx: &Arc<Context>, failure: EventRecord) {
     let ctx_task = ctx.clone();
@@ -32,34 +35,45 @@ pub(crate) fn notify_others(ctx: &Arc<Context>, failure: EventRecord) {
             signature: signed.signature,
             signer_certificate: signed.signer_certificate,
         };
-        let mut sent = 0u32;
-        let mut targets = 0u32;
-        for slot in ctx.slots() {
-            if slot.id == failure.agent_id {
-                continue;
-            }
-            targets += 1;
-            let client = {
-                let mut rt = slot.runtime.lock().await;
-                if rt.client.is_none() {
-                    rt.client = ctx.agent_client(&rt.entry).ok();
+        let targets: Vec<_> =
+            ctx.slots().into_iter().filter(|slot| slot.id != failure.agent_id).collect();
+        let total = targets.len();
+        let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_NOTICES));
+        let mut sending = tokio::task::JoinSet::new();
+        for slot in targets {
+            let (ctx, request, permits) = (ctx.clone(), request.clone(), permits.clone());
+            let failed_agent = failure.agent_id.clone();
+            sending.spawn(async move {
+                let Ok(_permit) = permits.acquire().await else { return false };
+                let client = {
+                    let mut rt = slot.runtime.lock().await;
+                    if rt.client.is_none() {
+                        rt.client = ctx.agent_client(&rt.entry).ok();
+                    }
+                    rt.client.clone()
+                };
+                let Some(mut client) = client else { return false };
+                match client.notify_revocation(request).await {
+                    Ok(_) => true,
+                    Err(status) => {
+                        tracing::warn!(
+                            agent = %slot.id,
+                            failed_agent = %failed_agent,
+                            code = ?status.code(),
+                            message = status.message(),
+                            "revocation notice not taken"
+                        );
+                        false
+                    }
                 }
-                rt.client.clone()
-            };
-            let Some(mut client) = client else { continue };
-            match client.notify_revocation(request.clone()).await {
-                Ok(_) => sent += 1,
-                Err(status) => tracing::warn!(
-                    agent = %slot.id,
-                    failed_agent = %failure.agent_id,
-                    code = ?status.code(),
-                    message = status.message(),
-                    "revocation notice not taken"
-                ),
-            }
+            });
+        }
+        let mut sent = 0usize;
+        while let Some(taken) = sending.join_next().await {
+            sent += usize::from(taken.unwrap_or(false));
         }
         let message = format!(
-            "revocation notice for {} (cursor {}) taken by {sent} of {targets} agents",
+            "revocation notice for {} (cursor {}) taken by {sent} of {total} agents",
             failure.agent_id, failure.cursor
         );
         tracing::info!(%message);

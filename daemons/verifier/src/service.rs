@@ -99,16 +99,15 @@ impl VerifierService {
             .ok_or_else(|| Error::AgentNotFound { agent_id: agent_id.to_owned() })
     }
 
-    fn agents_using(&self, kind: PolicyKind, name: &str) -> u64 {
+    async fn agents_using(&self, kind: PolicyKind, name: &str) -> u64 {
         let mut count = 0;
         for slot in self.ctx.slots() {
-            if let Ok(rt) = slot.runtime.try_lock() {
-                let used = match kind {
-                    PolicyKind::Runtime => &rt.entry.runtime_policy,
-                    PolicyKind::MeasuredBoot => &rt.entry.measured_boot_policy,
-                };
-                count += u64::from(used == name);
-            }
+            let rt = slot.runtime.lock().await;
+            let used = match kind {
+                PolicyKind::Runtime => &rt.entry.runtime_policy,
+                PolicyKind::MeasuredBoot => &rt.entry.measured_boot_policy,
+            };
+            count += u64::from(used == name);
         }
         count
     }
@@ -173,26 +172,28 @@ impl VerifierService {
                 slot.wake.notify_one();
             }
         }
-        Ok((convert::policy_info(&record, self.agents_using(kind, name)), changed))
+        Ok((convert::policy_info(&record, self.agents_using(kind, name).await), changed))
     }
 
-    fn get_policy(&self, kind: PolicyKind, name: &str) -> Result<(pb::PolicyInfo, Vec<u8>), Error> {
+    async fn get_policy(
+        &self,
+        kind: PolicyKind,
+        name: &str,
+    ) -> Result<(pb::PolicyInfo, Vec<u8>), Error> {
         let (record, document) =
             self.ctx.store.get_policy(kind, name)?.ok_or_else(|| Error::PolicyNotFound {
                 kind: if kind == PolicyKind::Runtime { "runtime" } else { "measured-boot" },
                 name: name.to_owned(),
             })?;
-        Ok((convert::policy_info(&record, self.agents_using(kind, name)), document))
+        Ok((convert::policy_info(&record, self.agents_using(kind, name).await), document))
     }
 
-    fn list_policies(&self, kind: PolicyKind) -> Result<Vec<pb::PolicyInfo>, Error> {
-        Ok(self
-            .ctx
-            .store
-            .list_policies(kind)?
-            .iter()
-            .map(|p| convert::policy_info(p, self.agents_using(kind, &p.name)))
-            .collect())
+    async fn list_policies(&self, kind: PolicyKind) -> Result<Vec<pb::PolicyInfo>, Error> {
+        let mut out = Vec::new();
+        for p in self.ctx.store.list_policies(kind)? {
+            out.push(convert::policy_info(&p, self.agents_using(kind, &p.name).await));
+        }
+        Ok(out)
     }
 
     fn delete_policy(&self, kind: PolicyKind, name: &str) -> Result<bool, Error> {
@@ -567,7 +568,8 @@ impl Verifier for VerifierService {
         request: Request<pb::GetRuntimePolicyRequest>,
     ) -> Result<Response<pb::GetRuntimePolicyResponse>, Status> {
         access::require(&request, "GetRuntimePolicy", READ)?;
-        let (policy, document) = self.get_policy(PolicyKind::Runtime, &request.get_ref().name)?;
+        let (policy, document) =
+            self.get_policy(PolicyKind::Runtime, &request.get_ref().name).await?;
         Ok(Response::new(pb::GetRuntimePolicyResponse { policy: Some(policy), document }))
     }
 
@@ -576,7 +578,7 @@ impl Verifier for VerifierService {
         request: Request<pb::ListRuntimePoliciesRequest>,
     ) -> Result<Response<pb::ListRuntimePoliciesResponse>, Status> {
         access::require(&request, "ListRuntimePolicies", READ)?;
-        let policies = self.list_policies(PolicyKind::Runtime)?;
+        let policies = self.list_policies(PolicyKind::Runtime).await?;
         Ok(Response::new(pb::ListRuntimePoliciesResponse { policies }))
     }
 
@@ -608,7 +610,7 @@ impl Verifier for VerifierService {
     ) -> Result<Response<pb::GetMeasuredBootPolicyResponse>, Status> {
         access::require(&request, "GetMeasuredBootPolicy", READ)?;
         let (policy, document) =
-            self.get_policy(PolicyKind::MeasuredBoot, &request.get_ref().name)?;
+            self.get_policy(PolicyKind::MeasuredBoot, &request.get_ref().name).await?;
         Ok(Response::new(pb::GetMeasuredBootPolicyResponse { policy: Some(policy), document }))
     }
 
@@ -617,7 +619,7 @@ impl Verifier for VerifierService {
         request: Request<pb::ListMeasuredBootPoliciesRequest>,
     ) -> Result<Response<pb::ListMeasuredBootPoliciesResponse>, Status> {
         access::require(&request, "ListMeasuredBootPolicies", READ)?;
-        let policies = self.list_policies(PolicyKind::MeasuredBoot)?;
+        let policies = self.list_policies(PolicyKind::MeasuredBoot).await?;
         Ok(Response::new(pb::ListMeasuredBootPoliciesResponse { policies }))
     }
 

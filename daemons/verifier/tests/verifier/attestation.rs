@@ -1,6 +1,8 @@
 //! Attestation outcomes: pass, failures named by their findings, events, webhooks,
 //! revocation notices, reachability and key delivery.
 
+use std::sync::Arc;
+use std::sync::atomic::AtomicU16;
 use std::time::{Duration, Instant};
 
 use kl_proto::agent::v1 as agent_pb;
@@ -16,7 +18,7 @@ fn rules(status: &pb::AgentStatus) -> Vec<String> {
 
 #[tokio::test]
 async fn unknown_file_fails_within_an_interval_with_event_webhook_and_notices() -> TestResult {
-    let (hook, mut deliveries, _server) = webhook_receiver(200).await?;
+    let (hook, mut deliveries, _server) = webhook_receiver(Arc::new(AtomicU16::new(200))).await?;
     let mut fx = Fixture::start(|c| {
         c.webhook_url = Some(format!("http://{hook}/keylime"));
         c.webhook_secret = Some("s3cret".to_owned());

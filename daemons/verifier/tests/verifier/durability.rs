@@ -2,7 +2,10 @@
 
 use kl_proto::verifier::v1 as pb;
 
-use crate::support::{Fixture, TestResult};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, Ordering};
+
+use crate::support::{DEADLINE, Fixture, TestResult, webhook_receiver};
 
 #[tokio::test]
 async fn a_restarted_verifier_continues_without_reenrolment_or_lost_events() -> TestResult {
@@ -58,5 +61,58 @@ async fn history_is_pruned_to_the_configured_count() -> TestResult {
     assert!(sequences.windows(2).all(|w| w[0] > w[1]), "newest first: {sequences:?}");
     assert!(sequences[0] >= 5, "{sequences:?}");
     assert!(history.attestations.iter().all(|a| a.verdict.as_ref().is_some_and(|v| v.passed)));
+    fx.stop_verifier().await
+}
+
+#[tokio::test]
+async fn webhooks_are_retried_until_acknowledged_across_a_restart() -> TestResult {
+    let status = Arc::new(AtomicU16::new(503));
+    let (hook, mut deliveries, _server) = webhook_receiver(status.clone()).await?;
+    let mut fx = Fixture::start(|c| {
+        c.webhook_url = Some(format!("http://{hook}/"));
+        c.webhook_secret = Some("k".to_owned());
+    })
+    .await?;
+    let agent = fx.agent().await?;
+    fx.put_policy("p", &agent).await?;
+    fx.enroll(&agent, "p").await?;
+    fx.wait_state(&agent.id, pb::AgentState::Passed).await?;
+    // Refused twice: the first event is offered again.
+    for _ in 0..2 {
+        let refused = tokio::time::timeout(DEADLINE, deliveries.recv()).await?.ok_or("closed")?;
+        assert_eq!(refused.status, 503);
+        let json: serde_json::Value = serde_json::from_slice(&refused.body)?;
+        assert_eq!(json["cursor"], 1);
+    }
+    fx.stop_verifier().await?;
+    status.store(200, Ordering::SeqCst);
+    while deliveries.try_recv().is_ok() {}
+    fx.start_verifier().await?;
+    // Every event, from the first, in order, once acknowledged.
+    let mut expected = 1u64;
+    while expected <= 3 {
+        let delivery = tokio::time::timeout(DEADLINE, deliveries.recv()).await?.ok_or("closed")?;
+        let json: serde_json::Value = serde_json::from_slice(&delivery.body)?;
+        assert_eq!(json["cursor"], expected, "{json}");
+        assert_eq!(
+            delivery.signature.as_deref(),
+            Some(kl_verifier::webhook_signature("k", &delivery.body).as_str())
+        );
+        expected += 1;
+    }
+    fx.stop_verifier().await
+}
+
+#[tokio::test]
+async fn a_verifier_generates_its_ca_on_first_start() -> TestResult {
+    let mut fx = Fixture::start(|_| {}).await?;
+    fx.stop_verifier().await?;
+    let home = fx.dir.path().join("fresh");
+    fx.config.keylime_dir = home.clone();
+    fx.config.tls_dir = kl_svc::tls::TlsDir::Generate;
+    fx.start_verifier().await?;
+    for file in ["cacert.crt", "cakey.pem", "server-cert.crt", "client-cert.crt"] {
+        assert!(home.join("cv_ca").join(file).exists(), "{file}");
+    }
     fx.stop_verifier().await
 }

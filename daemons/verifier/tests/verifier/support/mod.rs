@@ -11,6 +11,7 @@ pub mod synthetic;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
 use kl_core::credential::activation_proof;
@@ -320,11 +321,14 @@ impl Drop for Fixture {
 pub struct Delivery {
     pub signature: Option<String>,
     pub body: Vec<u8>,
+    /// What the receiver answered.
+    pub status: u16,
 }
 
-/// A tiny HTTP server that answers every POST with `status` and hands the requests over.
+/// A tiny HTTP server that answers every POST with the current `status` and hands the
+/// requests over.
 pub async fn webhook_receiver(
-    status: u16,
+    status: Arc<AtomicU16>,
 ) -> Result<(SocketAddr, mpsc::UnboundedReceiver<Delivery>, JoinHandle<()>), BoxError> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
@@ -369,7 +373,8 @@ pub async fn webhook_receiver(
                     .map(|(_, v)| v.trim().to_owned())
             });
             let body = buffer[head_end..(head_end + length).min(buffer.len())].to_vec();
-            let _ = tx.send(Delivery { signature, body });
+            let status = status.load(Ordering::SeqCst);
+            let _ = tx.send(Delivery { signature, body, status });
             let answer =
                 format!("HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
             let _ = stream.write_all(answer.as_bytes()).await;
