@@ -221,3 +221,43 @@ async fn the_v_key_half_is_delivered_sealed_after_the_first_pass() -> TestResult
     assert_eq!(open(&key_pem, &sealed)?, v);
     fx.stop_verifier().await
 }
+
+#[tokio::test]
+async fn quotes_with_refused_algorithms_fail() -> TestResult {
+    let mut fx = Fixture::start(|_| {}).await?;
+    let agent = fx.agent().await?;
+    let request = pb::EnrollAgentRequest {
+        agent_id: agent.id.clone(),
+        accept_signing_algorithms: vec!["rsassa".to_owned()],
+        ..Default::default()
+    };
+    fx.admin().await?.enroll_agent(request).await?;
+    let failed = fx.wait_state(&agent.id, pb::AgentState::Failed).await?;
+    assert_eq!(rules(&failed), ["quote.algorithm"]);
+    fx.stop_verifier().await
+}
+
+#[tokio::test]
+async fn a_measured_boot_policy_asks_for_the_event_log_and_fails_without_one() -> TestResult {
+    let mut fx = Fixture::start(|_| {}).await?;
+    let agent = fx.agent().await?;
+    let put = pb::PutMeasuredBootPolicyRequest {
+        name: "boot".to_owned(),
+        document: br#"{"allow_secureboot_off": true}"#.to_vec(),
+    };
+    let mut admin = fx.admin().await?;
+    assert!(admin.put_measured_boot_policy(put.clone()).await?.into_inner().changed);
+    assert!(!admin.put_measured_boot_policy(put).await?.into_inner().changed);
+    let request = pb::EnrollAgentRequest {
+        agent_id: agent.id.clone(),
+        measured_boot_policy: "boot".to_owned(),
+        ..Default::default()
+    };
+    admin.enroll_agent(request).await?;
+    let failed = fx.wait_state(&agent.id, pb::AgentState::Failed).await?;
+    assert_eq!(rules(&failed), ["mb.event_log_missing"]);
+    let asked = agent.with(|m| m.last_request.clone()).ok_or("no request")?;
+    assert!(asked.include_event_log);
+    assert!(asked.pcrs.contains(&0) && asked.pcrs.contains(&7) && !asked.pcrs.contains(&10));
+    fx.stop_verifier().await
+}

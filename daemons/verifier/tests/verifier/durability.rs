@@ -116,3 +116,38 @@ async fn a_verifier_generates_its_ca_on_first_start() -> TestResult {
     }
     fx.stop_verifier().await
 }
+
+#[tokio::test]
+async fn events_older_than_the_age_limit_are_pruned_and_their_cursors_refused() -> TestResult {
+    let mut fx = Fixture::start(|_| {}).await?;
+    let agent = fx.agent().await?;
+    fx.put_policy("p", &agent).await?;
+    fx.enroll(&agent, "p").await?;
+    let events = fx.events_until(0, |e| e.kind == pb::EventKind::StateChanged as i32).await?;
+    let last = events.last().map(|e| e.cursor).ok_or("no events")?;
+    fx.stop_verifier().await?;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    // Pruning runs at start-up: with no retention everything older than now goes.
+    fx.config.history_max_age = std::time::Duration::ZERO;
+    fx.start_verifier().await?;
+    let request = pb::WatchEventsRequest { from_cursor: 1, agent_id: String::new() };
+    let mut admin = fx.admin().await?;
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        match admin.watch_events(request.clone()).await {
+            Err(status) => {
+                assert_eq!(status.code(), tonic::Code::OutOfRange, "{status:?}");
+                break;
+            }
+            Ok(_) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Ok(_) => return Err("cursor 1 was never pruned".into()),
+        }
+    }
+    // New events continue after the old cursors.
+    assert!(fx.put_policy("q", &agent).await?);
+    let newer = fx.events_until(last, |_| true).await?;
+    assert!(newer.iter().all(|e| e.cursor > last), "{newer:?}");
+    fx.stop_verifier().await
+}

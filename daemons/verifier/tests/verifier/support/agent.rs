@@ -78,6 +78,7 @@ pub struct Machine {
     pub max_ima_entries: usize,
     pub first_answer: Option<pb::GetQuoteResponse>,
     pub quotes: u64,
+    pub last_request: Option<pb::GetQuoteRequest>,
     pub notices: Vec<pb::NotifyRevocationRequest>,
     pub key_halves: Vec<pb::DeliverKeyRequest>,
 }
@@ -100,6 +101,7 @@ impl Machine {
             max_ima_entries: 2,
             first_answer: None,
             quotes: 0,
+            last_request: None,
             notices: Vec::new(),
             key_halves: Vec::new(),
         })
@@ -111,6 +113,7 @@ impl Machine {
         }
         self.clock.clock += 100;
         self.quotes += 1;
+        self.last_request = Some(request.clone());
         let mut values = PcrValues::new(HashAlg::Sha256);
         for &pcr in &request.pcrs {
             let value = if pcr == 10 {
