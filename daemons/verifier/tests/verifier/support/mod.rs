@@ -262,8 +262,11 @@ impl Fixture {
         done: impl Fn(&pb::AgentStatus) -> bool,
     ) -> Result<pb::AgentStatus, BoxError> {
         let deadline = tokio::time::Instant::now() + DEADLINE;
+        let mut admin = self.admin().await?;
         loop {
-            let status = self.status(agent_id).await?;
+            let request = pb::GetAgentRequest { agent_id: agent_id.to_owned() };
+            let answer = admin.get_agent(request).await?.into_inner();
+            let status = answer.agent.ok_or("no agent in the answer")?;
             if done(&status) {
                 return Ok(status);
             }
