@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use kl_proto::verifier::v1 as pb;
 use kl_store::verifier::{Batch, EventRecord, HistoryRecord, Timestamp};
+use kl_svc::config::VerifierConfig;
 use rand::RngExt;
 
 use crate::attest::{self, RoundOutcome};
@@ -187,9 +188,16 @@ fn missed(ctx: &Context, agent_id: &str, rt: &mut AgentRuntime, reason: String) 
     }
     batch.agents.push(rt.snapshot());
     ctx.writer.submit(batch);
+    retry_delay(config, misses, rt.entry.state == unreachable)
+}
+
+/// The wait after `misses` consecutive unanswered rounds: `retry_interval`, doubled per miss
+/// with `exponential_backoff`; an unreachable agent is probed no faster than `quote_interval`;
+/// never more than [`MAX_PROBE`].
+fn retry_delay(config: &VerifierConfig, misses: u32, unreachable: bool) -> Duration {
     let exponent = if config.exponential_backoff { misses.saturating_sub(1).min(16) } else { 0 };
     let backoff = config.retry_interval.saturating_mul(1 << exponent);
-    if rt.entry.state == unreachable {
+    if unreachable {
         backoff.max(config.quote_interval).min(MAX_PROBE)
     } else {
         backoff.min(MAX_PROBE)
@@ -270,5 +278,26 @@ async fn record_verdict(
             tracing::error!(agent = %agent_id, error = %e, "recording a failed attestation");
             Vec::new()
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kl_svc::config::{Sources, load};
+
+    use super::*;
+
+    #[test]
+    fn retries_back_off_exponentially_and_unreachable_agents_are_probed_slower() {
+        let mut config =
+            load::<VerifierConfig>(&Sources::new()).map(|l| l.config).expect("defaults");
+        config.retry_interval = Duration::from_secs(1);
+        config.quote_interval = Duration::from_secs(5);
+        let delays: Vec<u64> = (1..=8).map(|m| retry_delay(&config, m, false).as_secs()).collect();
+        assert_eq!(delays, [1, 2, 4, 8, 16, 32, 60, 60]);
+        assert_eq!(retry_delay(&config, 1, true), Duration::from_secs(5));
+        config.exponential_backoff = false;
+        assert_eq!(retry_delay(&config, 6, false), Duration::from_secs(1));
+        assert!(jitter(Duration::from_secs(2)) < Duration::from_secs(2));
     }
 }
