@@ -55,6 +55,8 @@ pub(crate) struct AgentRuntime {
     pub client: Option<AgentClient<Channel>>,
     /// Bumped by every settings change; a round started under another generation is dropped.
     pub generation: u64,
+    /// A DeliverKey call is in progress.
+    pub delivering_key: bool,
 }
 
 impl AgentRuntime {
@@ -67,7 +69,14 @@ impl AgentRuntime {
                 AttestationState::default()
             })
         };
-        AgentRuntime { entry, attestation, policy: None, client: None, generation: 0 }
+        AgentRuntime {
+            entry,
+            attestation,
+            policy: None,
+            client: None,
+            generation: 0,
+            delivering_key: false,
+        }
     }
 
     /// The entry with the current attestation state serialized into it.

@@ -15,9 +15,12 @@ use crate::context::{AgentRuntime, AgentSlot, Context};
 pub(crate) fn deliver_v(
     ctx: &Arc<Context>,
     slot: &Arc<AgentSlot>,
-    rt: &AgentRuntime,
+    rt: &mut AgentRuntime,
     policy: &AgentPolicy,
 ) {
+    if rt.delivering_key {
+        return;
+    }
     let Some(mut client) = rt.client.clone() else { return };
     let sealed = match kl_svc::keyhalf::seal(&policy.identity_spki, &rt.entry.v_key_half) {
         Ok(sealed) => sealed,
@@ -38,10 +41,13 @@ pub(crate) fn deliver_v(
     };
     let ctx_task = ctx.clone();
     let slot = slot.clone();
+    rt.delivering_key = true;
     ctx.spawn(async move {
-        match client.deliver_key(request).await {
+        let answer = client.deliver_key(request).await;
+        let mut rt = slot.runtime.lock().await;
+        rt.delivering_key = false;
+        match answer {
             Ok(_) => {
-                let mut rt = slot.runtime.lock().await;
                 if slot.removed.load(Ordering::Acquire) {
                     return;
                 }

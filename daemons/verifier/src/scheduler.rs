@@ -148,7 +148,7 @@ async fn attest_once(ctx: &Arc<Context>, slot: &Arc<AgentSlot>) -> Duration {
             .await;
             if passed {
                 if !rt.entry.key_delivered && !rt.entry.v_key_half.is_empty() {
-                    keys::deliver_v(ctx, slot, &rt, &policy);
+                    keys::deliver_v(ctx, slot, &mut rt, &policy);
                 }
                 interval
             } else {

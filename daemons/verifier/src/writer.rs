@@ -104,3 +104,52 @@ fn write_batches(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use kl_store::verifier::{EventRecord, Timestamp};
+
+    use super::*;
+
+    fn event(n: u64) -> EventRecord {
+        EventRecord {
+            cursor: 0,
+            at: Timestamp::now(),
+            kind: 3,
+            agent_id: format!("agent-{n}"),
+            state: 2,
+            previous_state: 1,
+            findings_json: String::new(),
+            message: String::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn merged_jobs_each_get_their_own_events_and_everything_is_published() -> Result<(), Error>
+    {
+        let dir = tempfile::tempdir().map_err(|e| Error::Internal(e.to_string()))?;
+        let store = Arc::new(VerifierStore::open(&dir.path().join("verifier.redb"))?);
+        let hub = EventHub::new();
+        let mut live = hub.subscribe();
+        let (writer, thread) = StateWriter::start(store.clone(), hub, 10)?;
+        for n in 0..50 {
+            writer.submit(Batch { events: vec![event(n)], ..Batch::default() });
+        }
+        let own = writer
+            .commit(Batch { events: vec![event(100), event(101)], ..Batch::default() })
+            .await?;
+        assert_eq!(
+            own.iter().map(|e| e.agent_id.as_str()).collect::<Vec<_>>(),
+            ["agent-100", "agent-101"]
+        );
+        assert_eq!(own.iter().map(|e| e.cursor).collect::<Vec<_>>(), [51, 52]);
+        for expected in 1..=52 {
+            let published = live.recv().await.map_err(|e| Error::Internal(e.to_string()))?;
+            assert_eq!(published.cursor, expected);
+        }
+        drop(writer);
+        thread.join().map_err(|_| Error::Internal("writer panicked".into()))?;
+        assert_eq!(store.last_event()?, 52);
+        Ok(())
+    }
+}
