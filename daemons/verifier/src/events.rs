@@ -90,7 +90,7 @@ pub(crate) fn watch(
                 let full = page.len() == PAGE;
                 for event in page {
                     last = event.cursor;
-                    if wanted(&event) && tx.send(Ok(convert::event(&event))).await.is_err() {
+                    if wanted(&event) && !deliver(&tx, &event, &mut shutdown).await {
                         return;
                     }
                 }
@@ -109,7 +109,7 @@ pub(crate) fn watch(
                                 continue 'catch_up;
                             }
                             last = event.cursor;
-                            if wanted(&event) && tx.send(Ok(convert::event(&event))).await.is_err() {
+                            if wanted(&event) && !deliver(&tx, &event, &mut shutdown).await {
                                 return;
                             }
                         }
@@ -123,4 +123,17 @@ pub(crate) fn watch(
         }
     };
     Ok((rx, task))
+}
+
+/// Sends one event to a watcher; false when the watcher is gone or the verifier is stopping
+/// (a watcher that does not read must not hold up shutdown).
+async fn deliver(
+    tx: &mpsc::Sender<Result<pb::Event, tonic::Status>>,
+    event: &EventRecord,
+    shutdown: &mut watch::Receiver<bool>,
+) -> bool {
+    tokio::select! {
+        sent = tx.send(Ok(convert::event(event))) => sent.is_ok(),
+        _ = crate::context::stopped(shutdown) => false,
+    }
 }
