@@ -84,3 +84,50 @@ async fn stop_and_resume() -> TestResult {
     .await?;
     fx.stop_verifier().await
 }
+
+#[tokio::test]
+async fn many_agents_share_one_policy_attest_concurrently_and_list_in_pages() -> TestResult {
+    let mut fx = Fixture::start(|_| {}).await?;
+    let mut agents = Vec::new();
+    for _ in 0..12 {
+        agents.push(fx.agent().await?);
+    }
+    // Every agent measures the same files: one policy serves them all.
+    assert!(fx.put_policy("fleet", &agents[0]).await?);
+    for agent in &agents {
+        fx.enroll(agent, "fleet").await?;
+    }
+    for agent in &agents {
+        fx.wait_for(&agent.id, "two passes", |s| {
+            s.state == pb::AgentState::Passed as i32 && s.attestation_count >= 2
+        })
+        .await?;
+    }
+    let mut admin = fx.admin().await?;
+    let info = admin
+        .get_runtime_policy(pb::GetRuntimePolicyRequest { name: "fleet".into() })
+        .await?
+        .into_inner();
+    assert_eq!(info.policy.map(|p| p.agents), Some(12));
+
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    loop {
+        let request =
+            pb::ListAgentsRequest { page_size: 5, page_token: token, ..Default::default() };
+        let page = admin.list_agents(request).await?.into_inner();
+        assert!(page.agents.len() <= 5);
+        seen.extend(page.agents.into_iter().map(|a| a.agent_id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    let mut expected: Vec<String> = agents.iter().map(|a| a.id.clone()).collect();
+    expected.sort();
+    assert_eq!(seen, expected);
+    let failed_only =
+        pb::ListAgentsRequest { state: pb::AgentState::Failed as i32, ..Default::default() };
+    assert!(admin.list_agents(failed_only).await?.into_inner().agents.is_empty());
+    fx.stop_verifier().await
+}
