@@ -297,18 +297,27 @@ impl Verifier for VerifierService {
                 if identity_changed {
                     rt.client = None;
                 }
-                let batch = Batch {
-                    agents: vec![rt.snapshot()],
-                    events: vec![event(
-                        pb::EventKind::PolicyChanged,
+                let mut events = vec![event(
+                    pb::EventKind::PolicyChanged,
+                    &slot.id,
+                    rt.entry.state,
+                    rt.entry.state,
+                    String::new(),
+                    "enrolment settings converged".to_owned(),
+                )];
+                // As with UpdateAgent, new settings attest a failed agent again.
+                if state_of(rt.entry.state) == pb::AgentState::Failed {
+                    rt.entry.state = pb::AgentState::Pending as i32;
+                    events.push(event(
+                        pb::EventKind::StateChanged,
                         &slot.id,
                         rt.entry.state,
-                        rt.entry.state,
+                        pb::AgentState::Failed as i32,
                         String::new(),
-                        "enrolment settings converged".to_owned(),
-                    )],
-                    ..Batch::default()
-                };
+                        "attestation resumed by a new enrolment".to_owned(),
+                    ));
+                }
+                let batch = Batch { agents: vec![rt.snapshot()], events, ..Batch::default() };
                 self.ctx.writer.commit(batch).await?;
                 slot.wake.notify_one();
             }

@@ -261,3 +261,25 @@ async fn a_measured_boot_policy_asks_for_the_event_log_and_fails_without_one() -
     assert!(asked.pcrs.contains(&0) && asked.pcrs.contains(&7) && !asked.pcrs.contains(&10));
     fx.stop_verifier().await
 }
+
+#[tokio::test]
+async fn a_new_ak_fails_the_quote_until_the_agent_is_enrolled_again() -> TestResult {
+    let mut fx = Fixture::start(|_| {}).await?;
+    let mut agent = fx.agent().await?;
+    fx.put_policy("p", &agent).await?;
+    fx.enroll(&agent, "p").await?;
+    fx.wait_state(&agent.id, pb::AgentState::Passed).await?;
+    // The agent restarts with a new AK in the same TPM and registers it.
+    agent.with(|m| {
+        m.ak = crate::support::synthetic::SyntheticAk::ecdsa(kl_core::tpm2::EccCurve::NIST_P256)
+    });
+    fx.register(&mut agent).await?;
+    let failed = fx.wait_state(&agent.id, pb::AgentState::Failed).await?;
+    assert_eq!(rules(&failed), ["quote.signature"]);
+    // Enrolling again reads the new AK from the registrar and attests the agent again.
+    let status = fx.enroll(&agent, "p").await?;
+    assert_eq!(status.state, pb::AgentState::Pending as i32);
+    let passed = fx.wait_state(&agent.id, pb::AgentState::Passed).await?;
+    assert!(passed.attestation_count > failed.attestation_count);
+    fx.stop_verifier().await
+}

@@ -216,6 +216,8 @@ impl Agent for Service {
 /// A running (or stopped) software agent.
 pub struct SoftAgent {
     pub id: String,
+    /// The EK side of the TPM, once registered.
+    pub tpm: Option<super::soft_tpm::SoftTpm>,
     pub machine: Arc<Mutex<Machine>>,
     pub addr: SocketAddr,
     tls: TlsFiles,
@@ -229,6 +231,7 @@ impl SoftAgent {
         let machine = Arc::new(Mutex::new(Machine::new(id)?));
         let mut agent = SoftAgent {
             id: id.to_owned(),
+            tpm: None,
             machine,
             addr: ([127, 0, 0, 1], 0).into(),
             tls,

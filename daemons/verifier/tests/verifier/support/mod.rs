@@ -192,14 +192,22 @@ impl Fixture {
     pub async fn agent(&mut self) -> Result<SoftAgent, BoxError> {
         self.next_agent += 1;
         let id = format!("d432fbb3-d2f1-4a97-9ef7-{:012x}", self.next_agent);
-        let agent = SoftAgent::start(&id, self.tls()).await?;
-        let mut tpm = SoftTpm::ecc();
+        let mut agent = SoftAgent::start(&id, self.tls()).await?;
+        agent.tpm = Some(SoftTpm::ecc());
+        self.register(&mut agent).await?;
+        Ok(agent)
+    }
+
+    /// Registers `agent` (again) with its current AK and identity.
+    pub async fn register(&self, agent: &mut SoftAgent) -> TestResult {
         let (ak_public, cert) =
             agent.with(|m| (m.ak.public.to_bytes(), m.identity.cert_der.to_vec()));
+        let port = agent.addr.port();
+        let tpm = agent.tpm.as_mut().ok_or("the agent has no TPM")?;
         tpm.ak_public = ak_public;
         let mut registrar = self.registrar_client().await?;
         let request = registrar_pb::RegisterRequest {
-            agent_id: id.clone(),
+            agent_id: agent.id.clone(),
             ek_public: tpm.ek_public.clone(),
             ek_certificate: Vec::new(),
             ek_intermediate_certificates: Vec::new(),
@@ -207,18 +215,18 @@ impl Fixture {
             agent_certificate: cert,
             contact: Some(registrar_pb::Contact {
                 ip: "127.0.0.1".to_owned(),
-                port: u32::from(agent.addr.port()),
+                port: u32::from(port),
             }),
         };
         let challenge = registrar.register(request).await?.into_inner();
         let secret =
             tpm.activate_credential(&challenge.credential_blob, &challenge.encrypted_secret)?;
         let activate = registrar_pb::ActivateRequest {
-            agent_id: id.clone(),
-            auth_tag: activation_proof(&secret, &id).to_vec(),
+            agent_id: agent.id.clone(),
+            auth_tag: activation_proof(&secret, &agent.id).to_vec(),
         };
         registrar.activate(activate).await?;
-        Ok(agent)
+        Ok(())
     }
 
     /// Stores the agent's current files as runtime policy `name`.
