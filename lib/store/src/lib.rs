@@ -3,9 +3,9 @@
 //! It owns the on-disk format: one redb file per daemon (`registrar.redb`, `verifier.redb`), a
 //! `meta` table holding the schema version, the ordered migrations that bring an older file up
 //! to date inside one write transaction, and typed tables whose values are serde records
-//! encoded with postcard. [`Database`] and [`Records`] are the reusable framework; each daemon's
-//! tables sit in their own module ([`registrar`]) behind a narrow interface of domain
-//! operations, so another backend (a shared SQL database) could later serve the same calls.
+//! encoded with postcard. [`Database`] and [`Records`] are the reusable framework; each
+//! daemon's tables sit in their own module ([`registrar`], [`verifier`]) behind a narrow
+//! interface of domain operations, so another backend (a shared SQL database) could later serve the same calls.
 //!
 //! It never decides policy (who may register, what a valid key is), never speaks a protocol and
 //! never parses TPM structures: it stores and returns what the daemons hand it, and it refuses a
@@ -14,6 +14,7 @@
 mod database;
 mod records;
 pub mod registrar;
+pub mod verifier;
 
 use std::path::PathBuf;
 

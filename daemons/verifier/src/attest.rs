@@ -1,0 +1,170 @@
+//! One attestation round against one agent: a fresh nonce, GetQuote (continued while the agent
+//! says more IMA entries remain), then `kl_core::appraisal::appraise` on a blocking thread.
+//!
+//! Continuation: when a reply has `ima_more`, the verifier asks again with the same nonce from
+//! the next offset, up to [`MAX_CHUNKS`] requests. The round's evidence is the last reply's
+//! quote and PCR values with the IMA entries of all replies concatenated, so the quote that is
+//! appraised was made after every entry was read. A round whose agent does not answer is
+//! [`RoundOutcome::Unreachable`]; an agent that answers with an error, or with evidence that
+//! does not hold together, fails the round.
+
+use std::time::{Duration, Instant};
+
+use kl_core::alg::{Digest, HashAlg};
+use kl_core::appraisal::{self, AgentPolicy, Appraisal, AttestationState, Evidence};
+use kl_core::tpm2::PcrValues;
+use kl_core::verdict::{Finding, Verdict};
+use kl_proto::agent::v1 as agent_pb;
+use kl_proto::agent::v1::agent_client::AgentClient;
+use rand::RngExt;
+use tonic::Code;
+use tonic::transport::Channel;
+
+/// Most GetQuote requests in one round.
+pub(crate) const MAX_CHUNKS: usize = 64;
+/// Nonce length (the agent accepts 16 to 32 bytes).
+pub(crate) const NONCE_LEN: usize = 32;
+/// The finding of an agent that answered with an error.
+pub(crate) const RULE_AGENT_ERROR: &str = "agent.error";
+
+/// How a round ended.
+#[derive(Debug)]
+pub(crate) enum RoundOutcome {
+    /// The agent could not be reached (connection, timeout, TPM unavailable).
+    Unreachable(String),
+    /// The evidence was appraised (or the agent's answer failed the round).
+    Appraised(Box<Appraisal>, Duration),
+}
+
+pub(crate) fn hash_alg_proto(alg: HashAlg) -> agent_pb::HashAlgorithm {
+    match alg {
+        HashAlg::Sha1 => agent_pb::HashAlgorithm::Sha1,
+        HashAlg::Sha256 => agent_pb::HashAlgorithm::Sha256,
+        HashAlg::Sha384 => agent_pb::HashAlgorithm::Sha384,
+        HashAlg::Sha512 => agent_pb::HashAlgorithm::Sha512,
+    }
+}
+
+fn hash_alg_from_proto(value: i32) -> Option<HashAlg> {
+    match agent_pb::HashAlgorithm::try_from(value).ok()? {
+        agent_pb::HashAlgorithm::Sha1 => Some(HashAlg::Sha1),
+        agent_pb::HashAlgorithm::Sha256 => Some(HashAlg::Sha256),
+        agent_pb::HashAlgorithm::Sha384 => Some(HashAlg::Sha384),
+        agent_pb::HashAlgorithm::Sha512 => Some(HashAlg::Sha512),
+        agent_pb::HashAlgorithm::Unspecified => None,
+    }
+}
+
+/// Whether a status means the agent is not there rather than that it refused.
+pub(crate) fn is_transport(status: &tonic::Status) -> bool {
+    matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled)
+        || (status.code() == Code::Unknown && status.message().contains("transport"))
+}
+
+fn failed(prior: &AttestationState, finding: Finding, started: Instant) -> RoundOutcome {
+    let mut verdict = Verdict::default();
+    verdict.checked("quote");
+    verdict.push(finding);
+    let appraisal = Appraisal {
+        verdict,
+        state: prior.clone(),
+        clock: None,
+        rebooted: false,
+        ima_entries: 0,
+        next_ima_offset: prior.ima.entries_processed,
+    };
+    RoundOutcome::Appraised(Box::new(appraisal), started.elapsed())
+}
+
+/// Runs one round.
+pub(crate) async fn round(
+    client: &mut AgentClient<Channel>,
+    policy: &AgentPolicy,
+    prior: &AttestationState,
+) -> RoundOutcome {
+    let started = Instant::now();
+    let nonce: [u8; NONCE_LEN] = rand::rng().random();
+    let mut request = agent_pb::GetQuoteRequest {
+        nonce: nonce.to_vec(),
+        hash_algorithm: hash_alg_proto(policy.bank) as i32,
+        pcrs: policy.pcrs().iter().collect(),
+        ima_offset: prior.ima.entries_processed,
+        max_ima_entries: 0,
+        include_event_log: policy.measured_boot.is_some(),
+    };
+    let mut ima_entries = Vec::new();
+    let mut first_offset = None;
+    let mut last = None;
+    for _ in 0..MAX_CHUNKS {
+        let reply = match client.get_quote(request.clone()).await {
+            Ok(reply) => reply.into_inner(),
+            Err(status) if is_transport(&status) => {
+                return RoundOutcome::Unreachable(format!(
+                    "{}: {}",
+                    status.code(),
+                    status.message()
+                ));
+            }
+            Err(status) => {
+                let finding = Finding::new(
+                    RULE_AGENT_ERROR,
+                    format!("the agent refused GetQuote: {}: {}", status.code(), status.message()),
+                );
+                return failed(prior, finding, started);
+            }
+        };
+        let offset = *first_offset.get_or_insert(reply.ima_offset);
+        ima_entries.extend_from_slice(&reply.ima_entries);
+        let more = reply.ima_more && reply.ima_entry_count > 0;
+        request.ima_offset = reply.ima_offset + u64::from(reply.ima_entry_count);
+        if request.ima_offset < offset {
+            break;
+        }
+        last = Some(reply);
+        if !more {
+            break;
+        }
+    }
+    let Some(reply) = last else {
+        let finding = Finding::new(RULE_AGENT_ERROR, "the agent sent no usable quote");
+        return failed(prior, finding, started);
+    };
+    let Some(bank) = hash_alg_from_proto(reply.hash_algorithm) else {
+        let finding = Finding::new("quote.malformed", "the reply names no PCR bank");
+        return failed(prior, finding, started);
+    };
+    let mut pcrs = PcrValues::new(bank);
+    for value in &reply.pcr_values {
+        let inserted = Digest::from_bytes(bank, &value.value)
+            .ok_or_else(|| format!("PCR {} is not a {bank} digest", value.index))
+            .and_then(|d| pcrs.insert(value.index, d).map_err(|e| e.to_string()));
+        if let Err(e) = inserted {
+            let finding = Finding::new("quote.malformed", format!("PCR values: {e}"));
+            return failed(prior, finding, started);
+        }
+    }
+    let policy = policy.clone();
+    let prior_state = prior.clone();
+    let offset = first_offset.unwrap_or(0);
+    let appraised = tokio::task::spawn_blocking(move || {
+        let evidence = Evidence {
+            nonce: &nonce,
+            attest: &reply.attest,
+            signature: &reply.signature,
+            pcrs: &pcrs,
+            ima_offset: offset,
+            ima_entries: &ima_entries,
+            event_log: if reply.event_log.is_empty() { None } else { Some(&reply.event_log) },
+        };
+        appraisal::appraise(&evidence, &policy, &prior_state)
+    })
+    .await;
+    match appraised {
+        Ok(appraisal) => RoundOutcome::Appraised(Box::new(appraisal), started.elapsed()),
+        Err(e) => failed(
+            prior,
+            Finding::new("verifier.internal", format!("the appraisal did not finish: {e}")),
+            started,
+        ),
+    }
+}

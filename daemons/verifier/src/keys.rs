@@ -1,0 +1,66 @@
+//! Delivery of the V half of the payload key after an agent's first passing attestation,
+//! sealed to the agent identity key (`kl_svc::keyhalf`). An agent that does not take it yet
+//! (UNIMPLEMENTED, unavailable) is offered it again after its next passing round.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use kl_core::appraisal::AgentPolicy;
+use kl_proto::agent::v1 as agent_pb;
+use kl_store::verifier::Batch;
+
+use crate::context::{AgentRuntime, AgentSlot, Context};
+
+/// Sends V in the background; marks the agent `key_delivered` once it is taken.
+pub(crate) fn deliver_v(
+    ctx: &Arc<Context>,
+    slot: &Arc<AgentSlot>,
+    rt: &mut AgentRuntime,
+    policy: &AgentPolicy,
+) {
+    if rt.delivering_key {
+        return;
+    }
+    let Some(mut client) = rt.client.clone() else { return };
+    let sealed = match kl_svc::keyhalf::seal(&policy.identity_spki, &rt.entry.v_key_half) {
+        Ok(sealed) => sealed,
+        Err(e) => {
+            tracing::error!(agent = %slot.id, error = %e, "cannot seal the V key half");
+            return;
+        }
+    };
+    let request = agent_pb::DeliverKeyRequest {
+        half: agent_pb::KeyHalf::V as i32,
+        sealed: Some(agent_pb::SealedKeyHalf {
+            ephemeral_public_key: sealed.ephemeral_public_key,
+            nonce: sealed.nonce,
+            ciphertext: sealed.ciphertext,
+        }),
+        auth_tag: Vec::new(),
+        encrypted_payload: Vec::new(),
+    };
+    let ctx_task = ctx.clone();
+    let slot = slot.clone();
+    rt.delivering_key = true;
+    ctx.spawn(async move {
+        let answer = client.deliver_key(request).await;
+        let mut rt = slot.runtime.lock().await;
+        rt.delivering_key = false;
+        match answer {
+            Ok(_) => {
+                if slot.removed.load(Ordering::Acquire) {
+                    return;
+                }
+                rt.entry.key_delivered = true;
+                tracing::info!(agent = %slot.id, "V key half delivered");
+                ctx_task.writer.submit(Batch { agents: vec![rt.snapshot()], ..Batch::default() });
+            }
+            Err(status) => tracing::warn!(
+                agent = %slot.id,
+                code = ?status.code(),
+                message = status.message(),
+                "the agent did not take the V key half; offering it again after the next pass"
+            ),
+        }
+    });
+}

@@ -1,0 +1,260 @@
+//! `kl-verifier`: the verifier daemon, `keylime_verifier`.
+//!
+//! It owns continuous attestation: enrolled agents (read from the registrar at enrolment),
+//! their policies (stored once by content digest and shared), a pull loop per agent that asks
+//! for a fresh quote every `quote_interval` and appraises it with `kl_core::appraisal`, the
+//! agents' states and attestation history, and the event outbox that feeds `WatchEvents`,
+//! webhooks and signed revocation notices. All of it lives in `<keylime_dir>/verifier.redb`,
+//! written by one group-committing writer, so a restart resumes every agent where it was.
+//!
+//! It never talks to a TPM (no libtss2), never trusts evidence it did not appraise (an agent
+//! that does not answer is never reported as passing), and answers no RPC without a client
+//! certificate from the deployment CA: reads need admin or viewer, everything else admin.
+//!
+//! ```no_run
+//! # async fn start(config: kl_svc::config::VerifierConfig) -> Result<(), kl_verifier::Error> {
+//! let server = kl_verifier::Server::bind(&config).await?;
+//! println!("listening on {}", server.local_addr());
+//! server.serve(async { /* wait for SIGTERM */ }).await?;
+//! # Ok(())
+//! # }
+//! ```
+
+mod access;
+mod attest;
+mod context;
+mod convert;
+mod error;
+mod events;
+mod keys;
+mod policies;
+mod revocation;
+mod scheduler;
+mod service;
+mod webhook;
+mod writer;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use kl_core::quote::AcceptedAlgorithms;
+use kl_proto::verifier::v1::verifier_server::VerifierServer;
+use kl_store::verifier::VerifierStore;
+use kl_svc::config::VerifierConfig;
+use kl_svc::notice::NoticeSigner;
+use kl_svc::tls::{self, ClientAuth, TlsIncoming};
+use tokio::sync::{Notify, Semaphore, watch};
+use tokio::task::JoinSet;
+
+pub use error::Error;
+pub use service::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, VerifierService};
+pub use webhook::signature as webhook_signature;
+
+use context::{AgentRuntime, AgentSlot, Context};
+use events::EventHub;
+use policies::PolicyCache;
+use writer::StateWriter;
+
+/// How long a client may take to finish its TLS handshake before it is dropped.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most attestation rounds in progress at once.
+pub const MAX_CONCURRENT_ROUNDS: usize = 256;
+/// Most events the outbox keeps, whatever their age.
+pub const MAX_EVENTS: u64 = 1_000_000;
+/// How often history and events are pruned.
+pub const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
+/// Largest request accepted (policies are the biggest).
+const MAX_MESSAGE_BYTES: usize = 64 << 20;
+/// How long shutdown waits for background work (webhook delivery, notices) to end.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// The state file under `keylime_dir`.
+pub fn store_path(config: &VerifierConfig) -> PathBuf {
+    config.keylime_dir.join("verifier.redb")
+}
+
+/// A verifier bound to its port, ready to serve.
+#[derive(Debug)]
+pub struct Server {
+    incoming: TlsIncoming,
+    context: Arc<Context>,
+    stop: watch::Sender<bool>,
+    writer_thread: std::thread::JoinHandle<()>,
+}
+
+impl Server {
+    /// Prepares the TLS files (generating the CA on first start with `tls_dir = "generate"`),
+    /// opens the state file, loads every enrolled agent and binds `config.ip:config.port`
+    /// (port 0 picks a free port; see [`Server::local_addr`]).
+    pub async fn bind(config: &VerifierConfig) -> Result<Server, Error> {
+        let files = tls::prepare(
+            &config.tls_dir,
+            &config.keylime_dir,
+            &config.cert_subject_alternative_names,
+        )?;
+        let ca_certificates = files.ca_certificates()?;
+        let server_identity = files.server_identity()?;
+        let server_tls =
+            tls::server_config(server_identity.clone(), &ca_certificates, ClientAuth::Required)?;
+        let server_key = std::fs::read_to_string(files.server_key()).map_err(|e| {
+            Error::Internal(format!("{}: cannot read: {e}", files.server_key().display()))
+        })?;
+        let server_cert =
+            server_identity.chain.first().map(|c| c.as_ref().to_vec()).ok_or_else(|| {
+                Error::Internal("the server certificate file is empty".to_owned())
+            })?;
+        let signer = NoticeSigner::from_pem(&server_key, server_cert)
+            .map_err(|e| Error::Internal(format!("{}: {e}", files.server_key().display())))?;
+        let client_identity = files.client_identity()?;
+
+        let path = store_path(config);
+        let opening = path.clone();
+        let store = tokio::task::spawn_blocking(move || VerifierStore::open(&opening))
+            .await
+            .map_err(|e| Error::Internal(format!("opening the state store: {e}")))??;
+        let store = Arc::new(store);
+        let hub = EventHub::new();
+        let (writer, writer_thread) =
+            StateWriter::start(store.clone(), hub.clone(), config.history_max_entries)?;
+
+        let default_algorithms = AcceptedAlgorithms {
+            hash: context::parse_hash_algs(&config.accept_tpm_hash_algs, "accept_tpm_hash_algs")?,
+            // Schemes kl-core cannot verify are left out rather than refused at start-up.
+            signing: config
+                .accept_tpm_signing_algs
+                .iter()
+                .filter_map(|name| name.parse().ok())
+                .collect(),
+        };
+
+        let (stop, shutdown) = watch::channel(false);
+        let mut agents = BTreeMap::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = store.list_agents(after.as_deref(), 1000)?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.agent_id.clone());
+            for entry in page {
+                let slot = AgentSlot {
+                    id: entry.agent_id.clone(),
+                    runtime: tokio::sync::Mutex::new(AgentRuntime::new(entry)),
+                    wake: Notify::new(),
+                    removed: AtomicBool::new(false),
+                };
+                agents.insert(slot.id.clone(), Arc::new(slot));
+            }
+        }
+        let context = Arc::new(Context {
+            config: config.clone(),
+            store,
+            writer,
+            policies: PolicyCache::default(),
+            policy_epoch: AtomicU64::new(0),
+            agents: RwLock::new(agents),
+            events: hub,
+            client_identity,
+            ca_certificates,
+            signer,
+            registrar: Mutex::new(None),
+            permits: Semaphore::new(MAX_CONCURRENT_ROUNDS),
+            shutdown,
+            tasks: Mutex::new(JoinSet::new()),
+            default_algorithms,
+        });
+
+        let address = SocketAddr::new(config.ip, config.port);
+        let incoming = TlsIncoming::bind(address, Arc::new(server_tls), HANDSHAKE_TIMEOUT)
+            .await
+            .map_err(|source| Error::Listen { address, source })?;
+        tracing::info!(
+            address = %incoming.local_addr(),
+            state = %path.display(),
+            agents = context.slots().len(),
+            "verifier listening"
+        );
+        Ok(Server { incoming, context, stop, writer_thread })
+    }
+
+    /// The bound address (the real port when configured with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.incoming.local_addr()
+    }
+
+    /// Attests every enrolled agent and serves until `shutdown` resolves; then stops the
+    /// loops, finishes the calls in progress, commits what is queued and closes the state
+    /// file (so another verifier may open it once this returns).
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+        let Server { incoming, context, stop, writer_thread } = self;
+        for slot in context.slots() {
+            let delay = scheduler::jitter(context.config.quote_interval);
+            scheduler::start(&context, slot, delay);
+        }
+        if let Some(url) = context.config.webhook_url.clone() {
+            context.spawn(webhook::run(context.clone(), url));
+        }
+        context.spawn(prune_loop(context.clone()));
+
+        let service = VerifierServer::new(VerifierService { ctx: context.clone() })
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let served = tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming_shutdown(incoming, async {
+                shutdown.await;
+                let _ = stop.send(true);
+            })
+            .await;
+        let _ = stop.send(true);
+        let mut tasks = match context.tasks.lock() {
+            Ok(mut tasks) => std::mem::take(&mut *tasks),
+            Err(_) => JoinSet::new(),
+        };
+        let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!("background work did not stop in time; abandoning it");
+            tasks.shutdown().await;
+        }
+        // The last handles on the writer go with the context; the thread then commits what
+        // is queued and ends.
+        drop(context);
+        tokio::task::spawn_blocking(move || writer_thread.join())
+            .await
+            .map_err(|e| Error::Internal(format!("waiting for the store writer: {e}")))?
+            .map_err(|_| Error::Internal("the store writer thread panicked".to_owned()))?;
+        served?;
+        Ok(())
+    }
+}
+
+async fn prune_loop(context: Arc<Context>) {
+    let mut shutdown = context.shutdown.clone();
+    loop {
+        let store = context.store.clone();
+        let max_age = context.config.history_max_age;
+        match tokio::task::spawn_blocking(move || store.prune(max_age, MAX_EVENTS)).await {
+            Ok(Ok(pruned)) if pruned.history + pruned.events > 0 => {
+                tracing::info!(history = pruned.history, events = pruned.events, "pruned")
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "pruning history and events"),
+            Err(e) => tracing::error!(error = %e, "pruning history and events"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(PRUNE_INTERVAL) => {}
+            _ = crate::context::stopped(&mut shutdown) => return,
+        }
+    }
+}
+
+/// Binds and serves until `shutdown` resolves.
+pub async fn run(config: VerifierConfig, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    Server::bind(&config).await?.serve(shutdown).await
+}

@@ -1,0 +1,209 @@
+//! Policies as the verifier holds them: parsed from any accepted format into a canonical
+//! document (stored once by its SHA-256), and in memory parsed once per digest and shared by
+//! every agent that uses it, so no round ever parses a policy.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+
+use kl_core::appraisal::RuntimeRules;
+use kl_core::policy::mb::MbPolicy;
+use kl_core::policy::{self, LoadOptions, PcrPolicy, RuntimePolicyBuilder, VerificationKey};
+use kl_proto::verifier::v1 as pb;
+use kl_store::verifier::{PolicyKind, VerifierStore};
+
+use crate::Error;
+
+/// A policy ready to store: its canonical document, digest and size.
+#[derive(Debug)]
+pub(crate) struct Canonical {
+    pub document: Vec<u8>,
+    pub digest: String,
+    pub entries: u64,
+}
+
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(ring::digest::digest(&ring::digest::SHA256, bytes))
+}
+
+/// Reads a runtime policy in any format `kl_core::policy::load` accepts, merges the exclude
+/// list, and returns its canonical form.
+pub(crate) fn canonical_runtime(
+    document: &[u8],
+    exclude_list: &[u8],
+    signing_key: &[u8],
+) -> Result<Canonical, Error> {
+    let key = if signing_key.is_empty() {
+        None
+    } else {
+        Some(
+            VerificationKey::from_pem(signing_key)
+                .map_err(|e| Error::invalid("signing_key", e.to_string()))?,
+        )
+    };
+    let options = LoadOptions { signing_key: key.as_ref(), require_signature: key.is_some() };
+    let (mut parsed, _) =
+        policy::load(document, &options).map_err(|e| Error::invalid("document", e.to_string()))?;
+    if !exclude_list.is_empty() {
+        let mut builder = RuntimePolicyBuilder::new();
+        builder.merge(&parsed);
+        policy::allowlist::add_exclude_list(&mut builder, exclude_list)
+            .map_err(|e| Error::invalid("exclude_list", e.to_string()))?;
+        parsed = builder.build().map_err(|e| Error::invalid("exclude_list", e.to_string()))?;
+    }
+    let document = parsed.to_json().into_bytes();
+    let entries = parsed.file_count() as u64;
+    // The signing keys the policy names must parse too.
+    RuntimeRules::new(parsed).map_err(|e| Error::invalid("document", e.to_string()))?;
+    Ok(Canonical { digest: sha256_hex(&document), entries, document })
+}
+
+/// Reads this project's measured-boot policy JSON or Keylime's reference state.
+pub(crate) fn canonical_mb(document: &[u8]) -> Result<Canonical, Error> {
+    let parsed = MbPolicy::from_json(document).or_else(|native| {
+        MbPolicy::from_keylime_refstate(document).map_err(|keylime| {
+            Error::invalid(
+                "document",
+                format!("as this project's format: {native}; as a Keylime refstate: {keylime}"),
+            )
+        })
+    })?;
+    let document = serde_json::to_vec(&parsed)
+        .map_err(|e| Error::Internal(format!("serializing a measured-boot policy: {e}")))?;
+    let entries = parsed.firmware.as_ref().map_or(0, Vec::len)
+        + parsed.bootloaders.as_ref().map_or(0, Vec::len)
+        + parsed.kernels.as_ref().map_or(0, Vec::len)
+        + parsed.kernel_cmdlines.as_ref().map_or(0, Vec::len)
+        + parsed.db_must_contain.len()
+        + parsed.dbx_must_include.len()
+        + parsed.pcr_values.as_ref().map_or(0, |v| v.len());
+    Ok(Canonical { digest: sha256_hex(&document), entries: entries as u64, document })
+}
+
+/// The API's PCR policy as kl-core's, and its stored JSON ("" for none).
+pub(crate) fn pcr_policy(proto: Option<&pb::PcrPolicy>) -> Result<String, Error> {
+    let Some(proto) = proto.filter(|p| !p.pcrs.is_empty()) else {
+        return Ok(String::new());
+    };
+    let pcrs: serde_json::Map<String, serde_json::Value> = proto
+        .pcrs
+        .iter()
+        .map(|(pcr, values)| {
+            let list: Vec<String> = values.values.iter().map(hex::encode).collect();
+            (pcr.to_string(), serde_json::json!(list))
+        })
+        .collect();
+    let json = serde_json::json!({ "pcrs": pcrs }).to_string();
+    PcrPolicy::from_json(json.as_bytes())
+        .map_err(|e| Error::invalid("pcr_policy", e.to_string()))?;
+    Ok(json)
+}
+
+/// The stored PCR policy JSON back as the API's message.
+pub(crate) fn pcr_policy_proto(json: &str) -> Option<pb::PcrPolicy> {
+    if json.is_empty() {
+        return None;
+    }
+    let value: serde_json::Value = serde_json::from_str(json).ok()?;
+    let pcrs = value.get("pcrs")?.as_object()?;
+    let map = pcrs
+        .iter()
+        .filter_map(|(pcr, values)| {
+            let values = values
+                .as_array()?
+                .iter()
+                .filter_map(|v| v.as_str().and_then(|h| hex::decode(h).ok()))
+                .collect();
+            Some((pcr.parse().ok()?, pb::PcrValues { values }))
+        })
+        .collect();
+    Some(pb::PcrPolicy { pcrs: map })
+}
+
+/// Parsed policies by digest, shared while any agent holds them.
+#[derive(Debug, Default)]
+pub(crate) struct PolicyCache {
+    runtime: Mutex<HashMap<String, Weak<RuntimeRules>>>,
+    measured_boot: Mutex<HashMap<String, Weak<MbPolicy>>>,
+}
+
+impl PolicyCache {
+    /// The runtime policy stored under `name`, parsed once per content digest.
+    pub fn runtime(&self, store: &VerifierStore, name: &str) -> Result<Arc<RuntimeRules>, Error> {
+        let (record, document) = store
+            .get_policy(PolicyKind::Runtime, name)?
+            .ok_or_else(|| Error::PolicyNotFound { kind: "runtime", name: name.to_owned() })?;
+        let mut cache = self.runtime.lock().map_err(|_| poisoned())?;
+        if let Some(rules) = cache.get(&record.digest).and_then(Weak::upgrade) {
+            return Ok(rules);
+        }
+        let parsed = policy::native::parse(&document)
+            .map_err(|e| Error::Internal(format!("stored runtime policy {name:?}: {e}")))?;
+        let rules = Arc::new(
+            RuntimeRules::new(parsed)
+                .map_err(|e| Error::Internal(format!("stored runtime policy {name:?}: {e}")))?,
+        );
+        cache.retain(|_, weak| weak.strong_count() > 0);
+        cache.insert(record.digest, Arc::downgrade(&rules));
+        Ok(rules)
+    }
+
+    /// The measured-boot policy stored under `name`, parsed once per content digest.
+    pub fn measured_boot(&self, store: &VerifierStore, name: &str) -> Result<Arc<MbPolicy>, Error> {
+        let (record, document) =
+            store.get_policy(PolicyKind::MeasuredBoot, name)?.ok_or_else(|| {
+                Error::PolicyNotFound { kind: "measured-boot", name: name.to_owned() }
+            })?;
+        let mut cache = self.measured_boot.lock().map_err(|_| poisoned())?;
+        if let Some(policy) = cache.get(&record.digest).and_then(Weak::upgrade) {
+            return Ok(policy);
+        }
+        let parsed =
+            Arc::new(MbPolicy::from_json(&document).map_err(|e| {
+                Error::Internal(format!("stored measured-boot policy {name:?}: {e}"))
+            })?);
+        cache.retain(|_, weak| weak.strong_count() > 0);
+        cache.insert(record.digest, Arc::downgrade(&parsed));
+        Ok(parsed)
+    }
+}
+
+fn poisoned() -> Error {
+    Error::Internal("the policy cache lock is poisoned".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_of_one_policy_share_a_digest_and_excludes_change_it() -> Result<(), Error> {
+        let digest = "a".repeat(64);
+        let flat = format!("{digest}  /usr/bin/bash\n");
+        let a = canonical_runtime(flat.as_bytes(), b"", b"")?;
+        let again = canonical_runtime(&a.document, b"", b"")?;
+        assert_eq!(a.digest, again.digest);
+        assert_eq!(a.entries, 1);
+        let excluded = canonical_runtime(flat.as_bytes(), b"^/tmp/.*\n", b"")?;
+        assert_ne!(a.digest, excluded.digest);
+        assert!(matches!(
+            canonical_runtime(b"{not json", b"", b""),
+            Err(Error::InvalidArgument { field: "document", .. })
+        ));
+        Ok(())
+    }
+
+    #[test]
+    fn pcr_policies_round_trip_and_bad_values_name_the_field() -> Result<(), Error> {
+        let mut proto = pb::PcrPolicy::default();
+        proto.pcrs.insert(7, pb::PcrValues { values: vec![vec![1; 32]] });
+        let json = pcr_policy(Some(&proto))?;
+        assert_eq!(pcr_policy_proto(&json), Some(proto.clone()));
+        proto.pcrs.insert(8, pb::PcrValues { values: vec![vec![1; 5]] });
+        assert!(matches!(
+            pcr_policy(Some(&proto)),
+            Err(Error::InvalidArgument { field: "pcr_policy", .. })
+        ));
+        assert_eq!(pcr_policy(None)?, "");
+        Ok(())
+    }
+}

@@ -1,0 +1,93 @@
+//! Revocation notices: when an agent fails, every other enrolled agent receives the failure
+//! event as a JSON notice (`agent_id`, `state`, `findings`, `event_time`, `cursor`, ...)
+//! signed with the verifier's server key and accompanied by the server certificate, which the
+//! agents check against the deployment CA (`kl_svc::notice::verify_notice`) before running
+//! their revocation actions. A `revocation_sent` event records how many agents took it.
+
+use std::sync::Arc;
+
+use kl_proto::agent::v1 as agent_pb;
+use kl_proto::verifier::v1 as pb;
+use kl_store::verifier::{Batch, EventRecord};
+
+use crate::context::Context;
+use crate::convert;
+use crate::scheduler::event;
+
+/// Notices in flight at once.
+const MAX_CONCURRENT_NOTICES: usize = 64;
+
+/// Sends the notice of `failure` to every other agent, in the background.
+pub(crate) fn notify_others(ctx: &Arc<Context>, failure: EventRecord) {
+    let ctx_task = ctx.clone();
+    ctx.spawn(async move {
+        let ctx = ctx_task;
+        let body = convert::event_json(&failure).to_string().into_bytes();
+        let signed = match ctx.signer.sign(body) {
+            Ok(signed) => signed,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot sign a revocation notice");
+                return;
+            }
+        };
+        let request = agent_pb::NotifyRevocationRequest {
+            notice: signed.notice,
+            signature: signed.signature,
+            signer_certificate: signed.signer_certificate,
+        };
+        let targets: Vec<_> =
+            ctx.slots().into_iter().filter(|slot| slot.id != failure.agent_id).collect();
+        let total = targets.len();
+        let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_NOTICES));
+        let mut sending = tokio::task::JoinSet::new();
+        for slot in targets {
+            let (ctx, request, permits) = (ctx.clone(), request.clone(), permits.clone());
+            let failed_agent = failure.agent_id.clone();
+            sending.spawn(async move {
+                let Ok(_permit) = permits.acquire().await else { return false };
+                let client = {
+                    let mut rt = slot.runtime.lock().await;
+                    if rt.client.is_none() {
+                        rt.client = ctx.agent_client(&rt.entry).ok();
+                    }
+                    rt.client.clone()
+                };
+                let Some(mut client) = client else { return false };
+                match client.notify_revocation(request).await {
+                    Ok(_) => true,
+                    Err(status) => {
+                        tracing::warn!(
+                            agent = %slot.id,
+                            failed_agent = %failed_agent,
+                            code = ?status.code(),
+                            message = status.message(),
+                            "revocation notice not taken"
+                        );
+                        false
+                    }
+                }
+            });
+        }
+        let mut sent = 0usize;
+        while let Some(taken) = sending.join_next().await {
+            sent += usize::from(taken.unwrap_or(false));
+        }
+        let message = format!(
+            "revocation notice for {} (cursor {}) taken by {sent} of {total} agents",
+            failure.agent_id, failure.cursor
+        );
+        tracing::info!(%message);
+        let batch = Batch {
+            events: vec![event(
+                pb::EventKind::RevocationSent,
+                &failure.agent_id,
+                failure.state,
+                failure.state,
+                String::new(),
+                message,
+            )],
+            ..Batch::default()
+        };
+        ctx.writer.submit(batch);
+    });
+}

@@ -1,0 +1,153 @@
+//! Restarts and retention.
+
+use kl_proto::verifier::v1 as pb;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, Ordering};
+
+use crate::support::{DEADLINE, Fixture, TestResult, webhook_receiver};
+
+#[tokio::test]
+async fn a_restarted_verifier_continues_without_reenrolment_or_lost_events() -> TestResult {
+    let mut fx = Fixture::start(|_| {}).await?;
+    let agent = fx.agent().await?;
+    fx.put_policy("p", &agent).await?;
+    fx.enroll(&agent, "p").await?;
+    let before = fx.wait_for(&agent.id, "three passes", |s| s.attestation_count >= 3).await?;
+    let events_before =
+        fx.events_until(0, |e| e.kind == pb::EventKind::StateChanged as i32).await?;
+
+    fx.stop_verifier().await?;
+    let stopped = kl_store::verifier::VerifierStore::open(&kl_verifier::store_path(&fx.config))?;
+    let stored = stopped.get_agent(&agent.id)?.ok_or("agent not stored")?;
+    assert!(stored.attestation_count >= before.attestation_count, "state was committed");
+    drop(stopped);
+    fx.start_verifier().await?;
+
+    let after = fx
+        .wait_for(&agent.id, "more passes", |s| s.attestation_count > stored.attestation_count)
+        .await?;
+    assert_eq!(after.state, pb::AgentState::Passed as i32);
+    assert!(after.ima_offset >= before.ima_offset, "IMA progress kept");
+    // A file measured after the restart is still caught, from the stored offset.
+    agent.with(|m| m.ima.measure("/opt/new", b"new"));
+    let failed = fx.wait_state(&agent.id, pb::AgentState::Failed).await?;
+    let finding = &failed.last_verdict.ok_or("no verdict")?.findings[0];
+    assert_eq!(finding.path.as_deref(), Some("/opt/new"));
+    // Every event from before the restart is still there, with the same cursors.
+    let last_before = events_before.last().map(|e| e.cursor).ok_or("no events")?;
+    let replayed = fx.events_until(0, |e| e.cursor == last_before).await?;
+    assert_eq!(
+        replayed.iter().map(|e| e.cursor).collect::<Vec<_>>(),
+        events_before.iter().map(|e| e.cursor).collect::<Vec<_>>()
+    );
+    let newer =
+        fx.events_until(last_before, |e| e.kind == pb::EventKind::AttestationFailed as i32).await?;
+    assert!(newer.iter().all(|e| e.cursor > last_before));
+    fx.stop_verifier().await
+}
+
+#[tokio::test]
+async fn history_is_pruned_to_the_configured_count() -> TestResult {
+    let mut fx = Fixture::start(|c| c.history_max_entries = 3).await?;
+    let agent = fx.agent().await?;
+    fx.put_policy("p", &agent).await?;
+    fx.enroll(&agent, "p").await?;
+    fx.wait_for(&agent.id, "six passes", |s| s.attestation_count >= 6).await?;
+    let request = pb::ListAttestationsRequest { agent_id: agent.id.clone(), ..Default::default() };
+    let history = fx.admin().await?.list_attestations(request).await?.into_inner();
+    let sequences: Vec<u64> = history.attestations.iter().map(|a| a.sequence).collect();
+    assert!(sequences.len() <= 3 && sequences.len() >= 2, "{sequences:?}");
+    assert!(sequences.windows(2).all(|w| w[0] > w[1]), "newest first: {sequences:?}");
+    assert!(sequences[0] >= 5, "{sequences:?}");
+    assert!(history.attestations.iter().all(|a| a.verdict.as_ref().is_some_and(|v| v.passed)));
+    fx.stop_verifier().await
+}
+
+#[tokio::test]
+async fn webhooks_are_retried_until_acknowledged_across_a_restart() -> TestResult {
+    let status = Arc::new(AtomicU16::new(503));
+    let (hook, mut deliveries, _server) = webhook_receiver(status.clone()).await?;
+    let mut fx = Fixture::start(|c| {
+        c.webhook_url = Some(format!("http://{hook}/"));
+        c.webhook_secret = Some("k".to_owned());
+    })
+    .await?;
+    let agent = fx.agent().await?;
+    fx.put_policy("p", &agent).await?;
+    fx.enroll(&agent, "p").await?;
+    fx.wait_state(&agent.id, pb::AgentState::Passed).await?;
+    // Refused twice: the first event is offered again.
+    for _ in 0..2 {
+        let refused = tokio::time::timeout(DEADLINE, deliveries.recv()).await?.ok_or("closed")?;
+        assert_eq!(refused.status, 503);
+        let json: serde_json::Value = serde_json::from_slice(&refused.body)?;
+        assert_eq!(json["cursor"], 1);
+    }
+    fx.stop_verifier().await?;
+    status.store(200, Ordering::SeqCst);
+    while deliveries.try_recv().is_ok() {}
+    fx.start_verifier().await?;
+    // Every event, from the first, in order, once acknowledged.
+    let mut expected = 1u64;
+    while expected <= 3 {
+        let delivery = tokio::time::timeout(DEADLINE, deliveries.recv()).await?.ok_or("closed")?;
+        let json: serde_json::Value = serde_json::from_slice(&delivery.body)?;
+        assert_eq!(json["cursor"], expected, "{json}");
+        assert_eq!(
+            delivery.signature.as_deref(),
+            Some(kl_verifier::webhook_signature("k", &delivery.body).as_str())
+        );
+        expected += 1;
+    }
+    fx.stop_verifier().await
+}
+
+#[tokio::test]
+async fn a_verifier_generates_its_ca_on_first_start() -> TestResult {
+    let mut fx = Fixture::start(|_| {}).await?;
+    fx.stop_verifier().await?;
+    let home = fx.dir.path().join("fresh");
+    fx.config.keylime_dir = home.clone();
+    fx.config.tls_dir = kl_svc::tls::TlsDir::Generate;
+    fx.start_verifier().await?;
+    for file in ["cacert.crt", "cakey.pem", "server-cert.crt", "client-cert.crt"] {
+        assert!(home.join("cv_ca").join(file).exists(), "{file}");
+    }
+    fx.stop_verifier().await
+}
+
+#[tokio::test]
+async fn events_older_than_the_age_limit_are_pruned_and_their_cursors_refused() -> TestResult {
+    let mut fx = Fixture::start(|_| {}).await?;
+    let agent = fx.agent().await?;
+    fx.put_policy("p", &agent).await?;
+    fx.enroll(&agent, "p").await?;
+    let events = fx.events_until(0, |e| e.kind == pb::EventKind::StateChanged as i32).await?;
+    let last = events.last().map(|e| e.cursor).ok_or("no events")?;
+    fx.stop_verifier().await?;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    // Pruning runs at start-up: with no retention everything older than now goes.
+    fx.config.history_max_age = std::time::Duration::ZERO;
+    fx.start_verifier().await?;
+    let request = pb::WatchEventsRequest { from_cursor: 1, agent_id: String::new() };
+    let mut admin = fx.admin().await?;
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        match admin.watch_events(request.clone()).await {
+            Err(status) => {
+                assert_eq!(status.code(), tonic::Code::OutOfRange, "{status:?}");
+                break;
+            }
+            Ok(_) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Ok(_) => return Err("cursor 1 was never pruned".into()),
+        }
+    }
+    // New events continue after the old cursors.
+    assert!(fx.put_policy("q", &agent).await?);
+    let newer = fx.events_until(last, |_| true).await?;
+    assert!(newer.iter().all(|e| e.cursor > last), "{newer:?}");
+    fx.stop_verifier().await
+}

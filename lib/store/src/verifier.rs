@@ -1,0 +1,539 @@
+//! The verifier's state: enrolled agents (settings and attestation state), policies stored
+//! once by content digest with a name -> digest map, the attestation history of each agent and
+//! the event outbox with its monotonic cursor.
+//!
+//! Verdicts, findings and attestation state are kept as JSON text: they hold free-form JSON
+//! values (expected/actual), which postcard cannot carry, and the store does not interpret them.
+//! Agent updates, history and events written by one [`Batch`] share a transaction, so an event
+//! exists exactly when the state change it reports does, and many agents' rounds cost one disk
+//! sync (group commit).
+
+use std::ops::Bound;
+use std::path::Path;
+use std::time::Duration;
+
+use redb::{
+    ReadTransaction, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction,
+};
+use serde::{Deserialize, Serialize};
+
+pub use crate::registrar::Timestamp;
+use crate::{Database, Migration, Records, Schema, StoreError, open_database};
+
+/// An enrolled agent: what it is attested against and where its attestation stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentEntry {
+    pub agent_id: String,
+    pub contact_ip: String,
+    pub contact_port: u16,
+    /// Marshalled TPMT_PUBLIC of the AK, from the registrar.
+    pub ak_public: Vec<u8>,
+    /// DER identity certificate of the agent, pinned when calling it.
+    pub agent_certificate: Vec<u8>,
+    /// Names of stored policies; empty for none.
+    pub runtime_policy: String,
+    pub measured_boot_policy: String,
+    /// The PCR policy in the project's JSON format; empty for none.
+    pub pcr_policy_json: String,
+    /// The V half of the payload key; empty for none.
+    pub v_key_half: Vec<u8>,
+    pub key_delivered: bool,
+    pub accept_hash_algorithms: Vec<String>,
+    pub accept_signing_algorithms: Vec<String>,
+    /// PCR bank to quote (`sha256`, ...).
+    pub hash_algorithm: String,
+    /// The `AgentState` number of the verifier's API.
+    pub state: i32,
+    pub attestation_count: u64,
+    pub enrolled_at: Timestamp,
+    pub last_attestation_at: Option<Timestamp>,
+    pub last_success_at: Option<Timestamp>,
+    /// The last verdict as JSON; empty before the first.
+    pub last_verdict_json: String,
+    /// The attestation state carried between rounds, as JSON; empty for a fresh start.
+    pub attestation_state_json: String,
+    pub ima_offset: u64,
+    pub reset_count: u32,
+    pub consecutive_errors: u32,
+    /// Sequence number of the last history record.
+    pub history_sequence: u64,
+}
+
+/// One attestation round in an agent's history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryRecord {
+    pub sequence: u64,
+    pub at: Timestamp,
+    pub verdict_json: String,
+    pub reset_count: u32,
+    pub restart_count: u32,
+    pub clock: u64,
+    pub ima_entries: u64,
+    pub duration_us: u64,
+}
+
+/// One event of the outbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventRecord {
+    /// Assigned by [`VerifierStore::commit`]; ignored on input.
+    pub cursor: u64,
+    pub at: Timestamp,
+    /// The `EventKind` number of the verifier's API.
+    pub kind: i32,
+    pub agent_id: String,
+    pub state: i32,
+    pub previous_state: i32,
+    /// The findings as a JSON array; empty for none.
+    pub findings_json: String,
+    pub message: String,
+}
+
+/// A stored policy name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyName {
+    pub name: String,
+    /// SHA-256 of the canonical document, lowercase hex.
+    pub digest: String,
+    pub entries: u64,
+    pub updated_at: Timestamp,
+}
+
+/// The two kinds of named policies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyKind {
+    Runtime,
+    MeasuredBoot,
+}
+
+impl PolicyKind {
+    fn names(self) -> &'static Records<PolicyName> {
+        match self {
+            PolicyKind::Runtime => &RUNTIME_NAMES,
+            PolicyKind::MeasuredBoot => &MB_NAMES,
+        }
+    }
+
+    fn documents(self) -> &'static Records<Vec<u8>> {
+        match self {
+            PolicyKind::Runtime => &RUNTIME_DOCUMENTS,
+            PolicyKind::MeasuredBoot => &MB_DOCUMENTS,
+        }
+    }
+
+    fn used_by(self, agent: &AgentEntry) -> &str {
+        match self {
+            PolicyKind::Runtime => &agent.runtime_policy,
+            PolicyKind::MeasuredBoot => &agent.measured_boot_policy,
+        }
+    }
+}
+
+/// What [`VerifierStore::delete_policy`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicyDeletion {
+    Deleted,
+    Absent,
+    /// Nothing was deleted: this agent uses the policy.
+    InUse(String),
+}
+
+/// Writes that commit together.
+#[derive(Debug, Clone, Default)]
+pub struct Batch {
+    /// Agents to insert or replace.
+    pub agents: Vec<AgentEntry>,
+    /// Agents to remove, with their history.
+    pub removed: Vec<String>,
+    /// History records to append, by agent id.
+    pub history: Vec<(String, HistoryRecord)>,
+    /// Events to append; their cursors are assigned in order.
+    pub events: Vec<EventRecord>,
+}
+
+impl Batch {
+    pub fn is_empty(&self) -> bool {
+        self.agents.is_empty()
+            && self.removed.is_empty()
+            && self.history.is_empty()
+            && self.events.is_empty()
+    }
+
+    /// Appends `other`'s writes after this batch's.
+    pub fn extend(&mut self, other: Batch) {
+        self.agents.extend(other.agents);
+        self.removed.extend(other.removed);
+        self.history.extend(other.history);
+        self.events.extend(other.events);
+    }
+}
+
+/// How many records a [`VerifierStore::prune`] removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    pub history: u64,
+    pub events: u64,
+}
+
+const AGENTS: Records<AgentEntry> = Records::new("agents");
+static RUNTIME_NAMES: Records<PolicyName> = Records::new("runtime_policy_names");
+static RUNTIME_DOCUMENTS: Records<Vec<u8>> = Records::new("runtime_policy_documents");
+static MB_NAMES: Records<PolicyName> = Records::new("mb_policy_names");
+static MB_DOCUMENTS: Records<Vec<u8>> = Records::new("mb_policy_documents");
+/// Named positions: `last_event` (the highest cursor ever assigned), `webhook` (delivered up
+/// to).
+const CURSORS: Records<u64> = Records::new("cursors");
+/// Key: `<agent id>\0<sequence, 20 digits>`.
+const HISTORY: TableDefinition<&str, &[u8]> = TableDefinition::new("history");
+const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+
+const LAST_EVENT: &str = "last_event";
+
+fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
+    AGENTS.create(txn)?;
+    RUNTIME_NAMES.create(txn)?;
+    RUNTIME_DOCUMENTS.create(txn)?;
+    MB_NAMES.create(txn)?;
+    MB_DOCUMENTS.create(txn)?;
+    CURSORS.create(txn)?;
+    txn.open_table(HISTORY).map_err(|e| StoreError::table("history", e))?;
+    txn.open_table(EVENTS).map_err(|e| StoreError::table("events", e))?;
+    Ok(())
+}
+
+/// Version 1: agents, policies, history, events, cursors.
+pub static SCHEMA: Schema = Schema {
+    name: "verifier",
+    migrations: &[Migration {
+        description: "create the agents, policy, history, event and cursor tables",
+        apply: create_tables,
+    }],
+};
+
+fn history_key(agent_id: &str, sequence: u64) -> String {
+    format!("{agent_id}\0{sequence:020}")
+}
+
+fn encode<T: Serialize>(table: &'static str, key: &str, value: &T) -> Result<Vec<u8>, StoreError> {
+    postcard::to_allocvec(value).map_err(|source| StoreError::Encode {
+        table,
+        key: key.to_owned(),
+        source,
+    })
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(
+    table: &'static str,
+    key: &str,
+    bytes: &[u8],
+) -> Result<T, StoreError> {
+    postcard::from_bytes(bytes).map_err(|source| StoreError::Decode {
+        table,
+        key: key.to_owned(),
+        source,
+    })
+}
+
+fn older_than(at: &Timestamp, cutoff: i64) -> bool {
+    at.seconds < cutoff
+}
+
+/// The verifier's store (`verifier.redb`).
+#[derive(Debug)]
+pub struct VerifierStore {
+    db: Database,
+}
+
+impl VerifierStore {
+    /// Opens or creates the store at `path`, migrating an older file.
+    pub fn open(path: &Path) -> Result<VerifierStore, StoreError> {
+        Ok(VerifierStore { db: open_database(path, &SCHEMA)? })
+    }
+
+    pub fn path(&self) -> &Path {
+        self.db.path()
+    }
+
+    pub fn get_agent(&self, agent_id: &str) -> Result<Option<AgentEntry>, StoreError> {
+        self.db.read("read an agent", |txn| AGENTS.get(txn, agent_id))
+    }
+
+    /// At most `limit` agents ordered by id, after `after`.
+    pub fn list_agents(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<AgentEntry>, StoreError> {
+        let page = self.db.read("list agents", |txn| AGENTS.page(txn, after, limit))?;
+        Ok(page.into_iter().map(|(_, a)| a).collect())
+    }
+
+    /// Commits `batch` in one transaction and returns its events with their cursors.
+    /// `history_max_entries` bounds each agent's history (0: unbounded).
+    pub fn commit(
+        &self,
+        batch: Batch,
+        history_max_entries: u64,
+    ) -> Result<Vec<EventRecord>, StoreError> {
+        self.db.write("commit attestation state", |txn| {
+            for agent in &batch.agents {
+                AGENTS.insert(txn, &agent.agent_id, agent)?;
+            }
+            let mut history =
+                txn.open_table(HISTORY).map_err(|e| StoreError::table("history", e))?;
+            for agent_id in &batch.removed {
+                AGENTS.remove(txn, agent_id)?;
+                let start = format!("{agent_id}\0");
+                let end = format!("{agent_id}\u{1}");
+                history
+                    .retain_in(start.as_str()..end.as_str(), |_, _| false)
+                    .map_err(|e| StoreError::table("history", e))?;
+            }
+            for (agent_id, record) in &batch.history {
+                let key = history_key(agent_id, record.sequence);
+                let bytes = encode("history", &key, record)?;
+                history
+                    .insert(key.as_str(), bytes.as_slice())
+                    .map_err(|e| StoreError::table("history", e))?;
+                if history_max_entries > 0 && record.sequence > history_max_entries {
+                    let old = history_key(agent_id, record.sequence - history_max_entries);
+                    let start = format!("{agent_id}\0");
+                    history
+                        .retain_in(start.as_str()..=old.as_str(), |_, _| false)
+                        .map_err(|e| StoreError::table("history", e))?;
+                }
+            }
+            drop(history);
+            let mut last = CURSORS.get_for_update(txn, LAST_EVENT)?.unwrap_or(0);
+            let mut events = txn.open_table(EVENTS).map_err(|e| StoreError::table("events", e))?;
+            let mut out = Vec::with_capacity(batch.events.len());
+            for mut event in batch.events {
+                last += 1;
+                event.cursor = last;
+                let bytes = encode("events", &last.to_string(), &event)?;
+                events
+                    .insert(last, bytes.as_slice())
+                    .map_err(|e| StoreError::table("events", e))?;
+                out.push(event);
+            }
+            drop(events);
+            if !out.is_empty() {
+                CURSORS.insert(txn, LAST_EVENT, &last)?;
+            }
+            Ok(out)
+        })
+    }
+
+    /// An agent's history, newest first: at most `limit` records with a sequence below
+    /// `before` (from the newest when `None`).
+    pub fn history(
+        &self,
+        agent_id: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<HistoryRecord>, StoreError> {
+        self.db.read("read attestation history", |txn| {
+            let table = txn.open_table(HISTORY).map_err(|e| StoreError::table("history", e))?;
+            let start = format!("{agent_id}\0");
+            let end = match before {
+                Some(seq) => Bound::Excluded(history_key(agent_id, seq)),
+                None => Bound::Excluded(format!("{agent_id}\u{1}")),
+            };
+            let range = table
+                .range::<&str>((Bound::Included(start.as_str()), end.as_ref().map(String::as_str)))
+                .map_err(|e| StoreError::table("history", e))?;
+            let mut out = Vec::new();
+            for entry in range.rev().take(limit) {
+                let (key, value) = entry.map_err(|e| StoreError::table("history", e))?;
+                out.push(decode("history", key.value(), value.value())?);
+            }
+            Ok(out)
+        })
+    }
+
+    /// At most `limit` events with a cursor above `after`, oldest first.
+    pub fn events_after(&self, after: u64, limit: usize) -> Result<Vec<EventRecord>, StoreError> {
+        self.db.read("read events", |txn| events_after(txn, after, limit))
+    }
+
+    /// The oldest retained cursor, if any event is held.
+    pub fn oldest_event(&self) -> Result<Option<u64>, StoreError> {
+        self.db.read("read events", |txn| {
+            let table = txn.open_table(EVENTS).map_err(|e| StoreError::table("events", e))?;
+            let first = table.first().map_err(|e| StoreError::table("events", e))?;
+            Ok(first.map(|(k, _)| k.value()))
+        })
+    }
+
+    /// The highest cursor ever assigned (0 before the first event).
+    pub fn last_event(&self) -> Result<u64, StoreError> {
+        self.cursor(LAST_EVENT).map(|c| c.unwrap_or(0))
+    }
+
+    /// A named position (e.g. `webhook`: delivered up to).
+    pub fn cursor(&self, name: &str) -> Result<Option<u64>, StoreError> {
+        self.db.read("read a cursor", |txn| CURSORS.get(txn, name))
+    }
+
+    pub fn set_cursor(&self, name: &str, value: u64) -> Result<(), StoreError> {
+        self.db.write("write a cursor", |txn| CURSORS.insert(txn, name, &value))
+    }
+
+    /// Stores `document` under `digest` and points `name` at it. Returns the name record and
+    /// whether anything changed (false when `name` already held this digest).
+    pub fn put_policy(
+        &self,
+        kind: PolicyKind,
+        name: &str,
+        digest: &str,
+        document: &[u8],
+        entries: u64,
+    ) -> Result<(PolicyName, bool), StoreError> {
+        self.db.write("store a policy", |txn| {
+            if let Some(old) = kind.names().get_for_update(txn, name)?
+                && old.digest == digest
+            {
+                return Ok((old, false));
+            }
+            if kind.documents().get_for_update(txn, digest)?.is_none() {
+                kind.documents().insert(txn, digest, &document.to_vec())?;
+            }
+            let record = PolicyName {
+                name: name.to_owned(),
+                digest: digest.to_owned(),
+                entries,
+                updated_at: Timestamp::now(),
+            };
+            let previous = kind.names().get_for_update(txn, name)?;
+            kind.names().insert(txn, name, &record)?;
+            if let Some(previous) = previous {
+                drop_unreferenced(txn, kind, &previous.digest)?;
+            }
+            Ok((record, true))
+        })
+    }
+
+    /// The name record and canonical document of a policy.
+    pub fn get_policy(
+        &self,
+        kind: PolicyKind,
+        name: &str,
+    ) -> Result<Option<(PolicyName, Vec<u8>)>, StoreError> {
+        self.db.read("read a policy", |txn| {
+            let Some(record) = kind.names().get(txn, name)? else {
+                return Ok(None);
+            };
+            let document = kind.documents().get(txn, &record.digest)?.unwrap_or_default();
+            Ok(Some((record, document)))
+        })
+    }
+
+    /// Every policy name of `kind`, in name order.
+    pub fn list_policies(&self, kind: PolicyKind) -> Result<Vec<PolicyName>, StoreError> {
+        let page = self.db.read("list policies", |txn| kind.names().page(txn, None, usize::MAX))?;
+        Ok(page.into_iter().map(|(_, p)| p).collect())
+    }
+
+    /// Removes a policy name (and its document when no other name shares it), unless an
+    /// enrolled agent uses it; checked in the same transaction.
+    pub fn delete_policy(
+        &self,
+        kind: PolicyKind,
+        name: &str,
+    ) -> Result<PolicyDeletion, StoreError> {
+        self.db.write("delete a policy", |txn| {
+            let Some(record) = kind.names().get_for_update(txn, name)? else {
+                return Ok(PolicyDeletion::Absent);
+            };
+            if let Some((id, _)) =
+                AGENTS.all_for_update(txn)?.into_iter().find(|(_, a)| kind.used_by(a) == name)
+            {
+                return Ok(PolicyDeletion::InUse(id));
+            }
+            kind.names().remove(txn, name)?;
+            drop_unreferenced(txn, kind, &record.digest)?;
+            Ok(PolicyDeletion::Deleted)
+        })
+    }
+
+    /// Removes history records and events older than `max_age`, and the oldest events beyond
+    /// `max_events`.
+    pub fn prune(&self, max_age: Duration, max_events: u64) -> Result<Pruned, StoreError> {
+        let cutoff = Timestamp::now().seconds.saturating_sub(max_age.as_secs() as i64);
+        self.db.write("prune history and events", |txn| {
+            let mut pruned = Pruned::default();
+            let mut history =
+                txn.open_table(HISTORY).map_err(|e| StoreError::table("history", e))?;
+            history
+                .retain(|key, value| {
+                    let keep = match decode::<HistoryRecord>("history", key, value) {
+                        Ok(record) => !older_than(&record.at, cutoff),
+                        Err(_) => false,
+                    };
+                    if !keep {
+                        pruned.history += 1;
+                    }
+                    keep
+                })
+                .map_err(|e| StoreError::table("history", e))?;
+            drop(history);
+            let mut events = txn.open_table(EVENTS).map_err(|e| StoreError::table("events", e))?;
+            let total = events.len().map_err(|e| StoreError::table("events", e))?;
+            let mut excess = total.saturating_sub(max_events);
+            while let Some((cursor, at)) = first_event(&events)? {
+                if excess == 0 && !older_than(&at, cutoff) {
+                    break;
+                }
+                events.remove(cursor).map_err(|e| StoreError::table("events", e))?;
+                excess = excess.saturating_sub(1);
+                pruned.events += 1;
+            }
+            Ok(pruned)
+        })
+    }
+}
+
+/// The cursor and time of the oldest event.
+fn first_event(
+    events: &impl ReadableTable<u64, &'static [u8]>,
+) -> Result<Option<(u64, Timestamp)>, StoreError> {
+    let first = events.first().map_err(|e| StoreError::table("events", e))?;
+    let Some((key, value)) = first else {
+        return Ok(None);
+    };
+    let cursor = key.value();
+    let event: EventRecord = decode("events", &cursor.to_string(), value.value())?;
+    Ok(Some((cursor, event.at)))
+}
+
+fn events_after(
+    txn: &ReadTransaction,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<EventRecord>, StoreError> {
+    let table = txn.open_table(EVENTS).map_err(|e| StoreError::table("events", e))?;
+    let range = table
+        .range::<u64>((Bound::Excluded(after), Bound::Unbounded))
+        .map_err(|e| StoreError::table("events", e))?;
+    let mut out = Vec::new();
+    for entry in range.take(limit) {
+        let (key, value) = entry.map_err(|e| StoreError::table("events", e))?;
+        out.push(decode("events", &key.value().to_string(), value.value())?);
+    }
+    Ok(out)
+}
+
+fn drop_unreferenced(
+    txn: &WriteTransaction,
+    kind: PolicyKind,
+    digest: &str,
+) -> Result<(), StoreError> {
+    let shared = kind.names().all_for_update(txn)?.iter().any(|(_, p)| p.digest == digest);
+    if !shared {
+        kind.documents().remove(txn, digest)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[path = "verifier_tests.rs"]
+mod tests;

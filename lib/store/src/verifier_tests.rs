@@ -1,0 +1,138 @@
+use super::*;
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+fn agent(id: &str, runtime_policy: &str) -> AgentEntry {
+    AgentEntry {
+        agent_id: id.to_owned(),
+        contact_ip: "127.0.0.1".to_owned(),
+        contact_port: 9002,
+        ak_public: vec![1, 2, 3],
+        agent_certificate: vec![4, 5],
+        runtime_policy: runtime_policy.to_owned(),
+        measured_boot_policy: String::new(),
+        pcr_policy_json: String::new(),
+        v_key_half: Vec::new(),
+        key_delivered: false,
+        accept_hash_algorithms: Vec::new(),
+        accept_signing_algorithms: Vec::new(),
+        hash_algorithm: "sha256".to_owned(),
+        state: 1,
+        attestation_count: 0,
+        enrolled_at: Timestamp::now(),
+        last_attestation_at: None,
+        last_success_at: None,
+        last_verdict_json: String::new(),
+        attestation_state_json: String::new(),
+        ima_offset: 0,
+        reset_count: 0,
+        consecutive_errors: 0,
+        history_sequence: 0,
+    }
+}
+
+fn event(agent_id: &str, at: Timestamp) -> EventRecord {
+    EventRecord {
+        cursor: 0,
+        at,
+        kind: 3,
+        agent_id: agent_id.to_owned(),
+        state: 2,
+        previous_state: 1,
+        findings_json: String::new(),
+        message: "passed".to_owned(),
+    }
+}
+
+fn record(sequence: u64, at: Timestamp) -> HistoryRecord {
+    HistoryRecord {
+        sequence,
+        at,
+        verdict_json: "{}".to_owned(),
+        reset_count: 1,
+        restart_count: 0,
+        clock: sequence * 10,
+        ima_entries: 0,
+        duration_us: 5,
+    }
+}
+
+#[test]
+fn events_get_increasing_cursors_that_survive_reopen_and_pruning() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("verifier.redb");
+    let store = VerifierStore::open(&path)?;
+    let old = Timestamp { seconds: 10, nanos: 0 };
+    let batch = Batch {
+        agents: vec![agent("a", "")],
+        events: vec![event("a", old), event("a", Timestamp::now())],
+        ..Batch::default()
+    };
+    let events = store.commit(batch, 0)?;
+    assert_eq!(events.iter().map(|e| e.cursor).collect::<Vec<_>>(), [1, 2]);
+    store.commit(Batch { events: vec![event("a", Timestamp::now())], ..Batch::default() }, 0)?;
+    drop(store);
+    let store = VerifierStore::open(&path)?;
+    assert_eq!(store.get_agent("a")?.map(|a| a.agent_id), Some("a".to_owned()));
+    assert_eq!(store.events_after(1, 10)?.iter().map(|e| e.cursor).collect::<Vec<_>>(), [2, 3]);
+    // The event older than the age limit goes.
+    assert_eq!(store.prune(Duration::from_secs(3600), 100)?.events, 1);
+    assert_eq!(store.oldest_event()?, Some(2));
+    // Keep at most one event: the oldest goes, and cursors are not reused.
+    assert_eq!(store.prune(Duration::from_secs(3600), 1)?.events, 1);
+    assert_eq!(store.oldest_event()?, Some(3));
+    let next = store
+        .commit(Batch { events: vec![event("a", Timestamp::now())], ..Batch::default() }, 0)?;
+    assert_eq!(next[0].cursor, 4);
+    assert_eq!(store.last_event()?, 4);
+    Ok(())
+}
+
+#[test]
+fn history_is_bounded_per_agent_newest_first_and_removed_with_the_agent() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let store = VerifierStore::open(&dir.path().join("verifier.redb"))?;
+    for seq in 1..=5 {
+        let batch = Batch {
+            history: vec![
+                ("a".to_owned(), record(seq, Timestamp::now())),
+                ("b".to_owned(), record(seq, Timestamp::now())),
+            ],
+            ..Batch::default()
+        };
+        store.commit(batch, 3)?;
+    }
+    let seqs = |records: Vec<HistoryRecord>| records.iter().map(|r| r.sequence).collect::<Vec<_>>();
+    assert_eq!(seqs(store.history("a", None, 10)?), [5, 4, 3]);
+    assert_eq!(seqs(store.history("a", Some(5), 1)?), [4]);
+    store.commit(Batch { removed: vec!["a".to_owned()], ..Batch::default() }, 3)?;
+    assert!(store.history("a", None, 10)?.is_empty());
+    assert_eq!(seqs(store.history("b", None, 10)?), [5, 4, 3]);
+    let old = Timestamp { seconds: 10, nanos: 0 };
+    store
+        .commit(Batch { history: vec![("b".to_owned(), record(6, old))], ..Batch::default() }, 0)?;
+    assert_eq!(store.prune(Duration::from_secs(60), 100)?.history, 1);
+    assert_eq!(seqs(store.history("b", None, 10)?), [5, 4, 3]);
+    Ok(())
+}
+
+#[test]
+fn policies_are_shared_by_digest_idempotent_and_protected_while_used() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let store = VerifierStore::open(&dir.path().join("verifier.redb"))?;
+    let kind = PolicyKind::Runtime;
+    assert!(store.put_policy(kind, "p1", "d1", b"doc one", 1)?.1);
+    assert!(!store.put_policy(kind, "p1", "d1", b"doc one", 1)?.1);
+    assert!(store.put_policy(kind, "p2", "d1", b"doc one", 1)?.1);
+    assert!(store.put_policy(kind, "p1", "d2", b"doc two", 2)?.1);
+    assert_eq!(store.get_policy(kind, "p2")?.map(|(_, d)| d), Some(b"doc one".to_vec()));
+    assert_eq!(store.get_policy(kind, "p1")?.map(|(p, _)| p.digest), Some("d2".to_owned()));
+    assert!(store.get_policy(PolicyKind::MeasuredBoot, "p1")?.is_none());
+    store.commit(Batch { agents: vec![agent("x", "p2")], ..Batch::default() }, 0)?;
+    assert_eq!(store.delete_policy(kind, "p2")?, PolicyDeletion::InUse("x".to_owned()));
+    assert_eq!(store.delete_policy(kind, "p1")?, PolicyDeletion::Deleted);
+    assert_eq!(store.delete_policy(kind, "p1")?, PolicyDeletion::Absent);
+    let names: Vec<String> = store.list_policies(kind)?.into_iter().map(|p| p.name).collect();
+    assert_eq!(names, ["p2"]);
+    Ok(())
+}
