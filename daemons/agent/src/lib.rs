@@ -172,8 +172,11 @@ impl Agent {
             contact_ip,
             contact_port: config.contact_port.unwrap_or(local_addr.port()),
         };
-        let registrar =
-            RegistrarAddress { host: config.registrar_ip.clone(), port: config.registrar_port, ca };
+        let registrar = RegistrarAddress {
+            host: config.registrar_ip.clone(),
+            port: config.registrar_port,
+            ca: ca.clone(),
+        };
         let payload = Arc::new(payload::PayloadInstaller::new(
             &agent_id,
             &identity.key_pem,
@@ -185,8 +188,17 @@ impl Agent {
                 tmpfs_size: config.secure_size,
             },
         )?);
+        let revocation = revocation::RevocationActions {
+            configured: config.revocation_actions.clone(),
+            actions_dir: config.revocation_actions_dir.clone(),
+            payload_dir: config.secure_dir.join("unzipped"),
+            allow_payload_actions: config.allow_payload_revocation_actions,
+            work_dir: data_dir.join("revocation"),
+        };
         let service = AgentService {
             agent_id,
+            revocation,
+            trusted_ca: ca,
             tpm,
             identity_spki: identity.spki_der.clone(),
             default_bank,

@@ -1,5 +1,6 @@
 //! The agent's gRPC service: GetInfo, GetQuote, payload delivery (DeliverKey, VerifyKey, see
-//! [`crate::payload`]). Revocation notices (NotifyRevocation) answer UNIMPLEMENTED for now.
+//! [`crate::payload`]) and revocation notices (NotifyRevocation: the verifier's signature is
+//! checked against the deployment CA, then [`crate::revocation`] runs the actions).
 //!
 //! Callers are authenticated by TLS (certificates chaining to `trusted_client_ca`, checked in
 //! the handshake); here their role is checked too: only `admin` and `verifier` certificates
@@ -20,6 +21,7 @@ use tonic::{Request, Response, Status};
 use crate::error::Error;
 use crate::imalog::{ImaLog, ImaSlice};
 use crate::payload::PayloadInstaller;
+use crate::revocation::RevocationActions;
 
 /// Nonce length bounds (GetQuoteRequest.nonce).
 pub const MIN_NONCE_LEN: usize = 16;
@@ -45,6 +47,10 @@ pub struct AgentService {
     pub event_log_path: PathBuf,
     /// Key halves and the payload they unlock.
     pub payload: Arc<PayloadInstaller>,
+    /// What runs when a revocation notice arrives.
+    pub revocation: RevocationActions,
+    /// The deployment CA: revocation notices must be signed by a server certificate it issued.
+    pub trusted_ca: Vec<rustls::pki_types::CertificateDer<'static>>,
 }
 
 /// How long reading one PCR of the configured bank may take at start.
@@ -311,7 +317,23 @@ impl AgentRpc for AgentService {
         request: Request<pb::NotifyRevocationRequest>,
     ) -> Result<Response<pb::NotifyRevocationResponse>, Status> {
         check_caller(&request)?;
-        Err(Error::Unimplemented("NotifyRevocation (revocation actions)").into())
+        let request = request.into_inner();
+        let signed = kl_svc::notice::SignedNotice {
+            notice: request.notice,
+            signature: request.signature,
+            signer_certificate: request.signer_certificate,
+        };
+        if let Err(e) = kl_svc::notice::verify_notice(&signed, &self.trusted_ca) {
+            tracing::warn!(error = %e, "revocation notice refused");
+            return Err(Status::permission_denied(format!("revocation notice refused: {e}")));
+        }
+        tracing::warn!(notice = %String::from_utf8_lossy(&signed.notice), "revocation notice received");
+        let actions_run = self
+            .revocation
+            .run(&signed.notice)
+            .await
+            .map_err(|e| Status::internal(format!("running revocation actions: {e}")))?;
+        Ok(Response::new(pb::NotifyRevocationResponse { actions_run }))
     }
 }
 

@@ -1,5 +1,5 @@
 //! Delivery of the V half of the payload key after an agent's first passing attestation,
-//! sealed to the agent identity key (`kl_svc::keyhalf`). An agent that does not take it yet
+//! sealed to the agent identity key (`kl_core::payload::seal_half`). An agent that does not take it yet
 //! (UNIMPLEMENTED, unavailable) is offered it again after its next passing round.
 
 use std::sync::Arc;
@@ -22,7 +22,11 @@ pub(crate) fn deliver_v(
         return;
     }
     let Some(mut client) = rt.client.clone() else { return };
-    let sealed = match kl_svc::keyhalf::seal(&policy.identity_spki, &rt.entry.v_key_half) {
+    let Ok(v) = <[u8; kl_core::payload::KEY_LEN]>::try_from(rt.entry.v_key_half.as_slice()) else {
+        tracing::error!(agent = %slot.id, "the stored V key half is not 32 bytes; not delivered");
+        return;
+    };
+    let sealed = match kl_core::payload::seal_half(&v, &policy.identity_spki) {
         Ok(sealed) => sealed,
         Err(e) => {
             tracing::error!(agent = %slot.id, error = %e, "cannot seal the V key half");

@@ -1,9 +1,7 @@
 //! `kl-svc`: the plumbing the registrar, verifier, agent and kctl share.
 //!
 //! It owns layered TOML configuration ([`config`]), the CA, TLS identities, rustls configs and
-//! TLS transports for tonic ([`tls`]), the two envelopes built on those identities (signed
-//! revocation notices, [`notice`]; payload key halves sealed to an agent identity key,
-//! [`keyhalf`]), tracing setup ([`logging`]), systemd readiness ([`systemd`]) and the shutdown
+//! TLS transports for tonic ([`tls`]), signed revocation notices ([`notice`]), tracing setup ([`logging`]), systemd readiness ([`systemd`]) and the shutdown
 //! signal ([`shutdown`]). It holds no attestation logic and no
 //! protocol: it never parses TPM structures, opens a database or defines an RPC, and it keeps no
 //! global state beyond the tracing subscriber a binary asks it to install.
@@ -38,7 +36,6 @@
 //! ```
 
 pub mod config;
-pub mod keyhalf;
 pub mod logging;
 pub mod notice;
 pub mod shutdown;

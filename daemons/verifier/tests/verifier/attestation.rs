@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU16;
 use std::time::{Duration, Instant};
 
+use kl_core::payload::{SealedHalf, open_half};
 use kl_proto::agent::v1 as agent_pb;
 use kl_proto::verifier::v1 as pb;
-use kl_svc::keyhalf::{SealedHalf, open};
 use kl_svc::notice::{SignedNotice, verify_notice};
 
 use crate::support::{DEADLINE, Fixture, Mode, QUOTE_INTERVAL, TestResult, webhook_receiver};
@@ -218,7 +218,9 @@ async fn the_v_key_half_is_delivered_sealed_after_the_first_pass() -> TestResult
         nonce: sealed.nonce,
         ciphertext: sealed.ciphertext,
     };
-    assert_eq!(open(&key_pem, &sealed)?, v);
+    let body: String = key_pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    let pkcs8 = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, body)?;
+    assert_eq!(open_half(&sealed, &pkcs8)?, v, "the agent's own code opens V");
     fx.stop_verifier().await
 }
 
