@@ -292,14 +292,9 @@ async fn bootstrap_key(
         }
         None => None,
     };
-    let contact_ip = agent_addr
-        .as_ref()
-        .map(|(h, _)| h.clone())
-        .or_else(|| record.contact.as_ref().map(|c| c.ip.clone()))
-        .unwrap_or_default();
     let spec =
         payload::PayloadSpec { source: args.payload.as_deref(), agent_cert: args.cert.is_some() };
-    let archive = payload::build(&config, uuid, &contact_ip, &spec)?;
+    let archive = payload::build(&config, uuid, &spec)?;
     let v = payload::deliver_u(
         &config,
         &record,

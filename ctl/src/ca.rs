@@ -53,7 +53,7 @@ fn issue(
     force: bool,
 ) -> Result<serde_json::Value, Failure> {
     let role: Role = role.parse().map_err(|_| {
-        input(anyhow!("--role {role:?}: expected admin, viewer, verifier or server"))
+        input(anyhow!("--role {role:?}: expected admin, viewer, verifier, server or agent"))
     })?;
     if name.is_empty() || name.contains('/') || name.starts_with('.') {
         return Err(input(anyhow!("certificate name {name:?}: must be a plain file name")));

@@ -195,7 +195,7 @@ pub enum CaCommand {
     },
     /// Issue a certificate for a role: `<NAME>-cert.crt` and `<NAME>-private.pem`.
     Issue {
-        /// admin, viewer, verifier or server.
+        /// admin, viewer, verifier, server or agent (a client certificate that grants nothing).
         #[arg(long)]
         role: String,
         /// Certificate common name and file name prefix.

@@ -40,7 +40,6 @@ pub struct PayloadSpec<'a> {
 pub fn build(
     config: &TenantConfig,
     uuid: &str,
-    contact_ip: &str,
     spec: &PayloadSpec<'_>,
 ) -> Result<Vec<u8>, Failure> {
     let mut files = match spec.source {
@@ -53,8 +52,10 @@ pub fn build(
     if spec.agent_cert {
         let tls = connect::tls_files(config);
         let ca = CertificateAuthority::read(&tls).context("the deployment CA").map_err(input)?;
+        // Role `agent`: a client certificate (no serverAuth, no local names), so a machine
+        // cannot use its payload certificate to pose as the registrar or the verifier.
         let issued = ca
-            .issue(Role::Server, uuid, &[contact_ip.to_owned()])
+            .issue(Role::Agent, uuid, &[])
             .context("issuing the agent certificate")
             .map_err(input)?;
         let ca_pem = std::fs::read(tls.ca_cert())

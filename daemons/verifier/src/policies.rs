@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 
-use kl_core::appraisal::RuntimeRules;
+use kl_core::appraisal::{MeasuredBootRules, RuntimeRules};
 use kl_core::policy::mb::MbPolicy;
 use kl_core::policy::{self, LoadOptions, PcrPolicy, RuntimePolicyBuilder, VerificationKey};
 use kl_proto::verifier::v1 as pb;
@@ -123,7 +123,7 @@ pub(crate) fn pcr_policy_proto(json: &str) -> Option<pb::PcrPolicy> {
 #[derive(Debug, Default)]
 pub(crate) struct PolicyCache {
     runtime: Mutex<HashMap<String, Weak<RuntimeRules>>>,
-    measured_boot: Mutex<HashMap<String, Weak<MbPolicy>>>,
+    measured_boot: Mutex<HashMap<String, Weak<MeasuredBootRules>>>,
 }
 
 impl PolicyCache {
@@ -148,7 +148,11 @@ impl PolicyCache {
     }
 
     /// The measured-boot policy stored under `name`, parsed once per content digest.
-    pub fn measured_boot(&self, store: &VerifierStore, name: &str) -> Result<Arc<MbPolicy>, Error> {
+    pub fn measured_boot(
+        &self,
+        store: &VerifierStore,
+        name: &str,
+    ) -> Result<Arc<MeasuredBootRules>, Error> {
         let (record, document) =
             store.get_policy(PolicyKind::MeasuredBoot, name)?.ok_or_else(|| {
                 Error::PolicyNotFound { kind: "measured-boot", name: name.to_owned() }
@@ -158,9 +162,9 @@ impl PolicyCache {
             return Ok(policy);
         }
         let parsed =
-            Arc::new(MbPolicy::from_json(&document).map_err(|e| {
+            Arc::new(MeasuredBootRules::new(MbPolicy::from_json(&document).map_err(|e| {
                 Error::Internal(format!("stored measured-boot policy {name:?}: {e}"))
-            })?);
+            })?));
         cache.retain(|_, weak| weak.strong_count() > 0);
         cache.insert(record.digest, Arc::downgrade(&parsed));
         Ok(parsed)

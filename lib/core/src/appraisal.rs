@@ -44,6 +44,22 @@ impl RuntimeRules {
     }
 }
 
+/// A measured-boot policy with its content digest, parsed once and shared.
+#[derive(Debug)]
+pub struct MeasuredBootRules {
+    pub policy: MbPolicy,
+    /// SHA-256 of the policy's JSON, lowercase hex: which policy produced a cached verdict.
+    pub digest: String,
+}
+
+impl MeasuredBootRules {
+    pub fn new(policy: MbPolicy) -> MeasuredBootRules {
+        let json = serde_json::to_vec(&policy).unwrap_or_default();
+        let digest = HashAlg::Sha256.digest(&json).to_hex();
+        MeasuredBootRules { policy, digest }
+    }
+}
+
 /// What an agent is appraised against. Policies are `Arc`s: many agents share one.
 #[derive(Debug, Clone)]
 pub struct AgentPolicy {
@@ -56,7 +72,7 @@ pub struct AgentPolicy {
     pub bank: HashAlg,
     pub pcr_policy: Option<Arc<PcrPolicy>>,
     pub runtime: Option<Arc<RuntimeRules>>,
-    pub measured_boot: Option<Arc<MbPolicy>>,
+    pub measured_boot: Option<Arc<MeasuredBootRules>>,
 }
 
 impl AgentPolicy {
@@ -68,7 +84,7 @@ impl AgentPolicy {
             set.insert(ima::IMA_PCR);
         }
         if let Some(mb) = &self.measured_boot {
-            for &pcr in &mb.pcrs {
+            for &pcr in &mb.policy.pcrs {
                 set.insert(pcr);
             }
         }
@@ -110,6 +126,33 @@ pub struct AttestationState {
     /// SHA-256 of the last evaluated event log and of the quoted PCRs it was checked against,
     /// with the outcome, so an unchanged log is not evaluated again.
     pub measured_boot: Option<MeasuredBootCache>,
+    /// Content digest of the runtime policy the IMA progress was made under.
+    #[serde(default)]
+    pub runtime_policy: Option<String>,
+    /// Digest of the measured-boot policy the cached verdict was made under.
+    #[serde(default)]
+    pub measured_boot_policy: Option<String>,
+}
+
+impl AttestationState {
+    /// The state to continue from under `policy`. Progress made under another runtime policy
+    /// (IMA entries accepted, keys learned) and a measured-boot verdict made under another
+    /// measured-boot policy are dropped, so that a stricter policy checks everything again:
+    /// the next round asks the agent for its IMA log from entry 0.
+    pub fn under(&self, policy: &AgentPolicy) -> AttestationState {
+        let mut state = self.clone();
+        let runtime = policy.runtime.as_ref().map(|r| r.policy.content_digest_hex());
+        if state.runtime_policy != runtime {
+            state.ima = ImaState::default();
+            state.runtime_policy = runtime;
+        }
+        let mb = policy.measured_boot.as_ref().map(|m| m.digest.clone());
+        if state.measured_boot_policy != mb {
+            state.measured_boot = None;
+            state.measured_boot_policy = mb;
+        }
+        state
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -136,11 +179,15 @@ pub struct Appraisal {
 }
 
 /// Appraises one round. Never fails: unreadable evidence is a failed verdict too.
+///
+/// `prior` is taken [`AttestationState::under`] `policy`; a caller that asks the agent for IMA
+/// entries must compute the offset from that same state, or the round fails with `ima.offset`.
 pub fn appraise(
     evidence: &Evidence<'_>,
     policy: &AgentPolicy,
     prior: &AttestationState,
 ) -> Appraisal {
+    let prior = &prior.under(policy);
     let qualifying = policy.qualifying_data(evidence.nonce);
     let request = QuoteRequest {
         qualifying_data: qualifying.as_bytes(),
@@ -186,7 +233,7 @@ pub fn appraise(
     }
 
     if let Some(mb) = &policy.measured_boot {
-        let (v, cache) = appraise_measured_boot(evidence, mb, state.measured_boot.as_ref());
+        let (v, cache) = appraise_measured_boot(evidence, &mb.policy, state.measured_boot.as_ref());
         verdict.merge(v);
         state.measured_boot = cache;
     }

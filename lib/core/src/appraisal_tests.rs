@@ -193,7 +193,7 @@ fn a_replayed_quote_and_a_wrong_nonce_fail_without_advancing() {
     let other = Evidence { nonce: &[8u8; 20], ..evidence };
     let wrong = appraise(&other, &policy, &AttestationState::default());
     assert!(rules(&wrong).contains(&"quote.nonce"), "{:?}", rules(&wrong));
-    assert_eq!(wrong.state, AttestationState::default());
+    assert_eq!(wrong.state, AttestationState::default().under(&policy));
 }
 
 #[test]
@@ -276,7 +276,7 @@ fn measured_boot_is_checked_against_the_quoted_pcrs_and_cached() {
     }
     let mut policy = m.policy();
     policy.runtime = None;
-    policy.measured_boot = Some(Arc::new(mb_policy));
+    policy.measured_boot = Some(Arc::new(MeasuredBootRules::new(mb_policy)));
 
     let run = |m: &mut Machine, state: &AttestationState, event_log: Option<&[u8]>| {
         let nonce = [m.clock.clock as u8; 16];
@@ -306,6 +306,34 @@ fn measured_boot_is_checked_against_the_quoted_pcrs_and_cached() {
     let bad = run(&mut m, &second.state, Some(log_bytes));
     assert!(!bad.verdict.passed());
     assert!(bad.verdict.findings.iter().any(|f| f.rule == "mb.pcr_mismatch" && f.pcr == Some(4)));
+}
+
+#[test]
+fn a_stricter_runtime_policy_rechecks_entries_already_accepted() {
+    let mut m = Machine::new(SyntheticAk::ecdsa(EccCurve::NIST_P256));
+    let loose = m.policy();
+    let first = round(&mut m, &loose, &AttestationState::default());
+    assert!(first.verdict.passed());
+    assert_eq!(first.next_ima_offset, 2);
+    // The operator removes /usr/bin/bash from the policy: the state made under the loose
+    // policy does not carry over, the log is read from entry 0 and bash is named.
+    let strict_rules = crate::policy::from_file_digests(
+        m.ima
+            .files
+            .iter()
+            .filter(|(p, _)| p != "/usr/bin/bash")
+            .map(|(p, d)| (p.as_str(), d.as_slice())),
+    )
+    .expect("policy");
+    let mut strict = loose.clone();
+    strict.runtime = Some(Arc::new(RuntimeRules::new(strict_rules).expect("keys")));
+    let restarted = first.state.under(&strict);
+    assert_eq!(restarted.ima.entries_processed, 0);
+    let second = round(&mut m, &strict, &restarted);
+    assert_eq!(rules(&second), ["ima.not_in_policy"]);
+    assert_eq!(second.verdict.findings[0].path.as_deref(), Some("/usr/bin/bash"));
+    // Same policy again: nothing is reset.
+    assert_eq!(first.state.under(&loose), first.state);
 }
 
 #[test]

@@ -327,7 +327,7 @@ mod tests {
     #[test]
     fn issued_role_certs_carry_their_role() -> TestResult {
         let ca = CertificateAuthority::generate("test CA")?;
-        for role in [Role::Admin, Role::Viewer, Role::Verifier, Role::Server] {
+        for role in [Role::Admin, Role::Viewer, Role::Verifier, Role::Server, Role::Agent] {
             let cert = ca.issue(role, "someone", &[])?;
             assert_eq!(role_of(&cert.cert_der)?, Some(role));
         }

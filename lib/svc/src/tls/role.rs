@@ -21,6 +21,9 @@ pub enum Role {
     Verifier,
     /// A daemon's server certificate; grants nothing as a client.
     Server,
+    /// A certificate handed to an attested machine in its payload (`--cert default`): a client
+    /// certificate of the deployment that grants nothing and can never serve as a server.
+    Agent,
 }
 
 impl Role {
@@ -30,6 +33,7 @@ impl Role {
             Role::Viewer => "viewer",
             Role::Verifier => "verifier",
             Role::Server => "server",
+            Role::Agent => "agent",
         }
     }
 
@@ -54,6 +58,7 @@ impl FromStr for Role {
             "viewer" => Ok(Role::Viewer),
             "verifier" => Ok(Role::Verifier),
             "server" => Ok(Role::Server),
+            "agent" => Ok(Role::Agent),
             _ => Err(TlsError::UnknownRole(s.to_owned())),
         }
     }
