@@ -9,7 +9,6 @@
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use kl_core::payload::{self, KEY_LEN, Limits, PayloadError, SealedHalf};
@@ -67,7 +66,7 @@ pub struct PayloadInstaller {
     agent_id: String,
     identity_pkcs8: Vec<u8>,
     settings: PayloadSettings,
-    halves: Mutex<Halves>,
+    halves: tokio::sync::Mutex<Halves>,
 }
 
 impl std::fmt::Debug for PayloadInstaller {
@@ -97,16 +96,20 @@ impl PayloadInstaller {
             agent_id: agent_id.to_owned(),
             identity_pkcs8,
             settings,
-            halves: Mutex::default(),
+            halves: tokio::sync::Mutex::default(),
         })
     }
 
     /// Whether K has been derived (the payload, if any, is installed).
     pub fn key_derived(&self) -> bool {
-        self.halves.lock().map(|h| h.k.is_some()).unwrap_or(false)
+        self.halves.try_lock().map(|h| h.k.is_some()).unwrap_or(false)
     }
 
     /// Handles one DeliverKey. Returns whether K is now derived and the payload installed.
+    ///
+    /// One delivery at a time: the halves, the check of the combined key and the installation
+    /// happen under one lock, and K is kept only once the payload is installed. A half that
+    /// does not combine with the stored other half is dropped, so a later right one can.
     pub async fn deliver(&self, request: pb::DeliverKeyRequest) -> Result<bool, InstallError> {
         let sealed = request
             .sealed
@@ -117,38 +120,30 @@ impl PayloadInstaller {
             ciphertext: sealed.ciphertext,
         };
         let half = payload::open_half(&sealed, &self.identity_pkcs8)?;
-        let ready = {
-            let mut h = self.halves.lock().map_err(|_| InstallError::NoKey)?;
-            match pb::KeyHalf::try_from(request.half) {
-                Ok(pb::KeyHalf::U) => {
-                    if request.auth_tag.len() != 32 {
-                        return Err(InstallError::Invalid {
-                            field: "auth_tag",
-                            reason: "must be 32 bytes".into(),
-                        });
-                    }
-                    h.u = Some((half, request.auth_tag, request.encrypted_payload));
-                }
-                Ok(pb::KeyHalf::V) => h.v = Some(half),
-                _ => {
-                    return Err(InstallError::Invalid {
-                        field: "half",
-                        reason: "must be U or V".into(),
-                    });
-                }
+        let which = pb::KeyHalf::try_from(request.half)
+            .ok()
+            .filter(|h| *h != pb::KeyHalf::Unspecified)
+            .ok_or(InstallError::Invalid { field: "half", reason: "must be U or V".into() })?;
+        if which == pb::KeyHalf::U && request.auth_tag.len() != 32 {
+            return Err(InstallError::Invalid {
+                field: "auth_tag",
+                reason: "must be 32 bytes".into(),
+            });
+        }
+        let mut h = self.halves.lock().await;
+        let previous = (h.u.clone(), h.v);
+        match which {
+            pb::KeyHalf::U => h.u = Some((half, request.auth_tag, request.encrypted_payload)),
+            _ => h.v = Some(half),
+        }
+        let (Some((u, tag, encrypted)), Some(v)) = (h.u.clone(), h.v) else { return Ok(false) };
+        let k = match payload::combine(&u, &v, &self.agent_id, &tag) {
+            Ok(k) => k,
+            Err(e) => {
+                (h.u, h.v) = previous;
+                return Err(e.into());
             }
-            let combined = match (&h.u, &h.v) {
-                (Some((u, tag, encrypted)), Some(v)) => {
-                    Some((payload::combine(u, v, &self.agent_id, tag)?, encrypted.clone()))
-                }
-                _ => None,
-            };
-            if let Some((k, _)) = &combined {
-                h.k = Some(*k);
-            }
-            combined
         };
-        let Some((k, encrypted)) = ready else { return Ok(false) };
         tracing::info!(agent = %self.agent_id, "payload key derived from both halves");
         if !encrypted.is_empty() {
             let archive = payload::decrypt(&k, &encrypted)?;
@@ -160,6 +155,7 @@ impl PayloadInstaller {
                 run_script(&dir, &self.settings.script, self.settings.script_timeout).await;
             }
         }
+        h.k = Some(k);
         Ok(true)
     }
 
@@ -171,7 +167,7 @@ impl PayloadInstaller {
                 reason: "must be 16 to 64 bytes".into(),
             });
         }
-        let k = self.halves.lock().ok().and_then(|h| h.k).ok_or(InstallError::NoKey)?;
+        let k = self.halves.try_lock().ok().and_then(|h| h.k).ok_or(InstallError::NoKey)?;
         let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &k);
         Ok(ring::hmac::sign(&key, challenge).as_ref().to_vec())
     }

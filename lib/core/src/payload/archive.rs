@@ -106,6 +106,20 @@ pub fn unpack(zip: &[u8], limits: &Limits) -> Result<Vec<PayloadFile>, PayloadEr
         }
         files.push(PayloadFile { path, contents, executable: mode & 0o111 != 0 });
     }
+    // A file may not also be a directory of another entry (`a` and `a/b`): refused here, so
+    // that nothing is written for an archive that cannot be extracted whole.
+    let paths: std::collections::HashSet<&str> = files.iter().map(|f| f.path.as_str()).collect();
+    for f in &files {
+        for (i, _) in f.path.match_indices('/') {
+            let dir = &f.path[..i];
+            if paths.contains(dir) {
+                return Err(PayloadError::Entry {
+                    name: f.path.clone(),
+                    problem: format!("lies under {dir:?}, which is a file"),
+                });
+            }
+        }
+    }
     Ok(files)
 }
 

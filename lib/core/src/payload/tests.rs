@@ -136,6 +136,10 @@ fn escapes_links_and_oversize_entries_are_refused_by_name() {
     let err = unpack(&raw_zip(&entries), &Limits { max_entries: 3, ..small }).expect_err("count");
     assert!(err.to_string().contains("entries"), "{err}");
     assert!(unpack(b"not a zip", &limits).is_err());
+    let clash =
+        raw_zip(&[("a", b"file", None), ("a-x", b"x", None), ("a/b", b"inside a file", None)]);
+    let err = unpack(&clash, &limits).expect_err("file and directory");
+    assert!(err.to_string().contains("which is a file"), "{err}");
 }
 
 proptest! {
