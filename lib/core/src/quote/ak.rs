@@ -56,7 +56,8 @@ pub struct PreparedAk {
 }
 
 impl PreparedAk {
-    /// Parses a `TPM2B_PUBLIC` (as the registrar stores it) and prepares it.
+    /// Parses a `TPM2B_PUBLIC` (a size-prefixed public area, as tpm2-tools writes it) and
+    /// prepares it. The registrar stores a bare `TPMT_PUBLIC`: use `Public::parse` and [`PreparedAk::new`] for that.
     pub fn from_tpm2b_public(bytes: &[u8]) -> Result<PreparedAk, AkError> {
         PreparedAk::new(Public::parse_tpm2b(bytes)?)
     }
