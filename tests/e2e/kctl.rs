@@ -3,15 +3,12 @@
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use kl_tests::daemon::{self, Program};
+use kl_tests::daemon::{self, KCTL, Program, TENANT};
 use kl_tests::deployment::Deployment;
 use kl_tests::{Result, err};
 use serde_json::Value;
 
 use crate::{OUTCOME_TIMEOUT, agent_settings, tpm_and_deployment};
-
-const KCTL: Program = Program { bin: "kctl", package: "kctl", dir: "ctl" };
-const TENANT: Program = Program { bin: "keylime_tenant", package: "kctl", dir: "ctl" };
 
 /// A tenant config pointing kctl at the deployment's TLS files and the registrar.
 fn tenant_config(deployment: &Deployment, registrar_port: u16) -> Result<std::path::PathBuf> {

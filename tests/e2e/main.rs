@@ -4,6 +4,7 @@
 //! `agent` needs only the agent; `registration` runs the registrar too.
 
 mod agent;
+mod attestation;
 mod kctl;
 mod registration;
 

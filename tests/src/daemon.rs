@@ -35,6 +35,10 @@ pub const AGENT: Program =
     Program { bin: "keylime_agent", package: "kl-agent", dir: "daemons/agent" };
 pub const REGISTRAR: Program =
     Program { bin: "keylime_registrar", package: "kl-registrar", dir: "daemons/registrar" };
+pub const VERIFIER: Program =
+    Program { bin: "keylime_verifier", package: "kl-verifier", dir: "daemons/verifier" };
+pub const KCTL: Program = Program { bin: "kctl", package: "kctl", dir: "ctl" };
+pub const TENANT: Program = Program { bin: "keylime_tenant", package: "kctl", dir: "ctl" };
 
 /// Directories whose sources go into every daemon, besides the daemon's own.
 const SHARED_SOURCES: [&str; 3] = ["lib", "proto", "Cargo.lock"];

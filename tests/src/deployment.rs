@@ -11,7 +11,7 @@ use kl_svc::tls::{ServerTrust, TlsConnector, TlsFiles, client_config, ensure_gen
 use rustls::pki_types::CertificateDer;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::daemon::{self, AGENT, Daemon, REGISTRAR};
+use crate::daemon::{self, AGENT, Daemon, REGISTRAR, VERIFIER};
 use crate::{Result, err};
 
 /// The message size the clients accept (as large as the agent sends).
@@ -102,6 +102,48 @@ impl Deployment {
         let mut daemon = Daemon::start(REGISTRAR, &path, &log, port)?;
         daemon.wait_listening()?;
         Ok(daemon)
+    }
+
+    /// A verifier config: listens on `port`, reads the registrar at `registrar_port`, attests
+    /// every `quote_interval` seconds; its webhook and other options go in `extra` keys.
+    pub fn verifier_config(
+        &self,
+        port: u16,
+        registrar_port: u16,
+        quote_interval: f64,
+    ) -> toml::Table {
+        let mut t = toml::Table::new();
+        t.insert("keylime_dir".into(), path_value(self.keylime_dir()));
+        t.insert("ip".into(), "127.0.0.1".into());
+        t.insert("port".into(), i64::from(port).into());
+        t.insert("registrar_ip".into(), "127.0.0.1".into());
+        t.insert("registrar_port".into(), i64::from(registrar_port).into());
+        t.insert("quote_interval".into(), quote_interval.into());
+        t.insert("retry_interval".into(), 0.5.into());
+        t.insert("max_retries".into(), 3.into());
+        t.insert("tls_dir".into(), "default".into());
+        t.insert("log_level".into(), "info,kl_verifier=debug".into());
+        t
+    }
+
+    /// Writes `config` and starts the verifier, waiting for its port.
+    pub fn start_verifier(&self, config: &toml::Table) -> Result<Daemon> {
+        let port = port_of(config)?;
+        let path = self.write_config("verifier.conf", config)?;
+        let log = self.dir.path().join("verifier.log");
+        let mut daemon = Daemon::start(VERIFIER, &path, &log, port)?;
+        daemon.wait_listening()?;
+        Ok(daemon)
+    }
+
+    /// A tenant config for kctl and keylime_tenant: this deployment's TLS files, the verifier
+    /// and the registrar.
+    pub fn tenant_config(&self, verifier_port: u16, registrar_port: u16) -> Result<PathBuf> {
+        let mut t = toml::Table::new();
+        t.insert("keylime_dir".into(), path_value(self.keylime_dir()));
+        t.insert("verifier_port".into(), i64::from(verifier_port).into());
+        t.insert("registrar_port".into(), i64::from(registrar_port).into());
+        self.write_config("tenant.conf", &t)
     }
 
     /// Writes an agent config under `<keylime_dir>/<name>/` and starts the agent, waiting for

