@@ -78,11 +78,10 @@ struct Registrar {
     port: u16,
     child: Option<std::process::Child>,
     cpu_at_start: Option<Duration>,
-    in_process: Option<(
-        tokio::sync::oneshot::Sender<()>,
-        tokio::task::JoinHandle<Result<(), kl_registrar::Error>>,
-    )>,
+    in_process: Option<(tokio::sync::oneshot::Sender<()>, Serving)>,
 }
+
+type Serving = tokio::task::JoinHandle<Result<(), kl_registrar::Error>>;
 
 impl Registrar {
     async fn in_process(config: &RegistrarConfig) -> Result<Registrar, BoxError> {
