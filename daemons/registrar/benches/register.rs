@@ -261,11 +261,19 @@ async fn run(alg: &'static str, options: &Options) -> Result<(), BoxError> {
                     client = connect(port, &tls).await?;
                 }
                 let challenge = client.register(item.request.clone()).await?.into_inner();
-                let tpm = &pool[item.tpm];
-                let decrypting = Instant::now();
-                let secret = tpm
-                    .activate_credential(&challenge.credential_blob, &challenge.encrypted_secret)?;
-                soft_tpm_time += decrypting.elapsed();
+                // The software TPM's work runs off the async workers, as a TPM call would.
+                let (pool_ref, tpm) = (pool.clone(), item.tpm);
+                let (secret, took) = tokio::task::spawn_blocking(move || {
+                    let decrypting = Instant::now();
+                    let secret = pool_ref[tpm].activate_credential(
+                        &challenge.credential_blob,
+                        &challenge.encrypted_secret,
+                    );
+                    (secret, decrypting.elapsed())
+                })
+                .await?;
+                let secret = secret?;
+                soft_tpm_time += took;
                 let agent_id = item.request.agent_id.clone();
                 let auth_tag = activation_proof(&secret, &agent_id).to_vec();
                 let count =
@@ -311,7 +319,7 @@ async fn run(alg: &'static str, options: &Options) -> Result<(), BoxError> {
         setup.as_secs_f64(),
     );
     println!(
-        "{alg}: the registrar's software MakeCredential alone takes {:.2} ms (one core, no contention)",
+        "{alg}: the registrar's software MakeCredential alone takes {:.2} ms (timed single-threaded before the run)",
         make_credential.as_secs_f64() * 1e3
     );
     let cores = std::thread::available_parallelism().map(usize::from).unwrap_or(1) as f64;
