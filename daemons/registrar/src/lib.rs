@@ -9,7 +9,7 @@
 //! It never talks to a TPM (no libtss2: MakeCredential is computed in software by `kl-core`),
 //! never calls agents or the verifier, and never shows anything of a registration that has not
 //! activated; read and delete RPCs require a role certificate from the deployment CA
-//! ([`access`] has the rules).
+//! (the `access` module has the rules).
 //!
 //! ```no_run
 //! # async fn start(config: kl_svc::config::RegistrarConfig) -> Result<(), kl_registrar::Error> {
