@@ -9,7 +9,7 @@
 //! It never talks to a TPM (no libtss2: MakeCredential is computed in software by `kl-core`),
 //! never calls agents or the verifier, and never shows anything of a registration that has not
 //! activated; read and delete RPCs require a role certificate from the deployment CA
-//! ([`access`] has the rules).
+//! (the `access` module has the rules).
 //!
 //! ```no_run
 //! # async fn start(config: kl_svc::config::RegistrarConfig) -> Result<(), kl_registrar::Error> {
@@ -50,6 +50,8 @@ use writer::ActivationWriter;
 
 /// How long a client may take to finish its TLS handshake before it is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long calls in progress may take to finish once shutdown is asked for.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// How long a registration waits for its Activate.
 pub const PENDING_TTL: Duration = Duration::from_secs(120);
 /// Most registrations pending at once.
@@ -110,16 +112,33 @@ impl Server {
         self.incoming.local_addr()
     }
 
-    /// Serves until `shutdown` resolves, then finishes the calls in progress and closes the
-    /// state file (so another registrar may open it once this returns).
+    /// Serves until `shutdown` resolves, then lets the calls in progress finish for up to
+    /// [`SHUTDOWN_GRACE`] and closes the state file (so another registrar may open it once this
+    /// returns). Connections still open after the grace period (a client that stopped
+    /// reading) are abandoned: the state file then closes when the last of them ends, or with
+    /// the process.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
         let service = RegistrarServer::new(self.service)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        let served = tonic::transport::Server::builder()
+        let stopping = tokio::sync::Notify::new();
+        let signalled = async {
+            shutdown.await;
+            stopping.notify_one();
+        };
+        let server = tonic::transport::Server::builder()
             .add_service(service)
-            .serve_with_incoming_shutdown(self.incoming, shutdown)
-            .await;
+            .serve_with_incoming_shutdown(self.incoming, signalled);
+        let served = tokio::select! {
+            served = server => served,
+            () = async {
+                stopping.notified().await;
+                tokio::time::sleep(SHUTDOWN_GRACE).await;
+            } => {
+                tracing::warn!(grace = ?SHUTDOWN_GRACE, "connections still open after the shutdown grace period; abandoning them");
+                return Ok(());
+            }
+        };
         // Every connection has ended, and with them the service's handles on the writer.
         let writer_thread = self.writer_thread;
         tokio::task::spawn_blocking(move || writer_thread.join())

@@ -263,3 +263,23 @@ fn check_agent_certificate(der: &[u8], agent_id: &str) -> Result<(), Error> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_ids_are_uuids_or_hash_ek_like_strings() {
+        for good in ["d432fbb3-d2f1-4a97-9ef7-75bd81c00000", &"ab".repeat(32), "agent_1.example"] {
+            assert!(check_agent_id(good).is_ok(), "{good}");
+        }
+        let reason = |id: &str| check_agent_id(id).err().map(|e| e.to_string());
+        assert_eq!(reason(""), Some("agent_id: empty".to_owned()));
+        assert_eq!(
+            reason(&"a".repeat(81)),
+            Some("agent_id: 81 characters, at most 80 allowed".to_owned())
+        );
+        assert!(reason("../etc").is_some_and(|r| r.contains("'/'")));
+        assert!(reason("a b").is_some_and(|r| r.contains("' '")));
+    }
+}

@@ -119,8 +119,13 @@ impl RegistrarStore {
     /// `registration_count = 1`; when it holds the same TPM identity the record replaces it
     /// with the count incremented; when it holds another identity nothing is written.
     pub fn activate(&self, record: AgentRecord) -> Result<Activation, StoreError> {
-        let mut outcome = self.activate_many(vec![record])?;
-        Ok(outcome.pop().unwrap_or(Activation::IdentityConflict))
+        let agent_id = record.agent_id.clone();
+        self.activate_many(vec![record])?.pop().ok_or_else(|| StoreError::Table {
+            table: AGENTS.name(),
+            source: Box::new(redb::Error::Corrupted(format!(
+                "activating {agent_id:?} gave no outcome"
+            ))),
+        })
     }
 
     /// [`RegistrarStore::activate`] for several records in one transaction (one sync to disk),

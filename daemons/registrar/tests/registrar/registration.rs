@@ -89,6 +89,14 @@ async fn required_ek_certificate_must_chain_to_the_store_and_certify_the_ek() ->
     let trusted = EkCa::new("Test TPM Vendor CA")?;
     let untrusted = EkCa::new("Unknown TPM Vendor CA")?;
     let registrar = Registrar::start(|c| c.require_ek_cert = true).await?;
+    // The vendor CAs Keylime ships, and the test vendor.
+    let vendors = concat!(env!("CARGO_MANIFEST_DIR"), "/../../lib/core/tests/data/keylime/ek-ca");
+    for entry in std::fs::read_dir(vendors)? {
+        let path = entry?.path();
+        if let Some(name) = path.file_name() {
+            std::fs::copy(&path, registrar.tpm_cert_store().join(name))?;
+        }
+    }
     std::fs::write(registrar.tpm_cert_store().join("vendor.pem"), &trusted.cert_pem)?;
     // The store is read at start.
     let mut registrar = registrar;

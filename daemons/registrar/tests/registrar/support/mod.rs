@@ -99,14 +99,51 @@ impl Registrar {
         self.config.tpm_cert_store.clone()
     }
 
+    /// Where clients reach this registrar.
+    pub fn address(&self) -> RegistrarAddress {
+        RegistrarAddress { tls: self.tls(), port: self.addr.port() }
+    }
+
+    /// A registrar running elsewhere (the binary) on `port` with the files in `tls`.
+    pub fn connect_to(tls: &TlsFiles, port: u16) -> RegistrarAddress {
+        RegistrarAddress { tls: tls.clone(), port }
+    }
+
+    pub async fn client(
+        &self,
+        identity: Option<TlsIdentity>,
+    ) -> Result<RegistrarClient<Channel>, BoxError> {
+        self.address().client(identity).await
+    }
+
+    pub async fn anonymous(&self) -> Result<RegistrarClient<Channel>, BoxError> {
+        self.address().anonymous().await
+    }
+
+    pub async fn admin(&self) -> Result<RegistrarClient<Channel>, BoxError> {
+        self.address().admin().await
+    }
+
+    pub async fn with_role(&self, role: Role) -> Result<RegistrarClient<Channel>, BoxError> {
+        self.address().with_role(role).await
+    }
+}
+
+/// A registrar's port and TLS files, to make clients with.
+pub struct RegistrarAddress {
+    pub tls: TlsFiles,
+    pub port: u16,
+}
+
+impl RegistrarAddress {
     /// A client presenting `identity` (none when `None`).
     pub async fn client(
         &self,
         identity: Option<TlsIdentity>,
     ) -> Result<RegistrarClient<Channel>, BoxError> {
-        let cas = self.tls().ca_certificates()?;
+        let cas = self.tls.ca_certificates()?;
         let config = client_config(&ServerTrust::Ca(cas), identity)?;
-        let endpoint = Endpoint::from_shared(format!("http://127.0.0.1:{}", self.addr.port()))?
+        let endpoint = Endpoint::from_shared(format!("http://127.0.0.1:{}", self.port))?
             .connect_timeout(DEADLINE)
             .timeout(DEADLINE);
         let channel = tokio::time::timeout(
@@ -124,12 +161,12 @@ impl Registrar {
 
     /// A client with the generated admin certificate.
     pub async fn admin(&self) -> Result<RegistrarClient<Channel>, BoxError> {
-        self.client(Some(self.tls().client_identity()?)).await
+        self.client(Some(self.tls.client_identity()?)).await
     }
 
     /// A client with a certificate for `role` issued by the deployment CA.
     pub async fn with_role(&self, role: Role) -> Result<RegistrarClient<Channel>, BoxError> {
-        let ca = CertificateAuthority::read(&self.tls())?;
+        let ca = CertificateAuthority::read(&self.tls)?;
         let issued = ca.issue(role, &format!("test {role}"), &[])?;
         let identity = TlsIdentity::from_pem(&issued.cert_pem, &issued.key_pem, "issued")?;
         self.client(Some(identity)).await
