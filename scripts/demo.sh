@@ -137,8 +137,7 @@ kctl policies runtime generate --ima-log "$ima" --out "$work/policy.json" >/dev/
 show kctl policies runtime apply demo --file "$work/policy.json"
 
 step "Enroll the agent and wait for its first attestation"
-show kctl agents enroll "$UUID" --runtime-policy demo --wait --timeout 30 >/dev/null || true
-show kctl agents show "$UUID"
+show kctl agents enroll "$UUID" --runtime-policy demo --wait --timeout 60 || true
 
 step "An unknown program runs: IMA measures it into PCR 10"
 echo "\$ /tmp/evil   (IMA: 10 ... ima-ng sha256:... /tmp/evil)"
