@@ -20,8 +20,8 @@ use crate::{OUTCOME_TIMEOUT, agent_settings, tpm_and_deployment};
 struct System {
     tpm: Swtpm,
     deployment: Deployment,
-    _registrar: Daemon,
-    _verifier: Daemon,
+    registrar: Daemon,
+    verifier: Daemon,
     agent: TestAgent,
     agent_id: String,
     tenant: PathBuf,
@@ -30,10 +30,25 @@ struct System {
 
 impl System {
     fn start() -> Result<Option<System>> {
+        System::start_with(toml::Table::new(), &[])
+    }
+
+    /// Starts the system with `extra` settings for the agent; the registrar also trusts the EK
+    /// certificates of `other_tpms`.
+    fn start_with(extra: toml::Table, other_tpms: &[&Swtpm]) -> Result<Option<System>> {
         let Some((tpm, deployment)) = tpm_and_deployment()? else { return Ok(None) };
+        let store = deployment.keylime_dir().join("tpm_cert_store");
+        std::fs::create_dir_all(&store)?;
+        for (i, t) in std::iter::once(&tpm).chain(other_tpms.iter().copied()).enumerate() {
+            for entry in std::fs::read_dir(t.ca_dir())? {
+                let entry = entry?;
+                let name = format!("{i}-{}", entry.file_name().to_string_lossy());
+                std::fs::copy(entry.path(), store.join(name))?;
+            }
+        }
         let registrar = deployment.start_registrar(&deployment.registrar_config(
             daemon::free_port()?,
-            &tpm.ca_dir(),
+            &store,
             true,
         ))?;
         let verifier = deployment.start_verifier(&deployment.verifier_config(
@@ -41,23 +56,16 @@ impl System {
             registrar.port(),
             1.0,
         ))?;
-        let agent = deployment.start_agent("agent", &agent_settings(&tpm, registrar.port()))?;
+        let mut settings = agent_settings(&tpm, registrar.port());
+        settings.extra = extra;
+        let agent = deployment.start_agent("agent", &settings)?;
         let tenant = deployment.tenant_config(verifier.port(), registrar.port())?;
         let mut ima = ImaWriter::default();
         ima.measure(&tpm, &agent.ima_log, "boot_aggregate", b"boot")?;
         ima.measure(&tpm, &agent.ima_log, "/usr/bin/bash", b"bash")?;
         let agent_id =
             std::fs::read_to_string(agent.dir.join("agent").join("agent_uuid"))?.trim().to_owned();
-        let system = System {
-            tpm,
-            deployment,
-            _registrar: registrar,
-            _verifier: verifier,
-            agent,
-            agent_id,
-            tenant,
-            ima,
-        };
+        let system = System { tpm, deployment, registrar, verifier, agent, agent_id, tenant, ima };
         system.wait(
             |s| s.run(KCTL, &["registrar", "show", &s.agent_id]).map(|o| o.status.success()),
             "registration",
@@ -124,7 +132,11 @@ impl System {
     }
 
     fn show(&self) -> Result<Value> {
-        Ok(self.kctl_json(&["agents", "show", &self.agent_id])?.1)
+        self.show_agent(&self.agent_id)
+    }
+
+    fn show_agent(&self, id: &str) -> Result<Value> {
+        Ok(self.kctl_json(&["agents", "show", id])?.1)
     }
 
     fn wait(&self, mut done: impl FnMut(&System) -> Result<bool>, what: &str) -> Result<()> {
@@ -139,15 +151,19 @@ impl System {
     }
 
     fn wait_state(&self, state: &str) -> Result<Value> {
+        self.wait_agent_state(&self.agent_id, state)
+    }
+
+    fn wait_agent_state(&self, id: &str, state: &str) -> Result<Value> {
         let mut last = Value::Null;
         let deadline = Instant::now() + OUTCOME_TIMEOUT;
         loop {
-            last = self.show().unwrap_or(last);
+            last = self.show_agent(id).unwrap_or(last);
             if last["state"] == state {
                 return Ok(last);
             }
             if Instant::now() > deadline {
-                return Err(err(format!("agent never reached {state}: {last}")));
+                return Err(err(format!("agent {id} never reached {state}: {last}")));
             }
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -285,7 +301,7 @@ async fn the_guides_tenant_commands_add_list_and_delete_an_agent() -> Result<()>
     let exclude = root.join("exclude.txt");
     std::fs::write(&exclude, "^/tmp/.*\n")?;
     let include = payload_dir(root)?;
-    let verifier_port = sys._verifier.port().to_string();
+    let verifier_port = sys.verifier.port().to_string();
     let agent_port = sys.agent.daemon.port().to_string();
     let (allowlist, exclude, include) = (
         allowlist.display().to_string(),
@@ -335,5 +351,206 @@ async fn the_guides_tenant_commands_add_list_and_delete_an_agent() -> Result<()>
     check(&delete, "keylime_tenant -c delete")?;
     let (code, _) = sys.kctl_json(&["agents", "show", &sys.agent_id])?;
     assert_eq!(code, 3, "unenrolled");
+    Ok(())
+}
+
+/// Another agent in the same deployment, on its own swtpm.
+struct Node {
+    tpm: Swtpm,
+    agent: TestAgent,
+    id: String,
+    ima: ImaWriter,
+}
+
+impl System {
+    /// Starts another agent on `tpm` (whose CA the registrar was given at start).
+    fn add_node(&self, name: &str, tpm: Swtpm) -> Result<Node> {
+        let agent =
+            self.deployment.start_agent(name, &agent_settings(&tpm, self.registrar.port()))?;
+        let id =
+            std::fs::read_to_string(agent.dir.join("agent").join("agent_uuid"))?.trim().to_owned();
+        let mut ima = ImaWriter::default();
+        ima.measure(&tpm, &agent.ima_log, "boot_aggregate", b"boot")?;
+        ima.measure(&tpm, &agent.ima_log, "/usr/bin/bash", b"bash")?;
+        self.wait(
+            |s| s.run(KCTL, &["registrar", "show", &id]).map(|o| o.status.success()),
+            "registration",
+        )?;
+        Ok(Node { tpm, agent, id, ima })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_agent_leaves_the_other_passing_and_the_other_runs_its_revocation_action()
+-> Result<()> {
+    let actions = tempfile::tempdir()?;
+    let notices = actions.path().join("notices");
+    let script = actions.path().join("record");
+    std::fs::write(
+        &script,
+        format!("#!/bin/sh\ncat \"$1\" >> {}\necho >> {}\n", notices.display(), notices.display()),
+    )?;
+    std::os::unix::fs::PermissionsExt::set_mode(
+        &mut std::fs::metadata(&script)?.permissions(),
+        0o755,
+    );
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let mut extra = toml::Table::new();
+    extra.insert("revocation_actions".into(), toml::Value::Array(vec!["record".into()]));
+    extra.insert("revocation_actions_dir".into(), actions.path().display().to_string().into());
+    let Some(other_tpm) = Swtpm::manufacture()? else { return Ok(()) };
+    let Some(sys) = System::start_with(extra, &[&other_tpm])? else { return Ok(()) };
+    let mut other = sys.add_node("other", other_tpm)?;
+    sys.apply_policy("base")?;
+    for id in [&sys.agent_id, &other.id] {
+        let (code, doc) =
+            sys.kctl_json(&["agents", "enroll", id, "--runtime-policy", "base", "--wait"])?;
+        assert_eq!(code, 0, "{id}: {doc}");
+    }
+
+    other.ima.measure(&other.tpm, &other.agent.ima_log, "/tmp/evil", b"evil")?;
+    let failed = sys.wait_agent_state(&other.id, "failed")?;
+    assert!(
+        failed["last_verdict"]["findings"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|f| f["path"] == "/tmp/evil"))
+    );
+    sys.wait(
+        |_| Ok(std::fs::read_to_string(&notices).is_ok_and(|n| n.contains(&other.id))),
+        "the revocation action",
+    )?;
+    let notice = std::fs::read_to_string(&notices)?;
+    assert!(notice.contains("failed"), "the notice says what happened: {notice}");
+    // The first agent keeps passing.
+    let count = sys.show()?["attestation_count"].as_u64().unwrap_or(0);
+    sys.wait(
+        |s| Ok(s.show()?["attestation_count"].as_u64().unwrap_or(0) > count + 1),
+        "more passing rounds",
+    )?;
+    assert_eq!(sys.show()?["state"], "passed");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reboot_is_followed_by_a_full_replay_and_a_pass() -> Result<()> {
+    let Some(mut sys) = System::start()? else { return Ok(()) };
+    sys.apply_policy("base")?;
+    let (code, first) =
+        sys.kctl_json(&["agents", "enroll", &sys.agent_id, "--runtime-policy", "base", "--wait"])?;
+    assert_eq!(code, 0, "{first}");
+    let boot = sys.show()?["reset_count"].as_u64().unwrap_or(0);
+
+    // Power loss: the TPM restarts with PCRs reset, and the kernel starts a new IMA log.
+    sys.tpm.restart_unclean()?;
+    std::fs::write(&sys.agent.ima_log, "")?;
+    sys.ima = ImaWriter::default();
+    sys.measure("boot_aggregate", b"boot")?;
+    sys.measure("/usr/bin/bash", b"bash")?;
+    sys.wait(
+        |s| {
+            let a = s.show()?;
+            Ok(a["reset_count"].as_u64().unwrap_or(0) > boot
+                && a["state"] == "passed"
+                && a["last_verdict"]["passed"] == true)
+        },
+        "a pass after the reboot",
+    )?;
+    // And it keeps attesting incrementally in the new boot.
+    sys.measure("/usr/bin/bash", b"bash")?;
+    let count = sys.show()?["attestation_count"].as_u64().unwrap_or(0);
+    sys.wait(
+        |s| Ok(s.show()?["attestation_count"].as_u64().unwrap_or(0) > count),
+        "another round",
+    )?;
+    let after = sys.wait_state("passed")?;
+    assert_eq!(after["ima_offset"], 3);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pcr_policy_mismatch_names_the_pcr_and_an_update_fixes_it() -> Result<()> {
+    let Some(sys) = System::start()? else { return Ok(()) };
+    let wrong = format!(r#"{{"hash_alg": "sha256", "pcrs": {{"15": ["{}"]}}}}"#, "01".repeat(32));
+    let (code, _) = sys.kctl_json(&["agents", "enroll", &sys.agent_id, "--pcr-policy", &wrong])?;
+    assert_eq!(code, 0);
+    let failed = sys.wait_state("failed")?;
+    let findings = failed["last_verdict"]["findings"].as_array().cloned().unwrap_or_default();
+    assert!(findings.iter().any(|f| f["rule"] == "pcr.mismatch" && f["pcr"] == 15), "{findings:?}");
+    // PCR 15 of a fresh TPM is all zeros.
+    let right = format!(r#"{{"hash_alg": "sha256", "pcrs": {{"15": ["{}"]}}}}"#, "00".repeat(32));
+    let (code, _) =
+        sys.kctl_json(&["agents", "update", &sys.agent_id, "--pcr-policy", &right, "--resume"])?;
+    assert_eq!(code, 0);
+    sys.wait_state("passed")?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tampered_event_log_fails_naming_the_event() -> Result<()> {
+    let Some(sys) = System::start()? else { return Ok(()) };
+    // A real firmware's log, its events extended into the swtpm's PCRs as firmware would. PCR 0
+    // is left out: that firmware started PCR 0 at locality 3, which a software TPM cannot.
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../lib/core/tests/data/keylime/eventlog/binary_bios_measurements");
+    let log_bytes = std::fs::read(&fixture)?;
+    let log = kl_core::eventlog::EventLog::parse(&log_bytes)?;
+    let pcrs: Vec<u32> = vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 14];
+    for event in log.measurements().filter(|e| pcrs.contains(&e.pcr)) {
+        let digests: Vec<(&str, &[u8])> =
+            event.digests.iter().map(|d| (d.alg().name(), d.as_bytes())).collect();
+        sys.tpm.pcr_extend_banks(event.pcr, &digests)?;
+    }
+    let served = sys.agent.dir.join("binary_bios_measurements");
+    std::fs::write(&served, &log_bytes)?;
+    let mut policy: serde_json::Value = {
+        let out = sys.run(
+            KCTL,
+            &[
+                "policies",
+                "mb",
+                "generate",
+                "--event-log",
+                &fixture.display().to_string(),
+                "--allow-secureboot-off",
+            ],
+        )?;
+        check(&out, "policies mb generate")?;
+        serde_json::from_slice(&out.stdout)?
+    };
+    policy["pcrs"] = serde_json::json!(pcrs);
+    let policy_file = sys.deployment.keylime_dir().join("mb.json");
+    std::fs::write(&policy_file, policy.to_string())?;
+    let (code, _) = sys.kctl_json(&[
+        "policies",
+        "mb",
+        "apply",
+        "boot",
+        "--file",
+        &policy_file.display().to_string(),
+    ])?;
+    assert_eq!(code, 0);
+    let (code, doc) =
+        sys.kctl_json(&["agents", "enroll", &sys.agent_id, "--mb-policy", "boot", "--wait"])?;
+    assert_eq!(code, 0, "the real log replays to the swtpm's PCRs: {doc}");
+
+    // Change one byte of an event whose data its digest covers.
+    let victim = log
+        .measurements()
+        .find(|e| pcrs.contains(&e.pcr) && e.digest_verified == Some(true) && !e.data.is_empty())
+        .ok_or_else(|| err("no digest-covered event"))?;
+    let data_start = victim.offset
+        + 12
+        + victim.digests.iter().map(|d| 2 + d.as_bytes().len()).sum::<usize>()
+        + 4;
+    let mut tampered = log_bytes.clone();
+    tampered[data_start + victim.data.len() - 1] ^= 0x01;
+    std::fs::write(&served, &tampered)?;
+    let failed = sys.wait_state("failed")?;
+    let findings = failed["last_verdict"]["findings"].as_array().cloned().unwrap_or_default();
+    assert!(
+        findings.iter().any(|f| f["rule"] == "mb.digest_mismatch" && f["event"] == victim.number),
+        "event {} is named: {findings:?}",
+        victim.number
+    );
     Ok(())
 }

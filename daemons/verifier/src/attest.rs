@@ -76,6 +76,15 @@ fn failed(prior: &AttestationState, finding: Finding, started: Instant) -> Round
     RoundOutcome::Appraised(Box::new(appraisal), started.elapsed())
 }
 
+/// Whether a (not yet verified) quote reports another TPM reset count than the last
+/// accepted one.
+fn rebooted_since(prior: &AttestationState, attest: &[u8]) -> bool {
+    match (prior.clock, kl_core::tpm2::Attest::parse(attest)) {
+        (Some(clock), Ok(attest)) => attest.clock_info.reset_count != clock.reset_count,
+        _ => false,
+    }
+}
+
 /// Runs one round.
 pub(crate) async fn round(
     client: &mut AgentClient<Channel>,
@@ -97,6 +106,7 @@ pub(crate) async fn round(
     let mut ima_entries = Vec::new();
     let mut first_offset = None;
     let mut last = None;
+    let mut replayed_from_zero = false;
     for _ in 0..MAX_CHUNKS {
         let reply = match client.get_quote(request.clone()).await {
             Ok(reply) => reply.into_inner(),
@@ -115,6 +125,18 @@ pub(crate) async fn round(
                 return failed(prior, finding, started);
             }
         };
+        // A reboot the agent could not notice (the new boot's log is already longer than the
+        // offset asked for): the quote's reset count tells. Ask again from entry 0, once; the
+        // quote is checked, as always, when the round is appraised.
+        if first_offset.is_none()
+            && reply.ima_offset != 0
+            && !replayed_from_zero
+            && rebooted_since(prior, &reply.attest)
+        {
+            replayed_from_zero = true;
+            request.ima_offset = 0;
+            continue;
+        }
         let offset = *first_offset.get_or_insert(reply.ima_offset);
         ima_entries.extend_from_slice(&reply.ima_entries);
         let more = reply.ima_more && reply.ima_entry_count > 0;
