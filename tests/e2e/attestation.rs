@@ -30,12 +30,16 @@ struct System {
 
 impl System {
     fn start() -> Result<Option<System>> {
-        System::start_with(toml::Table::new(), &[])
+        System::start_with(toml::Table::new(), &[], toml::Table::new())
     }
 
     /// Starts the system with `extra` settings for the agent; the registrar also trusts the EK
-    /// certificates of `other_tpms`.
-    fn start_with(extra: toml::Table, other_tpms: &[&Swtpm]) -> Result<Option<System>> {
+    /// certificates of `other_tpms`; the verifier gets `verifier_extra` settings.
+    fn start_with(
+        extra: toml::Table,
+        other_tpms: &[&Swtpm],
+        verifier_extra: toml::Table,
+    ) -> Result<Option<System>> {
         let Some((tpm, deployment)) = tpm_and_deployment()? else { return Ok(None) };
         let store = deployment.keylime_dir().join("tpm_cert_store");
         std::fs::create_dir_all(&store)?;
@@ -51,11 +55,10 @@ impl System {
             &store,
             true,
         ))?;
-        let verifier = deployment.start_verifier(&deployment.verifier_config(
-            daemon::free_port()?,
-            registrar.port(),
-            1.0,
-        ))?;
+        let mut verifier_config =
+            deployment.verifier_config(daemon::free_port()?, registrar.port(), 1.0);
+        verifier_config.extend(verifier_extra);
+        let verifier = deployment.start_verifier(&verifier_config)?;
         let mut settings = agent_settings(&tpm, registrar.port());
         settings.extra = extra;
         let agent = deployment.start_agent("agent", &settings)?;
@@ -399,7 +402,14 @@ async fn a_failing_agent_leaves_the_other_passing_and_the_other_runs_its_revocat
     extra.insert("revocation_actions".into(), toml::Value::Array(vec!["record".into()]));
     extra.insert("revocation_actions_dir".into(), actions.path().display().to_string().into());
     let Some(other_tpm) = Swtpm::manufacture()? else { return Ok(()) };
-    let Some(sys) = System::start_with(extra, &[&other_tpm])? else { return Ok(()) };
+    let webhook = Webhook::start()?;
+    let mut verifier_extra = toml::Table::new();
+    verifier_extra
+        .insert("webhook_url".into(), format!("http://127.0.0.1:{}/events", webhook.port).into());
+    verifier_extra.insert("webhook_secret".into(), "s3cret".into());
+    let Some(sys) = System::start_with(extra, &[&other_tpm], verifier_extra)? else {
+        return Ok(());
+    };
     let mut other = sys.add_node("other", other_tpm)?;
     sys.apply_policy("base")?;
     for id in [&sys.agent_id, &other.id] {
@@ -421,6 +431,21 @@ async fn a_failing_agent_leaves_the_other_passing_and_the_other_runs_its_revocat
     )?;
     let notice = std::fs::read_to_string(&notices)?;
     assert!(notice.contains("failed"), "the notice says what happened: {notice}");
+    // The webhook received the failure, signed with the shared secret.
+    sys.wait(
+        |_| {
+            Ok(webhook
+                .bodies()
+                .iter()
+                .any(|(_, b)| b.contains(&other.id) && b.contains("/tmp/evil")))
+        },
+        "the webhook",
+    )?;
+    for (signature, body) in webhook.bodies() {
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, b"s3cret");
+        let expected = format!("sha256={}", hex::encode(ring::hmac::sign(&key, body.as_bytes())));
+        assert_eq!(signature, expected, "X-Keylime-Signature of {body}");
+    }
     // The first agent keeps passing.
     let count = sys.show()?["attestation_count"].as_u64().unwrap_or(0);
     sys.wait(
@@ -553,4 +578,51 @@ async fn a_tampered_event_log_fails_naming_the_event() -> Result<()> {
         victim.number
     );
     Ok(())
+}
+
+/// A webhook receiver: records each POST's `X-Keylime-Signature` and body, answers 200.
+struct Webhook {
+    port: u16,
+    received: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
+}
+
+impl Webhook {
+    fn start() -> Result<Webhook> {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let port = listener.local_addr()?.port();
+        let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = received.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let mut reader = BufReader::new(stream);
+                let (mut signature, mut length) = (String::new(), 0usize);
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                    let lower = line.to_ascii_lowercase();
+                    if let Some(v) = lower.strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap_or(0);
+                    }
+                    if lower.starts_with("x-keylime-signature:") {
+                        signature = line["x-keylime-signature:".len()..].trim().to_owned();
+                    }
+                    line.clear();
+                }
+                let mut body = vec![0; length];
+                if reader.read_exact(&mut body).is_ok() {
+                    if let Ok(mut r) = sink.lock() {
+                        r.push((signature, String::from_utf8_lossy(&body).into_owned()));
+                    }
+                }
+                let _ = reader.get_mut().write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                );
+            }
+        });
+        Ok(Webhook { port, received })
+    }
+
+    fn bodies(&self) -> Vec<(String, String)> {
+        self.received.lock().map(|r| r.clone()).unwrap_or_default()
+    }
 }
