@@ -609,10 +609,8 @@ impl Webhook {
                     line.clear();
                 }
                 let mut body = vec![0; length];
-                if reader.read_exact(&mut body).is_ok() {
-                    if let Ok(mut r) = sink.lock() {
-                        r.push((signature, String::from_utf8_lossy(&body).into_owned()));
-                    }
+                if let (Ok(()), Ok(mut r)) = (reader.read_exact(&mut body), sink.lock()) {
+                    r.push((signature, String::from_utf8_lossy(&body).into_owned()));
                 }
                 let _ = reader.get_mut().write_all(
                     b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
