@@ -624,3 +624,65 @@ impl Webhook {
         self.received.lock().map(|r| r.clone()).unwrap_or_default()
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kctl_lists_watches_stops_resumes_and_shows_history() -> Result<()> {
+    let Some(sys) = System::start()? else { return Ok(()) };
+    sys.apply_policy("base")?;
+    let (code, _) =
+        sys.kctl_json(&["agents", "enroll", &sys.agent_id, "--runtime-policy", "base", "--wait"])?;
+    assert_eq!(code, 0);
+    // Enrolling again with the same settings changes nothing.
+    let (code, again) =
+        sys.kctl_json(&["agents", "enroll", &sys.agent_id, "--runtime-policy", "base"])?;
+    assert_eq!((code, again["changed"].clone()), (0, Value::Bool(false)));
+
+    let (_, list) = sys.kctl_json(&["agents", "list"])?;
+    let listed = list["agents"]
+        .as_array()
+        .and_then(|a| a.iter().find(|x| x["uuid"] == sys.agent_id.as_str()).cloned());
+    let listed = listed.ok_or_else(|| err(format!("not listed: {list}")))?;
+    assert_eq!(
+        (listed["enrolled"].clone(), listed["registered"].clone()),
+        (Value::Bool(true), Value::Bool(true))
+    );
+
+    let (code, history) =
+        sys.kctl_json(&["agents", "attestations", &sys.agent_id, "--limit", "5"])?;
+    assert_eq!(code, 0);
+    let rounds = history["attestations"].as_array().cloned().unwrap_or_default();
+    assert!(!rounds.is_empty() && rounds[0]["verdict"]["passed"] == true, "{history}");
+
+    let (code, stopped) = sys.kctl_json(&["agents", "stop", &sys.agent_id])?;
+    assert_eq!(
+        (code, stopped["state"].clone(), stopped["changed"].clone()),
+        (0, "stopped".into(), Value::Bool(true))
+    );
+    let (_, resumed) = sys.kctl_json(&["agents", "resume", &sys.agent_id])?;
+    assert_eq!(resumed["changed"], true);
+    sys.wait_state("passed")?;
+
+    // The event stream, as NDJSON: one JSON object per line.
+    let out =
+        sys.run(KCTL, &["events", "watch", "--uuid", &sys.agent_id, "--count", "3", "-o", "json"])?;
+    check(&out, "kctl events watch")?;
+    let events: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<std::result::Result<_, _>>()?;
+    assert_eq!(events.len(), 3);
+    assert!(
+        events.iter().all(|e| e["uuid"] == sys.agent_id.as_str() && e["cursor"].as_u64().is_some())
+    );
+    assert!(events.windows(2).all(|w| w[0]["cursor"].as_u64() < w[1]["cursor"].as_u64()));
+
+    let (code, gone) = sys.kctl_json(&["agents", "unenroll", &sys.agent_id])?;
+    assert_eq!((code, gone["changed"].clone()), (0, Value::Bool(true)));
+    let (code, absent) = sys.kctl_json(&["agents", "unenroll", &sys.agent_id])?;
+    assert_eq!((code, absent["changed"].clone()), (0, Value::Bool(false)));
+    let (code, _) = sys.kctl_json(&["policies", "runtime", "delete", "base"])?;
+    assert_eq!(code, 0);
+    let (code, _) = sys.kctl_json(&["policies", "runtime", "show", "base"])?;
+    assert_eq!(code, 3);
+    Ok(())
+}
