@@ -122,7 +122,13 @@ pub(crate) fn parse_line(line: &[u8], index: u64) -> Result<Entry<'_>, Defect> {
             (name, Template::ImaBuf { buf: Blob::Hex(buf) })
         }
     };
-    let name = utf8(if kind == TemplateKind::ImaBuf { "name" } else { "path" }, name)?;
+    let field = if kind == TemplateKind::ImaBuf { "name" } else { "path" };
+    let name = utf8(field, name)?;
+    // The kernel never writes NUL into a name; with the `ima` template's zero padding, a path
+    // with NULs appended would hash like the path itself.
+    if name.contains('\0') {
+        return Err(Defect::NulInName(field));
+    }
     Ok(Entry {
         index,
         position: Position::Line(index + 1),

@@ -169,6 +169,9 @@ fn parse_entry<'a>(
     };
     let field = if kind == TemplateKind::ImaBuf { "name" } else { "path" };
     let name = std::str::from_utf8(name).map_err(|_| Defect::NotUtf8(field))?;
+    if name.contains('\0') {
+        return Err(Defect::NulInName(field));
+    }
     Ok(Entry { index, position: Position::Offset(0), pcr, template_hash, digest, name, template })
 }
 

@@ -89,6 +89,8 @@ pub enum Defect {
     Truncated(&'static str),
     #[error("n-ng field is not NUL-terminated")]
     NameNotTerminated,
+    #[error("{0} contains a NUL byte")]
+    NulInName(&'static str),
     #[error("{0} trailing bytes in template data")]
     TrailingData(usize),
 }

@@ -627,3 +627,11 @@ proptest! {
         prop_assert_eq!(state.pcrs[&HashAlg::Sha256].to_hex(), GOLDEN_SHA256);
     }
 }
+
+#[test]
+fn a_nul_in_a_path_is_refused_naming_the_line() {
+    let line = format!("10 {} ima {} /usr/bin/bash\0\0\n", "00".repeat(19) + "01", "ab".repeat(20));
+    let err = AsciiLog::new(line.as_bytes()).next().expect("one entry").expect_err("NUL");
+    let text = err.to_string();
+    assert!(text.contains("line 1") && text.contains("NUL"), "{text}");
+}
