@@ -236,6 +236,19 @@ impl PublicKey {
 
     /// Verifies `signature` over the prehashed `digest` of algorithm `hash` (kernel name).
     pub fn verify_digest(&self, hash: &str, digest: &[u8], signature: &[u8]) -> bool {
+        // The digest must be as long as the algorithm it claims to be (checked for RSA by the
+        // DigestInfo prefix lookup; ECDSA would accept any length).
+        let expected = match hash {
+            "sha1" => 20,
+            "sha224" => 28,
+            "sha256" => 32,
+            "sha384" => 48,
+            "sha512" => 64,
+            _ => 0,
+        };
+        if expected != 0 && digest.len() != expected {
+            return false;
+        }
         match self {
             PublicKey::Rsa(key) => {
                 let Some(prefix) = digest_info_prefix(hash, digest.len()) else { return false };
