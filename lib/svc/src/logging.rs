@@ -29,7 +29,10 @@ pub fn init(format: LogFormat, level: &str) -> Result<(), LoggingError> {
     let result = match (format, journald) {
         (LogFormat::Json, _) => builder.json().try_init(),
         (LogFormat::Text, true) => builder.without_time().with_ansi(false).try_init(),
-        (LogFormat::Text, false) => builder.try_init(),
+        // Colours only for a terminal, not for a log file or a pipe.
+        (LogFormat::Text, false) => {
+            builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).try_init()
+        }
     };
     result.map_err(|_| LoggingError::AlreadyInstalled)
 }
