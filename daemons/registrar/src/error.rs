@@ -15,18 +15,18 @@ pub enum Error {
     /// The EK certificate is missing, untrusted or certifies another key.
     #[error("ek_certificate: {0}")]
     EkCertificate(String),
-    /// A different TPM identity is registered under the agent id.
+    /// A different TPM identity is registered under the agent id. The message names neither
+    /// the id nor anything of the record: the caller is not authenticated.
     #[error(
-        "agent {agent_id} is registered with a different EK or EK certificate; an admin must \
-         delete it before another TPM can register under this id"
+        "this agent id belongs to a different EK or EK certificate; an admin must delete the \
+         agent before another TPM can register under it"
     )]
-    IdentityConflict { agent_id: String },
-    /// Activate without a pending registration (never registered, expired, or dropped by a
-    /// failed activation).
+    IdentityConflict,
+    /// Activate without a pending registration (never registered, expired or activated).
     #[error("no pending registration for agent {agent_id}; register first")]
     NoPendingRegistration { agent_id: String },
     /// The activation proof does not match. Says nothing about the expected value.
-    #[error("activation of agent {agent_id} failed: the proof does not match; register again")]
+    #[error("activation of agent {agent_id} failed: the proof matches no pending registration")]
     ActivationFailed { agent_id: String },
     /// The caller's certificate does not grant the RPC. Names the action, never an agent.
     #[error("{action} requires {required} client certificate")]
@@ -35,6 +35,8 @@ pub enum Error {
     RateLimited { action: &'static str, source_ip: String },
     #[error("too many registrations are pending; retry later")]
     PendingFull,
+    #[error("too much registration data is pending; retry later")]
+    PendingBytes,
     #[error("agent {agent_id} is not registered")]
     AgentNotFound { agent_id: String },
     #[error("state store: {0}")]
@@ -67,11 +69,13 @@ impl From<Error> for tonic::Status {
             Error::EkCertificate(_)
             | Error::ActivationFailed { .. }
             | Error::RoleRequired { .. } => Status::permission_denied(message),
-            Error::IdentityConflict { .. } => Status::already_exists(message),
+            Error::IdentityConflict => Status::already_exists(message),
             Error::NoPendingRegistration { .. } | Error::AgentNotFound { .. } => {
                 Status::not_found(message)
             }
-            Error::RateLimited { .. } | Error::PendingFull => Status::resource_exhausted(message),
+            Error::RateLimited { .. } | Error::PendingFull | Error::PendingBytes => {
+                Status::resource_exhausted(message)
+            }
             Error::Store(_)
             | Error::Internal(_)
             | Error::Tls(_)

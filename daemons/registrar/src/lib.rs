@@ -56,6 +56,9 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 pub const PENDING_TTL: Duration = Duration::from_secs(120);
 /// Most registrations pending at once.
 pub const MAX_PENDING: usize = 100_000;
+/// Most bytes of registrations pending at once (certificates are the bulk; see
+/// `pending::record_bytes`).
+pub const MAX_PENDING_BYTES: usize = 64 << 20;
 /// Largest request accepted (EK certificate chains are the biggest part).
 const MAX_MESSAGE_BYTES: usize = 1 << 20;
 
@@ -99,7 +102,11 @@ impl Server {
         let service = RegistrarService {
             store,
             writer,
-            pending: Arc::new(PendingRegistrations::new(PENDING_TTL, MAX_PENDING)),
+            pending: Arc::new(PendingRegistrations::new(
+                PENDING_TTL,
+                MAX_PENDING,
+                MAX_PENDING_BYTES,
+            )),
             trust: Arc::new(trust),
             access,
             limiter: Arc::new(RateLimiter::new(config.registration_rate_limit)),

@@ -9,6 +9,7 @@
 
 use std::path::Path;
 
+use kl_core::alg::HashAlg;
 use kl_core::credential::{self, EkKey, EkSymmetric, MadeCredential};
 use kl_core::ekcert::{self, CaStore, EcCurve, ValidationOptions};
 use kl_core::tpm2::{EccCurve, Public, PublicKey, SymmetricDef, alg_id};
@@ -22,7 +23,12 @@ use crate::Error;
 pub const MAX_AGENT_ID_LEN: usize = 80;
 /// Size of the credential secret.
 pub const SECRET_LEN: usize = 32;
-const MAX_EK_INTERMEDIATES: usize = 8;
+/// Most intermediate certificates sent with an EK certificate (vendor chains have one or two).
+pub const MAX_EK_INTERMEDIATES: usize = 8;
+/// Largest total size of the intermediate certificates.
+pub const MAX_EK_INTERMEDIATES_BYTES: usize = 32 * 1024;
+/// Largest EK, intermediate or identity certificate accepted (real ones are 1 to 2 KiB).
+pub const MAX_CERTIFICATE_BYTES: usize = 16 * 1024;
 
 /// Checks an agent id: 1 to 80 characters of `[A-Za-z0-9._-]`.
 pub fn check_agent_id(agent_id: &str) -> Result<(), Error> {
@@ -110,9 +116,11 @@ pub struct Checked {
 /// Checks a Register request.
 pub fn check(request: &RegisterRequest, trust: &EkTrust) -> Result<Checked, Error> {
     check_agent_id(&request.agent_id)?;
+    check_certificate_sizes(request)?;
     let ek_public = Public::parse(&request.ek_public)
         .map_err(|e| Error::invalid("ek_public", format!("not a TPMT_PUBLIC: {e}")))?;
     let ek = ek_key(&ek_public)?;
+    check_hash_ek(&request.agent_id, &ek_public)?;
     let ak_public = Public::parse(&request.ak_public)
         .map_err(|e| Error::invalid("ak_public", format!("not a TPMT_PUBLIC: {e}")))?;
     ak_public.check_ak_attributes().map_err(|e| Error::invalid("ak_public", e.to_string()))?;
@@ -130,7 +138,12 @@ pub fn check(request: &RegisterRequest, trust: &EkTrust) -> Result<Checked, Erro
         agent_id: request.agent_id.clone(),
         ek_public: request.ek_public.clone(),
         ek_certificate: request.ek_certificate.clone(),
-        ek_intermediate_certificates: request.ek_intermediate_certificates.clone(),
+        // Intermediates only mean something with the certificate they lead from.
+        ek_intermediate_certificates: if request.ek_certificate.is_empty() {
+            Vec::new()
+        } else {
+            request.ek_intermediate_certificates.clone()
+        },
         ek_certificate_verified,
         ak_public: request.ak_public.clone(),
         ak_name: ak_public.name(),
@@ -142,6 +155,64 @@ pub fn check(request: &RegisterRequest, trust: &EkTrust) -> Result<Checked, Erro
         activated_at: now,
     };
     Ok(Checked { record, ek })
+}
+
+/// Whether `agent_id` has the form of a `hash_ek` id: 64 hex digits.
+pub fn looks_like_hash_ek(agent_id: &str) -> bool {
+    agent_id.len() == 64 && agent_id.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// The `hash_ek` id of an EK: the lowercase hex SHA-256 of its public key as a DER
+/// SubjectPublicKeyInfo (what the agent computes for `uuid = "hash_ek"`).
+pub fn hash_ek(ek_public: &Public) -> Result<String, Error> {
+    let spki = ek_public
+        .spki_der()
+        .map_err(|e| Error::invalid("ek_public", format!("no public key to hash: {e}")))?;
+    Ok(HashAlg::Sha256.digest(&spki).to_hex())
+}
+
+/// An id of the `hash_ek` form must be the hash of the EK presented, so that nobody can claim
+/// another TPM's id before it registers.
+fn check_hash_ek(agent_id: &str, ek_public: &Public) -> Result<(), Error> {
+    if looks_like_hash_ek(agent_id) && hash_ek(ek_public)? != agent_id {
+        return Err(Error::invalid(
+            "agent_id",
+            "64 hex digits is the hash_ek form, and this id is not the lowercase hex SHA-256 of \
+             ek_public's SubjectPublicKeyInfo",
+        ));
+    }
+    Ok(())
+}
+
+/// Certificates are kept in memory until activation: bound their number and size.
+fn check_certificate_sizes(request: &RegisterRequest) -> Result<(), Error> {
+    let too_big = |field: &'static str, len: usize| {
+        Error::invalid(field, format!("{len} bytes, at most {MAX_CERTIFICATE_BYTES} accepted"))
+    };
+    if request.ek_certificate.len() > MAX_CERTIFICATE_BYTES {
+        return Err(too_big("ek_certificate", request.ek_certificate.len()));
+    }
+    if request.agent_certificate.len() > MAX_CERTIFICATE_BYTES {
+        return Err(too_big("agent_certificate", request.agent_certificate.len()));
+    }
+    let intermediates = &request.ek_intermediate_certificates;
+    if intermediates.len() > MAX_EK_INTERMEDIATES {
+        return Err(Error::invalid(
+            "ek_intermediate_certificates",
+            format!("{} certificates, at most {MAX_EK_INTERMEDIATES}", intermediates.len()),
+        ));
+    }
+    if let Some(big) = intermediates.iter().find(|c| c.len() > MAX_CERTIFICATE_BYTES) {
+        return Err(too_big("ek_intermediate_certificates", big.len()));
+    }
+    let total: usize = intermediates.iter().map(Vec::len).sum();
+    if total > MAX_EK_INTERMEDIATES_BYTES {
+        return Err(Error::invalid(
+            "ek_intermediate_certificates",
+            format!("{total} bytes in all, at most {MAX_EK_INTERMEDIATES_BYTES} accepted"),
+        ));
+    }
+    Ok(())
 }
 
 /// A fresh secret and the MakeCredential blobs that carry it to the TPM holding `ek` and the
@@ -205,15 +276,6 @@ fn check_ek_certificate(
             ));
         }
         return Ok(false);
-    }
-    if request.ek_intermediate_certificates.len() > MAX_EK_INTERMEDIATES {
-        return Err(Error::invalid(
-            "ek_intermediate_certificates",
-            format!(
-                "{} certificates, at most {MAX_EK_INTERMEDIATES}",
-                request.ek_intermediate_certificates.len()
-            ),
-        ));
     }
     let (certified, _) = ekcert::parse_ek_certificate(&request.ek_certificate)
         .map_err(|e| Error::invalid("ek_certificate", e.to_string()))?;

@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status};
 
 use crate::Error;
 use crate::access::{self, Access};
-use crate::pending::PendingRegistrations;
+use crate::pending::{Full, PendingRegistrations};
 use crate::ratelimit::RateLimiter;
 use crate::registration::{self, EkTrust};
 use crate::writer::ActivationWriter;
@@ -54,11 +54,14 @@ impl RegistrarService {
             && !existing.same_tpm_identity(&checked.record)
         {
             tracing::warn!(agent_id = %existing.agent_id, "registration with a different TPM identity refused");
-            return Err(Error::IdentityConflict { agent_id: existing.agent_id });
+            return Err(Error::IdentityConflict);
         }
         let (secret, made) = registration::challenge(&checked.ek, &checked.record.ak_name)?;
         let agent_id = checked.record.agent_id.clone();
-        self.pending.insert(checked.record, secret).map_err(|_| Error::PendingFull)?;
+        self.pending.insert(checked.record, secret).map_err(|full| match full {
+            Full::Count => Error::PendingFull,
+            Full::Bytes => Error::PendingBytes,
+        })?;
         tracing::info!(%agent_id, "registration pending activation");
         Ok(pb::RegisterResponse {
             credential_blob: made.id_object,
@@ -74,14 +77,17 @@ impl RegistrarService {
         let request = request.into_inner();
         registration::check_agent_id(&request.agent_id)?;
         let agent_id = request.agent_id;
-        let pending = self
-            .pending
-            .take(&agent_id)
-            .ok_or_else(|| Error::NoPendingRegistration { agent_id: agent_id.clone() })?;
-        if !credential::verify_activation(&pending.secret, &agent_id, &request.auth_tag) {
-            tracing::warn!(%agent_id, "activation proof does not match; pending registration dropped");
-            return Err(Error::ActivationFailed { agent_id });
-        }
+        let opens = |secret: &[u8; registration::SECRET_LEN]| {
+            credential::verify_activation(secret, &agent_id, &request.auth_tag)
+        };
+        let pending = match self.pending.take_matching(&agent_id, opens) {
+            Ok(pending) => pending,
+            Err(false) => return Err(Error::NoPendingRegistration { agent_id }),
+            Err(true) => {
+                tracing::warn!(%agent_id, "activation proof matches no pending registration");
+                return Err(Error::ActivationFailed { agent_id });
+            }
+        };
         let mut record = pending.record;
         record.activated_at = Timestamp::now();
         match self.writer.activate(record).await? {
@@ -91,7 +97,7 @@ impl RegistrarService {
             }
             Activation::IdentityConflict => {
                 tracing::warn!(%agent_id, "activation refused: another TPM identity activated this id first");
-                Err(Error::IdentityConflict { agent_id })
+                Err(Error::IdentityConflict)
             }
         }
     }

@@ -10,7 +10,10 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tonic::Code;
 
-use crate::support::{Agent, DEADLINE, EkCa, Registrar, SoftTpm, TestResult, lookup, new_id};
+use crate::support::{
+    Agent, BoxError, DEADLINE, EkCa, Registrar, SoftTpm, TestResult, fixture_rsa_key, lookup,
+    new_id,
+};
 
 /// Everything a status carries that a client could read.
 fn status_text(status: &tonic::Status) -> String {
@@ -38,13 +41,104 @@ async fn failed_activation_returns_and_keeps_nothing_and_the_genuine_agent_still
     }
     assert!(status.details().is_empty());
     assert_eq!(lookup(&registrar, &agent.id).await?.err().map(|s| s.code()), Some(Code::NotFound));
-    // The pending registration is gone: the right proof no longer activates it.
-    let status =
-        client.activate(request(&good_tag)).await.err().ok_or("dropped registration activated")?;
+    // A wrong proof, from anybody, does not cancel the genuine registration.
+    for _ in 0..5 {
+        let status = client.activate(request(&[0; 32])).await.err().ok_or("garbage accepted")?;
+        assert_eq!(status.code(), Code::PermissionDenied);
+    }
+    assert_eq!(client.activate(request(&good_tag)).await?.into_inner().registration_count, 1);
+    // Activated once: the proof does not activate again.
+    let status = client.activate(request(&good_tag)).await.err().ok_or("activated twice")?;
     assert_eq!(status.code(), Code::NotFound);
-
-    assert_eq!(agent.enroll(&mut client).await??, 1);
     assert_eq!(lookup(&registrar, &agent.id).await??.registration_count, 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn registrations_under_a_victims_id_do_not_displace_its_pending_registration() -> TestResult {
+    let registrar = Registrar::start(|_| {}).await?;
+    let mut client = registrar.anonymous().await?;
+    let victim = Agent::new(&new_id(104), SoftTpm::ecc())?;
+    let secret = victim.register(&mut client).await??;
+
+    // Other TPMs register under the victim's id, and so does somebody replaying the victim's
+    // public EK with an AK of their own; a garbage proof follows each.
+    for n in 0..3 {
+        let mut attacker = Agent::new(&victim.id, SoftTpm::ecc())?;
+        if n == 0 {
+            attacker.tpm.ek_public = victim.tpm.ek_public.clone();
+        }
+        client.register(attacker.register_request()).await?;
+        let garbage = pb::ActivateRequest { agent_id: victim.id.clone(), auth_tag: vec![n; 32] };
+        let status = client.activate(garbage).await.err().ok_or("garbage accepted")?;
+        assert_eq!(status.code(), Code::PermissionDenied);
+    }
+    let proof = pb::ActivateRequest {
+        agent_id: victim.id.clone(),
+        auth_tag: activation_proof(&secret, &victim.id).to_vec(),
+    };
+    assert_eq!(client.activate(proof).await?.into_inner().registration_count, 1);
+    let record = lookup(&registrar, &victim.id).await??;
+    assert_eq!(record.ek_public, victim.tpm.ek_public);
+    assert_eq!(record.ak_public, victim.tpm.ak_public);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_hash_ek_id_must_be_the_hash_of_the_ek_presented() -> TestResult {
+    let registrar = Registrar::start(|_| {}).await?;
+    let mut client = registrar.anonymous().await?;
+    let hash_ek = |tpm: &SoftTpm| -> Result<String, BoxError> {
+        Ok(hex::encode(ring::digest::digest(&ring::digest::SHA256, &tpm.ek().spki_der()?)))
+    };
+    let victim_tpm = SoftTpm::ecc();
+    let victim_id = hash_ek(&victim_tpm)?;
+
+    // Another TPM claims the victim's id, in either case.
+    for claimed in [victim_id.clone(), victim_id.to_uppercase()] {
+        let squatter = Agent::new(&claimed, SoftTpm::ecc())?;
+        let status = squatter.enroll(&mut client).await?.err().ok_or("id squatted")?;
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(status.message().starts_with("agent_id: "), "{}", status.message());
+    }
+    // The uppercase form of one's own hash is not the hash_ek form either.
+    let mut shouting = Agent::new(&victim_id.to_uppercase(), SoftTpm::ecc())?;
+    shouting.tpm.ek_public = victim_tpm.ek_public.clone();
+    let status = client.register(shouting.register_request()).await.err().ok_or("accepted")?;
+    assert_eq!(status.code(), Code::InvalidArgument);
+
+    let victim = Agent::new(&victim_id, victim_tpm)?;
+    assert_eq!(victim.enroll(&mut client).await?.map_err(|s| s.to_string())?, 1);
+    let rsa =
+        Agent::new(&hash_ek(&SoftTpm::rsa(fixture_rsa_key()?))?, SoftTpm::rsa(fixture_rsa_key()?))?;
+    assert_eq!(rsa.enroll(&mut client).await?.map_err(|s| s.to_string())?, 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn oversized_certificates_are_refused_before_they_are_kept() -> TestResult {
+    let registrar = Registrar::start(|_| {}).await?;
+    let mut client = registrar.anonymous().await?;
+    let mut agent = Agent::new(&new_id(105), SoftTpm::ecc())?;
+    agent.ek_certificate =
+        EkCa::new("Unknown TPM Vendor CA")?.issue(&agent.tpm.ek().spki_der()?)?;
+    let cases: [(&str, Vec<Vec<u8>>); 3] = [
+        ("ek_intermediate_certificates: 9 certificates", vec![vec![0x30; 100]; 9]),
+        ("ek_intermediate_certificates: 17000 bytes", vec![vec![0x30; 17_000]]),
+        ("ek_intermediate_certificates: 40000 bytes in all", vec![vec![0x30; 10_000]; 4]),
+    ];
+    for (expected, intermediates) in cases {
+        let mut request = agent.register_request();
+        request.ek_intermediate_certificates = intermediates;
+        let status = client.register(request).await.err().ok_or("accepted")?;
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(status.message().starts_with(expected), "{}", status.message());
+    }
+    let mut request = agent.register_request();
+    request.ek_certificate = vec![0x30; 17_000];
+    let status = client.register(request).await.err().ok_or("accepted")?;
+    assert!(status.message().starts_with("ek_certificate: 17000 bytes"), "{}", status.message());
+    assert_eq!(agent.enroll(&mut client).await?.map_err(|s| s.to_string())?, 1);
     Ok(())
 }
 
@@ -78,6 +172,10 @@ async fn another_tpm_cannot_take_an_activated_id_until_an_admin_deletes_it() -> 
     impostor.contact_port = 6666;
     let status = impostor.enroll(&mut client).await?.err().ok_or("different EK accepted")?;
     assert_eq!(status.code(), Code::AlreadyExists);
+    // A clear refusal that tells an unauthenticated caller nothing of the record, not even
+    // the id it sent.
+    assert!(status.message().contains("an admin must delete the agent"), "{}", status.message());
+    assert!(!status_text(&status).contains(&genuine.id), "{status:?}");
     // The same EK with a different EK certificate.
     let mut recertified = Agent::new(&genuine.id, SoftTpm::ecc())?;
     recertified.tpm.ek_public = genuine.tpm.ek_public.clone();
