@@ -11,7 +11,7 @@ use kl_svc::tls::{ServerTrust, TlsConnector, TlsFiles, client_config, ensure_gen
 use rustls::pki_types::CertificateDer;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::daemon::{self, AGENT, Daemon, REGISTRAR, VERIFIER};
+use crate::daemon::{self, AGENT, Daemon, Program, REGISTRAR, VERIFIER};
 use crate::{Result, err};
 
 /// The message size the clients accept (as large as the agent sends).
@@ -96,12 +96,34 @@ impl Deployment {
 
     /// Writes `config` and starts the registrar, waiting for its port.
     pub fn start_registrar(&self, config: &toml::Table) -> Result<Daemon> {
-        let port = port_of(config)?;
-        let path = self.write_config("registrar.conf", config)?;
-        let log = self.dir.path().join("registrar.log");
-        let mut daemon = Daemon::start(REGISTRAR, &path, &log, port)?;
-        daemon.wait_listening()?;
-        Ok(daemon)
+        self.start_listening(REGISTRAR, "registrar", config)
+    }
+
+    /// Starts `program` with `config` written to `<name>.conf` and waits for its port. A port
+    /// that was free when the test chose it may be taken by the time the daemon binds (tests
+    /// run in parallel): then another port is tried.
+    fn start_listening(
+        &self,
+        program: Program,
+        name: &str,
+        config: &toml::Table,
+    ) -> Result<Daemon> {
+        let mut config = config.clone();
+        let mut attempt = 0;
+        loop {
+            let port = port_of(&config)?;
+            let path = self.write_config(&format!("{name}.conf"), &config)?;
+            let log = self.dir.path().join(format!("{name}.log"));
+            let mut daemon = Daemon::start(program, &path, &log, port)?;
+            match daemon.wait_listening() {
+                Ok(()) => return Ok(daemon),
+                Err(e) if attempt < PORT_ATTEMPTS && e.to_string().contains(PORT_TAKEN) => {
+                    attempt += 1;
+                    config.insert("port".into(), i64::from(daemon::free_port()?).into());
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// A verifier config: listens on `port`, reads the registrar at `registrar_port`, attests
@@ -128,12 +150,7 @@ impl Deployment {
 
     /// Writes `config` and starts the verifier, waiting for its port.
     pub fn start_verifier(&self, config: &toml::Table) -> Result<Daemon> {
-        let port = port_of(config)?;
-        let path = self.write_config("verifier.conf", config)?;
-        let log = self.dir.path().join("verifier.log");
-        let mut daemon = Daemon::start(VERIFIER, &path, &log, port)?;
-        daemon.wait_listening()?;
-        Ok(daemon)
+        self.start_listening(VERIFIER, "verifier", config)
     }
 
     /// A tenant config for kctl and keylime_tenant: this deployment's TLS files, the verifier
@@ -149,9 +166,18 @@ impl Deployment {
     /// Writes an agent config under `<keylime_dir>/<name>/` and starts the agent, waiting for
     /// its port.
     pub fn start_agent(&self, name: &str, settings: &AgentSettings) -> Result<TestAgent> {
-        let mut agent = self.spawn_agent(name, settings)?;
-        agent.daemon.wait_listening()?;
-        Ok(agent)
+        let mut attempt = 0;
+        loop {
+            let mut agent = self.spawn_agent(name, settings)?;
+            match agent.daemon.wait_listening() {
+                Ok(()) => return Ok(agent),
+                // Another test took the port first (see `start_listening`).
+                Err(e) if attempt < PORT_ATTEMPTS && e.to_string().contains(PORT_TAKEN) => {
+                    attempt += 1
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Like [`Deployment::start_agent`], without waiting: for agents expected to stop.
@@ -215,6 +241,11 @@ async fn channel(port: u16, connector: TlsConnector) -> Result<Channel> {
         .timeout(std::time::Duration::from_secs(30));
     Ok(endpoint.connect_with_connector(connector).await?)
 }
+
+/// How often a daemon start is retried on another port.
+const PORT_ATTEMPTS: u32 = 5;
+/// What a daemon says when its port is taken.
+const PORT_TAKEN: &str = "Address already in use";
 
 fn path_value(path: &Path) -> toml::Value {
     toml::Value::String(path.display().to_string())
