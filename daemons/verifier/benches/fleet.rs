@@ -74,7 +74,8 @@ struct Args {
 
 fn main() -> Result<(), BoxError> {
     let args = Args::parse();
-    let needed = args.agents as u64 * 3 + 4096;
+    // A listening socket and the verifier's connection per agent, plus a few hundred for the rest.
+    let needed = args.agents as u64 * 2 + 400;
     let limit = verifier::open_file_limit()?;
     if limit < needed {
         if std::env::var_os(REEXEC_ENV).is_some() {
