@@ -221,8 +221,8 @@ async fn run(args: Args) -> Result<(), BoxError> {
     // The fleet.
     let t = Instant::now();
     let registrar = RegistrarClient::new(channel(&tls, registrar_addr, None).await?);
-    let agents = sim::start_agents(n, &tls, registrar, args.policy_paths, args.initial_entries)
-        .await?;
+    let agents =
+        sim::start_agents(n, &tls, registrar, args.policy_paths, args.initial_entries).await?;
     eprintln!("{n} agents started and registered in {:.1} s", t.elapsed().as_secs_f64());
 
     let t = Instant::now();
@@ -290,8 +290,11 @@ async fn run(args: Args) -> Result<(), BoxError> {
     let mut durations = Vec::new();
     let mut entries = 0u64;
     for agent in agents.iter().step_by(step) {
-        let request =
-            pb::ListAttestationsRequest { agent_id: agent.id.clone(), page_size: 1000, page_token: String::new() };
+        let request = pb::ListAttestationsRequest {
+            agent_id: agent.id.clone(),
+            page_size: 1000,
+            page_token: String::new(),
+        };
         let answer = admin.list_attestations(request).await?.into_inner();
         for record in answer.attestations {
             let Some(at) = record.at else { continue };
@@ -318,14 +321,22 @@ async fn run(args: Args) -> Result<(), BoxError> {
     };
 
     println!();
-    println!("Fleet: {n} agents, quote_interval {} s, {} policy paths, {} s window", args.interval, args.policy_paths, args.seconds);
+    println!(
+        "Fleet: {n} agents, quote_interval {} s, {} policy paths, {} s window",
+        args.interval, args.policy_paths, args.seconds
+    );
     println!();
     println!("| | |");
     println!("|---|---:|");
     println!("| attestations/s sustained (quotes served) | {rate:.0} |");
     println!("| attestations/s recorded by the verifier | {:.0} |", recorded as f64 / elapsed);
     println!("| ideal (N / quote_interval) | {:.0} |", n as f64 / args.interval);
-    println!("| round trip p50 (verifier's duration_us, {} rounds of {} agents) | {} µs |", durations.len(), n.div_ceil(step), percentile(&durations, 50.0));
+    println!(
+        "| round trip p50 (verifier's duration_us, {} rounds of {} agents) | {} µs |",
+        durations.len(),
+        n.div_ceil(step),
+        percentile(&durations, 50.0)
+    );
     println!("| round trip p99 | {} µs |", percentile(&durations, 99.0));
     println!("| round trip max | {} µs |", durations.last().copied().unwrap_or(0));
     println!("| IMA entries per round (mean) | {:.1} |", entries as f64 / sampled as f64);
@@ -333,10 +344,21 @@ async fn run(args: Args) -> Result<(), BoxError> {
     println!("| verifier CPU use | {:.1} % of a core |", verifier_cpu * 100.0 / elapsed);
     println!("| simulator CPU per attestation | {:.1} µs |", per_attestation(sim_cpu));
     println!("| simulator CPU use | {:.1} % of a core |", sim_cpu * 100.0 / elapsed);
-    println!("| verifier RSS idle / with policy | {:.1} / {:.1} MiB |", mib(idle.rss), mib(with_policy.rss));
-    println!("| verifier RSS after warm-up / after window | {:.1} / {:.1} MiB |", mib(warm.rss), mib(end.rss));
+    println!(
+        "| verifier RSS idle / with policy | {:.1} / {:.1} MiB |",
+        mib(idle.rss),
+        mib(with_policy.rss)
+    );
+    println!(
+        "| verifier RSS after warm-up / after window | {:.1} / {:.1} MiB |",
+        mib(warm.rss),
+        mib(end.rss)
+    );
     println!("| verifier peak RSS (VmHWM) | {:.1} MiB |", mib(end.hwm));
-    println!("| verifier RSS per agent (after window - with policy) / N | {:.1} KiB |", per_agent(end));
+    println!(
+        "| verifier RSS per agent (after window - with policy) / N | {:.1} KiB |",
+        per_agent(end)
+    );
     println!("| agent states at the end | {states:?} |");
     println!();
 

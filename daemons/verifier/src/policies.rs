@@ -132,12 +132,8 @@ impl PolicyCache {
         let not_found = || Error::PolicyNotFound { kind: "runtime", name: name.to_owned() };
         // The name record first: a cached policy costs no read of its (large) document.
         let record = store.policy_name(PolicyKind::Runtime, name)?.ok_or_else(not_found)?;
-        if let Some(rules) = self
-            .runtime
-            .lock()
-            .map_err(|_| poisoned())?
-            .get(&record.digest)
-            .and_then(Weak::upgrade)
+        if let Some(rules) =
+            self.runtime.lock().map_err(|_| poisoned())?.get(&record.digest).and_then(Weak::upgrade)
         {
             return Ok(rules);
         }

@@ -97,7 +97,8 @@ async fn start_one(
         }),
     };
     let challenge = registrar.register(request).await?.into_inner();
-    let secret = tpm.activate_credential(&challenge.credential_blob, &challenge.encrypted_secret)?;
+    let secret =
+        tpm.activate_credential(&challenge.credential_blob, &challenge.encrypted_secret)?;
     let activate = registrar_pb::ActivateRequest {
         agent_id: id.clone(),
         auth_tag: activation_proof(&secret, &id).to_vec(),
@@ -147,7 +148,8 @@ pub fn spawn_grower(
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut seen: Vec<u64> = agents.iter().map(|a| a.with(|m| m.quotes)).collect();
-        let mut rngs: Vec<Rng> = (0..agents.len()).map(|i| Rng::new(1_000_003 + i as u64)).collect();
+        let mut rngs: Vec<Rng> =
+            (0..agents.len()).map(|i| Rng::new(1_000_003 + i as u64)).collect();
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
         loop {
             tick.tick().await;
