@@ -33,7 +33,6 @@ mod sim;
 #[allow(dead_code)]
 #[path = "../../registrar/tests/registrar/support/soft_tpm.rs"]
 mod soft_tpm;
-#[allow(dead_code)]
 #[path = "../tests/verifier/support/synthetic.rs"]
 mod synthetic;
 #[path = "fleet/verifier.rs"]
