@@ -186,9 +186,8 @@ async fn run(args: Args) -> Result<(), BoxError> {
     let mut admin = loop {
         match channel(&tls, verifier_addr, Some(tls.client_identity()?)).await {
             Ok(channel) => break VerifierClient::new(channel).max_decoding_message_size(64 << 20),
-            Err(e) if started.elapsed() < Duration::from_secs(30) => {
+            Err(_) if started.elapsed() < Duration::from_secs(30) => {
                 verifier.check_running()?;
-                let _ = e;
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             Err(e) => return Err(format!("the verifier did not answer: {e}").into()),
