@@ -129,9 +129,16 @@ pub(crate) struct PolicyCache {
 impl PolicyCache {
     /// The runtime policy stored under `name`, parsed once per content digest.
     pub fn runtime(&self, store: &VerifierStore, name: &str) -> Result<Arc<RuntimeRules>, Error> {
-        let (record, document) = store
-            .get_policy(PolicyKind::Runtime, name)?
-            .ok_or_else(|| Error::PolicyNotFound { kind: "runtime", name: name.to_owned() })?;
+        let not_found = || Error::PolicyNotFound { kind: "runtime", name: name.to_owned() };
+        // The name record first: a cached policy costs no read of its (large) document.
+        let record = store.policy_name(PolicyKind::Runtime, name)?.ok_or_else(not_found)?;
+        if let Some(rules) =
+            self.runtime.lock().map_err(|_| poisoned())?.get(&record.digest).and_then(Weak::upgrade)
+        {
+            return Ok(rules);
+        }
+        let (record, document) =
+            store.get_policy(PolicyKind::Runtime, name)?.ok_or_else(not_found)?;
         let mut cache = self.runtime.lock().map_err(|_| poisoned())?;
         if let Some(rules) = cache.get(&record.digest).and_then(Weak::upgrade) {
             return Ok(rules);

@@ -412,6 +412,15 @@ impl VerifierStore {
         })
     }
 
+    /// The name record of a policy (its current digest), without reading its document.
+    pub fn policy_name(
+        &self,
+        kind: PolicyKind,
+        name: &str,
+    ) -> Result<Option<PolicyName>, StoreError> {
+        self.db.read("read a policy name", |txn| kind.names().get(txn, name))
+    }
+
     /// The name record and canonical document of a policy.
     pub fn get_policy(
         &self,

@@ -128,6 +128,8 @@ fn policies_are_shared_by_digest_idempotent_and_protected_while_used() -> TestRe
     assert_eq!(store.get_policy(kind, "p2")?.map(|(_, d)| d), Some(b"doc one".to_vec()));
     assert_eq!(store.get_policy(kind, "p1")?.map(|(p, _)| p.digest), Some("d2".to_owned()));
     assert!(store.get_policy(PolicyKind::MeasuredBoot, "p1")?.is_none());
+    assert_eq!(store.policy_name(kind, "p1")?.map(|p| p.digest), Some("d2".to_owned()));
+    assert!(store.policy_name(PolicyKind::MeasuredBoot, "p1")?.is_none());
     store.commit(Batch { agents: vec![agent("x", "p2")], ..Batch::default() }, 0)?;
     assert_eq!(store.delete_policy(kind, "p2")?, PolicyDeletion::InUse("x".to_owned()));
     assert_eq!(store.delete_policy(kind, "p1")?, PolicyDeletion::Deleted);

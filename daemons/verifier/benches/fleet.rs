@@ -1,0 +1,365 @@
+//! Fleet benchmark: the real `keylime_verifier` (a child process) attesting N software agents
+//! served by this process on loopback (software P-256 AKs, valid quotes, IMA logs that grow
+//! between quotes) against one shared runtime policy of 100,000 paths. Measures attestations/s
+//! sustained, the round trips the verifier records, its CPU time per attestation and its
+//! memory per agent.
+//!
+//! `cargo bench -p kl-verifier --bench fleet -- --agents 1000 --seconds 30`
+//!
+//! Each agent holds a listening socket and the verifier's connection, so the open-file limit
+//! is raised (by re-running through `sh -c 'ulimit -n ...'`) when it is too low.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use clap::Parser;
+use kl_proto::registrar::v1::registrar_client::RegistrarClient;
+use kl_proto::verifier::v1 as pb;
+use kl_proto::verifier::v1::verifier_client::VerifierClient;
+use kl_svc::config::{LogFormat, RegistrarConfig};
+use kl_svc::tls::{
+    ServerTrust, TlsConnector, TlsDir, TlsFiles, TlsIdentity, client_config, ensure_generated,
+};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tonic::transport::{Channel, Endpoint};
+
+#[allow(dead_code)]
+#[path = "../tests/verifier/support/agent.rs"]
+mod agent;
+#[path = "fleet/sim.rs"]
+mod sim;
+#[allow(dead_code)]
+#[path = "../../registrar/tests/registrar/support/soft_tpm.rs"]
+mod soft_tpm;
+#[path = "../tests/verifier/support/synthetic.rs"]
+mod synthetic;
+#[path = "fleet/verifier.rs"]
+mod verifier;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+const REEXEC_ENV: &str = "KL_FLEET_NOFILE_RAISED";
+
+/// Fleet benchmark of the keylime-rs verifier.
+#[derive(Debug, Parser)]
+struct Args {
+    /// Number of software agents.
+    #[arg(long, default_value_t = 100)]
+    agents: usize,
+    /// Length of the measured window, seconds.
+    #[arg(long, default_value_t = 30)]
+    seconds: u64,
+    /// The verifier's quote_interval, seconds.
+    #[arg(long, default_value_t = 2.0)]
+    interval: f64,
+    /// Paths in the shared runtime policy.
+    #[arg(long, default_value_t = 100_000)]
+    policy_paths: u64,
+    /// IMA entries in each agent's log before enrolment.
+    #[arg(long, default_value_t = 50)]
+    initial_entries: usize,
+    /// Entries each agent measures after each quote.
+    #[arg(long, default_value_t = 2)]
+    per_round: usize,
+    /// Agents whose attestation history gives the round-trip distribution.
+    #[arg(long, default_value_t = 500)]
+    sample: usize,
+    /// Accepted and ignored (cargo bench passes it).
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+fn main() -> Result<(), BoxError> {
+    let args = Args::parse();
+    // A listening socket and the verifier's connection per agent, plus a few hundred for the rest.
+    let needed = args.agents as u64 * 2 + 400;
+    let limit = verifier::open_file_limit()?;
+    if limit < needed {
+        if std::env::var_os(REEXEC_ENV).is_some() {
+            return Err(format!(
+                "the open-file limit is {limit}, {needed} are needed for {} agents; run \
+                 `ulimit -n {needed}` (as root, or raise the hard limit) first",
+                args.agents
+            )
+            .into());
+        }
+        eprintln!("raising the open-file limit from {limit} to {needed}");
+        let exe = std::env::current_exe()?;
+        let status = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("ulimit -n {needed} && exec \"$0\" \"$@\""))
+            .arg(exe)
+            .args(std::env::args_os().skip(1))
+            .env(REEXEC_ENV, "1")
+            .status()?;
+        std::process::exit(status.code().unwrap_or(1));
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(run(args))
+}
+
+async fn channel(
+    tls: &TlsFiles,
+    addr: SocketAddr,
+    identity: Option<TlsIdentity>,
+) -> Result<Channel, BoxError> {
+    let config = client_config(&ServerTrust::Ca(tls.ca_certificates()?), identity)?;
+    let endpoint = Endpoint::from_shared(format!("http://127.0.0.1:{}", addr.port()))?
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(120));
+    Ok(endpoint.connect_with_connector(TlsConnector::new(Arc::new(config))).await?)
+}
+
+/// Sum of `attestation_count` and the number of agents per state, over all enrolled agents.
+async fn census(
+    admin: &mut VerifierClient<Channel>,
+) -> Result<(u64, std::collections::BTreeMap<String, usize>), BoxError> {
+    let mut total = 0;
+    let mut states = std::collections::BTreeMap::new();
+    let mut page_token = String::new();
+    loop {
+        let request = pb::ListAgentsRequest { page_size: 1000, page_token, state: 0 };
+        let answer = admin.list_agents(request).await?.into_inner();
+        for agent in &answer.agents {
+            total += agent.attestation_count;
+            let state = pb::AgentState::try_from(agent.state)
+                .map(|s| s.as_str_name().trim_start_matches("AGENT_STATE_").to_lowercase())
+                .unwrap_or_else(|_| agent.state.to_string());
+            *states.entry(state).or_insert(0) += 1;
+        }
+        if answer.next_page_token.is_empty() {
+            return Ok((total, states));
+        }
+        page_token = answer.next_page_token;
+    }
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+async fn run(args: Args) -> Result<(), BoxError> {
+    let n = args.agents;
+    let dir = tempfile::tempdir()?;
+    let tls = TlsFiles::new(dir.path().join("cv_ca"));
+    ensure_generated(&tls, &[])?;
+    std::fs::create_dir_all(dir.path().join("tpm_cert_store"))?;
+
+    // The registrar, in this process.
+    let registrar_config = RegistrarConfig {
+        keylime_dir: dir.path().join("registrar"),
+        ip: [127, 0, 0, 1].into(),
+        port: 0,
+        tls_dir: TlsDir::Dir(tls.dir.clone()),
+        log_format: LogFormat::Text,
+        log_level: "warn".to_owned(),
+        tpm_cert_store: dir.path().join("tpm_cert_store"),
+        require_ek_cert: false,
+        cert_subject_alternative_names: Vec::new(),
+        registration_rate_limit: 0,
+    };
+    let registrar_server = kl_registrar::Server::bind(&registrar_config).await?;
+    let registrar_addr = registrar_server.local_addr();
+    tokio::spawn(registrar_server.serve(std::future::pending::<()>()));
+
+    // The verifier, as a child process.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let mut verifier = verifier::VerifierProcess::start(
+        dir.path(),
+        &tls.dir,
+        port,
+        registrar_addr.port(),
+        args.interval,
+    )?;
+    let verifier_addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let started = Instant::now();
+    let mut admin = loop {
+        match channel(&tls, verifier_addr, Some(tls.client_identity()?)).await {
+            Ok(channel) => break VerifierClient::new(channel).max_decoding_message_size(64 << 20),
+            Err(_) if started.elapsed() < Duration::from_secs(30) => {
+                verifier.check_running()?;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(format!("the verifier did not answer: {e}").into()),
+        }
+    };
+    let idle = verifier.usage()?;
+
+    // The shared policy.
+    let document = sim::policy_document(args.policy_paths);
+    let policy_bytes = document.len();
+    let t = Instant::now();
+    admin
+        .put_runtime_policy(pb::PutRuntimePolicyRequest {
+            name: "fleet".to_owned(),
+            document: document.into_bytes(),
+            exclude_list: Vec::new(),
+            signing_key: Vec::new(),
+        })
+        .await?;
+    let policy_time = t.elapsed();
+    let with_policy = verifier.usage()?;
+    eprintln!(
+        "policy: {} paths, {:.1} MB, stored in {:.2} s",
+        args.policy_paths,
+        policy_bytes as f64 / 1e6,
+        policy_time.as_secs_f64()
+    );
+
+    // The fleet.
+    let t = Instant::now();
+    let registrar = RegistrarClient::new(channel(&tls, registrar_addr, None).await?);
+    let agents =
+        sim::start_agents(n, &tls, registrar, args.policy_paths, args.initial_entries).await?;
+    eprintln!("{n} agents started and registered in {:.1} s", t.elapsed().as_secs_f64());
+
+    let t = Instant::now();
+    let limit = Arc::new(Semaphore::new(256));
+    let mut tasks = JoinSet::new();
+    for agent in &agents {
+        let permit = limit.clone().acquire_owned().await?;
+        let mut admin = admin.clone();
+        let request = pb::EnrollAgentRequest {
+            agent_id: agent.id.clone(),
+            runtime_policy: "fleet".to_owned(),
+            ..Default::default()
+        };
+        tasks.spawn(async move {
+            let answer = admin.enroll_agent(request).await;
+            drop(permit);
+            answer.map(|_| ())
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done??;
+    }
+    eprintln!("{n} agents enrolled in {:.1} s", t.elapsed().as_secs_f64());
+    let agents = Arc::new(agents);
+    let grower = sim::spawn_grower(agents.clone(), args.policy_paths, args.per_round);
+
+    // Warm-up: every agent passes its first round (the whole initial log) at least once.
+    let t = Instant::now();
+    let warmup_limit = Duration::from_secs_f64(60.0 + n as f64 / 100.0);
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        verifier.check_running()?;
+        let (_, states) = census(&mut admin).await?;
+        let passed = states.get("passed").copied().unwrap_or(0);
+        if passed == n {
+            break;
+        }
+        if t.elapsed() > warmup_limit {
+            return Err(format!("warm-up: after {warmup_limit:?}, states {states:?}").into());
+        }
+    }
+    eprintln!("all {n} agents passed after {:.1} s; one more interval", t.elapsed().as_secs_f64());
+    tokio::time::sleep(Duration::from_secs_f64(args.interval * 2.0)).await;
+    let warm = verifier.usage()?;
+
+    // The measured window.
+    let (count0, _) = census(&mut admin).await?;
+    let quotes0 = sim::quotes(&agents);
+    let (v0, s0) = (verifier.usage()?, verifier::usage("/proc/self")?);
+    let (t0, wall0) = (Instant::now(), SystemTime::now());
+    let window = Duration::from_secs(args.seconds);
+    while t0.elapsed() < window {
+        tokio::time::sleep(Duration::from_secs(1).min(window.saturating_sub(t0.elapsed()))).await;
+        verifier.check_running()?;
+    }
+    let (v1, s1) = (verifier.usage()?, verifier::usage("/proc/self")?);
+    let quotes1 = sim::quotes(&agents);
+    let elapsed = t0.elapsed().as_secs_f64();
+    let wall1 = SystemTime::now();
+    let (count1, states) = census(&mut admin).await?;
+    grower.abort();
+
+    // Round trips recorded by the verifier, for a sample of agents, inside the window.
+    let step = (n / args.sample.max(1)).max(1);
+    let mut durations = Vec::new();
+    let mut entries = 0u64;
+    for agent in agents.iter().step_by(step) {
+        let request = pb::ListAttestationsRequest {
+            agent_id: agent.id.clone(),
+            page_size: 1000,
+            page_token: String::new(),
+        };
+        let answer = admin.list_attestations(request).await?.into_inner();
+        for record in answer.attestations {
+            let Some(at) = record.at else { continue };
+            let at = SystemTime::UNIX_EPOCH
+                + Duration::new(at.seconds.max(0) as u64, at.nanos.max(0) as u32);
+            if at >= wall0 && at <= wall1 {
+                durations.push(record.duration_us);
+                entries += record.ima_entries;
+            }
+        }
+    }
+    durations.sort_unstable();
+    let sampled = durations.len().max(1) as u64;
+
+    let quotes = quotes1 - quotes0;
+    let recorded = count1 - count0;
+    let rate = quotes as f64 / elapsed;
+    let verifier_cpu = (v1.cpu - v0.cpu).as_secs_f64();
+    let sim_cpu = (s1.cpu - s0.cpu).as_secs_f64();
+    let per_attestation = |cpu: f64| cpu * 1e6 / quotes.max(1) as f64;
+    let end = verifier.usage()?;
+    let per_agent = |usage: verifier::Usage| {
+        usage.rss.saturating_sub(with_policy.rss) as f64 / n as f64 / 1024.0
+    };
+
+    println!();
+    println!(
+        "Fleet: {n} agents, quote_interval {} s, {} policy paths, {} s window",
+        args.interval, args.policy_paths, args.seconds
+    );
+    println!();
+    println!("| | |");
+    println!("|---|---:|");
+    println!("| attestations/s sustained (quotes served) | {rate:.0} |");
+    println!("| attestations/s recorded by the verifier | {:.0} |", recorded as f64 / elapsed);
+    println!("| ideal (N / quote_interval) | {:.0} |", n as f64 / args.interval);
+    println!(
+        "| round trip p50 (verifier's duration_us, {} rounds of {} agents) | {} µs |",
+        durations.len(),
+        n.div_ceil(step),
+        percentile(&durations, 50.0)
+    );
+    println!("| round trip p99 | {} µs |", percentile(&durations, 99.0));
+    println!("| round trip max | {} µs |", durations.last().copied().unwrap_or(0));
+    println!("| IMA entries per round (mean) | {:.1} |", entries as f64 / sampled as f64);
+    println!("| verifier CPU per attestation | {:.1} µs |", per_attestation(verifier_cpu));
+    println!("| verifier CPU use | {:.1} % of a core |", verifier_cpu * 100.0 / elapsed);
+    println!("| simulator CPU per attestation | {:.1} µs |", per_attestation(sim_cpu));
+    println!("| simulator CPU use | {:.1} % of a core |", sim_cpu * 100.0 / elapsed);
+    println!(
+        "| verifier RSS idle / with policy | {:.1} / {:.1} MiB |",
+        mib(idle.rss),
+        mib(with_policy.rss)
+    );
+    println!(
+        "| verifier RSS after warm-up / after window | {:.1} / {:.1} MiB |",
+        mib(warm.rss),
+        mib(end.rss)
+    );
+    println!("| verifier peak RSS (VmHWM) | {:.1} MiB |", mib(end.hwm));
+    println!(
+        "| verifier RSS per agent (after window - with policy) / N | {:.1} KiB |",
+        per_agent(end)
+    );
+    println!("| agent states at the end | {states:?} |");
+    println!();
+
+    verifier.stop()?;
+    Ok(())
+}
