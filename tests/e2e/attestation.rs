@@ -30,7 +30,7 @@ struct System {
 
 impl System {
     fn start() -> Result<Option<System>> {
-        System::start_with(toml::Table::new(), &[], toml::Table::new())
+        System::start_with(toml::Table::new(), &[], toml::Table::new(), true)
     }
 
     /// Starts the system with `extra` settings for the agent; the registrar also trusts the EK
@@ -39,6 +39,7 @@ impl System {
         extra: toml::Table,
         other_tpms: &[&Swtpm],
         verifier_extra: toml::Table,
+        require_ek_cert: bool,
     ) -> Result<Option<System>> {
         let Some((tpm, deployment)) = tpm_and_deployment()? else { return Ok(None) };
         let store = deployment.keylime_dir().join("tpm_cert_store");
@@ -53,7 +54,7 @@ impl System {
         let registrar = deployment.start_registrar(&deployment.registrar_config(
             daemon::free_port()?,
             &store,
-            true,
+            require_ek_cert,
         ))?;
         let mut verifier_config =
             deployment.verifier_config(daemon::free_port()?, registrar.port(), 1.0);
@@ -407,7 +408,7 @@ async fn a_failing_agent_leaves_the_other_passing_and_the_other_runs_its_revocat
     verifier_extra
         .insert("webhook_url".into(), format!("http://127.0.0.1:{}/events", webhook.port).into());
     verifier_extra.insert("webhook_secret".into(), "s3cret".into());
-    let Some(sys) = System::start_with(extra, &[&other_tpm], verifier_extra)? else {
+    let Some(sys) = System::start_with(extra, &[&other_tpm], verifier_extra, true)? else {
         return Ok(());
     };
     let mut other = sys.add_node("other", other_tpm)?;
@@ -684,5 +685,29 @@ async fn kctl_lists_watches_stops_resumes_and_shows_history() -> Result<()> {
     assert_eq!(code, 0);
     let (code, _) = sys.kctl_json(&["policies", "runtime", "show", "base"])?;
     assert_eq!(code, 3);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_with_ecc_keys_registers_without_an_ek_certificate_and_passes() -> Result<()> {
+    // swtpm_setup makes no P-256 EK certificate, so the registrar runs with require_ek_cert off.
+    let mut extra = toml::Table::new();
+    extra.insert("tpm_encryption_alg".into(), "ecc".into());
+    extra.insert("tpm_signing_alg".into(), "ecdsa".into());
+    let Some(sys) = System::start_with(extra, &[], toml::Table::new(), false)? else {
+        return Ok(());
+    };
+    let (_, record) = sys.kctl_json(&["registrar", "show", &sys.agent_id])?;
+    assert!(record["ek_certificate"].is_null(), "no EK certificate: {record}");
+    let ak_public = base64::Engine::decode(
+        &base64::engine::general_purpose::STANDARD,
+        record["ak_public"].as_str().unwrap_or_default(),
+    )?;
+    let ak = kl_core::tpm2::Public::parse(&ak_public)?;
+    assert!(matches!(ak.key, kl_core::tpm2::PublicKey::Ecc(_)), "an ECDSA AK");
+    sys.apply_policy("base")?;
+    let (code, doc) =
+        sys.kctl_json(&["agents", "enroll", &sys.agent_id, "--runtime-policy", "base", "--wait"])?;
+    assert_eq!((code, doc["state"].clone()), (0, Value::from("passed")), "{doc}");
     Ok(())
 }
