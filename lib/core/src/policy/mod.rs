@@ -97,6 +97,19 @@ pub struct LoadOptions<'a> {
     pub require_signature: bool,
 }
 
+/// The position of `key` among a policy object's `fields`, marking it seen: an unknown or a
+/// repeated field is an error (serde then adds the JSON position).
+fn field_index<E: de::Error>(
+    key: &str,
+    fields: &'static [&'static str],
+    seen: &mut [bool],
+) -> Result<usize, E> {
+    let index =
+        fields.iter().position(|f| *f == key).ok_or_else(|| E::unknown_field(key, fields))?;
+    let already = seen.get_mut(index).is_some_and(|seen| std::mem::replace(seen, true));
+    if already { Err(E::duplicate_field(fields[index])) } else { Ok(index) }
+}
+
 /// Reads a runtime policy in any supported format.
 pub fn load(
     bytes: &[u8],

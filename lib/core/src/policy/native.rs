@@ -121,12 +121,7 @@ impl<'de> Visitor<'de> for NativeVisitor {
         let mut b = RuntimePolicyBuilder::rejecting_duplicates();
         let mut seen = [false; FIELDS.len()];
         while let Some(key) = map.next_key::<Str<'de>>()? {
-            let Some(index) = FIELDS.iter().position(|f| *f == key.0) else {
-                return Err(de::Error::unknown_field(&key.0, FIELDS));
-            };
-            if std::mem::replace(&mut seen[index], true) {
-                return Err(de::Error::duplicate_field(FIELDS[index]));
-            }
+            let index = super::field_index(&key.0, FIELDS, &mut seen)?;
             match FIELDS[index] {
                 "version" => {
                     let v: u64 = map.next_value()?;
