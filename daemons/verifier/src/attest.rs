@@ -18,12 +18,15 @@ use kl_proto::agent::v1 as agent_pb;
 use kl_proto::agent::v1::agent_client::AgentClient;
 use rand::RngExt;
 use tonic::Code;
-use tonic::transport::Channel;
+
+use crate::channel::AgentChannel;
 
 /// Most GetQuote requests in one round.
 pub(crate) const MAX_CHUNKS: usize = 64;
 /// Nonce length (the agent accepts 16 to 32 bytes).
 pub(crate) const NONCE_LEN: usize = 32;
+/// Evidence up to this size is appraised on the round's own task.
+const INLINE_EVIDENCE_BYTES: usize = 64 << 10;
 /// The finding of an agent that answered with an error.
 pub(crate) const RULE_AGENT_ERROR: &str = "agent.error";
 
@@ -87,7 +90,7 @@ fn rebooted_since(prior: &AttestationState, attest: &[u8]) -> bool {
 
 /// Runs one round.
 pub(crate) async fn round(
-    client: &mut AgentClient<Channel>,
+    client: &mut AgentClient<AgentChannel>,
     policy: &AgentPolicy,
     prior: &AttestationState,
 ) -> RoundOutcome {
@@ -167,10 +170,9 @@ pub(crate) async fn round(
             return failed(prior, finding, started);
         }
     }
-    let policy = policy.clone();
-    let prior_state = prior.clone();
     let offset = first_offset.unwrap_or(0);
-    let appraised = tokio::task::spawn_blocking(move || {
+    let inline = ima_entries.len() + reply.event_log.len() <= INLINE_EVIDENCE_BYTES;
+    let appraise = move |policy: &AgentPolicy, prior: &AttestationState| {
         let evidence = Evidence {
             nonce: &nonce,
             attest: &reply.attest,
@@ -180,9 +182,18 @@ pub(crate) async fn round(
             ima_entries: &ima_entries,
             event_log: if reply.event_log.is_empty() { None } else { Some(&reply.event_log) },
         };
-        appraisal::appraise(&evidence, &policy, &prior_state)
-    })
-    .await;
+        appraisal::appraise(&evidence, policy, prior)
+    };
+    // A steady-state round (a quote and a few new entries) takes tens of microseconds: it runs
+    // here, as handing it to another thread would cost about as much. Large evidence (a first
+    // replay, an event log) goes to a blocking thread so it does not hold up other rounds.
+    let appraised = if inline {
+        Ok(appraise(policy, prior))
+    } else {
+        let policy = policy.clone();
+        let prior = prior.clone();
+        tokio::task::spawn_blocking(move || appraise(&policy, &prior)).await
+    };
     match appraised {
         Ok(appraisal) => RoundOutcome::Appraised(Box::new(appraisal), started.elapsed()),
         Err(e) => failed(

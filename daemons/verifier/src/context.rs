@@ -27,6 +27,7 @@ use tokio::task::JoinSet;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::Error;
+use crate::channel::AgentChannel;
 use crate::events::EventHub;
 use crate::policies::PolicyCache;
 use crate::writer::StateWriter;
@@ -52,7 +53,7 @@ pub(crate) struct AgentRuntime {
     /// The appraisal inputs, built from the entry and the policy cache; `None` after a change.
     pub policy: Option<(u64, AgentPolicy)>,
     /// The connection to the agent, reused across rounds.
-    pub client: Option<AgentClient<Channel>>,
+    pub client: Option<AgentClient<AgentChannel>>,
     /// Bumped by every settings change; a round started under another generation is dropped.
     pub generation: u64,
     /// A DeliverKey call is in progress.
@@ -169,27 +170,23 @@ impl Context {
         Ok(client)
     }
 
-    /// A client for an agent that pins its identity certificate; the channel connects lazily
-    /// and reconnects by itself.
-    pub fn agent_client(&self, entry: &AgentEntry) -> Result<AgentClient<Channel>, Error> {
+    /// A client for an agent that pins its identity certificate; it connects on first use
+    /// and again after the connection closes.
+    pub fn agent_client(&self, entry: &AgentEntry) -> Result<AgentClient<AgentChannel>, Error> {
         let tls = client_config(
             &ServerTrust::Pinned(CertificateDer::from(entry.agent_certificate.clone())),
             Some(self.client_identity.clone()),
         )?;
-        let host = if entry.contact_ip.contains(':') {
-            format!("[{}]", entry.contact_ip)
-        } else {
-            entry.contact_ip.clone()
-        };
-        let endpoint = Endpoint::from_shared(format!("http://{host}:{}", entry.contact_port))
-            .map_err(|e| Error::invalid("contact", e.to_string()))?
-            .connect_timeout(self.config.request_timeout)
-            .timeout(self.config.request_timeout);
         let name = ServerName::try_from("keylime-agent")
             .map_err(|e| Error::Internal(format!("server name: {e}")))?;
-        let connector = TlsConnector::new(Arc::new(tls)).with_server_name(name);
-        Ok(AgentClient::new(endpoint.connect_with_connector_lazy(connector))
-            .max_decoding_message_size(MAX_AGENT_MESSAGE_BYTES))
+        let channel = AgentChannel::new(
+            entry.contact_ip.clone(),
+            entry.contact_port,
+            name,
+            Arc::new(tls),
+            self.config.request_timeout,
+        );
+        Ok(AgentClient::new(channel).max_decoding_message_size(MAX_AGENT_MESSAGE_BYTES))
     }
 
     /// The appraisal inputs of an agent, built from its settings and the shared policy cache.

@@ -22,6 +22,7 @@
 
 mod access;
 mod attest;
+mod channel;
 mod context;
 mod convert;
 mod error;

@@ -60,7 +60,7 @@ impl VerifierService {
         if name.is_empty() {
             return Ok(());
         }
-        match self.ctx.store.get_policy(kind, name)? {
+        match self.ctx.store.policy_name(kind, name)? {
             Some(_) => Ok(()),
             None => Err(Error::PolicyNotFound {
                 kind: match kind {
@@ -659,6 +659,8 @@ impl Verifier for VerifierService {
             })?)
         };
         let limit = page_size(req.page_size);
+        // Rounds not yet committed (see `writer::LINGER`) are part of the answer.
+        self.ctx.writer.flush().await?;
         let records =
             self.ctx.store.history(&req.agent_id, before, limit + 1).map_err(Error::from)?;
         let more = records.len() > limit;

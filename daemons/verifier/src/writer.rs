@@ -1,25 +1,35 @@
 //! Group commit of attestation state: one thread owns the writes of agents, history and
-//! events, and commits whatever arrived while the previous transaction was syncing as one
-//! transaction, so a fleet's rounds cost one disk sync per batch rather than one each. Events
-//! are published (watchers, webhook worker) only once committed.
+//! events and commits what has queued up as one transaction, so a fleet's rounds cost one disk
+//! sync per batch rather than one each.
+//!
+//! Routine writes (a passed round's state and history record) wait up to [`LINGER`] to be
+//! committed with the others of that moment; the in-memory state is the authority meanwhile,
+//! and a crash loses at most that much routine progress (the next round re-reads the IMA
+//! entries the stored state has not seen). Writes that carry events or that a caller waits for
+//! (failures, enrolment changes) are committed at once, together with everything queued before
+//! them. Events are published (watchers, webhook worker) only once committed.
 
 use std::sync::Arc;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::time::{Duration, Instant};
 
 use kl_store::verifier::{Batch, EventRecord, VerifierStore};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::Error;
 use crate::events::EventHub;
 
+/// Longest a routine write waits for others to share its commit.
+pub(crate) const LINGER: Duration = Duration::from_secs(1);
 /// Most jobs merged into one transaction.
-const MAX_BATCH: usize = 1024;
+const MAX_BATCH: usize = 32_768;
 
 type Reply = oneshot::Sender<Result<Vec<EventRecord>, String>>;
 
 /// Hands batches to the writer thread.
 #[derive(Debug, Clone)]
 pub(crate) struct StateWriter {
-    jobs: mpsc::UnboundedSender<(Batch, Option<Reply>)>,
+    jobs: mpsc::Sender<(Batch, Option<Reply>)>,
 }
 
 impl StateWriter {
@@ -30,23 +40,24 @@ impl StateWriter {
         hub: EventHub,
         history_max_entries: u64,
     ) -> Result<(StateWriter, std::thread::JoinHandle<()>), Error> {
-        let (jobs, receiver) = mpsc::unbounded_channel();
+        let (jobs, receiver) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("verifier-writer".to_owned())
-            .spawn(move || write_batches(&store, &hub, history_max_entries, receiver))
+            .spawn(move || write_batches(&store, &hub, history_max_entries, &receiver))
             .map_err(|e| Error::Internal(format!("cannot start the store writer thread: {e}")))?;
         Ok((StateWriter { jobs }, thread))
     }
 
-    /// Queues `batch` without waiting for it to be durable (attestation rounds).
+    /// Queues `batch` without waiting for it to be durable (attestation rounds). A batch
+    /// without events may wait up to [`LINGER`] to be committed.
     pub fn submit(&self, batch: Batch) {
         if self.jobs.send((batch, None)).is_err() {
             tracing::error!("the store writer has stopped; a state update is lost");
         }
     }
 
-    /// Queues `batch` and waits until it is committed; returns its events with their
-    /// cursors.
+    /// Queues `batch` and waits until it and everything queued before it are committed;
+    /// returns its events with their cursors.
     pub async fn commit(&self, batch: Batch) -> Result<Vec<EventRecord>, Error> {
         let (reply, answer) = oneshot::channel();
         self.jobs
@@ -57,48 +68,77 @@ impl StateWriter {
             .map_err(|_| Error::Internal("the store writer has stopped".to_owned()))?
             .map_err(Error::Internal)
     }
+
+    /// Waits until everything queued so far is committed (before reading the store).
+    pub async fn flush(&self) -> Result<(), Error> {
+        self.commit(Batch::default()).await.map(drop)
+    }
+}
+
+/// Whether a job is committed at once rather than after [`LINGER`].
+fn urgent(job: &(Batch, Option<Reply>)) -> bool {
+    job.1.is_some() || !job.0.events.is_empty() || !job.0.removed.is_empty()
 }
 
 fn write_batches(
     store: &VerifierStore,
     hub: &EventHub,
     history_max_entries: u64,
-    mut receiver: mpsc::UnboundedReceiver<(Batch, Option<Reply>)>,
+    receiver: &mpsc::Receiver<(Batch, Option<Reply>)>,
 ) {
-    while let Some(first) = receiver.blocking_recv() {
+    while let Ok(first) = receiver.recv() {
+        let deadline = Instant::now() + LINGER;
+        let mut now = urgent(&first);
         let mut jobs = vec![first];
         while jobs.len() < MAX_BATCH {
-            match receiver.try_recv() {
-                Ok(job) => jobs.push(job),
+            let next = if now {
+                receiver.try_recv().map_err(|_| RecvTimeoutError::Timeout)
+            } else {
+                receiver.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            };
+            match next {
+                Ok(job) => {
+                    now |= urgent(&job);
+                    jobs.push(job);
+                }
                 Err(_) => break,
             }
         }
-        // Each job's reply with the number of events it adds, in commit order.
-        let mut replies: Vec<(usize, Option<Reply>)> = Vec::with_capacity(jobs.len());
-        let mut batch = Batch::default();
-        for (job, reply) in jobs {
-            replies.push((job.events.len(), reply));
-            batch.extend(job);
-        }
-        match store.commit(batch, history_max_entries) {
-            Ok(events) => {
-                let mut rest = events.as_slice();
-                for (count, reply) in replies {
-                    let (own, after) = rest.split_at(count.min(rest.len()));
-                    rest = after;
-                    if let Some(reply) = reply {
-                        let _ = reply.send(Ok(own.to_vec()));
-                    }
+        commit_jobs(store, hub, history_max_entries, jobs);
+    }
+}
+
+fn commit_jobs(
+    store: &VerifierStore,
+    hub: &EventHub,
+    history_max_entries: u64,
+    jobs: Vec<(Batch, Option<Reply>)>,
+) {
+    // Each job's reply with the number of events it adds, in commit order.
+    let mut replies: Vec<(usize, Option<Reply>)> = Vec::with_capacity(jobs.len());
+    let mut batch = Batch::default();
+    for (job, reply) in jobs {
+        replies.push((job.events.len(), reply));
+        batch.extend(job);
+    }
+    match store.commit(batch, history_max_entries) {
+        Ok(events) => {
+            let mut rest = events.as_slice();
+            for (count, reply) in replies {
+                let (own, after) = rest.split_at(count.min(rest.len()));
+                rest = after;
+                if let Some(reply) = reply {
+                    let _ = reply.send(Ok(own.to_vec()));
                 }
-                hub.publish(events);
             }
-            Err(e) => {
-                let message = format!("state store: {e}");
-                tracing::error!(error = %message, "committing attestation state failed");
-                for (_, reply) in replies.into_iter() {
-                    if let Some(reply) = reply {
-                        let _ = reply.send(Err(message.clone()));
-                    }
+            hub.publish(events);
+        }
+        Err(e) => {
+            let message = format!("state store: {e}");
+            tracing::error!(error = %message, "committing attestation state failed");
+            for (_, reply) in replies {
+                if let Some(reply) = reply {
+                    let _ = reply.send(Err(message.clone()));
                 }
             }
         }
@@ -150,6 +190,38 @@ mod tests {
         drop(writer);
         thread.join().map_err(|_| Error::Internal("writer panicked".into()))?;
         assert_eq!(store.last_event()?, 52);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn routine_writes_are_committed_after_the_linger_or_on_flush() -> Result<(), Error> {
+        let dir = tempfile::tempdir().map_err(|e| Error::Internal(e.to_string()))?;
+        let store = Arc::new(VerifierStore::open(&dir.path().join("verifier.redb"))?);
+        let (writer, thread) = StateWriter::start(store.clone(), EventHub::new(), 10)?;
+        let history = |n| kl_store::verifier::HistoryRecord {
+            sequence: n,
+            at: Timestamp::now(),
+            verdict_json: "{}".to_owned(),
+            reset_count: 0,
+            restart_count: 0,
+            clock: 0,
+            ima_entries: 0,
+            duration_us: 0,
+        };
+        let round = |n| Batch { history: vec![("a".to_owned(), history(n))], ..Batch::default() };
+        writer.submit(round(1));
+        let started = std::time::Instant::now();
+        while store.history("a", None, 10)?.is_empty() {
+            assert!(started.elapsed() < LINGER * 5, "a routine write was never committed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        writer.submit(round(2));
+        writer.flush().await?;
+        assert_eq!(store.history("a", None, 10)?.len(), 2, "flush commits what was queued");
+        writer.submit(round(3));
+        drop(writer);
+        thread.join().map_err(|_| Error::Internal("writer panicked".into()))?;
+        assert_eq!(store.history("a", None, 10)?.len(), 3, "stopping commits what was queued");
         Ok(())
     }
 }

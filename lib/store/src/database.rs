@@ -38,6 +38,11 @@ impl Schema {
     }
 }
 
+/// redb's page cache (read cache and write buffer). redb's default is 1 GiB, which a busy
+/// verifier fills with pages it rarely reads again: its hot state lives in memory, and the
+/// store is mostly written.
+const CACHE_BYTES: usize = 64 << 20;
+
 /// An open store file at the current schema version.
 #[derive(Debug)]
 pub struct Database {
@@ -57,10 +62,8 @@ pub fn open_database(path: &Path, schema: &'static Schema) -> Result<Database, S
             source: Box::new(redb::DatabaseError::Storage(redb::StorageError::Io(e))),
         })?;
     }
-    let db = redb::Database::create(path).map_err(|e| StoreError::Open {
-        path: path.to_owned(),
-        schema: schema.name,
-        source: Box::new(e),
+    let db = redb::Builder::new().set_cache_size(CACHE_BYTES).create(path).map_err(|e| {
+        StoreError::Open { path: path.to_owned(), schema: schema.name, source: Box::new(e) }
     })?;
     let database = Database { db, path: path.to_owned(), schema };
     database.migrate()?;

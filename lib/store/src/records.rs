@@ -70,6 +70,28 @@ impl<V: Serialize + DeserializeOwned> Records<V> {
         Ok(())
     }
 
+    /// Inserts or replaces each `(key, record)` with the table opened once.
+    pub fn insert_all<'a>(
+        &self,
+        txn: &WriteTransaction,
+        records: impl IntoIterator<Item = (&'a str, &'a V)>,
+    ) -> Result<(), StoreError>
+    where
+        V: 'a,
+    {
+        let mut table =
+            txn.open_table(self.definition()).map_err(|e| StoreError::table(self.name, e))?;
+        for (key, value) in records {
+            let bytes = postcard::to_allocvec(value).map_err(|source| StoreError::Encode {
+                table: self.name,
+                key: key.to_owned(),
+                source,
+            })?;
+            table.insert(key, bytes.as_slice()).map_err(|e| StoreError::table(self.name, e))?;
+        }
+        Ok(())
+    }
+
     /// Removes the record under `key`; returns whether there was one.
     pub fn remove(&self, txn: &WriteTransaction, key: &str) -> Result<bool, StoreError> {
         let mut table =

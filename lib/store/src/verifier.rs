@@ -137,7 +137,8 @@ pub enum PolicyDeletion {
     InUse(String),
 }
 
-/// Writes that commit together.
+/// Writes that commit together. A batch applies its removals first, then its agent entries
+/// (the last entry of an agent wins), then history records and events.
 #[derive(Debug, Clone, Default)]
 pub struct Batch {
     /// Agents to insert or replace.
@@ -158,12 +159,20 @@ impl Batch {
             && self.events.is_empty()
     }
 
-    /// Appends `other`'s writes after this batch's.
-    pub fn extend(&mut self, other: Batch) {
-        self.agents.extend(other.agents);
-        self.removed.extend(other.removed);
-        self.history.extend(other.history);
-        self.events.extend(other.events);
+    /// Adds `later`'s writes as coming after this batch's: an agent that `later` removes loses
+    /// the entry and history this batch held for it, and an agent written by both keeps
+    /// `later`'s entry.
+    pub fn extend(&mut self, later: Batch) {
+        for id in &later.removed {
+            self.agents.retain(|a| &a.agent_id != id);
+            self.history.retain(|(agent, _)| agent != id);
+            if !self.removed.contains(id) {
+                self.removed.push(id.clone());
+            }
+        }
+        self.agents.extend(later.agents);
+        self.history.extend(later.history);
+        self.events.extend(later.events);
     }
 }
 
@@ -208,6 +217,9 @@ pub static SCHEMA: Schema = Schema {
         apply: create_tables,
     }],
 };
+
+/// Every this many records an agent's history is swept by range, not only by its oldest key.
+const HISTORY_SWEEP: u64 = 256;
 
 fn history_key(agent_id: &str, sequence: u64) -> String {
     format!("{agent_id}\0{sequence:020}")
@@ -274,35 +286,53 @@ impl VerifierStore {
         batch: Batch,
         history_max_entries: u64,
     ) -> Result<Vec<EventRecord>, StoreError> {
+        let mut agents = batch.agents;
+        // Key order writes neighbouring pages together; of an agent written twice, the
+        // later entry is kept (the sort is stable).
+        agents.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
+        let mut history: Vec<(String, &str, &HistoryRecord)> = batch
+            .history
+            .iter()
+            .map(|(agent_id, record)| {
+                (history_key(agent_id, record.sequence), agent_id.as_str(), record)
+            })
+            .collect();
+        history.sort_by(|a, b| a.0.cmp(&b.0));
         self.db.write("commit attestation state", |txn| {
-            for agent in &batch.agents {
-                AGENTS.insert(txn, &agent.agent_id, agent)?;
-            }
-            let mut history =
-                txn.open_table(HISTORY).map_err(|e| StoreError::table("history", e))?;
+            let mut table = txn.open_table(HISTORY).map_err(|e| StoreError::table("history", e))?;
             for agent_id in &batch.removed {
                 AGENTS.remove(txn, agent_id)?;
                 let start = format!("{agent_id}\0");
                 let end = format!("{agent_id}\u{1}");
-                history
+                table
                     .retain_in(start.as_str()..end.as_str(), |_, _| false)
                     .map_err(|e| StoreError::table("history", e))?;
             }
-            for (agent_id, record) in &batch.history {
-                let key = history_key(agent_id, record.sequence);
-                let bytes = encode("history", &key, record)?;
-                history
+            let last_of_each = agents.iter().enumerate().filter(|(i, agent)| {
+                agents.get(i + 1).is_none_or(|next| next.agent_id != agent.agent_id)
+            });
+            AGENTS.insert_all(txn, last_of_each.map(|(_, a)| (a.agent_id.as_str(), a)))?;
+            for (key, agent_id, record) in &history {
+                let bytes = encode("history", key, *record)?;
+                table
                     .insert(key.as_str(), bytes.as_slice())
                     .map_err(|e| StoreError::table("history", e))?;
-                if history_max_entries > 0 && record.sequence > history_max_entries {
-                    let old = history_key(agent_id, record.sequence - history_max_entries);
+                if history_max_entries == 0 || record.sequence <= history_max_entries {
+                    continue;
+                }
+                // Sequences are consecutive: dropping the one that fell out keeps the count.
+                // Now and then a range sweep also takes what a larger limit left behind.
+                let old = history_key(agent_id, record.sequence - history_max_entries);
+                if record.sequence % HISTORY_SWEEP == 0 {
                     let start = format!("{agent_id}\0");
-                    history
+                    table
                         .retain_in(start.as_str()..=old.as_str(), |_, _| false)
                         .map_err(|e| StoreError::table("history", e))?;
+                } else {
+                    table.remove(old.as_str()).map_err(|e| StoreError::table("history", e))?;
                 }
             }
-            drop(history);
+            drop(table);
             let mut last = CURSORS.get_for_update(txn, LAST_EVENT)?.unwrap_or(0);
             let mut events = txn.open_table(EVENTS).map_err(|e| StoreError::table("events", e))?;
             let mut out = Vec::with_capacity(batch.events.len());

@@ -138,3 +138,47 @@ fn policies_are_shared_by_digest_idempotent_and_protected_while_used() -> TestRe
     assert_eq!(names, ["p2"]);
     Ok(())
 }
+
+#[test]
+fn merged_batches_keep_the_order_of_writes() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let store = VerifierStore::open(&dir.path().join("verifier.redb"))?;
+    let with_count =
+        |id: &str, count: u64| AgentEntry { attestation_count: count, ..agent(id, "") };
+    // Rounds of a and b, a unenrolled, a enrolled again and attested, b attested again.
+    let mut merged = Batch {
+        agents: vec![with_count("b", 1), with_count("a", 1)],
+        history: vec![("a".to_owned(), record(1, Timestamp::now()))],
+        ..Batch::default()
+    };
+    merged.extend(Batch { removed: vec!["a".to_owned()], ..Batch::default() });
+    merged.extend(Batch {
+        agents: vec![with_count("a", 7), with_count("b", 2)],
+        history: vec![("a".to_owned(), record(2, Timestamp::now()))],
+        ..Batch::default()
+    });
+    store.commit(merged, 10)?;
+    let count = |id: &str| store.get_agent(id).map(|a| a.map(|a| a.attestation_count));
+    assert_eq!((count("a")?, count("b")?), (Some(7), Some(2)));
+    let seqs: Vec<u64> = store.history("a", None, 10)?.iter().map(|r| r.sequence).collect();
+    assert_eq!(seqs, [2], "the history of the removed enrolment is gone");
+    Ok(())
+}
+
+#[test]
+fn a_lowered_history_limit_is_caught_up_by_the_periodic_sweep() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let store = VerifierStore::open(&dir.path().join("verifier.redb"))?;
+    let batch = |seqs: std::ops::RangeInclusive<u64>| Batch {
+        history: seqs.map(|s| ("a".to_owned(), record(s, Timestamp::now()))).collect(),
+        ..Batch::default()
+    };
+    store.commit(batch(1..=250), 100)?;
+    assert_eq!(store.history("a", None, 1000)?.len(), 100);
+    store.commit(batch(251..=255), 10)?;
+    assert_eq!(store.history("a", None, 1000)?.len(), 100, "only the oldest keys go");
+    store.commit(batch(256..=256), 10)?;
+    let seqs: Vec<u64> = store.history("a", None, 1000)?.iter().map(|r| r.sequence).collect();
+    assert_eq!(seqs, (247..=256).rev().collect::<Vec<_>>());
+    Ok(())
+}

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use rustls::client::Resumption;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -90,6 +91,11 @@ pub fn client_config(
         None => builder.with_no_client_auth(),
     };
     config.alpn_protocols = vec![b"h2".to_vec()];
+    if matches!(trust, ServerTrust::Pinned(_)) {
+        // A pinned peer is one agent, called over one long-lived connection: a session cache
+        // per peer (about 10 KiB) would be paid by every agent a verifier attests.
+        config.resumption = Resumption::disabled();
+    }
     Ok(config)
 }
 
