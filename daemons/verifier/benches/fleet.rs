@@ -6,8 +6,9 @@
 //!
 //! `cargo bench -p kl-verifier --bench fleet -- --agents 1000 --seconds 30`
 //!
-//! Each agent holds a listening socket and the verifier's connection, so the open-file limit
-//! is raised (by re-running through `sh -c 'ulimit -n ...'`) when it is too low.
+//! All agents are served by one listening socket (each at its own loopback address), so the
+//! simulator holds about one descriptor per agent, the verifier's connection; the open-file
+//! limit is raised (by re-running through `sh -c 'ulimit -n ...'`) when it is too low.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -28,6 +29,8 @@ use tonic::transport::{Channel, Endpoint};
 #[allow(dead_code)]
 #[path = "../tests/verifier/support/agent.rs"]
 mod agent;
+#[path = "fleet/serve.rs"]
+mod serve;
 #[path = "fleet/sim.rs"]
 mod sim;
 #[allow(dead_code)]
@@ -73,8 +76,9 @@ struct Args {
 
 fn main() -> Result<(), BoxError> {
     let args = Args::parse();
-    // A listening socket and the verifier's connection per agent, plus a few hundred for the rest.
-    let needed = args.agents as u64 * 2 + 400;
+    // The verifier's connection per agent (one listening socket serves them all), plus a few
+    // hundred for the rest: the registrar, the clients, connections being replaced.
+    let needed = args.agents as u64 + 500;
     let limit = verifier::open_file_limit()?;
     if limit < needed {
         if std::env::var_os(REEXEC_ENV).is_some() {
@@ -219,8 +223,16 @@ async fn run(args: Args) -> Result<(), BoxError> {
     // The fleet.
     let t = Instant::now();
     let registrar = RegistrarClient::new(channel(&tls, registrar_addr, None).await?);
-    let agents =
-        sim::start_agents(n, &tls, registrar, args.policy_paths, args.initial_entries).await?;
+    let server = Arc::new(serve::FleetServer::bind().await?);
+    let agents = sim::start_agents(
+        n,
+        &tls,
+        server.clone(),
+        registrar,
+        args.policy_paths,
+        args.initial_entries,
+    )
+    .await?;
     eprintln!("{n} agents started and registered in {:.1} s", t.elapsed().as_secs_f64());
 
     let t = Instant::now();
@@ -359,6 +371,10 @@ async fn run(args: Args) -> Result<(), BoxError> {
     );
     println!("| agent states at the end | {states:?} |");
     println!();
+    if let Some(dropped) = server.dropped() {
+        println!("connections dropped by the simulator: {dropped}");
+        println!();
+    }
 
     verifier.stop()?;
     Ok(())

@@ -1,6 +1,6 @@
-//! The simulated fleet: a shared runtime policy of generated paths, software agents (one TLS
-//! listener and identity each) registered through Register/Activate, and their growing IMA
-//! logs.
+//! The simulated fleet: a shared runtime policy of generated paths, software agents (a TLS
+//! identity and a loopback address each, all served by one listener) registered through
+//! Register/Activate, and their growing IMA logs.
 
 use std::sync::Arc;
 
@@ -8,13 +8,15 @@ use kl_core::alg::HashAlg;
 use kl_core::credential::activation_proof;
 use kl_proto::registrar::v1 as registrar_pb;
 use kl_proto::registrar::v1::registrar_client::RegistrarClient;
-use kl_svc::tls::TlsFiles;
+use kl_svc::tls::{ClientAuth, TlsFiles, server_config};
+use rustls::pki_types::CertificateDer;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tonic::transport::Channel;
 
 use crate::BoxError;
 use crate::agent::SoftAgent;
+use crate::serve::{FleetServer, contact_ip};
 use crate::soft_tpm::SoftTpm;
 
 /// The files every software agent measures at start (see `agent::Machine::new`).
@@ -68,17 +70,27 @@ pub fn measure(agent: &SoftAgent, rng: &mut Rng, paths: u64, count: usize) {
     });
 }
 
-/// Starts agent `index` with an initial log of `initial` entries and registers it.
+/// Creates agent `index` with an initial log of `initial` entries, serves it on `server` and
+/// registers it.
 async fn start_one(
     index: usize,
     tls: TlsFiles,
+    ca: &[CertificateDer<'static>],
+    server: &FleetServer,
     mut registrar: RegistrarClient<Channel>,
     paths: u64,
     initial: usize,
 ) -> Result<SoftAgent, BoxError> {
     let id = format!("f1ee7000-0000-4000-8000-{index:012x}");
-    let mut agent = SoftAgent::start(&id, tls).await?;
+    let ip = contact_ip(index);
+    let mut agent = SoftAgent::unbound(&id, tls, (ip, server.port()).into())?;
     agent.with(|m| m.max_ima_entries = 1_000_000);
+    let identity = agent.with(|m| m.identity.tls_identity())?;
+    server.add(
+        ip.into(),
+        agent.machine.clone(),
+        server_config(identity, ca, ClientAuth::Required)?,
+    );
     let mut rng = Rng::new(index as u64 + 1);
     measure(&agent, &mut rng, paths, initial.saturating_sub(BOOT_FILES.len()));
     let mut tpm = SoftTpm::ecc();
@@ -91,10 +103,7 @@ async fn start_one(
         ek_intermediate_certificates: Vec::new(),
         ak_public: tpm.ak_public.clone(),
         agent_certificate: cert,
-        contact: Some(registrar_pb::Contact {
-            ip: "127.0.0.1".to_owned(),
-            port: u32::from(agent.addr.port()),
-        }),
+        contact: Some(registrar_pb::Contact { ip: ip.to_string(), port: u32::from(server.port()) }),
     };
     let challenge = registrar.register(request).await?.into_inner();
     let secret =
@@ -108,21 +117,24 @@ async fn start_one(
     Ok(agent)
 }
 
-/// Starts and registers `count` agents, `parallel` at a time, in index order.
+/// Creates, serves on `server` and registers `count` agents, 64 at a time, in index order.
 pub async fn start_agents(
     count: usize,
     tls: &TlsFiles,
+    server: Arc<FleetServer>,
     registrar: RegistrarClient<Channel>,
     paths: u64,
     initial: usize,
 ) -> Result<Vec<SoftAgent>, BoxError> {
+    let ca: Arc<[CertificateDer<'static>]> = tls.ca_certificates()?.into();
     let limit = Arc::new(Semaphore::new(64));
     let mut tasks = JoinSet::new();
     for index in 0..count {
         let permit = limit.clone().acquire_owned().await?;
-        let (tls, registrar) = (tls.clone(), registrar.clone());
+        let (tls, ca, server, registrar) =
+            (tls.clone(), ca.clone(), server.clone(), registrar.clone());
         tasks.spawn(async move {
-            let agent = start_one(index, tls, registrar, paths, initial).await;
+            let agent = start_one(index, tls, &ca, &server, registrar, paths, initial).await;
             drop(permit);
             agent.map(|a| (index, a)).map_err(|e| format!("agent {index}: {e}"))
         });

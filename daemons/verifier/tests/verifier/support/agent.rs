@@ -225,21 +225,31 @@ pub struct SoftAgent {
     task: Option<JoinHandle<()>>,
 }
 
+/// The tonic Agent service answering from `machine`, for a server built elsewhere.
+pub fn agent_server(machine: Arc<Mutex<Machine>>) -> AgentServer<impl Agent> {
+    AgentServer::new(Service { machine })
+}
+
 impl SoftAgent {
     /// Starts an agent on a free port.
     pub async fn start(id: &str, tls: TlsFiles) -> Result<SoftAgent, BoxError> {
-        let machine = Arc::new(Mutex::new(Machine::new(id)?));
-        let mut agent = SoftAgent {
+        let mut agent = SoftAgent::unbound(id, tls, ([127, 0, 0, 1], 0).into())?;
+        agent.launch().await?;
+        Ok(agent)
+    }
+
+    /// An agent that does not listen (yet): its machine is served by the caller (see
+    /// [`agent_server`]) at `addr`, or by [`SoftAgent::restart`] on `addr`.
+    pub fn unbound(id: &str, tls: TlsFiles, addr: SocketAddr) -> Result<SoftAgent, BoxError> {
+        Ok(SoftAgent {
             id: id.to_owned(),
             tpm: None,
-            machine,
-            addr: ([127, 0, 0, 1], 0).into(),
+            machine: Arc::new(Mutex::new(Machine::new(id)?)),
+            addr,
             tls,
             stop: None,
             task: None,
-        };
-        agent.launch().await?;
-        Ok(agent)
+        })
     }
 
     async fn launch(&mut self) -> Result<(), BoxError> {
@@ -250,7 +260,7 @@ impl SoftAgent {
                 .await?;
         self.addr = incoming.local_addr();
         let (stop, stopped) = oneshot::channel::<()>();
-        let service = AgentServer::new(Service { machine: self.machine.clone() });
+        let service = agent_server(self.machine.clone());
         self.stop = Some(stop);
         self.task = Some(tokio::spawn(async move {
             let _ = tonic::transport::Server::builder()
