@@ -51,13 +51,17 @@ pub(crate) struct AgentRuntime {
     pub entry: AgentEntry,
     pub attestation: AttestationState,
     /// The appraisal inputs, built from the entry and the policy cache; `None` after a change.
-    pub policy: Option<(u64, AgentPolicy)>,
+    pub policy: Option<(u64, Arc<AgentPolicy>)>,
     /// The connection to the agent, reused across rounds.
     pub client: Option<AgentClient<AgentChannel>>,
     /// Bumped by every settings change; a round started under another generation is dropped.
     pub generation: u64,
     /// A DeliverKey call is in progress.
     pub delivering_key: bool,
+    /// When the entry was last handed to the writer; routine rounds in between leave the
+    /// stored entry behind (see [`crate::scheduler`]), and `unsaved` says so.
+    pub saved_at: std::time::Instant,
+    pub unsaved: bool,
 }
 
 impl AgentRuntime {
@@ -77,15 +81,24 @@ impl AgentRuntime {
             client: None,
             generation: 0,
             delivering_key: false,
+            saved_at: std::time::Instant::now(),
+            unsaved: false,
         }
     }
 
-    /// The entry with the current attestation state serialized into it.
+    /// The entry as it stands, with the current attestation state serialized into it.
+    pub fn current(&self) -> AgentEntry {
+        let mut entry = self.entry.clone();
+        entry.attestation_state_json = serde_json::to_string(&self.attestation).unwrap_or_default();
+        entry.ima_offset = self.attestation.ima.entries_processed;
+        entry
+    }
+
+    /// [`AgentRuntime::current`], for the writer: the entry is then stored as it stands.
     pub fn snapshot(&mut self) -> AgentEntry {
-        self.entry.attestation_state_json =
-            serde_json::to_string(&self.attestation).unwrap_or_default();
-        self.entry.ima_offset = self.attestation.ima.entries_processed;
-        self.entry.clone()
+        self.saved_at = std::time::Instant::now();
+        self.unsaved = false;
+        self.current()
     }
 
     /// A settings change: the policy is rebuilt and any round in flight is discarded.

@@ -223,8 +223,10 @@ impl Server {
             tracing::warn!("background work did not stop in time; abandoning it");
             tasks.shutdown().await;
         }
-        // The last handles on the writer go with the context; the thread then commits what
-        // is queued and ends.
+        // Routine progress not yet stored; then the last handles on the writer go with the
+        // context, and the thread commits what is queued and ends.
+        let unsaved = scheduler::unsaved_entries(&context).await;
+        context.writer.submit(unsaved);
         drop(context);
         tokio::task::spawn_blocking(move || writer_thread.join())
             .await

@@ -27,6 +27,12 @@ use crate::{keys, revocation};
 
 /// How long a paused (failed or stopped) agent's loop sleeps between checks.
 const IDLE: Duration = Duration::from_secs(3600);
+/// How long a passing agent's stored entry may lag behind its routine rounds. Each round's
+/// history record is written; the entry (counters, IMA progress) is written with a change of
+/// state and otherwise once per this period, and for every agent when the verifier stops. A
+/// crash loses at most this much routine progress: counters lag, and the next round re-reads
+/// the IMA entries since the stored offset.
+pub(crate) const CHECKPOINT: Duration = Duration::from_secs(10);
 /// The slowest probe of an unreachable agent.
 const MAX_PROBE: Duration = Duration::from_secs(60);
 
@@ -96,7 +102,7 @@ async fn attest_once(ctx: &Arc<Context>, slot: &Arc<AgentSlot>) -> Duration {
         let epoch = ctx.policy_epoch();
         if rt.policy.as_ref().map(|(e, _)| *e) != Some(epoch) {
             match ctx.build_policy(&rt.entry) {
-                Ok(policy) => rt.policy = Some((epoch, policy)),
+                Ok(policy) => rt.policy = Some((epoch, Arc::new(policy))),
                 Err(e) => {
                     tracing::error!(agent = %slot.id, error = %e, "cannot build the agent's policy");
                     let finding = kl_core::verdict::Finding::new(
@@ -163,6 +169,18 @@ async fn attest_once(ctx: &Arc<Context>, slot: &Arc<AgentSlot>) -> Duration {
     }
 }
 
+/// The entries of agents whose routine rounds have not been stored yet (at shutdown).
+pub(crate) async fn unsaved_entries(ctx: &Context) -> Batch {
+    let mut batch = Batch::default();
+    for slot in ctx.slots() {
+        let mut rt = slot.runtime.lock().await;
+        if rt.unsaved && !slot.removed.load(Ordering::Acquire) {
+            batch.agents.push(rt.snapshot());
+        }
+    }
+    batch
+}
+
 /// A round the agent did not answer.
 fn missed(ctx: &Context, agent_id: &str, rt: &mut AgentRuntime, reason: String) -> Duration {
     let config = &ctx.config;
@@ -226,7 +244,6 @@ async fn record_verdict(
         entry.reset_count = clock.reset_count;
     }
     entry.history_sequence += 1;
-    let findings_json = serde_json::to_string(&verdict.findings).unwrap_or_default();
     let stored = StoredVerdict { verdict, at: now };
     let verdict_json = serde_json::to_string(&stored).unwrap_or_default();
     entry.last_verdict_json = verdict_json.clone();
@@ -257,6 +274,7 @@ async fn record_verdict(
         }
     } else {
         entry.state = pb::AgentState::Failed as i32;
+        let findings_json = serde_json::to_string(&stored.verdict.findings).unwrap_or_default();
         let rules: Vec<&str> = stored.verdict.findings.iter().map(|f| f.rule.as_str()).collect();
         tracing::warn!(agent = %agent_id, rules = ?rules, "attestation failed");
         batch.events.push(event(
@@ -269,7 +287,11 @@ async fn record_verdict(
         ));
     }
     batch.history.push((agent_id.to_owned(), history));
-    batch.agents.push(rt.snapshot());
+    if batch.events.is_empty() && passed && rt.saved_at.elapsed() < CHECKPOINT {
+        rt.unsaved = true;
+    } else {
+        batch.agents.push(rt.snapshot());
+    }
     if passed {
         ctx.writer.submit(batch);
         Vec::new()

@@ -321,7 +321,7 @@ impl Verifier for VerifierService {
                 self.ctx.writer.commit(batch).await?;
                 slot.wake.notify_one();
             }
-            let agent = convert::agent_status(&rt.snapshot());
+            let agent = convert::agent_status(&rt.current());
             return Ok(Response::new(pb::EnrollAgentResponse { agent: Some(agent), changed }));
         }
 
@@ -372,7 +372,7 @@ impl Verifier for VerifierService {
     ) -> Result<Response<pb::GetAgentResponse>, Status> {
         access::require(&request, "GetAgent", READ)?;
         let slot = self.slot(&request.get_ref().agent_id)?;
-        let agent = convert::agent_status(&slot.runtime.lock().await.snapshot());
+        let agent = convert::agent_status(&slot.runtime.lock().await.current());
         Ok(Response::new(pb::GetAgentResponse { agent: Some(agent) }))
     }
 
@@ -402,7 +402,7 @@ impl Verifier for VerifierService {
         let mut agents = Vec::new();
         let mut next_page_token = String::new();
         for slot in slots {
-            let status = convert::agent_status(&slot.runtime.lock().await.snapshot());
+            let status = convert::agent_status(&slot.runtime.lock().await.current());
             if req.state != 0 && status.state != req.state {
                 continue;
             }
@@ -454,7 +454,7 @@ impl Verifier for VerifierService {
             || req.resume
                 && matches!(state_of(previous), pb::AgentState::Failed | pb::AgentState::Stopped);
         if !settings_changed && !resume {
-            let agent = convert::agent_status(&rt.snapshot());
+            let agent = convert::agent_status(&rt.current());
             return Ok(Response::new(pb::UpdateAgentResponse {
                 agent: Some(agent),
                 changed: false,
@@ -487,7 +487,7 @@ impl Verifier for VerifierService {
         batch.agents.push(rt.snapshot());
         self.ctx.writer.commit(batch).await?;
         slot.wake.notify_one();
-        let agent = convert::agent_status(&rt.snapshot());
+        let agent = convert::agent_status(&rt.current());
         Ok(Response::new(pb::UpdateAgentResponse { agent: Some(agent), changed: true }))
     }
 
@@ -538,7 +538,7 @@ impl Verifier for VerifierService {
             self.set_state(&slot, &mut rt, pb::AgentState::Stopped, "stopped by an operator")
                 .await?;
         }
-        let agent = convert::agent_status(&rt.snapshot());
+        let agent = convert::agent_status(&rt.current());
         Ok(Response::new(pb::StopAgentResponse { agent: Some(agent), changed }))
     }
 
@@ -555,7 +555,7 @@ impl Verifier for VerifierService {
             self.set_state(&slot, &mut rt, pb::AgentState::Pending, "resumed by an operator")
                 .await?;
         }
-        let agent = convert::agent_status(&rt.snapshot());
+        let agent = convert::agent_status(&rt.current());
         Ok(Response::new(pb::ResumeAgentResponse { agent: Some(agent), changed }))
     }
 

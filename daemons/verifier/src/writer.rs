@@ -10,7 +10,7 @@
 //! them. Events are published (watchers, webhook worker) only once committed.
 
 use std::sync::Arc;
-use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::mpsc::{self, TryRecvError};
 use std::time::{Duration, Instant};
 
 use kl_store::verifier::{Batch, EventRecord, VerifierStore};
@@ -30,6 +30,8 @@ type Reply = oneshot::Sender<Result<Vec<EventRecord>, String>>;
 #[derive(Debug, Clone)]
 pub(crate) struct StateWriter {
     jobs: mpsc::Sender<(Batch, Option<Reply>)>,
+    /// The writer thread, woken for urgent jobs only: routine jobs wait for its next look.
+    thread: std::thread::Thread,
 }
 
 impl StateWriter {
@@ -45,14 +47,18 @@ impl StateWriter {
             .name("verifier-writer".to_owned())
             .spawn(move || write_batches(&store, &hub, history_max_entries, &receiver))
             .map_err(|e| Error::Internal(format!("cannot start the store writer thread: {e}")))?;
-        Ok((StateWriter { jobs }, thread))
+        Ok((StateWriter { jobs, thread: thread.thread().clone() }, thread))
     }
 
     /// Queues `batch` without waiting for it to be durable (attestation rounds). A batch
     /// without events may wait up to [`LINGER`] to be committed.
     pub fn submit(&self, batch: Batch) {
-        if self.jobs.send((batch, None)).is_err() {
+        let job = (batch, None);
+        let wake = urgent(&job);
+        if self.jobs.send(job).is_err() {
             tracing::error!("the store writer has stopped; a state update is lost");
+        } else if wake {
+            self.thread.unpark();
         }
     }
 
@@ -63,6 +69,7 @@ impl StateWriter {
         self.jobs
             .send((batch, Some(reply)))
             .map_err(|_| Error::Internal("the store writer has stopped".to_owned()))?;
+        self.thread.unpark();
         answer
             .await
             .map_err(|_| Error::Internal("the store writer has stopped".to_owned()))?
@@ -72,6 +79,13 @@ impl StateWriter {
     /// Waits until everything queued so far is committed (before reading the store).
     pub async fn flush(&self) -> Result<(), Error> {
         self.commit(Batch::default()).await.map(drop)
+    }
+}
+
+impl Drop for StateWriter {
+    /// The last handle gone, the thread commits what is queued without waiting out the linger.
+    fn drop(&mut self) {
+        self.thread.unpark();
     }
 }
 
@@ -90,19 +104,26 @@ fn write_batches(
         let deadline = Instant::now() + LINGER;
         let mut now = urgent(&first);
         let mut jobs = vec![first];
-        while jobs.len() < MAX_BATCH {
-            let next = if now {
-                receiver.try_recv().map_err(|_| RecvTimeoutError::Timeout)
-            } else {
-                receiver.recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            };
-            match next {
-                Ok(job) => {
-                    now |= urgent(&job);
-                    jobs.push(job);
+        loop {
+            // Take what has queued up; routine jobs do not wake this thread, urgent ones do.
+            while jobs.len() < MAX_BATCH {
+                match receiver.try_recv() {
+                    Ok(job) => {
+                        now |= urgent(&job);
+                        jobs.push(job);
+                    }
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        now = true;
+                        break;
+                    }
                 }
-                Err(_) => break,
             }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if now || jobs.len() >= MAX_BATCH || left.is_zero() {
+                break;
+            }
+            std::thread::park_timeout(left);
         }
         commit_jobs(store, hub, history_max_entries, jobs);
     }
