@@ -58,10 +58,10 @@ const BANK_PROBE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Checks at start that the TPM returns PCR values from `bank` (`tpm_hash_alg`).
 ///
-/// The TPM library's PCR read never returns when asked for a bank the TPM has not allocated
-/// (it waits for values that do not come), so other banks are never probed and never quoted:
-/// the agent serves the one configured bank, and a misconfigured bank stops the start-up
-/// after a deadline instead of hanging it.
+/// A bank the TPM has not allocated reads as missing values (`kl-tpm` stops asking when a
+/// PCR read returns nothing), and the agent refuses to start with it rather than fail every
+/// quote later. The agent serves the one configured bank; the deadline guards against a TPM
+/// that does not answer at all.
 pub async fn check_bank(tpm: &Arc<Tpm>, bank: HashAlg, setting: &str) -> Result<(), Error> {
     let probe = tokio::task::spawn_blocking({
         let tpm = tpm.clone();

@@ -94,13 +94,29 @@ fn selection(bank: HashAlg, indices: &[u32]) -> Result<PcrSelectionList, Failure
     Ok(PcrSelectionListBuilder::new().with_selection(hashing_algorithm(bank), &slots).build()?)
 }
 
+/// Reads every PCR of `selection`, a TPM2_PCR_Read (at most 8 digests) at a time. A read that
+/// returns nothing ends the loop: a TPM answers so for a bank it has not allocated, and
+/// tss-esapi's `read_all` would ask again forever. The caller then finds the values missing.
+fn read_all(ctx: &mut Context, mut selection: PcrSelectionList) -> Result<pcr::PcrData, Failure> {
+    let mut data = pcr::PcrData::new();
+    while !selection.is_empty() {
+        let (_, read, digests) = ctx.pcr_read(selection.clone())?;
+        if read.get_selections().iter().all(|s| s.is_empty()) {
+            break;
+        }
+        data.add(&read, &digests)?;
+        selection.subtract(&read)?;
+    }
+    Ok(data)
+}
+
 /// Reads the PCRs `indices` (sorted) of `bank`.
 pub(crate) fn read(
     ctx: &mut Context,
     bank: HashAlg,
     indices: &[u32],
 ) -> Result<Vec<PcrValue>, Failure> {
-    let data = pcr::read_all(ctx, selection(bank, indices)?)?;
+    let data = read_all(ctx, selection(bank, indices)?)?;
     let values = data.pcr_bank(hashing_algorithm(bank));
     indices
         .iter()

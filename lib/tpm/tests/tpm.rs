@@ -432,3 +432,15 @@ fn one_tpm_serves_many_threads() {
         }
     }
 }
+
+#[test]
+fn a_bank_the_tpm_has_not_allocated_is_an_error_not_a_hang() {
+    // The manufactured swtpm allocates sha1 and sha256 only.
+    let Some(sw) = Swtpm::start() else { return };
+    let tpm = Tpm::open(&sw.tcti(), KeyAlg::Rsa2048).expect("open");
+    let err = tpm.pcr_read(HashAlg::Sha384, &[0, 10]).expect_err("sha384 is not allocated");
+    assert!(matches!(err, TpmError::PcrMissing { index: 0, bank: HashAlg::Sha384 }), "{err}");
+    assert!(err.to_string().contains("is the bank active?"), "{err}");
+    let values = tpm.pcr_read(HashAlg::Sha256, &[0]).expect("the allocated bank still reads");
+    assert_eq!(values.len(), 1);
+}
