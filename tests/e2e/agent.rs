@@ -208,6 +208,21 @@ fn an_unreachable_tpm_stops_the_agent_with_a_clear_error() -> Result<()> {
     Ok(())
 }
 
+/// A bank the TPM has not allocated (swtpm here has sha1 and sha256) stops the agent at start
+/// with a configuration error naming the setting, instead of hanging or failing every quote.
+#[test]
+fn a_pcr_bank_the_tpm_lacks_stops_the_agent_with_a_config_error() -> Result<()> {
+    let Some((tpm, deployment)) = tpm_and_deployment()? else { return Ok(()) };
+    let mut settings = agent_settings(&tpm, daemon::free_port()?);
+    settings.extra.insert("tpm_hash_alg".into(), "sha384".into());
+    let mut agent = deployment.spawn_agent("agent", &settings)?;
+    let status = agent.daemon.wait_exit(Duration::from_secs(60))?;
+    assert_eq!(status.code(), Some(78), "{status}: {}", agent.daemon.output());
+    let output = agent.daemon.output();
+    assert!(output.contains("tpm_hash_alg") && output.contains("sha384"), "{output}");
+    Ok(())
+}
+
 /// The library entry point: bound to port 0, the agent reports the port it got, serves on it
 /// and stops cleanly when asked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
