@@ -91,7 +91,8 @@ impl Default for ImaOptions {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ImaAppraisal {
     pub verdict: Verdict,
-    /// The state for the next round.
+    /// The state for the next round: advanced over the entries the quote covers when the
+    /// verdict passed, the given state when it failed.
     pub state: ImaState,
     /// New entries read.
     pub entries: u64,
@@ -272,7 +273,10 @@ pub fn appraise<'a, R: ImaRules + ?Sized>(
             None
         }
     };
-    Ok(ImaAppraisal { verdict, state: next_state, entries, matched, final_pcr, violations })
+    // Progress is kept only over entries that passed: a failed chunk is appraised again, in
+    // full, next time (or after the operator changed the policy).
+    let state = if verdict.passed() { next_state } else { state.clone() };
+    Ok(ImaAppraisal { verdict, state, entries, matched, final_pcr, violations })
 }
 
 /// Entries parsed ahead of their checks (see [`ImaRules::prefetch_files`]): enough for the

@@ -486,6 +486,8 @@ fn file_rules_produce_not_in_policy_digest_mismatch_and_exclusions() {
     let f = &a.verdict.findings[1];
     assert_eq!((f.line, f.path.as_deref()), (Some(3), Some("/usr/bin/unknown")));
     assert!(f.message.contains("line 3"), "{}", f.message);
+    // A failed chunk leaves the state where it was: it is appraised again in full.
+    assert_eq!((a.state.clone(), a.entries, a.matched), (ImaState::default(), 5, Some(5)));
 }
 
 #[test]
