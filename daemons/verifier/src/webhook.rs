@@ -3,13 +3,16 @@
 //! and retried with exponential backoff until the receiver answers 2xx. The position delivered
 //! up to is stored (cursor `webhook`), so a restart resumes with the first undelivered event.
 //!
-//! The client is a minimal HTTP/1.1 one over plain TCP (`http://` URLs); put a TLS-terminating
-//! proxy in front of an `https://` receiver.
+//! The client is a minimal HTTP/1.1 one, one connection per delivery, over TCP (`http://`) or
+//! TLS 1.2/1.3 (`https://`), the receiver's certificate checked against `webhook_ca` or, unset,
+//! the system's trust store and the deployment CA.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, RootCertStore};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::context::Context;
@@ -22,19 +25,24 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// Events read from the outbox at a time.
 const PAGE: usize = 64;
 
-/// A parsed `http://host:port/path` URL.
+/// A parsed `http://` or `https://` `host[:port]/path` URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Target {
     pub host: String,
     pub port: u16,
     pub path: String,
+    pub tls: bool,
 }
 
 impl Target {
     pub fn parse(url: &str) -> Result<Target, String> {
-        let rest = url
-            .strip_prefix("http://")
-            .ok_or_else(|| format!("webhook_url {url:?}: only http:// URLs are supported"))?;
+        let (rest, tls, default_port) = if let Some(rest) = url.strip_prefix("https://") {
+            (rest, true, 443)
+        } else if let Some(rest) = url.strip_prefix("http://") {
+            (rest, false, 80)
+        } else {
+            return Err(format!("webhook_url {url:?}: not an http:// or https:// URL"));
+        };
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, "/"),
@@ -43,7 +51,7 @@ impl Target {
             Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
                 (h, p.parse().map_err(|_| format!("webhook_url {url:?}: bad port {p:?}"))?)
             }
-            _ => (authority, 80),
+            _ => (authority, default_port),
         };
         if host.is_empty() {
             return Err(format!("webhook_url {url:?}: no host"));
@@ -52,8 +60,129 @@ impl Target {
             host: host.trim_start_matches('[').trim_end_matches(']').to_owned(),
             port,
             path: path.to_owned(),
+            tls,
         })
     }
+}
+
+/// How deliveries reach the receiver.
+#[derive(Debug, Clone)]
+struct Client {
+    target: Target,
+    /// For `https://`: the TLS settings and the name the certificate must carry.
+    tls: Option<(Arc<ClientConfig>, ServerName<'static>)>,
+}
+
+impl Client {
+    fn new(context: &Context, url: &str) -> Result<Client, String> {
+        let target = Target::parse(url)?;
+        if !target.tls {
+            return Ok(Client { target, tls: None });
+        }
+        let name = ServerName::try_from(target.host.clone())
+            .map_err(|e| format!("webhook_url {url:?}: host is not a DNS name or IP: {e}"))?;
+        let mut roots = RootCertStore::empty();
+        match &context.config.webhook_ca {
+            Some(path) => {
+                let certs =
+                    kl_svc::tls::read_certificates(path).map_err(|e| format!("webhook_ca: {e}"))?;
+                for cert in certs {
+                    roots.add(cert).map_err(|e| format!("webhook_ca {}: {e}", path.display()))?;
+                }
+            }
+            None => {
+                let native = rustls_native_certs::load_native_certs();
+                for e in &native.errors {
+                    tracing::warn!(error = %e, "webhook: reading the system trust store");
+                }
+                let (added, _) = roots.add_parsable_certificates(native.certs);
+                tracing::debug!(added, "webhook: system trust anchors");
+                for cert in &context.ca_certificates {
+                    roots.add(cert.clone()).map_err(|e| format!("deployment CA: {e}"))?;
+                }
+            }
+        }
+        let mut config = ClientConfig::builder_with_provider(kl_svc::tls::crypto_provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS settings: {e}"))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Client { target, tls: Some((Arc::new(config), name)) })
+    }
+
+    /// One POST; the status code of the answer.
+    async fn post(
+        &self,
+        body: &[u8],
+        secret: Option<&str>,
+        timeout: Duration,
+    ) -> Result<u16, String> {
+        let target = &self.target;
+        let attempt = async {
+            let head = request_head(target, body, secret);
+            match &self.tls {
+                None => {
+                    let stream = TcpStream::connect((target.host.as_str(), target.port))
+                        .await
+                        .map_err(|e| format!("connect {}:{}: {e}", target.host, target.port))?;
+                    exchange(stream, &head, body).await
+                }
+                Some((config, name)) => {
+                    let stream = kl_svc::tls::connect(
+                        &target.host,
+                        target.port,
+                        name.clone(),
+                        config.clone(),
+                    )
+                    .await
+                    .map_err(|e| format!("TLS connect: {e}"))?;
+                    exchange(stream, &head, body).await
+                }
+            }
+        };
+        tokio::time::timeout(timeout, attempt).await.map_err(|_| "timed out".to_owned())?
+    }
+}
+
+fn request_head(target: &Target, body: &[u8], secret: Option<&str>) -> String {
+    let mut head = format!(
+        "POST {} HTTP/1.1\r\nHost: {}:{}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\nUser-Agent: keylime_verifier\r\n",
+        target.path,
+        target.host,
+        target.port,
+        body.len()
+    );
+    if let Some(secret) = secret {
+        head.push_str(&format!("X-Keylime-Signature: {}\r\n", signature(secret, body)));
+    }
+    head.push_str("\r\n");
+    head
+}
+
+/// Sends the request and reads the status line of the answer.
+async fn exchange(
+    mut stream: impl AsyncRead + AsyncWrite + Unpin,
+    head: &str,
+    body: &[u8],
+) -> Result<u16, String> {
+    stream.write_all(head.as_bytes()).await.map_err(|e| format!("send: {e}"))?;
+    stream.write_all(body).await.map_err(|e| format!("send: {e}"))?;
+    stream.flush().await.map_err(|e| format!("send: {e}"))?;
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 1024];
+    while !answer.windows(2).any(|w| w == b"\r\n") && answer.len() < 8192 {
+        let n = stream.read(&mut buffer).await.map_err(|e| format!("read: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        answer.extend_from_slice(&buffer[..n]);
+    }
+    let line = String::from_utf8_lossy(&answer);
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse::<u16>().ok())
+        .ok_or_else(|| format!("not an HTTP answer: {:?}", line.lines().next().unwrap_or("")))
 }
 
 /// `sha256=<hex>` of the body under the secret.
@@ -62,53 +191,10 @@ pub fn signature(secret: &str, body: &[u8]) -> String {
     format!("sha256={}", hex::encode(ring::hmac::sign(&key, body)))
 }
 
-/// One POST; the status code of the answer.
-async fn post(
-    target: &Target,
-    body: &[u8],
-    secret: Option<&str>,
-    timeout: Duration,
-) -> Result<u16, String> {
-    let attempt = async {
-        let mut stream = TcpStream::connect((target.host.as_str(), target.port))
-            .await
-            .map_err(|e| format!("connect {}:{}: {e}", target.host, target.port))?;
-        let mut head = format!(
-            "POST {} HTTP/1.1\r\nHost: {}:{}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\nUser-Agent: keylime_verifier\r\n",
-            target.path,
-            target.host,
-            target.port,
-            body.len()
-        );
-        if let Some(secret) = secret {
-            head.push_str(&format!("X-Keylime-Signature: {}\r\n", signature(secret, body)));
-        }
-        head.push_str("\r\n");
-        stream.write_all(head.as_bytes()).await.map_err(|e| format!("send: {e}"))?;
-        stream.write_all(body).await.map_err(|e| format!("send: {e}"))?;
-        let mut answer = Vec::new();
-        let mut buffer = [0u8; 1024];
-        while !answer.windows(2).any(|w| w == b"\r\n") && answer.len() < 8192 {
-            let n = stream.read(&mut buffer).await.map_err(|e| format!("read: {e}"))?;
-            if n == 0 {
-                break;
-            }
-            answer.extend_from_slice(&buffer[..n]);
-        }
-        let line = String::from_utf8_lossy(&answer);
-        let status =
-            line.split_whitespace().nth(1).and_then(|s| s.parse::<u16>().ok()).ok_or_else(
-                || format!("not an HTTP answer: {:?}", line.lines().next().unwrap_or("")),
-            )?;
-        Ok(status)
-    };
-    tokio::time::timeout(timeout, attempt).await.map_err(|_| "timed out".to_owned())?
-}
-
 /// Delivers events until shutdown.
 pub(crate) async fn run(context: Arc<Context>, url: String) {
-    let target = match Target::parse(&url) {
-        Ok(target) => target,
+    let client = match Client::new(&context, &url) {
+        Ok(client) => client,
         Err(e) => {
             tracing::error!(error = %e, "webhooks disabled");
             return;
@@ -143,8 +229,7 @@ pub(crate) async fn run(context: Arc<Context>, url: String) {
             let body = convert::event_json(&event).to_string().into_bytes();
             let mut backoff = context.config.retry_interval.max(Duration::from_millis(50));
             loop {
-                match post(&target, &body, secret.as_deref(), context.config.request_timeout).await
-                {
+                match client.post(&body, secret.as_deref(), context.config.request_timeout).await {
                     Ok(status) if (200..300).contains(&status) => break,
                     Ok(status) => {
                         tracing::warn!(cursor = event.cursor, status, "webhook refused; retrying")
@@ -171,16 +256,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn urls_parse_and_https_is_refused() {
+    fn urls_parse_with_their_default_ports() {
+        let target = |host: &str, port, path: &str, tls| Target {
+            host: host.into(),
+            port,
+            path: path.into(),
+            tls,
+        };
         assert_eq!(
             Target::parse("http://127.0.0.1:8080/hook"),
-            Ok(Target { host: "127.0.0.1".into(), port: 8080, path: "/hook".into() })
+            Ok(target("127.0.0.1", 8080, "/hook", false))
         );
+        assert_eq!(Target::parse("http://example.org"), Ok(target("example.org", 80, "/", false)));
         assert_eq!(
-            Target::parse("http://example.org"),
-            Ok(Target { host: "example.org".into(), port: 80, path: "/".into() })
+            Target::parse("https://example.org/a?b"),
+            Ok(target("example.org", 443, "/a?b", true))
         );
-        assert!(Target::parse("https://example.org/").is_err());
+        assert_eq!(Target::parse("https://[::1]:8443/"), Ok(target("::1", 8443, "/", true)));
+        assert!(Target::parse("ftp://example.org/").is_err());
         assert!(Target::parse("http://h:x/").is_err());
     }
 

@@ -5,7 +5,7 @@ use kl_proto::verifier::v1 as pb;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, Ordering};
 
-use crate::support::{DEADLINE, Fixture, TestResult, webhook_receiver};
+use crate::support::{DEADLINE, Fixture, TestResult, https_webhook_receiver, webhook_receiver};
 
 #[tokio::test]
 async fn a_restarted_verifier_continues_without_reenrolment_or_lost_events() -> TestResult {
@@ -101,6 +101,56 @@ async fn webhooks_are_retried_until_acknowledged_across_a_restart() -> TestResul
         expected += 1;
     }
     fx.stop_verifier().await
+}
+
+/// An `https://` receiver whose certificate chains to the deployment CA gets the events; with
+/// `webhook_ca` naming another CA, the verifier refuses the receiver's certificate and keeps
+/// retrying without delivering.
+#[tokio::test]
+async fn https_webhooks_check_the_receivers_certificate() -> TestResult {
+    for trusted in [true, false] {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let hook = listener.local_addr()?;
+        let other_ca = tempfile::tempdir()?;
+        let other = kl_svc::tls::CertificateAuthority::generate("another CA")?;
+        let other_file = other_ca.path().join("ca.pem");
+        std::fs::write(&other_file, other.cert_pem())?;
+        let mut fx = Fixture::start(|c| {
+            c.webhook_url = Some(format!("https://{hook}/events"));
+            c.webhook_secret = Some("k".to_owned());
+            c.webhook_ca = (!trusted).then(|| other_file.clone());
+        })
+        .await?;
+        // The verifier's own server certificate (deployment CA, 127.0.0.1) serves as the
+        // receiver's.
+        let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let status = Arc::new(AtomicU16::new(200));
+        let (mut deliveries, _server) =
+            https_webhook_receiver(listener, fx.tls().server_identity()?, status, refused.clone())?;
+        let agent = fx.agent().await?;
+        fx.put_policy("p", &agent).await?;
+        fx.enroll(&agent, "p").await?;
+        fx.wait_state(&agent.id, pb::AgentState::Passed).await?;
+        if trusted {
+            let delivery =
+                tokio::time::timeout(DEADLINE, deliveries.recv()).await?.ok_or("closed")?;
+            let json: serde_json::Value = serde_json::from_slice(&delivery.body)?;
+            assert_eq!(json["cursor"], 1, "{json}");
+            assert_eq!(
+                delivery.signature.as_deref(),
+                Some(kl_verifier::webhook_signature("k", &delivery.body).as_str())
+            );
+        } else {
+            let started = std::time::Instant::now();
+            while refused.load(Ordering::SeqCst) < 2 {
+                assert!(started.elapsed() < DEADLINE, "the verifier never tried the receiver");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            assert!(deliveries.try_recv().is_err(), "delivered to an untrusted receiver");
+        }
+        fx.stop_verifier().await?;
+    }
+    Ok(())
 }
 
 #[tokio::test]

@@ -238,6 +238,9 @@ pub struct VerifierConfig {
     pub request_timeout: Duration,
     pub webhook_url: Option<String>,
     pub webhook_secret: Option<String>,
+    /// CA certificates (PEM) an `https://` webhook receiver must chain to; unset: the
+    /// system's trust store and the deployment CA.
+    pub webhook_ca: Option<PathBuf>,
     pub accept_tpm_hash_algs: Vec<String>,
     pub accept_tpm_signing_algs: Vec<String>,
     /// Extra DNS names and IPs for the generated server certificate.
@@ -264,6 +267,7 @@ impl ComponentConfig for VerifierConfig {
             OptionSpec::new("request_timeout", Kind::Seconds, "60"),
             OptionSpec::optional("webhook_url", Kind::Url),
             OptionSpec::optional("webhook_secret", Kind::Text),
+            OptionSpec::optional("webhook_ca", Kind::Path),
             OptionSpec::new(
                 "accept_tpm_hash_algs",
                 Kind::ChoiceList(HASH_ALGS),

@@ -110,6 +110,7 @@ impl Fixture {
             request_timeout: Duration::from_secs(2),
             webhook_url: None,
             webhook_secret: None,
+            webhook_ca: None,
             accept_tpm_hash_algs: vec!["sha256".into(), "sha384".into(), "sha512".into()],
             accept_tpm_signing_algs: vec!["rsassa".into(), "rsapss".into(), "ecdsa".into()],
             cert_subject_alternative_names: Vec::new(),
@@ -345,51 +346,87 @@ pub async fn webhook_receiver(
     let addr = listener.local_addr()?;
     let (tx, rx) = mpsc::unbounded_channel();
     let task = tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            let mut buffer = Vec::new();
-            let mut chunk = [0u8; 4096];
-            let (head_end, length) = loop {
-                let Ok(n) = stream.read(&mut chunk).await else { break (0, 0) };
-                if n == 0 {
-                    break (0, 0);
-                }
-                buffer.extend_from_slice(&chunk[..n]);
-                if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
-                    let head = String::from_utf8_lossy(&buffer[..end]).to_string();
-                    let length = head
-                        .lines()
-                        .find_map(|l| {
-                            l.to_ascii_lowercase()
-                                .strip_prefix("content-length:")
-                                .map(|v| v.trim().parse().unwrap_or(0))
-                        })
-                        .unwrap_or(0);
-                    break (end + 4, length);
-                }
-            };
-            if head_end == 0 {
-                continue;
-            }
-            while buffer.len() < head_end + length {
-                let Ok(n) = stream.read(&mut chunk).await else { break };
-                if n == 0 {
-                    break;
-                }
-                buffer.extend_from_slice(&chunk[..n]);
-            }
-            let head = String::from_utf8_lossy(&buffer[..head_end]).to_string();
-            let signature = head.lines().find_map(|l| {
-                l.split_once(':')
-                    .filter(|(k, _)| k.eq_ignore_ascii_case("x-keylime-signature"))
-                    .map(|(_, v)| v.trim().to_owned())
-            });
-            let body = buffer[head_end..(head_end + length).min(buffer.len())].to_vec();
-            let status = status.load(Ordering::SeqCst);
-            let _ = tx.send(Delivery { signature, body, status });
-            let answer =
-                format!("HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-            let _ = stream.write_all(answer.as_bytes()).await;
+        while let Ok((stream, _)) = listener.accept().await {
+            receive(stream, &status, &tx).await;
         }
     });
     Ok((addr, rx, task))
+}
+
+/// [`webhook_receiver`] over TLS on `listener`, presenting `identity`; failed handshakes are
+/// counted in `refused`.
+pub fn https_webhook_receiver(
+    listener: tokio::net::TcpListener,
+    identity: TlsIdentity,
+    status: Arc<AtomicU16>,
+    refused: Arc<std::sync::atomic::AtomicUsize>,
+) -> Result<(mpsc::UnboundedReceiver<Delivery>, JoinHandle<()>), BoxError> {
+    let config = rustls::ServerConfig::builder_with_provider(kl_svc::tls::crypto_provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(identity.chain, identity.key)?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let (tx, rx) = mpsc::unbounded_channel();
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            match acceptor.accept(stream).await {
+                Ok(stream) => receive(stream, &status, &tx).await,
+                Err(_) => {
+                    refused.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        }
+    });
+    Ok((rx, task))
+}
+
+/// Reads one request from `stream`, hands it over and answers with `status`.
+async fn receive(
+    mut stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    status: &AtomicU16,
+    tx: &mpsc::UnboundedSender<Delivery>,
+) {
+    let mut buffer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let (head_end, length) = loop {
+        let Ok(n) = stream.read(&mut chunk).await else { break (0, 0) };
+        if n == 0 {
+            break (0, 0);
+        }
+        buffer.extend_from_slice(&chunk[..n]);
+        if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buffer[..end]).to_string();
+            let length = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap_or(0))
+                })
+                .unwrap_or(0);
+            break (end + 4, length);
+        }
+    };
+    if head_end == 0 {
+        return;
+    }
+    while buffer.len() < head_end + length {
+        let Ok(n) = stream.read(&mut chunk).await else { break };
+        if n == 0 {
+            break;
+        }
+        buffer.extend_from_slice(&chunk[..n]);
+    }
+    let head = String::from_utf8_lossy(&buffer[..head_end]).to_string();
+    let signature = head.lines().find_map(|l| {
+        l.split_once(':')
+            .filter(|(k, _)| k.eq_ignore_ascii_case("x-keylime-signature"))
+            .map(|(_, v)| v.trim().to_owned())
+    });
+    let body = buffer[head_end..(head_end + length).min(buffer.len())].to_vec();
+    let status = status.load(Ordering::SeqCst);
+    let _ = tx.send(Delivery { signature, body, status });
+    let answer = format!("HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    let _ = stream.write_all(answer.as_bytes()).await;
+    let _ = stream.shutdown().await;
 }
