@@ -1,8 +1,10 @@
-//! Revocation notices: when an agent fails, every other enrolled agent receives the failure
-//! event as a JSON notice (`agent_id`, `state`, `findings`, `event_time`, `cursor`, ...)
+//! Revocation notices: when an agent fails, every other enrolled agent that has not failed
+//! itself receives the failure event as a JSON notice (`agent_id`, `state`, `findings`, `event_time`, `cursor`, ...)
 //! signed with the verifier's server key and accompanied by the server certificate, which the
 //! agents check against the deployment CA (`kl_svc::notice::verify_notice`) before running
-//! their revocation actions. A `revocation_sent` event records how many agents took it.
+//! their revocation actions. A failed agent is not told about others: it is not trusted, and
+//! the findings would tell an intruder what the verifier sees elsewhere in the fleet. A
+//! `revocation_sent` event records how many agents took it.
 
 use std::sync::Arc;
 
@@ -17,7 +19,7 @@ use crate::scheduler::event;
 /// Notices in flight at once.
 const MAX_CONCURRENT_NOTICES: usize = 64;
 
-/// Sends the notice of `failure` to every other agent, in the background.
+/// Sends the notice of `failure` to every other agent that has not failed, in the background.
 pub(crate) fn notify_others(ctx: &Arc<Context>, failure: EventRecord) {
     let ctx_task = ctx.clone();
     ctx.spawn(async move {
@@ -35,8 +37,12 @@ pub(crate) fn notify_others(ctx: &Arc<Context>, failure: EventRecord) {
             signature: signed.signature,
             signer_certificate: signed.signer_certificate,
         };
-        let targets: Vec<_> =
-            ctx.slots().into_iter().filter(|slot| slot.id != failure.agent_id).collect();
+        let mut targets = Vec::new();
+        for slot in ctx.slots().into_iter().filter(|slot| slot.id != failure.agent_id) {
+            if slot.runtime.lock().await.entry.state != pb::AgentState::Failed as i32 {
+                targets.push(slot);
+            }
+        }
         let total = targets.len();
         let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_NOTICES));
         let mut sending = tokio::task::JoinSet::new();
