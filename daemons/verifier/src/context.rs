@@ -129,6 +129,7 @@ pub(crate) struct Context {
     pub shutdown: watch::Receiver<bool>,
     pub tasks: Mutex<JoinSet<()>>,
     pub default_algorithms: AcceptedAlgorithms,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Context {

@@ -28,6 +28,7 @@ mod convert;
 mod error;
 mod events;
 mod keys;
+mod metrics;
 mod policies;
 mod revocation;
 mod scheduler;
@@ -83,6 +84,7 @@ pub fn store_path(config: &VerifierConfig) -> PathBuf {
 #[derive(Debug)]
 pub struct Server {
     incoming: TlsIncoming,
+    metrics_listener: Option<kl_svc::metrics::MetricsListener>,
     context: Arc<Context>,
     stop: watch::Sender<bool>,
     writer_thread: std::thread::JoinHandle<()>,
@@ -120,8 +122,13 @@ impl Server {
             .map_err(|e| Error::Internal(format!("opening the state store: {e}")))??;
         let store = Arc::new(store);
         let hub = EventHub::new();
-        let (writer, writer_thread) =
-            StateWriter::start(store.clone(), hub.clone(), config.history_max_entries)?;
+        let metrics = Arc::new(metrics::Metrics::default());
+        let (writer, writer_thread) = StateWriter::start(
+            store.clone(),
+            hub.clone(),
+            config.history_max_entries,
+            metrics.clone(),
+        )?;
 
         let default_algorithms = AcceptedAlgorithms {
             hash: context::parse_hash_algs(&config.accept_tpm_hash_algs, "accept_tpm_hash_algs")?,
@@ -166,7 +173,18 @@ impl Server {
             shutdown,
             tasks: Mutex::new(JoinSet::new()),
             default_algorithms,
+            metrics,
         });
+        let metrics_listener = match config.metrics_port {
+            Some(port) => {
+                let address = SocketAddr::new(config.metrics_ip, port);
+                let listener = kl_svc::metrics::MetricsListener::bind(address)
+                    .await
+                    .map_err(|source| Error::Listen { address, source })?;
+                Some(listener)
+            }
+            None => None,
+        };
 
         let address = SocketAddr::new(config.ip, config.port);
         let incoming = TlsIncoming::bind(address, Arc::new(server_tls), HANDSHAKE_TIMEOUT)
@@ -178,7 +196,7 @@ impl Server {
             agents = context.slots().len(),
             "verifier listening"
         );
-        Ok(Server { incoming, context, stop, writer_thread })
+        Ok(Server { incoming, metrics_listener, context, stop, writer_thread })
     }
 
     /// The bound address (the real port when configured with port 0).
@@ -186,11 +204,27 @@ impl Server {
         self.incoming.local_addr()
     }
 
+    /// The address of the Prometheus endpoint, when `metrics_port` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
     /// Attests every enrolled agent and serves until `shutdown` resolves; then stops the
     /// loops, finishes the calls in progress, commits what is queued and closes the state
     /// file (so another verifier may open it once this returns).
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
-        let Server { incoming, context, stop, writer_thread } = self;
+        let Server { incoming, metrics_listener, context, stop, writer_thread } = self;
+        if let Some(listener) = metrics_listener {
+            let ctx = context.clone();
+            let render: kl_svc::metrics::Render = Arc::new(move || {
+                let ctx = ctx.clone();
+                Box::pin(async move { metrics::render(&ctx).await })
+            });
+            let mut shutdown = context.shutdown.clone();
+            context.spawn(async move {
+                listener.serve(render, context::stopped(&mut shutdown)).await;
+            });
+        }
         for slot in context.slots() {
             let delay = scheduler::jitter(context.config.quote_interval);
             scheduler::start(&context, slot, delay);

@@ -60,8 +60,12 @@ pub(crate) fn notify_others(ctx: &Arc<Context>, failure: EventRecord) {
                 };
                 let Some(mut client) = client else { return false };
                 match client.notify_revocation(request).await {
-                    Ok(_) => true,
+                    Ok(_) => {
+                        ctx.metrics.notices_taken.inc();
+                        true
+                    }
                     Err(status) => {
+                        ctx.metrics.notices_not_taken.inc();
                         tracing::warn!(
                             agent = %slot.id,
                             failed_agent = %failed_agent,

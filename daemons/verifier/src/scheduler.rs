@@ -137,9 +137,16 @@ async fn attest_once(ctx: &Arc<Context>, slot: &Arc<AgentSlot>) -> Duration {
         return Duration::ZERO;
     }
     match outcome {
-        RoundOutcome::Unreachable(reason) => missed(ctx, &slot.id, &mut rt, reason),
+        RoundOutcome::Unreachable(reason) => {
+            ctx.metrics.rounds_unreachable.inc();
+            missed(ctx, &slot.id, &mut rt, reason)
+        }
         RoundOutcome::Appraised(appraisal, duration) => {
             let passed = appraisal.verdict.passed();
+            let metrics = &ctx.metrics;
+            if passed { &metrics.rounds_passed } else { &metrics.rounds_failed }.inc();
+            metrics.round_seconds.observe(duration);
+            metrics.ima_entries.add(appraisal.ima_entries);
             rt.attestation = appraisal.state.clone();
             let clock = appraisal.clock;
             let events = record_verdict(

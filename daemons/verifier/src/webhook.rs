@@ -230,11 +230,16 @@ pub(crate) async fn run(context: Arc<Context>, url: String) {
             let mut backoff = context.config.retry_interval.max(Duration::from_millis(50));
             loop {
                 match client.post(&body, secret.as_deref(), context.config.request_timeout).await {
-                    Ok(status) if (200..300).contains(&status) => break,
+                    Ok(status) if (200..300).contains(&status) => {
+                        context.metrics.webhooks_delivered.inc();
+                        break;
+                    }
                     Ok(status) => {
+                        context.metrics.webhook_attempts_failed.inc();
                         tracing::warn!(cursor = event.cursor, status, "webhook refused; retrying")
                     }
                     Err(e) => {
+                        context.metrics.webhook_attempts_failed.inc();
                         tracing::warn!(cursor = event.cursor, error = %e, "webhook failed; retrying")
                     }
                 }

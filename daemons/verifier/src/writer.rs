@@ -18,6 +18,7 @@ use tokio::sync::oneshot;
 
 use crate::Error;
 use crate::events::EventHub;
+use crate::metrics::Metrics;
 
 /// Longest a routine write waits for others to share its commit.
 pub(crate) const LINGER: Duration = Duration::from_secs(1);
@@ -41,11 +42,12 @@ impl StateWriter {
         store: Arc<VerifierStore>,
         hub: EventHub,
         history_max_entries: u64,
+        metrics: Arc<Metrics>,
     ) -> Result<(StateWriter, std::thread::JoinHandle<()>), Error> {
         let (jobs, receiver) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("verifier-writer".to_owned())
-            .spawn(move || write_batches(&store, &hub, history_max_entries, &receiver))
+            .spawn(move || write_batches(&store, &hub, history_max_entries, &metrics, &receiver))
             .map_err(|e| Error::Internal(format!("cannot start the store writer thread: {e}")))?;
         Ok((StateWriter { jobs, thread: thread.thread().clone() }, thread))
     }
@@ -98,6 +100,7 @@ fn write_batches(
     store: &VerifierStore,
     hub: &EventHub,
     history_max_entries: u64,
+    metrics: &Metrics,
     receiver: &mpsc::Receiver<(Batch, Option<Reply>)>,
 ) {
     while let Ok(first) = receiver.recv() {
@@ -125,16 +128,23 @@ fn write_batches(
             }
             std::thread::park_timeout(left);
         }
-        commit_jobs(store, hub, history_max_entries, jobs);
+        let started = Instant::now();
+        if commit_jobs(store, hub, history_max_entries, jobs) {
+            metrics.store_commits.inc();
+        } else {
+            metrics.store_commit_failures.inc();
+        }
+        metrics.store_commit_seconds.observe(started.elapsed());
     }
 }
 
+/// Commits `jobs` as one transaction and answers them; whether it committed.
 fn commit_jobs(
     store: &VerifierStore,
     hub: &EventHub,
     history_max_entries: u64,
     jobs: Vec<(Batch, Option<Reply>)>,
-) {
+) -> bool {
     // Each job's reply with the number of events it adds, in commit order.
     let mut replies: Vec<(usize, Option<Reply>)> = Vec::with_capacity(jobs.len());
     let mut batch = Batch::default();
@@ -153,6 +163,7 @@ fn commit_jobs(
                 }
             }
             hub.publish(events);
+            true
         }
         Err(e) => {
             let message = format!("state store: {e}");
@@ -162,6 +173,7 @@ fn commit_jobs(
                     let _ = reply.send(Err(message.clone()));
                 }
             }
+            false
         }
     }
 }
@@ -192,7 +204,7 @@ mod tests {
         let store = Arc::new(VerifierStore::open(&dir.path().join("verifier.redb"))?);
         let hub = EventHub::new();
         let mut live = hub.subscribe();
-        let (writer, thread) = StateWriter::start(store.clone(), hub, 10)?;
+        let (writer, thread) = StateWriter::start(store.clone(), hub, 10, Default::default())?;
         for n in 0..50 {
             writer.submit(Batch { events: vec![event(n)], ..Batch::default() });
         }
@@ -218,7 +230,8 @@ mod tests {
     async fn routine_writes_are_committed_after_the_linger_or_on_flush() -> Result<(), Error> {
         let dir = tempfile::tempdir().map_err(|e| Error::Internal(e.to_string()))?;
         let store = Arc::new(VerifierStore::open(&dir.path().join("verifier.redb"))?);
-        let (writer, thread) = StateWriter::start(store.clone(), EventHub::new(), 10)?;
+        let (writer, thread) =
+            StateWriter::start(store.clone(), EventHub::new(), 10, Default::default())?;
         let history = |n| kl_store::verifier::HistoryRecord {
             sequence: n,
             at: Timestamp::now(),

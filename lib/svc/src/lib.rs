@@ -1,7 +1,7 @@
 //! `kl-svc`: the plumbing the registrar, verifier, agent and kctl share.
 //!
 //! It owns layered TOML configuration ([`config`]), the CA, TLS identities, rustls configs and
-//! TLS transports for tonic ([`tls`]), signed revocation notices ([`notice`]), tracing setup ([`logging`]), systemd readiness ([`systemd`]) and the shutdown
+//! TLS transports for tonic ([`tls`]), signed revocation notices ([`notice`]), tracing setup ([`logging`]), Prometheus metrics ([`metrics`]), systemd readiness ([`systemd`]) and the shutdown
 //! signal ([`shutdown`]). It holds no attestation logic and no
 //! protocol: it never parses TPM structures, opens a database or defines an RPC, and it keeps no
 //! global state beyond the tracing subscriber a binary asks it to install.
@@ -37,6 +37,7 @@
 
 pub mod config;
 pub mod logging;
+pub mod metrics;
 pub mod notice;
 pub mod shutdown;
 pub mod systemd;

@@ -296,3 +296,34 @@ async fn a_new_ak_fails_the_quote_until_the_agent_is_enrolled_again() -> TestRes
     assert!(passed.attestation_count > failed.attestation_count);
     fx.stop_verifier().await
 }
+
+/// With `metrics_port` set, `GET /metrics` reports the fleet in the Prometheus text format.
+#[tokio::test]
+async fn metrics_count_rounds_and_agents_by_state() -> TestResult {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut fx = Fixture::start(|c| c.metrics_port = Some(0)).await?;
+    let addr = fx.metrics_addr.ok_or("no metrics endpoint")?;
+    let agent = fx.agent().await?;
+    fx.put_policy("p", &agent).await?;
+    fx.enroll(&agent, "p").await?;
+    fx.wait_for(&agent.id, "two passes", |s| s.attestation_count >= 2).await?;
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: verifier\r\n\r\n").await?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await?;
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert!(answer.contains("\nkeylime_verifier_agents{state=\"passed\"} 1\n"), "{answer}");
+    assert!(answer.contains("\nkeylime_verifier_agents{state=\"failed\"} 0\n"), "{answer}");
+    let value = |name: &str| -> Option<f64> {
+        answer.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    };
+    let passed = value("keylime_verifier_attestations_total{result=\"passed\"}");
+    assert!(passed.is_some_and(|n| n >= 2.0), "{answer}");
+    let rounds = value("keylime_verifier_attestation_duration_seconds_count");
+    assert!(rounds.is_some_and(|n| n >= 2.0), "{answer}");
+    let entries = value("keylime_verifier_ima_entries_total");
+    assert!(entries.is_some_and(|n| n >= 3.0), "the agent's IMA log was read: {answer}");
+    let commits = value("keylime_verifier_store_commits_total{result=\"ok\"}");
+    assert!(commits.is_some_and(|n| n >= 1.0), "{answer}");
+    fx.stop_verifier().await
+}

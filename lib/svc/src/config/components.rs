@@ -250,6 +250,9 @@ pub struct VerifierConfig {
     pub history_max_age: Duration,
     /// At most this many attestation records are kept per agent.
     pub history_max_entries: u64,
+    /// Address and port of the Prometheus endpoint; no port, no endpoint.
+    pub metrics_ip: IpAddr,
+    pub metrics_port: Option<u16>,
 }
 
 impl ComponentConfig for VerifierConfig {
@@ -281,6 +284,8 @@ impl ComponentConfig for VerifierConfig {
             OptionSpec::new("cert_subject_alternative_names", Kind::TextList, ""),
             OptionSpec::new("history_max_age", Kind::Seconds, "2592000"),
             OptionSpec::new("history_max_entries", Kind::Count, "1000"),
+            OptionSpec::new("metrics_ip", Kind::Ip, "127.0.0.1"),
+            OptionSpec::optional("metrics_port", Kind::Port),
         ]);
         options
     }

@@ -65,6 +65,8 @@ pub struct Fixture {
     pub config: VerifierConfig,
     registrar: Running<kl_registrar::Error>,
     verifier: Option<Running<kl_verifier::Error>>,
+    /// The Prometheus endpoint of the running verifier, when `metrics_port` is set.
+    pub metrics_addr: Option<SocketAddr>,
     next_agent: u32,
 }
 
@@ -111,6 +113,8 @@ impl Fixture {
             webhook_url: None,
             webhook_secret: None,
             webhook_ca: None,
+            metrics_ip: std::net::Ipv4Addr::LOCALHOST.into(),
+            metrics_port: None,
             accept_tpm_hash_algs: vec!["sha256".into(), "sha384".into(), "sha512".into()],
             accept_tpm_signing_algs: vec!["rsassa".into(), "rsapss".into(), "ecdsa".into()],
             cert_subject_alternative_names: Vec::new(),
@@ -118,7 +122,8 @@ impl Fixture {
             history_max_entries: 1000,
         };
         configure(&mut config);
-        let mut fixture = Fixture { dir, config, registrar, verifier: None, next_agent: 0 };
+        let mut fixture =
+            Fixture { dir, config, registrar, verifier: None, metrics_addr: None, next_agent: 0 };
         fixture.start_verifier().await?;
         Ok(fixture)
     }
@@ -130,6 +135,7 @@ impl Fixture {
     pub async fn start_verifier(&mut self) -> TestResult {
         let server = kl_verifier::Server::bind(&self.config).await?;
         let addr = server.local_addr();
+        self.metrics_addr = server.metrics_addr();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(server.serve(async {
             let _ = stopped.await;
