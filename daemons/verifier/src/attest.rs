@@ -1,12 +1,14 @@
 //! One attestation round against one agent: a fresh nonce, GetQuote (continued while the agent
-//! says more IMA entries remain), then `kl_core::appraisal::appraise` on a blocking thread.
+//! says more IMA entries remain), then `kl_core::appraisal::appraise`: on the round's own task
+//! when the evidence is small, on a blocking thread otherwise.
 //!
 //! Continuation: when a reply has `ima_more`, the verifier asks again with the same nonce from
 //! the next offset, up to [`MAX_CHUNKS`] requests. The round's evidence is the last reply's
 //! quote and PCR values with the IMA entries of all replies concatenated, so the quote that is
 //! appraised was made after every entry was read. A round whose agent does not answer is
 //! [`RoundOutcome::Unreachable`]; an agent that answers with an error, or with evidence that
-//! does not hold together, fails the round.
+//! does not hold together, fails the round. Each GetQuote, reply body included, must finish
+//! within the request timeout, or the agent counts as not answering.
 
 use std::time::{Duration, Instant};
 
@@ -93,6 +95,7 @@ pub(crate) async fn round(
     client: &mut AgentClient<AgentChannel>,
     policy: &AgentPolicy,
     prior: &AttestationState,
+    timeout: Duration,
 ) -> RoundOutcome {
     let started = Instant::now();
     // Progress made under another policy does not count: a changed policy re-reads the log.
@@ -111,7 +114,11 @@ pub(crate) async fn round(
     let mut last = None;
     let mut replayed_from_zero = false;
     for _ in 0..MAX_CHUNKS {
-        let reply = match client.get_quote(request.clone()).await {
+        let call = tokio::time::timeout(timeout, client.get_quote(request.clone())).await;
+        let Ok(call) = call else {
+            return RoundOutcome::Unreachable(format!("no complete answer within {timeout:?}"));
+        };
+        let reply = match call {
             Ok(reply) => reply.into_inner(),
             Err(status) if is_transport(&status) => {
                 return RoundOutcome::Unreachable(format!(
@@ -188,11 +195,16 @@ pub(crate) async fn round(
     // here, as handing it to another thread would cost about as much. Large evidence (a first
     // replay, an event log) goes to a blocking thread so it does not hold up other rounds.
     let appraised = if inline {
-        Ok(appraise(policy, prior))
+        // Evidence is untrusted: a panic in the appraisal fails this round, as it would on a
+        // blocking thread, instead of ending the agent's loop.
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| appraise(policy, prior)))
+            .map_err(|_| "the appraisal panicked".to_owned())
     } else {
         let policy = policy.clone();
         let prior = prior.clone();
-        tokio::task::spawn_blocking(move || appraise(&policy, &prior)).await
+        tokio::task::spawn_blocking(move || appraise(&policy, &prior))
+            .await
+            .map_err(|e| e.to_string())
     };
     match appraised {
         Ok(appraisal) => RoundOutcome::Appraised(Box::new(appraisal), started.elapsed()),

@@ -10,7 +10,9 @@
 //! else is spawned or woken per round, and an agent costs about 10 KiB less.
 //!
 //! Errors are `tonic::Status` values: `Unavailable` when the agent cannot be reached or the
-//! connection fails, `DeadlineExceeded` when it does not answer within the request timeout.
+//! connection or stream fails (also while the reply is read), `DeadlineExceeded` when connecting
+//! or the reply's headers take longer than the request timeout. The caller bounds the whole
+//! call, body included (`attest::round`).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -37,7 +39,7 @@ struct Inner {
     host: String,
     port: u16,
     /// `host:port` as a URI authority.
-    authority: String,
+    authority: http::uri::Authority,
     server_name: ServerName<'static>,
     tls: Arc<ClientConfig>,
     timeout: Duration,
@@ -47,18 +49,20 @@ struct Inner {
 impl AgentChannel {
     /// A channel to `host:port` (an IP address, IPv6 without brackets) that checks the server
     /// with `tls` under `server_name`; connecting and each request are bounded by `timeout`.
+    /// Fails when `host:port` is not a URI authority.
     pub fn new(
         host: String,
         port: u16,
         server_name: ServerName<'static>,
         tls: Arc<ClientConfig>,
         timeout: Duration,
-    ) -> AgentChannel {
+    ) -> Result<AgentChannel, http::uri::InvalidUri> {
         let authority =
             if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
+        let authority = http::uri::Authority::try_from(authority)?;
         let sender = tokio::sync::Mutex::new(None);
         let inner = Inner { host, port, authority, server_name, tls, timeout, sender };
-        AgentChannel { inner: Arc::new(inner) }
+        Ok(AgentChannel { inner: Arc::new(inner) })
     }
 }
 
@@ -83,7 +87,14 @@ impl Inner {
             .await
             .map_err(|_| Status::deadline_exceeded(format!("connecting to {}", self.authority)))?
             .map_err(|e| self.unavailable("connect", e))?;
-        let (sender, connection) = h2::client::handshake(stream)
+        // Windows as hyper sets them (a first replay or an event log is megabytes), headers
+        // bounded as a reply needs, no server push.
+        let (sender, connection) = h2::client::Builder::new()
+            .initial_window_size(2 << 20)
+            .initial_connection_window_size(4 << 20)
+            .max_header_list_size(16 << 10)
+            .enable_push(false)
+            .handshake(stream)
             .await
             .map_err(|e| self.unavailable("HTTP/2 handshake", e))?;
         let authority = self.authority.clone();
@@ -110,7 +121,7 @@ impl Inner {
         // HTTP/2 takes the authority from the URI; tonic's client leaves the path only.
         parts.uri = http::Uri::builder()
             .scheme("https")
-            .authority(self.authority.as_str())
+            .authority(self.authority.clone())
             .path_and_query(parts.uri.path_and_query().map_or("/", |p| p.as_str()))
             .build()
             .map_err(|e| Status::internal(format!("request URI: {e}")))?;
@@ -143,28 +154,34 @@ pub(crate) struct ResponseBody {
     data_done: bool,
 }
 
+/// A stream that breaks while the reply is read: the agent went away (or reset it), which is
+/// not an answer. tonic would call an h2 error without a reason code `Unknown`.
+fn broken(e: h2::Error) -> Status {
+    Status::unavailable(format!("the reply was cut off: {e}"))
+}
+
 impl http_body::Body for ResponseBody {
     type Data = Bytes;
-    type Error = h2::Error;
+    type Error = Status;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
         if !self.data_done {
             match ready!(self.recv.poll_data(cx)) {
                 Some(Ok(data)) => {
                     let _ = self.recv.flow_control().release_capacity(data.len());
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
-                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+                Some(Err(e)) => return Poll::Ready(Some(Err(broken(e)))),
                 None => self.data_done = true,
             }
         }
         match ready!(self.recv.poll_trailers(cx)) {
             Ok(Some(trailers)) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
             Ok(None) => Poll::Ready(None),
-            Err(e) => Poll::Ready(Some(Err(e))),
+            Err(e) => Poll::Ready(Some(Err(broken(e)))),
         }
     }
 
@@ -185,5 +202,88 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for AgentChannel {
     fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
         let inner = self.inner.clone();
         Box::pin(async move { inner.call(request).await })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kl_proto::agent::v1 as agent_pb;
+    use kl_proto::agent::v1::agent_client::AgentClient;
+
+    use super::*;
+
+    /// A channel over an established HTTP/2 connection.
+    fn connected(sender: SendRequest<Bytes>) -> AgentChannel {
+        let tls = ClientConfig::builder_with_provider(kl_svc::tls::crypto_provider())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        let channel = AgentChannel::new(
+            "127.0.0.1".to_owned(),
+            1,
+            ServerName::try_from("keylime-agent").expect("name"),
+            Arc::new(tls),
+            Duration::from_secs(5),
+        )
+        .expect("authority");
+        *channel.inner.sender.try_lock().expect("unlocked") = Some(sender);
+        channel
+    }
+
+    #[test]
+    fn a_contact_that_is_no_uri_authority_is_refused_up_front() {
+        let tls = ClientConfig::builder_with_provider(kl_svc::tls::crypto_provider())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        let name = ServerName::try_from("keylime-agent").expect("name");
+        let made = AgentChannel::new(
+            "bad host/x".to_owned(),
+            9002,
+            name,
+            Arc::new(tls),
+            Duration::from_secs(1),
+        );
+        assert!(made.is_err());
+    }
+
+    /// An agent that goes away in the middle of its reply did not answer: the status is one
+    /// the round counts as unreachable, not a refusal that would fail the agent.
+    #[tokio::test]
+    async fn a_reply_cut_off_after_its_headers_is_a_transport_failure()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let (client_io, server_io) = tokio::io::duplex(1 << 20);
+        tokio::spawn(async move {
+            let Ok(mut connection) = h2::server::handshake(server_io).await else { return };
+            let Some(Ok((_request, mut respond))) = connection.accept().await else { return };
+            let Ok(response) =
+                http::Response::builder().header("content-type", "application/grpc").body(())
+            else {
+                return;
+            };
+            let Ok(mut send) = respond.send_response(response, false) else { return };
+            // A gRPC frame header announcing 1000 bytes, then 10 of them, then the connection
+            // is dropped.
+            let mut data = vec![0u8, 0, 0, 0x03, 0xe8];
+            data.extend_from_slice(&[0u8; 10]);
+            let _ = send.send_data(Bytes::from(data), false);
+            let _ = tokio::time::timeout(
+                Duration::from_millis(200),
+                std::future::poll_fn(|cx| connection.poll_closed(cx)),
+            )
+            .await;
+        });
+        let (sender, connection) = h2::client::handshake(client_io).await?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let mut client = AgentClient::new(connected(sender));
+        let Err(status) = client.get_quote(agent_pb::GetQuoteRequest::default()).await else {
+            return Err("a cut-off reply was accepted".into());
+        };
+        assert!(crate::attest::is_transport(&status), "reported as a refusal: {status:?}");
+        Ok(())
     }
 }

@@ -130,11 +130,24 @@ pub(crate) struct Context {
     pub tasks: Mutex<JoinSet<()>>,
     pub default_algorithms: AcceptedAlgorithms,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Serializes enrolment, update and unenrolment of one agent id (striped by id hash), so
+    /// that a removal and a new enrolment of the same id reach the store in the order they
+    /// were made.
+    pub enrolment_locks: Vec<tokio::sync::Mutex<()>>,
 }
 
 impl Context {
     pub fn slot(&self, agent_id: &str) -> Option<Arc<AgentSlot>> {
         self.agents.read().ok().and_then(|agents| agents.get(agent_id).cloned())
+    }
+
+    /// The enrolment lock of `agent_id`.
+    pub fn enrolment_lock(&self, agent_id: &str) -> &tokio::sync::Mutex<()> {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        agent_id.hash(&mut hasher);
+        let stripes = self.enrolment_locks.len().max(1);
+        &self.enrolment_locks[(hasher.finish() % stripes as u64) as usize]
     }
 
     pub fn slots(&self) -> Vec<Arc<AgentSlot>> {
@@ -199,7 +212,8 @@ impl Context {
             name,
             Arc::new(tls),
             self.config.request_timeout,
-        );
+        )
+        .map_err(|e| Error::invalid("contact", format!("{}: {e}", entry.contact_ip)))?;
         Ok(AgentClient::new(channel).max_decoding_message_size(MAX_AGENT_MESSAGE_BYTES))
     }
 

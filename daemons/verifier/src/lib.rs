@@ -64,6 +64,8 @@ use writer::StateWriter;
 
 /// How long a client may take to finish its TLS handshake before it is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Stripes of the per-agent-id enrolment lock.
+const ENROLMENT_LOCK_STRIPES: usize = 64;
 /// Most attestation rounds in progress at once.
 pub const MAX_CONCURRENT_ROUNDS: usize = 256;
 /// Most events the outbox keeps, whatever their age.
@@ -147,7 +149,12 @@ impl Server {
             let page = store.list_agents(after.as_deref(), 1000)?;
             let Some(last) = page.last() else { break };
             after = Some(last.agent_id.clone());
-            for entry in page {
+            for mut entry in page {
+                // History records are committed more often than the entry that counts them
+                // (see `scheduler::CHECKPOINT`): after a crash, number on from the newest.
+                if let Some(newest) = store.last_history_sequence(&entry.agent_id)? {
+                    entry.history_sequence = entry.history_sequence.max(newest);
+                }
                 let slot = AgentSlot {
                     id: entry.agent_id.clone(),
                     runtime: tokio::sync::Mutex::new(AgentRuntime::new(entry)),
@@ -174,6 +181,7 @@ impl Server {
             tasks: Mutex::new(JoinSet::new()),
             default_algorithms,
             metrics,
+            enrolment_locks: (0..ENROLMENT_LOCK_STRIPES).map(|_| Default::default()).collect(),
         });
         let metrics_listener = match config.metrics_port {
             Some(port) => {

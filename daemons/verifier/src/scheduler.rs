@@ -99,6 +99,9 @@ async fn attest_once(ctx: &Arc<Context>, slot: &Arc<AgentSlot>) -> Duration {
     let interval = ctx.config.quote_interval;
     let (mut client, policy, prior, generation) = {
         let mut rt = slot.runtime.lock().await;
+        if slot.removed.load(Ordering::Acquire) {
+            return IDLE;
+        }
         let epoch = ctx.policy_epoch();
         if rt.policy.as_ref().map(|(e, _)| *e) != Some(epoch) {
             match ctx.build_policy(&rt.entry) {
@@ -130,7 +133,7 @@ async fn attest_once(ctx: &Arc<Context>, slot: &Arc<AgentSlot>) -> Duration {
         };
         (client, policy, rt.attestation.clone(), rt.generation)
     };
-    let outcome = attest::round(&mut client, &policy, &prior).await;
+    let outcome = attest::round(&mut client, &policy, &prior, ctx.config.request_timeout).await;
     let mut rt = slot.runtime.lock().await;
     if rt.generation != generation || slot.removed.load(Ordering::Acquire) {
         // Settings changed while the round ran: its result belongs to the old settings.

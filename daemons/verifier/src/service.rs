@@ -120,6 +120,10 @@ impl VerifierService {
         state: pb::AgentState,
         why: &str,
     ) -> Result<(), Error> {
+        if slot.removed.load(Ordering::Acquire) {
+            // Unenrolled while this call waited for the agent: nothing to change.
+            return Err(Error::AgentNotFound { agent_id: slot.id.clone() });
+        }
         let previous = rt.entry.state;
         rt.entry.state = state as i32;
         rt.changed();
@@ -234,6 +238,7 @@ impl Verifier for VerifierService {
         parse_hash_algs(std::slice::from_ref(&hash_algorithm), "hash_algorithm")?;
         parse_hash_algs(&req.accept_hash_algorithms, "accept_hash_algorithms")?;
         parse_sig_algs(&req.accept_signing_algorithms, "accept_signing_algorithms")?;
+        let _enrolment = self.ctx.enrolment_lock(&req.agent_id).lock().await;
         let record = self.registrar_record(&req.agent_id).await?;
         let contact = record.contact.unwrap_or_default();
         let contact_port = u16::try_from(contact.port).map_err(|_| {
@@ -434,7 +439,11 @@ impl Verifier for VerifierService {
         } else {
             None
         };
+        let _enrolment = self.ctx.enrolment_lock(&req.agent_id).lock().await;
         let mut rt = slot.runtime.lock().await;
+        if slot.removed.load(Ordering::Acquire) {
+            return Err(Error::AgentNotFound { agent_id: req.agent_id.clone() }.into());
+        }
         let mut settings = rt.entry.clone();
         if let Some(name) = req.runtime_policy {
             settings.runtime_policy = name;
@@ -497,6 +506,7 @@ impl Verifier for VerifierService {
     ) -> Result<Response<pb::UnenrollAgentResponse>, Status> {
         access::require(&request, "UnenrollAgent", WRITE)?;
         let agent_id = request.into_inner().agent_id;
+        let _enrolment = self.ctx.enrolment_lock(&agent_id).lock().await;
         let removed = self
             .ctx
             .agents

@@ -30,7 +30,8 @@ type Reply = oneshot::Sender<Result<Vec<EventRecord>, String>>;
 /// Hands batches to the writer thread.
 #[derive(Debug, Clone)]
 pub(crate) struct StateWriter {
-    jobs: mpsc::Sender<(Batch, Option<Reply>)>,
+    /// `None` only while being dropped.
+    jobs: Option<mpsc::Sender<(Batch, Option<Reply>)>>,
     /// The writer thread, woken for urgent jobs only: routine jobs wait for its next look.
     thread: std::thread::Thread,
 }
@@ -49,7 +50,7 @@ impl StateWriter {
             .name("verifier-writer".to_owned())
             .spawn(move || write_batches(&store, &hub, history_max_entries, &metrics, &receiver))
             .map_err(|e| Error::Internal(format!("cannot start the store writer thread: {e}")))?;
-        Ok((StateWriter { jobs, thread: thread.thread().clone() }, thread))
+        Ok((StateWriter { jobs: Some(jobs), thread: thread.thread().clone() }, thread))
     }
 
     /// Queues `batch` without waiting for it to be durable (attestation rounds). A batch
@@ -57,7 +58,7 @@ impl StateWriter {
     pub fn submit(&self, batch: Batch) {
         let job = (batch, None);
         let wake = urgent(&job);
-        if self.jobs.send(job).is_err() {
+        if self.send(job).is_err() {
             tracing::error!("the store writer has stopped; a state update is lost");
         } else if wake {
             self.thread.unpark();
@@ -68,8 +69,7 @@ impl StateWriter {
     /// returns its events with their cursors.
     pub async fn commit(&self, batch: Batch) -> Result<Vec<EventRecord>, Error> {
         let (reply, answer) = oneshot::channel();
-        self.jobs
-            .send((batch, Some(reply)))
+        self.send((batch, Some(reply)))
             .map_err(|_| Error::Internal("the store writer has stopped".to_owned()))?;
         self.thread.unpark();
         answer
@@ -84,9 +84,17 @@ impl StateWriter {
     }
 }
 
+impl StateWriter {
+    fn send(&self, job: (Batch, Option<Reply>)) -> Result<(), ()> {
+        self.jobs.as_ref().ok_or(())?.send(job).map_err(drop)
+    }
+}
+
 impl Drop for StateWriter {
-    /// The last handle gone, the thread commits what is queued without waiting out the linger.
+    /// The last handle gone, the thread commits what is queued without waiting out the linger:
+    /// the sender goes first, so that the woken thread sees the channel closed.
     fn drop(&mut self) {
+        drop(self.jobs.take());
         self.thread.unpark();
     }
 }
@@ -129,28 +137,38 @@ fn write_batches(
             std::thread::park_timeout(left);
         }
         let started = Instant::now();
-        if commit_jobs(store, hub, history_max_entries, jobs) {
-            metrics.store_commits.inc();
-        } else {
-            metrics.store_commit_failures.inc();
+        match commit_jobs(store, hub, history_max_entries, jobs) {
+            Some(true) => metrics.store_commits.inc(),
+            Some(false) => metrics.store_commit_failures.inc(),
+            None => continue,
         }
         metrics.store_commit_seconds.observe(started.elapsed());
     }
 }
 
-/// Commits `jobs` as one transaction and answers them; whether it committed.
+/// Commits `jobs` as one transaction and answers them; whether it committed, `None` when
+/// there was nothing to write.
 fn commit_jobs(
     store: &VerifierStore,
     hub: &EventHub,
     history_max_entries: u64,
     jobs: Vec<(Batch, Option<Reply>)>,
-) -> bool {
+) -> Option<bool> {
     // Each job's reply with the number of events it adds, in commit order.
     let mut replies: Vec<(usize, Option<Reply>)> = Vec::with_capacity(jobs.len());
     let mut batch = Batch::default();
     for (job, reply) in jobs {
         replies.push((job.events.len(), reply));
         batch.extend(job);
+    }
+    if batch.is_empty() {
+        // Flushes with nothing queued: nothing to write or sync.
+        for (_, reply) in replies {
+            if let Some(reply) = reply {
+                let _ = reply.send(Ok(Vec::new()));
+            }
+        }
+        return None;
     }
     match store.commit(batch, history_max_entries) {
         Ok(events) => {
@@ -163,7 +181,7 @@ fn commit_jobs(
                 }
             }
             hub.publish(events);
-            true
+            Some(true)
         }
         Err(e) => {
             let message = format!("state store: {e}");
@@ -173,7 +191,7 @@ fn commit_jobs(
                     let _ = reply.send(Err(message.clone()));
                 }
             }
-            false
+            Some(false)
         }
     }
 }

@@ -380,6 +380,26 @@ impl VerifierStore {
         })
     }
 
+    /// The sequence of the newest history record of an agent, if it has any.
+    pub fn last_history_sequence(&self, agent_id: &str) -> Result<Option<u64>, StoreError> {
+        self.db.read("read attestation history", |txn| {
+            let table = txn.open_table(HISTORY).map_err(|e| StoreError::table("history", e))?;
+            let start = format!("{agent_id}\0");
+            let end = format!("{agent_id}\u{1}");
+            let mut range = table
+                .range::<&str>(start.as_str()..end.as_str())
+                .map_err(|e| StoreError::table("history", e))?;
+            match range.next_back() {
+                Some(entry) => {
+                    let (key, value) = entry.map_err(|e| StoreError::table("history", e))?;
+                    let record: HistoryRecord = decode("history", key.value(), value.value())?;
+                    Ok(Some(record.sequence))
+                }
+                None => Ok(None),
+            }
+        })
+    }
+
     /// At most `limit` events with a cursor above `after`, oldest first.
     pub fn events_after(&self, after: u64, limit: usize) -> Result<Vec<EventRecord>, StoreError> {
         self.db.read("read events", |txn| events_after(txn, after, limit))

@@ -182,3 +182,22 @@ fn a_lowered_history_limit_is_caught_up_by_the_periodic_sweep() -> TestResult {
     assert_eq!(seqs, (247..=256).rev().collect::<Vec<_>>());
     Ok(())
 }
+
+#[test]
+fn the_newest_history_sequence_is_found_per_agent() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let store = VerifierStore::open(&dir.path().join("verifier.redb"))?;
+    assert_eq!(store.last_history_sequence("a")?, None);
+    let batch = Batch {
+        history: vec![
+            ("a".to_owned(), record(9, Timestamp::now())),
+            ("a".to_owned(), record(10, Timestamp::now())),
+            ("ab".to_owned(), record(50, Timestamp::now())),
+        ],
+        ..Batch::default()
+    };
+    store.commit(batch, 0)?;
+    assert_eq!(store.last_history_sequence("a")?, Some(10), "not the neighbouring agent's");
+    assert_eq!(store.last_history_sequence("ab")?, Some(50));
+    Ok(())
+}

@@ -47,6 +47,33 @@ async fn a_restarted_verifier_continues_without_reenrolment_or_lost_events() -> 
     fx.stop_verifier().await
 }
 
+/// A crash can leave history records newer than the stored entry that numbers them (routine
+/// entries are checkpointed less often); a restarted verifier numbers on from the newest.
+#[tokio::test]
+async fn history_numbering_continues_after_a_crash_left_the_entry_behind() -> TestResult {
+    let mut fx = Fixture::start(|_| {}).await?;
+    let agent = fx.agent().await?;
+    fx.put_policy("p", &agent).await?;
+    fx.enroll(&agent, "p").await?;
+    fx.wait_for(&agent.id, "three passes", |s| s.attestation_count >= 3).await?;
+    fx.stop_verifier().await?;
+    let store = kl_store::verifier::VerifierStore::open(&kl_verifier::store_path(&fx.config))?;
+    let newest = store.last_history_sequence(&agent.id)?.ok_or("no history")?;
+    let mut entry = store.get_agent(&agent.id)?.ok_or("agent not stored")?;
+    let count = entry.attestation_count;
+    entry.history_sequence = 1;
+    store.commit(kl_store::verifier::Batch { agents: vec![entry], ..Default::default() }, 0)?;
+    drop(store);
+    fx.start_verifier().await?;
+    fx.wait_for(&agent.id, "a pass after the restart", |s| s.attestation_count > count).await?;
+    let request = pb::ListAttestationsRequest { agent_id: agent.id.clone(), ..Default::default() };
+    let history = fx.admin().await?.list_attestations(request).await?.into_inner();
+    let sequences: Vec<u64> = history.attestations.iter().map(|a| a.sequence).collect();
+    assert!(sequences[0] > newest, "numbered on from {newest}: {sequences:?}");
+    assert!(sequences.windows(2).all(|w| w[0] > w[1]), "no sequence reused: {sequences:?}");
+    fx.stop_verifier().await
+}
+
 #[tokio::test]
 async fn history_is_pruned_to_the_configured_count() -> TestResult {
     let mut fx = Fixture::start(|c| c.history_max_entries = 3).await?;
