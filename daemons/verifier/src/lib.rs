@@ -65,7 +65,7 @@ use writer::StateWriter;
 /// How long a client may take to finish its TLS handshake before it is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Stripes of the per-agent-id enrolment lock.
-const ENROLMENT_LOCK_STRIPES: usize = 64;
+const ENROLMENT_LOCK_STRIPES: usize = 1024;
 /// Most attestation rounds in progress at once.
 pub const MAX_CONCURRENT_ROUNDS: usize = 256;
 /// Most events the outbox keeps, whatever their age.
