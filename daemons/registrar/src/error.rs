@@ -22,12 +22,14 @@ pub enum Error {
          agent before another TPM can register under it"
     )]
     IdentityConflict,
-    /// Activate without a pending registration (never registered, expired or activated).
-    #[error("no pending registration for agent {agent_id}; register first")]
+    /// Activate without a pending registration that the proof opens: none was made, it expired
+    /// or was activated, or the proof is wrong. One error for all, so that a caller cannot
+    /// learn whether someone has a registration pending under an id.
+    #[error(
+        "activation of agent {agent_id} failed: no pending registration matches this proof \
+         (never registered, expired, already activated, or a wrong proof); register again"
+    )]
     NoPendingRegistration { agent_id: String },
-    /// The activation proof does not match. Says nothing about the expected value.
-    #[error("activation of agent {agent_id} failed: the proof matches no pending registration")]
-    ActivationFailed { agent_id: String },
     /// The caller's certificate does not grant the RPC. Names the action, never an agent.
     #[error("{action} requires {required} client certificate")]
     RoleRequired { action: &'static str, required: &'static str },
@@ -66,9 +68,9 @@ impl From<Error> for tonic::Status {
         let message = e.to_string();
         match e {
             Error::InvalidArgument { .. } => Status::invalid_argument(message),
-            Error::EkCertificate(_)
-            | Error::ActivationFailed { .. }
-            | Error::RoleRequired { .. } => Status::permission_denied(message),
+            Error::EkCertificate(_) | Error::RoleRequired { .. } => {
+                Status::permission_denied(message)
+            }
             Error::IdentityConflict => Status::already_exists(message),
             Error::NoPendingRegistration { .. } | Error::AgentNotFound { .. } => {
                 Status::not_found(message)

@@ -85,7 +85,7 @@ impl RegistrarService {
             Err(false) => return Err(Error::NoPendingRegistration { agent_id }),
             Err(true) => {
                 tracing::warn!(%agent_id, "activation proof matches no pending registration");
-                return Err(Error::ActivationFailed { agent_id });
+                return Err(Error::NoPendingRegistration { agent_id });
             }
         };
         let mut record = pending.record;

@@ -34,7 +34,14 @@ async fn failed_activation_returns_and_keeps_nothing_and_the_genuine_agent_still
     let request =
         |tag: &[u8]| pb::ActivateRequest { agent_id: agent.id.clone(), auth_tag: tag.to_vec() };
     let status = client.activate(request(&wrong_tag)).await.err().ok_or("wrong proof accepted")?;
-    assert_eq!(status.code(), Code::PermissionDenied);
+    // The same answer as for an id with nothing pending: a caller cannot tell the two apart.
+    assert_eq!(status.code(), Code::NotFound);
+    let nobody = pb::ActivateRequest { agent_id: new_id(199), auth_tag: wrong_tag.to_vec() };
+    let none_pending = client.activate(nobody).await.err().ok_or("nothing to activate")?;
+    assert_eq!(
+        status.message().replace(&agent.id, "ID"),
+        none_pending.message().replace(&new_id(199), "ID")
+    );
     let text = status_text(&status).to_lowercase();
     for derived in [hex::encode(secret), hex::encode(good_tag)] {
         assert!(!text.contains(&derived), "status reveals {derived}: {text}");
@@ -44,7 +51,7 @@ async fn failed_activation_returns_and_keeps_nothing_and_the_genuine_agent_still
     // A wrong proof, from anybody, does not cancel the genuine registration.
     for _ in 0..5 {
         let status = client.activate(request(&[0; 32])).await.err().ok_or("garbage accepted")?;
-        assert_eq!(status.code(), Code::PermissionDenied);
+        assert_eq!(status.code(), Code::NotFound);
     }
     assert_eq!(client.activate(request(&good_tag)).await?.into_inner().registration_count, 1);
     // Activated once: the proof does not activate again.
@@ -71,7 +78,7 @@ async fn registrations_under_a_victims_id_do_not_displace_its_pending_registrati
         client.register(attacker.register_request()).await?;
         let garbage = pb::ActivateRequest { agent_id: victim.id.clone(), auth_tag: vec![n; 32] };
         let status = client.activate(garbage).await.err().ok_or("garbage accepted")?;
-        assert_eq!(status.code(), Code::PermissionDenied);
+        assert_eq!(status.code(), Code::NotFound);
     }
     let proof = pb::ActivateRequest {
         agent_id: victim.id.clone(),
@@ -154,7 +161,7 @@ async fn failed_reactivation_leaves_the_active_record_intact() -> TestResult {
     agent.tpm.new_ak();
     agent.register(&mut client).await??;
     let wrong = pb::ActivateRequest { agent_id: agent.id.clone(), auth_tag: vec![0; 32] };
-    assert_eq!(client.activate(wrong).await.err().map(|s| s.code()), Some(Code::PermissionDenied));
+    assert_eq!(client.activate(wrong).await.err().map(|s| s.code()), Some(Code::NotFound));
     assert_eq!(lookup(&registrar, &agent.id).await??, before);
     Ok(())
 }
