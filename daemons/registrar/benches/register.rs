@@ -201,6 +201,8 @@ async fn run(alg: &'static str, options: &Options) -> Result<(), BoxError> {
         require_ek_cert: false,
         cert_subject_alternative_names: Vec::new(),
         registration_rate_limit: 0,
+        metrics_ip: std::net::Ipv4Addr::LOCALHOST.into(),
+        metrics_port: None,
     };
     let registrar = if options.in_process {
         Registrar::in_process(&config).await?

@@ -22,6 +22,7 @@
 
 mod access;
 mod error;
+mod metrics;
 mod pending;
 mod ratelimit;
 pub mod registration;
@@ -71,6 +72,7 @@ pub fn store_path(config: &RegistrarConfig) -> PathBuf {
 #[derive(Debug)]
 pub struct Server {
     incoming: TlsIncoming,
+    metrics_listener: Option<kl_svc::metrics::MetricsListener>,
     service: RegistrarService,
     writer_thread: std::thread::JoinHandle<()>,
 }
@@ -110,13 +112,29 @@ impl Server {
             trust: Arc::new(trust),
             access,
             limiter: Arc::new(RateLimiter::new(config.registration_rate_limit)),
+            metrics: Arc::default(),
         };
-        Ok(Server { incoming, service, writer_thread })
+        let metrics_listener = match config.metrics_port {
+            Some(port) => {
+                let address = SocketAddr::new(config.metrics_ip, port);
+                let listener = kl_svc::metrics::MetricsListener::bind(address)
+                    .await
+                    .map_err(|source| Error::Listen { address, source })?;
+                Some(listener)
+            }
+            None => None,
+        };
+        Ok(Server { incoming, metrics_listener, service, writer_thread })
     }
 
     /// The bound address (the real port when configured with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.incoming.local_addr()
+    }
+
+    /// The address of the Prometheus endpoint, when `metrics_port` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// Serves until `shutdown` resolves, then lets the calls in progress finish for up to
@@ -125,6 +143,18 @@ impl Server {
     /// reading) are abandoned: the state file then closes when the last of them ends, or with
     /// the process.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+        let (metrics_stop, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+        if let Some(listener) = self.metrics_listener {
+            let (metrics, pending) = (self.service.metrics.clone(), self.service.pending.clone());
+            let render: kl_svc::metrics::Render = Arc::new(move || {
+                let text = metrics.render(&pending);
+                Box::pin(async move { text })
+            });
+            tokio::spawn(listener.serve(render, async {
+                let _ = metrics_stopped.await;
+            }));
+        }
+        let _metrics_stop = metrics_stop;
         let service = RegistrarServer::new(self.service)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);

@@ -126,6 +126,11 @@ impl PendingRegistrations {
         PendingRegistrations { ttl, capacity, max_bytes, entries: Mutex::new(Entries::default()) }
     }
 
+    /// Registrations pending (expired ones not yet swept included) and the bytes they hold.
+    pub fn usage(&self) -> (usize, usize) {
+        self.entries.lock().map(|e| (e.count, e.bytes)).unwrap_or_default()
+    }
+
     /// Keeps `record` and its secret until activation or expiry. It replaces a pending entry of
     /// the same id, EK and AK; otherwise it is added, making room by dropping the oldest entry
     /// of the id when it has [`MAX_PER_ID`].

@@ -29,6 +29,18 @@ pub struct RegistrarService {
     pub(crate) trust: Arc<EkTrust>,
     pub(crate) access: Access,
     pub(crate) limiter: Arc<RateLimiter>,
+    pub(crate) metrics: Arc<crate::metrics::Metrics>,
+}
+
+/// The reply of a call, counted.
+fn counted<T>(
+    metrics: &crate::metrics::Metrics,
+    rpc: &'static str,
+    result: Result<T, Error>,
+) -> Result<Response<T>, Status> {
+    let result = result.map_err(Status::from);
+    metrics.count(rpc, result.as_ref().map_or_else(Status::code, |_| tonic::Code::Ok));
+    result.map(Response::new)
 }
 
 impl RegistrarService {
@@ -200,34 +212,34 @@ impl Registrar for RegistrarService {
         &self,
         request: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterResponse>, Status> {
-        Ok(Response::new(RegistrarService::register(self, request).await?))
+        counted(&self.metrics, "Register", RegistrarService::register(self, request).await)
     }
 
     async fn activate(
         &self,
         request: Request<pb::ActivateRequest>,
     ) -> Result<Response<pb::ActivateResponse>, Status> {
-        Ok(Response::new(RegistrarService::activate(self, request).await?))
+        counted(&self.metrics, "Activate", RegistrarService::activate(self, request).await)
     }
 
     async fn get_agent(
         &self,
         request: Request<pb::GetAgentRequest>,
     ) -> Result<Response<pb::GetAgentResponse>, Status> {
-        Ok(Response::new(RegistrarService::get_agent(self, request).await?))
+        counted(&self.metrics, "GetAgent", RegistrarService::get_agent(self, request).await)
     }
 
     async fn list_agents(
         &self,
         request: Request<pb::ListAgentsRequest>,
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
-        Ok(Response::new(RegistrarService::list_agents(self, request).await?))
+        counted(&self.metrics, "ListAgents", RegistrarService::list_agents(self, request).await)
     }
 
     async fn delete_agent(
         &self,
         request: Request<pb::DeleteAgentRequest>,
     ) -> Result<Response<pb::DeleteAgentResponse>, Status> {
-        Ok(Response::new(RegistrarService::delete_agent(self, request).await?))
+        counted(&self.metrics, "DeleteAgent", RegistrarService::delete_agent(self, request).await)
     }
 }

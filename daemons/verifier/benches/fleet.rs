@@ -171,6 +171,8 @@ async fn run(args: Args) -> Result<(), BoxError> {
         require_ek_cert: false,
         cert_subject_alternative_names: Vec::new(),
         registration_rate_limit: 0,
+        metrics_ip: std::net::Ipv4Addr::LOCALHOST.into(),
+        metrics_port: None,
     };
     let registrar_server = kl_registrar::Server::bind(&registrar_config).await?;
     let registrar_addr = registrar_server.local_addr();

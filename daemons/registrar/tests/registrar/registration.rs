@@ -231,3 +231,30 @@ async fn delete_is_idempotent() -> TestResult {
     assert_eq!(lookup(&registrar, &agent.id).await?.err().map(|s| s.code()), Some(Code::NotFound));
     Ok(())
 }
+
+/// With `metrics_port` set, `GET /metrics` counts calls per RPC and outcome.
+#[tokio::test]
+async fn metrics_count_calls_by_rpc_and_code() -> TestResult {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let registrar = Registrar::start(|c| c.metrics_port = Some(0)).await?;
+    let addr = registrar.metrics_addr.ok_or("no metrics endpoint")?;
+    let mut client = registrar.anonymous().await?;
+    let agent = Agent::new(&new_id(7), SoftTpm::ecc())?;
+    assert_eq!(agent.enroll(&mut client).await?.map_err(|s| s.to_string())?, 1);
+    let stray = pb::ActivateRequest { agent_id: new_id(8), auth_tag: vec![0; 32] };
+    assert_eq!(client.activate(stray).await.err().map(|s| s.code()), Some(Code::NotFound));
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: registrar\r\n\r\n").await?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await?;
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    for line in [
+        "keylime_registrar_requests_total{rpc=\"Register\",code=\"OK\"} 1",
+        "keylime_registrar_requests_total{rpc=\"Activate\",code=\"OK\"} 1",
+        "keylime_registrar_requests_total{rpc=\"Activate\",code=\"NOT_FOUND\"} 1",
+        "keylime_registrar_pending_registrations 0",
+    ] {
+        assert!(answer.lines().any(|l| l == line), "no {line:?} in {answer}");
+    }
+    Ok(())
+}

@@ -199,6 +199,9 @@ pub struct RegistrarConfig {
     pub cert_subject_alternative_names: Vec<String>,
     /// Registrations (Register and Activate) allowed per source address per minute.
     pub registration_rate_limit: u64,
+    /// Address and port of the Prometheus endpoint; no port, no endpoint.
+    pub metrics_ip: IpAddr,
+    pub metrics_port: Option<u16>,
 }
 
 impl ComponentConfig for RegistrarConfig {
@@ -211,6 +214,8 @@ impl ComponentConfig for RegistrarConfig {
             OptionSpec::new("require_ek_cert", Kind::Bool, "true"),
             OptionSpec::new("cert_subject_alternative_names", Kind::TextList, ""),
             OptionSpec::new("registration_rate_limit", Kind::Count, "60"),
+            OptionSpec::new("metrics_ip", Kind::Ip, "127.0.0.1"),
+            OptionSpec::optional("metrics_port", Kind::Port),
         ]);
         options
     }

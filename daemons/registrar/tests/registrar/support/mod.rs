@@ -38,6 +38,8 @@ pub struct Registrar {
     pub addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), kl_registrar::Error>>>,
+    /// The Prometheus endpoint, when `metrics_port` is set.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 impl Registrar {
@@ -61,10 +63,18 @@ impl Registrar {
             require_ek_cert: false,
             cert_subject_alternative_names: Vec::new(),
             registration_rate_limit: 0,
+            metrics_ip: std::net::Ipv4Addr::LOCALHOST.into(),
+            metrics_port: None,
         };
         configure(&mut config);
-        let mut registrar =
-            Registrar { dir, addr: ([127, 0, 0, 1], 0).into(), config, stop: None, task: None };
+        let mut registrar = Registrar {
+            dir,
+            addr: ([127, 0, 0, 1], 0).into(),
+            config,
+            stop: None,
+            task: None,
+            metrics_addr: None,
+        };
         registrar.launch().await?;
         Ok(registrar)
     }
@@ -72,6 +82,7 @@ impl Registrar {
     async fn launch(&mut self) -> Result<(), BoxError> {
         let server = kl_registrar::Server::bind(&self.config).await?;
         self.addr = server.local_addr();
+        self.metrics_addr = server.metrics_addr();
         let (stop, stopped) = oneshot::channel::<()>();
         self.stop = Some(stop);
         self.task = Some(tokio::spawn(server.serve(async {

@@ -88,6 +88,8 @@ impl Fixture {
             require_ek_cert: false,
             cert_subject_alternative_names: Vec::new(),
             registration_rate_limit: 0,
+            metrics_ip: std::net::Ipv4Addr::LOCALHOST.into(),
+            metrics_port: None,
         };
         let server = kl_registrar::Server::bind(&registrar_config).await?;
         let registrar_addr = server.local_addr();
