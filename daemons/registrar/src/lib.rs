@@ -114,16 +114,12 @@ impl Server {
             limiter: Arc::new(RateLimiter::new(config.registration_rate_limit)),
             metrics: Arc::default(),
         };
-        let metrics_listener = match config.metrics_port {
-            Some(port) => {
-                let address = SocketAddr::new(config.metrics_ip, port);
-                let listener = kl_svc::metrics::MetricsListener::bind(address)
-                    .await
-                    .map_err(|source| Error::Listen { address, source })?;
-                Some(listener)
-            }
-            None => None,
-        };
+        let metrics_listener = kl_svc::metrics::MetricsListener::bind_configured(
+            config.metrics_ip,
+            config.metrics_port,
+        )
+        .await
+        .map_err(|(address, source)| Error::Listen { address, source })?;
         Ok(Server { incoming, metrics_listener, service, writer_thread })
     }
 

@@ -183,16 +183,12 @@ impl Server {
             metrics,
             enrolment_locks: (0..ENROLMENT_LOCK_STRIPES).map(|_| Default::default()).collect(),
         });
-        let metrics_listener = match config.metrics_port {
-            Some(port) => {
-                let address = SocketAddr::new(config.metrics_ip, port);
-                let listener = kl_svc::metrics::MetricsListener::bind(address)
-                    .await
-                    .map_err(|source| Error::Listen { address, source })?;
-                Some(listener)
-            }
-            None => None,
-        };
+        let metrics_listener = kl_svc::metrics::MetricsListener::bind_configured(
+            config.metrics_ip,
+            config.metrics_port,
+        )
+        .await
+        .map_err(|(address, source)| Error::Listen { address, source })?;
 
         let address = SocketAddr::new(config.ip, config.port);
         let incoming = TlsIncoming::bind(address, Arc::new(server_tls), HANDSHAKE_TIMEOUT)

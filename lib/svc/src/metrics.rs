@@ -159,6 +159,16 @@ impl MetricsListener {
         Ok(MetricsListener { listener })
     }
 
+    /// Binds `ip:port` when a port is configured (`metrics_port`); the error names the address.
+    pub async fn bind_configured(
+        ip: std::net::IpAddr,
+        port: Option<u16>,
+    ) -> Result<Option<MetricsListener>, (SocketAddr, std::io::Error)> {
+        let Some(port) = port else { return Ok(None) };
+        let address = SocketAddr::new(ip, port);
+        MetricsListener::bind(address).await.map(Some).map_err(|e| (address, e))
+    }
+
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
     }
