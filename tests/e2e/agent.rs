@@ -237,6 +237,7 @@ async fn an_in_process_agent_on_port_0_reports_its_port_and_stops_on_request() -
     config.insert("registrar_port".into(), i64::from(daemon::free_port()?).into());
     let ca = deployment.tls().ca_cert();
     config.insert("trusted_client_ca".into(), ca.display().to_string().into());
+    config.insert("metrics_port".into(), 0.into());
     std::fs::write(&file, toml::to_string(&config)?)?;
     let sources = kl_svc::config::Sources {
         roots: Vec::new(),
@@ -250,6 +251,7 @@ async fn an_in_process_agent_on_port_0_reports_its_port_and_stops_on_request() -
     assert_ne!(port, 0);
     let cert = rustls::pki_types::CertificateDer::from(agent.certificate().to_vec());
     let agent_id = agent.agent_id().to_owned();
+    let metrics = agent.metrics_addr().ok_or_else(|| err("no metrics endpoint"))?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let serving = tokio::spawn(agent.serve(async {
         let _ = stopped.await;
@@ -259,6 +261,13 @@ async fn an_in_process_agent_on_port_0_reports_its_port_and_stops_on_request() -
     let info = client.get_info(GetInfoRequest {}).await?.into_inner();
     assert_eq!(info.agent_id, agent_id);
     drop(client);
+    // The metrics endpoint counts the call.
+    let mut stream = tokio::net::TcpStream::connect(metrics).await?;
+    tokio::io::AsyncWriteExt::write_all(&mut stream, b"GET /metrics HTTP/1.1\r\n\r\n").await?;
+    let mut answer = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut stream, &mut answer).await?;
+    let line = "keylime_agent_requests_total{rpc=\"GetInfo\",code=\"OK\"} 1";
+    assert!(answer.lines().any(|l| l == line), "{answer}");
     let _ = stop.send(());
     tokio::time::timeout(Duration::from_secs(30), serving).await???;
     Ok(())

@@ -53,6 +53,7 @@ pub struct Agent {
     registration: Registration,
     registrar: RegistrarAddress,
     incoming: TlsIncoming,
+    metrics_listener: Option<kl_svc::metrics::MetricsListener>,
 }
 
 /// Starts the agent and serves until `shutdown` resolves or registration is refused.
@@ -208,13 +209,25 @@ impl Agent {
             ima_limit: config.ima_max_entries.max(1),
             event_log_path: config.measuredboot_ml_path.clone(),
             payload,
+            calls: Arc::default(),
         };
-        Ok(Agent { config, service, identity, registration, registrar, incoming })
+        let metrics_listener = kl_svc::metrics::MetricsListener::bind_configured(
+            config.metrics_ip,
+            config.metrics_port,
+        )
+        .await
+        .map_err(|(addr, source)| Error::Bind { addr, source })?;
+        Ok(Agent { config, service, identity, registration, registrar, incoming, metrics_listener })
     }
 
     /// The address the gRPC server listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.incoming.local_addr()
+    }
+
+    /// The address of the Prometheus endpoint, when `metrics_port` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// The agent id in use.
@@ -238,8 +251,25 @@ impl Agent {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), Error> {
-        let Agent { service, registration, registrar, incoming, .. } = self;
+        let Agent { service, registration, registrar, incoming, metrics_listener, .. } = self;
         let tpm = service.tpm.clone();
+        let (_metrics_stop, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+        if let Some(listener) = metrics_listener {
+            let calls = service.calls.clone();
+            let render: kl_svc::metrics::Render = Arc::new(move || {
+                let mut e = kl_svc::metrics::Exposition::new();
+                calls.write(
+                    &mut e,
+                    "keylime_agent_requests_total",
+                    "Calls per RPC and gRPC status code.",
+                );
+                let text = e.finish();
+                Box::pin(async move { text })
+            });
+            tokio::spawn(listener.serve(render, async {
+                let _ = metrics_stopped.await;
+            }));
+        }
         let grpc = AgentServer::new(service)
             .max_decoding_message_size(MAX_MESSAGE_SIZE)
             .max_encoding_message_size(MAX_MESSAGE_SIZE);

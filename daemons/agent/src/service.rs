@@ -51,6 +51,8 @@ pub struct AgentService {
     pub revocation: RevocationActions,
     /// The deployment CA: revocation notices must be signed by a server certificate it issued.
     pub trusted_ca: Vec<rustls::pki_types::CertificateDer<'static>>,
+    /// Calls per RPC and status, for the metrics endpoint.
+    pub calls: Arc<kl_svc::metrics::CallCounts>,
 }
 
 /// How long reading one PCR of the configured bank may take at start.
@@ -246,9 +248,8 @@ impl AgentService {
     }
 }
 
-#[tonic::async_trait]
-impl AgentRpc for AgentService {
-    async fn get_info(
+impl AgentService {
+    async fn rpc_get_info(
         &self,
         request: Request<pb::GetInfoRequest>,
     ) -> Result<Response<pb::GetInfoResponse>, Status> {
@@ -275,7 +276,7 @@ impl AgentRpc for AgentService {
         }))
     }
 
-    async fn get_quote(
+    async fn rpc_get_quote(
         &self,
         request: Request<pb::GetQuoteRequest>,
     ) -> Result<Response<pb::GetQuoteResponse>, Status> {
@@ -289,7 +290,7 @@ impl AgentRpc for AgentService {
         }
     }
 
-    async fn deliver_key(
+    async fn rpc_deliver_key(
         &self,
         request: Request<pb::DeliverKeyRequest>,
     ) -> Result<Response<pb::DeliverKeyResponse>, Status> {
@@ -303,7 +304,7 @@ impl AgentRpc for AgentService {
         }
     }
 
-    async fn verify_key(
+    async fn rpc_verify_key(
         &self,
         request: Request<pb::VerifyKeyRequest>,
     ) -> Result<Response<pb::VerifyKeyResponse>, Status> {
@@ -312,7 +313,7 @@ impl AgentRpc for AgentService {
         Ok(Response::new(pb::VerifyKeyResponse { hmac }))
     }
 
-    async fn notify_revocation(
+    async fn rpc_notify_revocation(
         &self,
         request: Request<pb::NotifyRevocationRequest>,
     ) -> Result<Response<pb::NotifyRevocationResponse>, Status> {
@@ -334,6 +335,49 @@ impl AgentRpc for AgentService {
             .await
             .map_err(|e| Status::internal(format!("running revocation actions: {e}")))?;
         Ok(Response::new(pb::NotifyRevocationResponse { actions_run }))
+    }
+}
+
+#[tonic::async_trait]
+impl AgentRpc for AgentService {
+    async fn get_info(
+        &self,
+        request: Request<pb::GetInfoRequest>,
+    ) -> Result<Response<pb::GetInfoResponse>, Status> {
+        let result = self.rpc_get_info(request).await.map(Response::into_inner);
+        kl_svc::metrics::counted(&self.calls, "GetInfo", result)
+    }
+
+    async fn get_quote(
+        &self,
+        request: Request<pb::GetQuoteRequest>,
+    ) -> Result<Response<pb::GetQuoteResponse>, Status> {
+        let result = self.rpc_get_quote(request).await.map(Response::into_inner);
+        kl_svc::metrics::counted(&self.calls, "GetQuote", result)
+    }
+
+    async fn deliver_key(
+        &self,
+        request: Request<pb::DeliverKeyRequest>,
+    ) -> Result<Response<pb::DeliverKeyResponse>, Status> {
+        let result = self.rpc_deliver_key(request).await.map(Response::into_inner);
+        kl_svc::metrics::counted(&self.calls, "DeliverKey", result)
+    }
+
+    async fn verify_key(
+        &self,
+        request: Request<pb::VerifyKeyRequest>,
+    ) -> Result<Response<pb::VerifyKeyResponse>, Status> {
+        let result = self.rpc_verify_key(request).await.map(Response::into_inner);
+        kl_svc::metrics::counted(&self.calls, "VerifyKey", result)
+    }
+
+    async fn notify_revocation(
+        &self,
+        request: Request<pb::NotifyRevocationRequest>,
+    ) -> Result<Response<pb::NotifyRevocationResponse>, Status> {
+        let result = self.rpc_notify_revocation(request).await.map(Response::into_inner);
+        kl_svc::metrics::counted(&self.calls, "NotifyRevocation", result)
     }
 }
 

@@ -112,7 +112,7 @@ impl Server {
             trust: Arc::new(trust),
             access,
             limiter: Arc::new(RateLimiter::new(config.registration_rate_limit)),
-            metrics: Arc::default(),
+            calls: Arc::default(),
         };
         let metrics_listener = kl_svc::metrics::MetricsListener::bind_configured(
             config.metrics_ip,
@@ -141,9 +141,9 @@ impl Server {
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
         let (metrics_stop, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
         if let Some(listener) = self.metrics_listener {
-            let (metrics, pending) = (self.service.metrics.clone(), self.service.pending.clone());
+            let (calls, pending) = (self.service.calls.clone(), self.service.pending.clone());
             let render: kl_svc::metrics::Render = Arc::new(move || {
-                let text = metrics.render(&pending);
+                let text = metrics::render(&calls, &pending);
                 Box::pin(async move { text })
             });
             tokio::spawn(listener.serve(render, async {

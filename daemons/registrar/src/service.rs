@@ -6,6 +6,7 @@ use kl_core::credential;
 use kl_proto::registrar::v1 as pb;
 use kl_proto::registrar::v1::registrar_server::Registrar;
 use kl_store::registrar::{Activation, AgentRecord, RegistrarStore, Timestamp};
+use kl_svc::metrics::counted;
 use tonic::{Request, Response, Status};
 
 use crate::Error;
@@ -29,18 +30,7 @@ pub struct RegistrarService {
     pub(crate) trust: Arc<EkTrust>,
     pub(crate) access: Access,
     pub(crate) limiter: Arc<RateLimiter>,
-    pub(crate) metrics: Arc<crate::metrics::Metrics>,
-}
-
-/// The reply of a call, counted.
-fn counted<T>(
-    metrics: &crate::metrics::Metrics,
-    rpc: &'static str,
-    result: Result<T, Error>,
-) -> Result<Response<T>, Status> {
-    let result = result.map_err(Status::from);
-    metrics.count(rpc, result.as_ref().map_or_else(Status::code, |_| tonic::Code::Ok));
-    result.map(Response::new)
+    pub(crate) calls: Arc<kl_svc::metrics::CallCounts>,
 }
 
 impl RegistrarService {
@@ -212,34 +202,39 @@ impl Registrar for RegistrarService {
         &self,
         request: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterResponse>, Status> {
-        counted(&self.metrics, "Register", RegistrarService::register(self, request).await)
+        let result = RegistrarService::register(self, request).await.map_err(Status::from);
+        counted(&self.calls, "Register", result)
     }
 
     async fn activate(
         &self,
         request: Request<pb::ActivateRequest>,
     ) -> Result<Response<pb::ActivateResponse>, Status> {
-        counted(&self.metrics, "Activate", RegistrarService::activate(self, request).await)
+        let result = RegistrarService::activate(self, request).await.map_err(Status::from);
+        counted(&self.calls, "Activate", result)
     }
 
     async fn get_agent(
         &self,
         request: Request<pb::GetAgentRequest>,
     ) -> Result<Response<pb::GetAgentResponse>, Status> {
-        counted(&self.metrics, "GetAgent", RegistrarService::get_agent(self, request).await)
+        let result = RegistrarService::get_agent(self, request).await.map_err(Status::from);
+        counted(&self.calls, "GetAgent", result)
     }
 
     async fn list_agents(
         &self,
         request: Request<pb::ListAgentsRequest>,
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
-        counted(&self.metrics, "ListAgents", RegistrarService::list_agents(self, request).await)
+        let result = RegistrarService::list_agents(self, request).await.map_err(Status::from);
+        counted(&self.calls, "ListAgents", result)
     }
 
     async fn delete_agent(
         &self,
         request: Request<pb::DeleteAgentRequest>,
     ) -> Result<Response<pb::DeleteAgentResponse>, Status> {
-        counted(&self.metrics, "DeleteAgent", RegistrarService::delete_agent(self, request).await)
+        let result = RegistrarService::delete_agent(self, request).await.map_err(Status::from);
+        counted(&self.calls, "DeleteAgent", result)
     }
 }

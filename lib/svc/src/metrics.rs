@@ -34,6 +34,65 @@ impl Counter {
     }
 }
 
+/// Calls per (RPC, gRPC status code), for daemons whose calls are counted but not timed.
+#[derive(Debug, Default)]
+pub struct CallCounts {
+    calls: std::sync::Mutex<std::collections::BTreeMap<(&'static str, &'static str), u64>>,
+}
+
+impl CallCounts {
+    /// Counts a call of `rpc` that ended with `code`.
+    pub fn count(&self, rpc: &'static str, code: tonic::Code) {
+        if let Ok(mut calls) = self.calls.lock() {
+            *calls.entry((rpc, code_name(code))).or_default() += 1;
+        }
+    }
+
+    /// Writes the counts as the counter family `name` with labels `rpc` and `code`.
+    pub fn write(&self, exposition: &mut Exposition, name: &str, help: &str) {
+        let calls = self.calls.lock().map(|c| c.clone()).unwrap_or_default();
+        let labels: Vec<[(&str, &str); 2]> =
+            calls.keys().map(|(rpc, code)| [("rpc", *rpc), ("code", *code)]).collect();
+        let samples: Vec<(&[(&str, &str)], u64)> =
+            labels.iter().zip(calls.values()).map(|(l, n)| (l.as_slice(), *n)).collect();
+        exposition.counter(name, help, &samples);
+    }
+}
+
+/// The canonical name of a gRPC status code (`NOT_FOUND`, ...).
+pub fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code;
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// The reply of a call, counted in `calls` under `rpc`.
+pub fn counted<T>(
+    calls: &CallCounts,
+    rpc: &'static str,
+    result: Result<T, tonic::Status>,
+) -> Result<tonic::Response<T>, tonic::Status> {
+    calls.count(rpc, result.as_ref().map_or_else(tonic::Status::code, |_| tonic::Code::Ok));
+    result.map(tonic::Response::new)
+}
+
 /// A distribution of durations over fixed buckets (upper bounds in seconds).
 #[derive(Debug)]
 pub struct Histogram {

@@ -139,6 +139,9 @@ pub struct AgentConfig {
     pub tpm_signing_alg: String,
     /// Most IMA entries one quote reply carries; the verifier asks again for the rest.
     pub ima_max_entries: u64,
+    /// Address and port of the Prometheus endpoint; no port, no endpoint.
+    pub metrics_ip: IpAddr,
+    pub metrics_port: Option<u16>,
 }
 
 impl ComponentConfig for AgentConfig {
@@ -177,6 +180,8 @@ impl ComponentConfig for AgentConfig {
             OptionSpec::new("tpm_encryption_alg", Kind::Choice(ENCRYPTION_ALGS), "rsa"),
             OptionSpec::new("tpm_signing_alg", Kind::Choice(SIGNING_ALGS), "rsassa"),
             OptionSpec::new("ima_max_entries", Kind::Count, "10000"),
+            OptionSpec::new("metrics_ip", Kind::Ip, "127.0.0.1"),
+            OptionSpec::optional("metrics_port", Kind::Port),
         ]);
         options
     }
