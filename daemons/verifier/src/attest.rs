@@ -99,7 +99,7 @@ pub(crate) async fn round(
 ) -> RoundOutcome {
     let started = Instant::now();
     // Progress made under another policy does not count: a changed policy re-reads the log.
-    let prior = &prior.under(policy);
+    let prior: &AttestationState = &prior.under(policy);
     let nonce: [u8; NONCE_LEN] = rand::rng().random();
     let mut request = agent_pb::GetQuoteRequest {
         nonce: nonce.to_vec(),

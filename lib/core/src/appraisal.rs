@@ -139,20 +139,40 @@ impl AttestationState {
     /// (IMA entries accepted, keys learned) and a measured-boot verdict made under another
     /// measured-boot policy are dropped, so that a stricter policy checks everything again:
     /// the next round asks the agent for its IMA log from entry 0.
-    pub fn under(&self, policy: &AgentPolicy) -> AttestationState {
+    ///
+    /// Borrowed when nothing is dropped, which is every round but the first under a policy.
+    pub fn under(&self, policy: &AgentPolicy) -> std::borrow::Cow<'_, AttestationState> {
+        let runtime = policy.runtime.as_ref().map(|r| r.policy.content_digest());
+        let same_runtime = match (&self.runtime_policy, &runtime) {
+            (Some(hex), Some(digest)) => is_hex_of(hex, digest),
+            (None, None) => true,
+            _ => false,
+        };
+        let mb = policy.measured_boot.as_ref().map(|m| m.digest.as_str());
+        let same_mb = self.measured_boot_policy.as_deref() == mb;
+        if same_runtime && same_mb {
+            return std::borrow::Cow::Borrowed(self);
+        }
         let mut state = self.clone();
-        let runtime = policy.runtime.as_ref().map(|r| r.policy.content_digest_hex());
-        if state.runtime_policy != runtime {
+        if !same_runtime {
             state.ima = ImaState::default();
-            state.runtime_policy = runtime;
+            state.runtime_policy = runtime.map(hex::encode);
         }
-        let mb = policy.measured_boot.as_ref().map(|m| m.digest.clone());
-        if state.measured_boot_policy != mb {
+        if !same_mb {
             state.measured_boot = None;
-            state.measured_boot_policy = mb;
+            state.measured_boot_policy = mb.map(str::to_owned);
         }
-        state
+        std::borrow::Cow::Owned(state)
     }
+}
+
+/// Whether `hex` is the lowercase hex form of `digest`.
+fn is_hex_of(hex: &str, digest: &[u8]) -> bool {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    hex.len() == 2 * digest.len()
+        && hex.as_bytes().chunks(2).zip(digest).all(|(pair, byte)| {
+            pair[0] == DIGITS[usize::from(byte >> 4)] && pair[1] == DIGITS[usize::from(byte & 15)]
+        })
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -187,7 +207,7 @@ pub fn appraise(
     policy: &AgentPolicy,
     prior: &AttestationState,
 ) -> Appraisal {
-    let prior = &prior.under(policy);
+    let prior: &AttestationState = &prior.under(policy);
     let qualifying = policy.qualifying_data(evidence.nonce);
     let request = QuoteRequest {
         qualifying_data: qualifying.as_bytes(),
