@@ -150,14 +150,14 @@ async fn attest_once(ctx: &Arc<Context>, slot: &Arc<AgentSlot>) -> Duration {
             if passed { &metrics.rounds_passed } else { &metrics.rounds_failed }.inc();
             metrics.round_seconds.observe(duration);
             metrics.ima_entries.add(appraisal.ima_entries);
-            rt.attestation = appraisal.state.clone();
-            let clock = appraisal.clock;
+            let appraisal = *appraisal;
+            rt.attestation = appraisal.state;
             let events = record_verdict(
                 ctx,
                 &slot.id,
                 &mut rt,
                 appraisal.verdict,
-                clock,
+                appraisal.clock,
                 appraisal.ima_entries,
                 duration,
             )
