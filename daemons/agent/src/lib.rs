@@ -261,7 +261,7 @@ impl Agent {
                 calls.write(
                     &mut e,
                     "keylime_agent_requests_total",
-                    "Calls per RPC and gRPC status code.",
+                    "Calls per RPC and gRPC status code; calls the client abandoned are not counted.",
                 );
                 let text = e.finish();
                 Box::pin(async move { text })

@@ -136,7 +136,9 @@ async fn attempt(
     let request = ActivateRequest { agent_id: reg.agent_id.clone(), auth_tag: proof.to_vec() };
     match client.activate(request).await {
         Ok(reply) => Ok(reply.into_inner().registration_count),
-        // The pending registration is gone (the registrar restarted in between): start over.
+        // No pending registration matches (the registrar restarted, it expired, or other
+        // registrations under this id displaced it; a wrong proof gets the same answer): start
+        // over.
         Err(s) if s.code() == Code::NotFound => {
             Err(Attempt::Retry(format!("Activate: {}", s.message())))
         }

@@ -12,7 +12,7 @@ pub(crate) fn render(calls: &CallCounts, pending: &PendingRegistrations) -> Stri
     calls.write(
         &mut e,
         "keylime_registrar_requests_total",
-        "Calls per RPC and gRPC status code (OK, NOT_FOUND, PERMISSION_DENIED, ...).",
+        "Calls per RPC and gRPC status code (OK, NOT_FOUND, ...); calls the client abandoned are not counted.",
     );
     e.gauge(
         "keylime_registrar_pending_registrations",

@@ -34,6 +34,9 @@ pub enum Error {
     Internal(String),
     #[error("TLS: {0}")]
     Tls(#[from] TlsError),
+    /// A setting that cannot be used; the message names it.
+    #[error("configuration: {0}")]
+    Config(String),
     #[error("listening on {address}: {source}")]
     Listen { address: std::net::SocketAddr, source: std::io::Error },
     #[error("serving gRPC: {0}")]
@@ -62,6 +65,7 @@ impl From<Error> for tonic::Status {
             Error::Store(_)
             | Error::Internal(_)
             | Error::Tls(_)
+            | Error::Config(_)
             | Error::Listen { .. }
             | Error::Serve(_) => {
                 tracing::error!(error = %message, "request failed");

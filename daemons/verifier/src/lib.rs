@@ -87,6 +87,7 @@ pub fn store_path(config: &VerifierConfig) -> PathBuf {
 pub struct Server {
     incoming: TlsIncoming,
     metrics_listener: Option<kl_svc::metrics::MetricsListener>,
+    webhook: Option<webhook::Client>,
     context: Arc<Context>,
     stop: watch::Sender<bool>,
     writer_thread: std::thread::JoinHandle<()>,
@@ -200,7 +201,11 @@ impl Server {
             agents = context.slots().len(),
             "verifier listening"
         );
-        Ok(Server { incoming, metrics_listener, context, stop, writer_thread })
+        let webhook = match &config.webhook_url {
+            Some(url) => Some(webhook::Client::new(&context, url).map_err(Error::Config)?),
+            None => None,
+        };
+        Ok(Server { incoming, metrics_listener, webhook, context, stop, writer_thread })
     }
 
     /// The bound address (the real port when configured with port 0).
@@ -217,7 +222,7 @@ impl Server {
     /// loops, finishes the calls in progress, commits what is queued and closes the state
     /// file (so another verifier may open it once this returns).
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
-        let Server { incoming, metrics_listener, context, stop, writer_thread } = self;
+        let Server { incoming, metrics_listener, webhook, context, stop, writer_thread } = self;
         if let Some(listener) = metrics_listener {
             let ctx = context.clone();
             let render: kl_svc::metrics::Render = Arc::new(move || {
@@ -233,8 +238,8 @@ impl Server {
             let delay = scheduler::jitter(context.config.quote_interval);
             scheduler::start(&context, slot, delay);
         }
-        if let Some(url) = context.config.webhook_url.clone() {
-            context.spawn(webhook::run(context.clone(), url));
+        if let Some(client) = webhook {
+            context.spawn(webhook::run(context.clone(), client));
         }
         context.spawn(prune_loop(context.clone()));
 

@@ -37,32 +37,30 @@ pub(crate) fn notify_others(ctx: &Arc<Context>, failure: EventRecord) {
             signature: signed.signature,
             signer_certificate: signed.signer_certificate,
         };
-        let mut targets = Vec::new();
-        for slot in ctx.slots().into_iter().filter(|slot| slot.id != failure.agent_id) {
-            if slot.runtime.lock().await.entry.state != pb::AgentState::Failed as i32 {
-                targets.push(slot);
-            }
-        }
-        let total = targets.len();
+        let targets: Vec<_> =
+            ctx.slots().into_iter().filter(|slot| slot.id != failure.agent_id).collect();
         let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_NOTICES));
         let mut sending = tokio::task::JoinSet::new();
         for slot in targets {
             let (ctx, request, permits) = (ctx.clone(), request.clone(), permits.clone());
             let failed_agent = failure.agent_id.clone();
             sending.spawn(async move {
-                let Ok(_permit) = permits.acquire().await else { return false };
+                let Ok(_permit) = permits.acquire().await else { return None };
                 let client = {
                     let mut rt = slot.runtime.lock().await;
+                    if rt.entry.state == pb::AgentState::Failed as i32 {
+                        return None;
+                    }
                     if rt.client.is_none() {
                         rt.client = ctx.agent_client(&rt.entry).ok();
                     }
                     rt.client.clone()
                 };
-                let Some(mut client) = client else { return false };
+                let Some(mut client) = client else { return Some(false) };
                 match client.notify_revocation(request).await {
                     Ok(_) => {
                         ctx.metrics.notices_taken.inc();
-                        true
+                        Some(true)
                     }
                     Err(status) => {
                         ctx.metrics.notices_not_taken.inc();
@@ -73,14 +71,18 @@ pub(crate) fn notify_others(ctx: &Arc<Context>, failure: EventRecord) {
                             message = status.message(),
                             "revocation notice not taken"
                         );
-                        false
+                        Some(false)
                     }
                 }
             });
         }
-        let mut sent = 0usize;
-        while let Some(taken) = sending.join_next().await {
-            sent += usize::from(taken.unwrap_or(false));
+        let (mut sent, mut total) = (0usize, 0usize);
+        while let Some(offered) = sending.join_next().await {
+            // `None`: the agent has failed itself and is not told.
+            if let Some(taken) = offered.unwrap_or(Some(false)) {
+                total += 1;
+                sent += usize::from(taken);
+            }
         }
         let message = format!(
             "revocation notice for {} (cursor {}) taken by {sent} of {total} agents",

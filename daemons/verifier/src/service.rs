@@ -238,8 +238,8 @@ impl Verifier for VerifierService {
         parse_hash_algs(std::slice::from_ref(&hash_algorithm), "hash_algorithm")?;
         parse_hash_algs(&req.accept_hash_algorithms, "accept_hash_algorithms")?;
         parse_sig_algs(&req.accept_signing_algorithms, "accept_signing_algorithms")?;
-        let _enrolment = self.ctx.enrolment_lock(&req.agent_id).lock().await;
         let record = self.registrar_record(&req.agent_id).await?;
+        let _enrolment = self.ctx.enrolment_lock(&req.agent_id).lock().await;
         let contact = record.contact.unwrap_or_default();
         let contact_port = u16::try_from(contact.port).map_err(|_| {
             Error::invalid("contact", format!("port {} from the registrar", contact.port))

@@ -56,6 +56,11 @@ impl Target {
         if host.is_empty() {
             return Err(format!("webhook_url {url:?}: no host"));
         }
+        if url.chars().any(|c| c.is_control() || c == ' ') {
+            return Err(format!(
+                "webhook_url {url:?}: spaces and control characters are not allowed"
+            ));
+        }
         Ok(Target {
             host: host.trim_start_matches('[').trim_end_matches(']').to_owned(),
             port,
@@ -67,14 +72,16 @@ impl Target {
 
 /// How deliveries reach the receiver.
 #[derive(Debug, Clone)]
-struct Client {
+pub(crate) struct Client {
     target: Target,
     /// For `https://`: the TLS settings and the name the certificate must carry.
     tls: Option<(Arc<ClientConfig>, ServerName<'static>)>,
 }
 
 impl Client {
-    fn new(context: &Context, url: &str) -> Result<Client, String> {
+    /// The client for `url`, with its TLS settings; fails on a URL or CA file that cannot
+    /// be used (the verifier then refuses to start).
+    pub fn new(context: &Context, url: &str) -> Result<Client, String> {
         let target = Target::parse(url)?;
         if !target.tls {
             return Ok(Client { target, tls: None });
@@ -146,10 +153,11 @@ impl Client {
 }
 
 fn request_head(target: &Target, body: &[u8], secret: Option<&str>) -> String {
+    let host =
+        if target.host.contains(':') { format!("[{}]", target.host) } else { target.host.clone() };
     let mut head = format!(
-        "POST {} HTTP/1.1\r\nHost: {}:{}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\nUser-Agent: keylime_verifier\r\n",
+        "POST {} HTTP/1.1\r\nHost: {host}:{}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\nUser-Agent: keylime_verifier\r\n",
         target.path,
-        target.host,
         target.port,
         body.len()
     );
@@ -192,14 +200,7 @@ pub fn signature(secret: &str, body: &[u8]) -> String {
 }
 
 /// Delivers events until shutdown.
-pub(crate) async fn run(context: Arc<Context>, url: String) {
-    let client = match Client::new(&context, &url) {
-        Ok(client) => client,
-        Err(e) => {
-            tracing::error!(error = %e, "webhooks disabled");
-            return;
-        }
-    };
+pub(crate) async fn run(context: Arc<Context>, client: Client) {
     let secret = context.config.webhook_secret.clone();
     let mut shutdown = context.shutdown.clone();
     loop {
@@ -280,6 +281,9 @@ mod tests {
         assert_eq!(Target::parse("https://[::1]:8443/"), Ok(target("::1", 8443, "/", true)));
         assert!(Target::parse("ftp://example.org/").is_err());
         assert!(Target::parse("http://h:x/").is_err());
+        assert!(Target::parse("http://h/a\r\nX-Injected: 1").is_err());
+        let v6 = Target::parse("https://[::1]:8443/").map(|t| request_head(&t, b"{}", None));
+        assert!(v6.is_ok_and(|head| head.contains("\r\nHost: [::1]:8443\r\n")));
     }
 
     #[test]

@@ -208,6 +208,8 @@ pub struct MetricsListener {
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest request head read.
 const MAX_REQUEST: usize = 8192;
+/// Scrapes answered at once; connections beyond are closed at once.
+const MAX_CONNECTIONS: usize = 16;
 
 impl MetricsListener {
     /// Binds `addr` (port 0 picks a free port).
@@ -232,9 +234,12 @@ impl MetricsListener {
         self.listener.local_addr()
     }
 
-    /// Serves scrapes until `stop` resolves.
+    /// Serves scrapes, at most [`MAX_CONNECTIONS`] at a time, until `stop` resolves; scrapes
+    /// in progress then end too.
     pub async fn serve(self, render: Render, stop: impl Future<Output = ()>) {
         tokio::pin!(stop);
+        let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+        let mut answering = tokio::task::JoinSet::new();
         loop {
             let (stream, _) = tokio::select! {
                 accepted = self.listener.accept() => match accepted {
@@ -245,9 +250,20 @@ impl MetricsListener {
                         continue;
                     }
                 },
-                _ = &mut stop => return,
+                _ = &mut stop => {
+                    answering.abort_all();
+                    return;
+                }
             };
-            tokio::spawn(answer(stream, render.clone()));
+            while answering.try_join_next().is_some() {}
+            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                continue;
+            };
+            let render = render.clone();
+            answering.spawn(async move {
+                answer(stream, render).await;
+                drop(permit);
+            });
         }
     }
 }
@@ -281,8 +297,11 @@ async fn answer(mut stream: TcpStream, render: Render) {
         "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
-    let _ = stream.write_all(response.as_bytes()).await;
-    let _ = stream.shutdown().await;
+    let _ = tokio::time::timeout(REQUEST_TIMEOUT, async {
+        let _ = stream.write_all(response.as_bytes()).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
 }
 
 #[cfg(test)]
@@ -352,6 +371,32 @@ mod tests {
         assert!(other.starts_with("HTTP/1.1 404"), "{other}");
         let post = get("POST /metrics HTTP/1.1\r\n\r\n").await?;
         assert!(post.starts_with("HTTP/1.1 404"), "{post}");
+        let _ = stop.send(());
+        server.await?;
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn idle_connections_beyond_the_limit_are_closed() -> Result<(), Box<dyn std::error::Error>>
+    {
+        let listener = MetricsListener::bind("127.0.0.1:0".parse()?).await?;
+        let addr = listener.local_addr()?;
+        let render: Render = Arc::new(|| Box::pin(async { String::new() }));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(listener.serve(render, async {
+            let _ = stopped.await;
+        }));
+        let mut idle = Vec::new();
+        for _ in 0..MAX_CONNECTIONS {
+            idle.push(TcpStream::connect(addr).await?);
+        }
+        // Give the server time to accept the idle ones, then one more is closed unanswered.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut extra = TcpStream::connect(addr).await?;
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(REQUEST_TIMEOUT / 2, extra.read_to_end(&mut answer)).await;
+        assert!(matches!(read, Ok(Ok(0))), "the extra connection was kept: {read:?}");
+        drop(idle);
         let _ = stop.send(());
         server.await?;
         Ok(())

@@ -438,7 +438,15 @@ fn a_bank_the_tpm_has_not_allocated_is_an_error_not_a_hang() {
     // The manufactured swtpm allocates sha1 and sha256 only.
     let Some(sw) = Swtpm::start() else { return };
     let tpm = Tpm::open(&sw.tcti(), KeyAlg::Rsa2048).expect("open");
-    let err = tpm.pcr_read(HashAlg::Sha384, &[0, 10]).expect_err("sha384 is not allocated");
+    // On a thread, so that a regression (a read that never ends) fails instead of hanging.
+    let tpm = std::sync::Arc::new(tpm);
+    let (done, result) = std::sync::mpsc::channel();
+    let reader = tpm.clone();
+    std::thread::spawn(move || {
+        let _ = done.send(reader.pcr_read(HashAlg::Sha384, &[0, 10]));
+    });
+    let read = result.recv_timeout(std::time::Duration::from_secs(30)).expect("the read ends");
+    let err = read.expect_err("sha384 is not allocated");
     assert!(matches!(err, TpmError::PcrMissing { index: 0, bank: HashAlg::Sha384 }), "{err}");
     assert!(err.to_string().contains("is the bank active?"), "{err}");
     let values = tpm.pcr_read(HashAlg::Sha256, &[0]).expect("the allocated bank still reads");

@@ -180,6 +180,21 @@ async fn https_webhooks_check_the_receivers_certificate() -> TestResult {
     Ok(())
 }
 
+/// A webhook that cannot work (its CA file is missing) stops the start instead of leaving
+/// events undelivered.
+#[tokio::test]
+async fn an_unusable_webhook_ca_refuses_the_start() -> TestResult {
+    let missing = std::env::temp_dir().join("no-such-dir-kl").join("ca.pem");
+    let started = Fixture::start(|c| {
+        c.webhook_url = Some("https://127.0.0.1:1/events".to_owned());
+        c.webhook_ca = Some(missing.clone());
+    })
+    .await;
+    let message = started.err().map(|e| e.to_string()).ok_or("the verifier started")?;
+    assert!(message.contains("webhook_ca") && message.contains("no-such-dir-kl"), "{message}");
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_verifier_generates_its_ca_on_first_start() -> TestResult {
     let mut fx = Fixture::start(|_| {}).await?;
