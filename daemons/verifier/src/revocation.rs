@@ -1,10 +1,11 @@
-//! Revocation notices: when an agent fails, every other enrolled agent that has not failed
-//! itself receives the failure event as a JSON notice (`agent_id`, `state`, `findings`, `event_time`, `cursor`, ...)
+//! Revocation notices: when an agent fails, every other enrolled agent receives the failure
+//! event as a JSON notice (`agent_id`, `state`, `findings`, `event_time`, `cursor`, ...)
 //! signed with the verifier's server key and accompanied by the server certificate, which the
 //! agents check against the deployment CA (`kl_svc::notice::verify_notice`) before running
-//! their revocation actions. A failed agent is not told about others: it is not trusted, and
-//! the findings would tell an intruder what the verifier sees elsewhere in the fleet. A
-//! `revocation_sent` event records how many agents took it.
+//! their revocation actions. An agent that has failed itself is not trusted with what the
+//! verifier sees elsewhere in the fleet: it gets the notice without findings and message, so
+//! that its revocation actions still run (it may pass again later). A `revocation_sent` event
+//! records how many agents took it.
 
 use std::sync::Arc;
 
@@ -19,48 +20,64 @@ use crate::scheduler::event;
 /// Notices in flight at once.
 const MAX_CONCURRENT_NOTICES: usize = 64;
 
-/// Sends the notice of `failure` to every other agent that has not failed, in the background.
+/// The signed notice of `event`.
+fn signed_request(
+    ctx: &Context,
+    event: &EventRecord,
+) -> Result<agent_pb::NotifyRevocationRequest, String> {
+    let body = convert::event_json(event).to_string().into_bytes();
+    let signed = ctx.signer.sign(body).map_err(|e| e.to_string())?;
+    Ok(agent_pb::NotifyRevocationRequest {
+        notice: signed.notice,
+        signature: signed.signature,
+        signer_certificate: signed.signer_certificate,
+    })
+}
+
+/// Sends the notice of `failure` to every other agent, in the background; agents that have
+/// failed themselves get it without findings.
 pub(crate) fn notify_others(ctx: &Arc<Context>, failure: EventRecord) {
     let ctx_task = ctx.clone();
     ctx.spawn(async move {
         let ctx = ctx_task;
-        let body = convert::event_json(&failure).to_string().into_bytes();
-        let signed = match ctx.signer.sign(body) {
-            Ok(signed) => signed,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot sign a revocation notice");
-                return;
-            }
+        let redacted = EventRecord {
+            findings_json: String::new(),
+            message: "attestation failed".to_owned(),
+            ..failure.clone()
         };
-        let request = agent_pb::NotifyRevocationRequest {
-            notice: signed.notice,
-            signature: signed.signature,
-            signer_certificate: signed.signer_certificate,
-        };
+        let (request, redacted) =
+            match (signed_request(&ctx, &failure), signed_request(&ctx, &redacted)) {
+                (Ok(full), Ok(redacted)) => (full, redacted),
+                (Err(e), _) | (_, Err(e)) => {
+                    tracing::error!(error = %e, "cannot sign a revocation notice");
+                    return;
+                }
+            };
         let targets: Vec<_> =
             ctx.slots().into_iter().filter(|slot| slot.id != failure.agent_id).collect();
         let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_NOTICES));
         let mut sending = tokio::task::JoinSet::new();
         for slot in targets {
-            let (ctx, request, permits) = (ctx.clone(), request.clone(), permits.clone());
+            let (ctx, permits) = (ctx.clone(), permits.clone());
+            let (mut request, redacted) = (request.clone(), redacted.clone());
             let failed_agent = failure.agent_id.clone();
             sending.spawn(async move {
-                let Ok(_permit) = permits.acquire().await else { return None };
+                let Ok(_permit) = permits.acquire().await else { return false };
                 let client = {
                     let mut rt = slot.runtime.lock().await;
                     if rt.entry.state == pb::AgentState::Failed as i32 {
-                        return None;
+                        request = redacted;
                     }
                     if rt.client.is_none() {
                         rt.client = ctx.agent_client(&rt.entry).ok();
                     }
                     rt.client.clone()
                 };
-                let Some(mut client) = client else { return Some(false) };
+                let Some(mut client) = client else { return false };
                 match client.notify_revocation(request).await {
                     Ok(_) => {
                         ctx.metrics.notices_taken.inc();
-                        Some(true)
+                        true
                     }
                     Err(status) => {
                         ctx.metrics.notices_not_taken.inc();
@@ -71,18 +88,15 @@ pub(crate) fn notify_others(ctx: &Arc<Context>, failure: EventRecord) {
                             message = status.message(),
                             "revocation notice not taken"
                         );
-                        Some(false)
+                        false
                     }
                 }
             });
         }
-        let (mut sent, mut total) = (0usize, 0usize);
-        while let Some(offered) = sending.join_next().await {
-            // `None`: the agent has failed itself and is not told.
-            if let Some(taken) = offered.unwrap_or(Some(false)) {
-                total += 1;
-                sent += usize::from(taken);
-            }
+        let total = sending.len();
+        let mut sent = 0usize;
+        while let Some(taken) = sending.join_next().await {
+            sent += usize::from(taken.unwrap_or(false));
         }
         let message = format!(
             "revocation notice for {} (cursor {}) taken by {sent} of {total} agents",
