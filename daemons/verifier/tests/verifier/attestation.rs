@@ -78,13 +78,7 @@ async fn unknown_file_fails_within_an_interval_with_event_webhook_and_notices() 
 
     // The other agent got a notice signed by the verifier, checkable against the CA.
     let notice = wait_until(|| bystander.with(|m| m.notices.first().cloned())).await?;
-    let signed = SignedNotice {
-        notice: notice.notice,
-        signature: notice.signature,
-        signer_certificate: notice.signer_certificate,
-    };
-    verify_notice(&signed, &fx.tls().ca_certificates()?)?;
-    let body: serde_json::Value = serde_json::from_slice(&signed.notice)?;
+    let body = checked_notice(&fx, notice)?;
     assert_eq!(body["agent_id"], victim.id.as_str());
     assert!(victim.with(|m| m.notices.is_empty()), "the failed agent is not notified");
     fx.events_until(0, |e| e.kind == pb::EventKind::RevocationSent as i32).await?;
@@ -94,17 +88,25 @@ async fn unknown_file_fails_within_an_interval_with_event_webhook_and_notices() 
     bystander.with(|m| m.ima.measure("/tmp/evil2.sh", b"evil"));
     fx.wait_state(&bystander.id, pb::AgentState::Failed).await?;
     let notice = wait_until(|| victim.with(|m| m.notices.first().cloned())).await?;
+    let body = checked_notice(&fx, notice)?;
+    assert_eq!(body["agent_id"], bystander.id.as_str());
+    assert_eq!(body["findings"], serde_json::json!([]), "{body}");
+    assert!(!body.to_string().contains("evil2"), "{body}");
+    fx.stop_verifier().await
+}
+
+/// The JSON of a revocation notice, after checking its signature against the deployment CA.
+fn checked_notice(
+    fx: &Fixture,
+    notice: agent_pb::NotifyRevocationRequest,
+) -> Result<serde_json::Value, crate::support::BoxError> {
     let signed = SignedNotice {
         notice: notice.notice,
         signature: notice.signature,
         signer_certificate: notice.signer_certificate,
     };
     verify_notice(&signed, &fx.tls().ca_certificates()?)?;
-    let body: serde_json::Value = serde_json::from_slice(&signed.notice)?;
-    assert_eq!(body["agent_id"], bystander.id.as_str());
-    assert_eq!(body["findings"], serde_json::json!([]), "{body}");
-    assert!(!body.to_string().contains("evil2"), "{body}");
-    fx.stop_verifier().await
+    Ok(serde_json::from_slice(&signed.notice)?)
 }
 
 async fn wait_until<T>(
