@@ -18,7 +18,7 @@ use clap::Parser;
 use kl_proto::registrar::v1::registrar_client::RegistrarClient;
 use kl_proto::verifier::v1 as pb;
 use kl_proto::verifier::v1::verifier_client::VerifierClient;
-use kl_svc::config::{LogFormat, RegistrarConfig};
+use kl_svc::config::RegistrarConfig;
 use kl_svc::tls::{
     ServerTrust, TlsConnector, TlsDir, TlsFiles, TlsIdentity, client_config, ensure_generated,
 };
@@ -160,20 +160,14 @@ async fn run(args: Args) -> Result<(), BoxError> {
     std::fs::create_dir_all(dir.path().join("tpm_cert_store"))?;
 
     // The registrar, in this process.
-    let registrar_config = RegistrarConfig {
-        keylime_dir: dir.path().join("registrar"),
-        ip: [127, 0, 0, 1].into(),
-        port: 0,
-        tls_dir: TlsDir::Dir(tls.dir.clone()),
-        log_format: LogFormat::Text,
-        log_level: "warn".to_owned(),
-        tpm_cert_store: dir.path().join("tpm_cert_store"),
-        require_ek_cert: false,
-        cert_subject_alternative_names: Vec::new(),
-        registration_rate_limit: 0,
-        metrics_ip: std::net::Ipv4Addr::LOCALHOST.into(),
-        metrics_port: None,
-    };
+    let mut registrar_config = kl_svc::config::defaults::<RegistrarConfig>()?;
+    registrar_config.keylime_dir = dir.path().join("registrar");
+    registrar_config.port = 0;
+    registrar_config.tls_dir = TlsDir::Dir(tls.dir.clone());
+    registrar_config.log_level = "warn".to_owned();
+    registrar_config.tpm_cert_store = dir.path().join("tpm_cert_store");
+    registrar_config.require_ek_cert = false;
+    registrar_config.registration_rate_limit = 0;
     let registrar_server = kl_registrar::Server::bind(&registrar_config).await?;
     let registrar_addr = registrar_server.local_addr();
     tokio::spawn(registrar_server.serve(std::future::pending::<()>()));

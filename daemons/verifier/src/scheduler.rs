@@ -315,14 +315,11 @@ async fn record_verdict(
 
 #[cfg(test)]
 mod tests {
-    use kl_svc::config::{Sources, load};
-
     use super::*;
 
     #[test]
     fn retries_back_off_exponentially_and_unreachable_agents_are_probed_slower() {
-        let mut config =
-            load::<VerifierConfig>(&Sources::new()).map(|l| l.config).expect("defaults");
+        let mut config = kl_svc::config::defaults::<VerifierConfig>().expect("defaults");
         config.retry_interval = Duration::from_secs(1);
         config.quote_interval = Duration::from_secs(5);
         let delays: Vec<u64> = (1..=8).map(|m| retry_delay(&config, m, false).as_secs()).collect();

@@ -252,6 +252,13 @@ impl Layers {
 }
 
 /// Loads and checks the config of component `T` from `sources`.
+/// The built-in defaults of `T`: no files, no environment, no flags (tests and benchmarks start
+/// from these and change what they need).
+pub fn defaults<T: ComponentConfig>() -> Result<T, ConfigError> {
+    let sources = Sources { roots: Vec::new(), ..Sources::new() };
+    load::<T>(&sources).map(|loaded| loaded.config)
+}
+
 pub fn load<T: ComponentConfig>(sources: &Sources) -> Result<Loaded<T>, ConfigError> {
     let component = T::COMPONENT;
     let mut layers = Layers { component, specs: T::options(), settings: BTreeMap::new() };

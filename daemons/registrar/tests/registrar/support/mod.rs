@@ -14,7 +14,7 @@ use std::time::Duration;
 use kl_core::credential::activation_proof;
 use kl_proto::registrar::v1 as pb;
 use kl_proto::registrar::v1::registrar_client::RegistrarClient;
-use kl_svc::config::{LogFormat, RegistrarConfig};
+use kl_svc::config::RegistrarConfig;
 use kl_svc::tls::{
     AgentIdentity, CertificateAuthority, Role, ServerTrust, TlsConnector, TlsDir, TlsFiles,
     TlsIdentity, client_config, ensure_generated,
@@ -52,20 +52,14 @@ impl Registrar {
         let tls = TlsFiles::new(dir.path().join("cv_ca"));
         ensure_generated(&tls, &[])?;
         std::fs::create_dir_all(dir.path().join("tpm_cert_store"))?;
-        let mut config = RegistrarConfig {
-            keylime_dir: dir.path().to_owned(),
-            ip: [127, 0, 0, 1].into(),
-            port: 0,
-            tls_dir: TlsDir::Dir(tls.dir.clone()),
-            log_format: LogFormat::Text,
-            log_level: "info".to_owned(),
-            tpm_cert_store: dir.path().join("tpm_cert_store"),
-            require_ek_cert: false,
-            cert_subject_alternative_names: Vec::new(),
-            registration_rate_limit: 0,
-            metrics_ip: std::net::Ipv4Addr::LOCALHOST.into(),
-            metrics_port: None,
-        };
+        let mut config = kl_svc::config::defaults::<RegistrarConfig>()?;
+        config.keylime_dir = dir.path().to_owned();
+        config.port = 0;
+        config.tls_dir = TlsDir::Dir(tls.dir.clone());
+        config.log_level = "info".to_owned();
+        config.tpm_cert_store = dir.path().join("tpm_cert_store");
+        config.require_ek_cert = false;
+        config.registration_rate_limit = 0;
         configure(&mut config);
         let mut registrar = Registrar {
             dir,

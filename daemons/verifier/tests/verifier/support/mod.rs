@@ -19,7 +19,7 @@ use kl_proto::registrar::v1 as registrar_pb;
 use kl_proto::registrar::v1::registrar_client::RegistrarClient;
 use kl_proto::verifier::v1 as pb;
 use kl_proto::verifier::v1::verifier_client::VerifierClient;
-use kl_svc::config::{LogFormat, RegistrarConfig, VerifierConfig};
+use kl_svc::config::{RegistrarConfig, VerifierConfig};
 use kl_svc::tls::{
     CertificateAuthority, Role, ServerTrust, TlsConnector, TlsDir, TlsFiles, TlsIdentity,
     client_config, ensure_generated,
@@ -77,20 +77,14 @@ impl Fixture {
         let tls = TlsFiles::new(dir.path().join("cv_ca"));
         ensure_generated(&tls, &[])?;
         std::fs::create_dir_all(dir.path().join("tpm_cert_store"))?;
-        let registrar_config = RegistrarConfig {
-            keylime_dir: dir.path().join("registrar"),
-            ip: [127, 0, 0, 1].into(),
-            port: 0,
-            tls_dir: TlsDir::Dir(tls.dir.clone()),
-            log_format: LogFormat::Text,
-            log_level: "info".to_owned(),
-            tpm_cert_store: dir.path().join("tpm_cert_store"),
-            require_ek_cert: false,
-            cert_subject_alternative_names: Vec::new(),
-            registration_rate_limit: 0,
-            metrics_ip: std::net::Ipv4Addr::LOCALHOST.into(),
-            metrics_port: None,
-        };
+        let mut registrar_config = kl_svc::config::defaults::<RegistrarConfig>()?;
+        registrar_config.keylime_dir = dir.path().join("registrar");
+        registrar_config.port = 0;
+        registrar_config.tls_dir = TlsDir::Dir(tls.dir.clone());
+        registrar_config.log_level = "info".to_owned();
+        registrar_config.tpm_cert_store = dir.path().join("tpm_cert_store");
+        registrar_config.require_ek_cert = false;
+        registrar_config.registration_rate_limit = 0;
         let server = kl_registrar::Server::bind(&registrar_config).await?;
         let registrar_addr = server.local_addr();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -98,31 +92,17 @@ impl Fixture {
             let _ = stopped.await;
         }));
         let registrar = Running { addr: registrar_addr, stop: Some(stop), task: Some(task) };
-        let mut config = VerifierConfig {
-            keylime_dir: dir.path().join("verifier"),
-            ip: [127, 0, 0, 1].into(),
-            port: 0,
-            tls_dir: TlsDir::Dir(tls.dir.clone()),
-            log_format: LogFormat::Text,
-            log_level: "info".to_owned(),
-            registrar_ip: "127.0.0.1".to_owned(),
-            registrar_port: registrar_addr.port(),
-            quote_interval: QUOTE_INTERVAL,
-            retry_interval: Duration::from_millis(100),
-            max_retries: 2,
-            exponential_backoff: true,
-            request_timeout: Duration::from_secs(2),
-            webhook_url: None,
-            webhook_secret: None,
-            webhook_ca: None,
-            metrics_ip: std::net::Ipv4Addr::LOCALHOST.into(),
-            metrics_port: None,
-            accept_tpm_hash_algs: vec!["sha256".into(), "sha384".into(), "sha512".into()],
-            accept_tpm_signing_algs: vec!["rsassa".into(), "rsapss".into(), "ecdsa".into()],
-            cert_subject_alternative_names: Vec::new(),
-            history_max_age: Duration::from_secs(30 * 86_400),
-            history_max_entries: 1000,
-        };
+        let mut config = kl_svc::config::defaults::<VerifierConfig>()?;
+        config.keylime_dir = dir.path().join("verifier");
+        config.port = 0;
+        config.tls_dir = TlsDir::Dir(tls.dir.clone());
+        config.registrar_port = registrar_addr.port();
+        config.quote_interval = QUOTE_INTERVAL;
+        config.retry_interval = Duration::from_millis(100);
+        config.max_retries = 2;
+        config.request_timeout = Duration::from_secs(2);
+        config.accept_tpm_hash_algs = vec!["sha256".into(), "sha384".into(), "sha512".into()];
+        config.accept_tpm_signing_algs = vec!["rsassa".into(), "rsapss".into(), "ecdsa".into()];
         configure(&mut config);
         let mut fixture =
             Fixture { dir, config, registrar, verifier: None, metrics_addr: None, next_agent: 0 };
