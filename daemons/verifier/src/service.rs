@@ -4,6 +4,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use kl_core::appraisal::{AgentPolicy, PcrOwner};
 use kl_proto::registrar::v1 as registrar_pb;
 use kl_proto::verifier::v1 as pb;
 use kl_proto::verifier::v1::verifier_server::Verifier;
@@ -49,6 +50,22 @@ fn check_policy_name(name: &str) -> Result<(), Error> {
     } else {
         Err(Error::invalid("name", format!("{name:?} is not [A-Za-z0-9._-]{{1,128}}")))
     }
+}
+
+/// Refuses a PCR policy that pins a PCR the agent's measured-boot or runtime policy owns.
+fn check_pcr_overlap(policy: &AgentPolicy, entry: &AgentEntry) -> Result<(), Error> {
+    let Some((pcr, owner)) = policy.pcr_policy_overlap() else { return Ok(()) };
+    let name = match owner {
+        PcrOwner::MeasuredBoot => &entry.measured_boot_policy,
+        PcrOwner::RuntimePolicy => &entry.runtime_policy,
+    };
+    Err(Error::invalid(
+        "pcr_policy",
+        format!(
+            "PCR {pcr} is checked by {owner} {name:?}; a fixed value for it would fail later; \
+             remove PCR {pcr} from the PCR policy"
+        ),
+    ))
 }
 
 fn state_of(state: i32) -> pb::AgentState {
@@ -272,7 +289,7 @@ impl Verifier for VerifierService {
             history_sequence: 0,
         };
         // The inputs must be usable before anything is stored.
-        self.ctx.build_policy(&entry)?;
+        check_pcr_overlap(&self.ctx.build_policy(&entry)?, &entry)?;
 
         if let Some(slot) = self.ctx.slot(&entry.agent_id) {
             let mut rt = slot.runtime.lock().await;
@@ -289,7 +306,8 @@ impl Verifier for VerifierService {
             current.runtime_policy = entry.runtime_policy;
             current.measured_boot_policy = entry.measured_boot_policy;
             current.pcr_policy_json = entry.pcr_policy_json;
-            if current.v_key_half != entry.v_key_half {
+            // No V half means no payload this time: the one delivered before stays delivered.
+            if !entry.v_key_half.is_empty() && current.v_key_half != entry.v_key_half {
                 current.v_key_half = entry.v_key_half;
                 current.key_delivered = false;
             }
@@ -456,7 +474,7 @@ impl Verifier for VerifierService {
         }
         let settings_changed = settings != rt.entry;
         if settings_changed {
-            self.ctx.build_policy(&settings)?;
+            check_pcr_overlap(&self.ctx.build_policy(&settings)?, &settings)?;
         }
         let previous = rt.entry.state;
         let resume = state_of(previous) == pb::AgentState::Failed && settings_changed

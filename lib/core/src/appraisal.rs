@@ -95,9 +95,45 @@ impl AgentPolicy {
         set
     }
 
+    /// The first PCR the PCR policy pins that another policy of the agent owns, with its owner.
+    /// Such a PCR moves with what the other policy allows (every new IMA measurement extends
+    /// PCR 10; the event log is replayed into the measured-boot PCRs), so a fixed value for it
+    /// fails sooner or later; Keylime refuses the combination at enrolment, and so does the
+    /// verifier.
+    pub fn pcr_policy_overlap(&self) -> Option<(u32, PcrOwner)> {
+        let pinned = self.pcr_policy.as_ref()?.pcrs();
+        if let Some(mb) = &self.measured_boot {
+            if let Some(&pcr) = mb.policy.pcrs.iter().filter(|&&p| pinned.contains(p)).min() {
+                return Some((pcr, PcrOwner::MeasuredBoot));
+            }
+        }
+        if self.runtime.is_some() && pinned.contains(ima::IMA_PCR) {
+            return Some((ima::IMA_PCR, PcrOwner::RuntimePolicy));
+        }
+        None
+    }
+
     /// The qualifying data the agent must quote with for `nonce`.
     pub fn qualifying_data(&self, nonce: &[u8]) -> Digest {
         quote::qualifying_data(nonce, &self.identity_spki)
+    }
+}
+
+/// The policy that owns a PCR, when a PCR policy pins it too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PcrOwner {
+    /// The measured-boot policy replays the event log into it.
+    MeasuredBoot,
+    /// The runtime policy appraises the IMA log extended into it (PCR 10).
+    RuntimePolicy,
+}
+
+impl std::fmt::Display for PcrOwner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PcrOwner::MeasuredBoot => "the measured-boot policy",
+            PcrOwner::RuntimePolicy => "the runtime policy (IMA)",
+        })
     }
 }
 

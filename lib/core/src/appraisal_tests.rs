@@ -344,3 +344,28 @@ fn a_policy_that_is_supplied_but_not_checked_fails_the_round() {
     v.require_coverage(&["quote", "measured_boot"]);
     assert_eq!(v.findings[0].rule, "coverage.not_enforced");
 }
+
+#[test]
+fn a_pcr_policy_pinning_a_pcr_another_policy_owns_is_named() {
+    let m = Machine::new(SyntheticAk::ecdsa(EccCurve::NIST_P256));
+    let pin = |pcrs: &[u32]| {
+        let entries: Vec<String> =
+            pcrs.iter().map(|p| format!(r#""{p}": ["{}"]"#, "ab".repeat(32))).collect();
+        let json = format!(r#"{{"hash_alg": "sha256", "pcrs": {{{}}}}}"#, entries.join(", "));
+        Some(Arc::new(PcrPolicy::from_json(json.as_bytes()).expect("policy")))
+    };
+    let mut policy = m.policy();
+    policy.pcr_policy = pin(&[15, 16]);
+    assert_eq!(policy.pcr_policy_overlap(), None, "PCRs nobody else owns");
+    policy.pcr_policy = pin(&[10, 16]);
+    assert_eq!(policy.pcr_policy_overlap(), Some((10, PcrOwner::RuntimePolicy)));
+
+    let log =
+        EventLog::parse(include_bytes!("../tests/data/keylime/eventlog/binary_bios_measurements"))
+            .expect("real log");
+    policy.runtime = None;
+    policy.measured_boot = Some(Arc::new(MeasuredBootRules::new(mb::generate(&log, true))));
+    assert_eq!(policy.pcr_policy_overlap(), None, "no runtime policy: PCR 10 is free");
+    policy.pcr_policy = pin(&[7, 4, 16]);
+    assert_eq!(policy.pcr_policy_overlap(), Some((4, PcrOwner::MeasuredBoot)));
+}

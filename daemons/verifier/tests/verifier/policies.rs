@@ -131,3 +131,58 @@ async fn many_agents_share_one_policy_attest_concurrently_and_list_in_pages() ->
     assert!(admin.list_agents(failed_only).await?.into_inner().agents.is_empty());
     fx.stop_verifier().await
 }
+
+#[tokio::test]
+async fn a_pcr_policy_pinning_a_measured_boot_or_ima_pcr_is_refused_naming_it() -> TestResult {
+    let mut fx = Fixture::start(|_| {}).await?;
+    let agent = fx.agent().await?;
+    fx.put_policy("p", &agent).await?;
+    let mut admin = fx.admin().await?;
+    let mb = pb::PutMeasuredBootPolicyRequest {
+        name: "boot".to_owned(),
+        document: br#"{"version": 1, "pcrs": [0, 2, 4, 7], "allow_secureboot_off": true}"#.to_vec(),
+    };
+    admin.put_measured_boot_policy(mb).await?;
+    let pin = |pcrs: &[u32]| pb::PcrPolicy {
+        pcrs: pcrs.iter().map(|&p| (p, pb::PcrValues { values: vec![vec![0xab; 32]] })).collect(),
+    };
+    let enroll = |pcrs: &[u32], mb: &str| pb::EnrollAgentRequest {
+        agent_id: agent.id.clone(),
+        runtime_policy: "p".to_owned(),
+        measured_boot_policy: mb.to_owned(),
+        pcr_policy: Some(pin(pcrs)),
+        ..Default::default()
+    };
+
+    let refused = admin.enroll_agent(enroll(&[4, 16], "boot")).await.err().ok_or("enrolled")?;
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert!(
+        refused.message().contains("pcr_policy")
+            && refused.message().contains("PCR 4")
+            && refused.message().contains("\"boot\""),
+        "{}",
+        refused.message()
+    );
+    let refused = admin.enroll_agent(enroll(&[10], "")).await.err().ok_or("enrolled")?;
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert!(refused.message().contains("PCR 10"), "{}", refused.message());
+    let get = pb::GetAgentRequest { agent_id: agent.id.clone() };
+    assert_eq!(admin.get_agent(get).await.err().map(|s| s.code()), Some(Code::NotFound));
+
+    // PCRs no other policy checks are fine; an update that adds a covered one is refused and
+    // changes nothing.
+    admin.enroll_agent(enroll(&[16], "boot")).await?;
+    let update = pb::UpdateAgentRequest {
+        agent_id: agent.id.clone(),
+        pcr_policy: Some(pin(&[7, 16])),
+        ..Default::default()
+    };
+    let refused = admin.update_agent(update).await.err().ok_or("updated")?;
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert!(refused.message().contains("PCR 7"), "{}", refused.message());
+    let status = fx.status(&agent.id).await?;
+    let pinned: Vec<u32> =
+        status.pcr_policy.map(|p| p.pcrs.into_keys().collect()).unwrap_or_default();
+    assert_eq!(pinned, [16]);
+    fx.stop_verifier().await
+}
