@@ -133,7 +133,16 @@ impl PayloadInstaller {
         let mut h = self.halves.lock().await;
         let previous = (h.u.clone(), h.v);
         match which {
-            pb::KeyHalf::U => h.u = Some((half, request.auth_tag, request.encrypted_payload)),
+            pb::KeyHalf::U => {
+                // U comes first in every bootstrap (kctl sends it before it enrols the agent
+                // with V), so a new U starts a new one: the halves and key of the previous
+                // bootstrap would never combine with it.
+                if h.k.is_some() || h.v.is_some() {
+                    tracing::info!(agent = %self.agent_id, "a new U key half: the previous payload key is dropped");
+                }
+                *h = Halves::default();
+                h.u = Some((half, request.auth_tag, request.encrypted_payload));
+            }
             _ => h.v = Some(half),
         }
         let (Some((u, tag, encrypted)), Some(v)) = (h.u.clone(), h.v) else { return Ok(false) };
@@ -144,6 +153,11 @@ impl PayloadInstaller {
                 return Err(e.into());
             }
         };
+        if h.k == Some(k) {
+            // The same V again (the verifier retries when it did not see the answer): the
+            // payload is installed and has run; it does not run twice.
+            return Ok(true);
+        }
         tracing::info!(agent = %self.agent_id, "payload key derived from both halves");
         if !encrypted.is_empty() {
             let archive = payload::decrypt(&k, &encrypted)?;
@@ -352,6 +366,47 @@ mod tests {
         let expected =
             ring::hmac::sign(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key.k), &[1; 16]);
         assert_eq!(inst.verify(&[1; 16]).expect("K derived"), expected.as_ref());
+    }
+
+    /// A payload whose `autorun.sh` appends `line` to `runs` beside the secure directory.
+    fn counting_payload(key: &SplitKey, line: &str) -> Vec<u8> {
+        let script = format!("echo {line} >> ../../runs\necho {line} > marker\n");
+        let zip = pack(&[PayloadFile {
+            path: "autorun.sh".into(),
+            contents: script.into_bytes(),
+            executable: true,
+        }])
+        .expect("zip");
+        payload::encrypt(&key.k, &zip).expect("encrypt")
+    }
+
+    #[tokio::test]
+    async fn a_new_u_starts_a_new_bootstrap_and_a_repeated_v_runs_nothing_twice() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (inst, spki) = installer(tmp.path());
+        let first = SplitKey::generate().expect("key");
+        let tag = |k: &SplitKey| k.auth_tag("agent-1").to_vec();
+        let u1 = half(pb::KeyHalf::U, &first.u, &spki, tag(&first), counting_payload(&first, "1"));
+        inst.deliver(u1).await.expect("U1");
+        let v1 = || half(pb::KeyHalf::V, &first.v, &spki, vec![], vec![]);
+        assert!(inst.deliver(v1()).await.expect("V1"));
+        assert!(inst.deliver(v1()).await.expect("V1 again"), "the same V is taken again");
+        let runs = tmp.path().join("runs");
+        assert_eq!(std::fs::read_to_string(&runs).expect("runs"), "1\n", "ran once");
+
+        // Unenrolled and enrolled again with another payload: fresh U and V.
+        let second = SplitKey::generate().expect("key");
+        let u2 =
+            half(pb::KeyHalf::U, &second.u, &spki, tag(&second), counting_payload(&second, "2"));
+        assert!(!inst.deliver(u2).await.expect("U2 starts a new bootstrap"));
+        assert!(!inst.key_derived(), "the first key is dropped");
+        assert!(matches!(inst.verify(&[0; 16]), Err(InstallError::NoKey)));
+        assert!(inst.deliver(v1()).await.is_err(), "the old V does not combine with U2");
+        let v2 = half(pb::KeyHalf::V, &second.v, &spki, vec![], vec![]);
+        assert!(inst.deliver(v2).await.expect("V2"));
+        assert_eq!(std::fs::read_to_string(&runs).expect("runs"), "1\n2\n");
+        let marker = tmp.path().join("secure/unzipped/marker");
+        assert_eq!(std::fs::read_to_string(marker).expect("marker"), "2\n");
     }
 
     #[tokio::test]

@@ -52,7 +52,9 @@ pub(crate) fn deliver_v(
         rt.delivering_key = false;
         match answer {
             Ok(_) => {
-                if slot.removed.load(Ordering::Acquire) {
+                // Unenrolled, or re-enrolled with another payload, while this was in flight:
+                // what was delivered is not the agent's current V.
+                if slot.removed.load(Ordering::Acquire) || rt.entry.v_key_half != v {
                     return;
                 }
                 rt.entry.key_delivered = true;
