@@ -258,16 +258,21 @@ async fn enroll(cli: &Cli, client: &mut VerifierClient<Channel>, args: &EnrollAr
 }
 
 /// Sends U and the payload to the agent and returns V, unless the agent is already enrolled
-/// (enrolment converges settings; a payload is delivered once).
+/// (enrolment converges settings; a payload is delivered once) and `--replace-payload` is not
+/// given. The agent is reached and its identity quote checked before anything changes at the
+/// verifier; with `--replace-payload` the enrolment is then converged in place with the new V,
+/// so a refused enrolment leaves the agent enrolled as it was.
 async fn bootstrap_key(
     cli: &Cli,
     client: &mut VerifierClient<Channel>,
     args: &EnrollArgs,
 ) -> Result<Vec<u8>, Failure> {
     let uuid = &args.uuid;
-    if client.get_agent(GetAgentRequest { agent_id: uuid.clone() }).await.is_ok() {
+    if !args.replace_payload
+        && client.get_agent(GetAgentRequest { agent_id: uuid.clone() }).await.is_ok()
+    {
         eprintln!(
-            "kctl: {uuid} is already enrolled; its payload is not sent again (unenroll it first to replace it)"
+            "kctl: {uuid} is already enrolled; its payload is not sent again (--replace-payload sends a new one)"
         );
         return Ok(Vec::new());
     }

@@ -106,6 +106,12 @@ pub struct EnrollArgs {
     /// The agent's address for the key delivery, HOST:PORT (default: its contact at the registrar).
     #[arg(long)]
     pub agent: Option<String>,
+    /// With --payload or --cert: deliver even when the agent is enrolled. A fresh bootstrap key
+    /// replaces the previous one (the agent drops the old key; the new payload runs after the
+    /// next passing attestation); the enrolment, its history and counters are kept, and when the
+    /// new settings are refused the agent stays enrolled as it was.
+    #[arg(long)]
+    pub replace_payload: bool,
     /// Wait until the agent passed (exit 0) or failed (exit 1), with a spinner on stderr.
     #[arg(long)]
     pub wait: bool,

@@ -711,3 +711,5 @@ async fn an_agent_with_ecc_keys_registers_without_an_ek_certificate_and_passes()
     assert_eq!((code, doc["state"].clone()), (0, Value::from("passed")), "{doc}");
     Ok(())
 }
+
+mod payload;

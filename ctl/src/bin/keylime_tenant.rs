@@ -153,9 +153,15 @@ impl Tenant {
             }
             TenantCommand::Delete => vec![kctl(&["agents", "unenroll", self.uuid()?])],
             TenantCommand::Add => self.add_plan()?,
+            // Keylime's update is delete + add with a fresh U and V. Here the enrolment is
+            // converged in place with a fresh key instead: the agent is checked (reachable, its
+            // identity quote good) before anything changes, and a refused enrolment leaves it
+            // enrolled as it was, never unenrolled.
             TenantCommand::Update => {
-                let mut plan = vec![kctl(&["agents", "unenroll", self.uuid()?])];
-                plan.extend(self.add_plan()?);
+                let mut plan = self.add_plan()?;
+                if let Some(enroll) = plan.last_mut() {
+                    enroll.push("--replace-payload".into());
+                }
                 plan
             }
         })
@@ -333,8 +339,10 @@ mod tests {
         let p = plan(&["-v", "::1", "-vp", "8881", "-u", "a", "-c", "delete"]).expect("plan");
         assert_eq!(p, [["kctl", "--verifier", "[::1]:8881", "agents", "unenroll", "a"]]);
         let p = plan(&["-u", "a", "-c", "update", "--runtime-policy", "p.json"]).expect("plan");
-        assert_eq!(p.len(), 3);
-        assert_eq!(p[0][1..], ["agents", "unenroll", "a"]);
+        assert_eq!(p.len(), 2, "no unenrolment: {p:?}");
+        assert_eq!(p[0][1..4], ["policies", "runtime", "apply"]);
+        assert_eq!(p[1][1..4], ["agents", "enroll", "a"]);
+        assert_eq!(p[1].last().map(String::as_str), Some("--replace-payload"));
         for argv in plan(&["-u", "a", "-c", "status"]).expect("plan").iter().chain(&p) {
             kctl::Cli::try_parse_from(argv).expect("kctl accepts it");
         }
