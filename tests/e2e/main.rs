@@ -5,6 +5,7 @@
 
 mod agent;
 mod attestation;
+mod config;
 mod kctl;
 mod registration;
 

@@ -105,7 +105,11 @@ pub fn load_or_create_identity(
     names: &[String],
 ) -> Result<AgentIdentity, IdentityError> {
     let (cert, key) = (dir.join(IDENTITY_CERT_FILE), dir.join(IDENTITY_KEY_FILE));
-    if cert.exists() || key.exists() {
+    let exists = |path: &Path| {
+        kl_svc::fs::exists(path)
+            .map_err(|source| IdentityError::Read { path: path.to_owned(), source })
+    };
+    if exists(&cert)? || exists(&key)? {
         let identity = AgentIdentity::read(&cert, &key)?;
         if common_name(&identity).as_deref() == Some(agent_id) {
             return Ok(identity);

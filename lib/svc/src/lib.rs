@@ -1,6 +1,7 @@
 //! `kl-svc`: the plumbing the registrar, verifier, agent and kctl share.
 //!
-//! It owns layered TOML configuration ([`config`]), the CA, TLS identities, rustls configs and
+//! It owns layered TOML configuration ([`config`]), file presence that tells "absent" from
+//! "cannot look" ([`fs`]), the CA, TLS identities, rustls configs and
 //! TLS transports for tonic ([`tls`]), signed revocation notices ([`notice`]), tracing setup ([`logging`]), Prometheus metrics ([`metrics`]), systemd readiness ([`systemd`]) and the shutdown
 //! signal ([`shutdown`]). It holds no attestation logic and no
 //! protocol: it never parses TPM structures, opens a database or defines an RPC, and it keeps no
@@ -36,6 +37,7 @@
 //! ```
 
 pub mod config;
+pub mod fs;
 pub mod logging;
 pub mod metrics;
 pub mod notice;

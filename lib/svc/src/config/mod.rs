@@ -383,11 +383,15 @@ fn config_files(
     for root in &sources.roots {
         let base = root.join("keylime");
         let main = base.join(format!("{}.conf", component.name()));
-        if main.is_file() {
+        let probe = |path: &Path| {
+            crate::fs::probe(path)
+                .map_err(|source| ConfigError::Read { path: path.to_owned(), source })
+        };
+        if probe(&main)?.is_some_and(|m| m.is_file()) {
             files.push(main);
         }
         let dropins = base.join(format!("{}.conf.d", component.name()));
-        if !dropins.is_dir() {
+        if !probe(&dropins)?.is_some_and(|m| m.is_dir()) {
             continue;
         }
         let entries = std::fs::read_dir(&dropins)
@@ -397,7 +401,9 @@ fn config_files(
             let entry =
                 entry.map_err(|source| ConfigError::ReadDir { path: dropins.clone(), source })?;
             let path = entry.path();
-            if path.extension().is_some_and(|e| e == "conf") && path.is_file() {
+            if path.extension().is_some_and(|e| e == "conf")
+                && probe(&path)?.is_some_and(|m| m.is_file())
+            {
                 found.push(path);
             }
         }

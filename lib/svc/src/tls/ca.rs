@@ -159,12 +159,12 @@ impl CertificateAuthority {
 /// certificate, creating whichever is missing (`tls_dir = "generate"`). Files already present
 /// are reused as they are. Returns whether anything was created.
 pub fn ensure_generated(tls: &TlsFiles, server_names: &[String]) -> Result<bool, TlsError> {
-    let ca_present = tls.ca_cert().exists() || tls.ca_key().exists();
+    let ca_present = exists(&tls.ca_cert())? || exists(&tls.ca_key())?;
     let ca = if ca_present {
         CertificateAuthority::read(tls)?
     } else {
         for leaf in [tls.server_cert(), tls.client_cert()] {
-            if leaf.exists() {
+            if exists(&leaf)? {
                 return Err(TlsError::Missing {
                     path: tls.ca_cert(),
                     hint: format!(
@@ -179,12 +179,12 @@ pub fn ensure_generated(tls: &TlsFiles, server_names: &[String]) -> Result<bool,
         ca
     };
     let mut created = !ca_present;
-    if !tls.server_cert().exists() || !tls.server_key().exists() {
+    if !exists(&tls.server_cert())? || !exists(&tls.server_key())? {
         ca.issue(Role::Server, "keylime server", server_names)?
             .write(&tls.server_cert(), &tls.server_key())?;
         created = true;
     }
-    if !tls.client_cert().exists() || !tls.client_key().exists() {
+    if !exists(&tls.client_cert())? || !exists(&tls.client_key())? {
         ca.issue(Role::Admin, "keylime admin", &[])?
             .write(&tls.client_cert(), &tls.client_key())?;
         created = true;
@@ -202,7 +202,7 @@ pub fn prepare(
     let tls = TlsFiles::new(tls_dir.path(keylime_dir));
     if *tls_dir == TlsDir::Generate {
         ensure_generated(&tls, server_names)?;
-    } else if !tls.ca_cert().exists() {
+    } else if !exists(&tls.ca_cert())? {
         return Err(TlsError::Missing {
             path: tls.ca_cert(),
             hint: "start the verifier once with tls_dir = \"generate\" or run `kctl ca init`"
@@ -210,6 +210,11 @@ pub fn prepare(
         });
     }
     Ok(tls)
+}
+
+/// Whether a TLS file is there; "permission denied" is an error, never "missing".
+fn exists(path: &Path) -> Result<bool, TlsError> {
+    crate::fs::exists(path).map_err(|source| TlsError::Read { path: path.to_owned(), source })
 }
 
 fn subject(common_name: &str) -> DistinguishedName {
