@@ -271,6 +271,14 @@ impl Daemon {
         self.spawn()?;
         self.wait_listening()
     }
+
+    /// Sends `signal` (`HUP`, `USR1`, ...) to the running process.
+    pub fn signal(&self, signal: &str) -> Result<()> {
+        let child = self.child.as_ref().ok_or_else(|| err("the daemon is not running"))?;
+        let status =
+            Command::new("kill").arg(format!("-{signal}")).arg(child.id().to_string()).status()?;
+        if status.success() { Ok(()) } else { Err(err(format!("kill -{signal}: {status}"))) }
+    }
 }
 
 impl Drop for Daemon {

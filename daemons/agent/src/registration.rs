@@ -5,8 +5,9 @@
 //! The registrar is authenticated by the deployment CA (`trusted_client_ca`); the agent shows
 //! no client certificate, its proof being the credential activation. Attempts that fail for a
 //! reason that may pass (registrar down, network, rate limit) are retried with capped
-//! exponential backoff and jitter; a refusal (untrusted EK certificate, another TPM under this
-//! id, a key the registrar will not take) ends the agent with the registrar's message.
+//! exponential backoff and jitter, and so is an untrusted EK certificate (the registrar's
+//! `tpm_cert_store` may be fixed and reloaded); a refusal (another TPM under this id, a key the
+//! registrar will not take) ends the agent with the registrar's message.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -168,6 +169,13 @@ async fn connect(registrar: &RegistrarAddress) -> Result<Channel, Attempt> {
 /// Sorts a registrar status into retry or refusal (DESIGN §4: statuses mean what they say).
 fn classify(rpc: &'static str, status: tonic::Status) -> Attempt {
     match status.code() {
+        // An EK certificate the registrar does not trust yet: fixing its tpm_cert_store (and
+        // a SIGHUP) heals the agent without a restart, so it keeps asking, at the backoff cap.
+        Code::PermissionDenied if rpc == "Register" => Attempt::Retry(format!(
+            "{rpc} refused ({:?}): {}; retrying until the registrar trusts this TPM",
+            status.code(),
+            status.message()
+        )),
         Code::Unavailable
         | Code::Unknown
         | Code::DeadlineExceeded
@@ -251,7 +259,9 @@ mod tests {
 
     #[test]
     fn refusals_are_final_and_outages_are_retried() {
-        for code in [Code::PermissionDenied, Code::AlreadyExists, Code::InvalidArgument] {
+        let untrusted = classify("Register", tonic::Status::permission_denied("EK untrusted"));
+        assert!(matches!(untrusted, Attempt::Retry(r) if r.contains("EK untrusted")));
+        for code in [Code::AlreadyExists, Code::InvalidArgument] {
             let got = classify("Register", tonic::Status::new(code, "EK certificate not trusted"));
             match got {
                 Attempt::Refused(e) => {

@@ -46,7 +46,7 @@ pub use service::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, RegistrarService};
 use access::Access;
 use pending::PendingRegistrations;
 use ratelimit::RateLimiter;
-use registration::EkTrust;
+use registration::EkTrustSource;
 use writer::ActivationWriter;
 
 /// How long a client may take to finish its TLS handshake before it is dropped.
@@ -88,7 +88,7 @@ impl Server {
         )?;
         let access = Access::new(&files.ca_certificates()?)?;
         let server_tls = access.server_config(files.server_identity()?)?;
-        let trust = EkTrust::load(&config.tpm_cert_store, config.require_ek_cert)?;
+        let trust = Arc::new(EkTrustSource::load(&config.tpm_cert_store, config.require_ek_cert)?);
         let path = store_path(config);
         let opening = path.clone();
         let store = tokio::task::spawn_blocking(move || RegistrarStore::open(&opening))
@@ -109,7 +109,7 @@ impl Server {
                 MAX_PENDING,
                 MAX_PENDING_BYTES,
             )),
-            trust: Arc::new(trust),
+            trust,
             access,
             limiter: Arc::new(RateLimiter::new(config.registration_rate_limit)),
             calls: Arc::default(),
@@ -121,6 +121,17 @@ impl Server {
         .await
         .map_err(|(address, source)| Error::Listen { address, source })?;
         Ok(Server { incoming, metrics_listener, service, writer_thread })
+    }
+
+    /// What SIGHUP does: reads `tpm_cert_store` again (fixing the vendor CAs heals agents
+    /// that were refused, as they keep retrying), keeping the old store if the new one cannot be
+    /// read.
+    pub fn reloader(&self) -> impl FnMut() + Send + 'static {
+        let trust = self.service.trust.clone();
+        move || {
+            tracing::info!("SIGHUP: reloading tpm_cert_store");
+            trust.reload();
+        }
     }
 
     /// The bound address (the real port when configured with port 0).

@@ -25,9 +25,10 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = kl_svc::shutdown::Shutdown::install().context("installing signal handlers")?;
     let server = kl_registrar::Server::bind(&config).await?;
     kl_svc::systemd::notify_ready()?;
+    let reload = server.reloader();
     server
         .serve(async {
-            let signal = shutdown.wait().await;
+            let signal = shutdown.wait_reloading(reload).await;
             tracing::info!(%signal, "stopping");
         })
         .await?;

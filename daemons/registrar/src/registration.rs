@@ -7,7 +7,8 @@
 //! identity certificate names the agent id. The answer is TPM2_MakeCredential of a fresh
 //! 32-byte secret to the EK, bound to the AK name: only the TPM holding both can recover it.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 
 use kl_core::alg::HashAlg;
 use kl_core::credential::{self, EkKey, EkSymmetric, MadeCredential};
@@ -102,6 +103,43 @@ impl EkTrust {
             "EK CA store loaded"
         );
         Ok(EkTrust::new(store, require_ek_cert))
+    }
+}
+
+/// The EK trust in force: read from `tpm_cert_store` at start and again on SIGHUP, replaced
+/// whole, so each registration is checked against one consistent store.
+#[derive(Debug)]
+pub struct EkTrustSource {
+    dir: PathBuf,
+    require_ek_cert: bool,
+    current: RwLock<Arc<EkTrust>>,
+}
+
+impl EkTrustSource {
+    pub fn load(dir: &Path, require_ek_cert: bool) -> Result<EkTrustSource, Error> {
+        let trust = EkTrust::load(dir, require_ek_cert)?;
+        Ok(EkTrustSource {
+            dir: dir.to_owned(),
+            require_ek_cert,
+            current: RwLock::new(Arc::new(trust)),
+        })
+    }
+
+    pub fn current(&self) -> Arc<EkTrust> {
+        self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Reads `tpm_cert_store` again. When it cannot be read, the store in force stays.
+    pub fn reload(&self) {
+        match EkTrust::load(&self.dir, self.require_ek_cert) {
+            Ok(trust) => {
+                *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(trust);
+            }
+            Err(e) => tracing::error!(
+                error = %e,
+                "tpm_cert_store not reloaded; the certificates loaded before stay in force"
+            ),
+        }
     }
 }
 

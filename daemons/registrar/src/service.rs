@@ -13,7 +13,7 @@ use crate::Error;
 use crate::access::{self, Access};
 use crate::pending::{Full, PendingRegistrations};
 use crate::ratelimit::RateLimiter;
-use crate::registration::{self, EkTrust};
+use crate::registration::{self, EkTrustSource};
 use crate::writer::ActivationWriter;
 
 /// Page size of ListAgents when the request gives none.
@@ -27,7 +27,7 @@ pub struct RegistrarService {
     pub(crate) store: Arc<RegistrarStore>,
     pub(crate) writer: ActivationWriter,
     pub(crate) pending: Arc<PendingRegistrations>,
-    pub(crate) trust: Arc<EkTrust>,
+    pub(crate) trust: Arc<EkTrustSource>,
     pub(crate) access: Access,
     pub(crate) limiter: Arc<RateLimiter>,
     pub(crate) calls: Arc<kl_svc::metrics::CallCounts>,
@@ -51,7 +51,7 @@ impl RegistrarService {
     ) -> Result<pb::RegisterResponse, Error> {
         self.rate_limit(&request, "Register")?;
         let request = request.into_inner();
-        let checked = registration::check(&request, &self.trust)?;
+        let checked = registration::check(&request, &self.trust.current())?;
         if let Some(existing) = self.read(move |store| store.get_agent(&request.agent_id)).await?
             && !existing.same_tpm_identity(&checked.record)
         {
@@ -202,8 +202,14 @@ impl Registrar for RegistrarService {
         &self,
         request: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterResponse>, Status> {
-        let result = RegistrarService::register(self, request).await.map_err(Status::from);
-        counted(&self.calls, "Register", result)
+        let (agent_id, peer) = (request.get_ref().agent_id.clone(), request.remote_addr());
+        let result = RegistrarService::register(self, request).await;
+        if let Err(e) = &result {
+            // An operator diagnosing an agent that never appears needs the why, here.
+            let peer = peer.map(|p| p.to_string()).unwrap_or_else(|| "unknown".to_owned());
+            tracing::warn!(agent_id = %agent_id.escape_debug(), %peer, reason = %e, "registration refused");
+        }
+        counted(&self.calls, "Register", result.map_err(Status::from))
     }
 
     async fn activate(
