@@ -211,9 +211,25 @@ impl<T: Serialize> Loaded<T> {
     }
 }
 
-/// A config as pretty JSON, for `--print-config`.
+/// Options whose values are secrets: `--print-config` shows that they are set, never what
+/// they are (its output ends up in bug reports and support tickets).
+pub const SECRET_OPTIONS: &[&str] = &["webhook_secret"];
+
+/// What `--print-config` shows in place of a secret that is set.
+pub const MASKED: &str = "<set; not shown>";
+
+/// A config as pretty JSON, for `--print-config`, with [`SECRET_OPTIONS`] masked.
 pub fn print_json<T: Serialize>(config: &T) -> Result<String, ConfigError> {
-    serde_json::to_string_pretty(config).map_err(|e| ConfigError::Render { message: e.to_string() })
+    let render = |e: serde_json::Error| ConfigError::Render { message: e.to_string() };
+    let mut value = serde_json::to_value(config).map_err(render)?;
+    if let Some(map) = value.as_object_mut() {
+        for key in SECRET_OPTIONS {
+            if let Some(v) = map.get_mut(*key).filter(|v| !v.is_null()) {
+                *v = Json::String(MASKED.to_owned());
+            }
+        }
+    }
+    serde_json::to_string_pretty(&value).map_err(render)
 }
 
 struct Setting {

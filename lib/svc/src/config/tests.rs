@@ -370,6 +370,20 @@ fn command_line_flags_and_print_config() -> TestResult {
     let json: serde_json::Value = serde_json::from_str(&verifier.to_json()?)?;
     assert_eq!(json["quote_interval"], 2.0);
     assert_eq!(json["tls_dir"], "generate");
+    assert_eq!(json["webhook_secret"], serde_json::Value::Null, "unset stays null");
+    Ok(())
+}
+
+#[test]
+fn print_config_masks_secrets() -> TestResult {
+    let roots = Roots::new()?;
+    roots.write("etc/keylime/verifier.conf", "webhook_secret = \"hunter2-hmac-key\"")?;
+    let verifier = load::<VerifierConfig>(&roots.sources())?;
+    assert_eq!(verifier.config.webhook_secret.as_deref(), Some("hunter2-hmac-key"));
+    let printed = verifier.to_json()?;
+    assert!(!printed.contains("hunter2"), "{printed}");
+    let json: serde_json::Value = serde_json::from_str(&printed)?;
+    assert_eq!(json["webhook_secret"], super::MASKED);
     Ok(())
 }
 
