@@ -713,3 +713,26 @@ async fn an_agent_with_ecc_keys_registers_without_an_ek_certificate_and_passes()
 }
 
 mod payload;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runtime_policy_fails_an_agent_without_an_ima_log() -> Result<()> {
+    // IMA off on the machine: the list the agent is told to serve does not exist.
+    let mut extra = toml::Table::new();
+    extra.insert("ima_ml_path".into(), "/nonexistent/ascii_runtime_measurements".into());
+    let Some(sys) = System::start_with(extra, &[], toml::Table::new(), true)? else {
+        return Ok(());
+    };
+    sys.apply_policy("base")?;
+    let (code, doc) =
+        sys.kctl_json(&["agents", "enroll", &sys.agent_id, "--runtime-policy", "base", "--wait"])?;
+    assert_eq!(code, 1, "enroll --wait ends failed: {doc}");
+    let failed = sys.wait_state("failed")?;
+    let findings = failed["last_verdict"]["findings"].as_array().cloned().unwrap_or_default();
+    assert!(findings.iter().any(|f| f["rule"] == "ima.log_missing"), "{findings:?}");
+    assert!(
+        sys.agent.daemon.output().contains("no IMA measurement list"),
+        "the agent says so too: {}",
+        sys.agent.daemon.output()
+    );
+    Ok(())
+}

@@ -10,6 +10,7 @@ use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Errors reading the measurement list.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +39,8 @@ pub struct ImaSlice {
 pub struct ImaLog {
     path: PathBuf,
     index: Mutex<LineIndex>,
+    /// Whether the list was missing when last looked at, so that is logged once, not per quote.
+    missing: AtomicBool,
 }
 
 /// Byte offsets of line starts; `starts[n]` is where entry `n` begins and the last element is
@@ -61,16 +64,34 @@ impl LineIndex {
 
 impl ImaLog {
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        ImaLog { path: path.into(), index: Mutex::new(LineIndex::default()) }
+        ImaLog {
+            path: path.into(),
+            index: Mutex::new(LineIndex::default()),
+            missing: AtomicBool::new(false),
+        }
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// Whether the list can be opened.
+    /// Whether the list can be opened. A change is logged: a list that is missing fails the
+    /// agent at a verifier that applies a runtime policy to it.
     pub fn available(&self) -> bool {
-        File::open(&self.path).is_ok()
+        let opened = File::open(&self.path);
+        let was_missing = self.missing.swap(opened.is_err(), Ordering::Relaxed);
+        match (&opened, was_missing) {
+            (Err(e), false) => tracing::warn!(
+                ima_ml_path = %self.path.display(),
+                error = %e,
+                "no IMA measurement list: verifiers with a runtime policy for this agent will fail it"
+            ),
+            (Ok(_), true) => {
+                tracing::info!(ima_ml_path = %self.path.display(), "IMA measurement list readable again")
+            }
+            _ => {}
+        }
+        opened.is_ok()
     }
 
     /// Up to `max` entries from entry `offset`. An offset past the end of the list means the

@@ -238,6 +238,7 @@ impl AgentService {
                 .into_iter()
                 .map(|v| pb::PcrValue { index: v.index, value: v.value.as_bytes().to_vec() })
                 .collect(),
+            ima_log_missing: ima.is_none(),
             ima_offset: ima.as_ref().map_or(0, |s| s.offset),
             ima_entry_count: ima.as_ref().map_or(0, |s| s.count),
             ima_more: ima.as_ref().is_some_and(|s| s.more),

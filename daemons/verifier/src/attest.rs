@@ -187,6 +187,7 @@ pub(crate) async fn round(
             pcrs: &pcrs,
             ima_offset: offset,
             ima_entries: &ima_entries,
+            ima_log_missing: reply.ima_log_missing,
             event_log: if reply.event_log.is_empty() { None } else { Some(&reply.event_log) },
         };
         appraisal::appraise(&evidence, policy, prior)

@@ -148,6 +148,9 @@ pub struct Evidence<'a> {
     /// Index of the first IMA entry in `ima_entries`.
     pub ima_offset: u64,
     pub ima_entries: &'a [u8],
+    /// The agent said it has no IMA measurement list (IMA off, or its file unreadable): a
+    /// runtime policy then fails, as an empty log would otherwise replay to an unused PCR 10.
+    pub ima_log_missing: bool,
     /// The UEFI event log, when one was sent.
     pub event_log: Option<&'a [u8]>,
 }
@@ -325,6 +328,14 @@ fn appraise_ima(
     let mut verdict = Verdict::default();
     // Enforced even when it fails early: the findings say why.
     verdict.checked("ima");
+    if evidence.ima_log_missing {
+        verdict.push(Finding::new(
+            rule::IMA_LOG_MISSING,
+            "a runtime policy applies but the agent has no IMA measurement list (is IMA enabled, \
+             and is the agent's ima_ml_path readable?)",
+        ));
+        return (verdict, prior.clone(), 0);
+    }
     let Some(quoted) = evidence.pcrs.get(ima::IMA_PCR) else {
         verdict.push(
             Finding::new(rule::PCR_MISSING, "PCR 10 was not quoted, so IMA cannot be checked")

@@ -132,6 +132,7 @@ fn round(m: &mut Machine, policy: &AgentPolicy, state: &AttestationState) -> App
         pcrs: &pcrs,
         ima_offset: offset as u64,
         ima_entries: entries.as_bytes(),
+        ima_log_missing: false,
         event_log: None,
     };
     appraise(&evidence, policy, state)
@@ -181,6 +182,7 @@ fn a_replayed_quote_and_a_wrong_nonce_fail_without_advancing() {
         pcrs: &pcrs,
         ima_offset: 0,
         ima_entries: entries.as_bytes(),
+        ima_log_missing: false,
         event_log: None,
     };
     let first = appraise(&evidence, &policy, &AttestationState::default());
@@ -212,6 +214,7 @@ fn a_flipped_signature_byte_is_a_failed_round_not_an_error() {
         pcrs: &pcrs,
         ima_offset: 0,
         ima_entries: entries.as_bytes(),
+        ima_log_missing: false,
         event_log: None,
     };
     let a = appraise(&evidence, &policy, &AttestationState::default());
@@ -244,6 +247,7 @@ fn a_reboot_replays_from_zero_and_a_shrunk_log_without_reboot_fails() {
         pcrs: &pcrs,
         ima_offset: 0,
         ima_entries: entries.as_bytes(),
+        ima_log_missing: false,
         event_log: None,
     };
     assert_eq!(rules(&appraise(&evidence, &policy, &state)), ["ima.offset"]);
@@ -288,6 +292,7 @@ fn measured_boot_is_checked_against_the_quoted_pcrs_and_cached() {
             pcrs: &pcrs,
             ima_offset: 0,
             ima_entries: b"",
+            ima_log_missing: false,
             event_log,
         };
         appraise(&evidence, &policy, state)

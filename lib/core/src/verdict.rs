@@ -34,6 +34,7 @@ pub mod rule {
     pub const IMA_HASH_ALG: &str = "ima.hash_alg";
     pub const IMA_OFFSET: &str = "ima.offset";
     pub const IMA_MALFORMED: &str = "ima.malformed";
+    pub const IMA_LOG_MISSING: &str = "ima.log_missing";
     pub const MB_EVENT_LOG_MISSING: &str = "mb.event_log_missing";
     pub const MB_EVENT_LOG_MALFORMED: &str = "mb.event_log_malformed";
     pub const COVERAGE_NOT_ENFORCED: &str = "coverage.not_enforced";

@@ -152,6 +152,7 @@ impl Machine {
             ima_more: end < self.ima.lines.len(),
             event_log: Vec::new(),
             boot_time: 0,
+            ima_log_missing: false,
         };
         if self.first_answer.is_none() {
             self.first_answer = Some(answer.clone());
