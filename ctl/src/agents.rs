@@ -42,7 +42,8 @@ pub fn run(cli: &Cli, cmd: &AgentsCommand) -> CmdResult {
                     Ok(ch) => Some(ch),
                     Err(e) => {
                         eprintln!(
-                            "kctl: registrar not reachable, showing the verifier's view only: {e:?}"
+                            "kctl: registrar not reachable, showing the verifier's view only: {:#}",
+                            e.into_error()
                         );
                         None
                     }

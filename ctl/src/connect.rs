@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::{Context, anyhow};
 use kl_svc::config::{self, ConfigArgs, Flag, TenantConfig};
 use kl_svc::tls::{self, ServerTrust, TlsConnector, TlsFiles};
+use rustls::pki_types::ServerName;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
@@ -76,14 +77,25 @@ pub async fn channel(config: &TenantConfig, host: &str, port: u16) -> Result<Cha
             )
         })
         .map_err(Failure::Input)?;
+    let client = std::sync::Arc::new(client);
+    if let Ok(name) = ServerName::try_from(host.to_owned()) {
+        let wait = Duration::from_secs(5);
+        if let Some(alert) = tls::client_refusal(host, port, name, client.clone(), wait).await {
+            return Err(Failure::Server(anyhow!(
+                "{host}:{port} refused this client: {}; kctl presents {} (tls_dir)",
+                tls::refusal_reason(alert),
+                files.client_cert().display()
+            )));
+        }
+    }
     let host_uri = if host.contains(':') { format!("[{host}]") } else { host.to_owned() };
     let endpoint = Endpoint::from_shared(format!("http://{host_uri}:{port}"))
         .map_err(|e| Failure::Input(anyhow!("{host}:{port}: {e}")))?
         .connect_timeout(Duration::from_secs(10))
         .timeout(config.request_timeout);
-    endpoint.connect_with_connector(TlsConnector::new(std::sync::Arc::new(client))).await.map_err(
-        |e| Failure::Server(anyhow!("{host}:{port}: cannot connect: {}", source_chain(&e))),
-    )
+    endpoint.connect_with_connector(TlsConnector::new(client)).await.map_err(|e| {
+        Failure::Server(anyhow!("{host}:{port}: cannot connect: {}", source_chain(&e)))
+    })
 }
 
 fn source_chain(e: &dyn std::error::Error) -> String {

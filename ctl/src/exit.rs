@@ -33,6 +33,16 @@ pub enum Failure {
 }
 
 impl Failure {
+    /// The error, whatever its exit code.
+    pub fn into_error(self) -> anyhow::Error {
+        match self {
+            Failure::Negative(e)
+            | Failure::Input(e)
+            | Failure::NotFound(e)
+            | Failure::Server(e) => e,
+        }
+    }
+
     pub fn report(self) -> u8 {
         let (code, err) = match self {
             Failure::Negative(e) => (1, e),

@@ -91,3 +91,27 @@ async fn kctl_and_the_tenant_list_show_and_delete_registered_agents() -> Result<
     drop(agent);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_from_another_ca_is_told_why_it_is_refused() -> Result<()> {
+    let deployment = Deployment::new()?;
+    let verifier_config = deployment.verifier_config(daemon::free_port()?, 1, 1.0);
+    let verifier = deployment.start_verifier(&verifier_config)?;
+    // Another deployment's admin certificate, with this deployment's CA to check the server.
+    let other = Deployment::new()?;
+    std::fs::copy(deployment.tls().ca_cert(), other.tls().ca_cert())?;
+    let config = other.tenant_config(verifier.port(), 1)?;
+
+    let out = run(KCTL, &config, &["agents", "show", "some-agent", "-o", "json"])?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(
+        stderr.contains("refused this client")
+            && stderr.contains("not issued by a CA the server trusts")
+            && stderr.contains("client-cert.crt"),
+        "says why and which certificate: {stderr}"
+    );
+    assert!(!stderr.contains("Cancelled") && !stderr.contains("canceled"), "{stderr}");
+    assert!(out.stdout.is_empty());
+    Ok(())
+}

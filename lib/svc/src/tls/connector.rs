@@ -29,6 +29,54 @@ pub async fn connect(
     tokio_rustls::TlsConnector::from(config).connect(server_name, tcp).await.map_err(context)
 }
 
+/// The HTTP/2 client preface and an empty SETTINGS frame: what a gRPC client sends first.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+
+/// Whether the server takes this client's certificate. In TLS 1.3 a server checks the client
+/// certificate after the client has finished its side of the handshake, and refuses it with an
+/// alert that only the client's next read sees: a gRPC client then reports the call as
+/// "operation was canceled". This completes a handshake, sends the HTTP/2 preface and reads the
+/// server's first bytes; `Some(alert)` is the server's refusal. Anything else (an answer, no
+/// answer within `wait`, another error) is `None`, for the real connection to report.
+pub async fn client_refusal(
+    host: &str,
+    port: u16,
+    server_name: ServerName<'static>,
+    config: Arc<ClientConfig>,
+    wait: std::time::Duration,
+) -> Option<rustls::AlertDescription> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let probe = async {
+        let mut tls = connect(host, port, server_name, config).await?;
+        tls.write_all(H2_PREFACE).await?;
+        tls.flush().await?;
+        let mut first = [0u8; 64];
+        tls.read(&mut first).await
+    };
+    let Ok(Err(e)) = tokio::time::timeout(wait, probe).await else { return None };
+    match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+        Some(rustls::Error::AlertReceived(alert)) => Some(*alert),
+        _ => None,
+    }
+}
+
+/// What a TLS alert from a server that refused the client's certificate means, for people.
+pub fn refusal_reason(alert: rustls::AlertDescription) -> String {
+    use rustls::AlertDescription as A;
+    let why = match alert {
+        A::UnknownCA | A::BadCertificate | A::DecryptError => {
+            "the client certificate is not issued by a CA the server trusts"
+        }
+        A::CertificateRequired => "the server requires a client certificate",
+        A::CertificateExpired => "the client certificate has expired",
+        A::CertificateRevoked => "the client certificate is revoked",
+        A::AccessDenied => "the server denies access to this client certificate",
+        A::UnsupportedCertificate => "the server does not accept this kind of client certificate",
+        _ => "the server ended the TLS session",
+    };
+    format!("{why} (TLS alert {alert:?})")
+}
+
 /// A `tower` connector for tonic: each call opens a TLS connection to the URI's host and port.
 #[derive(Debug, Clone)]
 pub struct TlsConnector {

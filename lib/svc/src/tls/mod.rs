@@ -17,7 +17,7 @@ use std::path::PathBuf;
 
 pub use agent::AgentIdentity;
 pub use ca::{CertificateAuthority, IssuedCert, ensure_generated, prepare};
-pub use connector::{TlsConnector, connect};
+pub use connector::{TlsConnector, client_refusal, connect, refusal_reason};
 pub use files::{TlsDir, TlsFiles, TlsIdentity, read_certificates};
 pub use listener::TlsIncoming;
 pub use role::{ROLE_URI_PREFIX, Role, role_of};
