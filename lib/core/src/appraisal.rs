@@ -102,10 +102,10 @@ impl AgentPolicy {
     /// verifier.
     pub fn pcr_policy_overlap(&self) -> Option<(u32, PcrOwner)> {
         let pinned = self.pcr_policy.as_ref()?.pcrs();
-        if let Some(mb) = &self.measured_boot {
-            if let Some(&pcr) = mb.policy.pcrs.iter().filter(|&&p| pinned.contains(p)).min() {
-                return Some((pcr, PcrOwner::MeasuredBoot));
-            }
+        if let Some(mb) = &self.measured_boot
+            && let Some(&pcr) = mb.policy.pcrs.iter().filter(|&&p| pinned.contains(p)).min()
+        {
+            return Some((pcr, PcrOwner::MeasuredBoot));
         }
         if self.runtime.is_some() && pinned.contains(ima::IMA_PCR) {
             return Some((ima::IMA_PCR, PcrOwner::RuntimePolicy));
