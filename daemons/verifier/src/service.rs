@@ -700,14 +700,31 @@ impl Verifier for VerifierService {
         if !req.agent_id.is_empty() {
             check_agent_id(&req.agent_id)?;
         }
+        let watch = events::Watch {
+            from_cursor: req.from_cursor,
+            agent_id: req.agent_id,
+            until_cursor: req.until_cursor,
+        };
         let (receiver, task) = events::watch(
             self.ctx.store.clone(),
             &self.ctx.events,
-            req.from_cursor,
-            req.agent_id,
+            watch,
             self.ctx.shutdown.clone(),
         )?;
         self.ctx.spawn(task);
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+
+    async fn get_event_cursors(
+        &self,
+        request: Request<pb::GetEventCursorsRequest>,
+    ) -> Result<Response<pb::GetEventCursorsResponse>, Status> {
+        access::require(&request, "GetEventCursors", READ)?;
+        // Newest first: an event committed between the two reads then cannot make the oldest
+        // look newer than the newest.
+        let newest_cursor = self.ctx.store.last_event().map_err(Error::from)?;
+        let oldest_cursor =
+            self.ctx.store.oldest_event().map_err(Error::from)?.unwrap_or(newest_cursor + 1);
+        Ok(Response::new(pb::GetEventCursorsResponse { oldest_cursor, newest_cursor }))
     }
 }
