@@ -5,6 +5,8 @@
 
 mod agent;
 mod attestation;
+mod events;
+mod exit_codes;
 mod kctl;
 mod registration;
 
