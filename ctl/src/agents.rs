@@ -158,12 +158,11 @@ async fn list(
                 .map_err(|s| connect::status("registrar ListAgents", s))?
                 .into_inner();
             for a in &page.agents {
-                let entry = merged.entry(a.agent_id.clone()).or_insert_with(
-                    || json!({"uuid": a.agent_id, "state": "not_enrolled", "enrolled": false}),
-                );
+                let entry =
+                    merged.entry(a.agent_id.clone()).or_insert_with(|| not_enrolled(&a.agent_id));
                 entry["registered"] = json!(true);
                 if let (true, Some(c)) = (entry["contact_ip"].is_null(), &a.contact) {
-                    entry["contact_ip"] = json!(c.ip);
+                    entry["contact_ip"] = vj::text_or_null(&c.ip);
                     entry["contact_port"] = json!(c.port);
                 }
             }
@@ -197,6 +196,22 @@ async fn list(
             })
             .collect();
         output::table(&["UUID", "STATE", "REGISTERED", "ATTESTATIONS", "LAST SUCCESS"], &rows)
+    })
+}
+
+/// A registered agent the verifier does not attest: the keys of an enrolled agent's listing
+/// that have a value without enrolment, settings `null`.
+fn not_enrolled(uuid: &str) -> Value {
+    json!({
+        "uuid": uuid,
+        "state": "not_enrolled",
+        "enrolled": false,
+        "contact_ip": null,
+        "contact_port": null,
+        "runtime_policy": null,
+        "measured_boot_policy": null,
+        "pcr_policy": null,
+        "last_verdict": null,
     })
 }
 

@@ -142,7 +142,8 @@ pub struct UpdateArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum EventsCommand {
-    /// Stream events as NDJSON (with -o json), one per line, until interrupted.
+    /// Stream events as NDJSON (with -o json), one per line, until interrupted. Survives a
+    /// verifier restart: reconnects and resumes after the last event printed.
     Watch {
         /// Start after this cursor (0: every retained event).
         #[arg(long, default_value = "0")]
@@ -153,6 +154,9 @@ pub enum EventsCommand {
         /// Stop after this many events.
         #[arg(long)]
         count: Option<u64>,
+        /// Stop (exit 0) once the events that existed when the command started are printed.
+        #[arg(long)]
+        until_now: bool,
     },
 }
 

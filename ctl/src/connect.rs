@@ -112,12 +112,14 @@ fn source_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// DESIGN §6: NOT_FOUND exits 3, INVALID_ARGUMENT 2, every other failure 4.
+/// The exit code contract: INVALID_ARGUMENT exits 2, NOT_FOUND 3, FAILED_PRECONDITION and
+/// ALREADY_EXISTS 5, every other failure 4.
 pub fn status(what: &str, status: Status) -> Failure {
     let err = anyhow!("{what}: {} ({:?})", status.message(), status.code());
     match status.code() {
-        Code::NotFound => Failure::NotFound(err),
         Code::InvalidArgument => Failure::Input(err),
+        Code::NotFound => Failure::NotFound(err),
+        Code::FailedPrecondition | Code::AlreadyExists => Failure::Refused(err),
         _ => Failure::Server(err),
     }
 }
@@ -155,5 +157,17 @@ mod tests {
         assert_eq!(split_addr("[::1]:8891", "--v").ok(), Some(("::1".into(), Some("8891".into()))));
         assert_eq!(split_addr("::1", "--v").ok(), Some(("::1".into(), None)));
         assert!(split_addr("", "--v").is_err());
+    }
+
+    #[test]
+    fn grpc_statuses_map_to_exit_codes() {
+        let code = |c: Code| status("call", Status::new(c, "why")).report();
+        assert_eq!(code(Code::InvalidArgument), 2);
+        assert_eq!(code(Code::NotFound), 3);
+        assert_eq!(code(Code::FailedPrecondition), 5);
+        assert_eq!(code(Code::AlreadyExists), 5);
+        for other in [Code::Unavailable, Code::Internal, Code::PermissionDenied, Code::Unknown] {
+            assert_eq!(code(other), 4, "{other:?}");
+        }
     }
 }

@@ -30,6 +30,9 @@ pub enum Failure {
     NotFound(anyhow::Error),
     /// Exit 4: a server or transport error.
     Server(anyhow::Error),
+    /// Exit 5: refused in the current state (a policy still in use, settings that conflict
+    /// with what is stored).
+    Refused(anyhow::Error),
 }
 
 impl Failure {
@@ -39,6 +42,7 @@ impl Failure {
             Failure::Negative(e)
             | Failure::Input(e)
             | Failure::NotFound(e)
+            | Failure::Refused(e)
             | Failure::Server(e) => e,
         }
     }
@@ -49,6 +53,7 @@ impl Failure {
             Failure::Input(e) => (2, e),
             Failure::NotFound(e) => (3, e),
             Failure::Server(e) => (4, e),
+            Failure::Refused(e) => (5, e),
         };
         // One line: the context chain joined, outermost first.
         eprintln!("kctl: {err:#}");

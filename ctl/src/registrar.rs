@@ -65,7 +65,7 @@ pub fn run(cli: &Cli, cmd: &RegistrarCommand) -> CmdResult {
                     .map_err(|s| connect::status(&format!("registrar delete {agent_id}"), s))?
                     .into_inner()
                     .deleted;
-                let doc = json!({ "agent_id": agent_id, "changed": deleted });
+                let doc = json!({ "uuid": agent_id, "agent_id": agent_id, "changed": deleted });
                 match cli.output {
                     Format::Json => output::json(&doc).map_err(input)?,
                     Format::Table => output::text(&format!(
@@ -80,12 +80,15 @@ pub fn run(cli: &Cli, cmd: &RegistrarCommand) -> CmdResult {
     })?
 }
 
-/// The JSON of one registrar record: blobs in base64, digests in hex, times in RFC 3339.
-fn record_json(a: &AgentRecord) -> Value {
+/// The JSON of one registrar record: blobs in base64, digests in hex, times in RFC 3339,
+/// `null` for what is absent. The id is `uuid`, as in every kctl output; `agent_id` repeats it
+/// for scripts written against earlier versions.
+pub(crate) fn record_json(a: &AgentRecord) -> Value {
     let contact = a.contact.as_ref();
     json!({
+        "uuid": a.agent_id,
         "agent_id": a.agent_id,
-        "contact_ip": contact.map(|c| c.ip.clone()),
+        "contact_ip": contact.map_or(Value::Null, |c| crate::verifier_json::text_or_null(&c.ip)),
         "contact_port": contact.map(|c| c.port),
         "ek_public": B64.encode(&a.ek_public),
         "ek_certificate": (!a.ek_certificate.is_empty()).then(|| B64.encode(&a.ek_certificate)),
@@ -116,7 +119,7 @@ fn table(agents: &[Value]) -> String {
                 "unverified"
             };
             vec![
-                a["agent_id"].as_str().unwrap_or("").to_owned(),
+                a["uuid"].as_str().unwrap_or("").to_owned(),
                 contact,
                 ek.to_owned(),
                 a["registration_count"].to_string(),
@@ -125,4 +128,34 @@ fn table(agents: &[Value]) -> String {
         })
         .collect();
     output::table(&["AGENT", "CONTACT", "EK CERT", "REGISTRATIONS", "ACTIVATED"], &rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use kl_proto::registrar::v1::Contact;
+
+    use super::*;
+
+    #[test]
+    fn a_record_names_the_agent_uuid_and_keeps_agent_id_as_an_alias() {
+        let doc = record_json(&AgentRecord {
+            agent_id: "agent-1".into(),
+            ek_public: vec![1, 2],
+            ..AgentRecord::default()
+        });
+        assert_eq!(doc["uuid"], "agent-1");
+        assert_eq!(doc["agent_id"], "agent-1");
+        assert_eq!(doc["ek_public"], "AQI=");
+        for key in ["contact_ip", "contact_port", "ek_certificate", "registered_at", "activated_at"]
+        {
+            assert_eq!(doc[key], Value::Null, "{key} in {doc}");
+        }
+        let with_contact = record_json(&AgentRecord {
+            agent_id: "agent-1".into(),
+            contact: Some(Contact { ip: "10.0.0.7".into(), port: 9002 }),
+            ..AgentRecord::default()
+        });
+        assert_eq!(with_contact["contact_ip"], "10.0.0.7");
+        assert_eq!(with_contact["contact_port"], 9002);
+    }
 }

@@ -17,25 +17,25 @@ use serde_json::Value;
 use crate::{OUTCOME_TIMEOUT, agent_settings, tpm_and_deployment};
 
 /// A deployment with all three daemons and one agent, its IMA log started.
-struct System {
-    tpm: Swtpm,
-    deployment: Deployment,
-    registrar: Daemon,
-    verifier: Daemon,
-    agent: TestAgent,
-    agent_id: String,
-    tenant: PathBuf,
-    ima: ImaWriter,
+pub(crate) struct System {
+    pub(crate) tpm: Swtpm,
+    pub(crate) deployment: Deployment,
+    pub(crate) registrar: Daemon,
+    pub(crate) verifier: Daemon,
+    pub(crate) agent: TestAgent,
+    pub(crate) agent_id: String,
+    pub(crate) tenant: PathBuf,
+    pub(crate) ima: ImaWriter,
 }
 
 impl System {
-    fn start() -> Result<Option<System>> {
+    pub(crate) fn start() -> Result<Option<System>> {
         System::start_with(toml::Table::new(), &[], toml::Table::new(), true)
     }
 
     /// Starts the system with `extra` settings for the agent; the registrar also trusts the EK
     /// certificates of `other_tpms`; the verifier gets `verifier_extra` settings.
-    fn start_with(
+    pub(crate) fn start_with(
         extra: toml::Table,
         other_tpms: &[&Swtpm],
         verifier_extra: toml::Table,
@@ -77,7 +77,7 @@ impl System {
         Ok(Some(system))
     }
 
-    fn run(&self, program: Program, args: &[&str]) -> Result<Output> {
+    pub(crate) fn run(&self, program: Program, args: &[&str]) -> Result<Output> {
         Ok(Command::new(daemon::binary(program)?)
             .arg("--config")
             .arg(&self.tenant)
@@ -85,7 +85,7 @@ impl System {
             .output()?)
     }
 
-    fn kctl_json(&self, args: &[&str]) -> Result<(i32, Value)> {
+    pub(crate) fn kctl_json(&self, args: &[&str]) -> Result<(i32, Value)> {
         let mut all = args.to_vec();
         all.extend(["-o", "json"]);
         let out = self.run(KCTL, &all)?;
@@ -105,7 +105,7 @@ impl System {
     }
 
     /// A runtime policy allowing what the agent measured so far, stored at the verifier.
-    fn apply_policy(&self, name: &str) -> Result<()> {
+    pub(crate) fn apply_policy(&self, name: &str) -> Result<()> {
         let file = self.deployment.keylime_dir().join(format!("{name}.json"));
         let log = self.agent.ima_log.display().to_string();
         let out = self.run(
@@ -135,15 +135,19 @@ impl System {
         Ok(())
     }
 
-    fn show(&self) -> Result<Value> {
+    pub(crate) fn show(&self) -> Result<Value> {
         self.show_agent(&self.agent_id)
     }
 
-    fn show_agent(&self, id: &str) -> Result<Value> {
+    pub(crate) fn show_agent(&self, id: &str) -> Result<Value> {
         Ok(self.kctl_json(&["agents", "show", id])?.1)
     }
 
-    fn wait(&self, mut done: impl FnMut(&System) -> Result<bool>, what: &str) -> Result<()> {
+    pub(crate) fn wait(
+        &self,
+        mut done: impl FnMut(&System) -> Result<bool>,
+        what: &str,
+    ) -> Result<()> {
         let deadline = Instant::now() + OUTCOME_TIMEOUT;
         while !done(self)? {
             if Instant::now() > deadline {
@@ -154,11 +158,11 @@ impl System {
         Ok(())
     }
 
-    fn wait_state(&self, state: &str) -> Result<Value> {
+    pub(crate) fn wait_state(&self, state: &str) -> Result<Value> {
         self.wait_agent_state(&self.agent_id, state)
     }
 
-    fn wait_agent_state(&self, id: &str, state: &str) -> Result<Value> {
+    pub(crate) fn wait_agent_state(&self, id: &str, state: &str) -> Result<Value> {
         let mut last = Value::Null;
         let deadline = Instant::now() + OUTCOME_TIMEOUT;
         loop {
@@ -178,7 +182,7 @@ impl System {
     }
 }
 
-fn check(out: &Output, what: &str) -> Result<()> {
+pub(crate) fn check(out: &Output, what: &str) -> Result<()> {
     if out.status.success() {
         Ok(())
     } else {

@@ -115,3 +115,55 @@ async fn a_client_certificate_from_another_ca_is_told_why_it_is_refused() -> Res
     assert!(out.stdout.is_empty());
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kctl_json_has_null_for_what_is_absent_and_uuid_for_the_agent() -> Result<()> {
+    let Some(sys) = crate::attestation::System::start()? else { return Ok(()) };
+    let id = sys.agent_id.as_str();
+
+    // Registered, not enrolled: listed with state `not_enrolled` and no settings.
+    let (code, list) = sys.kctl_json(&["agents", "list"])?;
+    assert_eq!(code, 0);
+    let entry = list["agents"]
+        .as_array()
+        .and_then(|a| a.iter().find(|x| x["uuid"] == id).cloned())
+        .ok_or_else(|| err(format!("{id} not listed: {list}")))?;
+    assert_eq!(entry["state"], "not_enrolled");
+    assert_eq!(
+        (entry["enrolled"].clone(), entry["registered"].clone()),
+        (false.into(), true.into())
+    );
+    for key in ["runtime_policy", "measured_boot_policy", "pcr_policy", "last_verdict"] {
+        assert_eq!(entry.get(key), Some(&Value::Null), "{key} in {entry}");
+    }
+
+    // Enrolled without any policy: each is null, not "".
+    let (code, enrolled) = sys.kctl_json(&["agents", "enroll", id])?;
+    assert_eq!(code, 0, "{enrolled}");
+    let shown = sys.show()?;
+    for doc in [&enrolled, &shown] {
+        assert_eq!(doc["uuid"], id);
+        for key in ["runtime_policy", "measured_boot_policy", "pcr_policy"] {
+            assert_eq!(doc.get(key), Some(&Value::Null), "{key} in {doc}");
+        }
+    }
+
+    // The registrar's record and delete answer name the agent `uuid`, `agent_id` kept too.
+    let (code, record) = sys.kctl_json(&["registrar", "show", id])?;
+    assert_eq!(code, 0);
+    assert_eq!((record["uuid"].as_str(), record["agent_id"].as_str()), (Some(id), Some(id)));
+    let (_, listed) = sys.kctl_json(&["registrar", "list"])?;
+    assert!(
+        listed["agents"].as_array().is_some_and(|a| a.iter().all(|r| r["uuid"] == r["agent_id"]))
+    );
+    let (_, history) = sys.kctl_json(&["agents", "attestations", id])?;
+    assert_eq!(history["uuid"], id);
+    let (code, unenrolled) = sys.kctl_json(&["agents", "unenroll", id])?;
+    assert_eq!((code, unenrolled["uuid"].as_str()), (0, Some(id)));
+    let (code, deleted) = sys.kctl_json(&["registrar", "delete", id])?;
+    assert_eq!(
+        (code, deleted["uuid"].as_str(), deleted["changed"].clone()),
+        (0, Some(id), true.into())
+    );
+    Ok(())
+}

@@ -6,6 +6,8 @@
 mod agent;
 mod attestation;
 mod config;
+mod events;
+mod exit_codes;
 mod kctl;
 mod registration;
 

@@ -265,6 +265,16 @@ impl Daemon {
         Ok(())
     }
 
+    /// SIGKILL, as a crash or an OOM kill would end it: no graceful shutdown, connections
+    /// break mid-stream. [`Daemon::restart`] starts it again.
+    pub fn kill(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
     /// Stops the daemon and starts it again with the same config, then waits for its port.
     pub fn restart(&mut self) -> Result<()> {
         self.stop()?;

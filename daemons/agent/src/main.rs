@@ -27,7 +27,9 @@ async fn main() -> ExitCode {
         Err(e) => {
             eprintln!("keylime_agent: {e:#}");
             let permanent = e.downcast_ref::<kl_agent::Error>().is_some_and(|e| e.is_permanent())
-                || e.downcast_ref::<config::ConfigError>().is_some();
+                || e.downcast_ref::<config::ConfigError>().is_some()
+                || e.downcast_ref::<kl_svc::logging::LoggingError>()
+                    .is_some_and(|e| matches!(e, kl_svc::logging::LoggingError::Filter { .. }));
             ExitCode::from(if permanent { EXIT_PERMANENT } else { 1 })
         }
     }

@@ -1,4 +1,9 @@
 //! `keylime_registrar`: loads the layered config and runs the registrar until SIGTERM.
+//!
+//! Exit status: 0 after SIGTERM or SIGINT, 78 (EX_CONFIG) on a configuration error (unreadable
+//! file, unknown key, bad value: the unit does not restart on it), 1 for other failures.
+
+use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
@@ -12,9 +17,27 @@ struct Args {
     config: ConfigArgs,
 }
 
+/// Exit status for a configuration error (sysexits.h EX_CONFIG).
+const EXIT_CONFIG: u8 = 78;
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+async fn main() -> ExitCode {
+    match run(Args::parse()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("keylime_registrar: {e:#}");
+            ExitCode::from(if is_config_error(&e) { EXIT_CONFIG } else { 1 })
+        }
+    }
+}
+
+fn is_config_error(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<config::ConfigError>().is_some()
+        || e.downcast_ref::<kl_svc::logging::LoggingError>()
+            .is_some_and(|e| matches!(e, kl_svc::logging::LoggingError::Filter { .. }))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
     let loaded = config::load::<RegistrarConfig>(&args.config.sources(Vec::new())?)?;
     if args.config.print_config {
         println!("{}", loaded.to_json()?);

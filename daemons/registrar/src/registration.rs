@@ -20,8 +20,6 @@ use ring::rand::SecureRandom;
 
 use crate::Error;
 
-/// Longest accepted agent id (a UUID is 36, `hash_ek` 64).
-pub const MAX_AGENT_ID_LEN: usize = 80;
 /// Size of the credential secret.
 pub const SECRET_LEN: usize = 32;
 /// Most intermediate certificates sent with an EK certificate (vendor chains have one or two).
@@ -31,26 +29,9 @@ pub const MAX_EK_INTERMEDIATES_BYTES: usize = 32 * 1024;
 /// Largest EK, intermediate or identity certificate accepted (real ones are 1 to 2 KiB).
 pub const MAX_CERTIFICATE_BYTES: usize = 16 * 1024;
 
-/// Checks an agent id: 1 to 80 characters of `[A-Za-z0-9._-]`.
+/// Checks an agent id (see [`kl_core::agent_id`]).
 pub fn check_agent_id(agent_id: &str) -> Result<(), Error> {
-    if agent_id.is_empty() {
-        return Err(Error::invalid("agent_id", "empty"));
-    }
-    if agent_id.len() > MAX_AGENT_ID_LEN {
-        return Err(Error::invalid(
-            "agent_id",
-            format!("{} characters, at most {MAX_AGENT_ID_LEN} allowed", agent_id.len()),
-        ));
-    }
-    if let Some(bad) =
-        agent_id.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
-    {
-        return Err(Error::invalid(
-            "agent_id",
-            format!("character {bad:?} is not allowed (only A-Z, a-z, 0-9, '.', '_', '-')"),
-        ));
-    }
-    Ok(())
+    kl_core::agent_id::check_shown(agent_id).map_err(|reason| Error::invalid("agent_id", reason))
 }
 
 /// The TPM vendor CAs and the `require_ek_cert` policy.
@@ -374,10 +355,10 @@ mod tests {
             assert!(check_agent_id(good).is_ok(), "{good}");
         }
         let reason = |id: &str| check_agent_id(id).err().map(|e| e.to_string());
-        assert_eq!(reason(""), Some("agent_id: empty".to_owned()));
-        assert_eq!(
-            reason(&"a".repeat(81)),
-            Some("agent_id: 81 characters, at most 80 allowed".to_owned())
+        assert_eq!(reason(""), Some("agent_id: \"\": empty".to_owned()));
+        assert!(
+            reason(&"a".repeat(81))
+                .is_some_and(|r| r.ends_with(": 81 characters, at most 80 allowed"))
         );
         assert!(reason("../etc").is_some_and(|r| r.contains("'/'")));
         assert!(reason("a b").is_some_and(|r| r.contains("' '")));

@@ -48,18 +48,29 @@ impl EventHub {
     }
 }
 
-/// Prepares a stream of the events after `from_cursor` (of `agent_id` only, unless empty) into a
-/// channel, fed by the returned task; the stream ends at shutdown or when the client goes away.
+/// What a watcher asked for: the events after `from_cursor`, of `agent_id` only unless empty, up
+/// to `until_cursor` unless 0.
+#[derive(Debug, Clone)]
+pub(crate) struct Watch {
+    pub from_cursor: u64,
+    pub agent_id: String,
+    pub until_cursor: u64,
+}
+
+/// Prepares a stream of the events a watcher asked for into a channel, fed by the returned
+/// task. The stream ends with OK after `until_cursor`, with UNAVAILABLE when the verifier
+/// stops (so the client knows to come back), or when the client goes away.
 pub(crate) fn watch(
     store: Arc<VerifierStore>,
     hub: &EventHub,
-    from_cursor: u64,
-    agent_id: String,
+    request: Watch,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<
     (mpsc::Receiver<Result<pb::Event, tonic::Status>>, impl Future<Output = ()> + Send + 'static),
     Error,
 > {
+    let Watch { from_cursor, agent_id, until_cursor } = request;
+    let done = move |last: u64| until_cursor > 0 && last >= until_cursor;
     if from_cursor > 0 {
         let oldest = store.oldest_event()?;
         let last = store.last_event()?;
@@ -78,6 +89,9 @@ pub(crate) fn watch(
     let task = async move {
         let mut last = from_cursor;
         let wanted = |e: &EventRecord| agent_id.is_empty() || e.agent_id == agent_id;
+        if done(last) {
+            return;
+        }
         'catch_up: loop {
             loop {
                 let page = match store.events_after(last, PAGE) {
@@ -90,7 +104,7 @@ pub(crate) fn watch(
                 let full = page.len() == PAGE;
                 for event in page {
                     last = event.cursor;
-                    if wanted(&event) && !deliver(&tx, &event, &mut shutdown).await {
+                    if wanted(&event) && !deliver(&tx, &event, &mut shutdown).await || done(last) {
                         return;
                     }
                 }
@@ -109,7 +123,9 @@ pub(crate) fn watch(
                                 continue 'catch_up;
                             }
                             last = event.cursor;
-                            if wanted(&event) && !deliver(&tx, &event, &mut shutdown).await {
+                            if wanted(&event) && !deliver(&tx, &event, &mut shutdown).await
+                                || done(last)
+                            {
                                 return;
                             }
                         }
@@ -117,7 +133,7 @@ pub(crate) fn watch(
                         Err(broadcast::error::RecvError::Closed) => return,
                     },
                     _ = tx.closed() => return,
-                    _ = crate::context::stopped(&mut shutdown) => return,
+                    _ = crate::context::stopped(&mut shutdown) => return stopping(&tx),
                 }
             }
         }
@@ -134,6 +150,15 @@ async fn deliver(
 ) -> bool {
     tokio::select! {
         sent = tx.send(Ok(convert::event(event))) => sent.is_ok(),
-        _ = crate::context::stopped(shutdown) => false,
+        _ = crate::context::stopped(shutdown) => {
+            stopping(tx);
+            false
+        }
     }
+}
+
+/// Ends a stream because the verifier stops: UNAVAILABLE rather than a plain end, so that a
+/// client tells "the verifier went away" from "the events asked for were all sent".
+fn stopping(tx: &mpsc::Sender<Result<pb::Event, tonic::Status>>) {
+    let _ = tx.try_send(Err(tonic::Status::unavailable("the verifier is stopping")));
 }

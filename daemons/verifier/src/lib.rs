@@ -134,7 +134,8 @@ impl Server {
         )?;
 
         let default_algorithms = AcceptedAlgorithms {
-            hash: context::parse_hash_algs(&config.accept_tpm_hash_algs, "accept_tpm_hash_algs")?,
+            hash: context::parse_hash_algs(&config.accept_tpm_hash_algs, "accept_tpm_hash_algs")
+                .map_err(|e| Error::Config(e.to_string()))?,
             // Schemes kl-core cannot verify are left out rather than refused at start-up.
             signing: config
                 .accept_tpm_signing_algs

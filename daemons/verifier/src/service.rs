@@ -35,11 +35,10 @@ fn page_size(requested: u32) -> usize {
     }
 }
 
+/// The registrar's rule (see [`kl_core::agent_id`]): an id it would refuse can never be
+/// enrolled, so it is refused here as INVALID_ARGUMENT rather than looked up.
 fn check_agent_id(agent_id: &str) -> Result<(), Error> {
-    if agent_id.is_empty() || agent_id.len() > 255 || agent_id.contains(['\0', '\u{1}']) {
-        return Err(Error::invalid("agent_id", "must be 1 to 255 characters, no control bytes"));
-    }
-    Ok(())
+    kl_core::agent_id::check_shown(agent_id).map_err(|reason| Error::invalid("agent_id", reason))
 }
 
 fn check_policy_name(name: &str) -> Result<(), Error> {
@@ -100,6 +99,10 @@ impl VerifierService {
             Err(status) if status.code() == tonic::Code::NotFound => {
                 Err(Error::NotRegistered { agent_id: agent_id.to_owned() })
             }
+            // The registrar's own rule refused the id: the caller's mistake, not an outage.
+            Err(status) if status.code() == tonic::Code::InvalidArgument => {
+                Err(Error::invalid("agent_id", format!("the registrar says: {}", status.message())))
+            }
             Err(status) => Err(Error::Registrar {
                 address: format!(
                     "{}:{}",
@@ -111,6 +114,7 @@ impl VerifierService {
     }
 
     fn slot(&self, agent_id: &str) -> Result<Arc<AgentSlot>, Error> {
+        check_agent_id(agent_id)?;
         self.ctx
             .slot(agent_id)
             .ok_or_else(|| Error::AgentNotFound { agent_id: agent_id.to_owned() })
@@ -524,6 +528,7 @@ impl Verifier for VerifierService {
     ) -> Result<Response<pb::UnenrollAgentResponse>, Status> {
         access::require(&request, "UnenrollAgent", WRITE)?;
         let agent_id = request.into_inner().agent_id;
+        check_agent_id(&agent_id)?;
         let _enrolment = self.ctx.enrolment_lock(&agent_id).lock().await;
         let removed = self
             .ctx
@@ -710,14 +715,34 @@ impl Verifier for VerifierService {
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
         access::require(&request, "WatchEvents", READ)?;
         let req = request.into_inner();
+        if !req.agent_id.is_empty() {
+            check_agent_id(&req.agent_id)?;
+        }
+        let watch = events::Watch {
+            from_cursor: req.from_cursor,
+            agent_id: req.agent_id,
+            until_cursor: req.until_cursor,
+        };
         let (receiver, task) = events::watch(
             self.ctx.store.clone(),
             &self.ctx.events,
-            req.from_cursor,
-            req.agent_id,
+            watch,
             self.ctx.shutdown.clone(),
         )?;
         self.ctx.spawn(task);
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+
+    async fn get_event_cursors(
+        &self,
+        request: Request<pb::GetEventCursorsRequest>,
+    ) -> Result<Response<pb::GetEventCursorsResponse>, Status> {
+        access::require(&request, "GetEventCursors", READ)?;
+        // Newest first: an event committed between the two reads then cannot make the oldest
+        // look newer than the newest.
+        let newest_cursor = self.ctx.store.last_event().map_err(Error::from)?;
+        let oldest_cursor =
+            self.ctx.store.oldest_event().map_err(Error::from)?.unwrap_or(newest_cursor + 1);
+        Ok(Response::new(pb::GetEventCursorsResponse { oldest_cursor, newest_cursor }))
     }
 }

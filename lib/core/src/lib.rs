@@ -8,6 +8,7 @@
 //! verifier, the registrar, `kctl`) read files and sockets and hand bytes in. A failed
 //! attestation is a `Verdict` with findings; an `Err` means the input could not be evaluated.
 
+pub mod agent_id;
 pub mod alg;
 pub mod appraisal;
 pub mod credential;

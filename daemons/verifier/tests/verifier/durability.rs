@@ -222,7 +222,8 @@ async fn events_older_than_the_age_limit_are_pruned_and_their_cursors_refused() 
     // Pruning runs at start-up: with no retention everything older than now goes.
     fx.config.history_max_age = std::time::Duration::ZERO;
     fx.start_verifier().await?;
-    let request = pb::WatchEventsRequest { from_cursor: 1, agent_id: String::new() };
+    let request =
+        pb::WatchEventsRequest { from_cursor: 1, agent_id: String::new(), until_cursor: 0 };
     let mut admin = fx.admin().await?;
     let deadline = tokio::time::Instant::now() + DEADLINE;
     loop {

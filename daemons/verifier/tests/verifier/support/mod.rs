@@ -290,7 +290,8 @@ impl Fixture {
         from: u64,
         until: impl Fn(&pb::Event) -> bool,
     ) -> Result<Vec<pb::Event>, BoxError> {
-        let request = pb::WatchEventsRequest { from_cursor: from, agent_id: String::new() };
+        let request =
+            pb::WatchEventsRequest { from_cursor: from, agent_id: String::new(), until_cursor: 0 };
         let mut stream = self.admin().await?.watch_events(request).await?.into_inner();
         let mut events = Vec::new();
         loop {
