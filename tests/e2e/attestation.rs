@@ -711,3 +711,89 @@ async fn an_agent_with_ecc_keys_registers_without_an_ek_certificate_and_passes()
     assert_eq!((code, doc["state"].clone()), (0, Value::from("passed")), "{doc}");
     Ok(())
 }
+
+/// `keylime_verifier --check-store` with the verifier's own config.
+fn check_verifier_store(sys: &System) -> Result<Output> {
+    Ok(Command::new(daemon::binary(daemon::VERIFIER)?)
+        .arg("--config")
+        .arg(sys.verifier.config())
+        .arg("--check-store")
+        .env("TSS2_LOG", "all+NONE")
+        .output()?)
+}
+
+/// Overwrites, with pseudo-random bytes, each 4 KiB page of `path` that holds `needle` (the
+/// pages of the agents and history tables that hold an agent's records, and any stale copies).
+fn damage_pages_holding(path: &Path, needle: &[u8]) -> Result<usize> {
+    let mut bytes = std::fs::read(path)?;
+    let pages: Vec<usize> = bytes
+        .windows(needle.len())
+        .enumerate()
+        .filter(|(_, w)| *w == needle)
+        .map(|(at, _)| at / 4096 * 4096)
+        .filter(|page| *page > 0)
+        .collect();
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    let length = bytes.len();
+    for &page in &pages {
+        for byte in &mut bytes[page..(page + 4096).min(length)] {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            *byte = state as u8;
+        }
+    }
+    std::fs::write(path, bytes)?;
+    Ok(pages.len())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_store_stops_the_verifier_with_one_line_and_the_check_reports_it() -> Result<()>
+{
+    let Some(mut sys) = System::start()? else { return Ok(()) };
+    sys.apply_policy("base")?;
+    let (code, _) =
+        sys.kctl_json(&["agents", "enroll", &sys.agent_id, "--runtime-policy", "base", "--wait"])?;
+    assert_eq!(code, 0);
+    sys.verifier.stop()?;
+    let store = sys.deployment.keylime_dir().join("verifier.redb");
+
+    let sound = check_verifier_store(&sys)?;
+    let stdout = String::from_utf8_lossy(&sound.stdout);
+    assert_eq!(sound.status.code(), Some(0), "{}", String::from_utf8_lossy(&sound.stderr));
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    assert!(stdout.starts_with(&format!("{}: sound: ", store.display())), "{stdout}");
+    assert!(stdout.contains("agents 1,"), "{stdout}");
+
+    let damaged_pages = damage_pages_holding(&store, sys.agent_id.as_bytes())?;
+    assert!(damaged_pages > 0, "the store holds the agent");
+    let length = std::fs::metadata(&store)?.len();
+
+    sys.verifier.start_again()?;
+    let status = sys.verifier.wait_exit(daemon::START_TIMEOUT)?;
+    let output = sys.verifier.output();
+    assert_eq!(status.code(), Some(1), "{output}");
+    let lines: Vec<&str> = output.lines().collect();
+    assert_eq!(lines.len(), 1, "one line on stderr: {output}");
+    let expected =
+        format!("keylime_verifier: state store: {}: the verifier store is damaged (", store.display());
+    assert!(lines[0].starts_with(&expected), "{output}");
+    assert!(lines[0].contains("restore it from a backup"), "{output}");
+    assert!(lines[0].contains("`keylime_verifier --check-store`"), "{output}");
+    assert!(!output.contains("panicked") && !output.contains("RUST_BACKTRACE"), "{output}");
+    // Nothing started on an empty store: the damaged file is still there, as it was.
+    assert_eq!(std::fs::metadata(&store)?.len(), length);
+
+    let damaged = check_verifier_store(&sys)?;
+    let stderr = String::from_utf8_lossy(&damaged.stderr);
+    assert_eq!(damaged.status.code(), Some(1), "{stderr}");
+    assert!(damaged.stdout.is_empty());
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with(&format!("keylime_verifier: {}: damaged (", store.display())),
+        "{stderr}"
+    );
+    assert!(stderr.contains("restore the file from a backup"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    Ok(())
+}

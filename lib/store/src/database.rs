@@ -133,6 +133,62 @@ pub fn check_database(
     Ok(Check { repaired: !clean, schema_version, tables })
 }
 
+/// How a daemon's `--check-store` reports a [`check_database`]: one line and an exit status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    /// 0 sound; 1 damaged, or repaired by this check; 2 not checked (absent, in use, unreadable).
+    pub exit_code: u8,
+    /// The verdict, naming the file; for stdout when sound, stderr otherwise.
+    pub line: String,
+}
+
+impl Verdict {
+    pub fn of(path: &Path, result: Result<Check, StoreError>) -> Verdict {
+        let shown = path.display();
+        match result {
+            Ok(check) if !check.repaired => {
+                let tables: Vec<String> =
+                    check.tables.iter().map(|(table, n)| format!("{table} {n}")).collect();
+                Verdict {
+                    exit_code: 0,
+                    line: format!(
+                        "{shown}: sound: every page verified, schema version {}, {} records read \
+                         ({})",
+                        check.schema_version,
+                        check.records(),
+                        tables.join(", ")
+                    ),
+                }
+            }
+            Ok(_) => Verdict {
+                exit_code: 1,
+                line: format!(
+                    "{shown}: damaged, and repaired by redb (its newest commit or its page \
+                     allocation did not verify): the newest writes may be lost; it is sound now"
+                ),
+            },
+            Err(StoreError::Damaged { schema, detail, .. }) => Verdict {
+                exit_code: 1,
+                line: format!(
+                    "{shown}: damaged ({detail}); stop keylime_{schema} and restore the file from \
+                     a backup"
+                ),
+            },
+            Err(StoreError::Open { schema, source, .. })
+                if matches!(*source, redb::DatabaseError::DatabaseAlreadyOpen) =>
+            {
+                Verdict {
+                    exit_code: 2,
+                    line: format!(
+                        "{shown}: not checked: a running keylime_{schema} has it open; stop it first"
+                    ),
+                }
+            }
+            Err(other) => Verdict { exit_code: 2, line: format!("not checked: {other}") },
+        }
+    }
+}
+
 impl Database {
     /// The file this store lives in.
     pub fn path(&self) -> &Path {
