@@ -797,3 +797,83 @@ async fn a_damaged_store_stops_the_verifier_with_one_line_and_the_check_reports_
     assert!(!stderr.contains("panicked"), "{stderr}");
     Ok(())
 }
+
+/// An RFC 3339 UTC time as kctl prints it, in a form that compares in time order (the
+/// fraction of a second has as many digits as it needs).
+fn time_key(value: &Value) -> Option<(String, String)> {
+    let text = value.as_str()?.strip_suffix('Z')?;
+    let (seconds, fraction) = text.split_once('.').unwrap_or((text, ""));
+    Some((seconds.to_owned(), format!("{fraction:0<9}")))
+}
+
+/// What `kctl agents show` and `kctl agents attestations` showed of an agent that a crash
+/// must not take back.
+#[derive(Debug)]
+struct Shown {
+    count: u64,
+    last_attestation_at: Option<(String, String)>,
+    last_success_at: Option<(String, String)>,
+    verdict_at: Option<(String, String)>,
+    newest_sequence: u64,
+}
+
+impl System {
+    /// The history first: listing it commits what is queued, and the agent's status shown
+    /// last (just before a kill) must be durable by itself.
+    fn shown(&self) -> Result<Shown> {
+        let (code, history) =
+            self.kctl_json(&["agents", "attestations", &self.agent_id, "--limit", "1"])?;
+        if code != 0 {
+            return Err(err(format!("kctl agents attestations exited {code}: {history}")));
+        }
+        let agent = self.show()?;
+        Ok(Shown {
+            count: agent["attestation_count"]
+                .as_u64()
+                .ok_or_else(|| err(format!("no count: {agent}")))?,
+            last_attestation_at: time_key(&agent["last_attestation_at"]),
+            last_success_at: time_key(&agent["last_success_at"]),
+            verdict_at: time_key(&agent["last_verdict"]["at"]),
+            newest_sequence: history["attestations"][0]["sequence"].as_u64().unwrap_or(0),
+        })
+    }
+}
+
+/// The verifier killed with SIGKILL while an agent passes every 0.3 s, three times: after each
+/// restart, what kctl showed just before the kill (count, times, history numbers) is still
+/// shown, and numbering goes on after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_verifier_takes_back_nothing_it_showed() -> Result<()> {
+    let mut quick = toml::Table::new();
+    quick.insert("quote_interval".into(), 0.3.into());
+    let Some(mut sys) = System::start_with(toml::Table::new(), &[], quick, true)? else {
+        return Ok(());
+    };
+    sys.apply_policy("base")?;
+    let (code, _) =
+        sys.kctl_json(&["agents", "enroll", &sys.agent_id, "--runtime-policy", "base", "--wait"])?;
+    assert_eq!(code, 0);
+    let mut floor = 0;
+    for cycle in 1..=3 {
+        // Several routine rounds since the last start, so that the stored entry lags behind.
+        let target = floor + 6;
+        sys.wait(|s| Ok(s.show()?["attestation_count"].as_u64() >= Some(target)), "passes")?;
+        let before = sys.shown()?;
+        sys.verifier.kill()?;
+        sys.verifier.start_again()?;
+        sys.verifier.wait_listening()?;
+        let after = sys.shown()?;
+        assert!(after.count >= before.count, "cycle {cycle}: {before:?} -> {after:?}");
+        assert!(after.last_attestation_at >= before.last_attestation_at, "{before:?} -> {after:?}");
+        assert!(after.last_success_at >= before.last_success_at, "{before:?} -> {after:?}");
+        assert!(after.verdict_at >= before.verdict_at, "{before:?} -> {after:?}");
+        assert!(after.newest_sequence >= before.newest_sequence, "{before:?} -> {after:?}");
+        assert!(before.last_success_at.is_some() && before.newest_sequence > 0, "{before:?}");
+        floor = after.count;
+    }
+    // Rounds after the last restart are numbered on, none reused.
+    let last = sys.shown()?.newest_sequence;
+    sys.wait(|s| Ok(s.shown()?.newest_sequence > last), "a round after the restart")?;
+    assert_eq!(sys.show()?["state"], "passed");
+    Ok(())
+}
