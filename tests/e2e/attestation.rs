@@ -748,8 +748,7 @@ fn damage_pages_holding(path: &Path, needle: &[u8]) -> Result<usize> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_damaged_store_stops_the_verifier_with_one_line_and_the_check_reports_it() -> Result<()>
-{
+async fn a_damaged_store_stops_the_verifier_with_one_line_and_the_check_reports_it() -> Result<()> {
     let Some(mut sys) = System::start()? else { return Ok(()) };
     sys.apply_policy("base")?;
     let (code, _) =
@@ -775,8 +774,10 @@ async fn a_damaged_store_stops_the_verifier_with_one_line_and_the_check_reports_
     assert_eq!(status.code(), Some(1), "{output}");
     let lines: Vec<&str> = output.lines().collect();
     assert_eq!(lines.len(), 1, "one line on stderr: {output}");
-    let expected =
-        format!("keylime_verifier: state store: {}: the verifier store is damaged (", store.display());
+    let expected = format!(
+        "keylime_verifier: state store: {}: the verifier store is damaged (",
+        store.display()
+    );
     assert!(lines[0].starts_with(&expected), "{output}");
     assert!(lines[0].contains("restore it from a backup"), "{output}");
     assert!(lines[0].contains("`keylime_verifier --check-store`"), "{output}");

@@ -100,7 +100,7 @@ impl Server {
             Ok::<_, kl_store::StoreError>(store)
         })
         .await
-            .map_err(|e| Error::Internal(format!("opening the state store: {e}")))??;
+        .map_err(|e| Error::Internal(format!("opening the state store: {e}")))??;
         let store = Arc::new(store);
         let (writer, writer_thread) = ActivationWriter::start(store.clone())?;
         let address = SocketAddr::new(config.ip, config.port);

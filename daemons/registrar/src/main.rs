@@ -43,10 +43,11 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.check_store {
         let path = kl_registrar::store_path(&config);
         let checked = path.clone();
-        let result =
-            tokio::task::spawn_blocking(move || kl_store::registrar::RegistrarStore::check(&checked))
-                .await
-                .context("checking the state store")?;
+        let result = tokio::task::spawn_blocking(move || {
+            kl_store::registrar::RegistrarStore::check(&checked)
+        })
+        .await
+        .context("checking the state store")?;
         let verdict = kl_store::Verdict::of(&path, result);
         if verdict.exit_code == 0 {
             println!("{}", verdict.line);

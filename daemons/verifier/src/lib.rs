@@ -284,7 +284,10 @@ impl Server {
 /// newer than the entry are rounds that clients may have seen, so the entry counts them, and
 /// numbering goes on after the newest. Those rounds were all routine passes (a failure or a
 /// change of state stores the entry with its record).
-fn catch_up(entry: &mut kl_store::verifier::AgentEntry, newest: &kl_store::verifier::HistoryRecord) {
+fn catch_up(
+    entry: &mut kl_store::verifier::AgentEntry,
+    newest: &kl_store::verifier::HistoryRecord,
+) {
     if newest.sequence <= entry.history_sequence {
         return;
     }

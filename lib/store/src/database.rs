@@ -110,7 +110,8 @@ pub fn check_database(
     std::fs::metadata(path)
         .map_err(|e| open_error(redb::DatabaseError::Storage(redb::StorageError::Io(e))))?;
     let db = guard(path, schema.name, || {
-        let mut db = redb::Builder::new().set_cache_size(CACHE_BYTES).open(path).map_err(open_error)?;
+        let mut db =
+            redb::Builder::new().set_cache_size(CACHE_BYTES).open(path).map_err(open_error)?;
         let clean = db.check_integrity().map_err(open_error)?;
         Ok(Database { db, path: path.to_owned(), schema }).map(|db| (db, clean))
     });

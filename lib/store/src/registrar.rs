@@ -11,7 +11,9 @@ use std::path::Path;
 use redb::WriteTransaction;
 use serde::{Deserialize, Serialize};
 
-use crate::{Check, Database, Migration, Records, Schema, StoreError, check_database, open_database};
+use crate::{
+    Check, Database, Migration, Records, Schema, StoreError, check_database, open_database,
+};
 
 /// A point in time as the protobuf `Timestamp` has it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -18,7 +18,9 @@ use redb::{
 use serde::{Deserialize, Serialize};
 
 pub use crate::registrar::Timestamp;
-use crate::{Check, Database, Migration, Records, Schema, StoreError, check_database, open_database};
+use crate::{
+    Check, Database, Migration, Records, Schema, StoreError, check_database, open_database,
+};
 
 /// An enrolled agent: what it is attested against and where its attestation stands.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

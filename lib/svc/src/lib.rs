@@ -45,7 +45,9 @@ pub mod tls;
 
 /// An error and its causes as one line for stderr: `a: b: c`, leaving out a cause whose text
 /// the line already holds (an error that wraps another often repeats its message).
-pub fn error_line<'a>(chain: impl Iterator<Item = &'a (dyn std::error::Error + 'static)>) -> String {
+pub fn error_line<'a>(
+    chain: impl Iterator<Item = &'a (dyn std::error::Error + 'static)>,
+) -> String {
     let mut line = String::new();
     for cause in chain {
         let text = cause.to_string();

@@ -119,7 +119,8 @@ async fn a_crash_that_left_the_entry_behind_takes_back_nothing_clients_saw() -> 
     ] {
         assert!(instant(now.as_ref()) >= instant(before.as_ref()), "{what}: {before:?} -> {now:?}");
     }
-    let verdict_at = |s: &pb::AgentStatus| instant(s.last_verdict.as_ref().and_then(|v| v.at.as_ref()));
+    let verdict_at =
+        |s: &pb::AgentStatus| instant(s.last_verdict.as_ref().and_then(|v| v.at.as_ref()));
     assert!(verdict_at(&after) >= verdict_at(&shown), "the last verdict went back in time");
     assert_eq!(after.state, pb::AgentState::Passed as i32);
     fx.stop_verifier().await
