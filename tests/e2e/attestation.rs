@@ -716,8 +716,6 @@ async fn an_agent_with_ecc_keys_registers_without_an_ek_certificate_and_passes()
     Ok(())
 }
 
-mod payload;
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_runtime_policy_fails_an_agent_without_an_ima_log() -> Result<()> {
     // IMA off on the machine: the list the agent is told to serve does not exist.
@@ -740,3 +738,172 @@ async fn a_runtime_policy_fails_an_agent_without_an_ima_log() -> Result<()> {
     );
     Ok(())
 }
+
+/// `keylime_verifier --check-store` with the verifier's own config.
+fn check_verifier_store(sys: &System) -> Result<Output> {
+    Ok(Command::new(daemon::binary(daemon::VERIFIER)?)
+        .arg("--config")
+        .arg(sys.verifier.config())
+        .arg("--check-store")
+        .env("TSS2_LOG", "all+NONE")
+        .output()?)
+}
+
+/// Overwrites, with pseudo-random bytes, each 4 KiB page of `path` that holds `needle` (the
+/// pages of the agents and history tables that hold an agent's records, and any stale copies).
+fn damage_pages_holding(path: &Path, needle: &[u8]) -> Result<usize> {
+    let mut bytes = std::fs::read(path)?;
+    let pages: Vec<usize> = bytes
+        .windows(needle.len())
+        .enumerate()
+        .filter(|(_, w)| *w == needle)
+        .map(|(at, _)| at / 4096 * 4096)
+        .filter(|page| *page > 0)
+        .collect();
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    let length = bytes.len();
+    for &page in &pages {
+        for byte in &mut bytes[page..(page + 4096).min(length)] {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            *byte = state as u8;
+        }
+    }
+    std::fs::write(path, bytes)?;
+    Ok(pages.len())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_store_stops_the_verifier_with_one_line_and_the_check_reports_it() -> Result<()> {
+    let Some(mut sys) = System::start()? else { return Ok(()) };
+    sys.apply_policy("base")?;
+    let (code, _) =
+        sys.kctl_json(&["agents", "enroll", &sys.agent_id, "--runtime-policy", "base", "--wait"])?;
+    assert_eq!(code, 0);
+    sys.verifier.stop()?;
+    let store = sys.deployment.keylime_dir().join("verifier.redb");
+
+    let sound = check_verifier_store(&sys)?;
+    let stdout = String::from_utf8_lossy(&sound.stdout);
+    assert_eq!(sound.status.code(), Some(0), "{}", String::from_utf8_lossy(&sound.stderr));
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    assert!(stdout.starts_with(&format!("{}: sound: ", store.display())), "{stdout}");
+    assert!(stdout.contains("agents 1,"), "{stdout}");
+
+    let damaged_pages = damage_pages_holding(&store, sys.agent_id.as_bytes())?;
+    assert!(damaged_pages > 0, "the store holds the agent");
+    let length = std::fs::metadata(&store)?.len();
+
+    sys.verifier.start_again()?;
+    let status = sys.verifier.wait_exit(daemon::START_TIMEOUT)?;
+    let output = sys.verifier.output();
+    assert_eq!(status.code(), Some(1), "{output}");
+    let lines: Vec<&str> = output.lines().collect();
+    assert_eq!(lines.len(), 1, "one line on stderr: {output}");
+    let expected = format!(
+        "keylime_verifier: state store: {}: the verifier store is damaged (",
+        store.display()
+    );
+    assert!(lines[0].starts_with(&expected), "{output}");
+    assert!(lines[0].contains("restore it from a backup"), "{output}");
+    assert!(lines[0].contains("`keylime_verifier --check-store`"), "{output}");
+    assert!(!output.contains("panicked") && !output.contains("RUST_BACKTRACE"), "{output}");
+    // Nothing started on an empty store: the damaged file is still there, as it was.
+    assert_eq!(std::fs::metadata(&store)?.len(), length);
+
+    let damaged = check_verifier_store(&sys)?;
+    let stderr = String::from_utf8_lossy(&damaged.stderr);
+    assert_eq!(damaged.status.code(), Some(1), "{stderr}");
+    assert!(damaged.stdout.is_empty());
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with(&format!("keylime_verifier: {}: damaged (", store.display())),
+        "{stderr}"
+    );
+    assert!(stderr.contains("restore the file from a backup"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    Ok(())
+}
+
+/// An RFC 3339 UTC time as kctl prints it, in a form that compares in time order (the
+/// fraction of a second has as many digits as it needs).
+fn time_key(value: &Value) -> Option<(String, String)> {
+    let text = value.as_str()?.strip_suffix('Z')?;
+    let (seconds, fraction) = text.split_once('.').unwrap_or((text, ""));
+    Some((seconds.to_owned(), format!("{fraction:0<9}")))
+}
+
+/// What `kctl agents show` and `kctl agents attestations` showed of an agent that a crash
+/// must not take back.
+#[derive(Debug)]
+struct Shown {
+    count: u64,
+    last_attestation_at: Option<(String, String)>,
+    last_success_at: Option<(String, String)>,
+    verdict_at: Option<(String, String)>,
+    newest_sequence: u64,
+}
+
+impl System {
+    /// The history first: listing it commits what is queued, and the agent's status shown
+    /// last (just before a kill) must be durable by itself.
+    fn shown(&self) -> Result<Shown> {
+        let (code, history) =
+            self.kctl_json(&["agents", "attestations", &self.agent_id, "--limit", "1"])?;
+        if code != 0 {
+            return Err(err(format!("kctl agents attestations exited {code}: {history}")));
+        }
+        let agent = self.show()?;
+        Ok(Shown {
+            count: agent["attestation_count"]
+                .as_u64()
+                .ok_or_else(|| err(format!("no count: {agent}")))?,
+            last_attestation_at: time_key(&agent["last_attestation_at"]),
+            last_success_at: time_key(&agent["last_success_at"]),
+            verdict_at: time_key(&agent["last_verdict"]["at"]),
+            newest_sequence: history["attestations"][0]["sequence"].as_u64().unwrap_or(0),
+        })
+    }
+}
+
+/// The verifier killed with SIGKILL while an agent passes every 0.3 s, three times: after each
+/// restart, what kctl showed just before the kill (count, times, history numbers) is still
+/// shown, and numbering goes on after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_verifier_takes_back_nothing_it_showed() -> Result<()> {
+    let mut quick = toml::Table::new();
+    quick.insert("quote_interval".into(), 0.3.into());
+    let Some(mut sys) = System::start_with(toml::Table::new(), &[], quick, true)? else {
+        return Ok(());
+    };
+    sys.apply_policy("base")?;
+    let (code, _) =
+        sys.kctl_json(&["agents", "enroll", &sys.agent_id, "--runtime-policy", "base", "--wait"])?;
+    assert_eq!(code, 0);
+    let mut floor = 0;
+    for cycle in 1..=3 {
+        // Several routine rounds since the last start, so that the stored entry lags behind.
+        let target = floor + 6;
+        sys.wait(|s| Ok(s.show()?["attestation_count"].as_u64() >= Some(target)), "passes")?;
+        let before = sys.shown()?;
+        sys.verifier.kill()?;
+        sys.verifier.start_again()?;
+        sys.verifier.wait_listening()?;
+        let after = sys.shown()?;
+        assert!(after.count >= before.count, "cycle {cycle}: {before:?} -> {after:?}");
+        assert!(after.last_attestation_at >= before.last_attestation_at, "{before:?} -> {after:?}");
+        assert!(after.last_success_at >= before.last_success_at, "{before:?} -> {after:?}");
+        assert!(after.verdict_at >= before.verdict_at, "{before:?} -> {after:?}");
+        assert!(after.newest_sequence >= before.newest_sequence, "{before:?} -> {after:?}");
+        assert!(before.last_success_at.is_some() && before.newest_sequence > 0, "{before:?}");
+        floor = after.count;
+    }
+    // Rounds after the last restart are numbered on, none reused.
+    let last = sys.shown()?.newest_sequence;
+    sys.wait(|s| Ok(s.shown()?.newest_sequence > last), "a round after the restart")?;
+    assert_eq!(sys.show()?["state"], "passed");
+    Ok(())
+}
+
+mod payload;

@@ -275,6 +275,20 @@ impl Daemon {
         Ok(())
     }
 
+    /// Starts the ended daemon again with the same config, without waiting for its port (see
+    /// [`Daemon::wait_listening`] and [`Daemon::wait_exit`]).
+    pub fn start_again(&mut self) -> Result<()> {
+        if self.child.is_some() {
+            return Err(err(format!("{} is still running", self.program.bin)));
+        }
+        self.spawn()
+    }
+
+    /// The config file the daemon was started with.
+    pub fn config(&self) -> &Path {
+        &self.config
+    }
+
     /// Stops the daemon and starts it again with the same config, then waits for its port.
     pub fn restart(&mut self) -> Result<()> {
         self.stop()?;

@@ -62,6 +62,9 @@ pub(crate) struct AgentRuntime {
     /// stored entry behind (see [`crate::scheduler`]), and `unsaved` says so.
     pub saved_at: std::time::Instant,
     pub unsaved: bool,
+    /// The writer's ticket of the newest change queued without waiting for its commit; what
+    /// clients are shown waits for it (see [`crate::writer::StateWriter::wait_durable`]).
+    pub submitted: u64,
 }
 
 impl AgentRuntime {
@@ -83,6 +86,7 @@ impl AgentRuntime {
             delivering_key: false,
             saved_at: std::time::Instant::now(),
             unsaved: false,
+            submitted: 0,
         }
     }
 

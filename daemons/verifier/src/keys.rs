@@ -59,7 +59,8 @@ pub(crate) fn deliver_v(
                 }
                 rt.entry.key_delivered = true;
                 tracing::info!(agent = %slot.id, "V key half delivered");
-                ctx_task.writer.submit(Batch { agents: vec![rt.snapshot()], ..Batch::default() });
+                let batch = Batch { agents: vec![rt.snapshot()], ..Batch::default() };
+                rt.submitted = ctx_task.writer.submit(batch);
             }
             Err(status) => tracing::warn!(
                 agent = %slot.id,

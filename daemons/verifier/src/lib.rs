@@ -152,10 +152,8 @@ impl Server {
             let Some(last) = page.last() else { break };
             after = Some(last.agent_id.clone());
             for mut entry in page {
-                // History records are committed more often than the entry that counts them
-                // (see `scheduler::CHECKPOINT`): after a crash, number on from the newest.
-                if let Some(newest) = store.last_history_sequence(&entry.agent_id)? {
-                    entry.history_sequence = entry.history_sequence.max(newest);
+                if let Some(newest) = store.history(&entry.agent_id, None, 1)?.first() {
+                    catch_up(&mut entry, newest);
                 }
                 let slot = AgentSlot {
                     id: entry.agent_id.clone(),
@@ -278,6 +276,30 @@ impl Server {
             .map_err(|_| Error::Internal("the store writer thread panicked".to_owned()))?;
         served?;
         Ok(())
+    }
+}
+
+/// Brings an entry up to its newest history record. A passing agent's entry is stored only
+/// every `scheduler::CHECKPOINT`, its rounds' history records within `writer::LINGER`, and
+/// clients are shown a round only once its record is committed: after a crash the records
+/// newer than the entry are rounds that clients may have seen, so the entry counts them, and
+/// numbering goes on after the newest. Those rounds were all routine passes (a failure or a
+/// change of state stores the entry with its record).
+fn catch_up(
+    entry: &mut kl_store::verifier::AgentEntry,
+    newest: &kl_store::verifier::HistoryRecord,
+) {
+    if newest.sequence <= entry.history_sequence {
+        return;
+    }
+    entry.attestation_count += newest.sequence - entry.history_sequence;
+    entry.history_sequence = newest.sequence;
+    entry.last_attestation_at = Some(newest.at);
+    entry.last_verdict_json = newest.verdict_json.clone();
+    entry.reset_count = newest.reset_count;
+    entry.consecutive_errors = 0;
+    if convert::verdict(&newest.verdict_json).is_some_and(|v| v.passed) {
+        entry.last_success_at = Some(newest.at);
     }
 }
 

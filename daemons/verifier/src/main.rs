@@ -1,7 +1,9 @@
 //! `keylime_verifier`: loads the layered config and runs the verifier until SIGTERM.
 //!
 //! Exit status: 0 after SIGTERM or SIGINT, 78 (EX_CONFIG) on a configuration error (unreadable
-//! file, unknown key, bad value: the unit does not restart on it), 1 for other failures.
+//! file, unknown key, bad value: the unit does not restart on it), 1 for other failures (one
+//! line on stderr says why). `--check-store` checks the state file and exits: 0 sound, 1
+//! damaged, 2 when it cannot be checked (absent, in use, unreadable).
 
 use std::process::ExitCode;
 
@@ -15,6 +17,10 @@ use kl_svc::config::{self, ConfigArgs, VerifierConfig};
 struct Args {
     #[command(flatten)]
     config: ConfigArgs,
+    /// Check the state file (`<keylime_dir>/verifier.redb`) in full, print a one-line verdict
+    /// and exit without starting the verifier: 0 sound, 1 damaged, 2 cannot be checked.
+    #[arg(long)]
+    check_store: bool,
 }
 
 /// Exit status for a configuration error (sysexits.h EX_CONFIG).
@@ -23,9 +29,9 @@ const EXIT_CONFIG: u8 = 78;
 #[tokio::main]
 async fn main() -> ExitCode {
     match run(Args::parse()).await {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
-            eprintln!("keylime_verifier: {e:#}");
+            eprintln!("keylime_verifier: {}", kl_svc::error_line(e.chain()));
             ExitCode::from(if is_config_error(&e) { EXIT_CONFIG } else { 1 })
         }
     }
@@ -38,13 +44,28 @@ fn is_config_error(e: &anyhow::Error) -> bool {
         || matches!(e.downcast_ref::<kl_verifier::Error>(), Some(kl_verifier::Error::Config(_)))
 }
 
-async fn run(args: Args) -> anyhow::Result<()> {
+async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let loaded = config::load::<VerifierConfig>(&args.config.sources(Vec::new())?)?;
     if args.config.print_config {
         println!("{}", loaded.to_json()?);
-        return Ok(());
+        return Ok(ExitCode::SUCCESS);
     }
     let config = loaded.config;
+    if args.check_store {
+        let path = kl_verifier::store_path(&config);
+        let checked = path.clone();
+        let result =
+            tokio::task::spawn_blocking(move || kl_store::verifier::VerifierStore::check(&checked))
+                .await
+                .context("checking the state store")?;
+        let verdict = kl_store::Verdict::of(&path, result);
+        if verdict.exit_code == 0 {
+            println!("{}", verdict.line);
+        } else {
+            eprintln!("keylime_verifier: {}", verdict.line);
+        }
+        return Ok(ExitCode::from(verdict.exit_code));
+    }
     kl_svc::logging::init(config.log_format, &config.log_level)?;
     let shutdown = kl_svc::shutdown::Shutdown::install().context("installing signal handlers")?;
     let server = kl_verifier::Server::bind(&config).await?;
@@ -55,5 +76,5 @@ async fn run(args: Args) -> anyhow::Result<()> {
             tracing::info!(%signal, "stopping");
         })
         .await?;
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }

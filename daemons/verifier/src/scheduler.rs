@@ -215,7 +215,7 @@ fn missed(ctx: &Context, agent_id: &str, rt: &mut AgentRuntime, reason: String) 
         tracing::info!(agent = %agent_id, misses, reason = %reason, "agent did not answer");
     }
     batch.agents.push(rt.snapshot());
-    ctx.writer.submit(batch);
+    rt.submitted = ctx.writer.submit(batch);
     retry_delay(config, misses, rt.entry.state == unreachable)
 }
 
@@ -303,7 +303,7 @@ async fn record_verdict(
         batch.agents.push(rt.snapshot());
     }
     if passed {
-        ctx.writer.submit(batch);
+        rt.submitted = ctx.writer.submit(batch);
         Vec::new()
     } else {
         ctx.writer.commit(batch).await.unwrap_or_else(|e| {

@@ -120,6 +120,16 @@ impl VerifierService {
             .ok_or_else(|| Error::AgentNotFound { agent_id: agent_id.to_owned() })
     }
 
+    /// Waits until the agent state a client is about to be shown is committed (it may hold
+    /// routine rounds still queued), so that a crash never takes back what a client saw. When
+    /// the store cannot commit, the state is shown anyway: reads keep working, and the failure
+    /// is logged and counted by the writer.
+    async fn durable(&self, ticket: u64) {
+        if let Err(e) = self.ctx.writer.wait_durable(ticket).await {
+            tracing::warn!(error = %e, "showing agent state that is not stored yet");
+        }
+    }
+
     async fn agents_using(&self, kind: PolicyKind, name: &str) -> u64 {
         let mut count = 0;
         for slot in self.ctx.slots() {
@@ -348,6 +358,7 @@ impl Verifier for VerifierService {
                 self.ctx.writer.commit(batch).await?;
                 slot.wake.notify_one();
             }
+            self.durable(rt.submitted).await;
             let agent = convert::agent_status(&rt.current());
             return Ok(Response::new(pb::EnrollAgentResponse { agent: Some(agent), changed }));
         }
@@ -399,7 +410,11 @@ impl Verifier for VerifierService {
     ) -> Result<Response<pb::GetAgentResponse>, Status> {
         access::require(&request, "GetAgent", READ)?;
         let slot = self.slot(&request.get_ref().agent_id)?;
-        let agent = convert::agent_status(&slot.runtime.lock().await.current());
+        let (agent, ticket) = {
+            let rt = slot.runtime.lock().await;
+            (convert::agent_status(&rt.current()), rt.submitted)
+        };
+        self.durable(ticket).await;
         Ok(Response::new(pb::GetAgentResponse { agent: Some(agent) }))
     }
 
@@ -428,8 +443,13 @@ impl Verifier for VerifierService {
         };
         let mut agents = Vec::new();
         let mut next_page_token = String::new();
+        let mut newest = 0;
         for slot in slots {
-            let status = convert::agent_status(&slot.runtime.lock().await.current());
+            let status = {
+                let rt = slot.runtime.lock().await;
+                newest = newest.max(rt.submitted);
+                convert::agent_status(&rt.current())
+            };
             if req.state != 0 && status.state != req.state {
                 continue;
             }
@@ -440,6 +460,7 @@ impl Verifier for VerifierService {
             }
             agents.push(status);
         }
+        self.durable(newest).await;
         Ok(Response::new(pb::ListAgentsResponse { agents, next_page_token }))
     }
 
@@ -485,6 +506,7 @@ impl Verifier for VerifierService {
             || req.resume
                 && matches!(state_of(previous), pb::AgentState::Failed | pb::AgentState::Stopped);
         if !settings_changed && !resume {
+            self.durable(rt.submitted).await;
             let agent = convert::agent_status(&rt.current());
             return Ok(Response::new(pb::UpdateAgentResponse {
                 agent: Some(agent),
@@ -571,6 +593,7 @@ impl Verifier for VerifierService {
             self.set_state(&slot, &mut rt, pb::AgentState::Stopped, "stopped by an operator")
                 .await?;
         }
+        self.durable(rt.submitted).await;
         let agent = convert::agent_status(&rt.current());
         Ok(Response::new(pb::StopAgentResponse { agent: Some(agent), changed }))
     }
@@ -588,6 +611,7 @@ impl Verifier for VerifierService {
             self.set_state(&slot, &mut rt, pb::AgentState::Pending, "resumed by an operator")
                 .await?;
         }
+        self.durable(rt.submitted).await;
         let agent = convert::agent_status(&rt.current());
         Ok(Response::new(pb::ResumeAgentResponse { agent: Some(agent), changed }))
     }

@@ -8,9 +8,14 @@
 //! entries the stored state has not seen). Writes that carry events or that a caller waits for
 //! (failures, enrolment changes) are committed at once, together with everything queued before
 //! them. Events are published (watchers, webhook worker) only once committed.
+//!
+//! Each write gets a ticket, numbered in queue order; [`StateWriter::wait_durable`] lets a
+//! reader show a state only once the writes that produced it are committed, so that nothing a
+//! client was shown is lost in a crash.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, TryRecvError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kl_store::verifier::{Batch, EventRecord, VerifierStore};
@@ -27,11 +32,29 @@ const MAX_BATCH: usize = 32_768;
 
 type Reply = oneshot::Sender<Result<Vec<EventRecord>, String>>;
 
+/// A batch, its ticket and, when the caller waits, where to answer.
+struct Job {
+    batch: Batch,
+    ticket: u64,
+    reply: Option<Reply>,
+}
+
+/// Write tickets: handed out in queue order, and the newest one committed.
+#[derive(Debug, Default)]
+struct Tickets {
+    /// The last ticket handed out; held while a job is queued, so that tickets and queue
+    /// order agree.
+    issued: Mutex<u64>,
+    /// The newest ticket whose transaction committed (with every earlier one that committed).
+    committed: AtomicU64,
+}
+
 /// Hands batches to the writer thread.
 #[derive(Debug, Clone)]
 pub(crate) struct StateWriter {
     /// `None` only while being dropped.
-    jobs: Option<mpsc::Sender<(Batch, Option<Reply>)>>,
+    jobs: Option<mpsc::Sender<Job>>,
+    tickets: Arc<Tickets>,
     /// The writer thread, woken for urgent jobs only: routine jobs wait for its next look.
     thread: std::thread::Thread,
 }
@@ -46,30 +69,50 @@ impl StateWriter {
         metrics: Arc<Metrics>,
     ) -> Result<(StateWriter, std::thread::JoinHandle<()>), Error> {
         let (jobs, receiver) = mpsc::channel();
+        let tickets = Arc::new(Tickets::default());
+        let committed = tickets.clone();
         let thread = std::thread::Builder::new()
             .name("verifier-writer".to_owned())
-            .spawn(move || write_batches(&store, &hub, history_max_entries, &metrics, &receiver))
+            .spawn(move || {
+                write_batches(&store, &hub, history_max_entries, &metrics, &committed, &receiver)
+            })
             .map_err(|e| Error::Internal(format!("cannot start the store writer thread: {e}")))?;
-        Ok((StateWriter { jobs: Some(jobs), thread: thread.thread().clone() }, thread))
+        Ok((StateWriter { jobs: Some(jobs), tickets, thread: thread.thread().clone() }, thread))
     }
 
     /// Queues `batch` without waiting for it to be durable (attestation rounds). A batch
-    /// without events may wait up to [`LINGER`] to be committed.
-    pub fn submit(&self, batch: Batch) {
-        let job = (batch, None);
-        let wake = urgent(&job);
-        if self.send(job).is_err() {
-            tracing::error!("the store writer has stopped; a state update is lost");
-        } else if wake {
-            self.thread.unpark();
+    /// without events may wait up to [`LINGER`] to be committed. Returns its ticket (see
+    /// [`StateWriter::wait_durable`]).
+    pub fn submit(&self, batch: Batch) -> u64 {
+        let wake = urgent(&batch, false);
+        match self.send(batch, None) {
+            Ok(ticket) => {
+                if wake {
+                    self.thread.unpark();
+                }
+                ticket
+            }
+            Err(()) => {
+                tracing::error!("the store writer has stopped; a state update is lost");
+                0
+            }
         }
+    }
+
+    /// Waits until the write with `ticket` (from [`StateWriter::submit`]) is committed,
+    /// committing what is queued at once when it is not yet.
+    pub async fn wait_durable(&self, ticket: u64) -> Result<(), Error> {
+        if self.tickets.committed.load(Ordering::Acquire) >= ticket {
+            return Ok(());
+        }
+        self.flush().await
     }
 
     /// Queues `batch` and waits until it and everything queued before it are committed;
     /// returns its events with their cursors.
     pub async fn commit(&self, batch: Batch) -> Result<Vec<EventRecord>, Error> {
         let (reply, answer) = oneshot::channel();
-        self.send((batch, Some(reply)))
+        self.send(batch, Some(reply))
             .map_err(|_| Error::Internal("the store writer has stopped".to_owned()))?;
         self.thread.unpark();
         answer
@@ -85,8 +128,14 @@ impl StateWriter {
 }
 
 impl StateWriter {
-    fn send(&self, job: (Batch, Option<Reply>)) -> Result<(), ()> {
-        self.jobs.as_ref().ok_or(())?.send(job).map_err(drop)
+    /// Queues a job; its ticket.
+    fn send(&self, batch: Batch, reply: Option<Reply>) -> Result<u64, ()> {
+        let jobs = self.jobs.as_ref().ok_or(())?;
+        let mut issued = self.tickets.issued.lock().map_err(drop)?;
+        let ticket = *issued + 1;
+        jobs.send(Job { batch, ticket, reply }).map_err(drop)?;
+        *issued = ticket;
+        Ok(ticket)
     }
 }
 
@@ -100,8 +149,8 @@ impl Drop for StateWriter {
 }
 
 /// Whether a job is committed at once rather than after [`LINGER`].
-fn urgent(job: &(Batch, Option<Reply>)) -> bool {
-    job.1.is_some() || !job.0.events.is_empty() || !job.0.removed.is_empty()
+fn urgent(batch: &Batch, waited_for: bool) -> bool {
+    waited_for || !batch.events.is_empty() || !batch.removed.is_empty()
 }
 
 fn write_batches(
@@ -109,18 +158,19 @@ fn write_batches(
     hub: &EventHub,
     history_max_entries: u64,
     metrics: &Metrics,
-    receiver: &mpsc::Receiver<(Batch, Option<Reply>)>,
+    tickets: &Tickets,
+    receiver: &mpsc::Receiver<Job>,
 ) {
     while let Ok(first) = receiver.recv() {
         let deadline = Instant::now() + LINGER;
-        let mut now = urgent(&first);
+        let mut now = urgent(&first.batch, first.reply.is_some());
         let mut jobs = vec![first];
         loop {
             // Take what has queued up; routine jobs do not wake this thread, urgent ones do.
             while jobs.len() < MAX_BATCH {
                 match receiver.try_recv() {
                     Ok(job) => {
-                        now |= urgent(&job);
+                        now |= urgent(&job.batch, job.reply.is_some());
                         jobs.push(job);
                     }
                     Err(TryRecvError::Empty) => break,
@@ -137,10 +187,17 @@ fn write_batches(
             std::thread::park_timeout(left);
         }
         let started = Instant::now();
+        let newest = jobs.iter().map(|j| j.ticket).max().unwrap_or(0);
         match commit_jobs(store, hub, history_max_entries, jobs) {
-            Some(true) => metrics.store_commits.inc(),
+            Some(true) => {
+                tickets.committed.fetch_max(newest, Ordering::AcqRel);
+                metrics.store_commits.inc()
+            }
             Some(false) => metrics.store_commit_failures.inc(),
-            None => continue,
+            None => {
+                tickets.committed.fetch_max(newest, Ordering::AcqRel);
+                continue;
+            }
         }
         metrics.store_commit_seconds.observe(started.elapsed());
     }
@@ -152,14 +209,14 @@ fn commit_jobs(
     store: &VerifierStore,
     hub: &EventHub,
     history_max_entries: u64,
-    jobs: Vec<(Batch, Option<Reply>)>,
+    jobs: Vec<Job>,
 ) -> Option<bool> {
     // Each job's reply with the number of events it adds, in commit order.
     let mut replies: Vec<(usize, Option<Reply>)> = Vec::with_capacity(jobs.len());
     let mut batch = Batch::default();
-    for (job, reply) in jobs {
-        replies.push((job.events.len(), reply));
-        batch.extend(job);
+    for job in jobs {
+        replies.push((job.batch.events.len(), job.reply));
+        batch.extend(job.batch);
     }
     if batch.is_empty() {
         // Flushes with nothing queued: nothing to write or sync.
@@ -270,10 +327,17 @@ mod tests {
         writer.submit(round(2));
         writer.flush().await?;
         assert_eq!(store.history("a", None, 10)?.len(), 2, "flush commits what was queued");
-        writer.submit(round(3));
+        let ticket = writer.submit(round(3));
+        assert!(ticket > 0);
+        let started = std::time::Instant::now();
+        writer.wait_durable(ticket).await?;
+        assert!(started.elapsed() < LINGER / 2, "a reader does not wait out the linger");
+        assert_eq!(store.history("a", None, 10)?.len(), 3, "durable once waited for");
+        writer.wait_durable(ticket).await?;
+        writer.submit(round(4));
         drop(writer);
         thread.join().map_err(|_| Error::Internal("writer panicked".into()))?;
-        assert_eq!(store.history("a", None, 10)?.len(), 3, "stopping commits what was queued");
+        assert_eq!(store.history("a", None, 10)?.len(), 4, "stopping commits what was queued");
         Ok(())
     }
 }

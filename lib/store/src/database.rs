@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use redb::{ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 
 use crate::StoreError;
+use crate::damage::guard;
 
 /// Holds `schema_version` (and nothing else yet).
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -53,7 +54,8 @@ pub struct Database {
 
 /// Opens (creating it if absent) the store at `path` and migrates it to `schema`'s version.
 /// Refuses a file whose version is newer than `schema`'s. redb locks the file, so a second
-/// process opening it gets an error naming it.
+/// process opening it gets an error naming it. A file that redb finds damaged on the way is
+/// reported as [`StoreError::Damaged`], never as a panic.
 pub fn open_database(path: &Path, schema: &'static Schema) -> Result<Database, StoreError> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(|e| StoreError::Open {
@@ -62,12 +64,130 @@ pub fn open_database(path: &Path, schema: &'static Schema) -> Result<Database, S
             source: Box::new(redb::DatabaseError::Storage(redb::StorageError::Io(e))),
         })?;
     }
-    let db = redb::Builder::new().set_cache_size(CACHE_BYTES).create(path).map_err(|e| {
-        StoreError::Open { path: path.to_owned(), schema: schema.name, source: Box::new(e) }
+    let db = guard(path, schema.name, || {
+        redb::Builder::new().set_cache_size(CACHE_BYTES).create(path).map_err(|e| {
+            StoreError::Open { path: path.to_owned(), schema: schema.name, source: Box::new(e) }
+        })
     })?;
     let database = Database { db, path: path.to_owned(), schema };
     database.migrate()?;
     Ok(database)
+}
+
+/// What [`check_database`] found in a sound file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    /// The file needed redb's repair (it was not closed cleanly, or its newest commit was
+    /// damaged and redb went back to the one before); it is sound now.
+    pub repaired: bool,
+    pub schema_version: u64,
+    /// Records read and decoded, by table.
+    pub tables: Vec<(&'static str, u64)>,
+}
+
+impl Check {
+    /// Records read in all tables.
+    pub fn records(&self) -> u64 {
+        self.tables.iter().map(|(_, n)| n).sum()
+    }
+}
+
+/// Checks the existing store at `path` in full without starting anything on it: redb verifies
+/// the checksum of every page it holds (repairing what it can, as an open after a crash
+/// does), then `read_all` reads and decodes every record and says how many each table holds.
+/// Takes redb's lock, so it fails while a daemon has the file open.
+pub fn check_database(
+    path: &Path,
+    schema: &'static Schema,
+    read_all: impl FnOnce(&ReadTransaction) -> Result<Vec<(&'static str, u64)>, StoreError>,
+) -> Result<Check, StoreError> {
+    let open_error = |source| StoreError::Open {
+        path: path.to_owned(),
+        schema: schema.name,
+        source: Box::new(source),
+    };
+    // `open` would create a missing file; a check never writes one.
+    std::fs::metadata(path)
+        .map_err(|e| open_error(redb::DatabaseError::Storage(redb::StorageError::Io(e))))?;
+    let db = guard(path, schema.name, || {
+        let mut db =
+            redb::Builder::new().set_cache_size(CACHE_BYTES).open(path).map_err(open_error)?;
+        let clean = db.check_integrity().map_err(open_error)?;
+        Ok(Database { db, path: path.to_owned(), schema }).map(|db| (db, clean))
+    });
+    let (database, clean) = db?;
+    let schema_version = database.schema_version()?;
+    if schema_version > schema.version() {
+        return Err(StoreError::NewerSchema {
+            path: path.to_owned(),
+            schema: schema.name,
+            found: schema_version,
+            supported: schema.version(),
+        });
+    }
+    // An older file's tables may not have the current layout yet (the next start migrates it).
+    let tables = if schema_version == schema.version() {
+        database.read("read every record", read_all)?
+    } else {
+        Vec::new()
+    };
+    Ok(Check { repaired: !clean, schema_version, tables })
+}
+
+/// How a daemon's `--check-store` reports a [`check_database`]: one line and an exit status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    /// 0 sound; 1 damaged, or repaired by this check; 2 not checked (absent, in use, unreadable).
+    pub exit_code: u8,
+    /// The verdict, naming the file; for stdout when sound, stderr otherwise.
+    pub line: String,
+}
+
+impl Verdict {
+    pub fn of(path: &Path, result: Result<Check, StoreError>) -> Verdict {
+        let shown = path.display();
+        match result {
+            Ok(check) if !check.repaired => {
+                let tables: Vec<String> =
+                    check.tables.iter().map(|(table, n)| format!("{table} {n}")).collect();
+                Verdict {
+                    exit_code: 0,
+                    line: format!(
+                        "{shown}: sound: every page verified, schema version {}, {} records read \
+                         ({})",
+                        check.schema_version,
+                        check.records(),
+                        tables.join(", ")
+                    ),
+                }
+            }
+            Ok(_) => Verdict {
+                exit_code: 1,
+                line: format!(
+                    "{shown}: damaged, and repaired by redb (its newest commit or its page \
+                     allocation did not verify): the newest writes may be lost; it is sound now"
+                ),
+            },
+            Err(StoreError::Damaged { schema, detail, .. }) => Verdict {
+                exit_code: 1,
+                line: format!(
+                    "{shown}: damaged ({detail}); stop keylime_{schema} and restore the file from \
+                     a backup"
+                ),
+            },
+            Err(StoreError::Open { schema, source, .. })
+                if matches!(*source, redb::DatabaseError::DatabaseAlreadyOpen) =>
+            {
+                Verdict {
+                    exit_code: 2,
+                    line: format!(
+                        "{shown}: not checked: a running keylime_{schema} has it open; stop it first"
+                    ),
+                }
+            }
+            Err(other) => Verdict { exit_code: 2, line: format!("not checked: {other}") },
+        }
+    }
 }
 
 impl Database {
@@ -92,11 +212,13 @@ impl Database {
         operation: &str,
         body: impl FnOnce(&WriteTransaction) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let txn =
-            self.db.begin_write().map_err(|e| StoreError::storage(&self.path, operation, e))?;
-        let out = body(&txn)?;
-        txn.commit().map_err(|e| StoreError::storage(&self.path, operation, e))?;
-        Ok(out)
+        guard(&self.path, self.schema.name, || {
+            let txn =
+                self.db.begin_write().map_err(|e| StoreError::storage(&self.path, operation, e))?;
+            let out = body(&txn)?;
+            txn.commit().map_err(|e| StoreError::storage(&self.path, operation, e))?;
+            Ok(out)
+        })
     }
 
     /// Runs `body` in a read transaction (a consistent snapshot).
@@ -105,9 +227,11 @@ impl Database {
         operation: &str,
         body: impl FnOnce(&ReadTransaction) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let txn =
-            self.db.begin_read().map_err(|e| StoreError::storage(&self.path, operation, e))?;
-        body(&txn)
+        guard(&self.path, self.schema.name, || {
+            let txn =
+                self.db.begin_read().map_err(|e| StoreError::storage(&self.path, operation, e))?;
+            body(&txn)
+        })
     }
 
     fn migrate(&self) -> Result<(), StoreError> {

@@ -11,6 +11,7 @@
 //! never parses TPM structures: it stores and returns what the daemons hand it, and it refuses a
 //! file written by a newer version of the software rather than guessing at its contents.
 
+mod damage;
 mod database;
 mod records;
 pub mod registrar;
@@ -18,7 +19,7 @@ pub mod verifier;
 
 use std::path::PathBuf;
 
-pub use database::{Database, Migration, Schema, open_database};
+pub use database::{Check, Database, Migration, Schema, Verdict, check_database, open_database};
 pub use records::Records;
 
 /// Errors from opening, migrating, reading and writing a store; each names the file and, where
@@ -44,6 +45,14 @@ pub enum StoreError {
     Encode { table: &'static str, key: String, source: postcard::Error },
     #[error("table {table}: {source}")]
     Table { table: &'static str, source: Box<redb::Error> },
+    /// The file's contents are not what redb or this software wrote (found by a read that
+    /// panicked inside redb, a page that fails its checksum, or a record that does not decode).
+    #[error(
+        "{}: the {schema} store is damaged ({detail}); restore it from a backup, or run \
+         `keylime_{schema} --check-store` to check the whole file",
+        path.display()
+    )]
+    Damaged { path: PathBuf, schema: &'static str, detail: String },
 }
 
 impl StoreError {
@@ -62,5 +71,34 @@ impl StoreError {
 
     fn table(table: &'static str, source: impl Into<redb::Error>) -> Self {
         StoreError::Table { table, source: Box::new(source.into()) }
+    }
+
+    /// Whether the store file is damaged (see [`StoreError::Damaged`]).
+    pub fn is_damage(&self) -> bool {
+        matches!(self, StoreError::Damaged { .. })
+    }
+
+    /// This error, as [`StoreError::Damaged`] when it means that the file at `path` is damaged.
+    fn damaged(self, path: &std::path::Path, schema: &'static str) -> Self {
+        let corrupted = match &self {
+            StoreError::Decode { .. } => true,
+            StoreError::Table { source, .. } | StoreError::Storage { source, .. } => {
+                damage::is_corruption(source)
+            }
+            StoreError::Open { source, .. } => {
+                matches!(**source, redb::DatabaseError::Storage(redb::StorageError::Corrupted(_)))
+            }
+            _ => false,
+        };
+        if !corrupted {
+            return self;
+        }
+        let detail = match &self {
+            // The path is said once, by the damage message.
+            StoreError::Storage { operation, source, .. } => format!("{operation}: {source}"),
+            StoreError::Open { source, .. } => source.to_string(),
+            other => other.to_string(),
+        };
+        StoreError::Damaged { path: path.to_owned(), schema, detail: damage::one_line(&detail) }
     }
 }

@@ -127,6 +127,19 @@ impl<V: Serialize + DeserializeOwned> Records<V> {
         Ok(out)
     }
 
+    /// Reads and decodes every record (a full check of the table); returns how many there are.
+    pub fn decode_all(&self, txn: &ReadTransaction) -> Result<u64, StoreError> {
+        let table =
+            txn.open_table(self.definition()).map_err(|e| StoreError::table(self.name, e))?;
+        let mut count = 0;
+        for entry in table.iter().map_err(|e| StoreError::table(self.name, e))? {
+            let (key, value) = entry.map_err(|e| StoreError::table(self.name, e))?;
+            self.decode(key.value(), value.value())?;
+            count += 1;
+        }
+        Ok(count)
+    }
+
     /// Every record, inside a write transaction (for migrations that rewrite a table).
     pub fn all_for_update(&self, txn: &WriteTransaction) -> Result<Vec<(String, V)>, StoreError> {
         let table =

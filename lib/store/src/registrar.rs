@@ -11,7 +11,9 @@ use std::path::Path;
 use redb::WriteTransaction;
 use serde::{Deserialize, Serialize};
 
-use crate::{Database, Migration, Records, Schema, StoreError, open_database};
+use crate::{
+    Check, Database, Migration, Records, Schema, StoreError, check_database, open_database,
+};
 
 /// A point in time as the protobuf `Timestamp` has it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,6 +96,18 @@ impl RegistrarStore {
     /// Opens or creates the store at `path`, migrating an older file.
     pub fn open(path: &Path) -> Result<RegistrarStore, StoreError> {
         Ok(RegistrarStore { db: open_database(path, &SCHEMA)? })
+    }
+
+    /// Checks the existing store at `path` in full (see [`crate::check_database`]): every
+    /// page's checksum, then every record read and decoded. Nothing else may have the file open.
+    pub fn check(path: &Path) -> Result<Check, StoreError> {
+        check_database(path, &SCHEMA, |txn| Ok(vec![(AGENTS.name(), AGENTS.decode_all(txn)?)]))
+    }
+
+    /// Reads and decodes every record; returns how many there are. A start-up pass that finds
+    /// a damaged file before the registrar serves from it.
+    pub fn read_all(&self) -> Result<u64, StoreError> {
+        self.db.read("read every agent", |txn| AGENTS.decode_all(txn))
     }
 
     pub fn path(&self) -> &Path {

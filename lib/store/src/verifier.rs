@@ -18,7 +18,9 @@ use redb::{
 use serde::{Deserialize, Serialize};
 
 pub use crate::registrar::Timestamp;
-use crate::{Database, Migration, Records, Schema, StoreError, open_database};
+use crate::{
+    Check, Database, Migration, Records, Schema, StoreError, check_database, open_database,
+};
 
 /// An enrolled agent: what it is attested against and where its attestation stands.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -259,6 +261,39 @@ impl VerifierStore {
     /// Opens or creates the store at `path`, migrating an older file.
     pub fn open(path: &Path) -> Result<VerifierStore, StoreError> {
         Ok(VerifierStore { db: open_database(path, &SCHEMA)? })
+    }
+
+    /// Checks the existing store at `path` in full (see [`check_database`]): every page's
+    /// checksum, then every record of every table read and decoded. Nothing else may have the
+    /// file open.
+    pub fn check(path: &Path) -> Result<Check, StoreError> {
+        check_database(path, &SCHEMA, |txn| {
+            let mut tables = vec![
+                (AGENTS.name(), AGENTS.decode_all(txn)?),
+                (RUNTIME_NAMES.name(), RUNTIME_NAMES.decode_all(txn)?),
+                (RUNTIME_DOCUMENTS.name(), RUNTIME_DOCUMENTS.decode_all(txn)?),
+                (MB_NAMES.name(), MB_NAMES.decode_all(txn)?),
+                (MB_DOCUMENTS.name(), MB_DOCUMENTS.decode_all(txn)?),
+                (CURSORS.name(), CURSORS.decode_all(txn)?),
+            ];
+            let history = txn.open_table(HISTORY).map_err(|e| StoreError::table("history", e))?;
+            let mut count = 0;
+            for entry in history.iter().map_err(|e| StoreError::table("history", e))? {
+                let (key, value) = entry.map_err(|e| StoreError::table("history", e))?;
+                decode::<HistoryRecord>("history", key.value(), value.value())?;
+                count += 1;
+            }
+            tables.push(("history", count));
+            let events = txn.open_table(EVENTS).map_err(|e| StoreError::table("events", e))?;
+            let mut count = 0;
+            for entry in events.iter().map_err(|e| StoreError::table("events", e))? {
+                let (key, value) = entry.map_err(|e| StoreError::table("events", e))?;
+                decode::<EventRecord>("events", &key.value().to_string(), value.value())?;
+                count += 1;
+            }
+            tables.push(("events", count));
+            Ok(tables)
+        })
     }
 
     pub fn path(&self) -> &Path {

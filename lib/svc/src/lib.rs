@@ -44,3 +44,41 @@ pub mod notice;
 pub mod shutdown;
 pub mod systemd;
 pub mod tls;
+
+/// An error and its causes as one line for stderr: `a: b: c`, leaving out a cause whose text
+/// the line already holds (an error that wraps another often repeats its message).
+pub fn error_line<'a>(
+    chain: impl Iterator<Item = &'a (dyn std::error::Error + 'static)>,
+) -> String {
+    let mut line = String::new();
+    for cause in chain {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    // One line, whatever a cause's text holds.
+    line.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod error_line_tests {
+    #[derive(Debug, thiserror::Error)]
+    #[error("state store: {0}")]
+    struct Outer(#[source] Inner);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("/x/verifier.redb: damaged\nreally")]
+    struct Inner;
+
+    #[test]
+    fn repeated_causes_are_said_once_on_one_line() {
+        let error = Outer(Inner);
+        let chain = std::iter::successors(Some(&error as &dyn std::error::Error), |e| e.source());
+        assert_eq!(super::error_line(chain), "state store: /x/verifier.redb: damaged really");
+    }
+}

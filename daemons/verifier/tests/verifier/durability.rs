@@ -61,6 +61,8 @@ async fn history_numbering_continues_after_a_crash_left_the_entry_behind() -> Te
     let newest = store.last_history_sequence(&agent.id)?.ok_or("no history")?;
     let mut entry = store.get_agent(&agent.id)?.ok_or("agent not stored")?;
     let count = entry.attestation_count;
+    // Both move together, one per round.
+    entry.attestation_count = 1;
     entry.history_sequence = 1;
     store.commit(kl_store::verifier::Batch { agents: vec![entry], ..Default::default() }, 0)?;
     drop(store);
@@ -71,6 +73,56 @@ async fn history_numbering_continues_after_a_crash_left_the_entry_behind() -> Te
     let sequences: Vec<u64> = history.attestations.iter().map(|a| a.sequence).collect();
     assert!(sequences[0] > newest, "numbered on from {newest}: {sequences:?}");
     assert!(sequences.windows(2).all(|w| w[0] > w[1]), "no sequence reused: {sequences:?}");
+    fx.stop_verifier().await
+}
+
+/// Seconds and nanoseconds of a protobuf time, comparable.
+fn instant(t: Option<&prost_types::Timestamp>) -> Option<(i64, i32)> {
+    t.map(|t| (t.seconds, t.nanos))
+}
+
+/// A crash leaves a passing agent's stored entry up to one checkpoint behind its history (its
+/// routine rounds are recorded; the entry is rewritten every few seconds). What clients were
+/// shown before the crash (count, times, the last verdict) is never taken back afterwards.
+#[tokio::test]
+async fn a_crash_that_left_the_entry_behind_takes_back_nothing_clients_saw() -> TestResult {
+    let mut fx = Fixture::start(|_| {}).await?;
+    let agent = fx.agent().await?;
+    fx.put_policy("p", &agent).await?;
+    fx.enroll(&agent, "p").await?;
+    let shown = fx.wait_for(&agent.id, "five passes", |s| s.attestation_count >= 5).await?;
+    fx.stop_verifier().await?;
+    // The entry as a crash right after the first pass would have left it: stored with the
+    // state change, then only history records.
+    let store = kl_store::verifier::VerifierStore::open(&kl_verifier::store_path(&fx.config))?;
+    let first = store.history(&agent.id, Some(2), 1)?.pop().ok_or("no first record")?;
+    let mut entry = store.get_agent(&agent.id)?.ok_or("agent not stored")?;
+    entry.attestation_count = 1;
+    entry.history_sequence = 1;
+    entry.last_attestation_at = Some(first.at);
+    entry.last_success_at = Some(first.at);
+    entry.last_verdict_json = first.verdict_json.clone();
+    store.commit(kl_store::verifier::Batch { agents: vec![entry], ..Default::default() }, 0)?;
+    drop(store);
+
+    fx.start_verifier().await?;
+    let after = fx.status(&agent.id).await?;
+    assert!(
+        after.attestation_count >= shown.attestation_count,
+        "count went from {} to {}",
+        shown.attestation_count,
+        after.attestation_count
+    );
+    for (what, before, now) in [
+        ("last_attestation_at", &shown.last_attestation_at, &after.last_attestation_at),
+        ("last_success_at", &shown.last_success_at, &after.last_success_at),
+    ] {
+        assert!(instant(now.as_ref()) >= instant(before.as_ref()), "{what}: {before:?} -> {now:?}");
+    }
+    let verdict_at =
+        |s: &pb::AgentStatus| instant(s.last_verdict.as_ref().and_then(|v| v.at.as_ref()));
+    assert!(verdict_at(&after) >= verdict_at(&shown), "the last verdict went back in time");
+    assert_eq!(after.state, pb::AgentState::Passed as i32);
     fx.stop_verifier().await
 }
 

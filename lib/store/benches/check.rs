@@ -1,0 +1,129 @@
+//! What a full check of a verifier store costs: populates a store of N agents with H history
+//! records each (sizes as a real verifier writes them), then times a plain open with the
+//! start-up reads of the verifier (every agent and its newest record) against
+//! `VerifierStore::check` (every page's checksum, every record decoded).
+//!
+//! `cargo bench -p kl-store --bench check -- 10000 100 /var/tmp/kl-check`
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use kl_store::verifier::{AgentEntry, Batch, HistoryRecord, Timestamp, VerifierStore};
+
+type BoxError = Box<dyn std::error::Error>;
+
+fn entry(id: &str, rounds: u64) -> AgentEntry {
+    AgentEntry {
+        agent_id: id.to_owned(),
+        contact_ip: "10.0.0.1".to_owned(),
+        contact_port: 9002,
+        ak_public: vec![7; 280],
+        agent_certificate: vec![9; 520],
+        runtime_policy: "fleet".to_owned(),
+        measured_boot_policy: String::new(),
+        pcr_policy_json: String::new(),
+        v_key_half: vec![1; 32],
+        key_delivered: true,
+        accept_hash_algorithms: vec!["sha256".to_owned()],
+        accept_signing_algorithms: vec!["ecdsa".to_owned()],
+        hash_algorithm: "sha256".to_owned(),
+        state: 2,
+        attestation_count: rounds,
+        enrolled_at: Timestamp::now(),
+        last_attestation_at: Some(Timestamp::now()),
+        last_success_at: Some(Timestamp::now()),
+        last_verdict_json: verdict(),
+        attestation_state_json: format!(
+            "{{\"ima\":{{\"entries_processed\":{rounds},\"pcr\":\"{}\"}},\"boot\":null}}",
+            "ab".repeat(32)
+        ),
+        ima_offset: rounds * 2,
+        reset_count: 1,
+        consecutive_errors: 0,
+        history_sequence: rounds,
+    }
+}
+
+fn verdict() -> String {
+    r#"{"verdict":{"findings":[],"checked":["pcr","ima","measured_boot"]},"at":{"seconds":1764000000,"nanos":123456789}}"#.to_owned()
+}
+
+fn main() -> Result<(), BoxError> {
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let agents: u64 = args.first().map(|a| a.parse()).transpose()?.unwrap_or(10_000);
+    let history: u64 = args.get(1).map(|a| a.parse()).transpose()?.unwrap_or(100);
+    let dir = PathBuf::from(args.get(2).cloned().unwrap_or_else(|| "/var/tmp/kl-check".to_owned()));
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("verifier.redb");
+    let _ = std::fs::remove_file(&path);
+
+    let started = Instant::now();
+    let store = VerifierStore::open(&path)?;
+    let ids: Vec<String> = (0..agents)
+        .map(|n| format!("{:08x}-0000-4000-8000-{n:012x}", n * 2654435761 % (1 << 32)))
+        .collect();
+    store.commit(
+        Batch { agents: ids.iter().map(|id| entry(id, history)).collect(), ..Batch::default() },
+        0,
+    )?;
+    // Round by round, as the fleet writes them: one transaction holds one round of every agent.
+    for sequence in 1..=history {
+        let mut batch = Batch::default();
+        for id in &ids {
+            let record = HistoryRecord {
+                sequence,
+                at: Timestamp::now(),
+                verdict_json: verdict(),
+                reset_count: 1,
+                restart_count: 0,
+                clock: sequence * 2000,
+                ima_entries: 2,
+                duration_us: 4200,
+            };
+            batch.history.push((id.clone(), record));
+        }
+        store.commit(batch, 0)?;
+    }
+    drop(store);
+    let bytes = std::fs::metadata(&path)?.len();
+    eprintln!(
+        "populated {agents} agents x {history} records in {:.1} s: {:.0} MB",
+        started.elapsed().as_secs_f64(),
+        bytes as f64 / 1e6
+    );
+
+    // Twice each: the first from a cold page cache, the second warm.
+    for _ in 0..2 {
+        let _ = std::process::Command::new("sh")
+            .args(["-c", "sync; echo 3 > /proc/sys/vm/drop_caches"])
+            .status();
+        let started = Instant::now();
+        let store = VerifierStore::open(&path)?;
+        let mut loaded = 0;
+        let mut after: Option<String> = None;
+        loop {
+            let page = store.list_agents(after.as_deref(), 1000)?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.agent_id.clone());
+            for agent in &page {
+                loaded += store.history(&agent.agent_id, None, 1)?.len();
+            }
+        }
+        drop(store);
+        let open = started.elapsed();
+        let _ = std::process::Command::new("sh")
+            .args(["-c", "sync; echo 3 > /proc/sys/vm/drop_caches"])
+            .status();
+        let started = Instant::now();
+        let check = VerifierStore::check(&path)?;
+        let full = started.elapsed();
+        println!(
+            "open + start-up reads ({loaded} newest records): {:.3} s; full check ({} records, repaired: {}): {:.3} s",
+            open.as_secs_f64(),
+            check.records(),
+            check.repaired,
+            full.as_secs_f64()
+        );
+    }
+    Ok(())
+}
