@@ -272,3 +272,43 @@ async fn an_in_process_agent_on_port_0_reports_its_port_and_stops_on_request() -
     tokio::time::timeout(Duration::from_secs(30), serving).await???;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_notices_are_taken_only_from_revocation_notification_ip() -> Result<()> {
+    let Some((tpm, deployment)) = tpm_and_deployment()? else { return Ok(()) };
+    // A notice signed with the deployment's server key, as the verifier signs them.
+    let tls = deployment.tls();
+    let server_cert = kl_svc::tls::read_certificates(&tls.server_cert())?;
+    let signer = kl_svc::notice::NoticeSigner::from_pem(
+        &std::fs::read_to_string(tls.server_key())?,
+        server_cert.first().ok_or_else(|| err("no server certificate"))?.to_vec(),
+    )?;
+    let signed = signer.sign(br#"{"agent_id": "another", "state": "failed"}"#.to_vec())?;
+    let notify = || kl_proto::agent::v1::NotifyRevocationRequest {
+        notice: signed.notice.clone(),
+        signature: signed.signature.clone(),
+        signer_certificate: signed.signer_certificate.clone(),
+    };
+
+    // The verifier is elsewhere: a correctly signed notice from this address is refused.
+    let mut settings = agent_settings(&tpm, daemon::free_port()?);
+    settings.extra.insert("revocation_notification_ip".into(), "192.0.2.10, 192.0.2.11".into());
+    let mut agent = deployment.start_agent("agent", &settings)?;
+    let mut client = deployment.agent_client(agent.daemon.port(), agent.certificate()?).await?;
+    let refused = client.notify_revocation(notify()).await.expect_err("from 127.0.0.1");
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    assert!(
+        refused.message().contains("127.0.0.1") && refused.message().contains("192.0.2.10"),
+        "{}",
+        refused.message()
+    );
+    assert!(agent.daemon.output().contains("revocation notice from 127.0.0.1 refused"));
+    agent.daemon.stop()?;
+    drop(agent);
+
+    // The default (a verifier on this machine, as the guide's single-host setup has it).
+    let agent = deployment.start_agent("agent2", &agent_settings(&tpm, daemon::free_port()?))?;
+    let mut client = deployment.agent_client(agent.daemon.port(), agent.certificate()?).await?;
+    client.notify_revocation(notify()).await?;
+    Ok(())
+}

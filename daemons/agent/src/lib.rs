@@ -199,6 +199,7 @@ impl Agent {
         let service = AgentService {
             agent_id,
             revocation,
+            notice_senders: revocation::NoticeSenders::new(&config.revocation_notification_ip),
             trusted_ca: ca,
             tpm,
             identity_spki: identity.spki_der.clone(),

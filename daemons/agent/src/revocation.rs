@@ -5,6 +5,7 @@
 //! path of a file holding the notice JSON.
 
 use std::io::Write;
+use std::net::IpAddr;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -12,6 +13,54 @@ use std::time::Duration;
 
 /// How long one action may run.
 const ACTION_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The verifiers whose notices are taken (`revocation_notification_ip`): a notice must come
+/// from one of these addresses and carry a verifier signature the deployment CA vouches for.
+/// Host names are looked up when a notice arrives (notices are rare; a verifier may move).
+#[derive(Debug, Clone)]
+pub struct NoticeSenders {
+    hosts: Vec<String>,
+}
+
+impl NoticeSenders {
+    pub fn new(hosts: &[String]) -> Self {
+        NoticeSenders { hosts: hosts.to_vec() }
+    }
+
+    /// Whether a notice from `peer` is taken.
+    pub async fn accepts(&self, peer: IpAddr) -> bool {
+        let peer = peer.to_canonical();
+        for host in &self.hosts {
+            if host == "*" {
+                return true;
+            }
+            if let Ok(ip) = host.parse::<IpAddr>() {
+                if ip.to_canonical() == peer {
+                    return true;
+                }
+                continue;
+            }
+            match tokio::net::lookup_host((host.as_str(), 0)).await {
+                Ok(mut addrs) => {
+                    if addrs.any(|a| a.ip().to_canonical() == peer) {
+                        return true;
+                    }
+                }
+                Err(e) => tracing::warn!(
+                    host = %host,
+                    error = %e,
+                    "revocation_notification_ip: cannot look up the host"
+                ),
+            }
+        }
+        false
+    }
+
+    /// The setting, for messages.
+    pub fn describe(&self) -> String {
+        self.hosts.join(", ")
+    }
+}
 
 /// Where the agent finds revocation actions.
 #[derive(Debug, Clone)]
@@ -133,6 +182,21 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     use super::*;
+
+    #[tokio::test]
+    async fn notices_are_taken_only_from_the_configured_verifiers() {
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        let senders = NoticeSenders::new(&["10.0.0.1".into(), "10.0.0.2".into()]);
+        assert!(senders.accepts(ip("10.0.0.2")).await, "a second replica");
+        assert!(senders.accepts(ip("::ffff:10.0.0.1")).await, "an IPv4-mapped peer");
+        assert!(!senders.accepts(ip("10.0.0.3")).await);
+        assert!(!senders.accepts(ip("127.0.0.1")).await);
+        let named = NoticeSenders::new(&["localhost".into()]);
+        assert!(named.accepts(ip("127.0.0.1")).await, "names are looked up");
+        assert!(!named.accepts(ip("10.0.0.1")).await);
+        assert!(NoticeSenders::new(&["*".into()]).accepts(ip("192.0.2.7")).await);
+        assert!(!NoticeSenders::new(&[]).accepts(ip("127.0.0.1")).await, "empty: none");
+    }
 
     fn script(path: &Path, body: &str) {
         std::fs::write(path, format!("#!/bin/sh\n{body}\n")).expect("write");

@@ -21,7 +21,7 @@ use tonic::{Request, Response, Status};
 use crate::error::Error;
 use crate::imalog::{ImaLog, ImaSlice};
 use crate::payload::PayloadInstaller;
-use crate::revocation::RevocationActions;
+use crate::revocation::{NoticeSenders, RevocationActions};
 
 /// Nonce length bounds (GetQuoteRequest.nonce).
 pub const MIN_NONCE_LEN: usize = 16;
@@ -49,6 +49,8 @@ pub struct AgentService {
     pub payload: Arc<PayloadInstaller>,
     /// What runs when a revocation notice arrives.
     pub revocation: RevocationActions,
+    /// Where revocation notices may come from (`revocation_notification_ip`).
+    pub notice_senders: NoticeSenders,
     /// The deployment CA: revocation notices must be signed by a server certificate it issued.
     pub trusted_ca: Vec<rustls::pki_types::CertificateDer<'static>>,
     /// Calls per RPC and status, for the metrics endpoint.
@@ -319,6 +321,21 @@ impl AgentService {
         request: Request<pb::NotifyRevocationRequest>,
     ) -> Result<Response<pb::NotifyRevocationResponse>, Status> {
         check_caller(&request)?;
+        let peer = request.remote_addr().map(|a| a.ip());
+        let from_a_verifier = match peer {
+            Some(ip) => self.notice_senders.accepts(ip).await,
+            None => false,
+        };
+        if !from_a_verifier {
+            let peer = peer.map_or_else(|| "an unknown address".to_owned(), |ip| ip.to_string());
+            let message = format!(
+                "revocation notice from {peer} refused: not a verifier address in \
+                 revocation_notification_ip ({})",
+                self.notice_senders.describe()
+            );
+            tracing::warn!("{message}");
+            return Err(Status::permission_denied(message));
+        }
         let request = request.into_inner();
         let signed = kl_svc::notice::SignedNotice {
             notice: request.notice,

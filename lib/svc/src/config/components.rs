@@ -120,8 +120,9 @@ pub struct AgentConfig {
     pub agent_data_path: PathBuf,
     pub ima_ml_path: PathBuf,
     pub measuredboot_ml_path: PathBuf,
-    /// The verifier address whose revocation notices are accepted (and signature-checked).
-    pub revocation_notification_ip: String,
+    /// The verifier addresses whose revocation notices are accepted (and signature-checked):
+    /// host names or IP addresses, one per verifier replica; `*` accepts any address.
+    pub revocation_notification_ip: Vec<String>,
     pub revocation_actions: Vec<String>,
     pub revocation_actions_dir: PathBuf,
     /// Whether revocation actions shipped in a payload may run.
@@ -168,7 +169,7 @@ impl ComponentConfig for AgentConfig {
                 Kind::Path,
                 "/sys/kernel/security/tpm0/binary_bios_measurements",
             ),
-            OptionSpec::new("revocation_notification_ip", Kind::Host, "127.0.0.1"),
+            OptionSpec::new("revocation_notification_ip", Kind::HostList, "127.0.0.1"),
             OptionSpec::new("revocation_actions", Kind::TextList, ""),
             OptionSpec::new("revocation_actions_dir", Kind::Path, "/usr/libexec/keylime"),
             OptionSpec::new("allow_payload_revocation_actions", Kind::Bool, "true"),

@@ -13,6 +13,8 @@ pub enum Kind {
     Text,
     /// A host name or an IP address.
     Host,
+    /// A list of host names or IP addresses (as [`Kind::TextList`]); `*` stands for any.
+    HostList,
     /// An IP address (v4 or v6).
     Ip,
     /// A TCP port, 0-65535.
@@ -88,7 +90,7 @@ pub fn parse_toml(spec: &OptionSpec, value: &toml::Value) -> Result<Json, String
         (Kind::Seconds, toml::Value::Integer(n)) => seconds(*n as f64),
         (Kind::Seconds, toml::Value::Float(f)) => seconds(*f),
         (Kind::Bool, toml::Value::Boolean(b)) => Ok(Json::Bool(*b)),
-        (Kind::TextList | Kind::ChoiceList(_), toml::Value::Array(items)) => {
+        (Kind::TextList | Kind::ChoiceList(_) | Kind::HostList, toml::Value::Array(items)) => {
             let mut words = Vec::with_capacity(items.len());
             for item in items {
                 match item {
@@ -109,7 +111,7 @@ pub fn parse_str(spec: &OptionSpec, raw: &str) -> Result<Json, String> {
     if s.is_empty() {
         return if spec.optional {
             Ok(Json::Null)
-        } else if matches!(spec.kind, Kind::TextList | Kind::ChoiceList(_)) {
+        } else if matches!(spec.kind, Kind::TextList | Kind::ChoiceList(_) | Kind::HostList) {
             Ok(Json::Array(Vec::new()))
         } else {
             Err("must not be empty".to_owned())
@@ -118,14 +120,11 @@ pub fn parse_str(spec: &OptionSpec, raw: &str) -> Result<Json, String> {
     match spec.kind {
         Kind::Text | Kind::Path => Ok(Json::from(s)),
         Kind::Host => {
-            let ok = s.parse::<IpAddr>().is_ok()
-                || s.split('.').all(|label| {
-                    !label.is_empty()
-                        && label.len() <= 63
-                        && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-                        && !label.starts_with('-')
-                });
-            if ok { Ok(Json::from(s)) } else { Err(reason_for(Kind::Host)) }
+            if is_host(s) {
+                Ok(Json::from(s))
+            } else {
+                Err(reason_for(Kind::Host))
+            }
         }
         Kind::Ip => s.parse::<IpAddr>().map(|_| Json::from(s)).map_err(|_| reason_for(Kind::Ip)),
         Kind::Port => s.parse::<i64>().map_err(|_| reason_for(Kind::Port)).and_then(port),
@@ -136,7 +135,7 @@ pub fn parse_str(spec: &OptionSpec, raw: &str) -> Result<Json, String> {
             "false" | "no" | "off" | "0" => Ok(Json::Bool(false)),
             _ => Err(reason_for(Kind::Bool)),
         },
-        Kind::TextList | Kind::ChoiceList(_) => list(spec.kind, split_list(s)?),
+        Kind::TextList | Kind::ChoiceList(_) | Kind::HostList => list(spec.kind, split_list(s)?),
         Kind::Choice(words) => {
             if words.contains(&s) {
                 Ok(Json::from(s))
@@ -187,6 +186,7 @@ fn reason_for(kind: Kind) -> String {
         Kind::Seconds => "not a number of seconds".to_owned(),
         Kind::Count => "not a non-negative integer".to_owned(),
         Kind::TextList | Kind::ChoiceList(_) => "expected an array of strings".to_owned(),
+        Kind::HostList => "expected an array of host names or IP addresses (or \"*\")".to_owned(),
         Kind::Choice(words) => format!("not one of {}", words.join(", ")),
         Kind::AgentUuid => "not a UUID, \"generate\" or \"hash_ek\"".to_owned(),
         Kind::Tcti => {
@@ -210,7 +210,23 @@ fn seconds(f: f64) -> Result<Json, String> {
     serde_json::Number::from_f64(f).map(Json::Number).ok_or_else(|| reason_for(Kind::Seconds))
 }
 
+/// A host name (dot-separated labels of letters, digits and inner hyphens) or an IP address.
+fn is_host(s: &str) -> bool {
+    s.parse::<IpAddr>().is_ok()
+        || s.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                && !label.starts_with('-')
+        })
+}
+
 fn list(kind: Kind, words: Vec<String>) -> Result<Json, String> {
+    if kind == Kind::HostList
+        && let Some(bad) = words.iter().find(|w| *w != "*" && !is_host(w))
+    {
+        return Err(format!("\"{bad}\" is not a host name or an IP address"));
+    }
     if let Kind::ChoiceList(allowed) = kind
         && let Some(bad) = words.iter().find(|w| !allowed.contains(&w.as_str()))
     {
@@ -275,6 +291,22 @@ mod tests {
         assert_eq!(
             parse_str(&algs, "sha256,sha1"),
             Err("\"sha1\" is not one of sha256, sha384".to_owned())
+        );
+    }
+
+    #[test]
+    fn host_lists() {
+        let hosts = spec(Kind::HostList);
+        assert_eq!(parse_str(&hosts, "10.0.0.1"), Ok(Json::from(vec!["10.0.0.1"])));
+        assert_eq!(
+            parse_str(&hosts, "verifier-a.example, ::1, *"),
+            Ok(Json::from(vec!["verifier-a.example", "::1", "*"]))
+        );
+        let array = toml::Value::Array(vec!["10.0.0.1".into(), "10.0.0.2".into()]);
+        assert_eq!(parse_toml(&hosts, &array), Ok(Json::from(vec!["10.0.0.1", "10.0.0.2"])));
+        assert_eq!(
+            parse_str(&hosts, "10.0.0.1, bad host"),
+            Err("\"bad host\" is not a host name or an IP address".to_owned())
         );
     }
 
