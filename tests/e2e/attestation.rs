@@ -798,7 +798,7 @@ async fn a_damaged_store_stops_the_verifier_with_one_line_and_the_check_reports_
     sys.verifier.start_again()?;
     let status = sys.verifier.wait_exit(daemon::START_TIMEOUT)?;
     let output = sys.verifier.output();
-    assert_eq!(status.code(), Some(1), "{output}");
+    assert_eq!(status.code(), Some(78), "a restart cannot help: {output}");
     let lines: Vec<&str> = output.lines().collect();
     assert_eq!(lines.len(), 1, "one line on stderr: {output}");
     let expected = format!(

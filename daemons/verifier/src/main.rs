@@ -1,7 +1,8 @@
 //! `keylime_verifier`: loads the layered config and runs the verifier until SIGTERM.
 //!
 //! Exit status: 0 after SIGTERM or SIGINT, 78 (EX_CONFIG) on a configuration error (unreadable
-//! file, unknown key, bad value: the unit does not restart on it), 1 for other failures (one
+//! file, unknown key, bad value) or a damaged state file (the unit does not restart on either),
+//! 1 for other failures (one
 //! line on stderr says why). `--check-store` checks the state file and exits: 0 sound, 1
 //! damaged, 2 when it cannot be checked (absent, in use, unreadable).
 
@@ -32,13 +33,20 @@ async fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("keylime_verifier: {}", kl_svc::error_line(e.chain()));
-            ExitCode::from(if is_config_error(&e) { EXIT_CONFIG } else { 1 })
+            ExitCode::from(if restart_cannot_help(&e) { EXIT_CONFIG } else { 1 })
         }
     }
 }
 
-fn is_config_error(e: &anyhow::Error) -> bool {
-    e.downcast_ref::<config::ConfigError>().is_some()
+/// A configuration error, or a damaged state file: the same start would fail again, so the
+/// unit does not restart on it (`RestartPreventExitStatus=78`).
+fn restart_cannot_help(e: &anyhow::Error) -> bool {
+    let store_damaged = matches!(
+        e.downcast_ref::<kl_verifier::Error>(),
+        Some(kl_verifier::Error::Store(kl_store::StoreError::Damaged { .. }))
+    );
+    store_damaged
+        || e.downcast_ref::<config::ConfigError>().is_some()
         || e.downcast_ref::<kl_svc::logging::LoggingError>()
             .is_some_and(|e| matches!(e, kl_svc::logging::LoggingError::Filter { .. }))
         || matches!(e.downcast_ref::<kl_verifier::Error>(), Some(kl_verifier::Error::Config(_)))
