@@ -77,24 +77,48 @@ impl Access {
         Ok(config)
     }
 
-    /// The caller's role when it presented a certificate chaining to the CA that names one.
-    pub fn role<T>(&self, request: &Request<T>) -> Option<Role> {
+    /// What the caller presented: a certificate chaining to the CA and naming a role, or why not.
+    fn presented<T>(&self, request: &Request<T>) -> Presented {
         let certs = request
             .extensions()
             .get::<TlsConnectInfo<TcpConnectInfo>>()
-            .and_then(|info| info.peer_certs())?;
-        let (leaf, intermediates) = certs.split_first()?;
-        self.ca.verify_client_cert(leaf, intermediates, UnixTime::now()).ok()?;
-        role_of(leaf).ok().flatten()
-    }
-
-    /// Refuses the call unless the caller holds one of the required roles.
-    pub fn require<T>(&self, request: &Request<T>, need: Requirement) -> Result<Role, Error> {
-        match self.role(request) {
-            Some(role) if need.roles.contains(&role) => Ok(role),
-            _ => Err(Error::RoleRequired { action: need.action, required: need.described }),
+            .and_then(|info| info.peer_certs());
+        let Some((leaf, intermediates)) = certs.as_deref().and_then(|c| c.split_first()) else {
+            return Presented::Nothing;
+        };
+        if let Err(e) = self.ca.verify_client_cert(leaf, intermediates, UnixTime::now()) {
+            return Presented::Untrusted(e.to_string());
+        }
+        match role_of(leaf) {
+            Ok(Some(role)) => Presented::Role(role),
+            _ => Presented::NoRole,
         }
     }
+
+    /// Refuses the call unless the caller holds one of the required roles; the refusal says
+    /// what was wrong with what it presented (never anything about agents).
+    pub fn require<T>(&self, request: &Request<T>, need: Requirement) -> Result<Role, Error> {
+        let presented = match self.presented(request) {
+            Presented::Role(role) if need.roles.contains(&role) => return Ok(role),
+            Presented::Role(role) => format!("the client's certificate has role {}", role.as_str()),
+            Presented::Nothing => "the client presented none".to_owned(),
+            Presented::Untrusted(why) => {
+                format!(
+                    "the client's certificate does not verify against the deployment CA ({why})"
+                )
+            }
+            Presented::NoRole => "the client's certificate names no role".to_owned(),
+        };
+        Err(Error::RoleRequired { action: need.action, required: need.described, presented })
+    }
+}
+
+/// What a caller showed at the TLS handshake.
+enum Presented {
+    Nothing,
+    Untrusted(String),
+    NoRole,
+    Role(Role),
 }
 
 /// A client-certificate verifier that checks the handshake signature (the client holds the

@@ -31,8 +31,8 @@ pub enum Error {
     )]
     NoPendingRegistration { agent_id: String },
     /// The caller's certificate does not grant the RPC. Names the action, never an agent.
-    #[error("{action} requires {required} client certificate")]
-    RoleRequired { action: &'static str, required: &'static str },
+    #[error("{action} requires {required} client certificate of this deployment; {presented}")]
+    RoleRequired { action: &'static str, required: &'static str, presented: String },
     #[error("{action}: too many registration requests from {source_ip}; retry later")]
     RateLimited { action: &'static str, source_ip: String },
     #[error("too many registrations are pending; retry later")]

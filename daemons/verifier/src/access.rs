@@ -30,11 +30,14 @@ pub(crate) fn require<T>(
     action: &'static str,
     roles: &'static [Role],
 ) -> Result<(), Error> {
-    match role(request) {
-        Some(r) if roles.contains(&r) => Ok(()),
-        _ => Err(Error::RoleRequired {
-            action,
-            required: if roles.len() == 1 { "an admin" } else { "an admin or viewer" },
-        }),
-    }
+    let presented = match role(request) {
+        Some(r) if roles.contains(&r) => return Ok(()),
+        Some(r) => format!("the client's certificate has role {}", r.as_str()),
+        None => "the client's certificate names no role".to_owned(),
+    };
+    Err(Error::RoleRequired {
+        action,
+        required: if roles.len() == 1 { "an admin" } else { "an admin or viewer" },
+        presented,
+    })
 }

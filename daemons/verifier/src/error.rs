@@ -11,8 +11,8 @@ pub enum Error {
     #[error("{field}: {reason}")]
     InvalidArgument { field: &'static str, reason: String },
     /// The caller's certificate does not grant the RPC. Names the action, never an agent.
-    #[error("{action} requires {required} client certificate")]
-    RoleRequired { action: &'static str, required: &'static str },
+    #[error("{action} requires {required} client certificate; {presented}")]
+    RoleRequired { action: &'static str, required: &'static str, presented: String },
     #[error("agent {agent_id} is not enrolled")]
     AgentNotFound { agent_id: String },
     #[error("agent {agent_id} is not registered (or not activated) at the registrar")]

@@ -24,10 +24,13 @@ async fn admin_calls(
     [("GetAgent", get), ("ListAgents", list), ("DeleteAgent", delete)]
 }
 
+/// Asserts every call was refused, naming the action, the roles and `why` (what was wrong
+/// with what the client presented).
 fn assert_refused(
     results: [(&'static str, Result<(), tonic::Status>); 3],
     agent_id: &str,
     who: &str,
+    why: &str,
 ) {
     for (action, result) in results {
         let Err(status) = result else { panic!("{who}: {action} allowed") };
@@ -36,7 +39,8 @@ fn assert_refused(
             "DeleteAgent" => "DeleteAgent requires an admin client certificate".to_owned(),
             _ => format!("{action} requires an admin, verifier or viewer client certificate"),
         };
-        assert_eq!(status.message(), expected, "{who}");
+        assert!(status.message().starts_with(&expected), "{who}: {}", status.message());
+        assert!(status.message().contains(why), "{who}: {}", status.message());
         assert!(!format!("{status:?}").contains(agent_id), "{who}: {action} names the agent");
     }
 }
@@ -56,11 +60,17 @@ async fn no_certificate_agent_certificate_or_foreign_ca_gets_no_admin_call() -> 
         admin_calls(&mut registrar.anonymous().await?, &agent_id).await,
         &agent_id,
         "anonymous",
+        "the client presented none",
     );
 
     let agent_cert = AgentIdentity::generate(&agent_id, &[])?.tls_identity()?;
     let mut as_agent = registrar.client(Some(agent_cert)).await?;
-    assert_refused(admin_calls(&mut as_agent, &agent_id).await, &agent_id, "agent certificate");
+    assert_refused(
+        admin_calls(&mut as_agent, &agent_id).await,
+        &agent_id,
+        "agent certificate",
+        "does not verify against the deployment CA",
+    );
 
     let foreign = CertificateAuthority::generate("another CA")?.issue(Role::Admin, "admin", &[])?;
     let foreign = TlsIdentity::from_pem(&foreign.cert_pem, &foreign.key_pem, "foreign")?;
@@ -69,10 +79,16 @@ async fn no_certificate_agent_certificate_or_foreign_ca_gets_no_admin_call() -> 
         admin_calls(&mut foreign_admin, &agent_id).await,
         &agent_id,
         "admin of another CA",
+        "does not verify against the deployment CA",
     );
 
     let mut server = registrar.with_role(Role::Server).await?;
-    assert_refused(admin_calls(&mut server, &agent_id).await, &agent_id, "server certificate");
+    assert_refused(
+        admin_calls(&mut server, &agent_id).await,
+        &agent_id,
+        "server certificate",
+        "does not verify against the deployment CA",
+    );
 
     // Registration needs no certificate, and still works with the agent's own one.
     let agent = Agent::new(&new_id(201), SoftTpm::ecc())?;
@@ -91,7 +107,14 @@ async fn viewer_and_verifier_read_only_admin_deletes() -> TestResult {
         list?;
         let status = delete.err().ok_or("delete allowed")?;
         assert_eq!(status.code(), Code::PermissionDenied);
-        assert_eq!(status.message(), "DeleteAgent requires an admin client certificate");
+        assert_eq!(
+            status.message(),
+            format!(
+                "DeleteAgent requires an admin client certificate of this deployment; \
+                 the client's certificate has role {}",
+                role.as_str()
+            )
+        );
     }
     let mut admin = registrar.with_role(Role::Admin).await?;
     let [(_, get), (_, list), (_, delete)] = admin_calls(&mut admin, &agent_id).await;

@@ -20,6 +20,10 @@ async fn viewers_read_only_other_roles_and_anonymous_clients_get_nothing() -> Te
     let refused = viewer.enroll_agent(enroll.clone()).await.err().ok_or("viewer enrolled")?;
     assert_eq!(refused.code(), Code::PermissionDenied);
     assert!(!refused.message().contains(&agent.id));
+    assert_eq!(
+        refused.message(),
+        "EnrollAgent requires an admin client certificate; the client's certificate has role viewer"
+    );
 
     let mut verifier_role = fx.with_role(Role::Verifier).await?;
     let refused = verifier_role
