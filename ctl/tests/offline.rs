@@ -367,3 +367,57 @@ fn measured_boot_policy_generated_from_one_log_fails_another_naming_events() {
             .any(|f| f["rule"] == "mb.secureboot_disabled")
     );
 }
+
+#[test]
+fn files_signed_by_several_keys_pass_and_bad_signatures_are_named() {
+    let dir = Path::new(FIXTURES).join("../ima-multikey");
+    for policy in ["policy-keylime.json", "policy-native.json"] {
+        let policy = dir.join(policy);
+        let run = |log: &str| {
+            kctl(&[
+                "policies",
+                "test",
+                "--runtime-policy",
+                s(&policy),
+                "--ima-log",
+                s(&dir.join(log)),
+                "-o",
+                "json",
+            ])
+        };
+        let out = run("signed-good");
+        assert_eq!(out.status.code(), Some(0), "{}: {}", policy.display(), stderr(&out));
+        let v = json(&out);
+        assert_eq!(
+            (v["passed"].clone(), v["ima"]["entries"].clone()),
+            (Value::Bool(true), 5.into())
+        );
+
+        let out = run("signed-bad");
+        assert_eq!(out.status.code(), Some(1), "{}: {}", policy.display(), stderr(&out));
+        let v = json(&out);
+        assert_eq!(v["passed"], false);
+        let findings: Vec<_> = v["findings"]
+            .as_array()
+            .expect("findings")
+            .iter()
+            .map(|f| {
+                let text = |k: &str| f[k].as_str().unwrap_or_default().to_owned();
+                (text("rule"), f["line"].as_u64().unwrap_or(0), text("path"), text("message"))
+            })
+            .collect();
+        let expected = [
+            ("ima.signature", 6, "/usr/bin/modified", "does not verify with key id 5ffeaae5"),
+            ("ima.not_in_policy", 7, "/usr/bin/outsider", "signed by unknown key id 2940f65a"),
+            ("ima.signature", 8, "/usr/bin/wrong-keyid", "does not verify with key id 5ffeaae5"),
+            ("ima.signature", 9, "/usr/bin/claims-rsa", "does not verify with key id 3bcb125b"),
+        ];
+        assert_eq!(findings.len(), expected.len(), "{findings:?}");
+        for ((rule, line, path, message), (want_rule, want_line, want_path, want_message)) in
+            findings.iter().zip(expected)
+        {
+            assert_eq!((rule.as_str(), *line, path.as_str()), (want_rule, want_line, want_path));
+            assert!(message.contains(want_message), "{message}");
+        }
+    }
+}

@@ -38,6 +38,8 @@ pub(crate) mod der;
 mod verify;
 
 #[cfg(test)]
+mod ecdsa_chain_tests;
+#[cfg(test)]
 mod tests;
 
 use base64::Engine;

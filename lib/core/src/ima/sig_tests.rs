@@ -409,3 +409,148 @@ proptest::proptest! {
         proptest::prop_assert!(keys.verify(&sig, &d).is_err());
     }
 }
+
+const MULTIKEY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/ima-multikey");
+
+fn multikey(name: &str) -> Vec<u8> {
+    let path = format!("{MULTIKEY}/{name}");
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// The fixture log signed by RSA-2048, P-256 and P-384 keys (made with OpenSSL through
+/// python-cryptography, see tests/data/ima-multikey/README.md), appraised the way the verifier
+/// does: policy loaded from a file, its keys parsed by `RuntimeRules`.
+#[test]
+fn files_signed_by_several_policy_keys_each_verify_with_their_own() {
+    use crate::appraisal::RuntimeRules;
+    use crate::policy::{self, LoadOptions};
+
+    for policy_file in ["policy-keylime.json", "policy-native.json"] {
+        let (policy, _) = policy::load(&multikey(policy_file), &LoadOptions::default())
+            .unwrap_or_else(|e| panic!("{policy_file}: {e}"));
+        let rules = RuntimeRules::new(policy).expect("keys parse");
+        assert_eq!(rules.keys.len(), 3, "{policy_file}");
+        // The key ids evmctl would write: SHA-1 of the PKCS#1 key or of the uncompressed point.
+        for (id, kind) in [(0x3bcb_125b, "Rsa"), (0x5ffe_aae5, "P256"), (0xd246_458e, "P384")] {
+            let got: Vec<_> = rules.keys.get(id).iter().map(|k| format!("{k:?}")).collect();
+            assert_eq!(got, [format!("PublicKey::{kind}")], "{policy_file}: key id {id:08x}");
+        }
+        let appraise = |log: &[u8]| {
+            let quoted = replay_log(log, &[HashAlg::Sha256]).expect("replays").pcrs[0];
+            appraise_log(
+                log,
+                &rules.policy,
+                &rules.keys,
+                &ImaState::default(),
+                &ImaOptions::default(),
+                &quoted,
+            )
+            .expect("appraises")
+        };
+
+        // Only boot_aggregate is listed by digest: every other file passes on its signature.
+        let good = appraise(&multikey("signed-good"));
+        assert_eq!(good.entries, 5);
+        assert!(good.verdict.passed(), "{policy_file}: {:?}", good.verdict.findings);
+
+        let bad = appraise(&multikey("signed-bad"));
+        let summary: Vec<_> = bad
+            .verdict
+            .findings
+            .iter()
+            .map(|f| (f.rule.as_str(), f.line.unwrap_or(0), f.path.as_deref().unwrap_or("")))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (rule::IMA_SIGNATURE, 6, "/usr/bin/modified"),
+                (rule::IMA_NOT_IN_POLICY, 7, "/usr/bin/outsider"),
+                (rule::IMA_SIGNATURE, 8, "/usr/bin/wrong-keyid"),
+                (rule::IMA_SIGNATURE, 9, "/usr/bin/claims-rsa"),
+            ],
+            "{policy_file}"
+        );
+        let messages: Vec<_> = bad.verdict.findings.iter().map(|f| f.message.as_str()).collect();
+        for (message, expected) in messages.iter().zip([
+            "/usr/bin/modified: signature does not verify with key id 5ffeaae5",
+            "(signed by unknown key id 2940f65a)",
+            "/usr/bin/wrong-keyid: signature does not verify with key id 5ffeaae5",
+            "/usr/bin/claims-rsa: signature does not verify with key id 3bcb125b",
+        ]) {
+            assert!(message.contains(expected), "{policy_file}: {message}");
+        }
+    }
+
+    // The key the outsider signature needs is the only thing missing: with it, the outsider
+    // file passes and nothing else changes.
+    let (policy, _) =
+        policy::load(&multikey("policy-native.json"), &LoadOptions::default()).expect("loads");
+    let mut rules = RuntimeRules::new(policy).expect("keys parse");
+    assert_eq!(rules.keys.add(&multikey("keys/outsider-p256.pub.pem")), Ok(0x2940_f65a));
+    let log = multikey("signed-bad");
+    let quoted = replay_log(&log, &[HashAlg::Sha256]).expect("replays").pcrs[0];
+    let a = appraise_log(
+        &log,
+        &rules.policy,
+        &rules.keys,
+        &ImaState::default(),
+        &ImaOptions::default(),
+        &quoted,
+    )
+    .expect("appraises");
+    let paths: Vec<_> = a.verdict.findings.iter().filter_map(|f| f.path.as_deref()).collect();
+    assert_eq!(paths, ["/usr/bin/modified", "/usr/bin/wrong-keyid", "/usr/bin/claims-rsa"]);
+}
+
+/// Two keys that share a key id (a 32-bit id collides by chance, or a policy lists a key twice
+/// in different encodings): a signature passes when any of them verifies it, in either order,
+/// and fails as `Invalid` (not `UnknownKey`) when none does.
+#[test]
+fn keys_sharing_a_key_id_are_all_tried() {
+    let content = b"signed by one of two keys with the same id";
+    let sha256 = HashAlg::Sha256.digest(content);
+    let d = FileDigest::new("sha256", sha256.as_bytes()).expect("fits");
+    let (rsa_key, rsa_id) = PublicKey::parse(&fixture("ima/keys/rsa2048pub.pem")).expect("RSA key");
+    let p256 = generated_ec(&rs::ECDSA_P256_SHA256_ASN1_SIGNING);
+    let (ec_key, _) =
+        PublicKey::from_spki_der(&ec_spki(OID_P256, p256.public_key().as_ref())).expect("EC key");
+    let shared = rsa_id;
+    let rsa_sig = sig_field(
+        HASH_ALGO_SHA256,
+        shared,
+        &rsa_sign("ima/keys/rsa2048.pem", &rs::RSA_PKCS1_SHA256, content),
+    );
+    let ec_sig = sig_field(
+        HASH_ALGO_SHA256,
+        shared,
+        p256.sign(&SystemRandom::new(), content).expect("signs").as_ref(),
+    );
+    let stranger = generated_ec(&rs::ECDSA_P256_SHA256_ASN1_SIGNING);
+    let stranger_sig = sig_field(
+        HASH_ALGO_SHA256,
+        shared,
+        stranger.sign(&SystemRandom::new(), content).expect("signs").as_ref(),
+    );
+    for order in [[&rsa_key, &ec_key], [&ec_key, &rsa_key]] {
+        let mut keys = VerificationKeys::new();
+        for key in order {
+            keys.insert(shared, key.clone());
+        }
+        assert_eq!(keys.get(shared).len(), 2);
+        assert_eq!(keys.verify(&rsa_sig, &d), Ok(shared));
+        assert_eq!(keys.verify(&ec_sig, &d), Ok(shared));
+        assert_eq!(keys.verify(&stranger_sig, &d), Err(SignatureError::Invalid(shared)));
+    }
+    // Policy keys and keys learned from a keyring are one pool: a collision across the two
+    // sets behaves the same.
+    let mut policy_keys = VerificationKeys::new();
+    policy_keys.insert(shared, rsa_key);
+    let mut learned = VerificationKeys::new();
+    learned.insert(shared, ec_key);
+    assert_eq!(sig::verify_with(&[&policy_keys, &learned], &ec_sig, &d), Ok(shared));
+    assert_eq!(sig::verify_with(&[&policy_keys, &learned], &rsa_sig, &d), Ok(shared));
+    assert_eq!(
+        sig::verify_with(&[&policy_keys, &learned], &stranger_sig, &d),
+        Err(SignatureError::Invalid(shared))
+    );
+}
