@@ -749,31 +749,6 @@ fn check_verifier_store(sys: &System) -> Result<Output> {
         .output()?)
 }
 
-/// Overwrites, with pseudo-random bytes, each 4 KiB page of `path` that holds `needle` (the
-/// pages of the agents and history tables that hold an agent's records, and any stale copies).
-fn damage_pages_holding(path: &Path, needle: &[u8]) -> Result<usize> {
-    let mut bytes = std::fs::read(path)?;
-    let pages: Vec<usize> = bytes
-        .windows(needle.len())
-        .enumerate()
-        .filter(|(_, w)| *w == needle)
-        .map(|(at, _)| at / 4096 * 4096)
-        .filter(|page| *page > 0)
-        .collect();
-    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
-    let length = bytes.len();
-    for &page in &pages {
-        for byte in &mut bytes[page..(page + 4096).min(length)] {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            *byte = state as u8;
-        }
-    }
-    std::fs::write(path, bytes)?;
-    Ok(pages.len())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_store_stops_the_verifier_with_one_line_and_the_check_reports_it() -> Result<()> {
     let Some(mut sys) = System::start()? else { return Ok(()) };
@@ -791,7 +766,7 @@ async fn a_damaged_store_stops_the_verifier_with_one_line_and_the_check_reports_
     assert!(stdout.starts_with(&format!("{}: sound: ", store.display())), "{stdout}");
     assert!(stdout.contains("agents 1,"), "{stdout}");
 
-    let damaged_pages = damage_pages_holding(&store, sys.agent_id.as_bytes())?;
+    let damaged_pages = kl_tests::damage::pages_holding(&store, sys.agent_id.as_bytes())?;
     assert!(damaged_pages > 0, "the store holds the agent");
     let length = std::fs::metadata(&store)?.len();
 

@@ -242,3 +242,44 @@ async fn the_agent_registers_only_with_a_registrar_of_its_deployment_ca() -> Res
     assert!(list.agents.is_empty(), "{:?}", list.agents);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_store_stops_the_registrar_with_one_line_and_the_check_reports_it() -> Result<()>
+{
+    let Some((tpm, deployment)) = tpm_and_deployment()? else { return Ok(()) };
+    let mut registrar =
+        deployment.start_registrar(&registrar_config(&deployment, &tpm.ca_dir())?)?;
+    let agent = deployment.start_agent("agent", &agent_settings(&tpm, registrar.port()))?;
+    let agent_id = generated_id(&agent.dir)?;
+    wait_registered(&mut deployment.registrar_client(registrar.port()).await?, &agent_id, 1)
+        .await?;
+    drop(agent);
+    registrar.stop()?;
+    let store = deployment.keylime_dir().join("registrar.redb");
+    let config = registrar.config().to_owned();
+    let check = || {
+        std::process::Command::new(daemon::binary(daemon::REGISTRAR)?)
+            .arg("--config")
+            .arg(&config)
+            .arg("--check-store")
+            .output()
+            .map_err(kl_tests::Error::from)
+    };
+    let sound = check()?;
+    assert_eq!(sound.status.code(), Some(0), "{}", String::from_utf8_lossy(&sound.stderr));
+
+    assert!(kl_tests::damage::pages_holding(&store, agent_id.as_bytes())? > 0);
+    registrar.start_again()?;
+    let status = registrar.wait_exit(daemon::START_TIMEOUT)?;
+    let output = registrar.output();
+    assert_eq!(status.code(), Some(78), "a restart cannot help: {output}");
+    // Besides the log of what it loaded before opening the store: one line says why.
+    let errors: Vec<&str> =
+        output.lines().filter(|l| l.starts_with("keylime_registrar:")).collect();
+    assert_eq!(errors.len(), 1, "one error line: {output}");
+    assert!(errors[0].contains(&store.display().to_string()) && errors[0].contains("damaged"));
+    assert!(!output.contains("panicked"), "{output}");
+    let damaged = check()?;
+    assert_eq!(damaged.status.code(), Some(1), "{}", String::from_utf8_lossy(&damaged.stderr));
+    Ok(())
+}

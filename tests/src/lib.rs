@@ -4,10 +4,11 @@
 //! manufactured with its own EK certificate authority ([`swtpm`]), a deployment CA and config
 //! files in a temporary `keylime_dir`, the daemons as the shipped binaries with `--config`
 //! ([`deployment`], [`daemon`]), and synthetic IMA measurement lists with PCR 10 extended to
-//! match ([`ima`]). The tests themselves are one binary, `e2e/main.rs`. Nothing here is used
+//! match ([`ima`]), and state files damaged as a failing disk would ([`damage`]). The tests themselves are one binary, `e2e/main.rs`. Nothing here is used
 //! by the daemons; nothing here replaces a real component with a double.
 
 pub mod daemon;
+pub mod damage;
 pub mod deployment;
 pub mod ima;
 pub mod swtpm;
