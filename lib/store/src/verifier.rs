@@ -296,6 +296,11 @@ impl VerifierStore {
         })
     }
 
+    /// Opens the file again after a failed write (see [`Database::reopen`]).
+    pub fn reopen(&self) -> Result<(), StoreError> {
+        self.db.reopen()
+    }
+
     pub fn path(&self) -> &Path {
         self.db.path()
     }
