@@ -29,6 +29,10 @@ pub enum Error {
     Registrar { address: String, reason: String },
     #[error("state store: {0}")]
     Store(#[from] StoreError),
+    /// The state store cannot be written (a full disk); the reason names the file and the
+    /// cause.
+    #[error("state store cannot be written: {0}")]
+    StoreUnwritable(String),
     /// A failure inside the verifier that the caller cannot fix.
     #[error("{0}")]
     Internal(String),
@@ -61,7 +65,8 @@ impl From<Error> for tonic::Status {
             | Error::PolicyNotFound { .. } => Status::not_found(message),
             Error::PolicyInUse { .. } => Status::failed_precondition(message),
             Error::CursorPruned { .. } => Status::out_of_range(message),
-            Error::Registrar { .. } => Status::unavailable(message),
+            Error::Registrar { .. } | Error::StoreUnwritable(_) => Status::unavailable(message),
+            Error::Store(e) if e.is_io() => Status::unavailable(message),
             Error::Store(_)
             | Error::Internal(_)
             | Error::Tls(_)

@@ -95,6 +95,11 @@ pub(crate) async fn render(ctx: &Context) -> String {
             (&[("result", "error")], m.store_commit_failures.get()),
         ],
     );
+    e.gauge(
+        "keylime_verifier_store_writable",
+        "1 while the state store can be written, 0 while it cannot (a full disk; writes are held in memory).",
+        &[(&[], u64::from(ctx.writer.unwritable().is_none()))],
+    );
     e.histogram(
         "keylime_verifier_store_commit_duration_seconds",
         "Duration of state store transactions, disk sync included.",

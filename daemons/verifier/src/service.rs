@@ -121,12 +121,12 @@ impl VerifierService {
     }
 
     /// Waits until the agent state a client is about to be shown is committed (it may hold
-    /// routine rounds still queued), so that a crash never takes back what a client saw. When
-    /// the store cannot commit, the state is shown anyway: reads keep working, and the failure
-    /// is logged and counted by the writer.
+    /// routine rounds still queued), so that a crash never takes back what a client saw. While
+    /// the store cannot be written (a full disk), the state is shown at once from memory:
+    /// reads keep working, and the failure is logged and counted by the writer.
     async fn durable(&self, ticket: u64) {
         if let Err(e) = self.ctx.writer.wait_durable(ticket).await {
-            tracing::warn!(error = %e, "showing agent state that is not stored yet");
+            tracing::debug!(error = %e, "showing agent state that is not stored yet");
         }
     }
 
@@ -256,6 +256,7 @@ impl Verifier for VerifierService {
         request: Request<pb::EnrollAgentRequest>,
     ) -> Result<Response<pb::EnrollAgentResponse>, Status> {
         access::require(&request, "EnrollAgent", WRITE)?;
+        self.ctx.writer.check_writable()?;
         let req = request.into_inner();
         check_agent_id(&req.agent_id)?;
         self.check_policy_exists(PolicyKind::Runtime, &req.runtime_policy)?;
@@ -469,6 +470,7 @@ impl Verifier for VerifierService {
         request: Request<pb::UpdateAgentRequest>,
     ) -> Result<Response<pb::UpdateAgentResponse>, Status> {
         access::require(&request, "UpdateAgent", WRITE)?;
+        self.ctx.writer.check_writable()?;
         let req = request.into_inner();
         let slot = self.slot(&req.agent_id)?;
         if let Some(name) = &req.runtime_policy {
@@ -549,6 +551,7 @@ impl Verifier for VerifierService {
         request: Request<pb::UnenrollAgentRequest>,
     ) -> Result<Response<pb::UnenrollAgentResponse>, Status> {
         access::require(&request, "UnenrollAgent", WRITE)?;
+        self.ctx.writer.check_writable()?;
         let agent_id = request.into_inner().agent_id;
         check_agent_id(&agent_id)?;
         let _enrolment = self.ctx.enrolment_lock(&agent_id).lock().await;
@@ -586,6 +589,7 @@ impl Verifier for VerifierService {
         request: Request<pb::StopAgentRequest>,
     ) -> Result<Response<pb::StopAgentResponse>, Status> {
         access::require(&request, "StopAgent", WRITE)?;
+        self.ctx.writer.check_writable()?;
         let slot = self.slot(&request.get_ref().agent_id)?;
         let mut rt = slot.runtime.lock().await;
         let changed = state_of(rt.entry.state) != pb::AgentState::Stopped;
@@ -603,6 +607,7 @@ impl Verifier for VerifierService {
         request: Request<pb::ResumeAgentRequest>,
     ) -> Result<Response<pb::ResumeAgentResponse>, Status> {
         access::require(&request, "ResumeAgent", WRITE)?;
+        self.ctx.writer.check_writable()?;
         let slot = self.slot(&request.get_ref().agent_id)?;
         let mut rt = slot.runtime.lock().await;
         let changed =
@@ -621,6 +626,7 @@ impl Verifier for VerifierService {
         request: Request<pb::PutRuntimePolicyRequest>,
     ) -> Result<Response<pb::PutRuntimePolicyResponse>, Status> {
         access::require(&request, "PutRuntimePolicy", WRITE)?;
+        self.ctx.writer.check_writable()?;
         let req = request.into_inner();
         check_policy_name(&req.name)?;
         let canonical =
@@ -653,6 +659,7 @@ impl Verifier for VerifierService {
         request: Request<pb::DeleteRuntimePolicyRequest>,
     ) -> Result<Response<pb::DeleteRuntimePolicyResponse>, Status> {
         access::require(&request, "DeleteRuntimePolicy", WRITE)?;
+        self.ctx.writer.check_writable()?;
         let changed = self.delete_policy(PolicyKind::Runtime, &request.get_ref().name)?;
         Ok(Response::new(pb::DeleteRuntimePolicyResponse { changed }))
     }
@@ -662,6 +669,7 @@ impl Verifier for VerifierService {
         request: Request<pb::PutMeasuredBootPolicyRequest>,
     ) -> Result<Response<pb::PutMeasuredBootPolicyResponse>, Status> {
         access::require(&request, "PutMeasuredBootPolicy", WRITE)?;
+        self.ctx.writer.check_writable()?;
         let req = request.into_inner();
         check_policy_name(&req.name)?;
         let canonical = policies::canonical_mb(&req.document)?;
@@ -694,6 +702,7 @@ impl Verifier for VerifierService {
         request: Request<pb::DeleteMeasuredBootPolicyRequest>,
     ) -> Result<Response<pb::DeleteMeasuredBootPolicyResponse>, Status> {
         access::require(&request, "DeleteMeasuredBootPolicy", WRITE)?;
+        self.ctx.writer.check_writable()?;
         let changed = self.delete_policy(PolicyKind::MeasuredBoot, &request.get_ref().name)?;
         Ok(Response::new(pb::DeleteMeasuredBootPolicyResponse { changed }))
     }
@@ -716,8 +725,12 @@ impl Verifier for VerifierService {
             })?)
         };
         let limit = page_size(req.page_size);
-        // Rounds not yet committed (see `writer::LINGER`) are part of the answer.
-        self.ctx.writer.flush().await?;
+        // Rounds not yet committed (see `writer::LINGER`) are part of the answer; while the
+        // store cannot be written, the answer is what it holds (the rounds since are held in
+        // memory, and listed once committed).
+        if self.ctx.writer.unwritable().is_none() {
+            self.ctx.writer.flush().await?;
+        }
         let records =
             self.ctx.store.history(&req.agent_id, before, limit + 1).map_err(Error::from)?;
         let more = records.len() > limit;

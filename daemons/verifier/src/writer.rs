@@ -12,10 +12,17 @@
 //! Each write gets a ticket, numbered in queue order; [`StateWriter::wait_durable`] lets a
 //! reader show a state only once the writes that produced it are committed, so that nothing a
 //! client was shown is lost in a crash.
+//!
+//! When a commit fails with an I/O error (a full disk), redb refuses every later write on its
+//! handle. The writer then keeps the failed writes, and those queued after them, in memory
+//! (see [`MAX_HELD_HISTORY`]), says the store is unwritable ([`StateWriter::unwritable`]:
+//! operator writes are refused, readers stop waiting for tickets), and every [`RETRY`] opens
+//! the store again and commits what it holds. The first commit that succeeds ends it.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, TryRecvError};
-use std::sync::{Arc, Mutex};
+use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use kl_store::verifier::{Batch, EventRecord, VerifierStore};
@@ -29,6 +36,12 @@ use crate::metrics::Metrics;
 pub(crate) const LINGER: Duration = Duration::from_secs(1);
 /// Most jobs merged into one transaction.
 const MAX_BATCH: usize = 32_768;
+/// How often an unwritable store is opened again and the held writes retried.
+pub(crate) const RETRY: Duration = Duration::from_secs(1);
+/// Most history records held in memory while the store cannot be written (about 450 bytes
+/// each); older ones are dropped beyond it, and said so in the log. Agent entries are held
+/// once per agent (the newest), events all.
+const MAX_HELD_HISTORY: usize = 200_000;
 
 type Reply = oneshot::Sender<Result<Vec<EventRecord>, String>>;
 
@@ -47,6 +60,14 @@ struct Tickets {
     issued: Mutex<u64>,
     /// The newest ticket whose transaction committed (with every earlier one that committed).
     committed: AtomicU64,
+    /// Why the store cannot be written, from the failed commit until one succeeds again.
+    unwritable: Mutex<Option<String>>,
+}
+
+impl Tickets {
+    fn set_unwritable(&self, reason: Option<String>) {
+        *self.unwritable.lock().unwrap_or_else(PoisonError::into_inner) = reason;
+    }
 }
 
 /// Hands batches to the writer thread.
@@ -101,11 +122,32 @@ impl StateWriter {
 
     /// Waits until the write with `ticket` (from [`StateWriter::submit`]) is committed,
     /// committing what is queued at once when it is not yet.
+    /// While the store cannot be written, returns at once with
+    /// [`Error::StoreUnwritable`] rather than wait for a commit that cannot happen.
     pub async fn wait_durable(&self, ticket: u64) -> Result<(), Error> {
         if self.tickets.committed.load(Ordering::Acquire) >= ticket {
             return Ok(());
         }
+        if let Some(reason) = self.unwritable() {
+            return Err(Error::StoreUnwritable(reason));
+        }
         self.flush().await
+    }
+
+    /// Why the store cannot be written (the failed commit's error), while it cannot.
+    pub fn unwritable(&self) -> Option<String> {
+        self.tickets.unwritable.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Refuses an operator change while the store cannot be written, before anything is
+    /// changed: it would not be durable.
+    pub fn check_writable(&self) -> Result<(), Error> {
+        match self.unwritable() {
+            Some(reason) => Err(Error::StoreUnwritable(format!(
+                "{reason}; nothing was changed (the verifier retries the store every second)"
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// Queues `batch` and waits until it and everything queued before it are committed;
@@ -118,7 +160,12 @@ impl StateWriter {
         answer
             .await
             .map_err(|_| Error::Internal("the store writer has stopped".to_owned()))?
-            .map_err(Error::Internal)
+            .map_err(|reason| {
+                Error::StoreUnwritable(format!(
+                    "{reason}; the change is held in memory and stored once the store can be \
+                     written again"
+                ))
+            })
     }
 
     /// Waits until everything queued so far is committed (before reading the store).
@@ -161,95 +208,179 @@ fn write_batches(
     tickets: &Tickets,
     receiver: &mpsc::Receiver<Job>,
 ) {
-    while let Ok(first) = receiver.recv() {
-        let deadline = Instant::now() + LINGER;
-        let mut now = urgent(&first.batch, first.reply.is_some());
-        let mut jobs = vec![first];
-        loop {
-            // Take what has queued up; routine jobs do not wake this thread, urgent ones do.
-            while jobs.len() < MAX_BATCH {
-                match receiver.try_recv() {
-                    Ok(job) => {
-                        now |= urgent(&job.batch, job.reply.is_some());
-                        jobs.push(job);
-                    }
-                    Err(TryRecvError::Empty) => break,
-                    Err(TryRecvError::Disconnected) => {
-                        now = true;
-                        break;
-                    }
-                }
+    // Writes that failed to commit, with the newest ticket among them, kept until the store
+    // can be written again.
+    let mut held: Option<(Batch, u64)> = None;
+    loop {
+        let Some(jobs) = next_jobs(receiver, held.is_some()) else {
+            if let Some((batch, _)) = held {
+                tracing::error!(
+                    file = %store.path().display(),
+                    agents = batch.agents.len(),
+                    history = batch.history.len(),
+                    events = batch.events.len(),
+                    "stopping with writes the state store could not take; they are lost"
+                );
             }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if now || jobs.len() >= MAX_BATCH || left.is_zero() {
-                break;
-            }
-            std::thread::park_timeout(left);
+            return;
+        };
+        let retrying = held.is_some();
+        let mut newest = jobs.iter().map(|j| j.ticket).max().unwrap_or(0);
+        // Each job's reply with the number of events it adds, in commit order.
+        let mut replies: Vec<(usize, Option<Reply>)> = Vec::with_capacity(jobs.len() + 1);
+        let mut batch = Batch::default();
+        if let Some((earlier, ticket)) = held.take() {
+            replies.push((earlier.events.len(), None));
+            batch = earlier;
+            newest = newest.max(ticket);
+        }
+        for job in jobs {
+            replies.push((job.batch.events.len(), job.reply));
+            batch.extend(job.batch);
+        }
+        if batch.is_empty() {
+            // Flushes with nothing queued: nothing to write or sync.
+            answer(replies, Ok(Vec::new()));
+            tickets.committed.fetch_max(newest, Ordering::AcqRel);
+            continue;
         }
         let started = Instant::now();
-        let newest = jobs.iter().map(|j| j.ticket).max().unwrap_or(0);
-        match commit_jobs(store, hub, history_max_entries, jobs) {
-            Some(true) => {
+        let reopen_and_commit = || {
+            store.reopen()?;
+            store.commit(&batch, history_max_entries)
+        };
+        let mut result =
+            if retrying { reopen_and_commit() } else { store.commit(&batch, history_max_entries) };
+        if !retrying && matches!(&result, Err(e) if e.is_io()) {
+            // redb refuses writes after any earlier failure (also one outside this thread,
+            // such as a policy put) until it is opened again: once at once, so that a failure
+            // is reported with its own cause rather than as that refusal.
+            result = reopen_and_commit();
+        }
+        match result {
+            Ok(events) => {
+                if retrying {
+                    tracing::info!(
+                        file = %store.path().display(),
+                        "the state store can be written again; the held writes are committed"
+                    );
+                }
+                tickets.set_unwritable(None);
                 tickets.committed.fetch_max(newest, Ordering::AcqRel);
-                metrics.store_commits.inc()
+                metrics.store_commits.inc();
+                metrics.store_commit_seconds.observe(started.elapsed());
+                let mut rest = events.as_slice();
+                for (count, reply) in replies {
+                    let (own, after) = rest.split_at(count.min(rest.len()));
+                    rest = after;
+                    if let Some(reply) = reply {
+                        let _ = reply.send(Ok(own.to_vec()));
+                    }
+                }
+                hub.publish(events);
             }
-            Some(false) => metrics.store_commit_failures.inc(),
-            None => {
-                tickets.committed.fetch_max(newest, Ordering::AcqRel);
-                continue;
+            Err(e) => {
+                metrics.store_commit_failures.inc();
+                let reason = e.to_string();
+                if e.is_io() {
+                    if !retrying {
+                        tracing::error!(
+                            error = %reason,
+                            "committing attestation state failed; the writes are held in \
+                             memory and retried every second"
+                        );
+                    }
+                    tickets.set_unwritable(Some(reason.clone()));
+                    hold(&mut batch);
+                    held = Some((batch, newest));
+                } else {
+                    tracing::error!(
+                        error = %reason,
+                        "committing attestation state failed; the writes are dropped"
+                    );
+                }
+                answer(replies, Err(reason));
             }
         }
-        metrics.store_commit_seconds.observe(started.elapsed());
     }
 }
 
-/// Commits `jobs` as one transaction and answers them; whether it committed, `None` when
-/// there was nothing to write.
-fn commit_jobs(
-    store: &VerifierStore,
-    hub: &EventHub,
-    history_max_entries: u64,
-    jobs: Vec<Job>,
-) -> Option<bool> {
-    // Each job's reply with the number of events it adds, in commit order.
-    let mut replies: Vec<(usize, Option<Reply>)> = Vec::with_capacity(jobs.len());
-    let mut batch = Batch::default();
-    for job in jobs {
-        replies.push((job.batch.events.len(), job.reply));
-        batch.extend(job.batch);
-    }
-    if batch.is_empty() {
-        // Flushes with nothing queued: nothing to write or sync.
-        for (_, reply) in replies {
-            if let Some(reply) = reply {
-                let _ = reply.send(Ok(Vec::new()));
-            }
-        }
-        return None;
-    }
-    match store.commit(batch, history_max_entries) {
-        Ok(events) => {
-            let mut rest = events.as_slice();
-            for (count, reply) in replies {
-                let (own, after) = rest.split_at(count.min(rest.len()));
-                rest = after;
-                if let Some(reply) = reply {
-                    let _ = reply.send(Ok(own.to_vec()));
+/// The jobs of the next commit: those queued up after the first arrives, waiting up to
+/// [`LINGER`] for routine ones to share it. While writes are held (`retrying`), whatever
+/// arrived within [`RETRY`]. `None` once every [`StateWriter`] is gone and nothing is left to
+/// try (held writes are tried once more first).
+fn next_jobs(receiver: &mpsc::Receiver<Job>, retrying: bool) -> Option<Vec<Job>> {
+    if retrying {
+        let mut jobs = Vec::new();
+        let deadline = Instant::now() + RETRY;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match receiver.recv_timeout(left) {
+                Ok(job) => jobs.push(job),
+                Err(RecvTimeoutError::Timeout) => return Some(jobs),
+                // Stopping: one last try right away, then the held writes are reported lost.
+                Err(RecvTimeoutError::Disconnected) => {
+                    return (!left.is_zero()).then_some(jobs);
                 }
             }
-            hub.publish(events);
-            Some(true)
         }
-        Err(e) => {
-            let message = format!("state store: {e}");
-            tracing::error!(error = %message, "committing attestation state failed");
-            for (_, reply) in replies {
-                if let Some(reply) = reply {
-                    let _ = reply.send(Err(message.clone()));
+    }
+    let first = receiver.recv().ok()?;
+    let deadline = Instant::now() + LINGER;
+    let mut now = urgent(&first.batch, first.reply.is_some());
+    let mut jobs = vec![first];
+    loop {
+        // Take what has queued up; routine jobs do not wake this thread, urgent ones do.
+        while jobs.len() < MAX_BATCH {
+            match receiver.try_recv() {
+                Ok(job) => {
+                    now |= urgent(&job.batch, job.reply.is_some());
+                    jobs.push(job);
+                }
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    now = true;
+                    break;
                 }
             }
-            Some(false)
         }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if now || jobs.len() >= MAX_BATCH || left.is_zero() {
+            return Some(jobs);
+        }
+        std::thread::park_timeout(left);
+    }
+}
+
+fn answer(replies: Vec<(usize, Option<Reply>)>, result: Result<Vec<EventRecord>, String>) {
+    for (_, reply) in replies {
+        if let Some(reply) = reply {
+            let _ = reply.send(result.clone());
+        }
+    }
+}
+
+/// Bounds the writes held while the store cannot be written: one entry per agent (the
+/// newest, which a commit keeps anyway) and at most [`MAX_HELD_HISTORY`] history records.
+fn hold(batch: &mut Batch) {
+    let mut newest: HashMap<String, usize> = HashMap::with_capacity(batch.agents.len());
+    for (i, agent) in batch.agents.iter().enumerate() {
+        newest.insert(agent.agent_id.clone(), i);
+    }
+    if newest.len() < batch.agents.len() {
+        let mut index = 0;
+        batch.agents.retain(|agent| {
+            index += 1;
+            newest.get(&agent.agent_id) == Some(&(index - 1))
+        });
+    }
+    if batch.history.len() > MAX_HELD_HISTORY {
+        let dropped = batch.history.len() - MAX_HELD_HISTORY;
+        batch.history.drain(..dropped);
+        tracing::warn!(
+            dropped,
+            "the state store still cannot be written; the oldest held history records are dropped"
+        );
     }
 }
 

@@ -6,6 +6,7 @@
 //! transaction together with the version update: a crash half way leaves the file as it was.
 
 use std::path::{Path, PathBuf};
+use std::sync::{PoisonError, RwLock};
 
 use redb::{ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 
@@ -45,11 +46,24 @@ impl Schema {
 const CACHE_BYTES: usize = 64 << 20;
 
 /// An open store file at the current schema version.
+///
+/// After a failed write (a full disk), redb refuses every later operation on its handle; the
+/// handle can be replaced with [`Database::reopen`] once the cause is gone.
 #[derive(Debug)]
 pub struct Database {
-    db: redb::Database,
+    /// `None` while being reopened, or after a reopen failed.
+    db: RwLock<Option<redb::Database>>,
     path: PathBuf,
     schema: &'static Schema,
+}
+
+/// Opens the redb file at `path` (creating it), with the store's cache size.
+fn open_redb(path: &Path, schema: &'static Schema) -> Result<redb::Database, StoreError> {
+    guard(path, schema.name, || {
+        redb::Builder::new().set_cache_size(CACHE_BYTES).create(path).map_err(|e| {
+            StoreError::Open { path: path.to_owned(), schema: schema.name, source: Box::new(e) }
+        })
+    })
 }
 
 /// Opens (creating it if absent) the store at `path` and migrates it to `schema`'s version.
@@ -64,12 +78,8 @@ pub fn open_database(path: &Path, schema: &'static Schema) -> Result<Database, S
             source: Box::new(redb::DatabaseError::Storage(redb::StorageError::Io(e))),
         })?;
     }
-    let db = guard(path, schema.name, || {
-        redb::Builder::new().set_cache_size(CACHE_BYTES).create(path).map_err(|e| {
-            StoreError::Open { path: path.to_owned(), schema: schema.name, source: Box::new(e) }
-        })
-    })?;
-    let database = Database { db, path: path.to_owned(), schema };
+    let db = open_redb(path, schema)?;
+    let database = Database { db: RwLock::new(Some(db)), path: path.to_owned(), schema };
     database.migrate()?;
     Ok(database)
 }
@@ -113,7 +123,8 @@ pub fn check_database(
         let mut db =
             redb::Builder::new().set_cache_size(CACHE_BYTES).open(path).map_err(open_error)?;
         let clean = db.check_integrity().map_err(open_error)?;
-        Ok(Database { db, path: path.to_owned(), schema }).map(|db| (db, clean))
+        Ok(Database { db: RwLock::new(Some(db)), path: path.to_owned(), schema })
+            .map(|db| (db, clean))
     });
     let (database, clean) = db?;
     let schema_version = database.schema_version()?;
@@ -212,9 +223,11 @@ impl Database {
         operation: &str,
         body: impl FnOnce(&WriteTransaction) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
+        let handle = self.db.read().unwrap_or_else(PoisonError::into_inner);
+        let db = handle.as_ref().ok_or_else(|| self.closed(operation))?;
         guard(&self.path, self.schema.name, || {
             let txn =
-                self.db.begin_write().map_err(|e| StoreError::storage(&self.path, operation, e))?;
+                db.begin_write().map_err(|e| StoreError::storage(&self.path, operation, e))?;
             let out = body(&txn)?;
             txn.commit().map_err(|e| StoreError::storage(&self.path, operation, e))?;
             Ok(out)
@@ -227,11 +240,33 @@ impl Database {
         operation: &str,
         body: impl FnOnce(&ReadTransaction) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
+        let handle = self.db.read().unwrap_or_else(PoisonError::into_inner);
+        let db = handle.as_ref().ok_or_else(|| self.closed(operation))?;
         guard(&self.path, self.schema.name, || {
-            let txn =
-                self.db.begin_read().map_err(|e| StoreError::storage(&self.path, operation, e))?;
+            let txn = db.begin_read().map_err(|e| StoreError::storage(&self.path, operation, e))?;
             body(&txn)
         })
+    }
+
+    /// Replaces redb's handle with a new one on the same file: after a failed write (a full
+    /// disk) redb refuses everything on the old handle until it is closed. The old handle is
+    /// closed first (redb locks the file), so operations that start meanwhile fail with
+    /// [`StoreError::Closed`] rather than wait; opening after a failed write runs redb's
+    /// repair, which reads the whole file. When the new handle cannot be opened (the disk is
+    /// still full), the store stays closed until a later `reopen` succeeds.
+    pub fn reopen(&self) -> Result<(), StoreError> {
+        let old = self.db.write().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some(old) = old {
+            // Its error is the failure being recovered from; the open below reports what matters.
+            let _ = old.close();
+        }
+        let db = open_redb(&self.path, self.schema)?;
+        *self.db.write().unwrap_or_else(PoisonError::into_inner) = Some(db);
+        Ok(())
+    }
+
+    fn closed(&self, operation: &str) -> StoreError {
+        StoreError::Closed { path: self.path.clone(), operation: operation.to_owned() }
     }
 
     fn migrate(&self) -> Result<(), StoreError> {

@@ -53,6 +53,13 @@ pub enum StoreError {
         path.display()
     )]
     Damaged { path: PathBuf, schema: &'static str, detail: String },
+    /// A write failed earlier and the file has not been opened again yet (see
+    /// [`Database::reopen`]).
+    #[error(
+        "{}: {operation}: the store is closed after a failed write and not opened again yet",
+        path.display()
+    )]
+    Closed { path: PathBuf, operation: String },
 }
 
 impl StoreError {
@@ -71,6 +78,22 @@ impl StoreError {
 
     fn table(table: &'static str, source: impl Into<redb::Error>) -> Self {
         StoreError::Table { table, source: Box::new(source.into()) }
+    }
+
+    /// Whether this is an I/O failure of the file (a full disk, a failing device), or the
+    /// refusal that follows one until the store is reopened: the store can work again once the
+    /// cause is gone, unlike a damaged file.
+    pub fn is_io(&self) -> bool {
+        match self {
+            StoreError::Closed { .. } => true,
+            StoreError::Storage { source, .. } | StoreError::Table { source, .. } => {
+                matches!(**source, redb::Error::Io(_) | redb::Error::PreviousIo)
+            }
+            StoreError::Open { source, .. } => {
+                matches!(**source, redb::DatabaseError::Storage(redb::StorageError::Io(_)))
+            }
+            _ => false,
+        }
     }
 
     /// Whether the store file is damaged (see [`StoreError::Damaged`]).

@@ -296,6 +296,11 @@ impl VerifierStore {
         })
     }
 
+    /// Opens the file again after a failed write (see [`Database::reopen`]).
+    pub fn reopen(&self) -> Result<(), StoreError> {
+        self.db.reopen()
+    }
+
     pub fn path(&self) -> &Path {
         self.db.path()
     }
@@ -316,12 +321,14 @@ impl VerifierStore {
 
     /// Commits `batch` in one transaction and returns its events with their cursors.
     /// `history_max_entries` bounds each agent's history (0: unbounded).
+    /// Takes the batch by reference too, so that a caller can keep writes that failed.
     pub fn commit(
         &self,
-        batch: Batch,
+        batch: impl std::borrow::Borrow<Batch>,
         history_max_entries: u64,
     ) -> Result<Vec<EventRecord>, StoreError> {
-        let mut agents = batch.agents;
+        let batch = batch.borrow();
+        let mut agents: Vec<&AgentEntry> = batch.agents.iter().collect();
         // Key order writes neighbouring pages together; of an agent written twice, the
         // later entry is kept (the sort is stable).
         agents.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
@@ -346,7 +353,7 @@ impl VerifierStore {
             let last_of_each = agents.iter().enumerate().filter(|(i, agent)| {
                 agents.get(i + 1).is_none_or(|next| next.agent_id != agent.agent_id)
             });
-            AGENTS.insert_all(txn, last_of_each.map(|(_, a)| (a.agent_id.as_str(), a)))?;
+            AGENTS.insert_all(txn, last_of_each.map(|(_, a)| (a.agent_id.as_str(), *a)))?;
             for (key, agent_id, record) in &history {
                 let bytes = encode("history", key, *record)?;
                 table
@@ -371,7 +378,8 @@ impl VerifierStore {
             let mut last = CURSORS.get_for_update(txn, LAST_EVENT)?.unwrap_or(0);
             let mut events = txn.open_table(EVENTS).map_err(|e| StoreError::table("events", e))?;
             let mut out = Vec::with_capacity(batch.events.len());
-            for mut event in batch.events {
+            for event in &batch.events {
+                let mut event = event.clone();
                 last += 1;
                 event.cursor = last;
                 let bytes = encode("events", &last.to_string(), &event)?;

@@ -201,3 +201,86 @@ fn the_newest_history_sequence_is_found_per_agent() -> TestResult {
     assert_eq!(store.last_history_sequence("ab")?, Some(50));
     Ok(())
 }
+
+/// A tmpfs of `size` mounted on a new temporary directory, unmounted when dropped (also when
+/// the test fails). Mounting needs root, as the tests that use it say.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount(size: &str) -> Result<Tmpfs, Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()?;
+        if !status.success() {
+            return Err(
+                format!("mount -t tmpfs on {} failed (root needed)", dir.path().display()).into()
+            );
+        }
+        Ok(Tmpfs { dir })
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(self.dir.path()).status();
+    }
+}
+
+/// Fills the file system holding `path` with `path` until a write fails with ENOSPC.
+fn fill(path: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    use std::io::Write;
+    let mut file = std::fs::File::create(path)?;
+    let block = vec![0xa5u8; 64 << 10];
+    loop {
+        if let Err(e) = file.write_all(&block) {
+            if e.raw_os_error() == Some(28) {
+                return Ok(());
+            }
+            return Err(e.into());
+        }
+    }
+}
+
+#[test]
+fn full_disk_fails_commits_and_reopen_recovers_once_space_returns() -> TestResult {
+    let fs = Tmpfs::mount("4m")?;
+    let path = fs.dir.path().join("verifier.redb");
+    let store = VerifierStore::open(&path)?;
+    store.commit(Batch { agents: vec![agent("kept", "")], ..Batch::default() }, 0)?;
+    let filler = fs.dir.path().join("filler");
+    fill(&filler)?;
+    let mut failure = None;
+    for n in 0..2000 {
+        let batch = Batch {
+            agents: vec![agent(&format!("agent-{n:04}-{}", "x".repeat(200)), "")],
+            ..Batch::default()
+        };
+        if let Err(e) = store.commit(batch, 0) {
+            failure = Some(e);
+            break;
+        }
+    }
+    let failure = failure.ok_or("a full disk never failed a commit")?;
+    assert!(failure.is_io(), "{failure}");
+    assert!(failure.to_string().contains("No space left on device"), "{failure}");
+    assert!(failure.to_string().contains(&path.display().to_string()), "{failure}");
+    // Reopening while the disk is still full works, and the next write fails the same way.
+    store.reopen()?;
+    assert!(store.get_agent("kept")?.is_some());
+    let big = Batch { agents: vec![agent(&"y".repeat(60_000), "")], ..Batch::default() };
+    let again = store.commit(big, 0).err().ok_or("a commit succeeded on a full disk")?;
+    assert!(again.is_io(), "{again}");
+    std::fs::remove_file(&filler)?;
+    store.reopen()?;
+    assert!(store.get_agent("kept")?.is_some());
+    store.commit(Batch { agents: vec![agent("after", "")], ..Batch::default() }, 0)?;
+    drop(store);
+    let store = VerifierStore::open(&path)?;
+    assert!(store.get_agent("kept")?.is_some());
+    assert!(store.get_agent("after")?.is_some());
+    Ok(())
+}

@@ -4,6 +4,7 @@ use kl_proto::verifier::v1 as pb;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::Duration;
 
 use crate::support::{DEADLINE, Fixture, TestResult, https_webhook_receiver, webhook_receiver};
 
@@ -295,4 +296,179 @@ async fn events_older_than_the_age_limit_are_pruned_and_their_cursors_refused() 
     let newer = fx.events_until(last, |_| true).await?;
     assert!(newer.iter().all(|e| e.cursor > last), "{newer:?}");
     fx.stop_verifier().await
+}
+
+/// A tmpfs of `size` on a new directory, unmounted when dropped, also when the test fails
+/// (lazily: the verifier may still hold its file open). Mounting needs root.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount(size: &str) -> Result<Tmpfs, Box<dyn std::error::Error + Send + Sync>> {
+        let dir = tempfile::tempdir()?;
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()?;
+        if !status.success() {
+            return Err(format!(
+                "mount -t tmpfs on {}: {status} (needs root)",
+                dir.path().display()
+            )
+            .into());
+        }
+        Ok(Tmpfs { dir })
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(self.dir.path()).status();
+    }
+}
+
+/// Writes `path` until the file system holding it is full (ENOSPC).
+fn fill(path: &std::path::Path) -> TestResult {
+    use std::io::Write;
+    let mut file = std::fs::File::create(path)?;
+    let block = vec![0x5au8; 64 << 10];
+    loop {
+        match file.write_all(&block) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(28) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// The value of the metric line starting with `name` in a scrape of `addr`.
+async fn metric(
+    addr: std::net::SocketAddr,
+    name: &str,
+) -> Result<Option<f64>, crate::support::BoxError> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: verifier\r\n\r\n").await?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await?;
+    Ok(answer.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok()))
+}
+
+/// A runtime policy of about `bytes` (allowlist lines), to make a write that needs space.
+fn big_policy(name: &str, bytes: usize) -> pb::PutRuntimePolicyRequest {
+    let document: String =
+        (0..bytes / 90).map(|n| format!("{n:064x}  /opt/filler/{n:08}\n")).collect();
+    pb::PutRuntimePolicyRequest {
+        name: name.to_owned(),
+        document: document.into_bytes(),
+        ..Default::default()
+    }
+}
+
+/// The verifier's state directory on a 4 MiB tmpfs, filled while an agent attests: reads keep
+/// answering, operator writes are refused with UNAVAILABLE naming the file and the cause, the
+/// metrics say so; once space returns the store is opened again by itself, the held rounds
+/// are committed and attestation goes on, and nothing shown before is lost, also across a
+/// restart.
+#[tokio::test]
+async fn a_full_disk_holds_writes_refuses_changes_and_recovers_when_space_returns() -> TestResult {
+    let tmpfs = Tmpfs::mount("4m")?;
+    let keylime_dir = tmpfs.dir.path().join("verifier");
+    let mut fx = Fixture::start(|c| {
+        c.keylime_dir = keylime_dir.clone();
+        c.metrics_port = Some(0);
+    })
+    .await?;
+    let metrics = fx.metrics_addr.ok_or("no metrics endpoint")?;
+    let store = kl_verifier::store_path(&fx.config).display().to_string();
+    let agent = fx.agent().await?;
+    fx.put_policy("p", &agent).await?;
+    fx.enroll(&agent, "p").await?;
+    let before = fx.wait_for(&agent.id, "three passes", |s| s.attestation_count >= 3).await?;
+
+    let filler = tmpfs.dir.path().join("filler");
+    fill(&filler)?;
+    // A write that needs new space fails at once; routine rounds fail once the file must grow.
+    let refused = fx.admin().await?.put_runtime_policy(big_policy("big", 600_000)).await;
+    let status = refused.err().ok_or("a 600 kB policy was stored on a full disk")?;
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(status.message().contains(&store), "{status:?}");
+    assert!(status.message().contains("No space left on device"), "{status:?}");
+    let started = std::time::Instant::now();
+    while metric(metrics, "keylime_verifier_store_writable").await? != Some(0.0) {
+        assert!(started.elapsed() < DEADLINE, "the store never became unwritable");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let errors = metric(metrics, "keylime_verifier_store_commits_total{result=\"error\"}").await?;
+    assert!(errors.is_some_and(|n| n >= 1.0), "failed commits are counted: {errors:?}");
+
+    // Reads answer promptly from memory; rounds go on.
+    let during = tokio::time::timeout(Duration::from_secs(5), fx.status(&agent.id)).await??;
+    assert!(during.attestation_count >= before.attestation_count);
+    assert!(during.last_verdict.is_some(), "the last verdict is shown");
+    let listed = tokio::time::timeout(
+        Duration::from_secs(5),
+        fx.admin().await?.list_agents(pb::ListAgentsRequest::default()),
+    )
+    .await??;
+    assert_eq!(listed.into_inner().agents.len(), 1);
+    let later = fx
+        .wait_for(&agent.id, "rounds while the disk is full", |s| {
+            s.attestation_count > during.attestation_count
+        })
+        .await?;
+    // Operator changes are refused before anything changes.
+    let update = pb::UpdateAgentRequest { agent_id: agent.id.clone(), ..Default::default() };
+    let status = fx.admin().await?.update_agent(update).await.err().ok_or("update accepted")?;
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("No space left on device"), "{status:?}");
+    assert!(status.message().contains(&store), "{status:?}");
+    let status = fx
+        .admin()
+        .await?
+        .put_runtime_policy(big_policy("small", 1000))
+        .await
+        .err()
+        .ok_or("put accepted")?;
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+
+    // Space returns: the store is opened again, what was held is committed, writes work.
+    std::fs::remove_file(&filler)?;
+    let started = std::time::Instant::now();
+    while metric(metrics, "keylime_verifier_store_writable").await? != Some(1.0) {
+        assert!(started.elapsed() < DEADLINE, "the store was never written again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        fx.admin().await?.put_runtime_policy(big_policy("small", 1000)).await?.into_inner().changed
+    );
+    let resumed = fx
+        .wait_for(&agent.id, "rounds after space returned", |s| {
+            s.attestation_count > later.attestation_count + 2
+        })
+        .await?;
+    assert_eq!(resumed.state, pb::AgentState::Passed as i32);
+    let request = pb::ListAttestationsRequest {
+        agent_id: agent.id.clone(),
+        page_size: 1000,
+        ..Default::default()
+    };
+    let history = fx.admin().await?.list_attestations(request).await?.into_inner().attestations;
+    let sequences: Vec<u64> = history.iter().map(|a| a.sequence).collect();
+    assert!(
+        sequences.windows(2).all(|w| w[0] == w[1] + 1) && sequences.last() == Some(&1),
+        "the rounds of the full disk were committed, none missing: {sequences:?}"
+    );
+
+    fx.stop_verifier().await?;
+    fx.start_verifier().await?;
+    let restarted = fx.status(&agent.id).await?;
+    assert!(restarted.attestation_count >= resumed.attestation_count, "{restarted:?}");
+    let request = pb::GetRuntimePolicyRequest { name: "small".to_owned() };
+    fx.admin().await?.get_runtime_policy(request).await?;
+    fx.stop_verifier().await?;
+    drop(fx);
+    drop(tmpfs);
+    Ok(())
 }
