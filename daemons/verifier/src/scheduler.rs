@@ -306,9 +306,16 @@ async fn record_verdict(
         rt.submitted = ctx.writer.submit(batch);
         Vec::new()
     } else {
+        // Revocation notices go out even when the failure cannot be stored yet (a full disk):
+        // whoever can fill the verifier's disk must not be able to hold them back.
+        let unstored = batch.events.clone();
         ctx.writer.commit(batch).await.unwrap_or_else(|e| {
-            tracing::error!(agent = %agent_id, error = %e, "recording a failed attestation");
-            Vec::new()
+            tracing::error!(
+                agent = %agent_id,
+                error = %e,
+                "recording a failed attestation; revocation notices are sent all the same"
+            );
+            unstored
         })
     }
 }

@@ -395,7 +395,11 @@ impl Verifier for VerifierService {
             ..Batch::default()
         };
         if let Err(e) = self.ctx.writer.commit(batch).await {
-            if let Ok(mut agents) = self.ctx.agents.write() {
+            if matches!(e, Error::StoreUnwritable(_)) {
+                // Held by the writer and stored once the disk takes it: the enrolment stands
+                // (the answer says so), so its agent is attested meanwhile.
+                scheduler::start(&self.ctx, slot, std::time::Duration::ZERO);
+            } else if let Ok(mut agents) = self.ctx.agents.write() {
                 agents.remove(&slot.id);
             }
             return Err(e.into());

@@ -16,8 +16,10 @@
 //! When a commit fails with an I/O error (a full disk), redb refuses every later write on its
 //! handle. The writer then keeps the failed writes, and those queued after them, in memory
 //! (see [`MAX_HELD_HISTORY`]), says the store is unwritable ([`StateWriter::unwritable`]:
-//! operator writes are refused, readers stop waiting for tickets), and every [`RETRY`] opens
-//! the store again and commits what it holds. The first commit that succeeds ends it.
+//! operator writes are refused, readers stop waiting for tickets), and once the file system
+//! takes a small probe file again it opens the store again and commits what it holds (backing
+//! off up to [`MAX_RETRY`] while that keeps failing). The first commit that succeeds ends it.
+//! Until then the handle reads use stays open.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,14 +38,27 @@ use crate::metrics::Metrics;
 pub(crate) const LINGER: Duration = Duration::from_secs(1);
 /// Most jobs merged into one transaction.
 const MAX_BATCH: usize = 32_768;
-/// How often an unwritable store is opened again and the held writes retried.
+/// How often the writer looks again at an unwritable store (and takes newly queued writes).
 pub(crate) const RETRY: Duration = Duration::from_secs(1);
+/// Longest wait between two attempts to open the store again while commits keep failing.
+const MAX_RETRY: Duration = Duration::from_secs(30);
+/// What the file system must take before the store is opened again.
+const SPACE_PROBE_BYTES: usize = 1 << 20;
 /// Most history records held in memory while the store cannot be written (about 450 bytes
 /// each); older ones are dropped beyond it, and said so in the log. Agent entries are held
 /// once per agent (the newest), events all.
 const MAX_HELD_HISTORY: usize = 200_000;
 
-type Reply = oneshot::Sender<Result<Vec<EventRecord>, String>>;
+type Reply = oneshot::Sender<Result<Vec<EventRecord>, Refused>>;
+
+/// Why a commit did not happen, and whether its writes are held for a later one.
+#[derive(Debug, Clone)]
+struct Refused {
+    reason: String,
+    /// Held in memory and committed once the store can be written (an I/O failure), or
+    /// dropped (anything else).
+    held: bool,
+}
 
 /// A batch, its ticket and, when the caller waits, where to answer.
 struct Job {
@@ -160,11 +175,16 @@ impl StateWriter {
         answer
             .await
             .map_err(|_| Error::Internal("the store writer has stopped".to_owned()))?
-            .map_err(|reason| {
-                Error::StoreUnwritable(format!(
-                    "{reason}; the change is held in memory and stored once the store can be \
-                     written again"
-                ))
+            .map_err(|refused| {
+                if refused.held {
+                    Error::StoreUnwritable(format!(
+                        "{}; the change is held in memory and stored once the store can be \
+                         written again",
+                        refused.reason
+                    ))
+                } else {
+                    Error::Internal(format!("{}; the change was not stored", refused.reason))
+                }
             })
     }
 
@@ -211,8 +231,13 @@ fn write_batches(
     // Writes that failed to commit, with the newest ticket among them, kept until the store
     // can be written again.
     let mut held: Option<(Batch, u64)> = None;
+    // Set once every handle is gone: held writes get one last try, then the thread ends.
+    let mut stopping = false;
+    // While writes are held: when to look at the store again, and the wait after that.
+    let mut backoff = RETRY;
+    let mut next_try = Instant::now();
     loop {
-        let Some(jobs) = next_jobs(receiver, held.is_some()) else {
+        let Some(jobs) = next_jobs(receiver, held.is_some(), &mut stopping) else {
             if let Some((batch, _)) = held {
                 tracing::error!(
                     file = %store.path().display(),
@@ -244,6 +269,14 @@ fn write_batches(
             tickets.committed.fetch_max(newest, Ordering::AcqRel);
             continue;
         }
+        if retrying && !stopping && (Instant::now() < next_try || !space_returned(store.path())) {
+            // Opening the store again closes the handle reads still use and has redb check
+            // the whole file: only once the file system takes writes again, and backing off
+            // while commits keep failing.
+            held = Some((batch, newest));
+            answer(replies, Err(Refused { reason: tickets_reason(tickets), held: true }));
+            continue;
+        }
         let started = Instant::now();
         let reopen_and_commit = || {
             store.reopen()?;
@@ -266,6 +299,7 @@ fn write_batches(
                     );
                 }
                 tickets.set_unwritable(None);
+                backoff = RETRY;
                 tickets.committed.fetch_max(newest, Ordering::AcqRel);
                 metrics.store_commits.inc();
                 metrics.store_commit_seconds.observe(started.elapsed());
@@ -291,15 +325,20 @@ fn write_batches(
                         );
                     }
                     tickets.set_unwritable(Some(reason.clone()));
+                    if retrying {
+                        backoff = (backoff * 2).min(MAX_RETRY);
+                    }
+                    next_try = Instant::now() + backoff;
                     hold(&mut batch);
                     held = Some((batch, newest));
+                    answer(replies, Err(Refused { reason, held: true }));
                 } else {
                     tracing::error!(
                         error = %reason,
                         "committing attestation state failed; the writes are dropped"
                     );
+                    answer(replies, Err(Refused { reason, held: false }));
                 }
-                answer(replies, Err(reason));
             }
         }
     }
@@ -308,9 +347,16 @@ fn write_batches(
 /// The jobs of the next commit: those queued up after the first arrives, waiting up to
 /// [`LINGER`] for routine ones to share it. While writes are held (`retrying`), whatever
 /// arrived within [`RETRY`]. `None` once every [`StateWriter`] is gone and nothing is left to
-/// try (held writes are tried once more first).
-fn next_jobs(receiver: &mpsc::Receiver<Job>, retrying: bool) -> Option<Vec<Job>> {
+/// try: held writes are tried once more first (`stopping` marks that last try).
+fn next_jobs(
+    receiver: &mpsc::Receiver<Job>,
+    retrying: bool,
+    stopping: &mut bool,
+) -> Option<Vec<Job>> {
     if retrying {
+        if *stopping {
+            return None;
+        }
         let mut jobs = Vec::new();
         let deadline = Instant::now() + RETRY;
         loop {
@@ -318,9 +364,9 @@ fn next_jobs(receiver: &mpsc::Receiver<Job>, retrying: bool) -> Option<Vec<Job>>
             match receiver.recv_timeout(left) {
                 Ok(job) => jobs.push(job),
                 Err(RecvTimeoutError::Timeout) => return Some(jobs),
-                // Stopping: one last try right away, then the held writes are reported lost.
                 Err(RecvTimeoutError::Disconnected) => {
-                    return (!left.is_zero()).then_some(jobs);
+                    *stopping = true;
+                    return Some(jobs);
                 }
             }
         }
@@ -352,7 +398,31 @@ fn next_jobs(receiver: &mpsc::Receiver<Job>, retrying: bool) -> Option<Vec<Job>>
     }
 }
 
-fn answer(replies: Vec<(usize, Option<Reply>)>, result: Result<Vec<EventRecord>, String>) {
+/// The reason the store cannot be written, as last recorded.
+fn tickets_reason(tickets: &Tickets) -> String {
+    tickets
+        .unwritable
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone()
+        .unwrap_or_else(|| "the state store cannot be written".to_owned())
+}
+
+/// Whether the file system of the store takes writes again: a small file written and synced
+/// beside it, then removed.
+fn space_returned(store: &std::path::Path) -> bool {
+    use std::io::Write;
+    let mut name = store.as_os_str().to_owned();
+    name.push(".space-probe");
+    let probe = std::path::PathBuf::from(name);
+    let written = std::fs::File::create(&probe).and_then(|mut file| {
+        file.write_all(&[0; SPACE_PROBE_BYTES]).and_then(|()| file.sync_all())
+    });
+    let _ = std::fs::remove_file(&probe);
+    written.is_ok()
+}
+
+fn answer(replies: Vec<(usize, Option<Reply>)>, result: Result<Vec<EventRecord>, Refused>) {
     for (_, reply) in replies {
         if let Some(reply) = reply {
             let _ = reply.send(result.clone());

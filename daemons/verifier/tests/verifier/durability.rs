@@ -386,6 +386,11 @@ async fn a_full_disk_holds_writes_refuses_changes_and_recovers_when_space_return
     fx.put_policy("p", &agent).await?;
     fx.enroll(&agent, "p").await?;
     let before = fx.wait_for(&agent.id, "three passes", |s| s.attestation_count >= 3).await?;
+    // A second agent, which fails while the disk is full.
+    let victim = fx.agent().await?;
+    fx.put_policy("v", &victim).await?;
+    fx.enroll(&victim, "v").await?;
+    fx.wait_state(&victim.id, pb::AgentState::Passed).await?;
 
     let filler = tmpfs.dir.path().join("filler");
     fill(&filler)?;
@@ -412,12 +417,30 @@ async fn a_full_disk_holds_writes_refuses_changes_and_recovers_when_space_return
         fx.admin().await?.list_agents(pb::ListAgentsRequest::default()),
     )
     .await??;
-    assert_eq!(listed.into_inner().agents.len(), 1);
+    assert_eq!(listed.into_inner().agents.len(), 2);
     let later = fx
         .wait_for(&agent.id, "rounds while the disk is full", |s| {
             s.attestation_count > during.attestation_count
         })
         .await?;
+    // The history already stored can still be read.
+    let request = pb::ListAttestationsRequest {
+        agent_id: agent.id.clone(),
+        page_size: 5,
+        ..Default::default()
+    };
+    let stored =
+        tokio::time::timeout(Duration::from_secs(5), fx.admin().await?.list_attestations(request))
+            .await??;
+    assert!(!stored.into_inner().attestations.is_empty(), "history reads while the disk is full");
+    // A failure now still sends its revocation notice to the other agent.
+    victim.with(|m| m.ima.measure("/tmp/evil.sh", b"evil"));
+    fx.wait_state(&victim.id, pb::AgentState::Failed).await?;
+    let started = std::time::Instant::now();
+    while agent.with(|m| m.notices.is_empty()) {
+        assert!(started.elapsed() < DEADLINE, "no revocation notice while the disk is full");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // Operator changes are refused before anything changes.
     let update = pb::UpdateAgentRequest { agent_id: agent.id.clone(), ..Default::default() };
     let status = fx.admin().await?.update_agent(update).await.err().ok_or("update accepted")?;
@@ -449,6 +472,12 @@ async fn a_full_disk_holds_writes_refuses_changes_and_recovers_when_space_return
         })
         .await?;
     assert_eq!(resumed.state, pb::AgentState::Passed as i32);
+    let failures = fx
+        .events_until(0, |e| {
+            e.kind == pb::EventKind::AttestationFailed as i32 && e.agent_id == victim.id
+        })
+        .await?;
+    assert!(!failures.is_empty(), "the failure of the full-disk time was stored");
     let request = pb::ListAttestationsRequest {
         agent_id: agent.id.clone(),
         page_size: 1000,
@@ -467,8 +496,24 @@ async fn a_full_disk_holds_writes_refuses_changes_and_recovers_when_space_return
     assert!(restarted.attestation_count >= resumed.attestation_count, "{restarted:?}");
     let request = pb::GetRuntimePolicyRequest { name: "small".to_owned() };
     fx.admin().await?.get_runtime_policy(request).await?;
-    fx.stop_verifier().await?;
+
+    // A stop while the disk is full ends promptly (the held writes are reported lost).
+    fill(&filler)?;
+    let _ = fx.admin().await?.put_runtime_policy(big_policy("big", 600_000)).await;
+    let started = std::time::Instant::now();
+    while metric(metrics_of(&fx)?, "keylime_verifier_store_writable").await? != Some(0.0) {
+        assert!(started.elapsed() < DEADLINE, "the store never became unwritable again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::timeout(Duration::from_secs(30), fx.stop_verifier())
+        .await
+        .map_err(|_| "the verifier did not stop while the disk was full")??;
+    std::fs::remove_file(&filler)?;
     drop(fx);
     drop(tmpfs);
     Ok(())
+}
+
+fn metrics_of(fx: &Fixture) -> Result<std::net::SocketAddr, crate::support::BoxError> {
+    fx.metrics_addr.ok_or_else(|| "no metrics endpoint".into())
 }
