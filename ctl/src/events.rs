@@ -228,8 +228,11 @@ impl Watcher<'_> {
                         return Ok(Ended::Done);
                     }
                 }
-                // The verifier ends a stream by itself only once `until_cursor` is reached.
-                Ok(None) if self.until > 0 => return Ok(Ended::Done),
+                // The verifier ends a stream by itself only once `until_cursor` is reached;
+                // without a filter every cursor up to it was printed, so that can be checked.
+                Ok(None) if self.until > 0 && (self.uuid.is_some() || self.last >= self.until) => {
+                    return Ok(Ended::Done);
+                }
                 Ok(None) => return Ok(Ended::Broken("the stream ended".to_owned())),
                 Err(s) if retryable(s.code()) => return Ok(Ended::Broken(describe(&s))),
                 Err(s) => return Err(connect::status("watch events", s)),

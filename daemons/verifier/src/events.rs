@@ -130,10 +130,11 @@ pub(crate) fn watch(
                             }
                         }
                         Err(broadcast::error::RecvError::Lagged(_)) => continue 'catch_up,
-                        Err(broadcast::error::RecvError::Closed) => return,
+                        // The hub goes with the verifier: as a stop, not as an end.
+                        Err(broadcast::error::RecvError::Closed) => return stopping(&tx).await,
                     },
                     _ = tx.closed() => return,
-                    _ = crate::context::stopped(&mut shutdown) => return stopping(&tx),
+                    _ = crate::context::stopped(&mut shutdown) => return stopping(&tx).await,
                 }
             }
         }
@@ -151,14 +152,19 @@ async fn deliver(
     tokio::select! {
         sent = tx.send(Ok(convert::event(event))) => sent.is_ok(),
         _ = crate::context::stopped(shutdown) => {
-            stopping(tx);
+            stopping(tx).await;
             false
         }
     }
 }
 
+/// How long a stopping verifier waits for room to tell a watcher it stops.
+const STOPPING_NOTICE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Ends a stream because the verifier stops: UNAVAILABLE rather than a plain end, so that a
-/// client tells "the verifier went away" from "the events asked for were all sent".
-fn stopping(tx: &mpsc::Sender<Result<pb::Event, tonic::Status>>) {
-    let _ = tx.try_send(Err(tonic::Status::unavailable("the verifier is stopping")));
+/// client tells "the verifier went away" from "the events asked for were all sent". A watcher
+/// whose queue is full gets a moment to make room (it must not hold up the stop for longer).
+async fn stopping(tx: &mpsc::Sender<Result<pb::Event, tonic::Status>>) {
+    let status = tonic::Status::unavailable("the verifier is stopping");
+    let _ = tokio::time::timeout(STOPPING_NOTICE_WAIT, tx.send(Err(status))).await;
 }
