@@ -196,6 +196,7 @@ impl Agent {
             allow_payload_actions: config.allow_payload_revocation_actions,
             work_dir: data_dir.join("revocation"),
         };
+        warn_if_notices_only_from_this_host(&config);
         let service = AgentService {
             agent_id,
             revocation,
@@ -286,4 +287,23 @@ impl Agent {
         }
         server.await.map_err(Error::from)
     }
+}
+
+/// `revocation_notification_ip` defaults to this host, as Keylime's does: with a registrar
+/// elsewhere, the verifier is most likely elsewhere too, and its notices would be refused.
+fn warn_if_notices_only_from_this_host(config: &AgentConfig) {
+    let only_here = config.revocation_notification_ip.iter().all(|host| is_this_host(host));
+    if only_here && !is_this_host(&config.registrar_ip) {
+        tracing::warn!(
+            revocation_notification_ip = ?config.revocation_notification_ip,
+            registrar_ip = %config.registrar_ip,
+            "revocation notices are taken only from this host, but the registrar is elsewhere; \
+             set revocation_notification_ip to the verifier's address(es) or notices from it are \
+             refused"
+        );
+    }
+}
+
+fn is_this_host(host: &str) -> bool {
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
