@@ -343,6 +343,19 @@ fn appraise_ima(
         );
         return (verdict, prior.clone(), 0);
     };
+    // IMA extends PCR 10 with boot_aggregate at boot: a PCR 10 never extended means IMA is not
+    // running, whatever the agent says about its log.
+    if quoted.as_bytes().iter().all(|&b| b == 0) {
+        verdict.push(
+            Finding::new(
+                rule::IMA_LOG_MISSING,
+                "a runtime policy applies but PCR 10 was never extended: IMA is not measuring \
+                 on this machine",
+            )
+            .pcr(ima::IMA_PCR),
+        );
+        return (verdict, prior.clone(), 0);
+    }
     // The agent serves from the requested offset, or from 0 when its log is shorter (a reboot).
     let start = if evidence.ima_offset == prior.entries_processed {
         prior.clone()

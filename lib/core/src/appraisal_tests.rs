@@ -374,3 +374,14 @@ fn a_pcr_policy_pinning_a_pcr_another_policy_owns_is_named() {
     policy.pcr_policy = pin(&[7, 4, 16]);
     assert_eq!(policy.pcr_policy_overlap(), Some((4, PcrOwner::MeasuredBoot)));
 }
+
+#[test]
+fn a_runtime_policy_fails_a_machine_whose_pcr10_was_never_extended() {
+    // IMA off: no log, PCR 10 all zeros. An agent that hides that it has no log still fails.
+    let mut m = Machine::new(SyntheticAk::ecdsa(EccCurve::NIST_P256));
+    let policy = m.policy();
+    m.ima = ImaLog::new();
+    let a = round(&mut m, &policy, &AttestationState::default());
+    assert_eq!(rules(&a), ["ima.log_missing"]);
+    assert_eq!(a.verdict.findings[0].pcr, Some(10));
+}
