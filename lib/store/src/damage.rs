@@ -8,7 +8,7 @@
 //! before it is caught, so a hook installed once silences panics raised inside a guard on the
 //! same thread; any other panic is printed as before.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 use std::sync::Once;
@@ -18,6 +18,15 @@ use crate::StoreError;
 thread_local! {
     /// How many guards this thread is inside (a guarded call may nest another).
     static GUARDED: Cell<u32> = const { Cell::new(0) };
+    /// Where and why the last panic caught by a guard on this thread was raised.
+    static CAUGHT: RefCell<Option<Caught>> = const { RefCell::new(None) };
+}
+
+/// A panic a guard caught: its location and message.
+struct Caught {
+    /// The panic came from redb's own code (damage), not from this project's.
+    in_redb: bool,
+    text: String,
 }
 
 static QUIET_HOOK: Once = Once::new();
@@ -35,7 +44,18 @@ pub(crate) fn guard<T>(
         std::panic::set_hook(Box::new(move |info| {
             if GUARDED.with(Cell::get) == 0 {
                 previous(info);
+                return;
             }
+            let message = info
+                .payload()
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| info.payload().downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            let (file, line) = info.location().map_or(("?", 0), |l| (l.file(), l.line()));
+            let in_redb = file.contains("/redb-") || file.contains("/redb/");
+            let text = format!("{file}:{line}: {}", one_line(&message));
+            CAUGHT.with(|c| *c.borrow_mut() = Some(Caught { in_redb, text }));
         }));
     });
     let depth = Depth::enter();
@@ -46,12 +66,20 @@ pub(crate) fn guard<T>(
     match outcome {
         Ok(result) => result.map_err(|e| e.damaged(path, schema)),
         // redb's panic messages are assertion texts ("entered unreachable code"), not a
-        // diagnosis; the full check says what is wrong.
-        Err(_) => Err(StoreError::Damaged {
-            path: path.to_owned(),
-            schema,
-            detail: "redb cannot read its pages".to_owned(),
-        }),
+        // diagnosis; the full check says what is wrong. A panic raised outside redb is more
+        // likely a bug of this project than damage: its location and message are kept.
+        Err(_) => {
+            let caught = CAUGHT.with(|c| c.borrow_mut().take());
+            let detail = match caught {
+                Some(Caught { in_redb: false, text }) => format!(
+                    "reading it panicked at {text}, outside redb: a bug to report if \
+                     --check-store finds the file sound"
+                ),
+                Some(Caught { in_redb: true, .. }) => "redb cannot read its pages".to_owned(),
+                None => "redb cannot read its pages".to_owned(),
+            };
+            Err(StoreError::Damaged { path: path.to_owned(), schema, detail })
+        }
     }
 }
 
@@ -187,6 +215,22 @@ mod tests {
         assert!(message.contains("keylime_verifier --check-store"), "{message}");
         assert!(!message.contains('\n'), "{message}");
         Ok(())
+    }
+
+    #[test]
+    fn a_panic_outside_redb_keeps_its_location_and_message() {
+        let path = Path::new("/var/lib/keylime/verifier.redb");
+        let caught = guard(path, "verifier", || -> Result<(), StoreError> {
+            panic!("decoding went wrong");
+        });
+        let Err(StoreError::Damaged { detail, .. }) = caught else {
+            panic!("not reported as damage: {caught:?}")
+        };
+        assert!(
+            detail.contains("damage.rs:") && detail.contains("decoding went wrong"),
+            "{detail}"
+        );
+        assert!(detail.contains("outside redb"), "{detail}");
     }
 
     #[test]
