@@ -122,7 +122,7 @@ enum Presented {
 }
 
 /// A client-certificate verifier that checks the handshake signature (the client holds the
-/// key of the certificate it sent) but leaves the chain to [`Access::role`].
+/// key of the certificate it sent) but leaves the chain to [`Access::require`].
 #[derive(Debug)]
 struct DeferredChainCheck {
     ca: Arc<dyn ClientCertVerifier>,

@@ -204,7 +204,15 @@ impl Registrar for RegistrarService {
     ) -> Result<Response<pb::RegisterResponse>, Status> {
         let (agent_id, peer) = (request.get_ref().agent_id.clone(), request.remote_addr());
         let result = RegistrarService::register(self, request).await;
-        if let Err(e) = &result {
+        // Refusals for load (rate limit, pending set full) are counted, not logged one by one:
+        // a flood of them must not flood the log too.
+        let for_load = matches!(
+            &result,
+            Err(Error::RateLimited { .. } | Error::PendingFull | Error::PendingBytes)
+        );
+        if let Err(e) = &result
+            && !for_load
+        {
             // An operator diagnosing an agent that never appears needs the why, here.
             let peer = peer.map(|p| p.to_string()).unwrap_or_else(|| "unknown".to_owned());
             tracing::warn!(agent_id = %agent_id.escape_debug(), %peer, reason = %e, "registration refused");

@@ -64,8 +64,14 @@ pub async fn client_refusal(
 pub fn refusal_reason(alert: rustls::AlertDescription) -> String {
     use rustls::AlertDescription as A;
     let why = match alert {
-        A::UnknownCA | A::BadCertificate | A::DecryptError => {
+        A::UnknownCA | A::BadCertificate => {
             "the client certificate is not issued by a CA the server trusts"
+        }
+        // What rustls answers a client certificate whose signature does not verify against
+        // the CA it names: in practice one from another CA of the same name.
+        A::DecryptError => {
+            "the client certificate is not issued by a CA the server trusts (its signature does \
+             not verify)"
         }
         A::CertificateRequired => "the server requires a client certificate",
         A::CertificateExpired => "the client certificate has expired",
