@@ -10,9 +10,9 @@ use kl_proto::registrar::v1::registrar_client::RegistrarClient;
 use kl_proto::registrar::v1::{GetAgentRequest as RegGetAgent, ListAgentsRequest as RegListAgents};
 use kl_proto::verifier::v1::verifier_client::VerifierClient;
 use kl_proto::verifier::v1::{
-    AgentState, EnrollAgentRequest, GetAgentRequest, ListAgentsRequest, ListAttestationsRequest,
-    PcrPolicy, PcrValues, ResumeAgentRequest, StopAgentRequest, UnenrollAgentRequest,
-    UpdateAgentRequest,
+    AgentState, EnrollAgentRequest, GetAgentRequest, GetMeasuredBootPolicyRequest,
+    GetRuntimePolicyRequest, ListAgentsRequest, ListAttestationsRequest, PcrPolicy, PcrValues,
+    ResumeAgentRequest, StopAgentRequest, UnenrollAgentRequest, UpdateAgentRequest,
 };
 use serde_json::{Value, json};
 use tonic::transport::Channel;
@@ -291,6 +291,20 @@ async fn bootstrap_key(
             "kctl: {uuid} is already enrolled; its payload is not sent again (--replace-payload sends a new one)"
         );
         return Ok(Vec::new());
+    }
+    // The policies named must exist before the agent is sent anything: a new U makes the agent
+    // drop the key of its previous payload.
+    if let Some(name) = args.runtime_policy.as_deref().filter(|n| !n.is_empty()) {
+        client
+            .get_runtime_policy(GetRuntimePolicyRequest { name: name.to_owned() })
+            .await
+            .map_err(|s| connect::status(&format!("runtime policy {name}"), s))?;
+    }
+    if let Some(name) = args.mb_policy.as_deref().filter(|n| !n.is_empty()) {
+        client
+            .get_measured_boot_policy(GetMeasuredBootPolicyRequest { name: name.to_owned() })
+            .await
+            .map_err(|s| connect::status(&format!("measured-boot policy {name}"), s))?;
     }
     let config = connect::tenant_config(cli)?;
     let registrar = connect::channel(&config, &config.registrar_ip, config.registrar_port).await?;

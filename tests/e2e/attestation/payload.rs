@@ -64,6 +64,29 @@ async fn a_new_payload_reaches_an_enrolled_or_reenrolled_agent_without_a_restart
     sys.wait(|s| Ok(s.show()?["key_delivered"] == true), "key_delivered")?;
     let before = sys.show()?;
 
+    // A replacement naming a policy the verifier does not have: refused before the agent is
+    // sent anything (a new U would make it drop its key).
+    let dropped =
+        |s: &System| s.agent.daemon.output().matches("previous payload key is dropped").count();
+    let drops_before = dropped(&sys);
+    let four = named_payload(root, "four")?.display().to_string();
+    let out = sys.run(
+        KCTL,
+        &[
+            "agents",
+            "enroll",
+            &id,
+            "--runtime-policy",
+            "missing",
+            "--payload",
+            &four,
+            "--replace-payload",
+        ],
+    )?;
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("runtime policy missing"));
+    assert_eq!(dropped(&sys), drops_before, "the agent was sent nothing");
+
     // keylime_tenant -c update towards an address where no agent answers: refused before
     // anything changes; the agent stays enrolled as it was.
     let policy_file = root.join("base.json").display().to_string();
