@@ -215,6 +215,23 @@ impl<T: Serialize> Loaded<T> {
 /// they are (its output ends up in bug reports and support tickets).
 pub const SECRET_OPTIONS: &[&str] = &["webhook_secret"];
 
+/// URL options whose path or query may carry a token (chat webhooks put one there):
+/// `--print-config` shows their scheme and host only.
+pub const URLS_WITH_SECRET_PATHS: &[&str] = &["webhook_url"];
+
+/// `scheme://host[:port]` of `url`, the rest replaced by a note that it is not shown.
+fn mask_url_path(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return MASKED.to_owned() };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    // Credentials in the authority are secret too.
+    let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+    if host.len() == rest.len() {
+        format!("{scheme}://{host}")
+    } else {
+        format!("{scheme}://{host}/<path not shown>")
+    }
+}
+
 /// What `--print-config` shows in place of a secret that is set.
 pub const MASKED: &str = "<set; not shown>";
 
@@ -226,6 +243,11 @@ pub fn print_json<T: Serialize>(config: &T) -> Result<String, ConfigError> {
         for key in SECRET_OPTIONS {
             if let Some(v) = map.get_mut(*key).filter(|v| !v.is_null()) {
                 *v = Json::String(MASKED.to_owned());
+            }
+        }
+        for key in URLS_WITH_SECRET_PATHS {
+            if let Some(Json::String(url)) = map.get_mut(*key) {
+                *url = mask_url_path(url);
             }
         }
     }

@@ -377,13 +377,19 @@ fn command_line_flags_and_print_config() -> TestResult {
 #[test]
 fn print_config_masks_secrets() -> TestResult {
     let roots = Roots::new()?;
-    roots.write("etc/keylime/verifier.conf", "webhook_secret = \"hunter2-hmac-key\"")?;
+    roots.write(
+        "etc/keylime/verifier.conf",
+        "webhook_secret = \"hunter2-hmac-key\"\n\
+         webhook_url = \"https://hooks.example:8443/services/T0/B0/tok3n?x=1\"",
+    )?;
     let verifier = load::<VerifierConfig>(&roots.sources())?;
     assert_eq!(verifier.config.webhook_secret.as_deref(), Some("hunter2-hmac-key"));
     let printed = verifier.to_json()?;
     assert!(!printed.contains("hunter2"), "{printed}");
     let json: serde_json::Value = serde_json::from_str(&printed)?;
     assert_eq!(json["webhook_secret"], super::MASKED);
+    assert_eq!(json["webhook_url"], "https://hooks.example:8443/<path not shown>");
+    assert!(!printed.contains("tok3n"), "{printed}");
     Ok(())
 }
 
