@@ -36,11 +36,15 @@ struct Run {
 
 impl Run {
     fn recap(&self, counter: &str) -> Result<u64> {
+        self.recap_of("localhost", counter)
+    }
+
+    fn recap_of(&self, host: &str, counter: &str) -> Result<u64> {
         let line = self
             .text
             .lines()
             .rev()
-            .find(|l| l.starts_with("localhost") && l.contains(" ok="))
+            .find(|l| l.starts_with(host) && l.contains(" ok="))
             .ok_or_else(|| err(format!("no PLAY RECAP in:\n{}", self.text)))?;
         let prefix = format!("{counter}=");
         line.split_whitespace()
@@ -50,7 +54,8 @@ impl Run {
     }
 
     fn ok(&self) -> Result<&Self> {
-        if self.out.status.success() && self.recap("failed")? == 0 {
+        // ansible-playbook exits 0 only when no task failed and every host was reached.
+        if self.out.status.success() {
             Ok(self)
         } else {
             Err(err(format!("the playbook failed ({}):\n{}", self.out.status, self.text)))
@@ -66,14 +71,30 @@ struct Ansible<'a> {
 
 impl Ansible<'_> {
     fn playbook(&self, name: &str, extra: &[(&str, &str)], flags: &[&str]) -> Result<Run> {
+        self.run(&["-i", "localhost,", "-c", "local"], name, extra, flags)
+    }
+
+    fn run(
+        &self,
+        inventory: &[&str],
+        name: &str,
+        extra: &[(&str, &str)],
+        flags: &[&str],
+    ) -> Result<Run> {
         let collections = Path::new(env!("CARGO_MANIFEST_DIR")).join("../ansible");
         let python = self.venv.join("bin").join("python");
+        let kctl = daemon::binary(KCTL)?;
+        // The README's playbook finds kctl on PATH.
+        let mut path = std::ffi::OsString::from(kctl.parent().unwrap_or(Path::new(".")));
+        path.push(":");
+        path.push(std::env::var_os("PATH").unwrap_or_default());
         let mut cmd = Command::new(self.venv.join("bin").join("ansible-playbook"));
-        cmd.args(["-i", "localhost,", "-c", "local"])
+        cmd.args(inventory)
+            .env("PATH", path)
             .arg("-e")
             .arg(format!("ansible_python_interpreter={}", python.display()))
             .arg("-e")
-            .arg(format!("kctl={}", daemon::binary(KCTL)?.display()))
+            .arg(format!("kctl={}", kctl.display()))
             .arg("-e")
             .arg(format!("tenant={}", self.sys.tenant.display()))
             .arg("-e")
@@ -248,5 +269,53 @@ async fn a_playbook_enrols_idempotently_checks_without_changing_and_removes() ->
     let again = ansible.playbook("absent.yml", &[], &[])?;
     again.ok()?;
     assert_eq!(again.recap("changed")?, 0, "{}", again.text);
+    Ok(())
+}
+
+/// The first YAML block of the README's "Ansible" section.
+fn readme_playbook() -> Result<String> {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))?;
+    let section = readme
+        .split("\n## Ansible\n")
+        .nth(1)
+        .ok_or_else(|| err("README.md has no section \"Ansible\""))?;
+    let block = section
+        .split("```yaml\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .ok_or_else(|| err("the README's Ansible section has no yaml block"))?;
+    Ok(block.to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_playbook_runs_as_written() -> Result<()> {
+    let Some(venv) = venv()? else { return Ok(()) };
+    let Some(sys) = System::start()? else { return Ok(()) };
+    let dir = sys.deployment.keylime_dir().join("readme");
+    std::fs::create_dir_all(dir.join("tmp"))?;
+    std::fs::write(dir.join("enrol.yml"), readme_playbook()?)?;
+    let log = sys.agent.ima_log.display().to_string();
+    let policy = dir.join("fleet-policy.json").display().to_string();
+    check(
+        &sys.run(KCTL, &["policies", "runtime", "generate", "--ima-log", &log, "--out", &policy])?,
+        "policies runtime generate",
+    )?;
+    let inventory = dir.join("inventory");
+    std::fs::write(
+        &inventory,
+        format!("[agents]\nagent1 ansible_connection=local keylime_agent_uuid={}\n", sys.agent_id),
+    )?;
+    let ansible = Ansible { venv, sys: &sys, dir };
+    let tenant = sys.tenant.display().to_string();
+    let inventory = inventory.display().to_string();
+    let vars = [("keylime_tenant_config", tenant.as_str())];
+    let first = ansible.run(&["-i", &inventory], "enrol.yml", &vars, &[])?;
+    first.ok()?;
+    assert_eq!(first.recap_of("agent1", "changed")?, 2, "{}", first.text);
+    assert_eq!(sys.show()?["state"], "passed", "wait: true returned after the first verdict");
+    let second = ansible.run(&["-i", &inventory], "enrol.yml", &vars, &[])?;
+    second.ok()?;
+    assert_eq!(second.recap_of("agent1", "changed")?, 0, "{}", second.text);
     Ok(())
 }
