@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing keylime-rs needs on Debian 12 and is not there yet:
-# swtpm and the TPM2 software stack from apt, cargo-nextest from crates.io.
+# swtpm and the TPM2 software stack from apt, cargo-nextest from crates.io, ansible-core from PyPI.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
 packages=(swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config)
 missing=()
@@ -20,3 +21,25 @@ if ! cargo nextest --version >/dev/null 2>&1; then
     echo "installing cargo-nextest" >&2
     cargo install --locked cargo-nextest
 fi
+
+# ansible-core 2.19 for the collection in ansible/ and its tests, in a virtual environment
+# (KEYLIME_ANSIBLE_VENV, default target/ansible-venv); scripts/test.sh uses it.
+venv=${KEYLIME_ANSIBLE_VENV:-$(pwd)/target/ansible-venv}
+if ! "$venv/bin/python" -c 'import ansible.release as r, sys; sys.exit(not r.__version__.startswith("2.19."))' 2>/dev/null; then
+    if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
+        echo "installing: python3-venv" >&2
+        sudo_cmd=()
+        [[ $(id -u) -eq 0 ]] || sudo_cmd=(sudo)
+        "${sudo_cmd[@]}" apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+    fi
+    echo "installing ansible-core 2.19 into $venv" >&2
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q 'ansible-core>=2.19,<2.20'
+fi
+# ansible-test downloads a get-pip bootstrap to create its own environments unless one is in
+# its cache; the stand-in uses ensurepip and needs no network.
+cache="$HOME/.ansible/test/cache"
+mkdir -p "$cache"
+cmp -s scripts/get-pip-offline.py "$cache/get_pip_24_2.py" || cp scripts/get-pip-offline.py "$cache/get_pip_24_2.py"

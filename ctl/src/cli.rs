@@ -280,6 +280,13 @@ pub enum PoliciesCommand {
 pub enum MbCommand {
     /// Generate a measured-boot policy from a known-good UEFI event log.
     Generate(MbGenerateArgs),
+    /// Print the digest, size and canonical document the verifier would store for a policy,
+    /// without contacting it: `apply` of the same file reports this digest.
+    Digest {
+        /// The policy document; `-` for stdin.
+        #[arg(long, short = 'f')]
+        file: PathBuf,
+    },
     #[command(flatten)]
     Stored(StoredPolicyCommand),
 }
@@ -337,6 +344,19 @@ pub struct TestArgs {
 pub enum RuntimeCommand {
     /// Generate a runtime policy from an IMA log, a directory tree or a Keylime allowlist.
     Generate(GenerateArgs),
+    /// Print the digest, size, detected format and canonical document the verifier would store
+    /// for a policy, without contacting it: `apply` with the same arguments reports this digest.
+    Digest {
+        /// The policy document; `-` for stdin.
+        #[arg(long, short = 'f')]
+        file: PathBuf,
+        /// A Keylime exclude list to merge.
+        #[arg(long)]
+        exclude: Option<PathBuf>,
+        /// The PEM key a DSSE-signed document must verify with.
+        #[arg(long)]
+        signing_key: Option<PathBuf>,
+    },
     #[command(flatten)]
     Stored(StoredPolicyCommand),
 }

@@ -421,3 +421,71 @@ fn files_signed_by_several_keys_pass_and_bad_signatures_are_named() {
         }
     }
 }
+
+#[test]
+fn policy_digest_is_the_same_for_every_spelling_of_one_policy_and_names_bad_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let list = fixture("policy/ima-allowlist-short.txt");
+    let digest = |file: &Path| {
+        let out = kctl(&["policies", "runtime", "digest", "--file", s(file), "-o", "json"]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        json(&out)
+    };
+    // The allowlist, and the same policy written as Keylime JSON and as this project's JSON.
+    let mut docs = vec![digest(&list)];
+    for format in ["keylime", "native"] {
+        let path = dir.path().join(format!("{format}.json"));
+        let out = kctl(&[
+            "policies",
+            "runtime",
+            "generate",
+            "--allowlist",
+            s(&list),
+            "--format",
+            format,
+            "--out",
+            s(&path),
+        ]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        docs.push(digest(&path));
+    }
+    let formats: Vec<&str> = docs.iter().map(|d| d["format"].as_str().unwrap_or("")).collect();
+    assert_eq!(formats, ["allowlist", "keylime", "native"]);
+    for d in &docs {
+        assert_eq!(d["digest"], docs[0]["digest"], "{d}");
+        assert_eq!(d["entries"], docs[0]["entries"]);
+        assert_eq!(d["document"], docs[0]["document"]);
+    }
+    assert!(docs[0]["entries"].as_u64().is_some_and(|n| n > 0));
+    let hex = docs[0]["digest"].as_str().expect("digest");
+    assert!(hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()), "{hex}");
+
+    // An exclude list changes the canonical document, hence the digest.
+    let exclude = dir.path().join("exclude.txt");
+    std::fs::write(&exclude, "^/tmp/.*\n").expect("write");
+    let out = kctl(&[
+        "policies",
+        "runtime",
+        "digest",
+        "--file",
+        s(&list),
+        "--exclude",
+        s(&exclude),
+        "-o",
+        "json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_ne!(json(&out)["digest"], docs[0]["digest"]);
+
+    // A missing file and a malformed one: exit 2 naming the file.
+    let missing = dir.path().join("missing-policy.json");
+    let out = kctl(&["policies", "runtime", "digest", "--file", s(&missing), "-o", "json"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("missing-policy.json"), "{}", stderr(&out));
+    let bad = dir.path().join("bad-mb.json");
+    std::fs::write(&bad, "{\"firmware\": 7").expect("write");
+    let out = kctl(&["policies", "mb", "digest", "--file", s(&bad), "-o", "json"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("bad-mb.json"), "{}", stderr(&out));
+    assert!(out.stdout.is_empty());
+}

@@ -4,6 +4,7 @@
 //! `agent` needs only the agent; `registration` runs the registrar too.
 
 mod agent;
+mod ansible;
 mod attestation;
 mod config;
 mod events;
