@@ -2,21 +2,17 @@
 //! computed offline, so that automation can tell whether `apply` would change anything without
 //! changing anything (check mode) and show what would change.
 //!
-//! The verifier canonicalises the same way (parse in any accepted format, merge the exclude
-//! list, serialise this project's format, SHA-256 of the bytes); the end-to-end tests compare
-//! this digest with the one `apply` reports.
+//! The verifier canonicalises with the same code (`kl_core::policy::canonical`); the
+//! end-to-end tests compare this digest with the one `apply` reports.
 
 use std::path::Path;
 
 use anyhow::anyhow;
-use kl_core::appraisal::RuntimeRules;
-use kl_core::policy::mb::MbPolicy;
-use kl_core::policy::{self, Format as PolicyFormat, LoadOptions, RuntimePolicyBuilder};
-use kl_core::policy::{VerificationKey, allowlist};
+use kl_core::policy::canonical::{self, Canonical, CanonicalError};
 use serde_json::{Value, json};
 
-use crate::exit::{CmdResult, Outcome, input};
-use crate::input::{display, malformed, read};
+use crate::exit::{CmdResult, Failure, Outcome, input};
+use crate::input::{display, read};
 use crate::output::{self, Format};
 
 pub fn runtime(
@@ -25,67 +21,35 @@ pub fn runtime(
     signing_key: Option<&Path>,
     format: Format,
 ) -> CmdResult {
-    let key = match signing_key {
-        Some(path) => Some(VerificationKey::from_pem(&read(path)?).map_err(malformed(path))?),
-        None => None,
-    };
-    let options = LoadOptions { signing_key: key.as_ref(), require_signature: key.is_some() };
-    let (mut parsed, detected) = policy::load(&read(file)?, &options).map_err(malformed(file))?;
-    if let Some(path) = exclude {
-        let mut builder = RuntimePolicyBuilder::new();
-        builder.merge(&parsed);
-        allowlist::add_exclude_list(&mut builder, &read(path)?).map_err(malformed(path))?;
-        parsed = builder.build().map_err(malformed(path))?;
-    }
-    let document = parsed.to_json();
-    let entries = parsed.file_count();
-    // The verifier refuses a policy whose signing keys do not parse; say so here as well.
-    RuntimeRules::new(parsed).map_err(malformed(file))?;
-    let format_name = match detected {
-        PolicyFormat::Native => "native",
-        PolicyFormat::Keylime => "keylime",
-        PolicyFormat::Signed => "signed",
-        PolicyFormat::FlatAllowlist => "allowlist",
-    };
-    print(file, document.as_bytes(), entries, format_name, format)
+    let document = read(file)?;
+    let exclude_list = exclude.map(read).transpose()?.unwrap_or_default();
+    let key = signing_key.map(read).transpose()?.unwrap_or_default();
+    let canonical = canonical::runtime(&document, &exclude_list, &key).map_err(|e| {
+        let blamed = match &e {
+            CanonicalError::ExcludeList(_) => exclude.unwrap_or(file),
+            CanonicalError::SigningKey(_) => signing_key.unwrap_or(file),
+            _ => file,
+        };
+        named(blamed, &e)
+    })?;
+    print(file, &canonical, format)
 }
 
 pub fn measured_boot(file: &Path, format: Format) -> CmdResult {
-    let bytes = read(file)?;
-    let (parsed, format_name) = match MbPolicy::from_json(&bytes) {
-        Ok(p) => (p, "native"),
-        Err(native) => match MbPolicy::from_keylime_refstate(&bytes) {
-            Ok(p) => (p, "keylime"),
-            Err(keylime) => {
-                return Err(input(anyhow!(
-                    "{}: as this project's format: {native}; as a Keylime refstate: {keylime}",
-                    display(file)
-                )));
-            }
-        },
-    };
-    let document = serde_json::to_vec(&parsed).map_err(input)?;
-    let entries = parsed.firmware.as_ref().map_or(0, Vec::len)
-        + parsed.bootloaders.as_ref().map_or(0, Vec::len)
-        + parsed.kernels.as_ref().map_or(0, Vec::len)
-        + parsed.kernel_cmdlines.as_ref().map_or(0, Vec::len)
-        + parsed.db_must_contain.len()
-        + parsed.dbx_must_include.len()
-        + parsed.pcr_values.as_ref().map_or(0, |v| v.len());
-    print(file, &document, entries, format_name, format)
+    let canonical = canonical::measured_boot(&read(file)?).map_err(|e| named(file, &e))?;
+    print(file, &canonical, format)
 }
 
-fn print(
-    file: &Path,
-    document: &[u8],
-    entries: usize,
-    format_name: &str,
-    format: Format,
-) -> CmdResult {
-    let digest = hex::encode(ring::digest::digest(&ring::digest::SHA256, document));
+/// The one-line input error: the file, then what is wrong with it.
+fn named(file: &Path, e: &CanonicalError) -> Failure {
+    input(anyhow!("{}: {e}", display(file)))
+}
+
+fn print(file: &Path, canonical: &Canonical, format: Format) -> CmdResult {
+    let Canonical { digest, entries, format: format_name, .. } = canonical;
     match format {
         Format::Json => {
-            let document: Value = serde_json::from_slice(document).map_err(input)?;
+            let document: Value = serde_json::from_slice(&canonical.document).map_err(input)?;
             let doc = json!({
                 "path": display(file),
                 "digest": digest,

@@ -7,76 +7,38 @@ use std::sync::{Arc, Mutex, Weak};
 
 use kl_core::appraisal::{MeasuredBootRules, RuntimeRules};
 use kl_core::policy::mb::MbPolicy;
-use kl_core::policy::{self, LoadOptions, PcrPolicy, RuntimePolicyBuilder, VerificationKey};
+use kl_core::policy::{self, PcrPolicy};
 use kl_proto::verifier::v1 as pb;
 use kl_store::verifier::{PolicyKind, VerifierStore};
 
 use crate::Error;
 
-/// A policy ready to store: its canonical document, digest and size.
-#[derive(Debug)]
-pub(crate) struct Canonical {
-    pub document: Vec<u8>,
-    pub digest: String,
-    pub entries: u64,
-}
+pub(crate) use kl_core::policy::canonical::Canonical;
+use kl_core::policy::canonical::{self, CanonicalError};
 
-pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(ring::digest::digest(&ring::digest::SHA256, bytes))
-}
-
-/// Reads a runtime policy in any format `kl_core::policy::load` accepts, merges the exclude
-/// list, and returns its canonical form.
+/// A runtime policy in any format `kl_core::policy::load` accepts, the exclude list merged, in
+/// canonical form (`kl_core::policy::canonical`, which kctl's offline digest shares).
 pub(crate) fn canonical_runtime(
     document: &[u8],
     exclude_list: &[u8],
     signing_key: &[u8],
 ) -> Result<Canonical, Error> {
-    let key = if signing_key.is_empty() {
-        None
-    } else {
-        Some(
-            VerificationKey::from_pem(signing_key)
-                .map_err(|e| Error::invalid("signing_key", e.to_string()))?,
-        )
-    };
-    let options = LoadOptions { signing_key: key.as_ref(), require_signature: key.is_some() };
-    let (mut parsed, _) =
-        policy::load(document, &options).map_err(|e| Error::invalid("document", e.to_string()))?;
-    if !exclude_list.is_empty() {
-        let mut builder = RuntimePolicyBuilder::new();
-        builder.merge(&parsed);
-        policy::allowlist::add_exclude_list(&mut builder, exclude_list)
-            .map_err(|e| Error::invalid("exclude_list", e.to_string()))?;
-        parsed = builder.build().map_err(|e| Error::invalid("exclude_list", e.to_string()))?;
-    }
-    let document = parsed.to_json().into_bytes();
-    let entries = parsed.file_count() as u64;
-    // The signing keys the policy names must parse too.
-    RuntimeRules::new(parsed).map_err(|e| Error::invalid("document", e.to_string()))?;
-    Ok(Canonical { digest: sha256_hex(&document), entries, document })
+    canonical::runtime(document, exclude_list, signing_key).map_err(invalid)
 }
 
-/// Reads this project's measured-boot policy JSON or Keylime's reference state.
+/// This project's measured-boot policy JSON or Keylime's reference state, in canonical form.
 pub(crate) fn canonical_mb(document: &[u8]) -> Result<Canonical, Error> {
-    let parsed = MbPolicy::from_json(document).or_else(|native| {
-        MbPolicy::from_keylime_refstate(document).map_err(|keylime| {
-            Error::invalid(
-                "document",
-                format!("as this project's format: {native}; as a Keylime refstate: {keylime}"),
-            )
-        })
-    })?;
-    let document = serde_json::to_vec(&parsed)
-        .map_err(|e| Error::Internal(format!("serializing a measured-boot policy: {e}")))?;
-    let entries = parsed.firmware.as_ref().map_or(0, Vec::len)
-        + parsed.bootloaders.as_ref().map_or(0, Vec::len)
-        + parsed.kernels.as_ref().map_or(0, Vec::len)
-        + parsed.kernel_cmdlines.as_ref().map_or(0, Vec::len)
-        + parsed.db_must_contain.len()
-        + parsed.dbx_must_include.len()
-        + parsed.pcr_values.as_ref().map_or(0, |v| v.len());
-    Ok(Canonical { digest: sha256_hex(&document), entries: entries as u64, document })
+    canonical::measured_boot(document).map_err(invalid)
+}
+
+/// The request field a canonicalisation error is about.
+fn invalid(e: CanonicalError) -> Error {
+    match e {
+        CanonicalError::SigningKey(reason) => Error::invalid("signing_key", reason),
+        CanonicalError::ExcludeList(reason) => Error::invalid("exclude_list", reason),
+        CanonicalError::Document(reason) => Error::invalid("document", reason),
+        _ => Error::invalid("document", e.to_string()),
+    }
 }
 
 /// The API's PCR policy as kl-core's, and its stored JSON ("" for none).

@@ -16,6 +16,7 @@
 //! position (line and column, or line) and what is wrong.
 
 pub mod allowlist;
+pub mod canonical;
 pub mod dsse;
 mod ima_rules;
 pub mod keylime;
