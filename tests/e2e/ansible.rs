@@ -14,7 +14,7 @@ use kl_tests::{Result, err};
 use crate::attestation::{System, check};
 
 /// The virtual environment holding ansible-playbook, or `None` when the test cannot run.
-fn venv() -> Result<Option<PathBuf>> {
+pub(crate) fn venv() -> Result<Option<PathBuf>> {
     let found = std::env::var_os("KEYLIME_ANSIBLE_VENV")
         .map(PathBuf::from)
         .filter(|v| v.join("bin").join("ansible-playbook").is_file());

@@ -5,6 +5,7 @@
 
 mod agent;
 mod ansible;
+mod ansible_roles;
 mod attestation;
 mod config;
 mod events;
