@@ -27,9 +27,7 @@ async fn main() -> ExitCode {
         Err(e) => {
             eprintln!("keylime_agent: {e:#}");
             let permanent = e.downcast_ref::<kl_agent::Error>().is_some_and(|e| e.is_permanent())
-                || e.downcast_ref::<config::ConfigError>().is_some()
-                || e.downcast_ref::<kl_svc::logging::LoggingError>()
-                    .is_some_and(|e| matches!(e, kl_svc::logging::LoggingError::Filter { .. }));
+                || kl_svc::is_config_error(e.chain());
             ExitCode::from(if permanent { EXIT_PERMANENT } else { 1 })
         }
     }

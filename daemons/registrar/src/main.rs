@@ -45,10 +45,7 @@ fn restart_cannot_help(e: &anyhow::Error) -> bool {
         e.downcast_ref::<kl_registrar::Error>(),
         Some(kl_registrar::Error::Store(kl_store::StoreError::Damaged { .. }))
     );
-    store_damaged
-        || e.downcast_ref::<config::ConfigError>().is_some()
-        || e.downcast_ref::<kl_svc::logging::LoggingError>()
-            .is_some_and(|e| matches!(e, kl_svc::logging::LoggingError::Filter { .. }))
+    store_damaged || kl_svc::is_config_error(e.chain())
 }
 
 async fn run(args: Args) -> anyhow::Result<ExitCode> {

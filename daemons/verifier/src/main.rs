@@ -46,9 +46,7 @@ fn restart_cannot_help(e: &anyhow::Error) -> bool {
         Some(kl_verifier::Error::Store(kl_store::StoreError::Damaged { .. }))
     );
     store_damaged
-        || e.downcast_ref::<config::ConfigError>().is_some()
-        || e.downcast_ref::<kl_svc::logging::LoggingError>()
-            .is_some_and(|e| matches!(e, kl_svc::logging::LoggingError::Filter { .. }))
+        || kl_svc::is_config_error(e.chain())
         || matches!(e.downcast_ref::<kl_verifier::Error>(), Some(kl_verifier::Error::Config(_)))
 }
 

@@ -83,6 +83,10 @@ impl Tickets {
     fn set_unwritable(&self, reason: Option<String>) {
         *self.unwritable.lock().unwrap_or_else(PoisonError::into_inner) = reason;
     }
+
+    fn unwritable(&self) -> Option<String> {
+        self.unwritable.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
 }
 
 /// Hands batches to the writer thread.
@@ -151,7 +155,7 @@ impl StateWriter {
 
     /// Why the store cannot be written (the failed commit's error), while it cannot.
     pub fn unwritable(&self) -> Option<String> {
-        self.tickets.unwritable.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        self.tickets.unwritable()
     }
 
     /// Refuses an operator change while the store cannot be written, before anything is
@@ -274,7 +278,10 @@ fn write_batches(
             // the whole file: only once the file system takes writes again, and backing off
             // while commits keep failing.
             held = Some((batch, newest));
-            answer(replies, Err(Refused { reason: tickets_reason(tickets), held: true }));
+            let reason = tickets
+                .unwritable()
+                .unwrap_or_else(|| "the state store cannot be written".to_owned());
+            answer(replies, Err(Refused { reason, held: true }));
             continue;
         }
         let started = Instant::now();
@@ -396,16 +403,6 @@ fn next_jobs(
         }
         std::thread::park_timeout(left);
     }
-}
-
-/// The reason the store cannot be written, as last recorded.
-fn tickets_reason(tickets: &Tickets) -> String {
-    tickets
-        .unwritable
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .clone()
-        .unwrap_or_else(|| "the state store cannot be written".to_owned())
 }
 
 /// Whether the file system of the store takes writes again: a small file written and synced

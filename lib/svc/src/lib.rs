@@ -45,6 +45,20 @@ pub mod shutdown;
 pub mod systemd;
 pub mod tls;
 
+/// Whether an error chain holds a configuration error (an unreadable file, an unknown key, a
+/// bad value or log filter): the same start would fail again, so a daemon exits 78 (EX_CONFIG)
+/// and its unit does not restart it.
+pub fn is_config_error<'a>(
+    mut chain: impl Iterator<Item = &'a (dyn std::error::Error + 'static)>,
+) -> bool {
+    chain.any(|cause| {
+        cause.downcast_ref::<config::ConfigError>().is_some()
+            || cause
+                .downcast_ref::<logging::LoggingError>()
+                .is_some_and(|e| matches!(e, logging::LoggingError::Filter { .. }))
+    })
+}
+
 /// An error and its causes as one line for stderr: `a: b: c`, leaving out a cause whose text
 /// the line already holds (an error that wraps another often repeats its message).
 pub fn error_line<'a>(
