@@ -42,7 +42,8 @@ pub fn run(cli: &Cli, cmd: &AgentsCommand) -> CmdResult {
                     Ok(ch) => Some(ch),
                     Err(e) => {
                         eprintln!(
-                            "kctl: registrar not reachable, showing the verifier's view only: {:#}",
+                            "{}: registrar not reachable, showing the verifier's view only: {:#}",
+                            cli.program,
                             e.into_error()
                         );
                         None
@@ -265,7 +266,8 @@ async fn enroll(cli: &Cli, client: &mut VerifierClient<Channel>, args: &EnrollAr
     if !args.wait {
         return print(cli, &doc, agent_table);
     }
-    let (state, agent) = wait(client, &args.uuid, Duration::from_secs_f64(args.timeout)).await?;
+    let (state, agent) =
+        wait(cli, client, &args.uuid, Duration::from_secs_f64(args.timeout)).await?;
     let changed = doc["changed"].clone();
     doc = agent;
     doc["changed"] = changed;
@@ -288,7 +290,8 @@ async fn bootstrap_key(
         && client.get_agent(GetAgentRequest { agent_id: uuid.clone() }).await.is_ok()
     {
         eprintln!(
-            "kctl: {uuid} is already enrolled; its payload is not sent again (--replace-payload sends a new one)"
+            "{}: {uuid} is already enrolled; its payload is not sent again (--replace-payload sends a new one)",
+            cli.program
         );
         return Ok(Vec::new());
     }
@@ -342,6 +345,7 @@ async fn bootstrap_key(
 
 /// Polls until the agent passes or fails, with a spinner on stderr. Times out into exit 1.
 async fn wait(
+    cli: &Cli,
     client: &mut VerifierClient<Channel>,
     uuid: &str,
     timeout: Duration,
@@ -367,7 +371,8 @@ async fn wait(
             spinner.finish_and_clear();
             if !done {
                 eprintln!(
-                    "kctl: {uuid}: still {} after {:?}",
+                    "{}: {uuid}: still {} after {:?}",
+                    cli.program,
                     vj::state_name(agent.state),
                     timeout
                 );

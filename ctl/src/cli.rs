@@ -27,6 +27,10 @@ pub struct Cli {
     pub output: Format,
     #[command(subcommand)]
     pub command: Command,
+    /// The name errors and warnings are prefixed with: `kctl`, or the front that runs kctl's
+    /// commands (`keylime_tenant`).
+    #[arg(skip = String::from("kctl"))]
+    pub program: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -52,6 +56,32 @@ pub enum Command {
     /// The verifier's event stream.
     #[command(subcommand)]
     Events(EventsCommand),
+    /// Keylime configuration files (offline).
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Convert a Keylime config file (verifier.conf, registrar.conf, tenant.conf, agent.conf or
+    /// the old keylime.conf) into a TOML drop-in on stdout; options with no equivalent are
+    /// listed on stderr (`-o json`: a report with the drop-in and every option's fate).
+    Convert {
+        /// The Keylime file.
+        file: PathBuf,
+        /// The component to convert (default: the only one whose section the file has).
+        #[arg(long, value_enum)]
+        component: Option<ComponentArg>,
+    },
+}
+
+/// A program whose config file `kctl config convert` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ComponentArg {
+    Verifier,
+    Registrar,
+    Agent,
+    Tenant,
 }
 
 #[derive(Debug, Subcommand)]

@@ -161,7 +161,7 @@ mod tests {
 
     #[test]
     fn grpc_statuses_map_to_exit_codes() {
-        let code = |c: Code| status("call", Status::new(c, "why")).report();
+        let code = |c: Code| status("call", Status::new(c, "why")).report("kctl");
         assert_eq!(code(Code::InvalidArgument), 2);
         assert_eq!(code(Code::NotFound), 3);
         assert_eq!(code(Code::FailedPrecondition), 5);

@@ -47,7 +47,8 @@ impl Failure {
         }
     }
 
-    pub fn report(self) -> u8 {
+    /// Prints the error on stderr, prefixed with the program's name, and returns the exit code.
+    pub fn report(self, program: &str) -> u8 {
         let (code, err) = match self {
             Failure::Negative(e) => (1, e),
             Failure::Input(e) => (2, e),
@@ -56,7 +57,7 @@ impl Failure {
             Failure::Refused(e) => (5, e),
         };
         // One line: the context chain joined, outermost first.
-        eprintln!("kctl: {err:#}");
+        eprintln!("{program}: {err:#}");
         code
     }
 }

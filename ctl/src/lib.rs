@@ -14,6 +14,7 @@ mod events;
 mod exit;
 mod ima;
 mod input;
+mod keylime_conf;
 mod output;
 mod payload;
 mod policies;
@@ -41,9 +42,10 @@ pub fn execute(cli: &Cli) -> u8 {
         Command::Ca(cmd) => ca::run(cli, cmd),
         Command::Agents(cmd) => agents::run(cli, cmd),
         Command::Events(cmd) => events::run(cli, cmd),
+        Command::Config(cmd) => keylime_conf::run(cli, cmd),
     };
     match result {
         Ok(code) => code.into(),
-        Err(failure) => failure.report(),
+        Err(failure) => failure.report(&cli.program),
     }
 }

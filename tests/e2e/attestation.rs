@@ -352,6 +352,24 @@ async fn the_guides_tenant_commands_add_list_and_delete_an_agent() -> Result<()>
     assert!(String::from_utf8_lossy(&reglist.stdout).contains(&sys.agent_id));
     check(&sys.run(TENANT, &["-u", &sys.agent_id, "-c", "status"])?, "keylime_tenant -c status")?;
 
+    // bulkinfo: every agent with its state, as Keylime's does.
+    let bulk = sys.run(TENANT, &["-c", "bulkinfo"])?;
+    check(&bulk, "keylime_tenant -c bulkinfo")?;
+    let bulk = String::from_utf8_lossy(&bulk.stdout).into_owned();
+    assert!(
+        bulk.lines().any(|l| l.contains(&sys.agent_id) && l.contains("passed")),
+        "bulkinfo lists the agent as passed: {bulk}"
+    );
+    // reactivate resumes an agent that was stopped.
+    let (code, doc) = sys.kctl_json(&["agents", "stop", &sys.agent_id])?;
+    assert_eq!((code, doc["state"].as_str()), (0, Some("stopped")), "{doc}");
+    let reactivate = sys.run(TENANT, &["-u", &sys.agent_id, "-c", "reactivate"])?;
+    check(&reactivate, "keylime_tenant -c reactivate")?;
+    let resumed = sys.wait_state("passed")?;
+    assert!(resumed["attestation_count"].as_u64() > doc["attestation_count"].as_u64(), "{resumed}");
+
+    tenant_policy_round_trips(&sys, &allowlist)?;
+
     let delete = sys.run(
         TENANT,
         &["-v", "127.0.0.1", "-vp", &verifier_port, "-u", &sys.agent_id, "-c", "delete"],
@@ -359,6 +377,79 @@ async fn the_guides_tenant_commands_add_list_and_delete_an_agent() -> Result<()>
     check(&delete, "keylime_tenant -c delete")?;
     let (code, _) = sys.kctl_json(&["agents", "show", &sys.agent_id])?;
     assert_eq!(code, 3, "unenrolled");
+    Ok(())
+}
+
+/// Keylime's named-policy commands against the running verifier: add, show, update, list and
+/// delete, for runtime and measured-boot policies; errors are keylime_tenant's own.
+fn tenant_policy_round_trips(sys: &System, allowlist: &str) -> Result<()> {
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../lib/core/tests/data/keylime/policy");
+    let keylime_policy = data.join("runtime-policy-test.json").display().to_string();
+    let refstate = data.join("mb_example_reference_state.json").display().to_string();
+    let mb_generated = sys.deployment.keylime_dir().join("tenant-mb.json");
+    let out = sys.run(
+        KCTL,
+        &[
+            "policies",
+            "mb",
+            "generate",
+            "--event-log",
+            &data.join("../eventlog/binary_bios_measurements").display().to_string(),
+            "--out",
+            &mb_generated.display().to_string(),
+        ],
+    )?;
+    check(&out, "kctl policies mb generate")?;
+    let mb_generated = mb_generated.display().to_string();
+
+    let cases = [
+        (
+            "runtime",
+            "--runtime-policy-name",
+            "--runtime-policy",
+            keylime_policy.as_str(),
+            allowlist,
+        ),
+        ("mb", "--mb-policy-name", "--mb-policy", refstate.as_str(), mb_generated.as_str()),
+    ];
+    for (kind, name_opt, file_opt, first, second) in cases {
+        let command =
+            |verb: &str| format!("{verb}{}policy", if kind == "mb" { "mb" } else { kind });
+        let name = format!("tenant-{kind}");
+        let tenant = |verb: &str, file: Option<&str>| {
+            let mut args = vec!["-c".to_owned(), command(verb), name_opt.into(), name.clone()];
+            if let Some(f) = file {
+                args.extend([file_opt.to_owned(), f.to_owned()]);
+            }
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            sys.run(TENANT, &args)
+        };
+        let digest = || -> Result<Value> {
+            let (code, doc) = sys.kctl_json(&["policies", kind, "show", &name])?;
+            assert_eq!(code, 0, "{doc}");
+            Ok(doc["digest"].clone())
+        };
+
+        check(&tenant("add", Some(first))?, &command("add"))?;
+        let added = digest()?;
+        let shown = tenant("show", None)?;
+        check(&shown, &command("show"))?;
+        assert!(String::from_utf8_lossy(&shown.stdout).contains(&name));
+        check(&tenant("update", Some(second))?, &command("update"))?;
+        let updated = digest()?;
+        assert!(added.is_string() && added != updated, "{kind}: {added} then {updated}");
+        let listed = tenant("list", None)?;
+        check(&listed, &command("list"))?;
+        assert!(String::from_utf8_lossy(&listed.stdout).contains(&name), "{kind} list");
+        check(&tenant("delete", None)?, &command("delete"))?;
+        let (code, _) = sys.kctl_json(&["policies", kind, "show", &name])?;
+        assert_eq!(code, 3, "{kind} policy deleted");
+
+        let absent = tenant("show", None)?;
+        assert_eq!(absent.status.code(), Some(3), "{}", command("show"));
+        let stderr = String::from_utf8_lossy(&absent.stderr);
+        assert!(stderr.starts_with("keylime_tenant: "), "the tenant's own prefix: {stderr}");
+    }
     Ok(())
 }
 

@@ -3,12 +3,16 @@
 //! ```text
 //! keylime_tenant -v VERIFIER -t AGENT -u UUID --cert default -c add [--include ZIP|DIR]
 //!                [--allowlist FILE [--exclude FILE] | --runtime-policy FILE] [--mb-policy FILE]
-//! keylime_tenant -c reglist | regstatus | regdelete | status | cvlist | delete | update ...
+//! keylime_tenant -c reglist | regstatus | regdelete | status | cvlist | bulkinfo | delete
+//!                | update | reactivate ...
+//! keylime_tenant -c addruntimepolicy --runtime-policy-name NAME --runtime-policy FILE
+//! keylime_tenant -c addmbpolicy --mb-policy-name NAME --mb-policy FILE
 //! ```
 //!
 //! Keylime's two-letter options (`-vp`, `-tp`, `-rp`, `-vi`) are accepted as written. Config
 //! comes from `/etc/keylime/tenant.conf` (and `/usr/etc`, drop-ins, `KEYLIME_TENANT_*`), as for
-//! kctl; exit codes are kctl's.
+//! kctl; exit codes are kctl's. Keylime options with no equivalent here are accepted by the
+//! parser only to be refused with what to use instead (see [`UNSUPPORTED`]).
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -24,13 +28,73 @@ enum TenantCommand {
     Status,
     Cvstatus,
     Cvlist,
+    Bulkinfo,
+    Reactivate,
     Reglist,
     Regstatus,
     Regdelete,
+    #[value(alias = "addallowlist")]
+    Addruntimepolicy,
+    #[value(alias = "showallowlist")]
+    Showruntimepolicy,
+    #[value(alias = "updateallowlist")]
+    Updateruntimepolicy,
+    #[value(alias = "deleteallowlist")]
+    Deleteruntimepolicy,
+    #[value(alias = "listallowlist")]
+    Listruntimepolicy,
+    Addmbpolicy,
+    Showmbpolicy,
+    Updatembpolicy,
+    Deletembpolicy,
+    Listmbpolicy,
 }
 
+/// Keylime tenant options that have no equivalent here, and what to use instead. They are parsed
+/// so that the refusal can say so, rather than clap's bare "unexpected argument".
+const UNSUPPORTED: &[(&str, &str)] = &[
+    ("--push-model", "agents are attested in pull mode only; leave it out"),
+    ("--runtime-policy-url", "download the policy and give it with --runtime-policy FILE"),
+    (
+        "--runtime-policy-checksum",
+        "check the file before use; `kctl policies runtime digest -f FILE` prints the digest the \
+         verifier stores",
+    ),
+    ("--agent-api-version", "kctl speaks gRPC to the agent; leave it out"),
+    ("-k/--key and -p/--payload", "give the plain payload with -f FILE or --include ZIP|DIR"),
+];
+
+const AFTER_HELP: &str = "\
+Commands and their kctl equivalents:
+  add, update           kctl policies runtime|mb apply; kctl agents enroll [--replace-payload]
+  delete                kctl agents unenroll UUID
+  status, cvstatus      kctl agents show UUID
+  cvlist, bulkinfo      kctl agents list (every agent with its state)
+  reactivate            kctl agents resume UUID
+  reglist, regstatus,   kctl registrar list | show | delete
+  regdelete
+  add|show|update|delete|listruntimepolicy
+                        kctl policies runtime apply | show | apply | delete | list
+  add|show|update|delete|listmbpolicy
+                        kctl policies mb apply | show | apply | delete | list
+  (the *allowlist spellings are accepted for the runtime policy commands)
+
+Not supported here:
+  --push-model                 pull mode only
+  --runtime-policy-url         download the policy, give it with --runtime-policy FILE
+  --runtime-policy-checksum    compare with `kctl policies runtime digest -f FILE`
+  --agent-api-version          not needed (gRPC)
+  -k/--key, -p/--payload       give the plain payload with -f FILE or --include
+  --cert DIR                   only `--cert default` (the deployment CA)
+  -vi (verifier id)            accepted and ignored: one verifier fleet per deployment";
+
 #[derive(Debug, Parser)]
-#[command(name = "keylime_tenant", version, about = "Keylime tenant commands, run by kctl")]
+#[command(
+    name = "keylime_tenant",
+    version,
+    about = "Keylime tenant commands, run by kctl",
+    after_help = AFTER_HELP
+)]
 struct Tenant {
     /// The command to run.
     #[arg(short = 'c', long = "command", value_enum, default_value = "add")]
@@ -99,6 +163,18 @@ struct Tenant {
     /// Config file instead of /etc/keylime/tenant.conf and friends.
     #[arg(long)]
     config: Option<PathBuf>,
+    #[arg(long = "push-model", hide = true)]
+    push_model: bool,
+    #[arg(long = "runtime-policy-url", hide = true)]
+    runtime_policy_url: Option<String>,
+    #[arg(long = "runtime-policy-checksum", hide = true)]
+    runtime_policy_checksum: Option<String>,
+    #[arg(long = "agent-api-version", hide = true)]
+    agent_api_version: Option<String>,
+    #[arg(short = 'k', long = "key", hide = true)]
+    key: Option<PathBuf>,
+    #[arg(short = 'p', long = "payload", hide = true)]
+    payload: Option<PathBuf>,
 }
 
 /// Keylime's argparse accepts two-letter short options; rewrite them to long ones.
@@ -136,8 +212,92 @@ impl Tenant {
         self.uuid.as_deref().ok_or_else(|| format!("-c {:?} needs -u UUID", self.command))
     }
 
+    /// The first Keylime option given that has no equivalent here, with what to use instead.
+    fn unsupported(&self) -> Option<String> {
+        let given = [
+            self.push_model,
+            self.runtime_policy_url.is_some(),
+            self.runtime_policy_checksum.is_some(),
+            self.agent_api_version.is_some(),
+            self.key.is_some() || self.payload.is_some(),
+        ];
+        given
+            .iter()
+            .zip(UNSUPPORTED)
+            .find(|(set, _)| **set)
+            .map(|(_, (option, instead))| format!("{option} is not supported here: {instead}"))
+    }
+
+    fn runtime_policy_name(&self) -> Result<&str, String> {
+        self.runtime_policy_name
+            .as_deref()
+            .ok_or_else(|| format!("-c {:?} needs --runtime-policy-name NAME", self.command))
+    }
+
+    fn mb_policy_name(&self) -> Result<&str, String> {
+        self.mb_policy_name
+            .as_deref()
+            .ok_or_else(|| format!("-c {:?} needs --mb-policy-name NAME", self.command))
+    }
+
+    /// `kctl policies runtime apply` for add/updateruntimepolicy: the policy from
+    /// --runtime-policy or --allowlist (+ --exclude), stored under --runtime-policy-name.
+    fn runtime_policy_apply(&self) -> Result<Vec<String>, String> {
+        let name = self.runtime_policy_name()?;
+        let file = match (&self.allowlist, &self.runtime_policy) {
+            (Some(_), Some(_)) => {
+                return Err("give --allowlist or --runtime-policy, not both".into());
+            }
+            (Some(p), None) | (None, Some(p)) => p,
+            (None, None) => {
+                return Err(format!(
+                    "-c {:?} needs --runtime-policy FILE (or --allowlist FILE)",
+                    self.command
+                ));
+            }
+        };
+        self.policy_options_are_not_for_agents()?;
+        let mut apply = self.common();
+        apply.extend(["policies", "runtime", "apply", name, "--file"].map(str::to_owned));
+        apply.push(file.display().to_string());
+        if let Some(e) = &self.exclude {
+            apply.extend(["--exclude".into(), e.display().to_string()]);
+        }
+        if let Some(k) = &self.runtime_policy_key {
+            apply.extend(["--signing-key".into(), k.display().to_string()]);
+        }
+        Ok(apply)
+    }
+
+    /// `kctl policies mb apply` for add/updatembpolicy.
+    fn mb_policy_apply(&self) -> Result<Vec<String>, String> {
+        let name = self.mb_policy_name()?;
+        let Some(file) = &self.mb_policy else {
+            return Err(format!("-c {:?} needs --mb-policy FILE", self.command));
+        };
+        self.policy_options_are_not_for_agents()?;
+        let mut apply = self.common();
+        apply.extend(["policies", "mb", "apply", name, "--file"].map(str::to_owned));
+        apply.push(file.display().to_string());
+        Ok(apply)
+    }
+
+    /// Keylime stores a `tpm_policy` with a named runtime policy; here a PCR policy belongs to
+    /// the agent, so taking it silently would lose it.
+    fn policy_options_are_not_for_agents(&self) -> Result<(), String> {
+        if self.tpm_policy.is_some() {
+            return Err("--tpm_policy belongs to an agent here, not to a stored policy: give it \
+                        with -c add or -c update"
+                .into());
+        }
+        Ok(())
+    }
+
     /// The kctl invocations a tenant command stands for, in order.
     fn plan(&self) -> Result<Vec<Vec<String>>, String> {
+        if let Some(refusal) = self.unsupported() {
+            return Err(refusal);
+        }
         let kctl = |rest: &[&str]| {
             let mut v = self.common();
             v.extend(rest.iter().map(|s| (*s).to_owned()));
@@ -147,7 +307,30 @@ impl Tenant {
             TenantCommand::Reglist => vec![kctl(&["registrar", "list"])],
             TenantCommand::Regstatus => vec![kctl(&["registrar", "show", self.uuid()?])],
             TenantCommand::Regdelete => vec![kctl(&["registrar", "delete", self.uuid()?])],
-            TenantCommand::Cvlist => vec![kctl(&["agents", "list"])],
+            // Keylime's cvlist prints the ids and bulkinfo the status of each: kctl's list has
+            // both.
+            TenantCommand::Cvlist | TenantCommand::Bulkinfo => vec![kctl(&["agents", "list"])],
+            TenantCommand::Reactivate => vec![kctl(&["agents", "resume", self.uuid()?])],
+            TenantCommand::Addruntimepolicy | TenantCommand::Updateruntimepolicy => {
+                vec![self.runtime_policy_apply()?]
+            }
+            TenantCommand::Showruntimepolicy => {
+                vec![kctl(&["policies", "runtime", "show", self.runtime_policy_name()?])]
+            }
+            TenantCommand::Deleteruntimepolicy => {
+                vec![kctl(&["policies", "runtime", "delete", self.runtime_policy_name()?])]
+            }
+            TenantCommand::Listruntimepolicy => vec![kctl(&["policies", "runtime", "list"])],
+            TenantCommand::Addmbpolicy | TenantCommand::Updatembpolicy => {
+                vec![self.mb_policy_apply()?]
+            }
+            TenantCommand::Showmbpolicy => {
+                vec![kctl(&["policies", "mb", "show", self.mb_policy_name()?])]
+            }
+            TenantCommand::Deletembpolicy => {
+                vec![kctl(&["policies", "mb", "delete", self.mb_policy_name()?])]
+            }
+            TenantCommand::Listmbpolicy => vec![kctl(&["policies", "mb", "list"])],
             TenantCommand::Status | TenantCommand::Cvstatus => {
                 vec![kctl(&["agents", "show", self.uuid()?])]
             }
@@ -247,20 +430,26 @@ fn addr(host: &str, port: Option<u16>) -> String {
     }
 }
 
+/// The name errors are printed under: this program's, never kctl's.
+const PROGRAM: &str = "keylime_tenant";
+
 fn main() -> ExitCode {
     let tenant = Tenant::parse_from(normalise(std::env::args_os()));
     let plan = match tenant.plan() {
         Ok(plan) => plan,
         Err(msg) => {
-            eprintln!("keylime_tenant: {msg}");
+            eprintln!("{PROGRAM}: {msg}");
             return ExitCode::from(2);
         }
     };
     for argv in plan {
         let cli = match kctl::Cli::try_parse_from(&argv) {
-            Ok(cli) => cli,
+            Ok(mut cli) => {
+                cli.program = PROGRAM.to_owned();
+                cli
+            }
             Err(e) => {
-                eprintln!("keylime_tenant: {e}");
+                eprintln!("{PROGRAM}: {e}");
                 return ExitCode::from(2);
             }
         };
@@ -357,5 +546,106 @@ mod tests {
             plan(&["-u", "a", "--cert", "/some/ca/dir"]).expect_err("cert dir").contains("default")
         );
         assert!(plan(&["-c", "frobnicate"]).is_err());
+    }
+
+    #[test]
+    fn policy_commands_take_keylimes_option_names() {
+        let p = plan(&[
+            "-c",
+            "addruntimepolicy",
+            "--runtime-policy-name",
+            "base",
+            "--runtime-policy",
+            "p.json",
+            "--runtime-policy-sig-key",
+            "k.pem",
+        ])
+        .expect("plan");
+        assert_eq!(
+            p,
+            [[
+                "kctl",
+                "policies",
+                "runtime",
+                "apply",
+                "base",
+                "--file",
+                "p.json",
+                "--signing-key",
+                "k.pem"
+            ]]
+        );
+        let p = plan(&["-c", "addallowlist", "--runtime-policy-name", "a", "--allowlist", "l"])
+            .expect("the deprecated spelling");
+        assert_eq!(p[0][1..6], ["policies", "runtime", "apply", "a", "--file"]);
+        let p = plan(&["-c", "updatembpolicy", "--mb-policy-name", "fw", "--mb-policy", "m.json"])
+            .expect("plan");
+        assert_eq!(p, [["kctl", "policies", "mb", "apply", "fw", "--file", "m.json"]]);
+        for (command, verb) in [
+            ("showruntimepolicy", "show"),
+            ("deleteruntimepolicy", "delete"),
+            ("showmbpolicy", "show"),
+            ("deletembpolicy", "delete"),
+        ] {
+            let p = plan(&["-c", command, "--runtime-policy-name", "n", "--mb-policy-name", "n"])
+                .expect("plan");
+            assert_eq!(p[0][3..], [verb, "n"], "{command}");
+            kctl::Cli::try_parse_from(&p[0]).expect("kctl accepts it");
+        }
+        assert_eq!(
+            plan(&["-c", "listruntimepolicy"]).expect("plan")[0][1..],
+            ["policies", "runtime", "list"]
+        );
+        assert_eq!(
+            plan(&["-c", "listmbpolicy"]).expect("plan")[0][1..],
+            ["policies", "mb", "list"]
+        );
+        assert_eq!(plan(&["-c", "bulkinfo"]).expect("plan")[0][1..], ["agents", "list"]);
+        assert_eq!(
+            plan(&["-u", "a", "-c", "reactivate"]).expect("plan")[0][1..],
+            ["agents", "resume", "a"]
+        );
+    }
+
+    #[test]
+    fn policy_commands_name_what_they_miss() {
+        let e = plan(&["-c", "showruntimepolicy"]).expect_err("no name");
+        assert!(e.contains("--runtime-policy-name"), "{e}");
+        let e = plan(&["-c", "addmbpolicy", "--mb-policy-name", "x"]).expect_err("no file");
+        assert!(e.contains("--mb-policy FILE"), "{e}");
+        let e =
+            plan(&["-c", "addruntimepolicy", "--runtime-policy-name", "x"]).expect_err("no file");
+        assert!(e.contains("--runtime-policy FILE"), "{e}");
+        let e = plan(&[
+            "-c",
+            "addruntimepolicy",
+            "--runtime-policy-name",
+            "x",
+            "--runtime-policy",
+            "p",
+            "--tpm_policy",
+            "{}",
+        ])
+        .expect_err("tpm_policy with a stored policy");
+        assert!(e.contains("--tpm_policy"), "{e}");
+        assert!(plan(&["-u", "a", "-c", "reactivate", "-c", "reactivate"]).is_err());
+    }
+
+    #[test]
+    fn keylime_options_without_an_equivalent_are_refused_with_an_alternative() {
+        let e = plan(&["-u", "a", "--push-model"]).expect_err("push");
+        assert!(e.starts_with("--push-model is not supported here: "), "{e}");
+        let e = plan(&["-u", "a", "--runtime-policy-url", "https://x/p.json"]).expect_err("url");
+        assert!(e.contains("--runtime-policy FILE"), "{e}");
+        let e = plan(&["-u", "a", "-k", "key", "-p", "payload"]).expect_err("key");
+        assert!(e.contains("-f FILE"), "{e}");
+        let help =
+            Tenant::try_parse_from(["keylime_tenant", "--help"]).expect_err("help").to_string();
+        for (option, _) in UNSUPPORTED {
+            let first = option.split_whitespace().next().unwrap_or(option);
+            let first = first.split('/').next().unwrap_or(first);
+            assert!(help.contains(first), "help names {first}: {help}");
+        }
+        assert!(help.contains("bulkinfo") && help.contains("listmbpolicy"));
     }
 }

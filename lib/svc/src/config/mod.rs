@@ -28,7 +28,7 @@ pub use args::ConfigArgs;
 pub use components::{
     AgentConfig, AgentUuid, LogFormat, RegistrarConfig, TenantConfig, VerifierConfig,
 };
-pub use value::{Default, Kind, OptionSpec, is_uuid};
+pub use value::{Default, Kind, OptionSpec, is_uuid, parse_str};
 
 /// The four configurable programs; each has its own file, drop-in directory and env prefix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
