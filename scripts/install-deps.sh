@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing keylime-rs needs on Debian 12 and is not there yet:
-# swtpm and the TPM2 software stack from apt, cargo-nextest from crates.io, ansible-core from PyPI.
+# swtpm and the TPM2 software stack from apt, cargo-nextest from crates.io, ansible-core and
+# grafana-foundation-sdk from PyPI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,6 +38,14 @@ if ! "$venv/bin/python" -c 'import ansible.release as r, sys; sys.exit(not r.__v
     rm -rf "$venv"
     python3 -m venv "$venv"
     "$venv/bin/pip" install -q 'ansible-core>=2.19,<2.20'
+fi
+# Grafana's dashboard schema, as the models of grafana-foundation-sdk, for
+# scripts/check-grafana-dashboard.py (run by the end-to-end tests). `python -m pip` rather than
+# bin/pip: a venv copied from another tree keeps that tree's path in its scripts' shebangs.
+grafana_sdk='1769699379!11.6.0'
+if ! "$venv/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('grafana-foundation-sdk') != '$grafana_sdk')" 2>/dev/null; then
+    echo "installing grafana-foundation-sdk $grafana_sdk into $venv" >&2
+    "$venv/bin/python" -m pip install -q "grafana-foundation-sdk==$grafana_sdk"
 fi
 # ansible-test downloads a get-pip bootstrap to create its own environments unless one is in
 # its cache; the stand-in uses ensurepip and needs no network.

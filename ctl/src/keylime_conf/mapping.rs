@@ -18,6 +18,9 @@ pub enum Target {
     Fixed(&'static [&'static str], &'static str),
     /// No equivalent: why, and what to do instead.
     Absent(&'static str),
+    /// Meaningless here whatever its value (the version of Keylime's file format): kept out
+    /// of the drop-in without a warning.
+    Ignored(&'static str),
 }
 
 /// One Keylime option: the section it sits in (Keylime 7.x names; 6.x's `cloud_verifier` and
@@ -61,7 +64,7 @@ const AGENT_CERT: &str = "the agent generates its own identity key and certifica
                           agent_data_path; the registrar records it";
 
 use Component::{Agent, Registrar, Tenant, Verifier};
-use Target::{Absent, Bytes, Fixed, Option as To};
+use Target::{Absent, Bytes, Fixed, Ignored, Option as To};
 
 const fn rule(
     component: Component,
@@ -76,7 +79,7 @@ const fn rule(
 /// reported as unknown, never dropped.
 pub const RULES: &[Rule] = &[
     // verifier.conf [verifier]
-    rule(Verifier, "verifier", "version", Absent(FORMAT_VERSION)),
+    rule(Verifier, "verifier", "version", Ignored(FORMAT_VERSION)),
     rule(
         Verifier,
         "verifier",
@@ -254,7 +257,7 @@ pub const RULES: &[Rule] = &[
     ),
     rule(Verifier, "revocations", "webhook_url", To("webhook_url")),
     // registrar.conf [registrar]
-    rule(Registrar, "registrar", "version", Absent(FORMAT_VERSION)),
+    rule(Registrar, "registrar", "version", Ignored(FORMAT_VERSION)),
     rule(Registrar, "registrar", "ip", To("ip")),
     rule(
         Registrar,
@@ -325,7 +328,7 @@ pub const RULES: &[Rule] = &[
         ),
     ),
     // tenant.conf [tenant]
-    rule(Tenant, "tenant", "version", Absent(FORMAT_VERSION)),
+    rule(Tenant, "tenant", "version", Ignored(FORMAT_VERSION)),
     rule(Tenant, "tenant", "verifier_ip", To("verifier_ip")),
     rule(Tenant, "tenant", "verifier_port", To("verifier_port")),
     rule(Tenant, "tenant", "registrar_ip", To("registrar_ip")),
@@ -412,7 +415,7 @@ pub const RULES: &[Rule] = &[
         ),
     ),
     // agent.conf [agent] (the Rust agent's TOML)
-    rule(Agent, "agent", "version", Absent(FORMAT_VERSION)),
+    rule(Agent, "agent", "version", Ignored(FORMAT_VERSION)),
     rule(
         Agent,
         "agent",
@@ -613,6 +616,7 @@ pub fn markdown() -> String {
                     )
                 }
                 Absent(why) => ("—".to_owned(), why.to_owned()),
+                Ignored(why) => ("—".to_owned(), format!("ignored: {why}")),
             };
             out.push_str(&format!("| `[{}] {}` | {ours} | {note} |\n", r.section, r.option));
         }

@@ -230,16 +230,21 @@ pub fn convert(ini: &Ini, asked: Option<Component>) -> anyhow::Result<Report> {
         for entry in ini.entries.iter().filter(|e| &e.section == section) {
             let keylime = format!("[{}] {}", entry.section, entry.option);
             let raw = entry.value.trim();
+            // Reports end up in tickets and chat: a password or a database URL with one in it
+            // is named, not shown.
+            let secret = entry.option.contains("password")
+                || entry.option.ends_with("_url") && entry.option != "webhook_url";
+            let shown = if secret && !raw.is_empty() { "<not shown>" } else { raw };
             let none = |reason: String| NoEquivalent {
                 keylime: keylime.clone(),
                 line: entry.line,
-                value: raw.to_owned(),
+                value: shown.to_owned(),
                 reason,
             };
             let kept = |note: &str| Kept {
                 keylime: keylime.clone(),
                 line: entry.line,
-                value: raw.to_owned(),
+                value: shown.to_owned(),
                 note: note.to_owned(),
             };
             let Some(rule) = mapping::find(component, canonical, &entry.option) else {
@@ -249,6 +254,10 @@ pub fn convert(ini: &Ini, asked: Option<Component>) -> anyhow::Result<Report> {
                 continue;
             };
             let (name, value) = match rule.target {
+                Target::Ignored(why) => {
+                    report.kept.push(kept(why));
+                    continue;
+                }
                 Target::Absent(_) if raw.is_empty() => {
                     report.kept.push(kept("empty in Keylime: nothing to carry over"));
                     continue;
