@@ -11,6 +11,8 @@ mod config;
 mod events;
 mod exit_codes;
 mod kctl;
+mod migration;
+mod operations;
 mod registration;
 
 use std::time::{Duration, Instant};
