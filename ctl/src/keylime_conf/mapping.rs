@@ -597,7 +597,7 @@ pub fn markdown() -> String {
     let mut out = String::new();
     for component in [Verifier, Registrar, Tenant, Agent] {
         out.push_str(&format!(
-            "\n#### {} → {}.conf\n\n| Keylime option | keylime-rs | Notes |\n|---|---|---|\n",
+            "\n#### Keylime {} → keylime-rs {}.conf\n\n| Keylime option | keylime-rs | Notes |\n|---|---|---|\n",
             keylime_file(component),
             component.name()
         ));
