@@ -12,6 +12,7 @@ mod connect;
 mod eventlog;
 mod events;
 mod exit;
+mod health;
 mod ima;
 mod input;
 mod output;
@@ -41,6 +42,7 @@ pub fn execute(cli: &Cli) -> u8 {
         Command::Ca(cmd) => ca::run(cli, cmd),
         Command::Agents(cmd) => agents::run(cli, cmd),
         Command::Events(cmd) => events::run(cli, cmd),
+        Command::Health(args) => health::run(cli, args),
     };
     match result {
         Ok(code) => code.into(),

@@ -6,11 +6,13 @@
 mod agent;
 mod ansible;
 mod ansible_roles;
+mod api;
 mod attestation;
 mod config;
 mod events;
 mod exit_codes;
 mod kctl;
+mod reference;
 mod registration;
 
 use std::time::{Duration, Instant};

@@ -45,14 +45,16 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use kl_core::quote::AcceptedAlgorithms;
-use kl_proto::verifier::v1::verifier_server::VerifierServer;
+use kl_proto::verifier::v1::verifier_server::{self, VerifierServer};
 use kl_store::verifier::VerifierStore;
+use kl_svc::api::Health;
 use kl_svc::config::VerifierConfig;
 use kl_svc::notice::NoticeSigner;
 use kl_svc::tls::{self, ClientAuth, TlsIncoming};
 use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinSet;
 
+pub use access::RPC_ROLES;
 pub use error::Error;
 pub use service::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, VerifierService};
 pub use webhook::signature as webhook_signature;
@@ -74,6 +76,8 @@ pub const MAX_EVENTS: u64 = 1_000_000;
 pub const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 /// Largest request accepted (policies are the biggest).
 const MAX_MESSAGE_BYTES: usize = 64 << 20;
+/// How often the health service looks at the state store.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 /// How long shutdown waits for background work (webhook delivery, notices) to end.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -241,14 +245,25 @@ impl Server {
             context.spawn(webhook::run(context.clone(), client));
         }
         context.spawn(prune_loop(context.clone()));
+        let health = Health::new(&[verifier_server::SERVICE_NAME]);
+        context.spawn(health_loop(context.clone(), health.clone()));
 
         let service = VerifierServer::new(VerifierService { ctx: context.clone() })
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        let served = tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        let router = kl_svc::api::with_standard_services(
+            &mut builder,
+            &health,
+            &[kl_proto::FILE_DESCRIPTOR_SET],
+            kl_svc::api::admit_all,
+        )
+        .map_err(|e| Error::Internal(e.to_string()))?;
+        let served = router
             .add_service(service)
             .serve_with_incoming_shutdown(incoming, async {
                 shutdown.await;
+                health.set_stopping();
                 let _ = stop.send(true);
             })
             .await;
@@ -300,6 +315,22 @@ fn catch_up(
     entry.consecutive_errors = 0;
     if convert::verdict(&newest.verdict_json).is_some_and(|v| v.passed) {
         entry.last_success_at = Some(newest.at);
+    }
+}
+
+/// Keeps the health service honest: SERVING while the state store takes writes, NOT_SERVING
+/// (with the writer's reason) while it does not.
+async fn health_loop(context: Arc<Context>, health: Health) {
+    let mut shutdown = context.shutdown.clone();
+    loop {
+        match context.writer.unwritable() {
+            Some(reason) => health.set_impaired(format!("state store unwritable: {reason}")),
+            None => health.set_serving(),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(HEALTH_INTERVAL) => {}
+            _ = crate::context::stopped(&mut shutdown) => return,
+        }
     }
 }
 

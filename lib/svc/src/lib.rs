@@ -1,6 +1,6 @@
 //! `kl-svc`: the plumbing the registrar, verifier, agent and kctl share.
 //!
-//! It owns layered TOML configuration ([`config`]), file presence that tells "absent" from
+//! It owns the standard health and reflection services ([`api`]), layered TOML configuration ([`config`]), file presence that tells "absent" from
 //! "cannot look" ([`fs`]), the CA, TLS identities, rustls configs and
 //! TLS transports for tonic ([`tls`]), signed revocation notices ([`notice`]), tracing setup ([`logging`]), Prometheus metrics ([`metrics`]), systemd readiness ([`systemd`]) and the shutdown
 //! signal ([`shutdown`]). It holds no attestation logic and no
@@ -36,6 +36,7 @@
 //! # }
 //! ```
 
+pub mod api;
 pub mod config;
 pub mod fs;
 pub mod logging;
