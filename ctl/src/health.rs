@@ -75,7 +75,11 @@ pub fn run(cli: &Cli, args: &HealthArgs) -> CmdResult {
             Format::Json => output::json(&doc).map_err(input)?,
             Format::Table => output::text(&format!(
                 "{daemon} at {address}{}: {}\n",
-                if args.service.is_empty() { String::new() } else { format!(" ({})", args.service) },
+                if args.service.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", args.service)
+                },
                 status.as_str_name()
             ))
             .map_err(input)?,
@@ -87,9 +91,9 @@ pub fn run(cli: &Cli, args: &HealthArgs) -> CmdResult {
 fn agent_addr(addr: &str) -> Result<(String, u16), Failure> {
     let (host, port) = connect::split_addr(addr, "--agent")?;
     let port = match port {
-        Some(p) => p
-            .parse()
-            .map_err(|_| input(anyhow!("--agent {addr:?}: {p:?} is not a port number")))?,
+        Some(p) => {
+            p.parse().map_err(|_| input(anyhow!("--agent {addr:?}: {p:?} is not a port number")))?
+        }
         None => AGENT_PORT,
     };
     Ok((host, port))
@@ -102,8 +106,7 @@ async fn agent_channel(
     host: &str,
     port: u16,
 ) -> Result<Channel, Failure> {
-    let registrar =
-        connect::channel(config, &config.registrar_ip, config.registrar_port).await?;
+    let registrar = connect::channel(config, &config.registrar_ip, config.registrar_port).await?;
     let mut registrar = RegistrarClient::new(registrar);
     let mut page_token = String::new();
     let certificate = loop {

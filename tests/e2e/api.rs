@@ -119,12 +119,7 @@ fn target(port: u16) -> String {
 }
 
 /// Waits until `check` on `target` reports `status`.
-fn wait_status(
-    python: &Path,
-    target: &str,
-    identity: &Identity,
-    status: &str,
-) -> Result<Value> {
+fn wait_status(python: &Path, target: &str, identity: &Identity, status: &str) -> Result<Value> {
     let deadline = Instant::now() + HEALTH_DEADLINE;
     loop {
         let answer = probe(python, &["check", target], identity)?;
@@ -159,12 +154,11 @@ fn health_and_reflection_answer_admin_and_viewer_on_all_three_daemons() -> Resul
             let at = target(port);
             let what = format!("{name} with the {role} certificate");
             wait_status(&python, &at, &identity, "SERVING")?;
-            let named = probe(&python, &["check", &at, "--service", service], &identity)?;
-            assert_eq!(named["status"], "SERVING", "{what}: {service}: {named}");
-            let other = probe(&python, &["check", &at, "--service", "no.such.v1.Service"], &identity)?;
-            assert_eq!(other["error"], "NOT_FOUND", "{what}: an unknown service: {other}");
-
-            let listed = probe(&python, &["services", &at], &identity)?;
+            let survey = probe(&python, &["survey", &at, "--service", service], &identity)?;
+            assert_eq!(survey["whole"], "SERVING", "{what}: {survey}");
+            assert_eq!(survey["named"], "SERVING", "{what}: {service}: {survey}");
+            assert_eq!(survey["unknown"], "NOT_FOUND", "{what}: an unknown service: {survey}");
+            let listed = &survey["services"];
             let mut expected: Vec<&str> = STANDARD.iter().copied().chain([service]).collect();
             expected.sort_unstable();
             for version in ["v1", "v1alpha"] {
@@ -303,8 +297,12 @@ fn kctl_health_probes_each_daemon_and_exits_by_the_contract() -> Result<()> {
     assert_eq!(doc["serving"], true);
     let (code, doc) = kctl_health(&sys, &["--registrar", &registrar, "health"])?;
     assert_eq!((code, &doc["daemon"], &doc["status"]), (0, &"registrar".into(), &"SERVING".into()));
-    let (code, doc) = kctl_health(&sys, &["health", "--agent", &agent, "--service", AGENT_SERVICE])?;
-    assert_eq!((code, &doc["daemon"], &doc["service"]), (0, &"agent".into(), &AGENT_SERVICE.into()));
+    let (code, doc) =
+        kctl_health(&sys, &["health", "--agent", &agent, "--service", AGENT_SERVICE])?;
+    assert_eq!(
+        (code, &doc["daemon"], &doc["service"]),
+        (0, &"agent".into(), &AGENT_SERVICE.into())
+    );
 
     // Exit codes: 3 a service the daemon does not serve, 2 two daemons at once, 4 unreachable.
     let (code, _) = kctl_health(&sys, &["health", "--service", REGISTRAR_SERVICE])?;

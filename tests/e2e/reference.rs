@@ -14,7 +14,8 @@ use kl_tests::apiref::{self, AccessTables};
 use kl_tests::compat;
 use kl_tests::{Result, err};
 
-const REGENERATE: &str = "KEYLIME_UPDATE_API_DOC=1 cargo nextest run -p kl-tests -E 'test(api_reference)'";
+const REGENERATE: &str =
+    "KEYLIME_UPDATE_API_DOC=1 cargo nextest run -p kl-tests -E 'test(api_reference)'";
 const RESNAPSHOT: &str =
     "KEYLIME_UPDATE_API_SNAPSHOT=1 cargo nextest run -p kl-tests -E 'test(wire_compatible)'";
 
@@ -61,7 +62,8 @@ fn every_rpc_has_an_access_rule_and_every_rule_an_rpc() -> Result<()> {
     for file in &files {
         for service in &file.service {
             let full = format!("{}.{}", file.package(), service.name());
-            let table = access.get(full.as_str()).ok_or_else(|| err(format!("{full}: no table")))?;
+            let table =
+                access.get(full.as_str()).ok_or_else(|| err(format!("{full}: no table")))?;
             let mut rpcs: Vec<&str> = service.method.iter().map(|m| m.name()).collect();
             let mut rules: Vec<&str> = table.iter().map(|(rpc, _)| *rpc).collect();
             rpcs.sort_unstable();

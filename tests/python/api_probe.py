@@ -4,11 +4,14 @@
     api_probe.py check    TARGET --ca F --cert F --key F [--service NAME]
     api_probe.py watch    TARGET --ca F --cert F --key F [--service NAME]
     api_probe.py services TARGET --ca F --cert F --key F
+    api_probe.py survey   TARGET --ca F --cert F --key F --service NAME
 
 check prints {"status": "SERVING"} (or {"error": CODE, "details": ...}); watch prints one JSON
 line per status as it arrives and {"end": CODE} when the server ends the stream; services prints
 {"v1": [...], "v1alpha": [...], "files": {service: file}} listing services through both
-reflection versions and resolving each listed service to the file that defines it.
+reflection versions and resolving each listed service to the file that defines it; survey
+does check (for "", for NAME and for an unknown service) and services in one process:
+{"whole": STATUS, "named": STATUS, "unknown": CODE, "services": {...}}.
 """
 
 import argparse
@@ -61,7 +64,7 @@ def services(channel):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("action", choices=["check", "watch", "services"])
+    parser.add_argument("action", choices=["check", "watch", "services", "survey"])
     parser.add_argument("target")
     parser.add_argument("--ca", required=True)
     # Without --cert and --key the client presents no certificate.
@@ -85,8 +88,23 @@ def main():
                 for answer in health.Watch(request, timeout=120):
                     emit({"status": health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)})
                 emit({"end": "OK"})
-            else:
+            elif args.action == "services":
                 emit(services(channel))
+            else:
+                name = health_pb2.HealthCheckResponse.ServingStatus.Name
+                whole = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=30)
+                named = health.Check(request, timeout=30)
+                try:
+                    health.Check(health_pb2.HealthCheckRequest(service="no.such.v1.Service"), timeout=30)
+                    unknown = "OK"
+                except grpc.RpcError as e:
+                    unknown = e.code().name
+                emit({
+                    "whole": name(whole.status),
+                    "named": name(named.status),
+                    "unknown": unknown,
+                    "services": services(channel),
+                })
         except grpc.RpcError as e:
             key = "end" if args.action == "watch" else "error"
             emit({key: e.code().name, "details": e.details()})

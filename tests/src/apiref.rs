@@ -18,7 +18,8 @@ use prost_types::{
 use crate::{Result, err};
 
 /// Where the generated region of docs/api.md starts.
-pub const BEGIN: &str = "<!-- BEGIN GENERATED REFERENCE: edit the .proto files, then regenerate -->";
+pub const BEGIN: &str =
+    "<!-- BEGIN GENERATED REFERENCE: edit the .proto files, then regenerate -->";
 /// Where it ends.
 pub const END: &str = "<!-- END GENERATED REFERENCE -->";
 
@@ -33,7 +34,11 @@ pub fn keylime_files(encoded: &[u8]) -> Result<Vec<FileDescriptorProto>> {
 }
 
 /// `document` with its generated region replaced by the reference of `files`.
-pub fn update(document: &str, files: &[FileDescriptorProto], access: &AccessTables) -> Result<String> {
+pub fn update(
+    document: &str,
+    files: &[FileDescriptorProto],
+    access: &AccessTables,
+) -> Result<String> {
     let start = document.find(BEGIN).ok_or_else(|| err(format!("no line {BEGIN:?}")))?;
     let end = document.find(END).ok_or_else(|| err(format!("no line {END:?}")))?;
     if end < start {
@@ -85,7 +90,12 @@ pub fn render(files: &[FileDescriptorProto], access: &AccessTables) -> Result<St
             out.push('\n');
             for (j, method) in service.method.iter().enumerate() {
                 let qualified = format!("{full}.{}", method.name());
-                let _ = writeln!(out, "<a id=\"{}\"></a>\n\n#### `{}`\n", anchor(&qualified), method.name());
+                let _ = writeln!(
+                    out,
+                    "<a id=\"{}\"></a>\n\n#### `{}`\n",
+                    anchor(&qualified),
+                    method.name()
+                );
                 let _ = writeln!(
                     out,
                     "`rpc {}({}) returns ({}{})`\n",
@@ -194,7 +204,8 @@ fn render_message(
     path: &[i32],
 ) {
     let name = qualified.trim_start_matches('.');
-    let _ = writeln!(out, "<a id=\"{}\"></a>\n\n#### `{name}`\n", anchor(&format!("{package}.{name}")));
+    let _ =
+        writeln!(out, "<a id=\"{}\"></a>\n\n#### `{name}`\n", anchor(&format!("{package}.{name}")));
     if let Some(text) = comments.leading(path) {
         let _ = writeln!(out, "{text}\n");
     }
@@ -227,7 +238,8 @@ fn render_enum(
     e: &EnumDescriptorProto,
     path: &[i32],
 ) {
-    let _ = writeln!(out, "<a id=\"{}\"></a>\n\n#### `{name}`\n", anchor(&format!("{package}.{name}")));
+    let _ =
+        writeln!(out, "<a id=\"{}\"></a>\n\n#### `{name}`\n", anchor(&format!("{package}.{name}")));
     if let Some(text) = comments.leading(path) {
         let _ = writeln!(out, "{text}\n");
     }
@@ -259,14 +271,12 @@ fn field_type(
     if field.r#type() == Type::Message {
         // A map field's type is a nested entry message named after it.
         let entry = field.type_name().rsplit('.').next().unwrap_or_default();
-        if let Some(map) = message
+        let map = message
             .nested_type
             .iter()
-            .find(|n| n.name() == entry && n.options.as_ref().is_some_and(|o| o.map_entry()))
-        {
-            if let [key, value] = map.field.as_slice() {
-                return format!("map<{}, {}>", base(key), base(value));
-            }
+            .find(|n| n.name() == entry && n.options.as_ref().is_some_and(|o| o.map_entry()));
+        if let Some([key, value]) = map.map(|m| m.field.as_slice()) {
+            return format!("map<{}, {}>", base(key), base(value));
         }
     }
     let label = match field.label() {
@@ -313,7 +323,8 @@ impl Comments {
             {
                 leading.insert(location.path.clone(), text);
             }
-            let text: Vec<String> = location.leading_detached_comments.iter().map(|c| clean(c)).collect();
+            let text: Vec<String> =
+                location.leading_detached_comments.iter().map(|c| clean(c)).collect();
             if !text.is_empty() {
                 detached.insert(location.path, text.join("\n\n"));
             }

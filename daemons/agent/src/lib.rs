@@ -7,7 +7,8 @@
 //! GetInfo and GetQuote (a TPM quote bound to the verifier's nonce and the identity key, PCR
 //! values, IMA entries from an offset, the UEFI event log). It never judges its own evidence,
 //! never stores attestation state beyond its key files, and never trusts a client whose
-//! certificate does not chain to the deployment CA.
+//! certificate does not chain to the deployment CA (its RPCs need role admin or verifier,
+//! [`service::RPC_ROLES`]; health and reflection any role).
 //!
 //! Start-up is [`Agent::start`] (TPM, keys, identity, listening socket; errors here are fatal
 //! and say what to fix), then [`Agent::serve`] (registration with retries, alongside the gRPC

@@ -9,7 +9,7 @@
 //! It never talks to a TPM (no libtss2: MakeCredential is computed in software by `kl-core`),
 //! never calls agents or the verifier, and never shows anything of a registration that has not
 //! activated; read and delete RPCs require a role certificate from the deployment CA
-//! (the `access` module has the rules).
+//! ([`RPC_ROLES`]), health and reflection any certificate of it.
 //!
 //! ```no_run
 //! # async fn start(config: kl_svc::config::RegistrarConfig) -> Result<(), kl_registrar::Error> {
@@ -196,9 +196,8 @@ impl Server {
             health.set_stopping();
             stopping.notify_one();
         };
-        let server = router
-            .add_service(service)
-            .serve_with_incoming_shutdown(self.incoming, signalled);
+        let server =
+            router.add_service(service).serve_with_incoming_shutdown(self.incoming, signalled);
         let served = tokio::select! {
             served = server => served,
             () = async {

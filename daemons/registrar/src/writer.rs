@@ -44,7 +44,6 @@ impl ActivationWriter {
         CommitOutcome(self.failed.clone())
     }
 
-
     /// Stores `record` as [`RegistrarStore::activate`] does, batched with concurrent calls.
     pub async fn activate(&self, record: AgentRecord) -> Result<Activation, Error> {
         let (reply, answer) = oneshot::channel();

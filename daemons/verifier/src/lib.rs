@@ -9,7 +9,8 @@
 //!
 //! It never talks to a TPM (no libtss2), never trusts evidence it did not appraise (an agent
 //! that does not answer is never reported as passing), and answers no RPC without a client
-//! certificate from the deployment CA: reads need admin or viewer, everything else admin.
+//! certificate from the deployment CA: reads need admin or viewer, everything else admin
+//! ([`RPC_ROLES`]); health and reflection take any role.
 //!
 //! ```no_run
 //! # async fn start(config: kl_svc::config::VerifierConfig) -> Result<(), kl_verifier::Error> {

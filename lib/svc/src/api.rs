@@ -254,8 +254,8 @@ pub fn admit_all(request: Request<()>) -> Result<Request<()>, Status> {
 
 #[cfg(test)]
 mod tests {
-    use tonic_health::pb::health_server::Health as _;
     use tokio_stream::StreamExt as _;
+    use tonic_health::pb::health_server::Health as _;
 
     use super::*;
 

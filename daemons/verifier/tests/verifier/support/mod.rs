@@ -162,13 +162,16 @@ impl Fixture {
 
     /// The status the verifier's `grpc.health.v1.Health` gives the whole daemon (`""`), asked
     /// with a viewer certificate (health admits any role).
-    pub async fn health(&self) -> Result<tonic_health::pb::health_check_response::ServingStatus, BoxError> {
+    pub async fn health(
+        &self,
+    ) -> Result<tonic_health::pb::health_check_response::ServingStatus, BoxError> {
         let ca = CertificateAuthority::read(&self.tls())?;
         let issued = ca.issue(Role::Viewer, "health probe", &[])?;
         let identity = TlsIdentity::from_pem(&issued.cert_pem, &issued.key_pem, "issued")?;
         let channel = self.channel(self.verifier_addr()?, Some(identity)).await?;
         let request = tonic_health::pb::HealthCheckRequest { service: String::new() };
-        let answer = tonic_health::pb::health_client::HealthClient::new(channel).check(request).await?;
+        let answer =
+            tonic_health::pb::health_client::HealthClient::new(channel).check(request).await?;
         Ok(answer.into_inner().status())
     }
 
