@@ -227,6 +227,16 @@ impl Server {
     /// file (so another verifier may open it once this returns).
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
         let Server { incoming, metrics_listener, webhook, context, stop, writer_thread } = self;
+        // Built first: nothing has started yet if it fails.
+        let health = Health::new(&[verifier_server::SERVICE_NAME]);
+        let mut builder = tonic::transport::Server::builder();
+        let router = kl_svc::api::with_standard_services(
+            &mut builder,
+            &health,
+            &[kl_proto::FILE_DESCRIPTOR_SET],
+            kl_svc::api::admit_all,
+        )
+        .map_err(|e| Error::Internal(e.to_string()))?;
         if let Some(listener) = metrics_listener {
             let ctx = context.clone();
             let render: kl_svc::metrics::Render = Arc::new(move || {
@@ -246,20 +256,11 @@ impl Server {
             context.spawn(webhook::run(context.clone(), client));
         }
         context.spawn(prune_loop(context.clone()));
-        let health = Health::new(&[verifier_server::SERVICE_NAME]);
         context.spawn(health_loop(context.clone(), health.clone()));
 
         let service = VerifierServer::new(VerifierService { ctx: context.clone() })
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        let mut builder = tonic::transport::Server::builder();
-        let router = kl_svc::api::with_standard_services(
-            &mut builder,
-            &health,
-            &[kl_proto::FILE_DESCRIPTOR_SET],
-            kl_svc::api::admit_all,
-        )
-        .map_err(|e| Error::Internal(e.to_string()))?;
         let served = router
             .add_service(service)
             .serve_with_incoming_shutdown(incoming, async {
