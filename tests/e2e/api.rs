@@ -1,8 +1,8 @@
 //! The gRPC API as integrators and load balancers see it, through grpcio (Python) clients built
 //! from the repository's proto files: the standard health and reflection services of all three
-//! daemons with an admin and a viewer certificate, health going NOT_SERVING at shutdown, the
-//! example client of docs/examples/python, and `kctl health` (with an agent that loses its TPM).
-//! The verifier's NOT_SERVING on a full disk is checked in kl-verifier's durability tests.
+//! daemons with an admin and a viewer certificate, health going NOT_SERVING at shutdown and
+//! while the verifier's state store cannot be written (a full tmpfs), the example client of
+//! docs/examples/python, and `kctl health` (with an agent that loses its TPM).
 //!
 //! grpcio lives in a virtual environment that scripts/install-deps.sh creates;
 //! scripts/test.sh names it in `KEYLIME_GRPC_VENV`. Without it the Python parts pass vacuously,
@@ -332,4 +332,134 @@ fn kctl_health_probes_each_daemon_and_exits_by_the_contract() -> Result<()> {
         std::thread::sleep(Duration::from_millis(500));
     }
     Ok(())
+}
+
+fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+/// Runs a shell command inside the mount namespace of process `pid`.
+fn in_namespace_of(pid: u32, script: &str) -> Result<Output> {
+    Ok(Command::new("nsenter").args(["-t", &pid.to_string(), "-m", "sh", "-c", script]).output()?)
+}
+
+/// The verifier's state on a small tmpfs of its own mount namespace, filled while an agent
+/// attests: health goes NOT_SERVING (grpcio and `kctl health` exit 1), and SERVING again once
+/// space returns.
+#[test]
+fn verifier_health_is_not_serving_while_its_state_store_cannot_be_written() -> Result<()> {
+    let Some(python) = python()? else { return Ok(()) };
+    if !is_root() {
+        if std::env::var_os("CI").is_some() {
+            return Err(err("CI runs as root; this test mounts a tmpfs in a mount namespace"));
+        }
+        return Ok(());
+    }
+    let Some((tpm, deployment)) = crate::tpm_and_deployment()? else { return Ok(()) };
+    let store = deployment.keylime_dir().join("tpm_cert_store");
+    std::fs::create_dir_all(&store)?;
+    for entry in std::fs::read_dir(tpm.ca_dir())? {
+        let entry = entry?;
+        std::fs::copy(entry.path(), store.join(entry.file_name()))?;
+    }
+    let registrar = deployment.start_registrar(&deployment.registrar_config(
+        daemon::free_port()?,
+        &store,
+        true,
+    ))?;
+    let agent = deployment.start_agent("agent", &crate::agent_settings(&tpm, registrar.port()))?;
+    let mut ima = kl_tests::ima::ImaWriter::default();
+    ima.measure(&tpm, &agent.ima_log, "boot_aggregate", b"boot")?;
+
+    let state = deployment.keylime_dir().join("verifier-state");
+    std::fs::create_dir_all(&state)?;
+    let port = daemon::free_port()?;
+    let mut config = deployment.verifier_config(port, registrar.port(), 1.0);
+    config.insert("keylime_dir".into(), state.display().to_string().into());
+    let cv_ca = deployment.keylime_dir().join("cv_ca");
+    config.insert("tls_dir".into(), cv_ca.display().to_string().into());
+    let config_path = deployment.write_config("verifier-tmpfs.conf", &config)?;
+    let log = std::fs::File::create(deployment.keylime_dir().join("verifier-tmpfs.log"))?;
+    let script = format!(
+        "mount -t tmpfs -o size=4m none '{}' && exec \"$0\" --config '{}'",
+        state.display(),
+        config_path.display()
+    );
+    let mut verifier = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .arg(daemon::binary(kl_tests::daemon::VERIFIER)?)
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()?;
+    let pid = verifier.id();
+    let result = (|| -> Result<()> {
+        let admin = admin(&deployment);
+        let at = target(port);
+        wait_status(&python, &at, &admin, "SERVING")?;
+        let tenant = deployment.tenant_config(port, registrar.port())?;
+        let kctl = |args: &[&str]| -> Result<Output> {
+            Ok(Command::new(daemon::binary(KCTL)?)
+                .arg("--config")
+                .arg(&tenant)
+                .args(args)
+                .output()?)
+        };
+        let agent_id =
+            std::fs::read_to_string(agent.dir.join("agent").join("agent_uuid"))?.trim().to_owned();
+        let deadline = Instant::now() + HEALTH_DEADLINE;
+        while !kctl(&["registrar", "show", &agent_id])?.status.success() {
+            assert!(Instant::now() < deadline, "the agent never registered");
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        let (log_s, policy) =
+            (agent.ima_log.display().to_string(), deployment.keylime_dir().join("base.json"));
+        let policy_s = policy.display().to_string();
+        check(
+            &kctl(&["policies", "runtime", "generate", "--ima-log", &log_s, "--out", &policy_s])?,
+            "kctl policies runtime generate",
+        )?;
+        check(&kctl(&["policies", "runtime", "apply", "base", "--file", &policy_s])?, "apply")?;
+        check(
+            &kctl(&["agents", "enroll", &agent_id, "--runtime-policy", "base", "--wait"])?,
+            "kctl agents enroll --wait",
+        )?;
+
+        let filled = in_namespace_of(
+            pid,
+            &format!("dd if=/dev/zero of='{}/fill' bs=64k 2>/dev/null; true", state.display()),
+        )?;
+        check(&filled, "filling the verifier's tmpfs")?;
+        // A policy of a few MiB must grow the file: it fails, and redb refuses the handle's
+        // writes from then on, so the next round's commit finds the store unwritable.
+        let mut doc: Value = serde_json::from_slice(&std::fs::read(&policy)?)?;
+        let files = doc
+            .get_mut("files")
+            .and_then(Value::as_object_mut)
+            .ok_or_else(|| err(format!("{policy_s}: no files object")))?;
+        for n in 0..40_000 {
+            files.insert(
+                format!("/usr/lib/filler/{n}"),
+                serde_json::json!([format!("sha256:{n:064x}")]),
+            );
+        }
+        let big = deployment.keylime_dir().join("big.json");
+        std::fs::write(&big, serde_json::to_vec(&doc)?)?;
+        let put =
+            kctl(&["policies", "runtime", "apply", "big", "--file", &big.display().to_string()])?;
+        assert!(!put.status.success(), "a policy was stored on a full disk");
+        wait_status(&python, &at, &admin, "NOT_SERVING")?;
+        let out = kctl(&["health", "-o", "json"])?;
+        assert_eq!(out.status.code(), Some(1), "kctl health exits 1 when NOT_SERVING: {out:?}");
+        let doc: Value = serde_json::from_slice(&out.stdout)?;
+        assert_eq!(doc["status"], "NOT_SERVING", "{doc}");
+
+        // Space again: the writer opens the store again, commits what it held, health follows.
+        check(&in_namespace_of(pid, &format!("rm -f '{}/fill'", state.display()))?, "freeing")?;
+        wait_status(&python, &at, &admin, "SERVING")?;
+        Ok(())
+    })();
+    let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+    let _ = verifier.wait();
+    result
 }
