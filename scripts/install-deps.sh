@@ -47,6 +47,23 @@ if ! "$venv/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.vers
     echo "installing grafana-foundation-sdk $grafana_sdk into $venv" >&2
     "$venv/bin/python" -m pip install -q "grafana-foundation-sdk==$grafana_sdk"
 fi
+# grpcio for the Python gRPC client of the API tests and docs/examples/python, in its own
+# virtual environment (KEYLIME_GRPC_VENV, default target/grpc-venv); pinned, so that the stubs
+# it generates from proto/ are the same everywhere.
+grpc_venv=${KEYLIME_GRPC_VENV:-$(pwd)/target/grpc-venv}
+grpc_pins=(grpcio==1.85.1 grpcio-tools==1.85.1 grpcio-health-checking==1.85.1 grpcio-reflection==1.85.1 protobuf==7.36.2)
+if ! "$grpc_venv/bin/python" - "${grpc_pins[@]}" 2>/dev/null <<'PY'
+import sys
+from importlib.metadata import version
+sys.exit(any(version(name) != pinned for name, pinned in (p.split("==") for p in sys.argv[1:])))
+PY
+then
+    echo "installing grpcio into $grpc_venv" >&2
+    rm -rf "$grpc_venv"
+    python3 -m venv "$grpc_venv"
+    "$grpc_venv/bin/pip" install -q "${grpc_pins[@]}"
+fi
+
 # ansible-test downloads a get-pip bootstrap to create its own environments unless one is in
 # its cache; the stand-in uses ensurepip and needs no network.
 cache="$HOME/.ansible/test/cache"

@@ -7,6 +7,8 @@ scripts/install-deps.sh
 export TSS2_LOG=${TSS2_LOG:-all+NONE}
 # The end-to-end tests run playbooks with the ansible-playbook of this environment.
 export KEYLIME_ANSIBLE_VENV=${KEYLIME_ANSIBLE_VENV:-$(pwd)/target/ansible-venv}
+# The API tests run a Python gRPC client from this environment.
+export KEYLIME_GRPC_VENV=${KEYLIME_GRPC_VENV:-$(pwd)/target/grpc-venv}
 cargo nextest run --workspace --locked --no-fail-fast "$@"
 cargo test --workspace --locked --doc --quiet
 (

@@ -56,6 +56,9 @@ pub enum Command {
     /// The verifier's event stream.
     #[command(subcommand)]
     Events(EventsCommand),
+    /// Probe a daemon's gRPC health service: exit 0 when SERVING, 1 when NOT_SERVING. Probes
+    /// the verifier unless --registrar or --agent names another daemon.
+    Health(HealthArgs),
     /// Keylime configuration files (offline).
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -82,6 +85,18 @@ pub enum ComponentArg {
     Registrar,
     Agent,
     Tenant,
+}
+
+#[derive(Debug, Args)]
+pub struct HealthArgs {
+    /// Probe the agent at HOST:PORT (default port 9002); its identity certificate is pinned
+    /// from the registrar's record of the agent with that contact address.
+    #[arg(long, value_name = "ADDR")]
+    pub agent: Option<String>,
+    /// The service to ask about: a fully qualified name (keylime.verifier.v1.Verifier) or the
+    /// empty string for the whole daemon (default).
+    #[arg(long, value_name = "NAME", default_value = "")]
+    pub service: String,
 }
 
 #[derive(Debug, Subcommand)]

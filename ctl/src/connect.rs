@@ -40,7 +40,7 @@ pub fn tenant_config(cli: &Cli) -> Result<TenantConfig, Failure> {
 }
 
 /// `HOST`, `HOST:PORT` or `[V6]:PORT`.
-fn split_addr(addr: &str, flag: &str) -> Result<(String, Option<String>), Failure> {
+pub fn split_addr(addr: &str, flag: &str) -> Result<(String, Option<String>), Failure> {
     let bad = || Failure::Input(anyhow!("{flag} {addr:?}: expected HOST or HOST:PORT"));
     if let Some(rest) = addr.strip_prefix('[') {
         let (host, tail) = rest.split_once(']').ok_or_else(bad)?;

@@ -12,6 +12,7 @@ mod connect;
 mod eventlog;
 mod events;
 mod exit;
+mod health;
 mod ima;
 mod input;
 mod keylime_conf;
@@ -43,6 +44,7 @@ pub fn execute(cli: &Cli) -> u8 {
         Command::Agents(cmd) => agents::run(cli, cmd),
         Command::Events(cmd) => events::run(cli, cmd),
         Command::Config(cmd) => keylime_conf::run(cli, cmd),
+        Command::Health(args) => health::run(cli, args),
     };
     match result {
         Ok(code) => code.into(),

@@ -6,6 +6,7 @@
 mod agent;
 mod ansible;
 mod ansible_roles;
+mod api;
 mod attestation;
 mod config;
 mod events;
@@ -13,6 +14,7 @@ mod exit_codes;
 mod kctl;
 mod migration;
 mod operations;
+mod reference;
 mod registration;
 
 use std::time::{Duration, Instant};

@@ -7,6 +7,8 @@
 //! match ([`ima`]), and state files damaged as a failing disk would ([`damage`]). The tests themselves are one binary, `e2e/main.rs`. Nothing here is used
 //! by the daemons; nothing here replaces a real component with a double.
 
+pub mod apiref;
+pub mod compat;
 pub mod daemon;
 pub mod damage;
 pub mod deployment;

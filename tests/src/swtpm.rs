@@ -130,6 +130,15 @@ impl Swtpm {
         )
     }
 
+    /// Kills swtpm without warning, leaving it stopped (a TPM gone away);
+    /// [`Swtpm::restart_unclean`] brings it back.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// Kills swtpm without warning (a crash or power loss) and starts it again on the same
     /// state and ports: PCRs are reset and the reset count grows.
     pub fn restart_unclean(&mut self) -> Result<()> {

@@ -7,7 +7,8 @@
 //! GetInfo and GetQuote (a TPM quote bound to the verifier's nonce and the identity key, PCR
 //! values, IMA entries from an offset, the UEFI event log). It never judges its own evidence,
 //! never stores attestation state beyond its key files, and never trusts a client whose
-//! certificate does not chain to the deployment CA.
+//! certificate does not chain to the deployment CA (its RPCs need role admin or verifier,
+//! [`service::RPC_ROLES`]; health and reflection any role).
 //!
 //! Start-up is [`Agent::start`] (TPM, keys, identity, listening socket; errors here are fatal
 //! and say what to fix), then [`Agent::serve`] (registration with retries, alongside the gRPC
@@ -28,7 +29,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kl_core::alg::HashAlg;
-use kl_proto::agent::v1::agent_server::AgentServer;
+use kl_proto::agent::v1::agent_server::{self, AgentServer};
+use kl_svc::api::Health;
 use kl_svc::config::AgentConfig;
 use kl_svc::tls::{AgentIdentity, ClientAuth, TlsIncoming, read_certificates, server_config};
 use kl_tpm::{KeyAlg, Tpm};
@@ -43,6 +45,10 @@ use crate::service::AgentService;
 /// UEFI event log).
 pub const MAX_MESSAGE_SIZE: usize = 64 * 1024 * 1024;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the health service asks the TPM for a PCR value.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(2);
+/// How long that PCR read may take before the agent reports NOT_SERVING.
+const TPM_PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A started agent: TPM open, AK loaded, identity ready, socket bound; not yet serving.
 #[derive(Debug)]
@@ -272,12 +278,30 @@ impl Agent {
                 let _ = metrics_stopped.await;
             }));
         }
+        let health = Health::new(&[agent_server::SERVICE_NAME]);
+        let (_health_stop, health_stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(health_loop(
+            service.tpm.clone(),
+            service.default_bank,
+            health.clone(),
+            health_stopped,
+        ));
         let grpc = AgentServer::new(service)
             .max_decoding_message_size(MAX_MESSAGE_SIZE)
             .max_encoding_message_size(MAX_MESSAGE_SIZE);
-        let server = tonic::transport::Server::builder()
-            .add_service(grpc)
-            .serve_with_incoming_shutdown(incoming, shutdown);
+        let mut builder = tonic::transport::Server::builder();
+        let router = kl_svc::api::with_standard_services(
+            &mut builder,
+            &health,
+            &[kl_proto::FILE_DESCRIPTOR_SET],
+            kl_svc::api::admit_all,
+        )
+        .map_err(|e| Error::Internal(e.to_string()))?;
+        let stopping = health.clone();
+        let server = router.add_service(grpc).serve_with_incoming_shutdown(incoming, async move {
+            shutdown.await;
+            stopping.set_stopping();
+        });
         tokio::pin!(server);
 
         let register = registration::register_until_done(&registrar, tpm, &registration);
@@ -286,6 +310,35 @@ impl Agent {
             registered = register => { registered?; }
         }
         server.await.map_err(Error::from)
+    }
+}
+
+/// Keeps the health service honest: SERVING while the TPM answers a PCR read of the configured
+/// bank within [`TPM_PROBE_TIMEOUT`], NOT_SERVING (with the TPM's error) while it does not.
+async fn health_loop(
+    tpm: Arc<Tpm>,
+    bank: HashAlg,
+    health: Health,
+    mut stopped: tokio::sync::oneshot::Receiver<()>,
+) {
+    loop {
+        let probe = tokio::task::spawn_blocking({
+            let tpm = tpm.clone();
+            move || tpm.pcr_read(bank, &[0])
+        });
+        match tokio::time::timeout(TPM_PROBE_TIMEOUT, probe).await {
+            Ok(Ok(Ok(_))) => health.set_serving(),
+            Ok(Ok(Err(e))) => health.set_impaired(format!("TPM ({}): {e}", tpm.tcti())),
+            Ok(Err(e)) => health.set_impaired(format!("TPM probe task: {e}")),
+            Err(_) => health.set_impaired(format!(
+                "TPM ({}): no answer to a PCR read within {TPM_PROBE_TIMEOUT:?}",
+                tpm.tcti()
+            )),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(HEALTH_INTERVAL) => {}
+            _ = &mut stopped => return,
+        }
     }
 }
 

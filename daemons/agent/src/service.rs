@@ -132,8 +132,24 @@ fn check_pcrs(pcrs: &[u32]) -> Result<(), Error> {
     }
 }
 
-/// Only the verifier and administrators may ask an agent for evidence.
-fn check_caller<T>(request: &Request<T>) -> Result<(), Status> {
+/// The roles each RPC of `keylime.agent.v1.Agent` admits: the one table [`check_caller`] checks
+/// against (and the API reference is generated from). Only the verifier and administrators
+/// may ask an agent for evidence or hand it keys; NotifyRevocation also needs the caller's
+/// address in `revocation_notification_ip`.
+pub const RPC_ROLES: &[(&str, &[Role])] = &[
+    ("GetInfo", CALLERS),
+    ("GetQuote", CALLERS),
+    ("DeliverKey", CALLERS),
+    ("VerifyKey", CALLERS),
+    ("NotifyRevocation", CALLERS),
+];
+const CALLERS: &[Role] = &[Role::Admin, Role::Verifier];
+
+/// Refuses the call `rpc` unless the caller's certificate names a role [`RPC_ROLES`] admits.
+fn check_caller<T>(request: &Request<T>, rpc: &str) -> Result<(), Status> {
+    let Some(&(_, roles)) = RPC_ROLES.iter().find(|(name, _)| *name == rpc) else {
+        return Err(Status::internal(format!("{rpc}: no access rule (refused)")));
+    };
     let certs = request.peer_certs().ok_or_else(|| {
         Status::unauthenticated("a client certificate issued by the deployment CA is required")
     })?;
@@ -141,7 +157,7 @@ fn check_caller<T>(request: &Request<T>) -> Result<(), Status> {
         .first()
         .ok_or_else(|| Status::unauthenticated("the client presented no certificate"))?;
     match role_of(leaf) {
-        Ok(Some(Role::Admin | Role::Verifier)) => Ok(()),
+        Ok(Some(role)) if roles.contains(&role) => Ok(()),
         Ok(Some(role)) => Err(Status::permission_denied(format!(
             "role {} may not call the agent (admin or verifier required)",
             role.as_str()
@@ -256,7 +272,7 @@ impl AgentService {
         &self,
         request: Request<pb::GetInfoRequest>,
     ) -> Result<Response<pb::GetInfoResponse>, Status> {
-        check_caller(&request)?;
+        check_caller(&request, "GetInfo")?;
         let tpm = self.tpm.clone();
         let ak = tokio::task::spawn_blocking(move || tpm.ak())
             .await
@@ -283,7 +299,7 @@ impl AgentService {
         &self,
         request: Request<pb::GetQuoteRequest>,
     ) -> Result<Response<pb::GetQuoteResponse>, Status> {
-        check_caller(&request)?;
+        check_caller(&request, "GetQuote")?;
         match self.quote(request.into_inner()).await {
             Ok(reply) => Ok(Response::new(reply)),
             Err(e) => {
@@ -297,7 +313,7 @@ impl AgentService {
         &self,
         request: Request<pb::DeliverKeyRequest>,
     ) -> Result<Response<pb::DeliverKeyResponse>, Status> {
-        check_caller(&request)?;
+        check_caller(&request, "DeliverKey")?;
         match self.payload.deliver(request.into_inner()).await {
             Ok(key_derived) => Ok(Response::new(pb::DeliverKeyResponse { key_derived })),
             Err(e) => {
@@ -311,7 +327,7 @@ impl AgentService {
         &self,
         request: Request<pb::VerifyKeyRequest>,
     ) -> Result<Response<pb::VerifyKeyResponse>, Status> {
-        check_caller(&request)?;
+        check_caller(&request, "VerifyKey")?;
         let hmac = self.payload.verify(&request.into_inner().challenge)?;
         Ok(Response::new(pb::VerifyKeyResponse { hmac }))
     }
@@ -320,7 +336,7 @@ impl AgentService {
         &self,
         request: Request<pb::NotifyRevocationRequest>,
     ) -> Result<Response<pb::NotifyRevocationResponse>, Status> {
-        check_caller(&request)?;
+        check_caller(&request, "NotifyRevocation")?;
         let peer = request.remote_addr().map(|a| a.ip());
         let from_a_verifier = match peer {
             Some(ip) => self.notice_senders.accepts(ip).await,

@@ -1,6 +1,7 @@
 //! Who may call what: the TLS client-certificate check and the roles of DESIGN §4.
 //!
-//! Register and Activate need no client certificate. Reads (GetAgent, ListAgents) need a
+//! Register and Activate need no client certificate. Health and reflection need any
+//! certificate from the deployment CA, whatever its role. Reads (GetAgent, ListAgents) need a
 //! certificate issued by the deployment CA with role admin, verifier or viewer; DeleteAgent
 //! needs admin. A client that presents any other certificate (an agent's self-signed identity,
 //! a certificate from another CA, a server certificate) gets PERMISSION_DENIED naming the
@@ -47,6 +48,16 @@ pub(crate) const LIST_AGENTS: Requirement = Requirement {
 pub(crate) const DELETE_AGENT: Requirement =
     Requirement { action: "DeleteAgent", roles: &[Role::Admin], described: "an admin" };
 
+/// The roles each RPC of `keylime.registrar.v1.Registrar` admits (the API reference is
+/// generated from it); an empty list: no client certificate needed.
+pub const RPC_ROLES: &[(&str, &[Role])] = &[
+    ("Register", &[]),
+    ("Activate", &[]),
+    (GET_AGENT.action, GET_AGENT.roles),
+    (LIST_AGENTS.action, LIST_AGENTS.roles),
+    (DELETE_AGENT.action, DELETE_AGENT.roles),
+];
+
 /// Checks client certificates against the deployment CA.
 #[derive(Debug, Clone)]
 pub(crate) struct Access {
@@ -92,6 +103,24 @@ impl Access {
         match role_of(leaf) {
             Ok(Some(role)) => Presented::Role(role),
             _ => Presented::NoRole,
+        }
+    }
+
+    /// Admits a call to the standard services (health, reflection): any certificate chaining
+    /// to the deployment CA, whatever its role; UNAUTHENTICATED otherwise.
+    pub fn admit_deployment_certificate(
+        &self,
+        request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        match self.presented(&request) {
+            Presented::Role(_) | Presented::NoRole => Ok(request),
+            Presented::Nothing => Err(tonic::Status::unauthenticated(
+                "health and reflection need a client certificate issued by the deployment CA",
+            )),
+            Presented::Untrusted(why) => Err(tonic::Status::unauthenticated(format!(
+                "health and reflection need a client certificate issued by the deployment CA; \
+                 the client's does not verify against it ({why})"
+            ))),
         }
     }
 

@@ -9,7 +9,7 @@
 //! It never talks to a TPM (no libtss2: MakeCredential is computed in software by `kl-core`),
 //! never calls agents or the verifier, and never shows anything of a registration that has not
 //! activated; read and delete RPCs require a role certificate from the deployment CA
-//! (the `access` module has the rules).
+//! ([`RPC_ROLES`]), health and reflection any certificate of it.
 //!
 //! ```no_run
 //! # async fn start(config: kl_svc::config::RegistrarConfig) -> Result<(), kl_registrar::Error> {
@@ -35,11 +35,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kl_proto::registrar::v1::registrar_server::RegistrarServer;
+use kl_proto::registrar::v1::registrar_server::{self, RegistrarServer};
 use kl_store::registrar::RegistrarStore;
+use kl_svc::api::Health;
 use kl_svc::config::RegistrarConfig;
 use kl_svc::tls::{self, TlsIncoming};
 
+pub use access::RPC_ROLES;
 pub use error::Error;
 pub use service::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, RegistrarService};
 
@@ -53,6 +55,8 @@ use writer::ActivationWriter;
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long calls in progress may take to finish once shutdown is asked for.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How often the health service looks at the state store.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 /// How long a registration waits for its Activate.
 pub const PENDING_TTL: Duration = Duration::from_secs(120);
 /// Most registrations pending at once.
@@ -169,17 +173,31 @@ impl Server {
             }));
         }
         let _metrics_stop = metrics_stop;
+        let health = Health::new(&[registrar_server::SERVICE_NAME]);
+        let (health_stop, health_stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(health_loop(self.service.writer.commits(), health.clone(), health_stopped));
+        let _health_stop = health_stop;
+        let access = self.service.access.clone();
+        let admit = move |request| access.admit_deployment_certificate(request);
+        let mut builder = tonic::transport::Server::builder();
+        let router = kl_svc::api::with_standard_services(
+            &mut builder,
+            &health,
+            &[kl_proto::FILE_DESCRIPTOR_SET],
+            admit,
+        )
+        .map_err(|e| Error::Internal(e.to_string()))?;
         let service = RegistrarServer::new(self.service)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let stopping = tokio::sync::Notify::new();
         let signalled = async {
             shutdown.await;
+            health.set_stopping();
             stopping.notify_one();
         };
-        let server = tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming_shutdown(self.incoming, signalled);
+        let server =
+            router.add_service(service).serve_with_incoming_shutdown(self.incoming, signalled);
         let served = tokio::select! {
             served = server => served,
             () = async {
@@ -198,6 +216,25 @@ impl Server {
             .map_err(|_| Error::Internal("the store writer thread panicked".to_owned()))?;
         served?;
         Ok(())
+    }
+}
+
+/// Keeps the health service honest: SERVING while the state store takes activations,
+/// NOT_SERVING (with the store's error) after a commit failed, until one succeeds.
+async fn health_loop(
+    writer: writer::CommitOutcome,
+    health: Health,
+    mut stopped: tokio::sync::oneshot::Receiver<()>,
+) {
+    loop {
+        match writer.unwritable() {
+            Some(reason) => health.set_impaired(format!("state store: {reason}")),
+            None => health.set_serving(),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(HEALTH_INTERVAL) => {}
+            _ = &mut stopped => return,
+        }
     }
 }
 

@@ -2,7 +2,7 @@
 //! activation that arrived while the previous transaction was syncing in one transaction, so a
 //! burst of agents costs one disk sync per batch rather than one each.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use kl_store::registrar::{Activation, AgentRecord, RegistrarStore};
 use tokio::sync::{mpsc, oneshot};
@@ -18,6 +18,8 @@ type Reply = oneshot::Sender<Result<Activation, String>>;
 #[derive(Debug, Clone)]
 pub struct ActivationWriter {
     jobs: mpsc::UnboundedSender<(AgentRecord, Reply)>,
+    /// Why the last commit failed; `None` once one succeeds.
+    failed: Arc<Mutex<Option<String>>>,
 }
 
 impl ActivationWriter {
@@ -27,11 +29,19 @@ impl ActivationWriter {
         store: Arc<RegistrarStore>,
     ) -> Result<(ActivationWriter, std::thread::JoinHandle<()>), Error> {
         let (jobs, receiver) = mpsc::unbounded_channel();
+        let failed = Arc::new(Mutex::new(None));
+        let outcome = failed.clone();
         let thread = std::thread::Builder::new()
             .name("registrar-writer".to_owned())
-            .spawn(move || write_batches(&store, receiver))
+            .spawn(move || write_batches(&store, receiver, &outcome))
             .map_err(|e| Error::Internal(format!("cannot start the store writer thread: {e}")))?;
-        Ok((ActivationWriter { jobs }, thread))
+        Ok((ActivationWriter { jobs, failed }, thread))
+    }
+
+    /// What the last commit came to, without holding the writer open (the thread ends with
+    /// the last `ActivationWriter`).
+    pub fn commits(&self) -> CommitOutcome {
+        CommitOutcome(self.failed.clone())
     }
 
     /// Stores `record` as [`RegistrarStore::activate`] does, batched with concurrent calls.
@@ -47,9 +57,21 @@ impl ActivationWriter {
     }
 }
 
+/// What the writer's last commit came to.
+#[derive(Debug, Clone)]
+pub struct CommitOutcome(Arc<Mutex<Option<String>>>);
+
+impl CommitOutcome {
+    /// Why the state store refused the last commit, until one succeeds again.
+    pub fn unwritable(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+}
+
 fn write_batches(
     store: &RegistrarStore,
     mut receiver: mpsc::UnboundedReceiver<(AgentRecord, Reply)>,
+    failed: &Mutex<Option<String>>,
 ) {
     while let Some(first) = receiver.blocking_recv() {
         let mut batch = vec![first];
@@ -60,7 +82,10 @@ fn write_batches(
             }
         }
         let (records, replies): (Vec<AgentRecord>, Vec<Reply>) = batch.into_iter().unzip();
-        match store.activate_many(records) {
+        let committed = store.activate_many(records);
+        *failed.lock().unwrap_or_else(PoisonError::into_inner) =
+            committed.as_ref().err().map(|e| e.to_string());
+        match committed {
             Ok(outcomes) => {
                 for (reply, outcome) in replies.into_iter().zip(outcomes) {
                     let _ = reply.send(Ok(outcome));

@@ -9,7 +9,8 @@
 //!
 //! It never talks to a TPM (no libtss2), never trusts evidence it did not appraise (an agent
 //! that does not answer is never reported as passing), and answers no RPC without a client
-//! certificate from the deployment CA: reads need admin or viewer, everything else admin.
+//! certificate from the deployment CA: reads need admin or viewer, everything else admin
+//! ([`RPC_ROLES`]); health and reflection take any role.
 //!
 //! ```no_run
 //! # async fn start(config: kl_svc::config::VerifierConfig) -> Result<(), kl_verifier::Error> {
@@ -45,14 +46,16 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use kl_core::quote::AcceptedAlgorithms;
-use kl_proto::verifier::v1::verifier_server::VerifierServer;
+use kl_proto::verifier::v1::verifier_server::{self, VerifierServer};
 use kl_store::verifier::VerifierStore;
+use kl_svc::api::Health;
 use kl_svc::config::VerifierConfig;
 use kl_svc::notice::NoticeSigner;
 use kl_svc::tls::{self, ClientAuth, TlsIncoming};
 use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinSet;
 
+pub use access::RPC_ROLES;
 pub use error::Error;
 pub use service::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, VerifierService};
 pub use webhook::signature as webhook_signature;
@@ -74,6 +77,8 @@ pub const MAX_EVENTS: u64 = 1_000_000;
 pub const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 /// Largest request accepted (policies are the biggest).
 const MAX_MESSAGE_BYTES: usize = 64 << 20;
+/// How often the health service looks at the state store.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 /// How long shutdown waits for background work (webhook delivery, notices) to end.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -222,6 +227,16 @@ impl Server {
     /// file (so another verifier may open it once this returns).
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
         let Server { incoming, metrics_listener, webhook, context, stop, writer_thread } = self;
+        // Built first: nothing has started yet if it fails.
+        let health = Health::new(&[verifier_server::SERVICE_NAME]);
+        let mut builder = tonic::transport::Server::builder();
+        let router = kl_svc::api::with_standard_services(
+            &mut builder,
+            &health,
+            &[kl_proto::FILE_DESCRIPTOR_SET],
+            kl_svc::api::admit_all,
+        )
+        .map_err(|e| Error::Internal(e.to_string()))?;
         if let Some(listener) = metrics_listener {
             let ctx = context.clone();
             let render: kl_svc::metrics::Render = Arc::new(move || {
@@ -241,14 +256,16 @@ impl Server {
             context.spawn(webhook::run(context.clone(), client));
         }
         context.spawn(prune_loop(context.clone()));
+        context.spawn(health_loop(context.clone(), health.clone()));
 
         let service = VerifierServer::new(VerifierService { ctx: context.clone() })
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        let served = tonic::transport::Server::builder()
+        let served = router
             .add_service(service)
             .serve_with_incoming_shutdown(incoming, async {
                 shutdown.await;
+                health.set_stopping();
                 let _ = stop.send(true);
             })
             .await;
@@ -300,6 +317,22 @@ fn catch_up(
     entry.consecutive_errors = 0;
     if convert::verdict(&newest.verdict_json).is_some_and(|v| v.passed) {
         entry.last_success_at = Some(newest.at);
+    }
+}
+
+/// Keeps the health service honest: SERVING while the state store takes writes, NOT_SERVING
+/// (with the writer's reason) while it does not.
+async fn health_loop(context: Arc<Context>, health: Health) {
+    let mut shutdown = context.shutdown.clone();
+    loop {
+        match context.writer.unwritable() {
+            Some(reason) => health.set_impaired(format!("state store unwritable: {reason}")),
+            None => health.set_serving(),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(HEALTH_INTERVAL) => {}
+            _ = crate::context::stopped(&mut shutdown) => return,
+        }
     }
 }
 

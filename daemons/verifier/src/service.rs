@@ -12,7 +12,7 @@ use kl_store::verifier::{AgentEntry, Batch, PolicyDeletion, PolicyKind, Timestam
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::access::{self, READ, WRITE};
+use crate::access;
 use crate::context::{AgentRuntime, AgentSlot, Context, parse_hash_algs, parse_sig_algs};
 use crate::scheduler::{self, event};
 use crate::{Error, convert, events, policies};
@@ -255,7 +255,7 @@ impl Verifier for VerifierService {
         &self,
         request: Request<pb::EnrollAgentRequest>,
     ) -> Result<Response<pb::EnrollAgentResponse>, Status> {
-        access::require(&request, "EnrollAgent", WRITE)?;
+        access::require(&request, "EnrollAgent")?;
         self.ctx.writer.check_writable()?;
         let req = request.into_inner();
         check_agent_id(&req.agent_id)?;
@@ -413,7 +413,7 @@ impl Verifier for VerifierService {
         &self,
         request: Request<pb::GetAgentRequest>,
     ) -> Result<Response<pb::GetAgentResponse>, Status> {
-        access::require(&request, "GetAgent", READ)?;
+        access::require(&request, "GetAgent")?;
         let slot = self.slot(&request.get_ref().agent_id)?;
         let (agent, ticket) = {
             let rt = slot.runtime.lock().await;
@@ -427,7 +427,7 @@ impl Verifier for VerifierService {
         &self,
         request: Request<pb::ListAgentsRequest>,
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
-        access::require(&request, "ListAgents", READ)?;
+        access::require(&request, "ListAgents")?;
         let req = request.into_inner();
         let limit = page_size(req.page_size);
         let after = req.page_token;
@@ -473,7 +473,7 @@ impl Verifier for VerifierService {
         &self,
         request: Request<pb::UpdateAgentRequest>,
     ) -> Result<Response<pb::UpdateAgentResponse>, Status> {
-        access::require(&request, "UpdateAgent", WRITE)?;
+        access::require(&request, "UpdateAgent")?;
         self.ctx.writer.check_writable()?;
         let req = request.into_inner();
         let slot = self.slot(&req.agent_id)?;
@@ -554,7 +554,7 @@ impl Verifier for VerifierService {
         &self,
         request: Request<pb::UnenrollAgentRequest>,
     ) -> Result<Response<pb::UnenrollAgentResponse>, Status> {
-        access::require(&request, "UnenrollAgent", WRITE)?;
+        access::require(&request, "UnenrollAgent")?;
         self.ctx.writer.check_writable()?;
         let agent_id = request.into_inner().agent_id;
         check_agent_id(&agent_id)?;
@@ -592,7 +592,7 @@ impl Verifier for VerifierService {
         &self,
         request: Request<pb::StopAgentRequest>,
     ) -> Result<Response<pb::StopAgentResponse>, Status> {
-        access::require(&request, "StopAgent", WRITE)?;
+        access::require(&request, "StopAgent")?;
         self.ctx.writer.check_writable()?;
         let slot = self.slot(&request.get_ref().agent_id)?;
         let mut rt = slot.runtime.lock().await;
@@ -610,7 +610,7 @@ impl Verifier for VerifierService {
         &self,
         request: Request<pb::ResumeAgentRequest>,
     ) -> Result<Response<pb::ResumeAgentResponse>, Status> {
-        access::require(&request, "ResumeAgent", WRITE)?;
+        access::require(&request, "ResumeAgent")?;
         self.ctx.writer.check_writable()?;
         let slot = self.slot(&request.get_ref().agent_id)?;
         let mut rt = slot.runtime.lock().await;
@@ -629,7 +629,7 @@ impl Verifier for VerifierService {
         &self,
         request: Request<pb::PutRuntimePolicyRequest>,
     ) -> Result<Response<pb::PutRuntimePolicyResponse>, Status> {
-        access::require(&request, "PutRuntimePolicy", WRITE)?;
+        access::require(&request, "PutRuntimePolicy")?;
         self.ctx.writer.check_writable()?;
         let req = request.into_inner();
         check_policy_name(&req.name)?;
@@ -643,7 +643,7 @@ impl Verifier for VerifierService {
         &self,
         request: Request<pb::GetRuntimePolicyRequest>,
     ) -> Result<Response<pb::GetRuntimePolicyResponse>, Status> {
-        access::require(&request, "GetRuntimePolicy", READ)?;
+        access::require(&request, "GetRuntimePolicy")?;
         let (policy, document) =
             self.get_policy(PolicyKind::Runtime, &request.get_ref().name).await?;
         Ok(Response::new(pb::GetRuntimePolicyResponse { policy: Some(policy), document }))
@@ -653,7 +653,7 @@ impl Verifier for VerifierService {
         &self,
         request: Request<pb::ListRuntimePoliciesRequest>,
     ) -> Result<Response<pb::ListRuntimePoliciesResponse>, Status> {
-        access::require(&request, "ListRuntimePolicies", READ)?;
+        access::require(&request, "ListRuntimePolicies")?;
         let policies = self.list_policies(PolicyKind::Runtime).await?;
         Ok(Response::new(pb::ListRuntimePoliciesResponse { policies }))
     }
@@ -662,7 +662,7 @@ impl Verifier for VerifierService {
         &self,
         request: Request<pb::DeleteRuntimePolicyRequest>,
     ) -> Result<Response<pb::DeleteRuntimePolicyResponse>, Status> {
-        access::require(&request, "DeleteRuntimePolicy", WRITE)?;
+        access::require(&request, "DeleteRuntimePolicy")?;
         self.ctx.writer.check_writable()?;
         let changed = self.delete_policy(PolicyKind::Runtime, &request.get_ref().name)?;
         Ok(Response::new(pb::DeleteRuntimePolicyResponse { changed }))
@@ -672,7 +672,7 @@ impl Verifier for VerifierService {
         &self,
         request: Request<pb::PutMeasuredBootPolicyRequest>,
     ) -> Result<Response<pb::PutMeasuredBootPolicyResponse>, Status> {
-        access::require(&request, "PutMeasuredBootPolicy", WRITE)?;
+        access::require(&request, "PutMeasuredBootPolicy")?;
         self.ctx.writer.check_writable()?;
         let req = request.into_inner();
         check_policy_name(&req.name)?;
@@ -686,7 +686,7 @@ impl Verifier for VerifierService {
         &self,
         request: Request<pb::GetMeasuredBootPolicyRequest>,
     ) -> Result<Response<pb::GetMeasuredBootPolicyResponse>, Status> {
-        access::require(&request, "GetMeasuredBootPolicy", READ)?;
+        access::require(&request, "GetMeasuredBootPolicy")?;
         let (policy, document) =
             self.get_policy(PolicyKind::MeasuredBoot, &request.get_ref().name).await?;
         Ok(Response::new(pb::GetMeasuredBootPolicyResponse { policy: Some(policy), document }))
@@ -696,7 +696,7 @@ impl Verifier for VerifierService {
         &self,
         request: Request<pb::ListMeasuredBootPoliciesRequest>,
     ) -> Result<Response<pb::ListMeasuredBootPoliciesResponse>, Status> {
-        access::require(&request, "ListMeasuredBootPolicies", READ)?;
+        access::require(&request, "ListMeasuredBootPolicies")?;
         let policies = self.list_policies(PolicyKind::MeasuredBoot).await?;
         Ok(Response::new(pb::ListMeasuredBootPoliciesResponse { policies }))
     }
@@ -705,7 +705,7 @@ impl Verifier for VerifierService {
         &self,
         request: Request<pb::DeleteMeasuredBootPolicyRequest>,
     ) -> Result<Response<pb::DeleteMeasuredBootPolicyResponse>, Status> {
-        access::require(&request, "DeleteMeasuredBootPolicy", WRITE)?;
+        access::require(&request, "DeleteMeasuredBootPolicy")?;
         self.ctx.writer.check_writable()?;
         let changed = self.delete_policy(PolicyKind::MeasuredBoot, &request.get_ref().name)?;
         Ok(Response::new(pb::DeleteMeasuredBootPolicyResponse { changed }))
@@ -715,7 +715,7 @@ impl Verifier for VerifierService {
         &self,
         request: Request<pb::ListAttestationsRequest>,
     ) -> Result<Response<pb::ListAttestationsResponse>, Status> {
-        access::require(&request, "ListAttestations", READ)?;
+        access::require(&request, "ListAttestations")?;
         let req = request.into_inner();
         self.slot(&req.agent_id)?;
         let before = if req.page_token.is_empty() {
@@ -754,7 +754,7 @@ impl Verifier for VerifierService {
         &self,
         request: Request<pb::WatchEventsRequest>,
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
-        access::require(&request, "WatchEvents", READ)?;
+        access::require(&request, "WatchEvents")?;
         let req = request.into_inner();
         if !req.agent_id.is_empty() {
             check_agent_id(&req.agent_id)?;
@@ -778,7 +778,7 @@ impl Verifier for VerifierService {
         &self,
         request: Request<pb::GetEventCursorsRequest>,
     ) -> Result<Response<pb::GetEventCursorsResponse>, Status> {
-        access::require(&request, "GetEventCursors", READ)?;
+        access::require(&request, "GetEventCursors")?;
         // Newest first: an event committed between the two reads then cannot make the oldest
         // look newer than the newest.
         let newest_cursor = self.ctx.store.last_event().map_err(Error::from)?;

@@ -6,6 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
+use tonic_health::pb::health_check_response::ServingStatus;
+
 use crate::support::{DEADLINE, Fixture, TestResult, https_webhook_receiver, webhook_receiver};
 
 #[tokio::test]
@@ -380,6 +382,7 @@ async fn a_full_disk_holds_writes_refuses_changes_and_recovers_when_space_return
         c.metrics_port = Some(0);
     })
     .await?;
+    fx.wait_health(ServingStatus::Serving).await?;
     let metrics = fx.metrics_addr.ok_or("no metrics endpoint")?;
     let store = kl_verifier::store_path(&fx.config).display().to_string();
     let agent = fx.agent().await?;
@@ -405,6 +408,8 @@ async fn a_full_disk_holds_writes_refuses_changes_and_recovers_when_space_return
         assert!(started.elapsed() < DEADLINE, "the store never became unwritable");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Load balancers and probes are told: the verifier cannot do its job.
+    fx.wait_health(ServingStatus::NotServing).await?;
     let errors = metric(metrics, "keylime_verifier_store_commits_total{result=\"error\"}").await?;
     assert!(errors.is_some_and(|n| n >= 1.0), "failed commits are counted: {errors:?}");
 
@@ -463,6 +468,7 @@ async fn a_full_disk_holds_writes_refuses_changes_and_recovers_when_space_return
         assert!(started.elapsed() < DEADLINE, "the store was never written again");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    fx.wait_health(ServingStatus::Serving).await?;
     assert!(
         fx.admin().await?.put_runtime_policy(big_policy("small", 1000)).await?.into_inner().changed
     );

@@ -160,6 +160,39 @@ impl Fixture {
         Ok(VerifierClient::new(self.channel(self.verifier_addr()?, Some(identity)).await?))
     }
 
+    /// The status the verifier's `grpc.health.v1.Health` gives the whole daemon (`""`), asked
+    /// with a viewer certificate (health admits any role).
+    pub async fn health(
+        &self,
+    ) -> Result<tonic_health::pb::health_check_response::ServingStatus, BoxError> {
+        let ca = CertificateAuthority::read(&self.tls())?;
+        let issued = ca.issue(Role::Viewer, "health probe", &[])?;
+        let identity = TlsIdentity::from_pem(&issued.cert_pem, &issued.key_pem, "issued")?;
+        let channel = self.channel(self.verifier_addr()?, Some(identity)).await?;
+        let request = tonic_health::pb::HealthCheckRequest { service: String::new() };
+        let answer =
+            tonic_health::pb::health_client::HealthClient::new(channel).check(request).await?;
+        Ok(answer.into_inner().status())
+    }
+
+    /// Waits until the verifier's health is `status`.
+    pub async fn wait_health(
+        &self,
+        status: tonic_health::pb::health_check_response::ServingStatus,
+    ) -> Result<(), BoxError> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let now = self.health().await?;
+            if now == status {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(format!("health stayed {now:?}, expected {status:?}").into());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// A verifier client with a certificate for `role` from the deployment CA.
     pub async fn with_role(&self, role: Role) -> Result<VerifierClient<Channel>, BoxError> {
         let ca = CertificateAuthority::read(&self.tls())?;
