@@ -146,6 +146,7 @@ mod tests {
             reset_count: 0,
             consecutive_errors: 0,
             history_sequence: 20,
+            payload_digest: String::new(),
         }
     }
 
