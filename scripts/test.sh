@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace: unit, golden, property and end-to-end tests, then doc tests,
-# then the Ansible collection's sanity and unit tests.
+# then the Ansible collection's sanity and unit tests. The collection's integration tests need
+# running daemons: the end-to-end test a_fleet_playbook_installs_enrols_three_agents_idempotently_and_removes
+# (tests/e2e/ansible.rs) runs `ansible-test integration` against its deployment.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
