@@ -35,7 +35,7 @@ pub(crate) fn venv() -> Result<Option<PathBuf>> {
     }
 }
 
-/// A playbook run: its output and the counters of the localhost line of the PLAY RECAP.
+/// A playbook run: its output, with the counters of each host's line of the PLAY RECAP.
 struct Run {
     out: Output,
     text: String,

@@ -316,7 +316,7 @@ fn agents_of_a_version_1_file_get_an_empty_payload_digest() -> TestResult {
         hash_algorithm: entry.hash_algorithm.clone(),
         state: entry.state,
         attestation_count: 12,
-        enrolled_at: entry.enrolled_at.clone(),
+        enrolled_at: entry.enrolled_at,
         last_attestation_at: None,
         last_success_at: None,
         last_verdict_json: String::new(),
