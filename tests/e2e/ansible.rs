@@ -379,7 +379,8 @@ const TARGETS: [&str; 6] = [
 ];
 
 /// `ansible-test integration` of a copy of the collection, with integration_config.yml naming
-/// this deployment: kctl, its tenant configuration, agent1 (registered, not enrolled), a policy
+/// this deployment: kctl, its tenant configuration, agent1 (registered, not enrolled) and its
+/// `keylime_dir` (to find what its payload did), a policy
 /// it passes, a payload, the binaries and the CA for the role target, a listening port.
 fn integration_targets(ansible: &Ansible<'_>, sys: &System, dir: &Path) -> Result<()> {
     let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../ansible/ansible_collections");
@@ -394,6 +395,7 @@ fn integration_targets(ansible: &Ansible<'_>, sys: &System, dir: &Path) -> Resul
         "kctl": kctl,
         "tenant_config": sys.tenant,
         "agent_uuid": sys.agent_id,
+        "agent_dir": sys.agent.dir,
         "policy_file": dir.join("fleet-policy.json"),
         "payload_dir": payload,
         "binaries_dir": binaries,
