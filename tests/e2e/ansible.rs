@@ -344,6 +344,10 @@ async fn a_fleet_playbook_installs_enrols_three_agents_idempotently_and_removes(
     assert_eq!(changed(&again)?, [0, 0, 0], "{}", again.text);
 
     integration_targets(&ansible, &sys, &dir)?;
+    // The module_agent target delivered agent1 a payload with cert: default.
+    let unzipped = sys.agent.dir.join("secure").join("unzipped");
+    assert_eq!(std::fs::read_to_string(unzipped.join("marker"))?, "from-integration\n");
+    assert!(unzipped.join(format!("{}-cert.crt", sys.agent_id)).is_file());
     drop(others);
     drop(tpms);
     Ok(())
