@@ -64,6 +64,15 @@ then
     "$grpc_venv/bin/pip" install -q "${grpc_pins[@]}"
 fi
 
+# ansible-lint for the collection, in its own environment so that its dependencies do not change
+# the one ansible-test uses.
+lint=${KEYLIME_ANSIBLE_LINT_VENV:-$(pwd)/target/ansible-lint-venv}
+if ! "$lint/bin/ansible-lint" --version 2>/dev/null | grep -q "ansible-lint 26.10.1"; then
+    echo "installing ansible-lint 26.10.1 into $lint" >&2
+    rm -rf "$lint"
+    python3 -m venv "$lint"
+    "$lint/bin/pip" install -q 'ansible-core>=2.19,<2.20' 'ansible-lint==26.10.1'
+fi
 # ansible-test downloads a get-pip bootstrap to create its own environments unless one is in
 # its cache; the stand-in uses ensurepip and needs no network.
 cache="$HOME/.ansible/test/cache"

@@ -26,6 +26,12 @@ use crate::payload;
 use crate::verifier_json as vj;
 
 pub fn run(cli: &Cli, cmd: &AgentsCommand) -> CmdResult {
+    // Offline: what `enroll` would record for a payload, without a tenant configuration.
+    if let AgentsCommand::PayloadDigest { payload: source, cert } = cmd {
+        let spec = payload::PayloadSpec { source: source.as_deref(), agent_cert: cert.is_some() };
+        let doc = json!({"payload_digest": payload::digest(&spec)?});
+        return print(cli, &doc, |d| format!("{}\n", d["payload_digest"].as_str().unwrap_or("")));
+    }
     let config = connect::tenant_config(cli)?;
     block_on(async {
         let verifier = connect::channel(&config, &config.verifier_ip, config.verifier_port).await?;
@@ -108,6 +114,8 @@ pub fn run(cli: &Cli, cmd: &AgentsCommand) -> CmdResult {
                 let list: Vec<Value> = r.attestations.iter().map(vj::attestation).collect();
                 print(cli, &json!({"uuid": uuid, "attestations": list}), attestations_table)
             }
+            // Answered above, before connecting.
+            AgentsCommand::PayloadDigest { .. } => Ok(Outcome::Ok),
         }
     })?
 }
@@ -242,10 +250,10 @@ fn pcr_policy(arg: &str) -> Result<PcrPolicy, Failure> {
 
 async fn enroll(cli: &Cli, client: &mut VerifierClient<Channel>, args: &EnrollArgs) -> CmdResult {
     let pcr = args.pcr_policy.as_deref().map(pcr_policy).transpose()?;
-    let v_key_half = if args.payload.is_some() || args.cert.is_some() {
+    let (v_key_half, payload_digest) = if args.payload.is_some() || args.cert.is_some() {
         bootstrap_key(cli, client, args).await?
     } else {
-        Vec::new()
+        (Vec::new(), String::new())
     };
     let request = EnrollAgentRequest {
         agent_id: args.uuid.clone(),
@@ -256,6 +264,7 @@ async fn enroll(cli: &Cli, client: &mut VerifierClient<Channel>, args: &EnrollAr
         accept_hash_algorithms: Vec::new(),
         accept_signing_algorithms: Vec::new(),
         hash_algorithm: args.hash_alg.clone().unwrap_or_default(),
+        payload_digest,
     };
     let reply = client
         .enroll_agent(request)
@@ -275,7 +284,8 @@ async fn enroll(cli: &Cli, client: &mut VerifierClient<Channel>, args: &EnrollAr
     Ok(if state == AgentState::Passed { Outcome::Ok } else { Outcome::Negative })
 }
 
-/// Sends U and the payload to the agent and returns V, unless the agent is already enrolled
+/// Sends U and the payload to the agent and returns V and the payload's digest, unless the agent
+/// is already enrolled
 /// (enrolment converges settings; a payload is delivered once) and `--replace-payload` is not
 /// given. The agent is reached and its identity quote checked before anything changes at the
 /// verifier; with `--replace-payload` the enrolment is then converged in place with the new V,
@@ -284,7 +294,7 @@ async fn bootstrap_key(
     cli: &Cli,
     client: &mut VerifierClient<Channel>,
     args: &EnrollArgs,
-) -> Result<Vec<u8>, Failure> {
+) -> Result<(Vec<u8>, String), Failure> {
     let uuid = &args.uuid;
     if !args.replace_payload
         && client.get_agent(GetAgentRequest { agent_id: uuid.clone() }).await.is_ok()
@@ -293,7 +303,7 @@ async fn bootstrap_key(
             "{}: {uuid} is already enrolled; its payload is not sent again (--replace-payload sends a new one)",
             cli.program
         );
-        return Ok(Vec::new());
+        return Ok((Vec::new(), String::new()));
     }
     // The policies named must exist before the agent is sent anything: a new U makes the agent
     // drop the key of its previous payload.
@@ -332,6 +342,7 @@ async fn bootstrap_key(
     };
     let spec =
         payload::PayloadSpec { source: args.payload.as_deref(), agent_cert: args.cert.is_some() };
+    let digest = payload::digest(&spec)?;
     let archive = payload::build(&config, uuid, &spec)?;
     let v = payload::deliver_u(
         &config,
@@ -340,7 +351,7 @@ async fn bootstrap_key(
         &archive,
     )
     .await?;
-    Ok(v.to_vec())
+    Ok((v.to_vec(), digest))
 }
 
 /// Polls until the agent passes or fails, with a spinner on stderr. Times out into exit 1.

@@ -115,6 +115,16 @@ pub enum AgentsCommand {
     Stop { uuid: String },
     /// Resume attestation of a stopped or failed agent.
     Resume { uuid: String },
+    /// Print the digest `enroll` records for a payload (shown as `payload_digest` by `show`),
+    /// without contacting anything: equal digests mean the same payload.
+    PayloadDigest {
+        /// A zip file, or a directory whose files are packed.
+        #[arg(long)]
+        payload: Option<PathBuf>,
+        /// `default`: the payload gets an agent certificate (`enroll --cert default`).
+        #[arg(long, value_parser = ["default"])]
+        cert: Option<String>,
+    },
     /// An agent's attestation history, newest first.
     Attestations {
         uuid: String,

@@ -36,19 +36,45 @@ pub struct PayloadSpec<'a> {
     pub agent_cert: bool,
 }
 
+/// The files of the given zip or directory.
+fn source_files(source: Option<&Path>) -> Result<Vec<PayloadFile>, Failure> {
+    match source {
+        None => Ok(Vec::new()),
+        Some(path) if path.is_dir() => collect_dir(path),
+        Some(path) => payload::unpack(&read(path)?, &Limits::default())
+            .with_context(|| path.display().to_string())
+            .map_err(input),
+    }
+}
+
+/// What a payload holds, as `sha256:<hex>`: its files (path, executable bit, contents, in path
+/// order) and whether an agent certificate is added. The certificate itself is left out, as it
+/// is issued afresh on every delivery. A directory and a zip of the same files have the same
+/// digest. The verifier records it with the enrolment (`payload_digest`), so that a client can
+/// tell whether a payload was delivered already.
+pub fn digest(spec: &PayloadSpec<'_>) -> Result<String, Failure> {
+    let mut files = source_files(spec.source)?;
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(b"keylime-rs payload 1\n");
+    for f in &files {
+        ctx.update(&(f.path.len() as u64).to_be_bytes());
+        ctx.update(f.path.as_bytes());
+        ctx.update(&[u8::from(f.executable)]);
+        ctx.update(&(f.contents.len() as u64).to_be_bytes());
+        ctx.update(&f.contents);
+    }
+    ctx.update(if spec.agent_cert { b"cert: default" } else { b"cert: none" });
+    Ok(format!("sha256:{}", hex::encode(ctx.finish())))
+}
+
 /// Builds the payload archive: the given zip or directory, plus the agent's certificate.
 pub fn build(
     config: &TenantConfig,
     uuid: &str,
     spec: &PayloadSpec<'_>,
 ) -> Result<Vec<u8>, Failure> {
-    let mut files = match spec.source {
-        None => Vec::new(),
-        Some(path) if path.is_dir() => collect_dir(path)?,
-        Some(path) => payload::unpack(&read(path)?, &Limits::default())
-            .with_context(|| path.display().to_string())
-            .map_err(input)?,
-    };
+    let mut files = source_files(spec.source)?;
     if spec.agent_cert {
         let tls = connect::tls_files(config);
         let ca = CertificateAuthority::read(&tls).context("the deployment CA").map_err(input)?;

@@ -102,6 +102,7 @@ pub fn agent(a: &AgentStatus) -> Value {
         "reset_count": a.reset_count,
         "consecutive_errors": a.consecutive_errors,
         "key_delivered": a.key_delivered,
+        "payload_digest": text_or_null(&a.payload_digest),
     })
 }
 

@@ -1,5 +1,7 @@
-//! The Ansible collection keylime.attest (ansible/) driving a real deployment: playbooks run by
-//! ansible-playbook against localhost, the modules calling the real kctl.
+//! The Ansible collection keylime.attest (ansible/) driving a real deployment: the README's fleet
+//! playbook run by ansible-playbook against three local "hosts", each with its own agent on its
+//! own swtpm, the modules calling the real kctl; then the collection's integration targets
+//! (`ansible-test integration`) against the same daemons.
 //!
 //! ansible-core lives in a virtual environment that scripts/install-deps.sh creates;
 //! scripts/test.sh names it in `KEYLIME_ANSIBLE_VENV`. Without it the test passes vacuously,
@@ -9,8 +11,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use kl_tests::daemon::{self, KCTL};
+use kl_tests::deployment::TestAgent;
+use kl_tests::ima::ImaWriter;
+use kl_tests::swtpm::Swtpm;
 use kl_tests::{Result, err};
+use serde_json::{Value, json};
 
+use crate::agent_settings;
 use crate::attestation::{System, check};
 
 /// The virtual environment holding ansible-playbook, or `None` when the test cannot run.
@@ -28,17 +35,13 @@ pub(crate) fn venv() -> Result<Option<PathBuf>> {
     }
 }
 
-/// A playbook run: its output and the counters of the localhost line of the PLAY RECAP.
+/// A playbook run: its output, with the counters of each host's line of the PLAY RECAP.
 struct Run {
     out: Output,
     text: String,
 }
 
 impl Run {
-    fn recap(&self, counter: &str) -> Result<u64> {
-        self.recap_of("localhost", counter)
-    }
-
     fn recap_of(&self, host: &str, counter: &str) -> Result<u64> {
         let line = self
             .text
@@ -70,10 +73,6 @@ struct Ansible<'a> {
 }
 
 impl Ansible<'_> {
-    fn playbook(&self, name: &str, extra: &[(&str, &str)], flags: &[&str]) -> Result<Run> {
-        self.run(&["-i", "localhost,", "-c", "local"], name, extra, flags)
-    }
-
     fn run(
         &self,
         inventory: &[&str],
@@ -96,9 +95,7 @@ impl Ansible<'_> {
             .arg("-e")
             .arg(format!("kctl={}", kctl.display()))
             .arg("-e")
-            .arg(format!("tenant={}", self.sys.tenant.display()))
-            .arg("-e")
-            .arg(format!("agent_uuid={}", self.sys.agent_id));
+            .arg(format!("keylime_tenant_config={}", self.sys.tenant.display()));
         for (k, v) in extra {
             cmd.arg("-e").arg(format!("{k}={v}"));
         }
@@ -120,159 +117,7 @@ impl Ansible<'_> {
     }
 }
 
-const DEFAULTS: &str = "  module_defaults:
-    group/keylime.attest.all:
-      kctl: \"{{ kctl }}\"
-      config: \"{{ tenant }}\"
-";
-
-fn enrol_playbook() -> String {
-    format!(
-        "- hosts: localhost
-  gather_facts: false
-{DEFAULTS}  tasks:
-    - name: The runtime policy
-      keylime.attest.runtime_policy:
-        name: base
-        src: \"{{{{ policy_file }}}}\"
-    - name: The agent, with a payload
-      keylime.attest.agent:
-        uuid: \"{{{{ agent_uuid }}}}\"
-        runtime_policy: base
-        payload: \"{{{{ payload }}}}\"
-        wait: true
-        timeout: 60
-    - name: Its state
-      keylime.attest.agent_info:
-        uuid: \"{{{{ agent_uuid }}}}\"
-      register: info
-    - name: It passes
-      ansible.builtin.assert:
-        that:
-          - info.agents | length == 1
-          - info.agents[0].state == 'passed'
-          - info.agents[0].runtime_policy == 'base'
-"
-    )
-}
-
-fn absent_playbook() -> String {
-    format!(
-        "- hosts: localhost
-  gather_facts: false
-{DEFAULTS}  tasks:
-    - keylime.attest.agent:
-        uuid: \"{{{{ agent_uuid }}}}\"
-        state: absent
-    - keylime.attest.runtime_policy:
-        name: base
-        state: absent
-"
-    )
-}
-
-fn unreachable_playbook() -> String {
-    format!(
-        "- hosts: localhost
-  gather_facts: false
-{DEFAULTS}  tasks:
-    - keylime.attest.agent_info:
-        verifier: \"{{{{ verifier }}}}\"
-"
-    )
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_playbook_enrols_idempotently_checks_without_changing_and_removes() -> Result<()> {
-    let Some(venv) = venv()? else { return Ok(()) };
-    let Some(sys) = System::start()? else { return Ok(()) };
-    let dir = sys.deployment.keylime_dir().join("ansible");
-    std::fs::create_dir_all(dir.join("tmp"))?;
-    std::fs::write(dir.join("enrol.yml"), enrol_playbook())?;
-    std::fs::write(dir.join("absent.yml"), absent_playbook())?;
-    std::fs::write(dir.join("unreachable.yml"), unreachable_playbook())?;
-    let ansible = Ansible { venv, sys: &sys, dir: dir.clone() };
-
-    // A policy of what the agent measured, and a payload whose autorun.sh leaves a marker.
-    let policy = dir.join("base.json");
-    let log = sys.agent.ima_log.display().to_string();
-    let policy_s = policy.display().to_string();
-    check(
-        &sys.run(
-            KCTL,
-            &["policies", "runtime", "generate", "--ima-log", &log, "--out", &policy_s],
-        )?,
-        "policies runtime generate",
-    )?;
-    let payload = dir.join("payload");
-    std::fs::create_dir_all(&payload)?;
-    std::fs::write(payload.join("autorun.sh"), "#!/bin/sh\necho from-ansible > marker\n")?;
-    let payload_s = payload.display().to_string();
-    let vars = [("policy_file", policy_s.as_str()), ("payload", payload_s.as_str())];
-
-    let first = ansible.playbook("enrol.yml", &vars, &[])?;
-    first.ok()?;
-    assert_eq!(first.recap("changed")?, 2, "the policy and the enrolment:\n{}", first.text);
-    let marker = sys.agent.dir.join("secure").join("unzipped").join("marker");
-    sys.wait(|_| Ok(marker.exists()), "the payload's autorun.sh")?;
-    assert_eq!(std::fs::read_to_string(&marker)?, "from-ansible\n");
-
-    // The digest the module compares (kctl's offline digest) is the one the verifier stored.
-    let (_, stored) = sys.kctl_json(&["policies", "runtime", "show", "base"])?;
-    let (_, offline) = sys.kctl_json(&["policies", "runtime", "digest", "--file", &policy_s])?;
-    assert_eq!(stored["digest"], offline["digest"]);
-    assert!(stored["digest"].as_str().is_some_and(|d| d.len() == 64), "{stored}");
-
-    let second = ansible.playbook("enrol.yml", &vars, &[])?;
-    second.ok()?;
-    assert_eq!(second.recap("changed")?, 0, "a second run changes nothing:\n{}", second.text);
-
-    // A changed policy in check mode: a change is reported and shown, the verifier keeps the old.
-    let changed = dir.join("changed.json");
-    let mut doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&policy)?)?;
-    doc["files"]["/usr/bin/added-by-ansible"] =
-        serde_json::json!([format!("sha256:{}", "ab".repeat(32))]);
-    std::fs::write(&changed, serde_json::to_vec_pretty(&doc)?)?;
-    let changed_s = changed.display().to_string();
-    let check_run = ansible.playbook(
-        "enrol.yml",
-        &[("policy_file", &changed_s), ("payload", &payload_s)],
-        &["--check", "--diff"],
-    )?;
-    check_run.ok()?;
-    assert_eq!(check_run.recap("changed")?, 1, "{}", check_run.text);
-    assert!(check_run.text.contains("added 1: /usr/bin/added-by-ansible"), "{}", check_run.text);
-    let (_, after) = sys.kctl_json(&["policies", "runtime", "show", "base"])?;
-    assert_eq!(after["digest"], stored["digest"], "check mode left the verifier's policy alone");
-
-    // A missing policy file and an unreachable verifier fail, naming the file and the address.
-    let missing = dir.join("missing-policy.json").display().to_string();
-    let run = ansible.playbook(
-        "enrol.yml",
-        &[("policy_file", &missing), ("payload", &payload_s)],
-        &[],
-    )?;
-    assert!(!run.out.status.success());
-    assert_eq!(run.recap("failed")?, 1);
-    assert!(run.text.contains("missing-policy.json"), "{}", run.text);
-    let closed = format!("127.0.0.1:{}", daemon::free_port()?);
-    let run = ansible.playbook("unreachable.yml", &[("verifier", &closed)], &[])?;
-    assert!(!run.out.status.success());
-    assert!(run.text.contains(&closed), "the message names the address:\n{}", run.text);
-
-    // state: absent removes the enrolment and the policy, once.
-    let removed = ansible.playbook("absent.yml", &[], &[])?;
-    removed.ok()?;
-    assert_eq!(removed.recap("changed")?, 2, "{}", removed.text);
-    assert_eq!(sys.kctl_json(&["agents", "show", &sys.agent_id])?.0, 3);
-    assert_eq!(sys.kctl_json(&["policies", "runtime", "show", "base"])?.0, 3);
-    let again = ansible.playbook("absent.yml", &[], &[])?;
-    again.ok()?;
-    assert_eq!(again.recap("changed")?, 0, "{}", again.text);
-    Ok(())
-}
-
-/// The first YAML block of the README's "Ansible" section.
+/// The first YAML block of the README's "Ansible" section: the fleet playbook.
 fn readme_playbook() -> Result<String> {
     let readme =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))?;
@@ -288,34 +133,302 @@ fn readme_playbook() -> Result<String> {
     Ok(block.to_owned())
 }
 
+/// Unenrols every host's agent and removes the policy.
+const ABSENT: &str = "- hosts: agents
+  gather_facts: false
+  module_defaults:
+    group/keylime.attest.all:
+      config: \"{{ keylime_tenant_config }}\"
+  tasks:
+    - keylime.attest.agent:
+        uuid: \"{{ keylime_agent_uuid }}\"
+        state: absent
+      delegate_to: localhost
+    - keylime.attest.runtime_policy:
+        name: fleet
+        state: absent
+      delegate_to: localhost
+      run_once: true
+";
+
+/// Two more agents on their own swtpms (whose EK CAs the registrar trusts), measured as the
+/// first one is, so that one policy fits all three.
+fn more_agents(sys: &System, tpms: &[Swtpm]) -> Result<Vec<(TestAgent, String)>> {
+    let mut agents = Vec::new();
+    for (i, tpm) in tpms.iter().enumerate() {
+        let agent = sys
+            .deployment
+            .start_agent(&format!("agent{}", i + 2), &agent_settings(tpm, sys.registrar.port()))?;
+        let mut ima = ImaWriter::default();
+        ima.measure(tpm, &agent.ima_log, "boot_aggregate", b"boot")?;
+        ima.measure(tpm, &agent.ima_log, "/usr/bin/bash", b"bash")?;
+        let id =
+            std::fs::read_to_string(agent.dir.join("agent").join("agent_uuid"))?.trim().to_owned();
+        sys.wait(
+            |s| s.run(KCTL, &["registrar", "show", &id]).map(|o| o.status.success()),
+            "registration",
+        )?;
+        agents.push((agent, id));
+    }
+    Ok(agents)
+}
+
+/// The inventory: three hosts on local connections, the role's paths under `root/<host>`, the
+/// agent role's service left alone (the harness runs the agents), agent2 with a payload.
+fn inventory_doc(sys: &System, ids: &[String], root: &Path, payload: &Path) -> Result<Value> {
+    let binaries = daemon::binary(daemon::AGENT)?
+        .parent()
+        .map(Path::to_path_buf)
+        .ok_or_else(|| err("the agent binary has no directory"))?;
+    let mut hosts = serde_json::Map::new();
+    for (i, id) in ids.iter().enumerate() {
+        let name = format!("agent{}", i + 1);
+        let dir = root.join(&name);
+        let mut host = json!({
+            "ansible_connection": "local",
+            "ansible_become": false,
+            "keylime_agent_uuid": id,
+            "keylime_agent_binaries_dir": binaries,
+            "keylime_agent_ca_cert": sys.deployment.tls().ca_cert(),
+            "keylime_agent_bin_dir": dir.join("bin"),
+            "keylime_agent_unit_dir": dir.join("systemd"),
+            "keylime_agent_config_dir": dir.join("etc"),
+            "keylime_agent_keylime_dir": dir.join("var"),
+            "keylime_agent_manage_service": false,
+            "keylime_agent_settings": {"uuid": id, "registrar_port": sys.registrar.port()},
+        });
+        if i == 1 {
+            host["keylime_agent_payload"] = json!(payload);
+        }
+        hosts.insert(name, host);
+    }
+    Ok(json!({"agents": {"hosts": hosts}}))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_readme_playbook_runs_as_written() -> Result<()> {
+async fn a_fleet_playbook_installs_enrols_three_agents_idempotently_and_removes() -> Result<()> {
     let Some(venv) = venv()? else { return Ok(()) };
-    let Some(sys) = System::start()? else { return Ok(()) };
-    let dir = sys.deployment.keylime_dir().join("readme");
+    let (Some(tpm2), Some(tpm3)) = (Swtpm::manufacture()?, Swtpm::manufacture()?) else {
+        return Ok(());
+    };
+    let Some(sys) =
+        System::start_with(toml::Table::new(), &[&tpm2, &tpm3], toml::Table::new(), true)?
+    else {
+        return Ok(());
+    };
+    // The swtpms live as long as the test: their agents use them to the end.
+    let tpms = [tpm2, tpm3];
+    let others = more_agents(&sys, &tpms)?;
+    let mut ids = vec![sys.agent_id.clone()];
+    ids.extend(others.iter().map(|(_, id)| id.clone()));
+    let agent2_dir = others[0].0.dir.clone();
+
+    let dir = sys.deployment.keylime_dir().join("ansible");
     std::fs::create_dir_all(dir.join("tmp"))?;
-    std::fs::write(dir.join("enrol.yml"), readme_playbook()?)?;
+    std::fs::write(dir.join("site.yml"), readme_playbook()?)?;
+    std::fs::write(dir.join("absent.yml"), ABSENT)?;
+    // The README's policy file name, next to the playbook; generated from what agent1 measured
+    // (the others measured the same).
+    let policy = dir.join("fleet-policy.json");
+    let policy_s = policy.display().to_string();
     let log = sys.agent.ima_log.display().to_string();
-    let policy = dir.join("fleet-policy.json").display().to_string();
     check(
-        &sys.run(KCTL, &["policies", "runtime", "generate", "--ima-log", &log, "--out", &policy])?,
+        &sys.run(
+            KCTL,
+            &["policies", "runtime", "generate", "--ima-log", &log, "--out", &policy_s],
+        )?,
         "policies runtime generate",
     )?;
-    let inventory = dir.join("inventory");
+    let payload = dir.join("payload");
+    std::fs::create_dir_all(&payload)?;
+    std::fs::write(payload.join("autorun.sh"), "#!/bin/sh\necho from-ansible > marker\n")?;
+    // The inventory is JSON, which the YAML inventory plugin reads.
+    let inventory = dir.join("inventory.yml");
     std::fs::write(
         &inventory,
-        format!("[agents]\nagent1 ansible_connection=local keylime_agent_uuid={}\n", sys.agent_id),
+        serde_json::to_vec_pretty(&inventory_doc(&sys, &ids, &dir.join("hosts"), &payload)?)?,
     )?;
-    let ansible = Ansible { venv, sys: &sys, dir };
-    let tenant = sys.tenant.display().to_string();
     let inventory = inventory.display().to_string();
-    let vars = [("keylime_tenant_config", tenant.as_str())];
-    let first = ansible.run(&["-i", &inventory], "enrol.yml", &vars, &[])?;
+    let ansible = Ansible { venv, sys: &sys, dir: dir.clone() };
+    let play = |extra: &[(&str, &str)], flags: &[&str]| {
+        ansible.run(&["-i", &inventory], "site.yml", extra, flags)
+    };
+    let hosts = ["agent1", "agent2", "agent3"];
+    let changed = |run: &Run| -> Result<Vec<u64>> {
+        hosts.iter().map(|h| run.recap_of(h, "changed")).collect()
+    };
+
+    // Installed, the policy stored, all three enrolled and passing.
+    let first = play(&[], &[])?;
     first.ok()?;
-    assert_eq!(first.recap_of("agent1", "changed")?, 2, "{}", first.text);
-    assert_eq!(sys.show()?["state"], "passed", "wait: true returned after the first verdict");
-    let second = ansible.run(&["-i", &inventory], "enrol.yml", &vars, &[])?;
+    for (host, id) in hosts.iter().zip(&ids) {
+        assert!(
+            first.recap_of(host, "changed")? >= 2,
+            "{host}: role and enrolment:\n{}",
+            first.text
+        );
+        assert_eq!(sys.show_agent(id)?["state"], "passed", "{host}: wait returned after a verdict");
+        let dropin = dir.join("hosts").join(host).join("etc/agent.conf.d/50-ansible.conf");
+        let text = std::fs::read_to_string(&dropin)?;
+        assert!(text.contains(&format!("uuid = \"{id}\"")), "{}:\n{text}", dropin.display());
+    }
+    let marker = agent2_dir.join("secure").join("unzipped").join("marker");
+    sys.wait(|_| Ok(marker.exists()), "the payload's autorun.sh")?;
+    assert_eq!(std::fs::read_to_string(&marker)?, "from-ansible\n");
+
+    // The digests the modules compare are the ones the verifier stored.
+    let (_, stored) = sys.kctl_json(&["policies", "runtime", "show", "fleet"])?;
+    let (_, offline) = sys.kctl_json(&["policies", "runtime", "digest", "--file", &policy_s])?;
+    assert_eq!(stored["digest"], offline["digest"]);
+    assert!(stored["digest"].as_str().is_some_and(|d| d.len() == 64), "{stored}");
+    let payload_s = payload.display().to_string();
+    let (_, digest) = sys.kctl_json(&["agents", "payload-digest", "--payload", &payload_s])?;
+    assert_eq!(sys.show_agent(&ids[1])?["payload_digest"], digest["payload_digest"]);
+    assert_eq!(sys.show_agent(&ids[0])?["payload_digest"], Value::Null, "no payload, no digest");
+
+    // Again: nothing changes, the payload (payload_update: true) included.
+    let second = play(&[], &[])?;
     second.ok()?;
-    assert_eq!(second.recap_of("agent1", "changed")?, 0, "{}", second.text);
+    assert_eq!(changed(&second)?, [0, 0, 0], "a second run changes nothing:\n{}", second.text);
+
+    // A changed payload is delivered again, to agent2 only, and runs; then nothing changes.
+    std::fs::write(payload.join("autorun.sh"), "#!/bin/sh\necho from-ansible-2 > marker\n")?;
+    let update = play(&[], &[])?;
+    update.ok()?;
+    assert_eq!(changed(&update)?, [0, 1, 0], "{}", update.text);
+    sys.wait(
+        |_| Ok(std::fs::read_to_string(&marker).is_ok_and(|m| m == "from-ansible-2\n")),
+        "the changed payload's autorun.sh",
+    )?;
+    let (_, digest2) = sys.kctl_json(&["agents", "payload-digest", "--payload", &payload_s])?;
+    assert_ne!(digest2["payload_digest"], digest["payload_digest"]);
+    assert_eq!(sys.show_agent(&ids[1])?["payload_digest"], digest2["payload_digest"]);
+    let settled = play(&[], &[])?;
+    settled.ok()?;
+    assert_eq!(changed(&settled)?, [0, 0, 0], "{}", settled.text);
+
+    // A changed policy in check mode: a change is reported and shown, the verifier keeps the old.
+    let changed_policy = dir.join("changed.json");
+    let mut doc: Value = serde_json::from_slice(&std::fs::read(&policy)?)?;
+    doc["files"]["/usr/bin/added-by-ansible"] = json!([format!("sha256:{}", "ab".repeat(32))]);
+    std::fs::write(&changed_policy, serde_json::to_vec_pretty(&doc)?)?;
+    let changed_s = changed_policy.display().to_string();
+    let check_run = play(&[("keylime_policy_file", &changed_s)], &["--check", "--diff"])?;
+    check_run.ok()?;
+    assert_eq!(changed(&check_run)?, [1, 0, 0], "{}", check_run.text);
+    assert!(check_run.text.contains("added 1: /usr/bin/added-by-ansible"), "{}", check_run.text);
+    let (_, after) = sys.kctl_json(&["policies", "runtime", "show", "fleet"])?;
+    assert_eq!(after["digest"], stored["digest"], "check mode left the verifier's policy alone");
+
+    // A missing policy file and an unreachable verifier fail, naming the file and the address.
+    let missing = dir.join("missing-policy.json").display().to_string();
+    let run = play(&[("keylime_policy_file", &missing)], &[])?;
+    assert!(!run.out.status.success(), "{}", run.text);
+    assert!(run.recap_of("agent1", "failed")? == 1, "{}", run.text);
+    assert!(run.text.contains("missing-policy.json: no such file"), "{}", run.text);
+    let closed = format!("127.0.0.1:{}", daemon::free_port()?);
+    let run = play(&[("keylime_verifier", &closed)], &[])?;
+    assert!(!run.out.status.success(), "{}", run.text);
+    assert!(run.text.contains(&closed), "the message names the address:\n{}", run.text);
+
+    // state: absent removes the enrolments and the policy, once.
+    let removed = ansible.run(&["-i", &inventory], "absent.yml", &[], &[])?;
+    removed.ok()?;
+    assert_eq!(changed(&removed)?, [2, 1, 1], "{}", removed.text);
+    for id in &ids {
+        assert_eq!(sys.kctl_json(&["agents", "show", id])?.0, 3, "{id} is unenrolled");
+    }
+    assert_eq!(sys.kctl_json(&["policies", "runtime", "show", "fleet"])?.0, 3);
+    let again = ansible.run(&["-i", &inventory], "absent.yml", &[], &[])?;
+    again.ok()?;
+    assert_eq!(changed(&again)?, [0, 0, 0], "{}", again.text);
+
+    integration_targets(&ansible, &sys, &dir)?;
+    // The module_agent target delivered agent1 a payload with cert: default.
+    let unzipped = sys.agent.dir.join("secure").join("unzipped");
+    assert_eq!(std::fs::read_to_string(unzipped.join("marker"))?, "from-integration\n");
+    assert!(unzipped.join(format!("{}-cert.crt", sys.agent_id)).is_file());
+    drop(others);
+    drop(tpms);
+    Ok(())
+}
+
+/// Copies the collection at `from` to `to`, leaving out ansible-test's output and Python caches.
+fn copy_collection(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let source = entry.path();
+        if name == "__pycache__" || source.ends_with("tests/output") {
+            continue;
+        }
+        if entry.file_type()?.is_dir() {
+            copy_collection(&source, &to.join(&name))?;
+        } else {
+            std::fs::copy(&source, to.join(&name))?;
+        }
+    }
+    Ok(())
+}
+
+/// The targets in tests/integration/targets that run (every one but the hidden setup).
+const TARGETS: [&str; 6] = [
+    "module_agent",
+    "module_agent_info",
+    "module_mb_policy",
+    "module_registration",
+    "module_runtime_policy",
+    "role_agent",
+];
+
+/// `ansible-test integration` of a copy of the collection, with integration_config.yml naming
+/// this deployment: kctl, its tenant configuration, agent1 (registered, not enrolled) and its
+/// `keylime_dir` (to find what its payload did), a policy
+/// it passes, a payload, the binaries and the CA for the role target, a listening port.
+fn integration_targets(ansible: &Ansible<'_>, sys: &System, dir: &Path) -> Result<()> {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../ansible/ansible_collections");
+    let copy = dir.join("collections").join("ansible_collections").join("keylime").join("attest");
+    copy_collection(&source.join("keylime").join("attest"), &copy)?;
+    let payload = dir.join("it-payload");
+    std::fs::create_dir_all(&payload)?;
+    std::fs::write(payload.join("autorun.sh"), "#!/bin/sh\necho from-integration > marker\n")?;
+    let kctl = daemon::binary(KCTL)?;
+    let binaries = kctl.parent().map(Path::to_path_buf).unwrap_or_default();
+    let config = json!({
+        "kctl": kctl,
+        "tenant_config": sys.tenant,
+        "agent_uuid": sys.agent_id,
+        "agent_dir": sys.agent.dir,
+        "policy_file": dir.join("fleet-policy.json"),
+        "payload_dir": payload,
+        "binaries_dir": binaries,
+        "ca_cert": sys.deployment.tls().ca_cert(),
+        "listening_port": sys.verifier.port(),
+    });
+    // JSON is YAML.
+    std::fs::write(
+        copy.join("tests").join("integration").join("integration_config.yml"),
+        serde_json::to_vec_pretty(&config)?,
+    )?;
+    let mut path = std::ffi::OsString::from(ansible.venv.join("bin"));
+    path.push(":");
+    path.push(std::env::var_os("PATH").unwrap_or_default());
+    let out = Command::new(ansible.venv.join("bin").join("ansible-test"))
+        .args(["integration", "--python", "3.11", "--local", "--color", "no"])
+        .current_dir(&copy)
+        .env("PATH", path)
+        .env_remove("ANSIBLE_CONFIG")
+        .env_remove("ANSIBLE_COLLECTIONS_PATH")
+        .output()?;
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    if !out.status.success() {
+        return Err(err(format!("ansible-test integration failed ({}):\n{text}", out.status)));
+    }
+    for target in TARGETS {
+        let ran = format!("Running {target} integration test role");
+        assert!(text.contains(&ran), "{target} did not run:\n{text}");
+    }
     Ok(())
 }

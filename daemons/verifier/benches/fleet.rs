@@ -69,6 +69,12 @@ struct Args {
     /// Agents whose attestation history gives the round-trip distribution.
     #[arg(long, default_value_t = 500)]
     sample: usize,
+    /// Enrol the agents by running this program instead of over gRPC, and report its wall
+    /// time. It gets `KEYLIME_FLEET_TENANT_CONFIG` (a tenant configuration for kctl),
+    /// `KEYLIME_FLEET_AGENTS` (a file with one agent id a line, the policy to use is `fleet`)
+    /// and `KEYLIME_FLEET_DIR` (a scratch directory); scripts/bench-ansible.sh runs a playbook.
+    #[arg(long)]
+    enrol_command: Option<std::path::PathBuf>,
     /// Accepted and ignored (cargo bench passes it).
     #[arg(long, hide = true)]
     bench: bool,
@@ -138,6 +144,47 @@ async fn census(
         }
         page_token = answer.next_page_token;
     }
+}
+
+/// Runs `command` with the tenant configuration and the agent ids in the environment, and
+/// reports how long it took.
+async fn enrol_with_command(
+    command: &std::path::Path,
+    dir: &std::path::Path,
+    agents: &[agent::SoftAgent],
+    verifier_port: u16,
+    registrar_port: u16,
+) -> Result<(), BoxError> {
+    let tenant = dir.join("tenant.conf");
+    std::fs::write(
+        &tenant,
+        format!(
+            "keylime_dir = {:?}\nverifier_port = {verifier_port}\nregistrar_port = {registrar_port}\n",
+            dir.display().to_string()
+        ),
+    )?;
+    let ids = dir.join("agents.txt");
+    let list: Vec<&str> = agents.iter().map(|a| a.id.as_str()).collect();
+    std::fs::write(&ids, list.join("\n") + "\n")?;
+    let scratch = dir.join("enrol");
+    std::fs::create_dir_all(&scratch)?;
+    let mut cmd = std::process::Command::new(command);
+    cmd.env("KEYLIME_FLEET_TENANT_CONFIG", &tenant)
+        .env("KEYLIME_FLEET_AGENTS", &ids)
+        .env("KEYLIME_FLEET_DIR", &scratch);
+    let t = Instant::now();
+    // The simulated agents keep being served by the runtime while the command runs.
+    let status = tokio::task::spawn_blocking(move || cmd.status()).await??;
+    if !status.success() {
+        return Err(format!("{}: {status}", command.display()).into());
+    }
+    eprintln!(
+        "{} agents enrolled by {} in {:.2} s",
+        agents.len(),
+        command.display(),
+        t.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 fn mib(bytes: u64) -> f64 {
@@ -231,27 +278,36 @@ async fn run(args: Args) -> Result<(), BoxError> {
     .await?;
     eprintln!("{n} agents started and registered in {:.1} s", t.elapsed().as_secs_f64());
 
-    let t = Instant::now();
-    let limit = Arc::new(Semaphore::new(256));
-    let mut tasks = JoinSet::new();
-    for agent in &agents {
-        let permit = limit.clone().acquire_owned().await?;
-        let mut admin = admin.clone();
-        let request = pb::EnrollAgentRequest {
-            agent_id: agent.id.clone(),
-            runtime_policy: "fleet".to_owned(),
-            ..Default::default()
-        };
-        tasks.spawn(async move {
-            let answer = admin.enroll_agent(request).await;
-            drop(permit);
-            answer.map(|_| ())
-        });
+    if let Some(command) = &args.enrol_command {
+        enrol_with_command(command, dir.path(), &agents, port, registrar_addr.port()).await?;
+        let (_, states) = census(&mut admin).await?;
+        let enrolled: usize = states.values().sum();
+        if enrolled != n {
+            return Err(format!("{} enrolled {enrolled} of {n} agents", command.display()).into());
+        }
+    } else {
+        let t = Instant::now();
+        let limit = Arc::new(Semaphore::new(256));
+        let mut tasks = JoinSet::new();
+        for agent in &agents {
+            let permit = limit.clone().acquire_owned().await?;
+            let mut admin = admin.clone();
+            let request = pb::EnrollAgentRequest {
+                agent_id: agent.id.clone(),
+                runtime_policy: "fleet".to_owned(),
+                ..Default::default()
+            };
+            tasks.spawn(async move {
+                let answer = admin.enroll_agent(request).await;
+                drop(permit);
+                answer.map(|_| ())
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            done??;
+        }
+        eprintln!("{n} agents enrolled in {:.1} s", t.elapsed().as_secs_f64());
     }
-    while let Some(done) = tasks.join_next().await {
-        done??;
-    }
-    eprintln!("{n} agents enrolled in {:.1} s", t.elapsed().as_secs_f64());
     let agents = Arc::new(agents);
     let grower = sim::spawn_grower(agents.clone(), args.policy_paths, args.per_round);
 

@@ -118,6 +118,7 @@ pub(crate) fn agent_status(entry: &AgentEntry) -> pb::AgentStatus {
         reset_count: entry.reset_count,
         consecutive_errors: entry.consecutive_errors,
         key_delivered: entry.key_delivered,
+        payload_digest: entry.payload_digest.clone(),
     }
 }
 

@@ -21,6 +21,8 @@ use crate::{Error, convert, events, policies};
 pub const DEFAULT_PAGE_SIZE: usize = 100;
 /// Largest page of list RPCs.
 pub const MAX_PAGE_SIZE: usize = 1000;
+/// Longest payload digest an enrolment may record (a hex SHA-512 with a prefix fits).
+const MAX_PAYLOAD_DIGEST: usize = 128;
 
 /// The verifier's gRPC service.
 #[derive(Debug, Clone)]
@@ -265,6 +267,16 @@ impl Verifier for VerifierService {
         if !req.v_key_half.is_empty() && req.v_key_half.len() != 32 {
             return Err(Error::invalid("v_key_half", "must be 32 bytes or empty").into());
         }
+        if req.payload_digest.len() > MAX_PAYLOAD_DIGEST {
+            return Err(Error::invalid(
+                "payload_digest",
+                format!("{} characters, at most {MAX_PAYLOAD_DIGEST}", req.payload_digest.len()),
+            )
+            .into());
+        }
+        // The digest describes the payload of this V half; without one it means nothing.
+        let payload_digest =
+            if req.v_key_half.is_empty() { String::new() } else { req.payload_digest };
         let hash_algorithm =
             if req.hash_algorithm.is_empty() { "sha256".to_owned() } else { req.hash_algorithm };
         parse_hash_algs(std::slice::from_ref(&hash_algorithm), "hash_algorithm")?;
@@ -302,6 +314,7 @@ impl Verifier for VerifierService {
             reset_count: 0,
             consecutive_errors: 0,
             history_sequence: 0,
+            payload_digest,
         };
         // The inputs must be usable before anything is stored.
         check_pcr_overlap(&self.ctx.build_policy(&entry)?, &entry)?;
@@ -325,6 +338,7 @@ impl Verifier for VerifierService {
             if !entry.v_key_half.is_empty() && current.v_key_half != entry.v_key_half {
                 current.v_key_half = entry.v_key_half;
                 current.key_delivered = false;
+                current.payload_digest = entry.payload_digest;
             }
             current.accept_hash_algorithms = entry.accept_hash_algorithms;
             current.accept_signing_algorithms = entry.accept_signing_algorithms;

@@ -41,6 +41,7 @@ fn entry(id: &str, rounds: u64) -> AgentEntry {
         reset_count: 1,
         consecutive_errors: 0,
         history_sequence: rounds,
+        payload_digest: String::new(),
     }
 }
 

@@ -146,6 +146,7 @@ mod tests {
             reset_count: 0,
             consecutive_errors: 0,
             history_sequence: 20,
+            payload_digest: String::new(),
         }
     }
 
@@ -247,7 +248,7 @@ mod tests {
         let path = populated_verifier_store(dir.path())?;
         let check = VerifierStore::check(&path)?;
         assert!(!check.repaired);
-        assert_eq!(check.schema_version, 1);
+        assert_eq!(check.schema_version, crate::verifier::SCHEMA.version());
         let count = |table| check.tables.iter().find(|(t, _)| *t == table).map(|(_, n)| *n);
         assert_eq!(count("agents"), Some(1000));
         assert_eq!(count("history"), Some(20_000));

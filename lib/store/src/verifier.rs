@@ -59,6 +59,70 @@ pub struct AgentEntry {
     pub consecutive_errors: u32,
     /// Sequence number of the last history record.
     pub history_sequence: u64,
+    /// A digest of the payload delivered with `v_key_half`, as the client gave it; empty for
+    /// none or unknown (enrolled before it was recorded).
+    pub payload_digest: String,
+}
+
+/// [`AgentEntry`] as schema version 1 stored it: without `payload_digest`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct AgentEntryV1 {
+    agent_id: String,
+    contact_ip: String,
+    contact_port: u16,
+    ak_public: Vec<u8>,
+    agent_certificate: Vec<u8>,
+    runtime_policy: String,
+    measured_boot_policy: String,
+    pcr_policy_json: String,
+    v_key_half: Vec<u8>,
+    key_delivered: bool,
+    accept_hash_algorithms: Vec<String>,
+    accept_signing_algorithms: Vec<String>,
+    hash_algorithm: String,
+    state: i32,
+    attestation_count: u64,
+    enrolled_at: Timestamp,
+    last_attestation_at: Option<Timestamp>,
+    last_success_at: Option<Timestamp>,
+    last_verdict_json: String,
+    attestation_state_json: String,
+    ima_offset: u64,
+    reset_count: u32,
+    consecutive_errors: u32,
+    history_sequence: u64,
+}
+
+impl From<AgentEntryV1> for AgentEntry {
+    fn from(old: AgentEntryV1) -> AgentEntry {
+        AgentEntry {
+            agent_id: old.agent_id,
+            contact_ip: old.contact_ip,
+            contact_port: old.contact_port,
+            ak_public: old.ak_public,
+            agent_certificate: old.agent_certificate,
+            runtime_policy: old.runtime_policy,
+            measured_boot_policy: old.measured_boot_policy,
+            pcr_policy_json: old.pcr_policy_json,
+            v_key_half: old.v_key_half,
+            key_delivered: old.key_delivered,
+            accept_hash_algorithms: old.accept_hash_algorithms,
+            accept_signing_algorithms: old.accept_signing_algorithms,
+            hash_algorithm: old.hash_algorithm,
+            state: old.state,
+            attestation_count: old.attestation_count,
+            enrolled_at: old.enrolled_at,
+            last_attestation_at: old.last_attestation_at,
+            last_success_at: old.last_success_at,
+            last_verdict_json: old.last_verdict_json,
+            attestation_state_json: old.attestation_state_json,
+            ima_offset: old.ima_offset,
+            reset_count: old.reset_count,
+            consecutive_errors: old.consecutive_errors,
+            history_sequence: old.history_sequence,
+            payload_digest: String::new(),
+        }
+    }
 }
 
 /// One attestation round in an agent's history.
@@ -186,6 +250,7 @@ pub struct Pruned {
 }
 
 const AGENTS: Records<AgentEntry> = Records::new("agents");
+const AGENTS_V1: Records<AgentEntryV1> = Records::new("agents");
 static RUNTIME_NAMES: Records<PolicyName> = Records::new("runtime_policy_names");
 static RUNTIME_DOCUMENTS: Records<Vec<u8>> = Records::new("runtime_policy_documents");
 static MB_NAMES: Records<PolicyName> = Records::new("mb_policy_names");
@@ -211,13 +276,25 @@ fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Version 1: agents, policies, history, events, cursors.
+/// Re-encodes every agent with an empty payload digest.
+fn add_payload_digest(txn: &WriteTransaction) -> Result<(), StoreError> {
+    for (key, old) in AGENTS_V1.all_for_update(txn)? {
+        AGENTS.insert(txn, &key, &AgentEntry::from(old))?;
+    }
+    Ok(())
+}
+
+/// Version 1: agents, policies, history, events, cursors. Version 2: agents record the digest
+/// of their payload.
 pub static SCHEMA: Schema = Schema {
     name: "verifier",
-    migrations: &[Migration {
-        description: "create the agents, policy, history, event and cursor tables",
-        apply: create_tables,
-    }],
+    migrations: &[
+        Migration {
+            description: "create the agents, policy, history, event and cursor tables",
+            apply: create_tables,
+        },
+        Migration { description: "record a payload digest per agent", apply: add_payload_digest },
+    ],
 };
 
 /// Every this many records an agent's history is swept by range, not only by its oldest key.

@@ -28,6 +28,7 @@ fn agent(id: &str, runtime_policy: &str) -> AgentEntry {
         reset_count: 0,
         consecutive_errors: 0,
         history_sequence: 0,
+        payload_digest: String::new(),
     }
 }
 
@@ -282,5 +283,59 @@ fn full_disk_fails_commits_and_reopen_recovers_once_space_returns() -> TestResul
     let store = VerifierStore::open(&path)?;
     assert!(store.get_agent("kept")?.is_some());
     assert!(store.get_agent("after")?.is_some());
+    Ok(())
+}
+
+/// The layout before the payload digest: only the first migration.
+static SCHEMA_V1: Schema = Schema {
+    name: "verifier",
+    migrations: &[Migration {
+        description: "create the agents, policy, history, event and cursor tables",
+        apply: create_tables,
+    }],
+};
+
+#[test]
+fn agents_of_a_version_1_file_get_an_empty_payload_digest() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("verifier.redb");
+    let entry = agent("old", "base");
+    let old = AgentEntryV1 {
+        agent_id: entry.agent_id.clone(),
+        contact_ip: entry.contact_ip.clone(),
+        contact_port: entry.contact_port,
+        ak_public: entry.ak_public.clone(),
+        agent_certificate: entry.agent_certificate.clone(),
+        runtime_policy: entry.runtime_policy.clone(),
+        measured_boot_policy: entry.measured_boot_policy.clone(),
+        pcr_policy_json: entry.pcr_policy_json.clone(),
+        v_key_half: vec![7; 32],
+        key_delivered: true,
+        accept_hash_algorithms: Vec::new(),
+        accept_signing_algorithms: Vec::new(),
+        hash_algorithm: entry.hash_algorithm.clone(),
+        state: entry.state,
+        attestation_count: 12,
+        enrolled_at: entry.enrolled_at,
+        last_attestation_at: None,
+        last_success_at: None,
+        last_verdict_json: String::new(),
+        attestation_state_json: String::new(),
+        ima_offset: 0,
+        reset_count: 0,
+        consecutive_errors: 0,
+        history_sequence: 0,
+    };
+    let db = open_database(&path, &SCHEMA_V1)?;
+    db.write("add", |txn| AGENTS_V1.insert(txn, "old", &old))?;
+    drop(db);
+
+    let store = VerifierStore::open(&path)?;
+    let migrated = store.get_agent("old")?.ok_or("the agent is gone")?;
+    assert_eq!(migrated.payload_digest, "");
+    assert_eq!(migrated.v_key_half, vec![7; 32]);
+    assert!(migrated.key_delivered);
+    assert_eq!(migrated.attestation_count, 12);
+    assert_eq!(migrated.runtime_policy, "base");
     Ok(())
 }

@@ -16,8 +16,15 @@ description:
   - The settings are compared with what C(kctl agents show) reports; kctl is asked to change
     something only when they differ, so a second run reports no change.
   - A payload is delivered once, when the agent is enrolled. Enrolling an enrolled agent again does
-    not send it again; O(payload_update=true) does (a fresh bootstrap key, the payload runs again
-    after the next passing attestation) and then reports a change on every run.
+    not send it again, even when O(payload) changed. With O(payload_update=true) the payload is
+    delivered again (a fresh bootstrap key; it runs again after the next passing attestation) when
+    it differs from the one delivered last.
+  - Payloads are compared by digest. The verifier records the digest of a delivered payload with
+    the enrolment (C(payload_digest) of C(kctl agents show)); the module computes the digest of
+    O(payload) and O(cert) offline with C(kctl agents payload-digest). The digest covers the
+    files (paths, contents, executable bits) and whether O(cert) is set, not the certificate,
+    which is issued afresh on each delivery. An agent enrolled without a recorded digest gets
+    the payload once more.
 options:
   uuid:
     description: The agent id, as the agent registered it.
@@ -45,7 +52,9 @@ options:
     type: str
     choices: [default]
   payload_update:
-    description: Deliver O(payload) (and O(cert)) even when the agent is enrolled, replacing the previous payload.
+    description:
+      - Deliver O(payload) (and O(cert)) to an enrolled agent when it differs from the payload delivered
+        last, replacing it. Needs O(payload) or O(cert).
     type: bool
     default: false
   contact:
@@ -88,6 +97,15 @@ EXAMPLES = r'''
     timeout: 120
   delegate_to: localhost
 
+- name: Deliver the payload again where its files changed since the last delivery
+  keylime.attest.agent:
+    uuid: "{{ keylime_agent_uuid }}"
+    runtime_policy: fleet
+    payload: payloads/{{ inventory_hostname }}
+    cert: default
+    payload_update: true
+  delegate_to: localhost
+
 - name: Pause attestation during maintenance
   keylime.attest.agent:
     uuid: "{{ keylime_agent_uuid }}"
@@ -105,7 +123,8 @@ RETURN = r'''
 agent:
   description:
     - The agent as C(kctl agents show -o json) prints it after the change (C(uuid), C(state), C(runtime_policy),
-      C(measured_boot_policy), C(pcr_policy), C(attestation_count), C(last_verdict), C(key_delivered), ...);
+      C(measured_boot_policy), C(pcr_policy), C(attestation_count), C(last_verdict), C(key_delivered),
+      C(payload_digest), ...);
       V(null) when it is not enrolled.
   returned: always
   type: dict
@@ -165,6 +184,15 @@ def settings_text(settings):
     return json.dumps(settings, indent=2, sort_keys=True) + '\n'
 
 
+def payload_args(params):
+    args = []
+    if params['payload']:
+        args += ['--payload', params['payload']]
+    if params['cert']:
+        args += ['--cert', params['cert']]
+    return args
+
+
 def enroll_args(params, replace_payload):
     args = ['agents', 'enroll', params['uuid']]
     if params['runtime_policy']:
@@ -173,10 +201,7 @@ def enroll_args(params, replace_payload):
         args += ['--mb-policy', params['mb_policy']]
     if params['pcr_policy']:
         args += ['--pcr-policy', json.dumps(params['pcr_policy'], sort_keys=True)]
-    if params['payload']:
-        args += ['--payload', params['payload']]
-    if params['cert']:
-        args += ['--cert', params['cert']]
+    args += payload_args(params)
     if params['contact']:
         args += ['--agent', params['contact']]
     if replace_payload:
@@ -184,6 +209,13 @@ def enroll_args(params, replace_payload):
     if params['wait']:
         args += ['--wait', '--timeout', str(params['timeout'])]
     return args
+
+
+def after_verb(done, agent):
+    """The agent as C(kctl agents stop|resume -o json) prints it: its fields and C(changed)."""
+    if isinstance(done, dict) and done.get('uuid'):
+        return done
+    return agent
 
 
 def main():
@@ -224,13 +256,20 @@ def main():
         after = None
     else:
         after = wanted_settings(p)
-        replace = bool(p['payload_update'] and current is not None)
+        replace = False
+        if p['payload_update'] and current is not None:
+            # Offline: the digest the verifier would record for this payload.
+            rc, digest = run_kctl(module, ['agents', 'payload-digest'] + payload_args(p))
+            wanted_digest = (digest or {}).get('payload_digest')
+            replace = current.get('payload_digest') != wanted_digest
+            before['payload_digest'] = current.get('payload_digest')
+            after['payload_digest'] = wanted_digest
         if current is None or before != after or replace:
             changed = True
             if not module.check_mode:
                 # kctl exits 1 when --wait ends failed or timed out: report the agent, then fail.
                 rc, agent = run_kctl(module, enroll_args(p, replace), allow=(0, 1))
-                changed = bool(agent.get('changed')) or replace
+                changed = bool(agent.get('changed'))
                 if rc == 1:
                     module.fail_json(
                         msg='agent %s did not pass attestation within %s s (state %s)' % (
@@ -241,12 +280,12 @@ def main():
             changed = True
             if not module.check_mode:
                 rc, done = run_kctl(module, ['agents', 'stop', uuid])
-                agent = (done or {}).get('agent', agent)
+                agent = after_verb(done, agent)
         elif p['state'] == 'present' and state == 'stopped':
             changed = True
             if not module.check_mode:
                 rc, done = run_kctl(module, ['agents', 'resume', uuid])
-                agent = (done or {}).get('agent', agent)
+                agent = after_verb(done, agent)
         if after is not None:
             after = dict(after, state=p['state'])
         if before is not None:

@@ -38,16 +38,38 @@ def test_stopped_and_absent(run, capsys):
     assert run(agent.main, capsys, uuid=UUID, state='absent')['changed'] is False
 
 
-def test_payload_update_replaces_and_needs_a_payload(run, capsys, tmp_path):
+def test_payload_update_replaces_only_a_changed_payload(run, capsys, tmp_path):
     payload = tmp_path / 'payload'
     payload.mkdir()
-    run(agent.main, capsys, uuid=UUID, runtime_policy='fleet', payload=str(payload))
+    (payload / 'autorun.sh').write_text('echo one\n')
+    args = dict(uuid=UUID, runtime_policy='fleet', payload=str(payload))
+    run(agent.main, capsys, **args)
     assert '--replace-payload' not in enrolls(run.calls())[-1]
-    again = run(agent.main, capsys, uuid=UUID, runtime_policy='fleet', payload=str(payload))
+    again = run(agent.main, capsys, **args)
     assert again['changed'] is False, 'a payload is delivered once'
-    update = run(agent.main, capsys, uuid=UUID, runtime_policy='fleet', payload=str(payload), payload_update=True)
+
+    # The same payload with payload_update: nothing is sent, in check mode or not.
+    calls = len(enrolls(run.calls()))
+    same = run(agent.main, capsys, payload_update=True, **args)
+    assert same['changed'] is False
+    assert run(agent.main, capsys, check_mode=True, payload_update=True, **args)['changed'] is False
+    assert len(enrolls(run.calls())) == calls
+
+    # A changed file: check mode reports it and sends nothing; then it is delivered, once.
+    (payload / 'autorun.sh').write_text('echo two\n')
+    check = run(agent.main, capsys, check_mode=True, diff=True, payload_update=True, **args)
+    assert check['changed'] is True
+    assert 'payload_digest' in check['diff']['after']
+    assert len(enrolls(run.calls())) == calls
+    update = run(agent.main, capsys, payload_update=True, **args)
     assert update['changed'] is True
     assert '--replace-payload' in enrolls(run.calls())[-1]
+    assert run(agent.main, capsys, payload_update=True, **args)['changed'] is False
+
+    # Without payload_update a changed payload is not sent again.
+    (payload / 'autorun.sh').write_text('echo three\n')
+    assert run(agent.main, capsys, **args)['changed'] is False
+
     bad = run(agent.main, capsys, uuid=UUID, payload_update=True)
     assert bad['failed'] is True and 'payload_update' in bad['msg']
 
