@@ -73,6 +73,25 @@ pub fn build(
     payload::pack(&files).map_err(input)
 }
 
+/// A digest of what a payload source holds (a zip's bytes, or a directory's file names,
+/// modes and contents), so that a change to it can be noticed without delivering it.
+pub fn source_digest(path: &Path) -> Result<String, Failure> {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    if path.is_dir() {
+        for file in collect_dir(path)? {
+            // Length-prefixed fields, so that no two different trees hash alike.
+            for field in [file.path.as_bytes(), &file.contents] {
+                ctx.update(&(field.len() as u64).to_be_bytes());
+                ctx.update(field);
+            }
+            ctx.update(&[u8::from(file.executable)]);
+        }
+    } else {
+        ctx.update(&read(path)?);
+    }
+    Ok(hex::encode(ctx.finish()))
+}
+
 fn collect_dir(dir: &Path) -> Result<Vec<PayloadFile>, Failure> {
     use std::os::unix::fs::PermissionsExt;
     let mut files = Vec::new();
