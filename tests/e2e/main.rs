@@ -12,6 +12,7 @@ mod events;
 mod exit_codes;
 mod kctl;
 mod registration;
+mod terraform;
 
 use std::time::{Duration, Instant};
 
