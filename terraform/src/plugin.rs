@@ -326,8 +326,11 @@ mod tests {
             "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
             base64::engine::general_purpose::STANDARD.encode(cert.as_ref())
         );
-        let (other, _) = self_signed().expect("cert");
-        assert!(server_tls(&pem, other, key).is_ok());
+        let (ours, our_key) = self_signed().expect("cert");
+        assert!(server_tls(&pem, ours.clone(), our_key).is_ok());
+        // A key that is not the certificate's is refused, as is a client certificate that is
+        // not PEM.
+        assert!(server_tls(&pem, ours, key).is_err());
         assert!(server_tls("not pem", cert, self_signed().expect("c").1).is_err());
     }
 }

@@ -574,3 +574,134 @@ pub async fn read_enrollment(ctx: &Ctx, current: &Value) -> Result<Value, Diags>
     state.set("enrolled_at", Value::opt_string(kctl_api::rfc3339(agent.enrolled_at.as_ref())));
     Ok(state)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POLICY: &str = r#"{"meta": {"version": 1}, "digests": {"/usr/bin/bash": ["1111111111111111111111111111111111111111111111111111111111111111"]}}"#;
+
+    fn policy_config(content: Value) -> Value {
+        Value::object([
+            ("name", Value::string("p")),
+            ("content", content),
+            ("exclude", Value::Null),
+            ("signing_key", Value::Null),
+            ("digest", Value::Null),
+            ("entries", Value::Null),
+        ])
+    }
+
+    #[test]
+    fn a_reformatted_policy_keeps_the_prior_text_and_digest() {
+        let config = policy_config(Value::string(POLICY));
+        let (first, replace) =
+            plan_policy(PolicyKind::Runtime, &Value::Null, &config, &config).expect("plan");
+        assert!(replace.is_empty());
+        let digest = first.get("digest").as_str().expect("digest known at plan").to_owned();
+        assert_eq!(digest.len(), 64);
+        // The same document, spaced differently: the prior text stays, nothing changes.
+        let respaced = policy_config(Value::string(POLICY.replace(": ", ":")));
+        let (second, _) =
+            plan_policy(PolicyKind::Runtime, &first, &respaced, &respaced).expect("plan");
+        assert_eq!(second, first);
+    }
+
+    #[test]
+    fn unknown_content_plans_an_unknown_digest_and_a_new_name_replaces() {
+        let config = policy_config(Value::Unknown);
+        let (planned, _) =
+            plan_policy(PolicyKind::Runtime, &Value::Null, &config, &config).expect("plan");
+        assert_eq!(planned.get("digest"), &Value::Unknown);
+        assert_eq!(planned.get("content"), &Value::Unknown);
+        let prior = plan_policy(
+            PolicyKind::Runtime,
+            &Value::Null,
+            &policy_config(Value::string(POLICY)),
+            &policy_config(Value::string(POLICY)),
+        )
+        .expect("plan")
+        .0;
+        let mut renamed = policy_config(Value::string(POLICY));
+        renamed.set("name", Value::string("q"));
+        let (_, replace) =
+            plan_policy(PolicyKind::Runtime, &prior, &renamed, &renamed).expect("plan");
+        assert_eq!(replace, vec![path("name")]);
+    }
+
+    #[test]
+    fn malformed_content_is_an_error_on_content() {
+        let config = policy_config(Value::string("{\"meta\": 7"));
+        let diags = plan_policy(PolicyKind::Runtime, &Value::Null, &config, &config)
+            .expect_err("malformed");
+        assert_eq!(diags[0].attribute, Some(path("content")));
+        assert!(diags[0].summary.contains("runtime policy"), "{}", diags[0].summary);
+        let mb = policy_config(Value::string("not json"));
+        let diags =
+            plan_policy(PolicyKind::MeasuredBoot, &Value::Null, &mb, &mb).expect_err("malformed");
+        assert!(diags[0].summary.contains("measured-boot"), "{}", diags[0].summary);
+    }
+
+    fn enrollment(runtime_policy: &str) -> Value {
+        Value::object([
+            ("uuid", Value::string("u")),
+            ("runtime_policy", Value::string(runtime_policy)),
+            ("mb_policy", Value::Null),
+            (
+                "pcr_policy",
+                Value::Map(BTreeMap::from([(
+                    "15".to_owned(),
+                    Value::List(vec![Value::string("AB".repeat(32))]),
+                )])),
+            ),
+            ("payload", Value::Null),
+            ("cert", Value::Null),
+            ("payload_digest", Value::Null),
+            ("state", Value::Null),
+            ("enrolled_at", Value::Null),
+        ])
+    }
+
+    #[test]
+    fn an_enrolment_plans_its_computed_values_unknown_only_when_it_changes() {
+        let config = enrollment("a");
+        let (created, _) = plan_enrollment(&Value::Null, &config, &config).expect("plan");
+        assert_eq!(created.get("state"), &Value::Unknown);
+        let mut prior = created.clone();
+        prior.set("state", Value::string("passed"));
+        prior.set("enrolled_at", Value::string("2026-01-01T00:00:00Z"));
+        let (same, _) = plan_enrollment(&prior, &config, &config).expect("plan");
+        assert_eq!(same, prior);
+        // The same digests in lowercase are no change either.
+        let mut lower = config.clone();
+        lower.set(
+            "pcr_policy",
+            Value::Map(BTreeMap::from([(
+                "15".to_owned(),
+                Value::List(vec![Value::string("ab".repeat(32))]),
+            )])),
+        );
+        assert_eq!(plan_enrollment(&prior, &lower, &lower).expect("plan").0, prior);
+        let other = enrollment("b");
+        let (changed, replace) = plan_enrollment(&prior, &other, &other).expect("plan");
+        assert!(replace.is_empty());
+        assert_eq!(changed.get("state"), &Value::Unknown);
+        assert_eq!(changed.get("runtime_policy"), &Value::string("b"));
+    }
+
+    #[test]
+    fn enrolment_inputs_are_checked() {
+        let mut config = enrollment("a");
+        config.set("cert", Value::string("mine"));
+        let diags = validate_enrollment(&config);
+        assert_eq!(diags[0].attribute, Some(path("cert")));
+        let mut config = enrollment("a");
+        config.set(
+            "pcr_policy",
+            Value::Map(BTreeMap::from([("15".to_owned(), Value::List(vec![Value::string("zz")]))])),
+        );
+        let diags = validate_enrollment(&config);
+        assert_eq!(diags[0].attribute, Some(path("pcr_policy")));
+        assert!(validate_enrollment(&enrollment("a")).is_empty());
+    }
+}
