@@ -595,3 +595,48 @@ impl tf::provider_server::Provider for KeylimeProvider {
         Ok(Response::new(tf::stop_provider::Response::default()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_provider_arguments_are_errors_on_them() {
+        let config = Value::object([
+            ("verifier", Value::Unknown),
+            ("registrar", Value::string("10.0.0.1:8891")),
+            ("tls_dir", Value::Null),
+            ("config", Value::Null),
+        ]);
+        let diags = connection(&config).expect_err("unknown verifier");
+        assert_eq!(diags.len(), 1);
+        assert_eq!(diags[0].attribute, Some(crate::schema::path("verifier")));
+        assert!(diags[0].detail.contains("set it statically"), "{}", diags[0].detail);
+        let known =
+            connection(&Value::object([("registrar", Value::string("r:1"))])).expect("known");
+        assert_eq!(known.registrar.as_deref(), Some("r:1"));
+        assert!(known.verifier.is_none());
+    }
+
+    #[test]
+    fn stored_state_is_conformed_to_the_schema() {
+        let block = resource_schema(RUNTIME_POLICY).expect("schema");
+        let stored = Value::from_json(br#"{"name":"p","content":"x","obsolete":1}"#).expect("json");
+        let upgraded = res::conform(&block, &stored);
+        let Value::Map(attrs) = &upgraded else { panic!("not an object: {upgraded:?}") };
+        let names: Vec<&str> = attrs.keys().map(String::as_str).collect();
+        assert_eq!(names, ["content", "digest", "entries", "exclude", "name", "signing_key"]);
+        assert_eq!(upgraded.get("digest"), &Value::Null);
+    }
+
+    #[test]
+    fn every_type_has_a_schema() {
+        for name in [RUNTIME_POLICY, MB_POLICY, ENROLLMENT] {
+            assert!(resource_schema(name).is_some(), "{name}");
+        }
+        for name in [AGENTS, AGENT] {
+            assert!(data_schema(name).is_some(), "{name}");
+        }
+        assert!(resource_schema("keylime_nothing").is_none());
+    }
+}

@@ -290,6 +290,17 @@ async fn terraform_manages_policies_and_enrolments_and_repairs_drift() -> Result
     assert_eq!(passed, want, "the data source lists the three agents, passed");
     assert_eq!(tf.output("first_policy")?, json!("fleet"));
 
+    // The README's output lists the passed agents, read during apply: once they all pass
+    // again after a change, a refresh brings the output up to date before the next plan.
+    let settle = || -> Result<()> {
+        for id in [&id1, &id2, &id3] {
+            sys.wait_agent_state(id, "passed")?;
+        }
+        tf.run(&["apply", "-refresh-only", "-auto-approve", "-no-color"])?
+            .ok("apply -refresh-only")
+            .map(drop)
+    };
+
     // Idempotent: the second plan is empty.
     tf.plan()?.exits(0, "plan after apply")?;
 
@@ -322,7 +333,7 @@ async fn terraform_manages_policies_and_enrolments_and_repairs_drift() -> Result
     tf.apply()?;
     let (_, repaired) = sys.kctl_json(&["policies", "runtime", "show", "fleet"])?;
     assert_eq!(repaired["digest"], offline["digest"], "apply restored the policy");
-    sys.wait_agent_state(&id2, "passed")?;
+    settle()?;
     tf.plan()?.exits(0, "plan after the repair")?;
 
     // A new payload is delivered with fresh key halves.
@@ -333,6 +344,7 @@ async fn terraform_manages_policies_and_enrolments_and_repairs_drift() -> Result
         |_| Ok(std::fs::read_to_string(&marker).is_ok_and(|m| m == "two\n")),
         "the new payload",
     )?;
+    settle()?;
     tf.plan()?.exits(0, "plan after the new payload")?;
 
     // Forget and import: by name and by uuid; the plan is empty again after one apply.
@@ -342,6 +354,7 @@ async fn terraform_manages_policies_and_enrolments_and_repairs_drift() -> Result
         .ok("import policy")?;
     tf.run(&["import", "-no-color", &first, &id3])?.ok("import enrolment")?;
     tf.apply()?;
+    settle()?;
     tf.plan()?.exits(0, "plan after import")?;
     let (_, after_import) = sys.kctl_json(&["policies", "runtime", "show", "fleet"])?;
     assert_eq!(after_import["digest"], offline["digest"]);
@@ -397,7 +410,9 @@ async fn terraform_manages_policies_and_enrolments_and_repairs_drift() -> Result
     std::fs::write(tftest.dir.join("tests").join("policy.tftest.hcl"), TFTEST_FILE)?;
     let tested = tftest.run(&["test", "-no-color"])?.ok("test")?;
     assert!(tested.text.contains("1 passed, 0 failed"), "{}", tested.text);
-    assert_eq!(sys.kctl_json(&["policies", "runtime", "show", "tested"])?.0, 3, "test cleaned up");
+    for name in ["tested", "excluding"] {
+        assert_eq!(sys.kctl_json(&["policies", "runtime", "show", name])?.0, 3, "test cleaned up");
+    }
 
     // `terraform init` with a version constraint, from a filesystem mirror.
     let mirror = root.join("mirror");
@@ -454,6 +469,12 @@ resource "keylime_runtime_policy" "tested" {
   name    = "tested"
   content = file("${path.module}/policy.json")
 }
+
+resource "keylime_runtime_policy" "excluding" {
+  name    = "excluding"
+  content = file("${path.module}/policy.json")
+  exclude = ["/tmp/.*"]
+}
 "#;
 
 const TFTEST_FILE: &str = r#"run "stores_the_policy" {
@@ -467,6 +488,11 @@ const TFTEST_FILE: &str = r#"run "stores_the_policy" {
   assert {
     condition     = keylime_runtime_policy.tested.entries >= 1
     error_message = "the policy lists the measured files"
+  }
+
+  assert {
+    condition     = keylime_runtime_policy.excluding.digest != keylime_runtime_policy.tested.digest
+    error_message = "the exclude list is part of the stored policy"
   }
 }
 "#;
