@@ -429,11 +429,35 @@ async fn terraform_manages_policies_and_enrolments_and_repairs_drift() -> Result
         ),
     )?;
     let init = Terraform::new(&venv, root.join("init"), &mirror_config, &sys.tenant)?;
+    // Provider arguments win over the tenant configuration: the file `config` names points
+    // nowhere, the arguments at the deployment.
+    let elsewhere = root.join("elsewhere.conf");
+    std::fs::write(
+        &elsewhere,
+        format!(
+            "keylime_dir = {:?}\nverifier_port = 1\nregistrar_port = 1\n",
+            root.join("nowhere").display().to_string()
+        ),
+    )?;
+    let tls_dir = sys
+        .deployment
+        .tls()
+        .ca_cert()
+        .parent()
+        .map(Path::to_path_buf)
+        .ok_or_else(|| err("CA directory"))?;
     std::fs::write(
         init.dir.join("main.tf"),
-        "terraform {\n  required_providers {\n    keylime = {\n      source  = \"local/keylime/keylime\"\n      version = \"~> 0.1\"\n    }\n  }\n}\n\
-         data \"keylime_agents\" \"all\" {}\n\
-         output \"count\" {\n  value = length(data.keylime_agents.all.agents)\n}\n",
+        format!(
+            "terraform {{\n  required_providers {{\n    keylime = {{\n      source  = \"local/keylime/keylime\"\n      version = \"~> 0.1\"\n    }}\n  }}\n}}\n\
+             provider \"keylime\" {{\n  verifier  = \"127.0.0.1:{}\"\n  registrar = \"127.0.0.1:{}\"\n  tls_dir   = {:?}\n  config    = {:?}\n}}\n\
+             data \"keylime_agents\" \"all\" {{}}\n\
+             output \"count\" {{\n  value = length(data.keylime_agents.all.agents)\n}}\n",
+            sys.verifier.port(),
+            sys.registrar.port(),
+            tls_dir.display().to_string(),
+            elsewhere.display().to_string(),
+        ),
     )?;
     let inited = init.run(&["init", "-no-color"])?.ok("init")?;
     assert!(
