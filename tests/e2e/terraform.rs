@@ -319,7 +319,25 @@ async fn terraform_manages_policies_and_enrolments_and_repairs_drift() -> Result
     ])?;
     assert_eq!((code, &changed["changed"]), (0, &json!(true)), "{changed}");
     assert_eq!(sys.kctl_json(&["agents", "unenroll", &id2])?.0, 0);
+    // ... the measured-boot policy replaced, and another agent moved to another runtime policy.
+    let (_, mb_before) = sys.kctl_json(&["policies", "mb", "show", "boot"])?;
+    let other_mb = tf.dir.join("other-mb.json");
+    std::fs::write(&other_mb, json!({"allow_secureboot_off": true}).to_string())?;
+    let other_mb = other_mb.display().to_string();
+    assert_eq!(sys.kctl_json(&["policies", "mb", "apply", "boot", "--file", &other_mb])?.0, 0);
+    let policy_s = policy.display().to_string();
+    assert_eq!(
+        sys.kctl_json(&["policies", "runtime", "apply", "other", "--file", &policy_s])?.0,
+        0
+    );
+    assert_eq!(sys.kctl_json(&["agents", "update", &id3, "--runtime-policy", "other"])?.0, 0);
     let drift = tf.plan()?.exits(2, "plan after out-of-band changes")?;
+    for change in [
+        "keylime_mb_policy.boot will be updated in-place".to_owned(),
+        format!("keylime_agent_enrollment.agent[\"{id3}\"] will be updated in-place"),
+    ] {
+        assert!(drift.text.contains(&change), "{change}: {}", drift.text);
+    }
     assert!(
         drift.text.contains("keylime_runtime_policy.fleet will be updated in-place"),
         "{}",
@@ -333,6 +351,9 @@ async fn terraform_manages_policies_and_enrolments_and_repairs_drift() -> Result
     tf.apply()?;
     let (_, repaired) = sys.kctl_json(&["policies", "runtime", "show", "fleet"])?;
     assert_eq!(repaired["digest"], offline["digest"], "apply restored the policy");
+    let (_, mb_after) = sys.kctl_json(&["policies", "mb", "show", "boot"])?;
+    assert_eq!(mb_after["digest"], mb_before["digest"], "apply restored the measured-boot policy");
+    assert_eq!(sys.show_agent(&id3)?["runtime_policy"], "fleet", "apply restored the setting");
     settle()?;
     tf.plan()?.exits(0, "plan after the repair")?;
 
