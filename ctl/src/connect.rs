@@ -13,27 +13,53 @@ use tonic::{Code, Status};
 use crate::cli::Cli;
 use crate::exit::Failure;
 
+/// Where the daemons are and which tenant configuration to read, as given on a command line
+/// or in another front's configuration; `None` falls back to the tenant configuration.
+#[derive(Debug, Clone, Default)]
+pub struct Connection {
+    /// `HOST` or `HOST:PORT` of the verifier.
+    pub verifier: Option<String>,
+    /// `HOST` or `HOST:PORT` of the registrar.
+    pub registrar: Option<String>,
+    /// The directory with the CA and the admin client certificate.
+    pub tls_dir: Option<std::path::PathBuf>,
+    /// The tenant configuration file.
+    pub config: Option<std::path::PathBuf>,
+}
+
 /// The effective tenant configuration: files, `KEYLIME_TENANT_*`, then kctl's flags.
 pub fn tenant_config(cli: &Cli) -> Result<TenantConfig, Failure> {
+    let connection = Connection {
+        verifier: cli.verifier.clone(),
+        registrar: cli.registrar.clone(),
+        tls_dir: cli.tls_dir.clone(),
+        config: cli.config.clone(),
+    };
+    tenant_config_for(&connection, "--")
+}
+
+/// The effective tenant configuration: files, `KEYLIME_TENANT_*`, then what `connection` sets.
+/// `prefix` is how the settings are named in errors (`--` for flags).
+pub fn tenant_config_for(connection: &Connection, prefix: &str) -> Result<TenantConfig, Failure> {
     let mut flags = Vec::new();
-    if let Some(addr) = &cli.verifier {
-        let (ip, port) = split_addr(addr, "--verifier")?;
+    if let Some(addr) = &connection.verifier {
+        let (ip, port) = split_addr(addr, &format!("{prefix}verifier"))?;
         flags.push(Flag::new("verifier_ip", ip));
         if let Some(port) = port {
             flags.push(Flag::new("verifier_port", port));
         }
     }
-    if let Some(addr) = &cli.registrar {
-        let (ip, port) = split_addr(addr, "--registrar")?;
+    if let Some(addr) = &connection.registrar {
+        let (ip, port) = split_addr(addr, &format!("{prefix}registrar"))?;
         flags.push(Flag::new("registrar_ip", ip));
         if let Some(port) = port {
             flags.push(Flag::new("registrar_port", port));
         }
     }
-    if let Some(dir) = &cli.tls_dir {
+    if let Some(dir) = &connection.tls_dir {
         flags.push(Flag::new("tls_dir", dir.display().to_string()));
     }
-    let args = ConfigArgs { config: cli.config.clone(), ..ConfigArgs::default() };
+    let args = ConfigArgs { config: connection.config.clone(), ..ConfigArgs::default() };
     let sources = args.sources(flags).map_err(|e| Failure::Input(e.into()))?;
     let loaded = config::load::<TenantConfig>(&sources).map_err(|e| Failure::Input(e.into()))?;
     Ok(loaded.config)

@@ -24,6 +24,19 @@ mod verifier_json;
 
 use std::process::ExitCode;
 
+/// What other fronts (the Terraform provider) use of kctl: the tenant configuration and
+/// connections, enrolment with payload delivery, PCR policies and the agent listing, so that
+/// they behave as kctl does.
+pub mod api {
+    pub use crate::agents::{Enrollment, agent_listing, enroll_agent, pcr_policy_from_json};
+    pub use crate::connect::{
+        Connection, block_on, channel, rfc3339, status, tenant_config_for, tls_files,
+    };
+    pub use crate::exit::Failure;
+    pub use crate::payload::{PayloadSpec, digest as payload_digest};
+    pub use crate::verifier_json::{agent as agent_json, state_name};
+}
+
 pub use crate::cli::Cli;
 use crate::cli::Command;
 

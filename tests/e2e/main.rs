@@ -16,6 +16,7 @@ mod migration;
 mod operations;
 mod reference;
 mod registration;
+mod terraform;
 
 use std::time::{Duration, Instant};
 

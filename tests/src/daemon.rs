@@ -29,16 +29,30 @@ pub struct Program {
     pub package: &'static str,
     /// The package's directory in the workspace.
     pub dir: &'static str,
+    /// Other workspace directories it is built from, besides the shared ones.
+    pub also: &'static [&'static str],
 }
 
 pub const AGENT: Program =
-    Program { bin: "keylime_agent", package: "kl-agent", dir: "daemons/agent" };
-pub const REGISTRAR: Program =
-    Program { bin: "keylime_registrar", package: "kl-registrar", dir: "daemons/registrar" };
+    Program { bin: "keylime_agent", package: "kl-agent", dir: "daemons/agent", also: &[] };
+pub const REGISTRAR: Program = Program {
+    bin: "keylime_registrar",
+    package: "kl-registrar",
+    dir: "daemons/registrar",
+    also: &[],
+};
 pub const VERIFIER: Program =
-    Program { bin: "keylime_verifier", package: "kl-verifier", dir: "daemons/verifier" };
-pub const KCTL: Program = Program { bin: "kctl", package: "kctl", dir: "ctl" };
-pub const TENANT: Program = Program { bin: "keylime_tenant", package: "kctl", dir: "ctl" };
+    Program { bin: "keylime_verifier", package: "kl-verifier", dir: "daemons/verifier", also: &[] };
+pub const KCTL: Program = Program { bin: "kctl", package: "kctl", dir: "ctl", also: &[] };
+/// The Terraform provider, built on kctl's library.
+pub const TERRAFORM_PROVIDER: Program = Program {
+    bin: "terraform-provider-keylime",
+    package: "terraform-provider-keylime",
+    dir: "terraform",
+    also: &["ctl"],
+};
+pub const TENANT: Program =
+    Program { bin: "keylime_tenant", package: "kctl", dir: "ctl", also: &[] };
 
 /// Directories whose sources go into every daemon, besides the daemon's own.
 const SHARED_SOURCES: [&str; 3] = ["lib", "proto", "Cargo.lock"];
@@ -90,6 +104,7 @@ fn is_fresh(binary: &Path, workspace: &Path, program: Program) -> bool {
     };
     let mut roots: Vec<PathBuf> = SHARED_SOURCES.iter().map(|d| workspace.join(d)).collect();
     roots.push(workspace.join(program.dir));
+    roots.extend(program.also.iter().map(|d| workspace.join(d)));
     roots.iter().all(|root| newest_modification(root).is_none_or(|newest| newest <= built))
 }
 
