@@ -39,6 +39,7 @@
 pub mod config;
 pub mod fs;
 pub mod logging;
+pub mod manual;
 pub mod metrics;
 pub mod notice;
 pub mod shutdown;
