@@ -52,6 +52,17 @@ pub enum Command {
     /// The verifier's event stream.
     #[command(subcommand)]
     Events(EventsCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print kctl's manual page or the default tenant.conf (for packaging).
+    #[command(hide = true)]
+    Render {
+        #[arg(value_enum)]
+        what: kl_svc::manual::Render,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -14,6 +14,7 @@ mod events;
 mod exit;
 mod ima;
 mod input;
+mod manual;
 mod output;
 mod payload;
 mod policies;
@@ -41,6 +42,8 @@ pub fn execute(cli: &Cli) -> u8 {
         Command::Ca(cmd) => ca::run(cli, cmd),
         Command::Agents(cmd) => agents::run(cli, cmd),
         Command::Events(cmd) => events::run(cli, cmd),
+        Command::Completion { shell } => manual::completion(*shell),
+        Command::Render { what } => manual::render(*what),
     };
     match result {
         Ok(code) => code.into(),
