@@ -10,6 +10,7 @@ mod attestation;
 mod config;
 mod events;
 mod exit_codes;
+mod install;
 mod kctl;
 mod registration;
 
