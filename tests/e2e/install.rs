@@ -278,6 +278,17 @@ fn the_install_layout_man_pages_completions_and_units_check_out_and_uninstall_ke
         assert!(score <= 1.5, "{}: exposure {score}", unit.display());
     }
 
+    // Another prefix: programs, units and pages below it, the units starting the programs
+    // there; the default configs stay where the programs look for them.
+    let opt = dir.path().join("opt-root");
+    let opt_arg = opt.to_string_lossy();
+    checked(install_sh(&["--destdir", &opt_arg, "--prefix", "/opt/keylime"])?, "--prefix")?;
+    let unit =
+        fs::read_to_string(opt.join("opt/keylime/lib/systemd/system/keylime_agent.service"))?;
+    assert!(unit.contains("\nExecStart=/opt/keylime/bin/keylime_agent\n"), "{unit}");
+    assert!(opt.join("opt/keylime/bin/kctl").is_file());
+    assert!(opt.join("usr/etc/keylime/agent.conf").is_file());
+
     // The operator's edits stay through --uninstall; everything installed goes.
     let dropin = dest.join("etc/keylime/verifier.conf.d/50-site.conf");
     fs::create_dir_all(dropin.parent().ok_or("no parent")?)?;
