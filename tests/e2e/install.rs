@@ -445,6 +445,11 @@ fn installed_daemons_run_as_the_service_user_and_the_guides_tenant_commands_work
     let ima_log = state.join("ima/ascii_runtime_measurements");
     write(&ima_log, "")?;
     fs::set_permissions(&ima_log, fs::Permissions::from_mode(0o400))?;
+    let event_log_path = state.join("tpm0/binary_bios_measurements");
+    let event_log: Vec<u8> = (0..=255u8).cycle().take(3000).collect();
+    fs::create_dir_all(event_log_path.parent().ok_or("no parent")?)?;
+    fs::write(&event_log_path, &event_log)?;
+    fs::set_permissions(&event_log_path, fs::Permissions::from_mode(0o400))?;
     let mut ima = ImaWriter::default();
     ima.measure(&tpm, &ima_log, "boot_aggregate", b"boot")?;
     ima.measure(&tpm, &ima_log, "/usr/bin/bash", b"bash")?;
@@ -467,10 +472,11 @@ fn installed_daemons_run_as_the_service_user_and_the_guides_tenant_commands_work
         &etc.join("agent.conf.d/50-site.conf"),
         &format!(
             "{keylime_dir}port = {agent_port}\nregistrar_port = {registrar_port}\nuuid = \"{AGENT_UUID}\"\n\
-             tcti = \"{}\"\nima_ml_path = {:?}\nrun_as = \"{SERVICE_UID}:{SERVICE_GID}\"\n\
+             tcti = \"{}\"\nima_ml_path = {:?}\nmeasuredboot_ml_path = {:?}\nrun_as = \"{SERVICE_UID}:{SERVICE_GID}\"\n\
              # No tmpfs under a test directory: it would outlive a killed agent.\nsecure_size = 0\n",
             tpm.tcti(),
-            ima_log.display().to_string()
+            ima_log.display().to_string(),
+            event_log_path.display().to_string()
         ),
     )?;
     write(
@@ -529,6 +535,11 @@ fn installed_daemons_run_as_the_service_user_and_the_guides_tenant_commands_work
     assert_eq!(gid, [g.as_str(); 4].join(" "), "agent Gid:");
     assert_eq!(groups, g, "agent Groups:");
     assert_eq!(fs::metadata(state.join("agent"))?.uid(), SERVICE_UID);
+    // As the service user it still serves the root-only IMA list and event log it opened.
+    let reply = tokio::runtime::Runtime::new()?.block_on(quote_with_logs(&state, agent_port))?;
+    assert!(!reply.ima_log_missing, "IMA list served after the switch");
+    assert_eq!(reply.ima_entry_count, 2, "IMA entries served after the switch");
+    assert_eq!(reply.event_log, event_log, "event log served after the switch");
 
     // The guide's tenant commands, with the installed tenant.conf and the site drop-in.
     let tenant = |args: &[&str]| -> Result<Output> {
@@ -609,6 +620,27 @@ fn installed_daemons_run_as_the_service_user_and_the_guides_tenant_commands_work
     assert!(log.contains("tpm_cert_store"), "no reload in the registrar's log:\n{log}");
     drop((agent, registrar, verifier));
     Ok(())
+}
+
+/// A quote with the IMA list and the event log, asked with the deployment's admin certificate.
+async fn quote_with_logs(state: &Path, port: u16) -> Result<kl_proto::agent::v1::GetQuoteResponse> {
+    use kl_svc::tls::{ServerTrust, TlsConnector, TlsFiles, client_config};
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+
+    let tls = TlsFiles::new(state.join("cv_ca"));
+    let agent_cert = CertificateDer::from_pem_file(state.join("agent/identity-cert.pem"))
+        .map_err(|e| err(format!("agent identity certificate: {e}")))?;
+    let config = client_config(&ServerTrust::Pinned(agent_cert), Some(tls.client_identity()?))?;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))?
+        .timeout(Duration::from_secs(30))
+        .connect_with_connector(TlsConnector::new(std::sync::Arc::new(config)))
+        .await?;
+    let mut client = kl_proto::agent::v1::agent_client::AgentClient::new(channel)
+        .max_decoding_message_size(64 << 20);
+    let mut request = crate::quote_request(&crate::nonce(), 0, 0);
+    request.include_event_log = true;
+    Ok(client.get_quote(request).await?.into_inner())
 }
 
 fn wait_for(what: &str, mut done: impl FnMut() -> Result<bool>) -> Result<()> {

@@ -14,6 +14,7 @@
 //! server, until shutdown). [`run`] does both.
 
 pub mod error;
+pub mod eventlog;
 pub mod identity;
 pub mod imalog;
 pub mod payload;
@@ -162,11 +163,13 @@ impl Agent {
             tmpfs_size: config.secure_size,
         };
         let ima = Arc::new(ImaLog::new(&config.ima_ml_path));
+        let event_log = Arc::new(eventlog::EventLog::new(&config.measuredboot_ml_path));
         if let Some((setting, user)) = &run_as {
-            // What needs root happens now: the TPM is open, the tmpfs mounted, the IMA list
-            // opened; the state directories become the user's.
+            // What needs root happens now: the TPM is open, the tmpfs mounted, the IMA list and
+            // the UEFI event log opened; the state directories become the user's.
             payload::mount_secure_dir(&payload_settings)?;
             ima.keep_open();
+            event_log.keep_open();
             user.switch(setting, &[&data_dir, &config.secure_dir])?;
             tracing::info!(run_as = %setting, uid = %user.uid, gid = %user.gid, "switched to the service user");
         }
@@ -224,7 +227,7 @@ impl Agent {
             pcr_banks: vec![default_bank],
             ima,
             ima_limit: config.ima_max_entries.max(1),
-            event_log_path: config.measuredboot_ml_path.clone(),
+            event_log,
             payload,
             calls: Arc::default(),
         };
