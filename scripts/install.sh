@@ -30,7 +30,7 @@ uninstall=no
 
 usage() {
     sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//' >&2
-    exit 2
+    exit "$1"
 }
 
 while (($#)); do
@@ -41,8 +41,8 @@ while (($#)); do
     --profile) profile=${2:?--profile needs release or debug}; shift 2 ;;
     --bindir-from) bindir_from=${2:?--bindir-from needs a directory}; shift 2 ;;
     --uninstall) uninstall=yes; shift ;;
-    -h | --help) usage ;;
-    *) echo "install.sh: unknown argument \"$1\"" >&2; usage ;;
+    -h | --help) usage 0 ;;
+    *) echo "install.sh: unknown argument \"$1\"" >&2; usage 2 ;;
     esac
 done
 
@@ -51,8 +51,8 @@ case $prefix in
 *) echo "install.sh: --prefix $prefix: must be an absolute path" >&2; exit 2 ;;
 esac
 if [[ -n $destdir ]]; then
-    mkdir -p "$destdir"
-    destdir=$(cd "$destdir" && pwd)
+    [[ $uninstall == yes ]] || mkdir -p "$destdir"
+    destdir=$(cd "$destdir" && pwd) || exit 1
 fi
 prefix=${prefix%/}
 root="$destdir"
