@@ -1,12 +1,13 @@
 //! `kl-svc`: the plumbing the registrar, verifier, agent and kctl share.
 //!
 //! It owns layered TOML configuration ([`config`]), file presence that tells "absent" from
-//! "cannot look" ([`fs`]), the CA, TLS identities, rustls configs and
-//! TLS transports for tonic ([`tls`]), signed revocation notices ([`notice`]), tracing setup ([`logging`]),
-//! man pages rendered from a program's clap definition and option table ([`manual`]), Prometheus metrics ([`metrics`]), systemd readiness ([`systemd`]) and the shutdown
-//! signal ([`shutdown`]). It holds no attestation logic and no
-//! protocol: it never parses TPM structures, opens a database or defines an RPC, and it keeps no
-//! global state beyond the tracing subscriber a binary asks it to install.
+//! "cannot look" ([`fs`]), the CA, TLS identities, rustls configs and TLS transports for tonic
+//! ([`tls`]), signed revocation notices ([`notice`]), tracing setup ([`logging`]), man pages
+//! rendered from a program's clap definition and option table ([`manual`]), Prometheus metrics
+//! ([`metrics`]), systemd readiness ([`systemd`]) and the shutdown signal ([`shutdown`]). It
+//! holds no attestation logic and no protocol: it never parses TPM structures, opens a database
+//! or defines an RPC, and it keeps no global state beyond the tracing subscriber a binary asks it
+//! to install.
 //!
 //! A daemon's start-up, in outline:
 //!

@@ -75,7 +75,7 @@ fn commands(roff: &mut Roff, parent: &str, cmd: &Command) {
         usage.push(roman(" "));
         usage.push(italic(if arg.is_required_set() { name } else { format!("[{name}]") }));
     }
-    if cmd.get_arguments().any(|a| !a.is_positional() && !a.is_hide_set() && !is_global(a)) {
+    if cmd.get_arguments().any(|a| !a.is_positional() && !a.is_hide_set() && !a.is_global_set()) {
         usage.push(roman(" [OPTIONS]"));
     }
     roff.text(usage);
@@ -83,7 +83,8 @@ fn commands(roff: &mut Roff, parent: &str, cmd: &Command) {
         roff.control("PP", []);
         roff.text([roman(about.to_string())]);
     }
-    for arg in cmd.get_arguments().filter(|a| !a.is_hide_set() && !is_global(a)) {
+    // A global flag is documented once, under OPTIONS.
+    for arg in cmd.get_arguments().filter(|a| !a.is_hide_set() && !a.is_global_set()) {
         if arg.get_long() == Some("help") || arg.get_long() == Some("version") {
             continue;
         }
@@ -92,11 +93,6 @@ fn commands(roff: &mut Roff, parent: &str, cmd: &Command) {
         let help = arg.get_long_help().or_else(|| arg.get_help()).map(|h| h.to_string());
         roff.text([roman(help.unwrap_or_default())]);
     }
-}
-
-/// A global flag is documented once, under OPTIONS.
-fn is_global(arg: &clap::Arg) -> bool {
-    arg.is_global_set()
 }
 
 fn flag_text(arg: &clap::Arg) -> String {
