@@ -62,6 +62,17 @@ pub enum Command {
     /// Keylime configuration files (offline).
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print kctl's manual page or the default tenant.conf (for packaging).
+    #[command(hide = true)]
+    Render {
+        #[arg(value_enum)]
+        what: kl_svc::manual::Render,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -16,6 +16,7 @@ mod health;
 mod ima;
 mod input;
 mod keylime_conf;
+mod manual;
 mod output;
 mod payload;
 mod policies;
@@ -58,6 +59,8 @@ pub fn execute(cli: &Cli) -> u8 {
         Command::Events(cmd) => events::run(cli, cmd),
         Command::Config(cmd) => keylime_conf::run(cli, cmd),
         Command::Health(args) => health::run(cli, args),
+        Command::Completion { shell } => manual::completion(*shell),
+        Command::Render { what } => manual::render(*what),
     };
     match result {
         Ok(code) => code.into(),

@@ -43,6 +43,7 @@ const PLAYBOOK: &str = r#"- hosts: localhost
         keylime_registrar_config_dir: "{{ root }}/etc"
         keylime_registrar_config_owner: "{{ owner }}"
         keylime_registrar_config_group: "{{ group }}"
+        keylime_registrar_manage_user: false
         keylime_registrar_settings:
           port: 18891
           require_ek_cert: false

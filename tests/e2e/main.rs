@@ -11,6 +11,7 @@ mod attestation;
 mod config;
 mod events;
 mod exit_codes;
+mod install;
 mod kctl;
 mod migration;
 mod operations;

@@ -19,6 +19,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
+use kl_svc::config::{Component, ComponentConfig, TenantConfig};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum TenantCommand {
@@ -142,6 +143,9 @@ struct Tenant {
     /// Runtime policy file (Keylime JSON, DSSE-signed, or this project's format).
     #[arg(long = "runtime-policy")]
     runtime_policy: Option<PathBuf>,
+    /// Print the manual page and exit (for packaging).
+    #[arg(long, value_enum, hide = true)]
+    render: Option<kl_svc::manual::Render>,
     /// Name to store the runtime policy under (default: the agent UUID).
     #[arg(long = "runtime-policy-name")]
     runtime_policy_name: Option<String>,
@@ -435,6 +439,12 @@ const PROGRAM: &str = "keylime_tenant";
 
 fn main() -> ExitCode {
     let tenant = Tenant::parse_from(normalise(std::env::args_os()));
+    if tenant.render.is_some() {
+        use clap::CommandFactory;
+        let config = (Component::Tenant, TenantConfig::options());
+        print!("{}", kl_svc::manual::page(Tenant::command(), "1", Some((config.0, &config.1))));
+        return ExitCode::SUCCESS;
+    }
     let plan = match tenant.plan() {
         Ok(plan) => plan,
         Err(msg) => {

@@ -60,6 +60,9 @@ pub enum Error {
     #[error("payload: {0}")]
     Payload(#[from] crate::payload::InstallError),
 
+    #[error(transparent)]
+    RunAs(#[from] crate::privileges::RunAsError),
+
     #[error("internal: {0}")]
     Internal(String),
 }
@@ -72,6 +75,7 @@ impl Error {
         matches!(
             self,
             Error::Config { .. }
+                | Error::RunAs(_)
                 | Error::TrustedCa { .. }
                 | Error::Identity(_)
                 | Error::RegistrarAddress { .. }

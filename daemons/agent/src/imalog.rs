@@ -41,6 +41,9 @@ pub struct ImaLog {
     index: Mutex<LineIndex>,
     /// Whether the list was missing when last looked at, so that is logged once, not per quote.
     missing: AtomicBool,
+    /// The list opened once at start, for an agent that then gives up root (`run_as`):
+    /// securityfs files are readable by root only.
+    kept: Mutex<Option<File>>,
 }
 
 /// Byte offsets of line starts; `starts[n]` is where entry `n` begins and the last element is
@@ -68,6 +71,15 @@ impl ImaLog {
             path: path.into(),
             index: Mutex::new(LineIndex::default()),
             missing: AtomicBool::new(false),
+            kept: Mutex::new(None),
+        }
+    }
+
+    /// Opens the list now and reads it through that descriptor from then on (before the agent
+    /// gives up root). A list that cannot be opened is left to [`ImaLog::available`] to report.
+    pub fn keep_open(&self) {
+        if let Ok(file) = File::open(&self.path) {
+            *self.kept.lock().unwrap_or_else(|p| p.into_inner()) = Some(file);
         }
     }
 
@@ -78,6 +90,9 @@ impl ImaLog {
     /// Whether the list can be opened. A change is logged: a list that is missing fails the
     /// agent at a verifier that applies a runtime policy to it.
     pub fn available(&self) -> bool {
+        if self.kept.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
+            return true;
+        }
         let opened = File::open(&self.path);
         let was_missing = self.missing.swap(opened.is_err(), Ordering::Relaxed);
         match (&opened, was_missing) {
@@ -98,12 +113,25 @@ impl ImaLog {
     /// list was restarted (the machine rebooted): entries are then served from 0.
     pub fn read_from(&self, offset: u64, max: u64) -> Result<ImaSlice, ImaLogError> {
         let err = |source| ImaLogError::Read { path: self.path.clone(), source };
-        let mut file = File::open(&self.path).map_err(err)?;
+        let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        match kept.as_mut() {
+            // Held under the lock: the descriptor's offset is shared by every reader.
+            Some(file) => self.read_file(file, offset, max),
+            None => {
+                drop(kept);
+                let mut file = File::open(&self.path).map_err(err)?;
+                self.read_file(&mut file, offset, max)
+            }
+        }
+    }
+
+    fn read_file(&self, file: &mut File, offset: u64, max: u64) -> Result<ImaSlice, ImaLogError> {
+        let err = |source| ImaLogError::Read { path: self.path.clone(), source };
         let mut index = self.index.lock().unwrap_or_else(|p| p.into_inner());
-        if !still_holds_last_line(&mut file, &index).map_err(err)? {
+        if !still_holds_last_line(file, &index).map_err(err)? {
             *index = LineIndex::default();
         }
-        extend_index(&mut file, &mut index).map_err(err)?;
+        extend_index(file, &mut index).map_err(err)?;
 
         let total = index.entries();
         let (start, restarted) = if offset > total { (0, true) } else { (offset, false) };

@@ -15,9 +15,11 @@
 //! server, until shutdown). [`run`] does both.
 
 pub mod error;
+pub mod eventlog;
 pub mod identity;
 pub mod imalog;
 pub mod payload;
+pub mod privileges;
 pub mod registration;
 pub mod revocation;
 pub mod service;
@@ -115,6 +117,10 @@ impl Agent {
             }
             None => config.ip.to_string(),
         };
+        let run_as = match &config.run_as {
+            Some(setting) => Some((setting.clone(), privileges::RunAs::resolve(setting)?)),
+            None => None,
+        };
         let data_dir = config.agent_data_path.clone();
         std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&data_dir).map_err(|e| {
             Error::Config {
@@ -155,6 +161,24 @@ impl Agent {
             names.push(config.ip.to_string());
         }
         let identity = identity::load_or_create_identity(&data_dir, &agent_id, &names)?;
+        let payload_settings = payload::PayloadSettings {
+            secure_dir: config.secure_dir.clone(),
+            script: config.payload_script.clone(),
+            script_timeout: config.payload_script_timeout,
+            limits: kl_core::payload::Limits::default(),
+            tmpfs_size: config.secure_size,
+        };
+        let ima = Arc::new(ImaLog::new(&config.ima_ml_path));
+        let event_log = Arc::new(eventlog::EventLog::new(&config.measuredboot_ml_path));
+        if let Some((setting, user)) = &run_as {
+            // What needs root happens now: the TPM is open, the tmpfs mounted, the IMA list and
+            // the UEFI event log opened; the state directories become the user's.
+            payload::mount_secure_dir(&payload_settings)?;
+            ima.keep_open();
+            event_log.keep_open();
+            user.switch(setting, &[&data_dir, &config.secure_dir])?;
+            tracing::info!(run_as = %setting, uid = %user.uid, gid = %user.gid, "switched to the service user");
+        }
 
         let server = server_config(
             identity.tls_identity().map_err(Error::ServerTls)?,
@@ -187,13 +211,7 @@ impl Agent {
         let payload = Arc::new(payload::PayloadInstaller::new(
             &agent_id,
             &identity.key_pem,
-            payload::PayloadSettings {
-                secure_dir: config.secure_dir.clone(),
-                script: config.payload_script.clone(),
-                script_timeout: config.payload_script_timeout,
-                limits: kl_core::payload::Limits::default(),
-                tmpfs_size: config.secure_size,
-            },
+            payload_settings,
         )?);
         let revocation = revocation::RevocationActions {
             configured: config.revocation_actions.clone(),
@@ -213,9 +231,9 @@ impl Agent {
             default_bank,
             ak_alg,
             pcr_banks: vec![default_bank],
-            ima: Arc::new(ImaLog::new(&config.ima_ml_path)),
+            ima,
             ima_limit: config.ima_max_entries.max(1),
-            event_log_path: config.measuredboot_ml_path.clone(),
+            event_log,
             payload,
             calls: Arc::default(),
         };

@@ -6,7 +6,7 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use kl_svc::config::{self, AgentConfig, ConfigArgs};
 
 /// Exit status for errors a restart cannot fix (sysexits.h EX_CONFIG).
@@ -34,6 +34,9 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    if args.config.render::<AgentConfig>(Args::command) {
+        return Ok(());
+    }
     let loaded = config::load::<AgentConfig>(&args.config.sources(Vec::new())?)?;
     if args.config.print_config {
         println!("{}", loaded.to_json()?);

@@ -194,30 +194,7 @@ impl PayloadInstaller {
             let path = path.to_owned();
             move |source| InstallError::Io { path, source }
         };
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(secure)
-            .map_err(io(secure))?;
-        std::fs::set_permissions(secure, std::fs::Permissions::from_mode(0o700))
-            .map_err(io(secure))?;
-        if self.settings.tmpfs_size > 0 && !is_mount_point(secure) {
-            let status = std::process::Command::new("mount")
-                .args(["-t", "tmpfs", "-o"])
-                .arg(format!("size={},mode=0700", self.settings.tmpfs_size))
-                .arg("tmpfs")
-                .arg(secure)
-                .stderr(Stdio::null())
-                .status();
-            match status {
-                Ok(s) if s.success() => {
-                    tracing::info!(dir = %secure.display(), "mounted a tmpfs for the payload")
-                }
-                _ => {
-                    tracing::warn!(dir = %secure.display(), "cannot mount a tmpfs; using a 0700 directory")
-                }
-            }
-        }
+        mount_secure_dir(&self.settings)?;
         let unzipped = secure.join("unzipped");
         if unzipped.exists() {
             std::fs::remove_dir_all(&unzipped).map_err(io(&unzipped))?;
@@ -225,6 +202,34 @@ impl PayloadInstaller {
         std::fs::DirBuilder::new().mode(0o700).create(&unzipped).map_err(io(&unzipped))?;
         Ok(unzipped)
     }
+}
+
+/// Creates the secure directory (0700) and mounts a tmpfs of `tmpfs_size` bytes on it when it
+/// is not one already and the agent may mount (root). An agent with `run_as` does this at start,
+/// before it gives up root.
+pub fn mount_secure_dir(settings: &PayloadSettings) -> Result<(), InstallError> {
+    let secure = &settings.secure_dir;
+    let io = |source| InstallError::Io { path: secure.clone(), source };
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(secure).map_err(io)?;
+    std::fs::set_permissions(secure, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
+    if settings.tmpfs_size > 0 && !is_mount_point(secure) {
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o"])
+            .arg(format!("size={},mode=0700", settings.tmpfs_size))
+            .arg("tmpfs")
+            .arg(secure)
+            .stderr(Stdio::null())
+            .status();
+        match status {
+            Ok(s) if s.success() => {
+                tracing::info!(dir = %secure.display(), "mounted a tmpfs for the payload")
+            }
+            _ => {
+                tracing::warn!(dir = %secure.display(), "cannot mount a tmpfs; using a 0700 directory")
+            }
+        }
+    }
+    Ok(())
 }
 
 fn is_mount_point(dir: &Path) -> bool {

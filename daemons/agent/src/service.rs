@@ -6,7 +6,6 @@
 //! the handshake); here their role is checked too: only `admin` and `verifier` certificates
 //! may ask for evidence.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,7 +43,7 @@ pub struct AgentService {
     pub ima: Arc<ImaLog>,
     /// Most IMA entries in one reply (`ima_max_entries`).
     pub ima_limit: u64,
-    pub event_log_path: PathBuf,
+    pub event_log: Arc<crate::eventlog::EventLog>,
     /// Key halves and the payload they unlock.
     pub payload: Arc<PayloadInstaller>,
     /// What runs when a revocation notice arrives.
@@ -185,7 +184,7 @@ fn read_logs(
     ima: &ImaLog,
     offset: u64,
     limit: u64,
-    event_log: Option<&PathBuf>,
+    event_log: Option<&crate::eventlog::EventLog>,
 ) -> Result<(Option<ImaSlice>, Vec<u8>), Error> {
     let slice = if ima.available() {
         let slice = ima.read_from(offset, limit)?;
@@ -199,7 +198,7 @@ fn read_logs(
     } else {
         None
     };
-    let event_log = match event_log.map(std::fs::read) {
+    let event_log = match event_log.map(crate::eventlog::EventLog::read) {
         None => Vec::new(),
         Some(Ok(bytes)) => bytes,
         Some(Err(e)) => {
@@ -239,10 +238,10 @@ impl AgentService {
             0 => self.ima_limit,
             asked => asked.min(self.ima_limit),
         };
-        let (ima_log, event_log_path) = (self.ima.clone(), self.event_log_path.clone());
+        let (ima_log, event_log) = (self.ima.clone(), self.event_log.clone());
         let (offset, include_event_log) = (req.ima_offset, req.include_event_log);
         let (ima, event_log) = tokio::task::spawn_blocking(move || {
-            read_logs(&ima_log, offset, limit, include_event_log.then_some(&event_log_path))
+            read_logs(&ima_log, offset, limit, include_event_log.then_some(&*event_log))
         })
         .await
         .map_err(|e| Error::Internal(format!("log reading task: {e}")))??;
@@ -290,7 +289,7 @@ impl AgentService {
             signing_algorithm: signing.into(),
             pcr_banks: self.pcr_banks.iter().map(|b| proto_hash(*b).into()).collect(),
             ima_available: self.ima.available(),
-            event_log_available: self.event_log_path.is_file(),
+            event_log_available: self.event_log.available(),
             payload_installed: false,
         }))
     }

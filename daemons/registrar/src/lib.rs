@@ -88,7 +88,7 @@ impl Server {
         let files = tls::prepare(
             &config.tls_dir,
             &config.keylime_dir,
-            &config.cert_subject_alternative_names,
+            &tls::server_names(config.ip, &config.cert_subject_alternative_names),
         )?;
         let access = Access::new(&files.ca_certificates()?)?;
         let server_tls = access.server_config(files.server_identity()?)?;

@@ -9,7 +9,7 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use kl_svc::config::{self, ConfigArgs, RegistrarConfig};
 
 /// The keylime-rs registrar: stores each agent's TPM identity after credential activation.
@@ -49,6 +49,9 @@ fn restart_cannot_help(e: &anyhow::Error) -> bool {
 }
 
 async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if args.config.render::<RegistrarConfig>(Args::command) {
+        return Ok(ExitCode::SUCCESS);
+    }
     let loaded = config::load::<RegistrarConfig>(&args.config.sources(Vec::new())?)?;
     if args.config.print_config {
         println!("{}", loaded.to_json()?);

@@ -106,7 +106,7 @@ impl Server {
         let files = tls::prepare(
             &config.tls_dir,
             &config.keylime_dir,
-            &config.cert_subject_alternative_names,
+            &tls::server_names(config.ip, &config.cert_subject_alternative_names),
         )?;
         let ca_certificates = files.ca_certificates()?;
         let server_identity = files.server_identity()?;

@@ -9,7 +9,7 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use kl_svc::config::{self, ConfigArgs, VerifierConfig};
 
 /// The keylime-rs verifier: continuously attests enrolled agents.
@@ -51,6 +51,9 @@ fn restart_cannot_help(e: &anyhow::Error) -> bool {
 }
 
 async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if args.config.render::<VerifierConfig>(Args::command) {
+        return Ok(ExitCode::SUCCESS);
+    }
     let loaded = config::load::<VerifierConfig>(&args.config.sources(Vec::new())?)?;
     if args.config.print_config {
         println!("{}", loaded.to_json()?);

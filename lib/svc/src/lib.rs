@@ -3,11 +3,12 @@
 //! It owns the standard gRPC health and reflection services every daemon serves ([`api`]),
 //! layered TOML configuration ([`config`]), file presence that tells "absent" from "cannot
 //! look" ([`fs`]), the CA, TLS identities, rustls configs and TLS transports for tonic
-//! ([`tls`]), signed revocation notices ([`notice`]), tracing setup ([`logging`]), Prometheus
-//! metrics ([`metrics`]), systemd readiness ([`systemd`]) and the shutdown signal
-//! ([`shutdown`]). It holds no attestation logic and no protocol of its own: it never parses
-//! TPM structures, opens a database or defines a keylime RPC, and it keeps no global state
-//! beyond the tracing subscriber a binary asks it to install.
+//! ([`tls`]), signed revocation notices ([`notice`]), tracing setup ([`logging`]), man pages
+//! rendered from a program's clap definition and option table ([`manual`]), Prometheus metrics
+//! ([`metrics`]), systemd readiness ([`systemd`]) and the shutdown signal ([`shutdown`]). It
+//! holds no attestation logic and no protocol of its own: it never parses TPM structures, opens
+//! a database or defines a keylime RPC, and it keeps no global state beyond the tracing
+//! subscriber a binary asks it to install.
 //!
 //! A daemon's start-up, in outline:
 //!
@@ -42,6 +43,7 @@ pub mod api;
 pub mod config;
 pub mod fs;
 pub mod logging;
+pub mod manual;
 pub mod metrics;
 pub mod notice;
 pub mod shutdown;

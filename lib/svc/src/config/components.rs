@@ -78,8 +78,10 @@ mod seconds {
 /// Options every daemon has: `keylime_dir`, `ip`, `port`, `tls_dir`, `log_format`, `log_level`.
 fn daemon_options(port: &'static str, tls_dir: &'static str) -> Vec<OptionSpec> {
     let mut options = vec![
-        OptionSpec::new("ip", Kind::Ip, "127.0.0.1"),
-        OptionSpec::new("port", Kind::Port, port),
+        OptionSpec::new("ip", Kind::Ip, "127.0.0.1")
+.doc("Address to listen on; 0.0.0.0 or :: for every address (the generated server certificate then names this host)."),
+        OptionSpec::new("port", Kind::Port, port)
+.doc("TCP port to listen on."),
     ];
     options.extend(client_options(tls_dir));
     options
@@ -88,10 +90,14 @@ fn daemon_options(port: &'static str, tls_dir: &'static str) -> Vec<OptionSpec> 
 /// Options of every program, the tenant included.
 fn client_options(tls_dir: &'static str) -> Vec<OptionSpec> {
     vec![
-        OptionSpec::new("keylime_dir", Kind::Path, "/var/lib/keylime"),
-        OptionSpec::new("tls_dir", Kind::TlsDir, tls_dir),
-        OptionSpec::new("log_format", Kind::Choice(LOG_FORMATS), "text"),
-        OptionSpec::new("log_level", Kind::Text, "info"),
+        OptionSpec::new("keylime_dir", Kind::Path, "/var/lib/keylime")
+.doc("State directory: databases, the generated CA (cv_ca/), agent key material. The environment variable KEYLIME_DIR overrides it."),
+        OptionSpec::new("tls_dir", Kind::TlsDir, tls_dir)
+.doc("TLS files: \"generate\" creates a CA and certificates in <keylime_dir>/cv_ca on first start, \"default\" reads them from there, any other value is a directory holding cacert.crt, server-cert.crt, server-private.pem, client-cert.crt and client-private.pem."),
+        OptionSpec::new("log_format", Kind::Choice(LOG_FORMATS), "text")
+.doc("Log lines as \"text\" or \"json\" (both journald-friendly)."),
+        OptionSpec::new("log_level", Kind::Text, "info")
+.doc("A tracing filter (\"info\", \"debug\", \"kl_verifier=debug\"); RUST_LOG overrides it."),
     ]
 }
 
@@ -143,6 +149,8 @@ pub struct AgentConfig {
     /// Address and port of the Prometheus endpoint; no port, no endpoint.
     pub metrics_ip: IpAddr,
     pub metrics_port: Option<u16>,
+    /// `user:group` to switch to after start-up (TPM open, secure directory mounted).
+    pub run_as: Option<String>,
 }
 
 impl ComponentConfig for AgentConfig {
@@ -151,38 +159,64 @@ impl ComponentConfig for AgentConfig {
     fn options() -> Vec<OptionSpec> {
         let mut options = daemon_options("9002", "default");
         options.extend([
-            OptionSpec::new("uuid", Kind::AgentUuid, "hash_ek"),
-            OptionSpec::optional("contact_ip", Kind::Host),
-            OptionSpec::optional("contact_port", Kind::Port),
-            OptionSpec::new("registrar_ip", Kind::Host, "127.0.0.1"),
-            OptionSpec::new("registrar_port", Kind::Port, "8891"),
-            OptionSpec::new("tcti", Kind::Tcti, "device:/dev/tpmrm0"),
-            OptionSpec::under_keylime_dir("trusted_client_ca", Kind::Path, "cv_ca/cacert.crt"),
-            OptionSpec::under_keylime_dir("agent_data_path", Kind::Path, "agent"),
+            OptionSpec::new("uuid", Kind::AgentUuid, "hash_ek")
+.doc("Agent id: a UUID, \"generate\" (a new random one at each start) or \"hash_ek\" (SHA-256 of the EK public key)."),
+            OptionSpec::optional("contact_ip", Kind::Host)
+.doc("Address the verifier and kctl reach this agent at; unset: ip."),
+            OptionSpec::optional("contact_port", Kind::Port)
+.doc("Port the verifier and kctl reach this agent at; unset: port."),
+            OptionSpec::new("registrar_ip", Kind::Host, "127.0.0.1")
+.doc("Registrar host name or IP address."),
+            OptionSpec::new("registrar_port", Kind::Port, "8891")
+.doc("Registrar port."),
+            OptionSpec::new("tcti", Kind::Tcti, "device:/dev/tpmrm0")
+.doc("The TPM: device:/dev/tpmrm0 (the kernel resource manager), swtpm:host=H,port=P, mssim:..., tabrmd:..."),
+            OptionSpec::under_keylime_dir("trusted_client_ca", Kind::Path, "cv_ca/cacert.crt")
+.doc("CA certificate (PEM) that clients (verifier, kctl) must chain to."),
+            OptionSpec::under_keylime_dir("agent_data_path", Kind::Path, "agent")
+.doc("Agent key material: AK, identity key and certificate."),
             OptionSpec::new(
                 "ima_ml_path",
                 Kind::Path,
                 "/sys/kernel/security/ima/ascii_runtime_measurements",
-            ),
+            )
+.doc("The IMA measurement list."),
             OptionSpec::new(
                 "measuredboot_ml_path",
                 Kind::Path,
                 "/sys/kernel/security/tpm0/binary_bios_measurements",
-            ),
-            OptionSpec::new("revocation_notification_ip", Kind::HostList, "127.0.0.1"),
-            OptionSpec::new("revocation_actions", Kind::TextList, ""),
-            OptionSpec::new("revocation_actions_dir", Kind::Path, "/usr/libexec/keylime"),
-            OptionSpec::new("allow_payload_revocation_actions", Kind::Bool, "true"),
-            OptionSpec::new("payload_script", Kind::Text, "autorun.sh"),
-            OptionSpec::new("payload_script_timeout", Kind::Seconds, "300"),
-            OptionSpec::under_keylime_dir("secure_dir", Kind::Path, "secure"),
-            OptionSpec::new("secure_size", Kind::Count, "67108864"),
-            OptionSpec::new("tpm_hash_alg", Kind::Choice(HASH_ALGS), "sha256"),
-            OptionSpec::new("tpm_encryption_alg", Kind::Choice(ENCRYPTION_ALGS), "rsa"),
-            OptionSpec::new("tpm_signing_alg", Kind::Choice(SIGNING_ALGS), "rsassa"),
-            OptionSpec::new("ima_max_entries", Kind::Count, "10000"),
-            OptionSpec::new("metrics_ip", Kind::Ip, "127.0.0.1"),
-            OptionSpec::optional("metrics_port", Kind::Port),
+            )
+.doc("The UEFI event log."),
+            OptionSpec::new("revocation_notification_ip", Kind::HostList, "127.0.0.1")
+.doc("Verifier addresses whose revocation notices are accepted (they are signature-checked as well); \"*\" accepts any."),
+            OptionSpec::new("revocation_actions", Kind::TextList, "")
+.doc("Executables in revocation_actions_dir to run on a revocation notice, each with the path of the notice JSON."),
+            OptionSpec::new("revocation_actions_dir", Kind::Path, "/usr/libexec/keylime")
+.doc("Directory of the revocation_actions executables."),
+            OptionSpec::new("allow_payload_revocation_actions", Kind::Bool, "true")
+.doc("Whether revocation actions shipped in a payload may run."),
+            OptionSpec::new("payload_script", Kind::Text, "autorun.sh")
+.doc("Script in the payload run once the machine is attested."),
+            OptionSpec::new("payload_script_timeout", Kind::Seconds, "300")
+.doc("Seconds the payload script may run before it is killed."),
+            OptionSpec::under_keylime_dir("secure_dir", Kind::Path, "secure")
+.doc("Where payloads are extracted; a tmpfs is mounted on it when secure_size > 0 and the agent starts as root."),
+            OptionSpec::new("secure_size", Kind::Count, "67108864")
+.doc("Bytes of the tmpfs mounted on secure_dir (0: no tmpfs, a 0700 directory)."),
+            OptionSpec::new("tpm_hash_alg", Kind::Choice(HASH_ALGS), "sha256")
+.doc("PCR bank and hash algorithm of quotes."),
+            OptionSpec::new("tpm_encryption_alg", Kind::Choice(ENCRYPTION_ALGS), "rsa")
+.doc("EK algorithm."),
+            OptionSpec::new("tpm_signing_alg", Kind::Choice(SIGNING_ALGS), "rsassa")
+.doc("AK signing scheme."),
+            OptionSpec::new("ima_max_entries", Kind::Count, "10000")
+.doc("Most IMA entries one quote reply carries; the verifier asks again for the rest."),
+            OptionSpec::new("metrics_ip", Kind::Ip, "127.0.0.1")
+.doc("Address of the Prometheus metrics endpoint."),
+            OptionSpec::optional("metrics_port", Kind::Port)
+.doc("Port of the Prometheus metrics endpoint; unset: no endpoint."),
+            OptionSpec::optional("run_as", Kind::Text)
+.doc("USER:GROUP the agent switches to once the TPM is open and the secure directory mounted (it must start as root for that); unset: keep the starting user."),
         ]);
         options
     }
@@ -216,12 +250,18 @@ impl ComponentConfig for RegistrarConfig {
     fn options() -> Vec<OptionSpec> {
         let mut options = daemon_options("8891", "default");
         options.extend([
-            OptionSpec::under_keylime_dir("tpm_cert_store", Kind::Path, "tpm_cert_store"),
-            OptionSpec::new("require_ek_cert", Kind::Bool, "true"),
-            OptionSpec::new("cert_subject_alternative_names", Kind::TextList, ""),
-            OptionSpec::new("registration_rate_limit", Kind::Count, "60"),
-            OptionSpec::new("metrics_ip", Kind::Ip, "127.0.0.1"),
-            OptionSpec::optional("metrics_port", Kind::Port),
+            OptionSpec::under_keylime_dir("tpm_cert_store", Kind::Path, "tpm_cert_store")
+.doc("Directory of TPM vendor CA certificates (PEM or DER) that EK certificates must chain to; SIGHUP reloads it."),
+            OptionSpec::new("require_ek_cert", Kind::Bool, "true")
+.doc("Refuse agents whose EK has no certificate chaining to tpm_cert_store."),
+            OptionSpec::new("cert_subject_alternative_names", Kind::TextList, "")
+.doc("Extra DNS names and IP addresses for the generated server certificate (it always names localhost, 127.0.0.1, ::1, this host's name and ip, or this host's addresses when ip is a wildcard)."),
+            OptionSpec::new("registration_rate_limit", Kind::Count, "60")
+.doc("Registrations (Register and Activate) allowed per source address per minute."),
+            OptionSpec::new("metrics_ip", Kind::Ip, "127.0.0.1")
+.doc("Address of the Prometheus metrics endpoint."),
+            OptionSpec::optional("metrics_port", Kind::Port)
+.doc("Port of the Prometheus metrics endpoint; unset: no endpoint."),
         ]);
         options
     }
@@ -272,31 +312,48 @@ impl ComponentConfig for VerifierConfig {
     fn options() -> Vec<OptionSpec> {
         let mut options = daemon_options("8881", "generate");
         options.extend([
-            OptionSpec::new("registrar_ip", Kind::Host, "127.0.0.1"),
-            OptionSpec::new("registrar_port", Kind::Port, "8891"),
-            OptionSpec::new("quote_interval", Kind::Seconds, "2"),
-            OptionSpec::new("retry_interval", Kind::Seconds, "2"),
-            OptionSpec::new("max_retries", Kind::Count, "5"),
-            OptionSpec::new("exponential_backoff", Kind::Bool, "true"),
-            OptionSpec::new("request_timeout", Kind::Seconds, "60"),
-            OptionSpec::optional("webhook_url", Kind::Url),
-            OptionSpec::optional("webhook_secret", Kind::Text),
-            OptionSpec::optional("webhook_ca", Kind::Path),
+            OptionSpec::new("registrar_ip", Kind::Host, "127.0.0.1")
+.doc("Registrar host name or IP address."),
+            OptionSpec::new("registrar_port", Kind::Port, "8891")
+.doc("Registrar port."),
+            OptionSpec::new("quote_interval", Kind::Seconds, "2")
+.doc("Seconds between two quotes of one agent."),
+            OptionSpec::new("retry_interval", Kind::Seconds, "2")
+.doc("Seconds before retrying an agent that did not answer (doubled each time with exponential_backoff)."),
+            OptionSpec::new("max_retries", Kind::Count, "5")
+.doc("Failed attempts before an agent is marked unreachable."),
+            OptionSpec::new("exponential_backoff", Kind::Bool, "true")
+.doc("Double retry_interval after each failed attempt."),
+            OptionSpec::new("request_timeout", Kind::Seconds, "60")
+.doc("Seconds a call to another component may take."),
+            OptionSpec::optional("webhook_url", Kind::Url)
+.doc("http:// or https:// URL that receives each event as JSON; unset: no webhook."),
+            OptionSpec::optional("webhook_secret", Kind::Text)
+.doc("Key of the X-Keylime-Signature HMAC-SHA256 header of webhook calls."),
+            OptionSpec::optional("webhook_ca", Kind::Path)
+.doc("CA certificates (PEM) an https:// webhook receiver must chain to; unset: the system trust store and the deployment CA."),
             OptionSpec::new(
                 "accept_tpm_hash_algs",
                 Kind::ChoiceList(HASH_ALGS),
                 "sha512,sha384,sha256",
-            ),
+            )
+.doc("Hash algorithms accepted in quotes."),
             OptionSpec::new(
                 "accept_tpm_signing_algs",
                 Kind::ChoiceList(SIGNING_ALGS),
                 "rsassa,rsapss,ecdsa,ecschnorr",
-            ),
-            OptionSpec::new("cert_subject_alternative_names", Kind::TextList, ""),
-            OptionSpec::new("history_max_age", Kind::Seconds, "2592000"),
-            OptionSpec::new("history_max_entries", Kind::Count, "1000"),
-            OptionSpec::new("metrics_ip", Kind::Ip, "127.0.0.1"),
-            OptionSpec::optional("metrics_port", Kind::Port),
+            )
+.doc("Signing schemes accepted in quotes."),
+            OptionSpec::new("cert_subject_alternative_names", Kind::TextList, "")
+.doc("Extra DNS names and IP addresses for the generated server certificate (it always names localhost, 127.0.0.1, ::1, this host's name and ip, or this host's addresses when ip is a wildcard)."),
+            OptionSpec::new("history_max_age", Kind::Seconds, "2592000")
+.doc("Seconds attestation history and events are kept."),
+            OptionSpec::new("history_max_entries", Kind::Count, "1000")
+.doc("Attestation records kept per agent."),
+            OptionSpec::new("metrics_ip", Kind::Ip, "127.0.0.1")
+.doc("Address of the Prometheus metrics endpoint."),
+            OptionSpec::optional("metrics_port", Kind::Port)
+.doc("Port of the Prometheus metrics endpoint; unset: no endpoint."),
         ]);
         options
     }
@@ -324,11 +381,14 @@ impl ComponentConfig for TenantConfig {
     fn options() -> Vec<OptionSpec> {
         let mut options = client_options("default");
         options.extend([
-            OptionSpec::new("verifier_ip", Kind::Host, "127.0.0.1"),
-            OptionSpec::new("verifier_port", Kind::Port, "8881"),
-            OptionSpec::new("registrar_ip", Kind::Host, "127.0.0.1"),
-            OptionSpec::new("registrar_port", Kind::Port, "8891"),
-            OptionSpec::new("request_timeout", Kind::Seconds, "60"),
+            OptionSpec::new("verifier_ip", Kind::Host, "127.0.0.1")
+                .doc("Verifier host name or IP address."),
+            OptionSpec::new("verifier_port", Kind::Port, "8881").doc("Verifier port."),
+            OptionSpec::new("registrar_ip", Kind::Host, "127.0.0.1")
+                .doc("Registrar host name or IP address."),
+            OptionSpec::new("registrar_port", Kind::Port, "8891").doc("Registrar port."),
+            OptionSpec::new("request_timeout", Kind::Seconds, "60")
+                .doc("Seconds a call to another component may take."),
         ]);
         options
     }

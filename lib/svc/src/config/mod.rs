@@ -14,6 +14,7 @@
 
 mod args;
 mod components;
+mod sample;
 mod value;
 
 use std::collections::BTreeMap;
@@ -28,7 +29,12 @@ pub use args::ConfigArgs;
 pub use components::{
     AgentConfig, AgentUuid, LogFormat, RegistrarConfig, TenantConfig, VerifierConfig,
 };
+pub use sample::sample;
 pub use value::{Default, Kind, OptionSpec, is_uuid, parse_str};
+
+/// The variable naming a directory that stands in for `/` when looking up `/usr/etc/keylime`
+/// and `/etc/keylime` (as the daemons' `--config-root`).
+pub const CONFIG_ROOT_VAR: &str = "KEYLIME_CONFIG_ROOT";
 
 /// The four configurable programs; each has its own file, drop-in directory and env prefix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -172,7 +178,14 @@ impl Sources {
         }
     }
 
-    /// The system roots and this process's `KEYLIME_*` environment variables.
+    /// `/usr/etc` and `/etc` below `root` in place of `/`: an installed tree that is not the
+    /// running system (a package build root, a test).
+    pub fn rooted(root: &Path) -> Self {
+        Sources { roots: vec![root.join("usr/etc"), root.join("etc")], ..Sources::new() }
+    }
+
+    /// The system roots (below `KEYLIME_CONFIG_ROOT` when set) and this process's `KEYLIME_*`
+    /// environment variables.
     pub fn system() -> Self {
         let env = std::env::vars_os()
             .filter_map(|(k, v)| {
@@ -180,7 +193,11 @@ impl Sources {
                 k.starts_with("KEYLIME_").then(|| (k, v.to_string_lossy().into_owned()))
             })
             .collect();
-        Sources { env, ..Sources::new() }
+        let roots = match std::env::var_os(CONFIG_ROOT_VAR) {
+            Some(root) if !root.is_empty() => Sources::rooted(Path::new(&root)).roots,
+            _ => Sources::new().roots,
+        };
+        Sources { env, roots, ..Sources::new() }
     }
 }
 

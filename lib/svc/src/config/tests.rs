@@ -403,3 +403,22 @@ fn optional_values_can_be_unset_again() -> TestResult {
     assert_eq!(load::<VerifierConfig>(&sources)?.config.webhook_url, None);
     Ok(())
 }
+
+#[test]
+fn config_root_stands_in_for_slash() -> TestResult {
+    let roots = Roots::new()?;
+    roots.write("usr/etc/keylime/verifier.conf", "port = 1111\nquote_interval = 5\n")?;
+    let dropin = roots.write("etc/keylime/verifier.conf.d/50-site.conf", "port = 2222\n")?;
+    let cli = Cli::try_parse_from([
+        "keylime_verifier",
+        "--config-root",
+        &roots.dir.path().display().to_string(),
+    ])?;
+    let sources = cli.config.apply(Sources::new(), Vec::new())?;
+    assert_eq!(sources.roots, vec![roots.dir.path().join("usr/etc"), roots.dir.path().join("etc")]);
+    let loaded = load::<VerifierConfig>(&sources)?;
+    assert_eq!(loaded.config.port, 2222);
+    assert_eq!(loaded.config.quote_interval, Duration::from_secs(5));
+    assert_eq!(loaded.origins.get("port"), Some(&Source::File(dropin)));
+    Ok(())
+}

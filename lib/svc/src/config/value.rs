@@ -62,19 +62,27 @@ pub struct OptionSpec {
     pub default: Default,
     /// An optional option may be left unset; setting it to "" unsets it.
     pub optional: bool,
+    /// What the option does, one or two sentences: the commented default config files and
+    /// the daemons' man pages are made from it.
+    pub doc: &'static str,
 }
 
 impl OptionSpec {
     pub const fn new(name: &'static str, kind: Kind, default: &'static str) -> Self {
-        OptionSpec { name, kind, default: Default::Value(default), optional: false }
+        OptionSpec { name, kind, default: Default::Value(default), optional: false, doc: "" }
     }
 
     pub const fn under_keylime_dir(name: &'static str, kind: Kind, sub: &'static str) -> Self {
-        OptionSpec { name, kind, default: Default::UnderKeylimeDir(sub), optional: false }
+        OptionSpec { name, kind, default: Default::UnderKeylimeDir(sub), optional: false, doc: "" }
     }
 
     pub const fn optional(name: &'static str, kind: Kind) -> Self {
-        OptionSpec { name, kind, default: Default::Unset, optional: true }
+        OptionSpec { name, kind, default: Default::Unset, optional: true, doc: "" }
+    }
+
+    /// The same option with its description.
+    pub const fn doc(self, doc: &'static str) -> Self {
+        OptionSpec { doc, ..self }
     }
 }
 

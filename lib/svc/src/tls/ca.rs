@@ -1,6 +1,7 @@
 //! The certificate authority: creating it, loading it, and issuing server and role certificates.
 
 use std::fmt;
+use std::net::{IpAddr, ToSocketAddrs};
 use std::path::Path;
 use std::time::Duration;
 
@@ -212,6 +213,50 @@ pub fn prepare(
     Ok(tls)
 }
 
+/// The names a generated server certificate carries besides localhost, 127.0.0.1 and ::1, for a
+/// daemon listening on `ip`: this host's name, and `ip` itself, or for a wildcard address (0.0.0.0,
+/// ::) every address this host's name resolves to; then `extra`
+/// (`cert_subject_alternative_names`). Agents on other hosts then reach the daemon by name or
+/// address without further settings.
+pub fn server_names(ip: IpAddr, extra: &[String]) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    let mut add = |name: String| {
+        if !name.is_empty() && !names.contains(&name) && !LOCAL_NAMES.contains(&name.as_str()) {
+            names.push(name);
+        }
+    };
+    let host = host_name();
+    if let Some(host) = &host {
+        add(host.clone());
+    }
+    if ip.is_unspecified() {
+        // A host name that does not resolve leaves the name alone: the daemon still starts.
+        let resolved = host
+            .as_deref()
+            .and_then(|h| (h, 0u16).to_socket_addrs().ok())
+            .into_iter()
+            .flatten()
+            .map(|a| a.ip())
+            .filter(|a| a.is_ipv4() || ip.is_ipv6());
+        for address in resolved {
+            add(address.to_string());
+        }
+    } else {
+        add(ip.to_string());
+    }
+    for name in extra {
+        add(name.clone());
+    }
+    names
+}
+
+/// This host's name as the kernel has it (`uname -n`), when it can be read.
+pub fn host_name() -> Option<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+    let name = name.trim();
+    (!name.is_empty() && name != "(none)").then(|| name.to_owned())
+}
+
 /// Whether a TLS file is there; "permission denied" is an error, never "missing".
 fn exists(path: &Path) -> Result<bool, TlsError> {
     crate::fs::exists(path).map_err(|source| TlsError::Read { path: path.to_owned(), source })
@@ -287,6 +332,46 @@ mod tests {
                 other => format!("{other:?}"),
             })
             .collect()
+    }
+
+    /// The names a generated server certificate carries for `ip`.
+    fn generated_names(ip: &str) -> Result<Vec<String>, Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let tls = TlsFiles::new(dir.path());
+        ensure_generated(&tls, &server_names(ip.parse()?, &["extra.example".to_owned()]))?;
+        let server = tls.server_identity()?;
+        let (_, cert) = x509_parser::parse_x509_certificate(&server.chain[0])?;
+        Ok(san_names(&cert))
+    }
+
+    #[test]
+    fn server_cert_names_the_configured_address_and_this_host() -> TestResult {
+        let host = host_name().ok_or("this host has no name")?;
+        let names = generated_names("192.0.2.10")?;
+        for name in ["localhost", "127.0.0.1", "::1", "192.0.2.10", host.as_str(), "extra.example"]
+        {
+            assert!(names.iter().any(|n| n == name), "{name} not in {names:?}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn server_cert_for_a_wildcard_address_names_this_hosts_addresses() -> TestResult {
+        let host = host_name().ok_or("this host has no name")?;
+        let names = generated_names("0.0.0.0")?;
+        assert!(names.contains(&host), "{host} not in {names:?}");
+        assert!(!names.iter().any(|n| n == "0.0.0.0"), "{names:?}");
+        let addresses: Vec<String> = (host.as_str(), 0u16)
+            .to_socket_addrs()?
+            .map(|a| a.ip())
+            .filter(|a| a.is_ipv4())
+            .map(|a| a.to_string())
+            .collect();
+        assert!(!addresses.is_empty(), "{host} resolves to no IPv4 address");
+        for address in &addresses {
+            assert!(names.contains(address), "{address} not in {names:?}");
+        }
+        Ok(())
     }
 
     #[test]

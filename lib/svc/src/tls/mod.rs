@@ -16,7 +16,9 @@ mod rustls_config;
 use std::path::PathBuf;
 
 pub use agent::AgentIdentity;
-pub use ca::{CertificateAuthority, IssuedCert, ensure_generated, prepare};
+pub use ca::{
+    CertificateAuthority, IssuedCert, ensure_generated, host_name, prepare, server_names,
+};
 pub use connector::{TlsConnector, client_refusal, connect, refusal_reason};
 pub use files::{TlsDir, TlsFiles, TlsIdentity, read_certificates};
 pub use listener::TlsIncoming;
