@@ -266,7 +266,18 @@ impl Tenant {
         if let Some(k) = &self.runtime_policy_key {
             apply.extend(["--signing-key".into(), k.display().to_string()]);
         }
+        apply.push(self.put_precondition().into());
         Ok(apply)
+    }
+
+    /// Keylime's add*policy refuses a name in use (409) and update*policy an absent one (404);
+    /// the verifier checks either in the transaction that writes, so a script that relies on
+    /// the refusal never replaces a policy a fleet uses.
+    fn put_precondition(&self) -> &'static str {
+        match self.command {
+            TenantCommand::Addruntimepolicy | TenantCommand::Addmbpolicy => "--if-absent",
+            _ => "--must-exist",
+        }
     }
 
     /// `kctl policies mb apply` for add/updatembpolicy.
@@ -279,6 +290,7 @@ impl Tenant {
         let mut apply = self.common();
         apply.extend(["policies", "mb", "apply", name, "--file"].map(str::to_owned));
         apply.push(file.display().to_string());
+        apply.push(self.put_precondition().into());
         Ok(apply)
     }
 
@@ -572,7 +584,8 @@ mod tests {
                 "--file",
                 "p.json",
                 "--signing-key",
-                "k.pem"
+                "k.pem",
+                "--if-absent"
             ]]
         );
         let p = plan(&["-c", "addallowlist", "--runtime-policy-name", "a", "--allowlist", "l"])
@@ -580,7 +593,26 @@ mod tests {
         assert_eq!(p[0][1..6], ["policies", "runtime", "apply", "a", "--file"]);
         let p = plan(&["-c", "updatembpolicy", "--mb-policy-name", "fw", "--mb-policy", "m.json"])
             .expect("plan");
-        assert_eq!(p, [["kctl", "policies", "mb", "apply", "fw", "--file", "m.json"]]);
+        assert_eq!(
+            p,
+            [["kctl", "policies", "mb", "apply", "fw", "--file", "m.json", "--must-exist"]]
+        );
+        let p = plan(&["-c", "addmbpolicy", "--mb-policy-name", "fw", "--mb-policy", "m.json"])
+            .expect("plan");
+        assert_eq!(p[0].last().map(String::as_str), Some("--if-absent"));
+        let p = plan(&[
+            "-c",
+            "updateruntimepolicy",
+            "--runtime-policy-name",
+            "a",
+            "--runtime-policy",
+            "p.json",
+        ])
+        .expect("plan");
+        assert_eq!(p[0].last().map(String::as_str), Some("--must-exist"));
+        for argv in &p {
+            kctl::Cli::try_parse_from(argv).expect("kctl accepts the mode flags");
+        }
         for (command, verb) in [
             ("showruntimepolicy", "show"),
             ("deleteruntimepolicy", "delete"),
