@@ -364,10 +364,11 @@ fn looks_secret(option: &str) -> bool {
 
 /// A boolean option of `component`'s sections as Keylime reads it (`getboolean`), if set.
 fn keylime_flag(ini: &Ini, component: Component, option: &str) -> Option<bool> {
+    // The last one wins, as in Keylime's configparser.
     ini.entries
         .iter()
-        .filter(|e| e.option == option && section_of(component, &e.section).is_some())
-        .last()
+        .rev()
+        .find(|e| e.option == option && section_of(component, &e.section).is_some())
         .and_then(|e| match e.value.trim().to_ascii_lowercase().as_str() {
             "1" | "yes" | "true" | "on" => Some(true),
             "0" | "no" | "false" | "off" => Some(false),

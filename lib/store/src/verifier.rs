@@ -507,10 +507,10 @@ impl VerifierStore {
         self.db.write("store a policy", |txn| {
             let previous = kind.names().get_for_update(txn, name)?;
             match (precondition, previous) {
-                (PutPrecondition::Absent, Some(old)) => return Ok(PolicyPut::Exists(old)),
-                (PutPrecondition::Present, None) => return Ok(PolicyPut::Missing),
+                (PutPrecondition::Absent, Some(old)) => Ok(PolicyPut::Exists(old)),
+                (PutPrecondition::Present, None) => Ok(PolicyPut::Missing),
                 (_, Some(old)) if old.digest == digest => {
-                    return Ok(PolicyPut::Stored { record: old, changed: false });
+                    Ok(PolicyPut::Stored { record: old, changed: false })
                 }
                 (_, previous) => {
                     if kind.documents().get_for_update(txn, digest)?.is_none() {
