@@ -89,9 +89,11 @@ Commands and their kctl equivalents:
   reglist, regstatus,   kctl registrar list | show | delete
   regdelete
   add|show|update|delete|listruntimepolicy
-                        kctl policies runtime apply | show | apply | delete | list
+                        kctl policies runtime apply --if-absent | show |
+                        apply --must-exist | delete | list
   add|show|update|delete|listmbpolicy
-                        kctl policies mb apply | show | apply | delete | list
+                        kctl policies mb (the same)
+  (add* refuses a name in use, exit 5; update* an absent one, exit 3)
   (the *allowlist spellings are accepted for the runtime policy commands)
 
 Not supported here:
