@@ -241,6 +241,12 @@ pub enum StoredPolicyCommand {
         /// Runtime policies: the PEM key a DSSE-signed document must verify with.
         #[arg(long)]
         signing_key: Option<PathBuf>,
+        /// Only create: exit 5 when the name already exists, whatever it holds.
+        #[arg(long, conflicts_with = "must_exist")]
+        if_absent: bool,
+        /// Only replace: exit 3 when no policy has the name.
+        #[arg(long)]
+        must_exist: bool,
     },
     /// Show a stored policy and its canonical document; exits 3 when absent.
     Show { name: String },

@@ -14,7 +14,7 @@ use kl_proto::verifier::v1::verifier_client::VerifierClient;
 use kl_proto::verifier::v1::{
     DeleteMeasuredBootPolicyRequest, DeleteRuntimePolicyRequest, GetAgentRequest,
     GetMeasuredBootPolicyRequest, GetRuntimePolicyRequest, PutMeasuredBootPolicyRequest,
-    PutRuntimePolicyRequest, UnenrollAgentRequest,
+    PutPolicyMode, PutRuntimePolicyRequest, UnenrollAgentRequest,
 };
 use kl_svc::config::TenantConfig;
 use tonic::Code;
@@ -254,6 +254,8 @@ pub async fn apply_policy(
     };
     let what = format!("apply {noun} {name}");
     let summary = format!("Cannot store the {noun}");
+    // A create never adopts a policy someone else stored under the name: that is an import.
+    let mode = if prior.is_null() { PutPolicyMode::Create } else { PutPolicyMode::Upsert } as i32;
     let info = match kind {
         PolicyKind::Runtime => client
             .put_runtime_policy(PutRuntimePolicyRequest {
@@ -261,15 +263,29 @@ pub async fn apply_policy(
                 document,
                 exclude_list,
                 signing_key,
+                mode,
             })
             .await
             .map(|r| r.into_inner().policy),
         PolicyKind::MeasuredBoot => client
-            .put_measured_boot_policy(PutMeasuredBootPolicyRequest { name: name.clone(), document })
+            .put_measured_boot_policy(PutMeasuredBootPolicyRequest {
+                name: name.clone(),
+                document,
+                mode,
+            })
             .await
             .map(|r| r.into_inner().policy),
     }
-    .map_err(|s| vec![status(&summary, &what, s, Some("content"))])?
+    .map_err(|s| {
+        let exists = s.code() == Code::AlreadyExists;
+        let mut d = status(&summary, &what, s, Some("content"));
+        if exists {
+            d.detail.push_str(&format!(
+                "; to manage the stored one, import it: terraform import <address> {name}"
+            ));
+        }
+        vec![d]
+    })?
     .unwrap_or_default();
     let mut state = planned.clone();
     state.set("digest", Value::string(info.digest));

@@ -430,8 +430,22 @@ fn tenant_policy_round_trips(sys: &System, allowlist: &str) -> Result<()> {
             Ok(doc["digest"].clone())
         };
 
+        // Keylime's update*policy answers 404 for a name it does not hold: nothing is created.
+        let absent = tenant("update", Some(first))?;
+        assert_eq!(absent.status.code(), Some(3), "{} of an absent name", command("update"));
+        assert!(String::from_utf8_lossy(&absent.stderr).contains(&name), "names the policy");
+        let (code, _) = sys.kctl_json(&["policies", kind, "show", &name])?;
+        assert_eq!(code, 3, "{}: an absent name stays absent", command("update"));
+
         check(&tenant("add", Some(first))?, &command("add"))?;
         let added = digest()?;
+        // Keylime's add*policy answers 409 for a name in use; replacing it silently would change
+        // what every agent using it is appraised against.
+        let again = tenant("add", Some(second))?;
+        assert_eq!(again.status.code(), Some(5), "{} over an existing name", command("add"));
+        let stderr = String::from_utf8_lossy(&again.stderr);
+        assert!(stderr.contains(&name) && stderr.contains("already exists"), "{stderr}");
+        assert_eq!(digest()?, added, "{}: the existing policy is kept", command("add"));
         let shown = tenant("show", None)?;
         check(&shown, &command("show"))?;
         assert!(String::from_utf8_lossy(&shown.stdout).contains(&name));

@@ -95,9 +95,7 @@ async fn the_grafana_dashboard_shows_exactly_the_metrics_the_daemons_export() ->
     settings.extra.insert("metrics_port".into(), i64::from(agent_metrics).into());
     let _agent = deployment.start_agent("agent", &settings)?;
 
-    let dir = tempfile::tempdir()?;
     let mut exported = BTreeSet::new();
-    let mut files = Vec::new();
     for (name, port) in
         [("registrar", registrar_metrics), ("verifier", verifier_metrics), ("agent", agent_metrics)]
     {
@@ -105,9 +103,6 @@ async fn the_grafana_dashboard_shows_exactly_the_metrics_the_daemons_export() ->
         let found = families(&text);
         assert!(found.iter().any(|f| f.starts_with(&format!("keylime_{name}_"))), "{name}: {text}");
         exported.extend(found);
-        let file = dir.path().join(format!("{name}.prom"));
-        std::fs::write(&file, text)?;
-        files.push(file);
     }
 
     let path = workspace().join("docs/grafana/keylime-rs.json");
@@ -130,10 +125,8 @@ async fn the_grafana_dashboard_shows_exactly_the_metrics_the_daemons_export() ->
     match crate::ansible::venv()? {
         Some(venv) => {
             let mut check = Command::new(venv.join("bin").join("python"));
+            // The schema only: which metrics are queried is checked above, against the daemons.
             check.arg(workspace().join("scripts/check-grafana-dashboard.py")).arg(&path);
-            for f in &files {
-                check.arg("--metrics").arg(f);
-            }
             let out = check.output()?;
             assert!(
                 out.status.success(),

@@ -371,6 +371,12 @@ async fn terraform_manages_policies_and_enrolments_and_repairs_drift() -> Result
     // Forget and import: by name and by uuid; the plan is empty again after one apply.
     let first = format!("keylime_agent_enrollment.agent[\"{id3}\"]");
     tf.run(&["state", "rm", "keylime_runtime_policy.fleet", &first])?.ok("state rm")?;
+    // A create does not adopt the policy stored under its name: the error says to import it.
+    let taken = tf
+        .run(&["apply", "-auto-approve", "-no-color", "-target=keylime_runtime_policy.fleet"])?
+        .exits(1, "create over a stored policy")?;
+    assert!(taken.text.contains("already exists"), "{}", taken.text);
+    assert!(taken.text.contains("terraform import"), "{}", taken.text);
     tf.run(&["import", "-no-color", "keylime_runtime_policy.fleet", "fleet"])?
         .ok("import policy")?;
     tf.run(&["import", "-no-color", &first, &id3])?.ok("import enrolment")?;

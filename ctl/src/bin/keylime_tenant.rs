@@ -9,7 +9,8 @@
 //! keylime_tenant -c addmbpolicy --mb-policy-name NAME --mb-policy FILE
 //! ```
 //!
-//! Keylime's two-letter options (`-vp`, `-tp`, `-rp`, `-vi`) are accepted as written. Config
+//! Keylime's option names are accepted as Keylime 7 spells them, short (`-v`, `-vp`, `-tp`, `-rp`,
+//! `-vi`, `-nvc`) and long (`--cv`, `--cvport`, `--targetport`, `--registrarhost`, ...). Config
 //! comes from `/etc/keylime/tenant.conf` (and `/usr/etc`, drop-ins, `KEYLIME_TENANT_*`), as for
 //! kctl; exit codes are kctl's. Keylime options with no equivalent here are accepted by the
 //! parser only to be refused with what to use instead (see [`UNSUPPORTED`]).
@@ -61,7 +62,21 @@ const UNSUPPORTED: &[(&str, &str)] = &[
         "check the file before use; `kctl policies runtime digest -f FILE` prints the digest the \
          verifier stores",
     ),
-    ("--agent-api-version", "kctl speaks gRPC to the agent; leave it out"),
+    (
+        "--supported-version",
+        "leave it out: the agent is reached over gRPC, there is no REST API version to pin",
+    ),
+    (
+        "--cv_targethost",
+        "the verifier polls the agent at the contact address the agent registered (the agent's \
+         contact_ip); set it there, and give -t for this command's own connection",
+    ),
+    ("--allowlist-url", "download the allowlist and give it with --allowlist FILE"),
+    (
+        "--signature-verification-key",
+        "put the IMA signing keys in the runtime policy (its verification-keys) and give it with \
+         --runtime-policy FILE",
+    ),
     ("-k/--key and -p/--payload", "give the plain payload with -f FILE or --include ZIP|DIR"),
 ];
 
@@ -75,19 +90,25 @@ Commands and their kctl equivalents:
   reglist, regstatus,   kctl registrar list | show | delete
   regdelete
   add|show|update|delete|listruntimepolicy
-                        kctl policies runtime apply | show | apply | delete | list
+                        kctl policies runtime apply --if-absent | show |
+                        apply --must-exist | delete | list
   add|show|update|delete|listmbpolicy
-                        kctl policies mb apply | show | apply | delete | list
+                        kctl policies mb (the same)
+  (add* refuses a name in use, exit 5; update* an absent one, exit 3)
   (the *allowlist spellings are accepted for the runtime policy commands)
 
 Not supported here:
   --push-model                 pull mode only
   --runtime-policy-url         download the policy, give it with --runtime-policy FILE
   --runtime-policy-checksum    compare with `kctl policies runtime digest -f FILE`
-  --agent-api-version          not needed (gRPC)
+  --supported-version          not needed (gRPC); leave it out
+  --cv_targethost              the verifier polls the agent's registered contact address
+  --allowlist-url              download the allowlist, give it with --allowlist FILE
+  --signature-verification-key put the keys in the runtime policy's verification-keys
   -k/--key, -p/--payload       give the plain payload with -f FILE or --include
   --cert DIR                   only `--cert default` (the deployment CA)
-  -vi (verifier id)            accepted and ignored: one verifier fleet per deployment";
+  -vi/--cvid (verifier id),    accepted and ignored: one verifier fleet per deployment, so
+  -nvc/--no-verifier-check     there is no other verifier to check against";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -104,25 +125,28 @@ struct Tenant {
     #[arg(short = 'u', long = "uuid")]
     uuid: Option<String>,
     /// Verifier IP address or host name.
-    #[arg(short = 'v', long = "cv_targethost", alias = "verifier")]
+    #[arg(short = 'v', long = "cv", alias = "verifier")]
     verifier: Option<String>,
     /// Verifier port (`-vp`).
-    #[arg(long = "verifier-port")]
+    #[arg(long = "cvport", alias = "verifier-port")]
     verifier_port: Option<u16>,
     /// Verifier id (`-vi`; accepted, one verifier per deployment here).
-    #[arg(long = "verifier-id")]
+    #[arg(long = "cvid", alias = "verifier-id")]
     verifier_id: Option<String>,
-    /// Agent IP address (`-t`).
+    /// `-nvc`: accepted; there is no other verifier whose ownership of the agent to check.
+    #[arg(long = "no-verifier-check")]
+    no_verifier_check: bool,
+    /// Agent IP address, for this command's own connection to it (key delivery).
     #[arg(short = 't', long = "targethost")]
     agent: Option<String>,
     /// Agent port (`-tp`).
-    #[arg(long = "agent-port")]
+    #[arg(long = "targetport", alias = "agent-port")]
     agent_port: Option<u16>,
-    /// Registrar IP address or host name (`-r`).
-    #[arg(short = 'r', long = "registrar")]
+    /// Registrar IP address or host name.
+    #[arg(short = 'r', long = "registrarhost", alias = "registrar")]
     registrar: Option<String>,
     /// Registrar port (`-rp`).
-    #[arg(long = "registrar-port")]
+    #[arg(long = "registrarport", alias = "registrar-port")]
     registrar_port: Option<u16>,
     /// `default`: put a certificate for the agent, issued by the CA, into the payload.
     #[arg(long)]
@@ -146,8 +170,9 @@ struct Tenant {
     /// Print the manual page and exit (for packaging).
     #[arg(long, value_enum, hide = true)]
     render: Option<kl_svc::manual::Render>,
-    /// Name to store the runtime policy under (default: the agent UUID).
-    #[arg(long = "runtime-policy-name")]
+    /// Name to store the runtime policy under (default: the agent UUID); `--allowlist-name`
+    /// is Keylime's deprecated spelling.
+    #[arg(long = "runtime-policy-name", alias = "allowlist-name")]
     runtime_policy_name: Option<String>,
     /// PEM key a signed runtime policy must verify with.
     #[arg(long = "runtime-policy-sig-key")]
@@ -173,8 +198,14 @@ struct Tenant {
     runtime_policy_url: Option<String>,
     #[arg(long = "runtime-policy-checksum", hide = true)]
     runtime_policy_checksum: Option<String>,
-    #[arg(long = "agent-api-version", hide = true)]
-    agent_api_version: Option<String>,
+    #[arg(long = "supported-version", hide = true)]
+    supported_version: Option<String>,
+    #[arg(long = "cv_targethost", hide = true)]
+    cv_targethost: Option<String>,
+    #[arg(long = "allowlist-url", hide = true)]
+    allowlist_url: Option<String>,
+    #[arg(long = "signature-verification-key", alias = "sign_verification_key", hide = true)]
+    signature_verification_key: Vec<PathBuf>,
     #[arg(short = 'k', long = "key", hide = true)]
     key: Option<PathBuf>,
     #[arg(short = 'p', long = "payload", hide = true)]
@@ -184,10 +215,11 @@ struct Tenant {
 /// Keylime's argparse accepts two-letter short options; rewrite them to long ones.
 fn normalise(args: impl Iterator<Item = OsString>) -> Vec<OsString> {
     args.map(|a| match a.to_str() {
-        Some("-vp") => "--verifier-port".into(),
-        Some("-tp") => "--agent-port".into(),
-        Some("-rp") => "--registrar-port".into(),
-        Some("-vi") => "--verifier-id".into(),
+        Some("-vp") => "--cvport".into(),
+        Some("-tp") => "--targetport".into(),
+        Some("-rp") => "--registrarport".into(),
+        Some("-vi") => "--cvid".into(),
+        Some("-nvc") => "--no-verifier-check".into(),
         Some("-pf") => "--file".into(),
         _ => a,
     })
@@ -218,11 +250,15 @@ impl Tenant {
 
     /// The first Keylime option given that has no equivalent here, with what to use instead.
     fn unsupported(&self) -> Option<String> {
-        let given = [
+        // As long as UNSUPPORTED, or this does not compile.
+        let given: [bool; UNSUPPORTED.len()] = [
             self.push_model,
             self.runtime_policy_url.is_some(),
             self.runtime_policy_checksum.is_some(),
-            self.agent_api_version.is_some(),
+            self.supported_version.is_some(),
+            self.cv_targethost.is_some(),
+            self.allowlist_url.is_some(),
+            !self.signature_verification_key.is_empty(),
             self.key.is_some() || self.payload.is_some(),
         ];
         given
@@ -270,7 +306,18 @@ impl Tenant {
         if let Some(k) = &self.runtime_policy_key {
             apply.extend(["--signing-key".into(), k.display().to_string()]);
         }
+        apply.push(self.put_precondition().into());
         Ok(apply)
+    }
+
+    /// Keylime's add*policy refuses a name in use (409) and update*policy an absent one (404);
+    /// the verifier checks either in the transaction that writes, so a script that relies on
+    /// the refusal never replaces a policy a fleet uses.
+    fn put_precondition(&self) -> &'static str {
+        match self.command {
+            TenantCommand::Addruntimepolicy | TenantCommand::Addmbpolicy => "--if-absent",
+            _ => "--must-exist",
+        }
     }
 
     /// `kctl policies mb apply` for add/updatembpolicy.
@@ -283,6 +330,7 @@ impl Tenant {
         let mut apply = self.common();
         apply.extend(["policies", "mb", "apply", name, "--file"].map(str::to_owned));
         apply.push(file.display().to_string());
+        apply.push(self.put_precondition().into());
         Ok(apply)
     }
 
@@ -582,7 +630,8 @@ mod tests {
                 "--file",
                 "p.json",
                 "--signing-key",
-                "k.pem"
+                "k.pem",
+                "--if-absent"
             ]]
         );
         let p = plan(&["-c", "addallowlist", "--runtime-policy-name", "a", "--allowlist", "l"])
@@ -590,7 +639,26 @@ mod tests {
         assert_eq!(p[0][1..6], ["policies", "runtime", "apply", "a", "--file"]);
         let p = plan(&["-c", "updatembpolicy", "--mb-policy-name", "fw", "--mb-policy", "m.json"])
             .expect("plan");
-        assert_eq!(p, [["kctl", "policies", "mb", "apply", "fw", "--file", "m.json"]]);
+        assert_eq!(
+            p,
+            [["kctl", "policies", "mb", "apply", "fw", "--file", "m.json", "--must-exist"]]
+        );
+        let p = plan(&["-c", "addmbpolicy", "--mb-policy-name", "fw", "--mb-policy", "m.json"])
+            .expect("plan");
+        assert_eq!(p[0].last().map(String::as_str), Some("--if-absent"));
+        let p = plan(&[
+            "-c",
+            "updateruntimepolicy",
+            "--runtime-policy-name",
+            "a",
+            "--runtime-policy",
+            "p.json",
+        ])
+        .expect("plan");
+        assert_eq!(p[0].last().map(String::as_str), Some("--must-exist"));
+        for argv in &p {
+            kctl::Cli::try_parse_from(argv).expect("kctl accepts the mode flags");
+        }
         for (command, verb) in [
             ("showruntimepolicy", "show"),
             ("deleteruntimepolicy", "delete"),
@@ -639,6 +707,78 @@ mod tests {
         .expect_err("tpm_policy with a stored policy");
         assert!(e.contains("--tpm_policy"), "{e}");
         assert!(plan(&["-u", "a", "-c", "reactivate", "-c", "reactivate"]).is_err());
+    }
+
+    #[test]
+    fn keylime_7_long_option_names_are_accepted() {
+        let short = plan(&[
+            "-v", "10.0.0.1", "-vp", "8881", "-vi", "default", "-nvc", "-r", "10.0.0.3", "-rp",
+            "8891", "-t", "10.0.0.2", "-tp", "9003", "-u", "a", "-c", "add",
+        ])
+        .expect("short forms");
+        let long = plan(&[
+            "--cv",
+            "10.0.0.1",
+            "--cvport",
+            "8881",
+            "--cvid",
+            "default",
+            "--no-verifier-check",
+            "--registrarhost",
+            "10.0.0.3",
+            "--registrarport",
+            "8891",
+            "--targethost",
+            "10.0.0.2",
+            "--targetport",
+            "9003",
+            "--uuid",
+            "a",
+            "--command",
+            "add",
+        ])
+        .expect("Keylime's long forms");
+        assert_eq!(short, long);
+        assert_eq!(
+            long,
+            [[
+                "kctl",
+                "--verifier",
+                "10.0.0.1:8881",
+                "--registrar",
+                "10.0.0.3:8891",
+                "agents",
+                "enroll",
+                "a",
+                "--agent",
+                "10.0.0.2:9003"
+            ]]
+        );
+        let p = plan(&["-u", "a", "-nvc", "-c", "delete"]).expect("-nvc with delete");
+        assert_eq!(p, [["kctl", "agents", "unenroll", "a"]]);
+        // --allowlist-name: Keylime's deprecated name for --runtime-policy-name.
+        let p = plan(&["-c", "showallowlist", "--allowlist-name", "old"]).expect("allowlist-name");
+        assert_eq!(p, [["kctl", "policies", "runtime", "show", "old"]]);
+        let p = plan(&["-c", "addallowlist", "--allowlist-name", "n", "--allowlist", "l"])
+            .expect("allowlist-name with add");
+        assert_eq!(p[0][3..7], ["apply", "n", "--file", "l"]);
+    }
+
+    #[test]
+    fn keylime_options_without_an_equivalent_here_say_what_to_do() {
+        let e = plan(&["-u", "a", "--supported-version", "2.1"]).expect_err("version");
+        assert!(e.starts_with("--supported-version is not supported here: leave it out"), "{e}");
+        // In Keylime --cv_targethost is the agent address the verifier uses, not the verifier's.
+        let e = plan(&["-u", "a", "-t", "10.0.0.2", "--cv_targethost", "192.168.0.2"])
+            .expect_err("cv_targethost");
+        assert!(e.starts_with("--cv_targethost is not supported here: "), "{e}");
+        assert!(e.contains("contact_ip"), "{e}");
+        let e = plan(&["-u", "a", "--allowlist-url", "https://x/l"]).expect_err("url");
+        assert!(e.contains("--allowlist FILE"), "{e}");
+        let e = plan(&["-u", "a", "--sign_verification_key", "k.pem"]).expect_err("keys");
+        assert!(e.starts_with("--signature-verification-key is not supported here"), "{e}");
+        // Not a Keylime option: clap's own refusal.
+        assert!(plan(&["-u", "a", "--agent-api-version", "2.1"]).is_err());
     }
 
     #[test]

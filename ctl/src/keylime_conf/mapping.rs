@@ -21,6 +21,14 @@ pub enum Target {
     /// Meaningless here whatever its value (the version of Keylime's file format): kept out
     /// of the drop-in without a warning.
     Ignored(&'static str),
+    /// The verifier's `retry_interval`: the same option, but with `exponential_backoff`
+    /// (Keylime's default) Keylime waits `retry_interval ** n` before retry n and this verifier
+    /// `retry_interval * 2^(n-1)`. They agree only at 2 (or without backoff); any other value is
+    /// reported, not carried over.
+    Backoff(&'static str),
+    /// Read by Keylime only while the boolean option `flag` (default `default`) is true: nothing
+    /// to carry over while it is false; while it is true, no equivalent for the reason given.
+    WhenEnabled { flag: &'static str, default: bool, why: &'static str },
 }
 
 /// One Keylime option: the section it sits in (Keylime 7.x names; 6.x's `cloud_verifier` and
@@ -64,7 +72,7 @@ const AGENT_CERT: &str = "the agent generates its own identity key and certifica
                           agent_data_path; the registrar records it";
 
 use Component::{Agent, Registrar, Tenant, Verifier};
-use Target::{Absent, Bytes, Fixed, Ignored, Option as To};
+use Target::{Absent, Backoff, Bytes, Fixed, Ignored, Option as To, WhenEnabled};
 
 const fn rule(
     component: Component,
@@ -122,7 +130,7 @@ pub const RULES: &[Rule] = &[
     rule(Verifier, "verifier", "num_workers", Fixed(&["0"], WORKERS)),
     rule(Verifier, "verifier", "max_workers", Fixed(&["16"], WORKERS)),
     rule(Verifier, "verifier", "exponential_backoff", To("exponential_backoff")),
-    rule(Verifier, "verifier", "retry_interval", To("retry_interval")),
+    rule(Verifier, "verifier", "retry_interval", Backoff("retry_interval")),
     rule(Verifier, "verifier", "max_retries", To("max_retries")),
     rule(Verifier, "verifier", "quote_interval", To("quote_interval")),
     rule(Verifier, "verifier", "request_timeout", To("request_timeout")),
@@ -467,7 +475,17 @@ pub const RULES: &[Rule] = &[
     rule(Agent, "agent", "server_cert", Fixed(&["default"], AGENT_CERT)),
     rule(Agent, "agent", "trusted_client_ca", To("trusted_client_ca")),
     rule(Agent, "agent", "keylime_dir", To("keylime_dir")),
-    rule(Agent, "agent", "agent_data_path", To("agent_data_path")),
+    rule(
+        Agent,
+        "agent",
+        "agent_data_path",
+        Fixed(
+            &["default"],
+            "in Keylime's Rust agent a JSON file holding the AK; here a directory (default \
+             keylime_dir/agent) holding the agent's identity key, certificate and AK, which \
+             are created anew here: set agent_data_path to a directory if not the default",
+        ),
+    ),
     rule(
         Agent,
         "agent",
@@ -511,7 +529,18 @@ pub const RULES: &[Rule] = &[
             "revocation notices come over the agent's gRPC API; they are always accepted from revocation_notification_ip, signature-checked",
         ),
     ),
-    rule(Agent, "agent", "revocation_notification_ip", To("revocation_notification_ip")),
+    rule(
+        Agent,
+        "agent",
+        "revocation_notification_ip",
+        WhenEnabled {
+            flag: "enable_revocation_notifications",
+            default: false,
+            why: "in Keylime the ZeroMQ broker the agent subscribes to; here \
+                  revocation_notification_ip lists the verifier addresses whose notices the \
+                  agent accepts: set it to your verifiers' addresses",
+        },
+    ),
     rule(
         Agent,
         "agent",
@@ -617,6 +646,19 @@ pub fn markdown() -> String {
                 }
                 Absent(why) => ("—".to_owned(), why.to_owned()),
                 Ignored(why) => ("—".to_owned(), format!("ignored: {why}")),
+                Backoff(name) => (
+                    format!("`{name}` when it is 2 or `exponential_backoff` is false"),
+                    "with backoff Keylime waits retry_interval ** n, this verifier \
+                     retry_interval × 2^(n-1): other values are reported, not converted"
+                        .to_owned(),
+                ),
+                WhenEnabled { flag, default, why } => (
+                    "—".to_owned(),
+                    format!(
+                        "unused in Keylime while `{flag}` is false (its default: {default}); \
+                         otherwise: {why}"
+                    ),
+                ),
             };
             out.push_str(&format!("| `[{}] {}` | {ours} | {note} |\n", r.section, r.option));
         }
@@ -626,26 +668,15 @@ pub fn markdown() -> String {
 
 #[cfg(test)]
 mod tests {
-    use kl_svc::config::{
-        AgentConfig, ComponentConfig, RegistrarConfig, TenantConfig, VerifierConfig,
-    };
-
     use super::*;
 
     fn options(component: Component) -> Vec<&'static str> {
-        let specs = match component {
-            Component::Agent => AgentConfig::options(),
-            Component::Registrar => RegistrarConfig::options(),
-            Component::Verifier => VerifierConfig::options(),
-            Component::Tenant => TenantConfig::options(),
-        };
-        specs.iter().map(|s| s.name).collect()
+        super::super::option_specs(component).iter().map(|s| s.name).collect()
     }
-
     #[test]
     fn every_target_is_an_option_of_its_component_and_every_rule_is_unique() {
         for (i, r) in RULES.iter().enumerate() {
-            if let To(name) | Bytes(name) = r.target {
+            if let To(name) | Bytes(name) | Backoff(name) = r.target {
                 assert!(options(r.component).contains(&name), "{r:?}: no option {name}");
             }
             assert!(

@@ -165,7 +165,8 @@ fn found_sections(ini: &Ini) -> String {
     ini.sections.iter().map(|s| format!("[{s}]")).collect::<Vec<_>>().join(", ")
 }
 
-fn option_specs(component: Component) -> Vec<OptionSpec> {
+/// The options of `component`'s config here, for the mapping's targets.
+pub(crate) fn option_specs(component: Component) -> Vec<OptionSpec> {
     match component {
         Component::Agent => AgentConfig::options(),
         Component::Registrar => RegistrarConfig::options(),
@@ -230,11 +231,12 @@ pub fn convert(ini: &Ini, asked: Option<Component>) -> anyhow::Result<Report> {
         for entry in ini.entries.iter().filter(|e| &e.section == section) {
             let keylime = format!("[{}] {}", entry.section, entry.option);
             let raw = entry.value.trim();
+            let rule = mapping::find(component, canonical, &entry.option);
             // Reports end up in tickets and chat: a password or a database URL with one in it
-            // is named, not shown.
-            let secret = entry.option.contains("password")
-                || entry.option.ends_with("_url") && entry.option != "webhook_url";
-            let shown = if secret && !raw.is_empty() { "<not shown>" } else { raw };
+            // is named, not shown; nor is the value of an option the mapping does not know,
+            // whose name cannot tell whether it is a secret (db_pass, api_token, ...).
+            let secret = rule.is_none() || looks_secret(&entry.option);
+            let shown = if secret && !raw.is_empty() { NOT_SHOWN } else { raw };
             let none = |reason: String| NoEquivalent {
                 keylime: keylime.clone(),
                 line: entry.line,
@@ -247,7 +249,7 @@ pub fn convert(ini: &Ini, asked: Option<Component>) -> anyhow::Result<Report> {
                 value: shown.to_owned(),
                 note: note.to_owned(),
             };
-            let Some(rule) = mapping::find(component, canonical, &entry.option) else {
+            let Some(rule) = rule else {
                 report.no_equivalent.push(none(format!(
                     "not a Keylime 7.x {component} option this converter knows"
                 )));
@@ -276,7 +278,29 @@ pub fn convert(ini: &Ini, asked: Option<Component>) -> anyhow::Result<Report> {
                     }
                     continue;
                 }
-                Target::Option(name) | Target::Bytes(name) => {
+                Target::WhenEnabled { flag, default, why } => {
+                    if keylime_flag(ini, component, flag).unwrap_or(default) {
+                        report.no_equivalent.push(none(why.to_owned()));
+                    } else {
+                        report.kept.push(kept(&format!(
+                            "unused in Keylime while {flag} is false; here: {why}"
+                        )));
+                    }
+                    continue;
+                }
+                Target::Backoff(name)
+                    if keylime_flag(ini, component, "exponential_backoff").unwrap_or(true)
+                        && raw.parse::<f64>().is_ok_and(|base| base != 2.0) =>
+                {
+                    report.no_equivalent.push(none(format!(
+                        "with exponential_backoff Keylime waits {name} ** n seconds before retry \
+                         n ({raw}, {raw}^2, {raw}^3 ...), this verifier {name} * 2^(n-1) ({raw}, \
+                         2*{raw}, 4*{raw} ...): they agree only at 2. Set {name} to the first \
+                         wait wanted, or exponential_backoff = false for a fixed {name}"
+                    )));
+                    continue;
+                }
+                Target::Option(name) | Target::Bytes(name) | Target::Backoff(name) => {
                     let Some(spec) = specs.iter().find(|s| s.name == name) else {
                         // The mapping's test keeps this from happening; say so rather than panic.
                         report
@@ -327,6 +351,29 @@ pub fn convert(ini: &Ini, asked: Option<Component>) -> anyhow::Result<Report> {
     }
     report.toml = render(&ini.path, component, table, &report)?;
     Ok(report)
+}
+
+const NOT_SHOWN: &str = "<not shown>";
+
+/// Whether an option's name says its value may be a secret (or a URL that can carry one).
+fn looks_secret(option: &str) -> bool {
+    let option = option.to_ascii_lowercase();
+    ["password", "pass", "_pw", "token", "secret", "credential"].iter().any(|s| option.contains(s))
+        || option.ends_with("_url") && option != "webhook_url"
+}
+
+/// A boolean option of `component`'s sections as Keylime reads it (`getboolean`), if set.
+fn keylime_flag(ini: &Ini, component: Component, option: &str) -> Option<bool> {
+    // The last one wins, as in Keylime's configparser.
+    ini.entries
+        .iter()
+        .rev()
+        .find(|e| e.option == option && section_of(component, &e.section).is_some())
+        .and_then(|e| match e.value.trim().to_ascii_lowercase().as_str() {
+            "1" | "yes" | "true" | "on" => Some(true),
+            "0" | "no" | "false" | "off" => Some(false),
+            _ => None,
+        })
 }
 
 /// `1m`, `512k`, `2G`, `1048576` as bytes.

@@ -58,7 +58,6 @@ fn verifier_conf() {
         ("registrar_port", json!(8891)),
         ("tls_dir", json!("generate")),
         ("exponential_backoff", json!(true)),
-        ("retry_interval", json!(3.0)),
         ("max_retries", json!(8)),
         ("quote_interval", json!(5.0)),
         ("request_timeout", json!(60.0)),
@@ -75,6 +74,7 @@ fn verifier_conf() {
             "[verifier] database_url",
             "[verifier] severity_labels",
             "[verifier] severity_policy",
+            "[verifier] retry_interval",
             "[revocations] enabled_revocation_notifications",
         ])
     );
@@ -160,7 +160,6 @@ fn rust_agent_conf() {
             ("keylime_dir", json!("/var/lib/keylime")),
             ("secure_size", json!(1_048_576)),
             ("revocation_actions_dir", json!("/usr/libexec/keylime")),
-            ("revocation_notification_ip", json!(["10.0.0.1"])),
             ("revocation_actions", json!(["local_action_rm_ssh", "local_action_stop_service"])),
             ("payload_script", json!("autorun.sh")),
             ("allow_payload_revocation_actions", json!(true)),
@@ -188,6 +187,9 @@ fn rust_agent_conf() {
     for default in ["[agent] trusted_client_ca", "[agent] agent_data_path", "[agent] ima_ml_path"] {
         assert!(kept.contains(default), "{default} keeps this project's default: {kept:?}");
     }
+    // enable_revocation_notifications = false: Keylime never reads the broker address.
+    let notify = r.kept.iter().find(|k| k.keylime == "[agent] revocation_notification_ip");
+    assert!(notify.is_some_and(|k| k.note.starts_with("unused in Keylime")), "{notify:?}");
     drop_in(&r);
 }
 
@@ -205,14 +207,8 @@ fn the_monolithic_file_needs_a_component_and_lists_the_other_sections() {
     accounts_for_every_option(&r, "keylime.conf");
     assert_eq!(converted(&r)["ip"], json!("0.0.0.0"));
     assert_eq!(converted(&r)["max_retries"], json!(10));
-    assert_eq!(
-        no_equivalent(&r),
-        set(&["[cloud_verifier] cloudverifier_id", "[cloud_verifier] database_url"])
-            .into_iter()
-            .filter(|k| !k.ends_with("database_url"))
-            .collect::<BTreeSet<_>>(),
-        "sqlite is kept: the state is in a file here too"
-    );
+    // database_url (sqlite) is kept: the state is in a file here too.
+    assert_eq!(no_equivalent(&r), set(&["[cloud_verifier] cloudverifier_id"]));
     let others: Vec<&str> = r.other_sections.iter().map(|s| s.section.as_str()).collect();
     assert_eq!(others, ["general", "cloud_agent", "tenant", "registrar", "ca"]);
     assert!(r.other_sections[1].note.contains("--component agent"));
@@ -241,6 +237,68 @@ fn values_this_project_cannot_take_are_listed_not_written() {
     assert!(reasons["[agent] secure_size"].contains("size"));
     assert!(reasons["[agent] frobnicate"].contains("not a Keylime 7.x agent option"));
     assert_eq!(converted(&r).keys().collect::<Vec<_>>(), ["ip", "port"]);
+}
+
+fn parse(name: &str, text: &str) -> Report {
+    convert(&Ini::parse(Path::new(name), text).expect("ini"), None).expect("converts")
+}
+
+#[test]
+fn retry_interval_is_converted_only_where_the_waits_agree() {
+    // Keylime: retry_interval ** n with backoff (its default); here retry_interval * 2^(n-1).
+    for text in [
+        "[verifier]\nretry_interval = 3\n",
+        "[verifier]\nexponential_backoff = True\nretry_interval = 3\n",
+        "[verifier]\nexponential_backoff = on\nretry_interval = 1\n",
+    ] {
+        let r = parse("verifier.conf", text);
+        assert!(!converted(&r).contains_key("retry_interval"), "{text}: {r:#?}");
+        let n = r.no_equivalent.iter().find(|n| n.keylime == "[verifier] retry_interval");
+        assert!(n.is_some_and(|n| n.reason.contains("agree only at 2")), "{text}: {n:?}");
+    }
+    for (text, value) in [
+        ("[verifier]\nretry_interval = 2\n", 2.0),
+        ("[verifier]\nexponential_backoff = False\nretry_interval = 3\n", 3.0),
+    ] {
+        let r = parse("verifier.conf", text);
+        assert_eq!(converted(&r).get("retry_interval"), Some(&json!(value)), "{text}");
+    }
+}
+
+#[test]
+fn agent_data_path_and_the_notification_broker_are_not_carried_over_blindly() {
+    let r = parse(
+        "agent.conf",
+        "[agent]\nagent_data_path = /var/lib/keylime/agent_data.json\n\
+         enable_revocation_notifications = true\nrevocation_notification_ip = 10.0.0.1\n",
+    );
+    assert!(converted(&r).is_empty(), "{r:#?}");
+    let reasons: BTreeMap<&str, &str> =
+        r.no_equivalent.iter().map(|n| (n.keylime.as_str(), n.reason.as_str())).collect();
+    assert!(reasons["[agent] agent_data_path"].contains("JSON file"), "{reasons:?}");
+    let broker = reasons["[agent] revocation_notification_ip"];
+    assert!(broker.contains("ZeroMQ broker") && broker.contains("verifier addresses"), "{broker}");
+}
+
+#[test]
+fn values_of_unknown_and_secret_looking_options_stay_out_of_the_report() {
+    let r = parse(
+        "verifier.conf",
+        "[verifier]\nip = 0.0.0.0\ndb_pass = hunter2\napi_token = tok-123\n\
+         client_secret = s3cr3t\nfrobnicate = opaque-value\nuuid = 0d8d\n",
+    );
+    let json = serde_json::to_string(&r).expect("json");
+    for value in ["hunter2", "tok-123", "s3cr3t", "opaque-value"] {
+        assert!(!json.contains(value), "{value} in the report: {json}");
+        assert!(!r.toml.contains(value), "{value} in the drop-in: {}", r.toml);
+    }
+    let shown: BTreeMap<&str, &str> =
+        r.no_equivalent.iter().map(|n| (n.keylime.as_str(), n.value.as_str())).collect();
+    assert_eq!(shown["[verifier] db_pass"], "<not shown>");
+    assert_eq!(shown["[verifier] frobnicate"], "<not shown>");
+    // A known option without a secret-looking name keeps its value, to act on.
+    assert_eq!(shown["[verifier] uuid"], "0d8d");
+    assert_eq!(converted(&r)["ip"], json!("0.0.0.0"));
 }
 
 #[test]

@@ -4,7 +4,7 @@ use kl_proto::verifier::v1::verifier_client::VerifierClient;
 use kl_proto::verifier::v1::{
     DeleteMeasuredBootPolicyRequest, DeleteRuntimePolicyRequest, GetMeasuredBootPolicyRequest,
     GetRuntimePolicyRequest, ListMeasuredBootPoliciesRequest, ListRuntimePoliciesRequest,
-    PutMeasuredBootPolicyRequest, PutRuntimePolicyRequest,
+    PutMeasuredBootPolicyRequest, PutPolicyMode, PutRuntimePolicyRequest,
 };
 use serde_json::{Value, json};
 
@@ -28,7 +28,17 @@ pub fn run(cli: &Cli, kind: Kind, cmd: &StoredPolicyCommand) -> CmdResult {
         let channel = connect::channel(&config, &config.verifier_ip, config.verifier_port).await?;
         let mut client = VerifierClient::new(channel);
         let doc = match (cmd, kind) {
-            (StoredPolicyCommand::Apply { name, file, exclude, signing_key }, Kind::Runtime) => {
+            (
+                StoredPolicyCommand::Apply {
+                    name,
+                    file,
+                    exclude,
+                    signing_key,
+                    if_absent,
+                    must_exist,
+                },
+                Kind::Runtime,
+            ) => {
                 let document = read(file)?;
                 let exclude_list = exclude.as_deref().map(read).transpose()?.unwrap_or_default();
                 let signing_key = signing_key.as_deref().map(read).transpose()?.unwrap_or_default();
@@ -38,6 +48,7 @@ pub fn run(cli: &Cli, kind: Kind, cmd: &StoredPolicyCommand) -> CmdResult {
                         document,
                         exclude_list,
                         signing_key,
+                        mode: put_mode(*if_absent, *must_exist).into(),
                     })
                     .await
                     .map_err(|s| {
@@ -49,11 +60,15 @@ pub fn run(cli: &Cli, kind: Kind, cmd: &StoredPolicyCommand) -> CmdResult {
                     .into_inner();
                 applied(r.policy.as_ref().map(vj::policy_info), r.changed)
             }
-            (StoredPolicyCommand::Apply { name, file, .. }, Kind::MeasuredBoot) => {
+            (
+                StoredPolicyCommand::Apply { name, file, if_absent, must_exist, .. },
+                Kind::MeasuredBoot,
+            ) => {
                 let r = client
                     .put_measured_boot_policy(PutMeasuredBootPolicyRequest {
                         name: name.clone(),
                         document: read(file)?,
+                        mode: put_mode(*if_absent, *must_exist).into(),
                     })
                     .await
                     .map_err(|s| {
@@ -126,6 +141,15 @@ pub fn run(cli: &Cli, kind: Kind, cmd: &StoredPolicyCommand) -> CmdResult {
         }
         Ok(Outcome::Ok)
     })?
+}
+
+/// `--if-absent` and `--must-exist` (clap refuses both at once).
+fn put_mode(if_absent: bool, must_exist: bool) -> PutPolicyMode {
+    match (if_absent, must_exist) {
+        (true, _) => PutPolicyMode::Create,
+        (false, true) => PutPolicyMode::Replace,
+        (false, false) => PutPolicyMode::Upsert,
+    }
 }
 
 fn applied(info: Option<Value>, changed: bool) -> Value {

@@ -252,6 +252,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
             document: document.into_bytes(),
             exclude_list: Vec::new(),
             signing_key: Vec::new(),
+            ..Default::default()
         })
         .await?;
     let policy_time = t.elapsed();

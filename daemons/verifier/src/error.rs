@@ -19,6 +19,9 @@ pub enum Error {
     NotRegistered { agent_id: String },
     #[error("{kind} policy {name:?} does not exist")]
     PolicyNotFound { kind: &'static str, name: String },
+    /// A create-only put found the name taken.
+    #[error("{kind} policy {name:?} already exists; update it instead, or delete it first")]
+    PolicyExists { kind: &'static str, name: String },
     #[error("{kind} policy {name:?} is used by enrolled agent {agent_id}; change the agent first")]
     PolicyInUse { kind: &'static str, name: String, agent_id: String },
     /// `from_cursor` is older than what the outbox still holds.
@@ -64,6 +67,7 @@ impl From<Error> for tonic::Status {
             | Error::NotRegistered { .. }
             | Error::PolicyNotFound { .. } => Status::not_found(message),
             Error::PolicyInUse { .. } => Status::failed_precondition(message),
+            Error::PolicyExists { .. } => Status::already_exists(message),
             Error::CursorPruned { .. } => Status::out_of_range(message),
             Error::Registrar { .. } | Error::StoreUnwritable(_) => Status::unavailable(message),
             Error::Store(e) if e.is_io() => Status::unavailable(message),

@@ -8,7 +8,9 @@ use kl_core::appraisal::{AgentPolicy, PcrOwner};
 use kl_proto::registrar::v1 as registrar_pb;
 use kl_proto::verifier::v1 as pb;
 use kl_proto::verifier::v1::verifier_server::Verifier;
-use kl_store::verifier::{AgentEntry, Batch, PolicyDeletion, PolicyKind, Timestamp};
+use kl_store::verifier::{
+    AgentEntry, Batch, PolicyDeletion, PolicyKind, PolicyPut, PutPrecondition, Timestamp,
+};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
@@ -51,6 +53,13 @@ fn check_policy_name(name: &str) -> Result<(), Error> {
     } else {
         Err(Error::invalid("name", format!("{name:?} is not [A-Za-z0-9._-]{{1,128}}")))
     }
+}
+
+/// The `mode` of a policy put; an unknown number is refused rather than read as upsert, which
+/// would replace a policy the caller meant only to create.
+fn put_mode(mode: i32) -> Result<pb::PutPolicyMode, Error> {
+    pb::PutPolicyMode::try_from(mode)
+        .map_err(|_| Error::invalid("mode", format!("{mode} is not a PutPolicyMode")))
 }
 
 /// Refuses a PCR policy that pins a PCR the agent's measured-boot or runtime policy owns.
@@ -181,18 +190,34 @@ impl VerifierService {
         &self,
         kind: PolicyKind,
         name: &str,
+        mode: pb::PutPolicyMode,
         canonical: policies::Canonical,
     ) -> Result<(pb::PolicyInfo, bool), Error> {
-        let (record, changed) = self.ctx.store.put_policy(
+        let precondition = match mode {
+            pb::PutPolicyMode::Upsert => PutPrecondition::Any,
+            pb::PutPolicyMode::Create => PutPrecondition::Absent,
+            pb::PutPolicyMode::Replace => PutPrecondition::Present,
+        };
+        let what = if kind == PolicyKind::Runtime { "runtime" } else { "measured-boot" };
+        let put = self.ctx.store.put_policy(
             kind,
             name,
+            precondition,
             &canonical.digest,
             &canonical.document,
             canonical.entries,
         )?;
+        let (record, changed) = match put {
+            PolicyPut::Stored { record, changed } => (record, changed),
+            PolicyPut::Exists(_) => {
+                return Err(Error::PolicyExists { kind: what, name: name.to_owned() });
+            }
+            PolicyPut::Missing => {
+                return Err(Error::PolicyNotFound { kind: what, name: name.to_owned() });
+            }
+        };
         if changed {
             self.ctx.policies_changed();
-            let what = if kind == PolicyKind::Runtime { "runtime" } else { "measured-boot" };
             let batch = Batch {
                 events: vec![event(
                     pb::EventKind::PolicyChanged,
@@ -649,7 +674,8 @@ impl Verifier for VerifierService {
         check_policy_name(&req.name)?;
         let canonical =
             policies::canonical_runtime(&req.document, &req.exclude_list, &req.signing_key)?;
-        let (policy, changed) = self.put_policy(PolicyKind::Runtime, &req.name, canonical).await?;
+        let (policy, changed) =
+            self.put_policy(PolicyKind::Runtime, &req.name, put_mode(req.mode)?, canonical).await?;
         Ok(Response::new(pb::PutRuntimePolicyResponse { policy: Some(policy), changed }))
     }
 
@@ -691,8 +717,9 @@ impl Verifier for VerifierService {
         let req = request.into_inner();
         check_policy_name(&req.name)?;
         let canonical = policies::canonical_mb(&req.document)?;
-        let (policy, changed) =
-            self.put_policy(PolicyKind::MeasuredBoot, &req.name, canonical).await?;
+        let (policy, changed) = self
+            .put_policy(PolicyKind::MeasuredBoot, &req.name, put_mode(req.mode)?, canonical)
+            .await?;
         Ok(Response::new(pb::PutMeasuredBootPolicyResponse { policy: Some(policy), changed }))
     }
 

@@ -194,6 +194,28 @@ impl PolicyKind {
     }
 }
 
+/// What a policy name must be before [`VerifierStore::put_policy`] writes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutPrecondition {
+    /// Create or replace.
+    Any,
+    /// Create only: the name must not exist, whatever it holds.
+    Absent,
+    /// Replace only: the name must exist.
+    Present,
+}
+
+/// What [`VerifierStore::put_policy`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicyPut {
+    /// `changed` is false when the name already held this digest.
+    Stored { record: PolicyName, changed: bool },
+    /// Nothing was written: the name exists (precondition `Absent`); its current record.
+    Exists(PolicyName),
+    /// Nothing was written: the name does not exist (precondition `Present`).
+    Missing,
+}
+
 /// What [`VerifierStore::delete_policy`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PolicyDeletion {
@@ -548,37 +570,42 @@ impl VerifierStore {
         self.db.write("write a cursor", |txn| CURSORS.insert(txn, name, &value))
     }
 
-    /// Stores `document` under `digest` and points `name` at it. Returns the name record and
-    /// whether anything changed (false when `name` already held this digest).
+    /// Stores `document` under `digest` and points `name` at it, if `precondition` holds for
+    /// `name` (checked in the same transaction, so two writers cannot both create a name).
     pub fn put_policy(
         &self,
         kind: PolicyKind,
         name: &str,
+        precondition: PutPrecondition,
         digest: &str,
         document: &[u8],
         entries: u64,
-    ) -> Result<(PolicyName, bool), StoreError> {
+    ) -> Result<PolicyPut, StoreError> {
         self.db.write("store a policy", |txn| {
-            if let Some(old) = kind.names().get_for_update(txn, name)?
-                && old.digest == digest
-            {
-                return Ok((old, false));
-            }
-            if kind.documents().get_for_update(txn, digest)?.is_none() {
-                kind.documents().insert(txn, digest, &document.to_vec())?;
-            }
-            let record = PolicyName {
-                name: name.to_owned(),
-                digest: digest.to_owned(),
-                entries,
-                updated_at: Timestamp::now(),
-            };
             let previous = kind.names().get_for_update(txn, name)?;
-            kind.names().insert(txn, name, &record)?;
-            if let Some(previous) = previous {
-                drop_unreferenced(txn, kind, &previous.digest)?;
+            match (precondition, previous) {
+                (PutPrecondition::Absent, Some(old)) => Ok(PolicyPut::Exists(old)),
+                (PutPrecondition::Present, None) => Ok(PolicyPut::Missing),
+                (_, Some(old)) if old.digest == digest => {
+                    Ok(PolicyPut::Stored { record: old, changed: false })
+                }
+                (_, previous) => {
+                    if kind.documents().get_for_update(txn, digest)?.is_none() {
+                        kind.documents().insert(txn, digest, &document.to_vec())?;
+                    }
+                    let record = PolicyName {
+                        name: name.to_owned(),
+                        digest: digest.to_owned(),
+                        entries,
+                        updated_at: Timestamp::now(),
+                    };
+                    kind.names().insert(txn, name, &record)?;
+                    if let Some(previous) = previous {
+                        drop_unreferenced(txn, kind, &previous.digest)?;
+                    }
+                    Ok(PolicyPut::Stored { record, changed: true })
+                }
             }
-            Ok((record, true))
         })
     }
 

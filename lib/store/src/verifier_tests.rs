@@ -118,14 +118,48 @@ fn history_is_bounded_per_agent_newest_first_and_removed_with_the_agent() -> Tes
 }
 
 #[test]
+fn create_only_and_replace_only_puts_leave_the_other_case_untouched() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let store = VerifierStore::open(&dir.path().join("verifier.redb"))?;
+    let kind = PolicyKind::MeasuredBoot;
+    let absent = PutPrecondition::Absent;
+    let present = PutPrecondition::Present;
+    assert_eq!(store.put_policy(kind, "fw", present, "d1", b"one", 1)?, PolicyPut::Missing);
+    assert!(store.get_policy(kind, "fw")?.is_none(), "replace-only created the name");
+    assert!(matches!(
+        store.put_policy(kind, "fw", absent, "d1", b"one", 1)?,
+        PolicyPut::Stored { changed: true, .. }
+    ));
+    // Taken is taken, even with the same content: Keylime answers 409 there too.
+    for digest in ["d1", "d2"] {
+        match store.put_policy(kind, "fw", absent, digest, b"two", 2)? {
+            PolicyPut::Exists(old) => assert_eq!(old.digest, "d1"),
+            other => panic!("create-only over {digest}: {other:?}"),
+        }
+    }
+    assert_eq!(store.get_policy(kind, "fw")?.map(|(_, d)| d), Some(b"one".to_vec()));
+    assert!(matches!(
+        store.put_policy(kind, "fw", present, "d2", b"two", 2)?,
+        PolicyPut::Stored { changed: true, .. }
+    ));
+    assert_eq!(store.get_policy(kind, "fw")?.map(|(_, d)| d), Some(b"two".to_vec()));
+    Ok(())
+}
+
+#[test]
 fn policies_are_shared_by_digest_idempotent_and_protected_while_used() -> TestResult {
     let dir = tempfile::tempdir()?;
     let store = VerifierStore::open(&dir.path().join("verifier.redb"))?;
     let kind = PolicyKind::Runtime;
-    assert!(store.put_policy(kind, "p1", "d1", b"doc one", 1)?.1);
-    assert!(!store.put_policy(kind, "p1", "d1", b"doc one", 1)?.1);
-    assert!(store.put_policy(kind, "p2", "d1", b"doc one", 1)?.1);
-    assert!(store.put_policy(kind, "p1", "d2", b"doc two", 2)?.1);
+    let changed = |put: PolicyPut| match put {
+        PolicyPut::Stored { changed, .. } => changed,
+        other => panic!("not stored: {other:?}"),
+    };
+    let any = PutPrecondition::Any;
+    assert!(changed(store.put_policy(kind, "p1", any, "d1", b"doc one", 1)?));
+    assert!(!changed(store.put_policy(kind, "p1", any, "d1", b"doc one", 1)?));
+    assert!(changed(store.put_policy(kind, "p2", any, "d1", b"doc one", 1)?));
+    assert!(changed(store.put_policy(kind, "p1", any, "d2", b"doc two", 2)?));
     assert_eq!(store.get_policy(kind, "p2")?.map(|(_, d)| d), Some(b"doc one".to_vec()));
     assert_eq!(store.get_policy(kind, "p1")?.map(|(p, _)| p.digest), Some("d2".to_owned()));
     assert!(store.get_policy(PolicyKind::MeasuredBoot, "p1")?.is_none());

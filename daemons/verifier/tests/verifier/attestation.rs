@@ -262,6 +262,7 @@ async fn a_measured_boot_policy_asks_for_the_event_log_and_fails_without_one() -
     let put = pb::PutMeasuredBootPolicyRequest {
         name: "boot".to_owned(),
         document: br#"{"allow_secureboot_off": true}"#.to_vec(),
+        ..Default::default()
     };
     let mut admin = fx.admin().await?;
     assert!(admin.put_measured_boot_policy(put.clone()).await?.into_inner().changed);

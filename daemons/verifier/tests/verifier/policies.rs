@@ -141,6 +141,7 @@ async fn a_pcr_policy_pinning_a_measured_boot_or_ima_pcr_is_refused_naming_it() 
     let mb = pb::PutMeasuredBootPolicyRequest {
         name: "boot".to_owned(),
         document: br#"{"version": 1, "pcrs": [0, 2, 4, 7], "allow_secureboot_off": true}"#.to_vec(),
+        ..Default::default()
     };
     admin.put_measured_boot_policy(mb).await?;
     let pin = |pcrs: &[u32]| pb::PcrPolicy {

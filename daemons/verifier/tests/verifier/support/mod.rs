@@ -259,6 +259,7 @@ impl Fixture {
             document: document.into_bytes(),
             exclude_list: Vec::new(),
             signing_key: Vec::new(),
+            ..Default::default()
         };
         Ok(self.admin().await?.put_runtime_policy(request).await?.into_inner().changed)
     }
