@@ -98,6 +98,21 @@ fn viewer(sys: &System) -> Result<Identity> {
     })
 }
 
+/// An admin certificate issued by a CA other than the deployment's, trusting the deployment CA.
+fn foreign_admin(sys: &System) -> Result<Identity> {
+    let dir = sys.deployment.keylime_dir().join("foreign");
+    std::fs::create_dir_all(&dir)?;
+    let issued = kl_svc::tls::CertificateAuthority::generate("another CA")?.issue(
+        kl_svc::tls::Role::Admin,
+        "admin",
+        &[],
+    )?;
+    let (cert, key) = (dir.join("admin-cert.crt"), dir.join("admin-private.pem"));
+    std::fs::write(&cert, &issued.cert_pem)?;
+    std::fs::write(&key, &issued.key_pem)?;
+    Ok(Identity { ca: sys.deployment.tls().ca_cert(), cert, key })
+}
+
 fn probe(python: &Path, args: &[&str], identity: &Identity) -> Result<Value> {
     let out = Command::new(python)
         .arg(repo().join("tests/python/api_probe.py"))
@@ -140,12 +155,19 @@ fn health_and_reflection_answer_admin_and_viewer_on_all_three_daemons() -> Resul
     let agent_cert = sys.agent.dir.join("agent").join("identity-cert.pem");
     let admin = admin(&sys.deployment);
     let viewer = viewer(&sys)?;
+    // Each with another daemon's service, which its reflection must not describe.
     let daemons = [
-        ("verifier", sys.verifier.port(), VERIFIER_SERVICE, None),
-        ("registrar", sys.registrar.port(), REGISTRAR_SERVICE, None),
-        ("agent", sys.agent.daemon.port(), AGENT_SERVICE, Some(agent_cert.as_path())),
+        ("verifier", sys.verifier.port(), VERIFIER_SERVICE, REGISTRAR_SERVICE, None),
+        ("registrar", sys.registrar.port(), REGISTRAR_SERVICE, AGENT_SERVICE, None),
+        (
+            "agent",
+            sys.agent.daemon.port(),
+            AGENT_SERVICE,
+            VERIFIER_SERVICE,
+            Some(agent_cert.as_path()),
+        ),
     ];
-    for (name, port, service, pinned) in daemons {
+    for (name, port, service, foreign, pinned) in daemons {
         for (role, identity) in [("admin", &admin), ("viewer", &viewer)] {
             let identity = match pinned {
                 Some(cert) => identity.trusting(cert),
@@ -154,7 +176,15 @@ fn health_and_reflection_answer_admin_and_viewer_on_all_three_daemons() -> Resul
             let at = target(port);
             let what = format!("{name} with the {role} certificate");
             wait_status(&python, &at, &identity, "SERVING")?;
-            let survey = probe(&python, &["survey", &at, "--service", service], &identity)?;
+            let survey = probe(
+                &python,
+                &["survey", &at, "--service", service, "--foreign", foreign],
+                &identity,
+            )?;
+            assert_eq!(
+                survey["foreign"], "NOT_FOUND",
+                "{what}: reflection describes {foreign}: {survey}"
+            );
             assert_eq!(survey["whole"], "SERVING", "{what}: {survey}");
             assert_eq!(survey["named"], "SERVING", "{what}: {service}: {survey}");
             assert_eq!(survey["unknown"], "NOT_FOUND", "{what}: an unknown service: {survey}");
@@ -179,6 +209,20 @@ fn health_and_reflection_answer_admin_and_viewer_on_all_three_daemons() -> Resul
         .output()?;
     let anonymous = parse(&out, "registrar health without a client certificate")?;
     assert_eq!(anonymous["error"], "UNAUTHENTICATED", "{anonymous}");
+    let out = Command::new(&python)
+        .arg(repo().join("tests/python/api_probe.py"))
+        .args(["services", &target(sys.registrar.port()), "--ca"])
+        .arg(sys.deployment.tls().ca_cert())
+        .output()?;
+    let anonymous = parse(&out, "registrar reflection without a client certificate")?;
+    assert_eq!(anonymous["error"], "UNAUTHENTICATED", "{anonymous}");
+    let foreign = foreign_admin(&sys)?;
+    let answer = probe(&python, &["services", &target(sys.registrar.port())], &foreign)?;
+    assert_eq!(answer["error"], "UNAUTHENTICATED", "another CA's admin: {answer}");
+    assert!(
+        answer["details"].as_str().is_some_and(|d| d.contains("does not verify against")),
+        "{answer}"
+    );
 
     // The example client lists the enrolled agent through the typed stub, as a viewer.
     sys.apply_policy("base")?;
