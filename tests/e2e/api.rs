@@ -300,7 +300,7 @@ fn a_watch_sees_not_serving_when_each_daemon_shuts_down_and_then_ends() -> Resul
         let update = next_line(&received, name)?;
         assert_eq!(update["status"], "NOT_SERVING", "{name}: {update}");
         let end = next_line(&received, name)?;
-        assert!(end.get("end").is_some(), "{name}: the watch ends with the daemon: {end}");
+        assert_eq!(end["end"], "OK", "{name}: the watch ends cleanly with the daemon: {end}");
         let status = match name {
             "agent" => sys.agent.daemon.wait_exit(HEALTH_DEADLINE)?,
             "verifier" => sys.verifier.wait_exit(HEALTH_DEADLINE)?,
