@@ -179,10 +179,16 @@ impl Server {
         tokio::spawn({
             let health = health.clone();
             async move {
-                let probe = || async {
-                    commits
-                        .unwritable()
-                        .map_or(Ok(()), |reason| Err(format!("state store: {reason}")))
+                let probe = || {
+                    let commits = commits.clone();
+                    async move {
+                        let recovering = commits.clone();
+                        // Opening the store again blocks: off the async workers.
+                        let _ = tokio::task::spawn_blocking(move || recovering.recover()).await;
+                        commits
+                            .unwritable()
+                            .map_or(Ok(()), |reason| Err(format!("state store: {reason}")))
+                    }
                 };
                 let stopped = async {
                     let _ = health_stopped.await;

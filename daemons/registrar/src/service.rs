@@ -154,7 +154,14 @@ impl RegistrarService {
         let agent_id = request.into_inner().agent_id;
         registration::check_agent_id(&agent_id)?;
         let id = agent_id.clone();
-        let deleted = self.read(move |store| store.delete_agent(&id)).await?;
+        let commits = self.writer.commits();
+        let deleted = self
+            .read(move |store| {
+                let deleted = store.delete_agent(&id);
+                commits.record(deleted.as_ref().map(drop));
+                deleted
+            })
+            .await?;
         tracing::info!(%agent_id, deleted, "agent deleted by an admin");
         Ok(pb::DeleteAgentResponse { deleted })
     }
