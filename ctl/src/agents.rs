@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::anyhow;
 use indicatif::{ProgressBar, ProgressStyle};
+use kl_proto::registrar::v1::GetAgentRequest as RegGetAgent;
 use kl_proto::registrar::v1::registrar_client::RegistrarClient;
-use kl_proto::registrar::v1::{GetAgentRequest as RegGetAgent, ListAgentsRequest as RegListAgents};
 use kl_proto::verifier::v1::verifier_client::VerifierClient;
 use kl_proto::verifier::v1::{
     AgentState, EnrollAgentRequest, EnrollAgentResponse, GetAgentRequest,
@@ -193,27 +193,15 @@ pub async fn agent_listing(
         token = page.next_page_token;
     }
     if let Some(channel) = registrar {
-        let mut reg = RegistrarClient::new(channel);
-        let mut token = String::new();
-        loop {
-            let page = reg
-                .list_agents(RegListAgents { page_size: 1000, page_token: token })
-                .await
-                .map_err(|s| connect::status("registrar ListAgents", s))?
-                .into_inner();
-            for a in &page.agents {
-                let entry =
-                    merged.entry(a.agent_id.clone()).or_insert_with(|| not_enrolled(&a.agent_id));
-                entry["registered"] = json!(true);
-                if let (true, Some(c)) = (entry["contact_ip"].is_null(), &a.contact) {
-                    entry["contact_ip"] = vj::text_or_null(&c.ip);
-                    entry["contact_port"] = json!(c.port);
-                }
+        let registered = connect::registrar_agents(&mut RegistrarClient::new(channel)).await?;
+        for a in &registered {
+            let entry =
+                merged.entry(a.agent_id.clone()).or_insert_with(|| not_enrolled(&a.agent_id));
+            entry["registered"] = json!(true);
+            if let (true, Some(c)) = (entry["contact_ip"].is_null(), &a.contact) {
+                entry["contact_ip"] = vj::text_or_null(&c.ip);
+                entry["contact_port"] = json!(c.port);
             }
-            if page.next_page_token.is_empty() {
-                break;
-            }
-            token = page.next_page_token;
         }
     }
     Ok(merged.into_values().collect())

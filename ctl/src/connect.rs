@@ -4,9 +4,11 @@
 use std::time::Duration;
 
 use anyhow::{Context, anyhow};
+use kl_proto::registrar::v1::registrar_client::RegistrarClient;
+use kl_proto::registrar::v1::{AgentRecord, ListAgentsRequest};
 use kl_svc::config::{self, ConfigArgs, Flag, TenantConfig};
 use kl_svc::tls::{self, ServerTrust, TlsConnector, TlsFiles};
-use rustls::pki_types::ServerName;
+use rustls::pki_types::{CertificateDer, ServerName};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
@@ -122,6 +124,52 @@ pub async fn channel(config: &TenantConfig, host: &str, port: u16) -> Result<Cha
     endpoint.connect_with_connector(TlsConnector::new(client)).await.map_err(|e| {
         Failure::Server(anyhow!("{host}:{port}: cannot connect: {}", source_chain(&e)))
     })
+}
+
+/// A gRPC channel to the agent at `host:port` over TLS 1.3, pinning its self-signed identity
+/// `certificate` (DER, as the registrar recorded it) and presenting the admin client
+/// certificate.
+pub async fn agent_channel(
+    config: &TenantConfig,
+    host: &str,
+    port: u16,
+    certificate: &[u8],
+) -> Result<Channel, Failure> {
+    let files = tls_files(config);
+    let client = (|| -> anyhow::Result<_> {
+        let identity = files.client_identity()?;
+        let pinned = CertificateDer::from(certificate.to_vec());
+        Ok(tls::client_config(&ServerTrust::Pinned(pinned), Some(identity))?)
+    })()
+    .context("TLS client for the agent")
+    .map_err(Failure::Input)?;
+    let host_uri = if host.contains(':') { format!("[{host}]") } else { host.to_owned() };
+    Endpoint::from_shared(format!("http://{host_uri}:{port}"))
+        .map_err(|e| Failure::Input(anyhow!("{host}:{port}: {e}")))?
+        .timeout(config.request_timeout)
+        .connect_with_connector(TlsConnector::new(std::sync::Arc::new(client)))
+        .await
+        .map_err(|e| Failure::Server(anyhow!("agent at {host}:{port}: cannot connect: {e}")))
+}
+
+/// Every agent record the registrar holds, read page by page.
+pub async fn registrar_agents(
+    registrar: &mut RegistrarClient<Channel>,
+) -> Result<Vec<AgentRecord>, Failure> {
+    let mut agents = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = registrar
+            .list_agents(ListAgentsRequest { page_size: 1000, page_token })
+            .await
+            .map_err(|s| status("registrar ListAgents", s))?
+            .into_inner();
+        agents.extend(page.agents);
+        if page.next_page_token.is_empty() {
+            return Ok(agents);
+        }
+        page_token = page.next_page_token;
+    }
 }
 
 fn source_chain(e: &dyn std::error::Error) -> String {

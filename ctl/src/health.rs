@@ -5,17 +5,12 @@
 //! reached. The probe presents kctl's client certificate; the daemons admit any certificate
 //! of the deployment CA to the health service, whatever its role.
 
-use std::sync::Arc;
-
-use anyhow::{Context, anyhow};
-use kl_proto::registrar::v1::ListAgentsRequest;
+use anyhow::anyhow;
 use kl_proto::registrar::v1::registrar_client::RegistrarClient;
 use kl_svc::api::ServingStatus;
-use kl_svc::tls::{self, ServerTrust, TlsConnector};
-use rustls::pki_types::CertificateDer;
 use serde_json::json;
 use tonic::Code;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
@@ -107,43 +102,15 @@ async fn agent_channel(
     port: u16,
 ) -> Result<Channel, Failure> {
     let registrar = connect::channel(config, &config.registrar_ip, config.registrar_port).await?;
-    let mut registrar = RegistrarClient::new(registrar);
-    let mut page_token = String::new();
-    let certificate = loop {
-        let page = registrar
-            .list_agents(ListAgentsRequest { page_size: 1000, page_token })
-            .await
-            .map_err(|s| connect::status("registrar ListAgents", s))?
-            .into_inner();
-        let found = page.agents.into_iter().find(|a| {
-            a.contact.as_ref().is_some_and(|c| c.ip == host && u32::from(port) == c.port)
-        });
-        if let Some(agent) = found {
-            break agent.agent_certificate;
-        }
-        if page.next_page_token.is_empty() {
-            return Err(Failure::NotFound(anyhow!(
-                "no agent registered at the registrar has contact {host}:{port} (its identity \
-                 certificate is needed to reach it)"
-            )));
-        }
-        page_token = page.next_page_token;
+    let agents = connect::registrar_agents(&mut RegistrarClient::new(registrar)).await?;
+    let found = agents
+        .into_iter()
+        .find(|a| a.contact.as_ref().is_some_and(|c| c.ip == host && u32::from(port) == c.port));
+    let Some(agent) = found else {
+        return Err(Failure::NotFound(anyhow!(
+            "no agent registered at the registrar has contact {host}:{port} (its identity \
+             certificate is needed to reach it)"
+        )));
     };
-    let files = connect::tls_files(config);
-    let client = (|| -> anyhow::Result<_> {
-        let identity = files.client_identity()?;
-        Ok(tls::client_config(
-            &ServerTrust::Pinned(CertificateDer::from(certificate)),
-            Some(identity),
-        )?)
-    })()
-    .context("TLS client for the agent")
-    .map_err(input)?;
-    let host_uri = if host.contains(':') { format!("[{host}]") } else { host.to_owned() };
-    Endpoint::from_shared(format!("http://{host_uri}:{port}"))
-        .map_err(|e| input(anyhow!("{host}:{port}: {e}")))?
-        .timeout(config.request_timeout)
-        .connect_with_connector(TlsConnector::new(Arc::new(client)))
-        .await
-        .map_err(|e| Failure::Server(anyhow!("agent at {host}:{port}: cannot connect: {e}")))
+    connect::agent_channel(config, host, port, &agent.agent_certificate).await
 }

@@ -4,7 +4,6 @@
 //! under K; V goes to the verifier with the enrolment.
 
 use std::path::Path;
-use std::sync::Arc;
 
 use anyhow::{Context, anyhow};
 use kl_core::alg::HashAlg;
@@ -17,10 +16,8 @@ use kl_proto::agent::v1::{
 };
 use kl_proto::registrar::v1::AgentRecord;
 use kl_svc::config::TenantConfig;
-use kl_svc::tls::{self, CertificateAuthority, Role, ServerTrust, TlsConnector};
+use kl_svc::tls::{CertificateAuthority, Role};
 use ring::rand::{SecureRandom, SystemRandom};
-use rustls::pki_types::CertificateDer;
-use tonic::transport::Endpoint;
 
 use crate::connect;
 use crate::exit::{Failure, input};
@@ -142,22 +139,11 @@ pub async fn deliver_u(
         .spki_der;
 
     // TLS to the agent: pin the identity certificate the registrar recorded.
-    let files = connect::tls_files(config);
-    let client = (|| -> anyhow::Result<_> {
-        let identity = files.client_identity()?;
-        let pinned = CertificateDer::from(record.agent_certificate.clone());
-        Ok(tls::client_config(&ServerTrust::Pinned(pinned), Some(identity))?)
-    })()
-    .context("TLS client for the agent")
-    .map_err(input)?;
-    let host_uri = if host.contains(':') { format!("[{host}]") } else { host.clone() };
-    let channel = Endpoint::from_shared(format!("http://{host_uri}:{port}"))
-        .map_err(|e| input(anyhow!("{host}:{port}: {e}")))?
-        .timeout(config.request_timeout)
-        .connect_with_connector(TlsConnector::new(Arc::new(client)))
+    let channel = connect::agent_channel(config, &host, port, &record.agent_certificate)
         .await
-        .map_err(|e| {
-            Failure::Server(anyhow!("agent {uuid} at {host}:{port}: cannot connect: {e}"))
+        .map_err(|e| match e {
+            Failure::Server(e) => Failure::Server(e.context(format!("agent {uuid}"))),
+            other => other,
         })?;
     let mut agent = AgentClient::new(channel);
 

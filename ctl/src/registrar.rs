@@ -3,9 +3,7 @@
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use kl_proto::registrar::v1::registrar_client::RegistrarClient;
-use kl_proto::registrar::v1::{
-    AgentRecord, DeleteAgentRequest, GetAgentRequest, ListAgentsRequest,
-};
+use kl_proto::registrar::v1::{AgentRecord, DeleteAgentRequest, GetAgentRequest};
 use serde_json::{Value, json};
 
 use crate::cli::{Cli, RegistrarCommand};
@@ -21,20 +19,8 @@ pub fn run(cli: &Cli, cmd: &RegistrarCommand) -> CmdResult {
         let mut client = RegistrarClient::new(channel);
         match cmd {
             RegistrarCommand::List => {
-                let mut agents = Vec::new();
-                let mut page_token = String::new();
-                loop {
-                    let page = client
-                        .list_agents(ListAgentsRequest { page_size: 1000, page_token })
-                        .await
-                        .map_err(|s| connect::status("registrar ListAgents", s))?
-                        .into_inner();
-                    agents.extend(page.agents.iter().map(record_json));
-                    if page.next_page_token.is_empty() {
-                        break;
-                    }
-                    page_token = page.next_page_token;
-                }
+                let records = connect::registrar_agents(&mut client).await?;
+                let agents: Vec<Value> = records.iter().map(record_json).collect();
                 match cli.output {
                     Format::Json => output::json(&json!({ "agents": agents })).map_err(input)?,
                     Format::Table => output::text(&table(&agents)).map_err(input)?,

@@ -98,6 +98,21 @@ fn viewer(sys: &System) -> Result<Identity> {
     })
 }
 
+/// An admin certificate issued by a CA other than the deployment's, trusting the deployment CA.
+fn foreign_admin(sys: &System) -> Result<Identity> {
+    let dir = sys.deployment.keylime_dir().join("foreign");
+    std::fs::create_dir_all(&dir)?;
+    let issued = kl_svc::tls::CertificateAuthority::generate("another CA")?.issue(
+        kl_svc::tls::Role::Admin,
+        "admin",
+        &[],
+    )?;
+    let (cert, key) = (dir.join("admin-cert.crt"), dir.join("admin-private.pem"));
+    std::fs::write(&cert, &issued.cert_pem)?;
+    std::fs::write(&key, &issued.key_pem)?;
+    Ok(Identity { ca: sys.deployment.tls().ca_cert(), cert, key })
+}
+
 fn probe(python: &Path, args: &[&str], identity: &Identity) -> Result<Value> {
     let out = Command::new(python)
         .arg(repo().join("tests/python/api_probe.py"))
@@ -140,12 +155,19 @@ fn health_and_reflection_answer_admin_and_viewer_on_all_three_daemons() -> Resul
     let agent_cert = sys.agent.dir.join("agent").join("identity-cert.pem");
     let admin = admin(&sys.deployment);
     let viewer = viewer(&sys)?;
+    // Each with another daemon's service, which its reflection must not describe.
     let daemons = [
-        ("verifier", sys.verifier.port(), VERIFIER_SERVICE, None),
-        ("registrar", sys.registrar.port(), REGISTRAR_SERVICE, None),
-        ("agent", sys.agent.daemon.port(), AGENT_SERVICE, Some(agent_cert.as_path())),
+        ("verifier", sys.verifier.port(), VERIFIER_SERVICE, REGISTRAR_SERVICE, None),
+        ("registrar", sys.registrar.port(), REGISTRAR_SERVICE, AGENT_SERVICE, None),
+        (
+            "agent",
+            sys.agent.daemon.port(),
+            AGENT_SERVICE,
+            VERIFIER_SERVICE,
+            Some(agent_cert.as_path()),
+        ),
     ];
-    for (name, port, service, pinned) in daemons {
+    for (name, port, service, foreign, pinned) in daemons {
         for (role, identity) in [("admin", &admin), ("viewer", &viewer)] {
             let identity = match pinned {
                 Some(cert) => identity.trusting(cert),
@@ -154,7 +176,15 @@ fn health_and_reflection_answer_admin_and_viewer_on_all_three_daemons() -> Resul
             let at = target(port);
             let what = format!("{name} with the {role} certificate");
             wait_status(&python, &at, &identity, "SERVING")?;
-            let survey = probe(&python, &["survey", &at, "--service", service], &identity)?;
+            let survey = probe(
+                &python,
+                &["survey", &at, "--service", service, "--foreign", foreign],
+                &identity,
+            )?;
+            assert_eq!(
+                survey["foreign"], "NOT_FOUND",
+                "{what}: reflection describes {foreign}: {survey}"
+            );
             assert_eq!(survey["whole"], "SERVING", "{what}: {survey}");
             assert_eq!(survey["named"], "SERVING", "{what}: {service}: {survey}");
             assert_eq!(survey["unknown"], "NOT_FOUND", "{what}: an unknown service: {survey}");
@@ -179,6 +209,20 @@ fn health_and_reflection_answer_admin_and_viewer_on_all_three_daemons() -> Resul
         .output()?;
     let anonymous = parse(&out, "registrar health without a client certificate")?;
     assert_eq!(anonymous["error"], "UNAUTHENTICATED", "{anonymous}");
+    let out = Command::new(&python)
+        .arg(repo().join("tests/python/api_probe.py"))
+        .args(["services", &target(sys.registrar.port()), "--ca"])
+        .arg(sys.deployment.tls().ca_cert())
+        .output()?;
+    let anonymous = parse(&out, "registrar reflection without a client certificate")?;
+    assert_eq!(anonymous["error"], "UNAUTHENTICATED", "{anonymous}");
+    let foreign = foreign_admin(&sys)?;
+    let answer = probe(&python, &["services", &target(sys.registrar.port())], &foreign)?;
+    assert_eq!(answer["error"], "UNAUTHENTICATED", "another CA's admin: {answer}");
+    assert!(
+        answer["details"].as_str().is_some_and(|d| d.contains("does not verify against")),
+        "{answer}"
+    );
 
     // The example client lists the enrolled agent through the typed stub, as a viewer.
     sys.apply_policy("base")?;
@@ -256,7 +300,7 @@ fn a_watch_sees_not_serving_when_each_daemon_shuts_down_and_then_ends() -> Resul
         let update = next_line(&received, name)?;
         assert_eq!(update["status"], "NOT_SERVING", "{name}: {update}");
         let end = next_line(&received, name)?;
-        assert!(end.get("end").is_some(), "{name}: the watch ends with the daemon: {end}");
+        assert_eq!(end["end"], "OK", "{name}: the watch ends cleanly with the daemon: {end}");
         let status = match name {
             "agent" => sys.agent.daemon.wait_exit(HEALTH_DEADLINE)?,
             "verifier" => sys.verifier.wait_exit(HEALTH_DEADLINE)?,
@@ -344,25 +388,78 @@ fn in_namespace_of(pid: u32, script: &str) -> Result<Output> {
     Ok(Command::new("nsenter").args(["-t", &pid.to_string(), "-m", "sh", "-c", script]).output()?)
 }
 
-/// The verifier's state on a small tmpfs of its own mount namespace, filled while an agent
-/// attests: health goes NOT_SERVING (grpcio and `kctl health` exit 1), and SERVING again once
-/// space returns.
-#[test]
-fn verifier_health_is_not_serving_while_its_state_store_cannot_be_written() -> Result<()> {
-    let Some(python) = python()? else { return Ok(()) };
-    if !is_root() {
-        if std::env::var_os("CI").is_some() {
-            return Err(err("CI runs as root; this test mounts a tmpfs in a mount namespace"));
-        }
-        return Ok(());
-    }
-    let Some((tpm, deployment)) = crate::tpm_and_deployment()? else { return Ok(()) };
+/// The EK CA certificates of `tpm`, where a registrar config can name them.
+fn ek_cert_store(tpm: &kl_tests::swtpm::Swtpm, deployment: &Deployment) -> Result<PathBuf> {
     let store = deployment.keylime_dir().join("tpm_cert_store");
     std::fs::create_dir_all(&store)?;
     for entry in std::fs::read_dir(tpm.ca_dir())? {
         let entry = entry?;
         std::fs::copy(entry.path(), store.join(entry.file_name()))?;
     }
+    Ok(store)
+}
+
+/// Starts `program` with `config`, its `keylime_dir` on a 4 MiB tmpfs mounted in a mount
+/// namespace of its own (`tls_dir` stays the deployment's); its output goes to
+/// `<name>-tmpfs.log`. The process and the state directory.
+fn start_on_tmpfs(
+    deployment: &Deployment,
+    program: kl_tests::daemon::Program,
+    name: &str,
+    mut config: toml::Table,
+) -> Result<(std::process::Child, PathBuf)> {
+    let state = deployment.keylime_dir().join(format!("{name}-state"));
+    std::fs::create_dir_all(&state)?;
+    config.insert("keylime_dir".into(), state.display().to_string().into());
+    let cv_ca = deployment.keylime_dir().join("cv_ca");
+    config.insert("tls_dir".into(), cv_ca.display().to_string().into());
+    let config_path = deployment.write_config(&format!("{name}-tmpfs.conf"), &config)?;
+    let log = std::fs::File::create(deployment.keylime_dir().join(format!("{name}-tmpfs.log")))?;
+    let script = format!(
+        "mount -t tmpfs -o size=4m none '{}' && exec \"$0\" --config '{}'",
+        state.display(),
+        config_path.display()
+    );
+    let child = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .arg(daemon::binary(program)?)
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()?;
+    Ok((child, state))
+}
+
+/// Fills the tmpfs of process `pid` at `state`.
+fn fill(pid: u32, state: &Path) -> Result<()> {
+    let script = format!("dd if=/dev/zero of='{}/fill' bs=64k 2>/dev/null; true", state.display());
+    check(&in_namespace_of(pid, &script)?, "filling the tmpfs")
+}
+
+/// Gives the tmpfs that [`fill`] filled its space back.
+fn free(pid: u32, state: &Path) -> Result<()> {
+    check(&in_namespace_of(pid, &format!("rm -f '{}/fill'", state.display()))?, "freeing")
+}
+
+/// Whether a test that needs root and grpcio runs here: `None` when it passes vacuously.
+fn tmpfs_test_python() -> Result<Option<PathBuf>> {
+    let Some(python) = python()? else { return Ok(None) };
+    if !is_root() {
+        if std::env::var_os("CI").is_some() {
+            return Err(err("CI runs as root; this test mounts a tmpfs in a mount namespace"));
+        }
+        return Ok(None);
+    }
+    Ok(Some(python))
+}
+
+/// The verifier's state on a small tmpfs of its own mount namespace, filled while an agent
+/// attests: health goes NOT_SERVING (grpcio and `kctl health` exit 1), and SERVING again once
+/// space returns.
+#[test]
+fn verifier_health_is_not_serving_while_its_state_store_cannot_be_written() -> Result<()> {
+    let Some(python) = tmpfs_test_python()? else { return Ok(()) };
+    let Some((tpm, deployment)) = crate::tpm_and_deployment()? else { return Ok(()) };
+    let store = ek_cert_store(&tpm, &deployment)?;
     let registrar = deployment.start_registrar(&deployment.registrar_config(
         daemon::free_port()?,
         &store,
@@ -372,26 +469,10 @@ fn verifier_health_is_not_serving_while_its_state_store_cannot_be_written() -> R
     let mut ima = kl_tests::ima::ImaWriter::default();
     ima.measure(&tpm, &agent.ima_log, "boot_aggregate", b"boot")?;
 
-    let state = deployment.keylime_dir().join("verifier-state");
-    std::fs::create_dir_all(&state)?;
     let port = daemon::free_port()?;
-    let mut config = deployment.verifier_config(port, registrar.port(), 1.0);
-    config.insert("keylime_dir".into(), state.display().to_string().into());
-    let cv_ca = deployment.keylime_dir().join("cv_ca");
-    config.insert("tls_dir".into(), cv_ca.display().to_string().into());
-    let config_path = deployment.write_config("verifier-tmpfs.conf", &config)?;
-    let log = std::fs::File::create(deployment.keylime_dir().join("verifier-tmpfs.log"))?;
-    let script = format!(
-        "mount -t tmpfs -o size=4m none '{}' && exec \"$0\" --config '{}'",
-        state.display(),
-        config_path.display()
-    );
-    let mut verifier = Command::new("unshare")
-        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
-        .arg(daemon::binary(kl_tests::daemon::VERIFIER)?)
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()?;
+    let config = deployment.verifier_config(port, registrar.port(), 1.0);
+    let (mut verifier, state) =
+        start_on_tmpfs(&deployment, kl_tests::daemon::VERIFIER, "verifier", config)?;
     let pid = verifier.id();
     let result = (|| -> Result<()> {
         let admin = admin(&deployment);
@@ -425,11 +506,7 @@ fn verifier_health_is_not_serving_while_its_state_store_cannot_be_written() -> R
             "kctl agents enroll --wait",
         )?;
 
-        let filled = in_namespace_of(
-            pid,
-            &format!("dd if=/dev/zero of='{}/fill' bs=64k 2>/dev/null; true", state.display()),
-        )?;
-        check(&filled, "filling the verifier's tmpfs")?;
+        fill(pid, &state)?;
         // A policy of a few MiB must grow the file: it fails, and redb refuses the handle's
         // writes from then on, so the next round's commit finds the store unwritable.
         let mut doc: Value = serde_json::from_slice(&std::fs::read(&policy)?)?;
@@ -455,11 +532,64 @@ fn verifier_health_is_not_serving_while_its_state_store_cannot_be_written() -> R
         assert_eq!(doc["status"], "NOT_SERVING", "{doc}");
 
         // Space again: the writer opens the store again, commits what it held, health follows.
-        check(&in_namespace_of(pid, &format!("rm -f '{}/fill'", state.display()))?, "freeing")?;
+        free(pid, &state)?;
         wait_status(&python, &at, &admin, "SERVING")?;
         Ok(())
     })();
     let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
     let _ = verifier.wait();
+    result
+}
+
+/// The registrar's state on a small tmpfs of its own mount namespace, filled: a DeleteAgent
+/// fails, health goes NOT_SERVING, and once space returns the registrar opens its store again
+/// and is SERVING (and deletes) again.
+#[test]
+fn registrar_health_is_not_serving_while_its_state_store_cannot_be_written() -> Result<()> {
+    let Some(python) = tmpfs_test_python()? else { return Ok(()) };
+    let Some((tpm, deployment)) = crate::tpm_and_deployment()? else { return Ok(()) };
+    let store = ek_cert_store(&tpm, &deployment)?;
+    let port = daemon::free_port()?;
+    let config = deployment.registrar_config(port, &store, true);
+    let (mut registrar, state) =
+        start_on_tmpfs(&deployment, kl_tests::daemon::REGISTRAR, "registrar", config)?;
+    let pid = registrar.id();
+    let result = (|| -> Result<()> {
+        let admin = admin(&deployment);
+        let at = target(port);
+        wait_status(&python, &at, &admin, "SERVING")?;
+        let agent = deployment.start_agent("agent", &crate::agent_settings(&tpm, port))?;
+        let tenant = deployment.tenant_config(daemon::free_port()?, port)?;
+        let kctl = |args: &[&str]| -> Result<Output> {
+            Ok(Command::new(daemon::binary(KCTL)?)
+                .arg("--config")
+                .arg(&tenant)
+                .args(args)
+                .output()?)
+        };
+        let agent_id =
+            std::fs::read_to_string(agent.dir.join("agent").join("agent_uuid"))?.trim().to_owned();
+        let deadline = Instant::now() + HEALTH_DEADLINE;
+        while !kctl(&["registrar", "show", &agent_id])?.status.success() {
+            assert!(Instant::now() < deadline, "the agent never registered");
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        drop(agent);
+
+        fill(pid, &state)?;
+        let deleted = kctl(&["registrar", "delete", &agent_id])?;
+        assert!(!deleted.status.success(), "an agent was deleted on a full disk: {deleted:?}");
+        wait_status(&python, &at, &admin, "NOT_SERVING")?;
+        let out = kctl(&["health", "--registrar", &at, "-o", "json"])?;
+        assert_eq!(out.status.code(), Some(1), "kctl health exits 1 when NOT_SERVING: {out:?}");
+
+        // Space again: the registrar opens its store again, and health follows.
+        free(pid, &state)?;
+        wait_status(&python, &at, &admin, "SERVING")?;
+        check(&kctl(&["registrar", "delete", &agent_id])?, "kctl registrar delete, space back")?;
+        Ok(())
+    })();
+    let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+    let _ = registrar.wait();
     result
 }

@@ -3,6 +3,7 @@
 //!
 //! `agent` needs only the agent; `registration` runs the registrar too.
 
+mod access;
 mod agent;
 mod ansible;
 mod ansible_roles;

@@ -83,7 +83,8 @@ fn wire_compatible() -> Result<()> {
     let path = repo().join("proto/snapshot/keylime-v1.binpb");
     let files = apiref::keylime_files(kl_proto::FILE_DESCRIPTOR_SET)?;
     if std::env::var_os("KEYLIME_UPDATE_API_SNAPSHOT").is_some() {
-        let old = compat::decode(&std::fs::read(&path).unwrap_or_default())?;
+        let old = std::fs::read(&path).map_err(|e| err(format!("{}: {e}", path.display())))?;
+        let old = compat::decode(&old)?;
         let broken = compat::breaking_changes(&old, &files);
         if !broken.is_empty() {
             return Err(err(format!(

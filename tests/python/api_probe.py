@@ -4,14 +4,15 @@
     api_probe.py check    TARGET --ca F --cert F --key F [--service NAME]
     api_probe.py watch    TARGET --ca F --cert F --key F [--service NAME]
     api_probe.py services TARGET --ca F --cert F --key F
-    api_probe.py survey   TARGET --ca F --cert F --key F --service NAME
+    api_probe.py survey   TARGET --ca F --cert F --key F --service NAME [--foreign SYMBOL]
 
 check prints {"status": "SERVING"} (or {"error": CODE, "details": ...}); watch prints one JSON
 line per status as it arrives and {"end": CODE} when the server ends the stream; services prints
 {"v1": [...], "v1alpha": [...], "files": {service: file}} listing services through both
 reflection versions and resolving each listed service to the file that defines it; survey
 does check (for "", for NAME and for an unknown service) and services in one process:
-{"whole": STATUS, "named": STATUS, "unknown": CODE, "services": {...}}.
+{"whole": STATUS, "named": STATUS, "unknown": CODE, "services": {...}}, and with --foreign the
+reflection answer to the file containing SYMBOL ("foreign": CODE, "OK" when it is described).
 """
 
 import argparse
@@ -62,6 +63,20 @@ def services(channel):
     return doc
 
 
+def symbol_code(channel, symbol):
+    # tonic's reflection ends the stream with the status; others answer with error_response.
+    try:
+        [answer] = reflect(
+            channel, "v1", [reflection_pb2.ServerReflectionRequest(file_containing_symbol=symbol)]
+        )
+    except grpc.RpcError as e:
+        return e.code().name
+    if not answer.HasField("error_response"):
+        return "OK"
+    code = answer.error_response.error_code
+    return next((c.name for c in grpc.StatusCode if c.value[0] == code), str(code))
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("action", choices=["check", "watch", "services", "survey"])
@@ -71,6 +86,7 @@ def main():
     parser.add_argument("--cert")
     parser.add_argument("--key")
     parser.add_argument("--service", default="")
+    parser.add_argument("--foreign")
     args = parser.parse_args()
     credentials = grpc.ssl_channel_credentials(
         root_certificates=read(args.ca),
@@ -99,12 +115,15 @@ def main():
                     unknown = "OK"
                 except grpc.RpcError as e:
                     unknown = e.code().name
-                emit({
+                doc = {
                     "whole": name(whole.status),
                     "named": name(named.status),
                     "unknown": unknown,
                     "services": services(channel),
-                })
+                }
+                if args.foreign:
+                    doc["foreign"] = symbol_code(channel, args.foreign)
+                emit(doc)
         except grpc.RpcError as e:
             key = "end" if args.action == "watch" else "error"
             emit({key: e.code().name, "details": e.details()})

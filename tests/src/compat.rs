@@ -52,12 +52,20 @@ pub fn breaking_changes(old: &[FileDescriptorProto], new: &[FileDescriptorProto]
             continue;
         };
         for value in &e.value {
-            if !now.value.iter().any(|v| v.number() == value.number()) {
-                found.push(format!(
+            match now.value.iter().find(|v| v.number() == value.number()) {
+                None => found.push(format!(
                     "enum {name}: value {} = {} removed",
                     value.name(),
                     value.number()
-                ));
+                )),
+                // The wire keeps the number, but JSON and generated code use the name.
+                Some(v) if v.name() != value.name() => found.push(format!(
+                    "enum {name}: value {} = {} renamed to {}",
+                    value.name(),
+                    value.number(),
+                    v.name()
+                )),
+                Some(_) => {}
             }
         }
     }
@@ -289,6 +297,26 @@ mod tests {
             "{found:?}"
         );
         assert!(found.iter().any(|c| c.contains("HASH_ALGORITHM_SHA384 = 3 removed")), "{found:?}");
+        Ok(())
+    }
+
+    #[test]
+    fn an_enum_value_renamed_in_place_is_breaking() -> Result<()> {
+        let old = current()?;
+        let mut new = old.clone();
+        let agent = new.iter_mut().find(|f| f.package() == "keylime.agent.v1").ok_or("agent")?;
+        let hash =
+            agent.enum_type.iter_mut().find(|e| e.name() == "HashAlgorithm").ok_or("enum")?;
+        let sha384 =
+            hash.value.iter_mut().find(|v| v.name() == "HASH_ALGORITHM_SHA384").ok_or("SHA384")?;
+        sha384.name = Some("HASH_ALGORITHM_SHA3_384".to_owned());
+        let found = breaking_changes(&old, &new);
+        assert_eq!(
+            found,
+            ["enum .keylime.agent.v1.HashAlgorithm: value HASH_ALGORITHM_SHA384 = 3 renamed to \
+              HASH_ALGORITHM_SHA3_384"],
+            "{found:?}"
+        );
         Ok(())
     }
 

@@ -34,6 +34,9 @@ pub enum Error {
     #[error("gRPC server: {0}")]
     Serve(#[from] tonic::transport::Error),
 
+    #[error("building the gRPC API: {0}")]
+    Api(#[from] kl_svc::api::ApiError),
+
     #[error("registrar TLS: {0}")]
     RegistrarTls(kl_svc::tls::TlsError),
 

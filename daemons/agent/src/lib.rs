@@ -16,6 +16,7 @@
 
 pub mod error;
 pub mod eventlog;
+mod health;
 pub mod identity;
 pub mod imalog;
 pub mod payload;
@@ -49,8 +50,6 @@ pub const MAX_MESSAGE_SIZE: usize = 64 * 1024 * 1024;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the health service asks the TPM for a PCR value.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(2);
-/// How long that PCR read may take before the agent reports NOT_SERVING.
-const TPM_PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A started agent: TPM open, AK loaded, identity ready, socket bound; not yet serving.
 #[derive(Debug)]
@@ -298,25 +297,35 @@ impl Agent {
         }
         let health = Health::new(&[agent_server::SERVICE_NAME]);
         let (_health_stop, health_stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(health_loop(
-            service.tpm.clone(),
-            service.default_bank,
-            health.clone(),
-            health_stopped,
-        ));
+        tokio::spawn({
+            let (health, bank) = (health.clone(), service.default_bank);
+            let tcti = service.tpm.tcti().to_owned();
+            let tpm = service.tpm.clone();
+            let probe = health::OneAtATime::new(
+                move || tpm.pcr_read(bank, &[0]).map(drop),
+                health::TPM_PROBE_TIMEOUT,
+            );
+            async move {
+                let probe = || async {
+                    probe.run().await.map_err(|e| format!("TPM ({tcti}) PCR read: {e}"))
+                };
+                let stopped = async {
+                    let _ = health_stopped.await;
+                };
+                health.follow(probe, HEALTH_INTERVAL, stopped).await;
+            }
+        });
+        let access = kl_svc::api::Access::new(
+            agent_server::SERVICE_NAME,
+            service::RPC_ROLES,
+            kl_svc::api::Caller::handshake_verified,
+        );
         let grpc = AgentServer::new(service)
             .max_decoding_message_size(MAX_MESSAGE_SIZE)
             .max_encoding_message_size(MAX_MESSAGE_SIZE);
-        let mut builder = tonic::transport::Server::builder();
-        let router = kl_svc::api::with_standard_services(
-            &mut builder,
-            &health,
-            &[kl_proto::FILE_DESCRIPTOR_SET],
-            kl_svc::api::admit_all,
-        )
-        .map_err(|e| Error::Internal(e.to_string()))?;
+        let router = kl_svc::api::router(&health, access, kl_proto::FILE_DESCRIPTOR_SET, grpc)?;
         let stopping = health.clone();
-        let server = router.add_service(grpc).serve_with_incoming_shutdown(incoming, async move {
+        let server = router.serve_with_incoming_shutdown(incoming, async move {
             shutdown.await;
             stopping.set_stopping();
         });
@@ -328,35 +337,6 @@ impl Agent {
             registered = register => { registered?; }
         }
         server.await.map_err(Error::from)
-    }
-}
-
-/// Keeps the health service honest: SERVING while the TPM answers a PCR read of the configured
-/// bank within [`TPM_PROBE_TIMEOUT`], NOT_SERVING (with the TPM's error) while it does not.
-async fn health_loop(
-    tpm: Arc<Tpm>,
-    bank: HashAlg,
-    health: Health,
-    mut stopped: tokio::sync::oneshot::Receiver<()>,
-) {
-    loop {
-        let probe = tokio::task::spawn_blocking({
-            let tpm = tpm.clone();
-            move || tpm.pcr_read(bank, &[0])
-        });
-        match tokio::time::timeout(TPM_PROBE_TIMEOUT, probe).await {
-            Ok(Ok(Ok(_))) => health.set_serving(),
-            Ok(Ok(Err(e))) => health.set_impaired(format!("TPM ({}): {e}", tpm.tcti())),
-            Ok(Err(e)) => health.set_impaired(format!("TPM probe task: {e}")),
-            Err(_) => health.set_impaired(format!(
-                "TPM ({}): no answer to a PCR read within {TPM_PROBE_TIMEOUT:?}",
-                tpm.tcti()
-            )),
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(HEALTH_INTERVAL) => {}
-            _ = &mut stopped => return,
-        }
     }
 }
 

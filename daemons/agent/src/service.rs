@@ -13,7 +13,7 @@ use kl_core::alg::HashAlg;
 use kl_core::quote::qualifying_data;
 use kl_proto::agent::v1 as pb;
 use kl_proto::agent::v1::agent_server::Agent as AgentRpc;
-use kl_svc::tls::{Role, role_of};
+use kl_svc::tls::Role;
 use kl_tpm::{KeyAlg, Tpm};
 use tonic::{Request, Response, Status};
 
@@ -131,8 +131,8 @@ fn check_pcrs(pcrs: &[u32]) -> Result<(), Error> {
     }
 }
 
-/// The roles each RPC of `keylime.agent.v1.Agent` admits: the one table [`check_caller`] checks
-/// against (and the API reference is generated from). Only the verifier and administrators
+/// The roles each RPC of `keylime.agent.v1.Agent` admits: the one table enforced in front of
+/// every handler (`kl_svc::api::Access`; and the API reference is generated from). Only the verifier and administrators
 /// may ask an agent for evidence or hand it keys; NotifyRevocation also needs the caller's
 /// address in `revocation_notification_ip`.
 pub const RPC_ROLES: &[(&str, &[Role])] = &[
@@ -143,30 +143,6 @@ pub const RPC_ROLES: &[(&str, &[Role])] = &[
     ("NotifyRevocation", CALLERS),
 ];
 const CALLERS: &[Role] = &[Role::Admin, Role::Verifier];
-
-/// Refuses the call `rpc` unless the caller's certificate names a role [`RPC_ROLES`] admits.
-fn check_caller<T>(request: &Request<T>, rpc: &str) -> Result<(), Status> {
-    let Some(&(_, roles)) = RPC_ROLES.iter().find(|(name, _)| *name == rpc) else {
-        return Err(Status::internal(format!("{rpc}: no access rule (refused)")));
-    };
-    let certs = request.peer_certs().ok_or_else(|| {
-        Status::unauthenticated("a client certificate issued by the deployment CA is required")
-    })?;
-    let leaf = certs
-        .first()
-        .ok_or_else(|| Status::unauthenticated("the client presented no certificate"))?;
-    match role_of(leaf) {
-        Ok(Some(role)) if roles.contains(&role) => Ok(()),
-        Ok(Some(role)) => Err(Status::permission_denied(format!(
-            "role {} may not call the agent (admin or verifier required)",
-            role.as_str()
-        ))),
-        Ok(None) => Err(Status::permission_denied(
-            "the client certificate names no role (admin or verifier required)",
-        )),
-        Err(e) => Err(Status::permission_denied(format!("client certificate: {e}"))),
-    }
-}
 
 /// Seconds since the epoch at which the machine booted (`btime` in /proc/stat), 0 if unknown.
 fn boot_time() -> i64 {
@@ -269,9 +245,8 @@ impl AgentService {
 impl AgentService {
     async fn rpc_get_info(
         &self,
-        request: Request<pb::GetInfoRequest>,
+        _request: Request<pb::GetInfoRequest>,
     ) -> Result<Response<pb::GetInfoResponse>, Status> {
-        check_caller(&request, "GetInfo")?;
         let tpm = self.tpm.clone();
         let ak = tokio::task::spawn_blocking(move || tpm.ak())
             .await
@@ -298,7 +273,6 @@ impl AgentService {
         &self,
         request: Request<pb::GetQuoteRequest>,
     ) -> Result<Response<pb::GetQuoteResponse>, Status> {
-        check_caller(&request, "GetQuote")?;
         match self.quote(request.into_inner()).await {
             Ok(reply) => Ok(Response::new(reply)),
             Err(e) => {
@@ -312,7 +286,6 @@ impl AgentService {
         &self,
         request: Request<pb::DeliverKeyRequest>,
     ) -> Result<Response<pb::DeliverKeyResponse>, Status> {
-        check_caller(&request, "DeliverKey")?;
         match self.payload.deliver(request.into_inner()).await {
             Ok(key_derived) => Ok(Response::new(pb::DeliverKeyResponse { key_derived })),
             Err(e) => {
@@ -326,7 +299,6 @@ impl AgentService {
         &self,
         request: Request<pb::VerifyKeyRequest>,
     ) -> Result<Response<pb::VerifyKeyResponse>, Status> {
-        check_caller(&request, "VerifyKey")?;
         let hmac = self.payload.verify(&request.into_inner().challenge)?;
         Ok(Response::new(pb::VerifyKeyResponse { hmac }))
     }
@@ -335,7 +307,6 @@ impl AgentService {
         &self,
         request: Request<pb::NotifyRevocationRequest>,
     ) -> Result<Response<pb::NotifyRevocationResponse>, Status> {
-        check_caller(&request, "NotifyRevocation")?;
         let peer = request.remote_addr().map(|a| a.ip());
         let from_a_verifier = match peer {
             Some(ip) => self.notice_senders.accepts(ip).await,

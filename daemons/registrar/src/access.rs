@@ -9,11 +9,12 @@
 //!
 //! To give such a client an answer instead of a failed handshake, the handshake accepts any
 //! client certificate whose holder proves possession of its key, and the chain is checked
-//! against the CA here, on every call that needs a role, with the same webpki verifier the
+//! against the CA on every call (`kl_svc::api::Access`, from [`RPC_ROLES`]), with the same webpki verifier the
 //! handshake would have used. Nothing else reads peer certificates.
 
 use std::sync::Arc;
 
+use kl_svc::api::Caller;
 use kl_svc::tls::{Role, TlsError, TlsIdentity, crypto_provider, role_of};
 use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::WebPkiClientVerifier;
@@ -21,42 +22,19 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{
     DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme,
 };
-use tonic::Request;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
-use crate::Error;
-
-/// What an RPC requires of its caller.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Requirement {
-    pub action: &'static str,
-    pub roles: &'static [Role],
-    /// How the refusal names the roles ("an admin").
-    pub described: &'static str,
-}
-
-pub(crate) const GET_AGENT: Requirement = Requirement {
-    action: "GetAgent",
-    roles: &[Role::Admin, Role::Verifier, Role::Viewer],
-    described: "an admin, verifier or viewer",
-};
-pub(crate) const LIST_AGENTS: Requirement = Requirement {
-    action: "ListAgents",
-    roles: &[Role::Admin, Role::Verifier, Role::Viewer],
-    described: "an admin, verifier or viewer",
-};
-pub(crate) const DELETE_AGENT: Requirement =
-    Requirement { action: "DeleteAgent", roles: &[Role::Admin], described: "an admin" };
-
-/// The roles each RPC of `keylime.registrar.v1.Registrar` admits (the API reference is
-/// generated from it); an empty list: no client certificate needed.
+/// The roles each RPC of `keylime.registrar.v1.Registrar` admits: the one table enforced in
+/// front of every handler (and the API reference is generated from it); an empty list: no
+/// client certificate needed.
 pub const RPC_ROLES: &[(&str, &[Role])] = &[
     ("Register", &[]),
     ("Activate", &[]),
-    (GET_AGENT.action, GET_AGENT.roles),
-    (LIST_AGENTS.action, LIST_AGENTS.roles),
-    (DELETE_AGENT.action, DELETE_AGENT.roles),
+    ("GetAgent", READ),
+    ("ListAgents", READ),
+    ("DeleteAgent", &[Role::Admin]),
 ];
+const READ: &[Role] = &[Role::Admin, Role::Verifier, Role::Viewer];
 
 /// Checks client certificates against the deployment CA.
 #[derive(Debug, Clone)]
@@ -89,69 +67,34 @@ impl Access {
     }
 
     /// What the caller presented: a certificate chaining to the CA and naming a role, or why not.
-    fn presented<T>(&self, request: &Request<T>) -> Presented {
-        let certs = request
-            .extensions()
-            .get::<TlsConnectInfo<TcpConnectInfo>>()
-            .and_then(|info| info.peer_certs());
+    fn caller(&self, extensions: &tonic::codegen::http::Extensions) -> Caller {
+        let certs =
+            extensions.get::<TlsConnectInfo<TcpConnectInfo>>().and_then(|info| info.peer_certs());
         let Some((leaf, intermediates)) = certs.as_deref().and_then(|c| c.split_first()) else {
-            return Presented::Nothing;
+            return Caller::Nothing;
         };
         if let Err(e) = self.ca.verify_client_cert(leaf, intermediates, UnixTime::now()) {
-            return Presented::Untrusted(e.to_string());
+            return Caller::Untrusted(e.to_string());
         }
         match role_of(leaf) {
-            Ok(Some(role)) => Presented::Role(role),
-            _ => Presented::NoRole,
+            Ok(Some(role)) => Caller::Role(role),
+            _ => Caller::NoRole,
         }
     }
 
-    /// Admits a call to the standard services (health, reflection): any certificate chaining
-    /// to the deployment CA, whatever its role; UNAUTHENTICATED otherwise.
-    pub fn admit_deployment_certificate(
-        &self,
-        request: tonic::Request<()>,
-    ) -> Result<tonic::Request<()>, tonic::Status> {
-        match self.presented(&request) {
-            Presented::Role(_) | Presented::NoRole => Ok(request),
-            Presented::Nothing => Err(tonic::Status::unauthenticated(
-                "health and reflection need a client certificate issued by the deployment CA",
-            )),
-            Presented::Untrusted(why) => Err(tonic::Status::unauthenticated(format!(
-                "health and reflection need a client certificate issued by the deployment CA; \
-                 the client's does not verify against it ({why})"
-            ))),
-        }
+    /// The registrar's access rules, checking each caller's chain against the CA.
+    pub fn rules(&self) -> kl_svc::api::Access {
+        let access = self.clone();
+        kl_svc::api::Access::new(
+            kl_proto::registrar::v1::registrar_server::SERVICE_NAME,
+            RPC_ROLES,
+            move |extensions| access.caller(extensions),
+        )
     }
-
-    /// Refuses the call unless the caller holds one of the required roles; the refusal says
-    /// what was wrong with what it presented (never anything about agents).
-    pub fn require<T>(&self, request: &Request<T>, need: Requirement) -> Result<Role, Error> {
-        let presented = match self.presented(request) {
-            Presented::Role(role) if need.roles.contains(&role) => return Ok(role),
-            Presented::Role(role) => format!("the client's certificate has role {}", role.as_str()),
-            Presented::Nothing => "the client presented none".to_owned(),
-            Presented::Untrusted(why) => {
-                format!(
-                    "the client's certificate does not verify against the deployment CA ({why})"
-                )
-            }
-            Presented::NoRole => "the client's certificate names no role".to_owned(),
-        };
-        Err(Error::RoleRequired { action: need.action, required: need.described, presented })
-    }
-}
-
-/// What a caller showed at the TLS handshake.
-enum Presented {
-    Nothing,
-    Untrusted(String),
-    NoRole,
-    Role(Role),
 }
 
 /// A client-certificate verifier that checks the handshake signature (the client holds the
-/// key of the certificate it sent) but leaves the chain to [`Access::require`].
+/// key of the certificate it sent) but leaves the chain to [`Access::rules`].
 #[derive(Debug)]
 struct DeferredChainCheck {
     ca: Arc<dyn ClientCertVerifier>,

@@ -30,9 +30,6 @@ pub enum Error {
          (never registered, expired, already activated, or a wrong proof); register again"
     )]
     NoPendingRegistration { agent_id: String },
-    /// The caller's certificate does not grant the RPC. Names the action, never an agent.
-    #[error("{action} requires {required} client certificate of this deployment; {presented}")]
-    RoleRequired { action: &'static str, required: &'static str, presented: String },
     #[error("{action}: too many registration requests from {source_ip}; retry later")]
     RateLimited { action: &'static str, source_ip: String },
     #[error("too many registrations are pending; retry later")]
@@ -54,6 +51,8 @@ pub enum Error {
     Listen { address: std::net::SocketAddr, source: std::io::Error },
     #[error("serving gRPC: {0}")]
     Serve(#[from] tonic::transport::Error),
+    #[error("building the gRPC API: {0}")]
+    Api(#[from] kl_svc::api::ApiError),
 }
 
 impl Error {
@@ -68,9 +67,7 @@ impl From<Error> for tonic::Status {
         let message = e.to_string();
         match e {
             Error::InvalidArgument { .. } => Status::invalid_argument(message),
-            Error::EkCertificate(_) | Error::RoleRequired { .. } => {
-                Status::permission_denied(message)
-            }
+            Error::EkCertificate(_) => Status::permission_denied(message),
             Error::IdentityConflict => Status::already_exists(message),
             Error::NoPendingRegistration { .. } | Error::AgentNotFound { .. } => {
                 Status::not_found(message)
@@ -83,7 +80,8 @@ impl From<Error> for tonic::Status {
             | Error::Tls(_)
             | Error::Io { .. }
             | Error::Listen { .. }
-            | Error::Serve(_) => {
+            | Error::Serve(_)
+            | Error::Api(_) => {
                 // The details (file names, storage errors) are for the operator's log.
                 tracing::error!(error = %message, "request failed");
                 Status::internal("internal registrar error; see the registrar log")

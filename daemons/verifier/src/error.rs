@@ -10,9 +10,6 @@ pub enum Error {
     /// A request field is malformed or unacceptable; `field` is its proto name.
     #[error("{field}: {reason}")]
     InvalidArgument { field: &'static str, reason: String },
-    /// The caller's certificate does not grant the RPC. Names the action, never an agent.
-    #[error("{action} requires {required} client certificate; {presented}")]
-    RoleRequired { action: &'static str, required: &'static str, presented: String },
     #[error("agent {agent_id} is not enrolled")]
     AgentNotFound { agent_id: String },
     #[error("agent {agent_id} is not registered (or not activated) at the registrar")]
@@ -48,6 +45,8 @@ pub enum Error {
     Listen { address: std::net::SocketAddr, source: std::io::Error },
     #[error("serving gRPC: {0}")]
     Serve(#[from] tonic::transport::Error),
+    #[error("building the gRPC API: {0}")]
+    Api(#[from] kl_svc::api::ApiError),
 }
 
 impl Error {
@@ -62,7 +61,6 @@ impl From<Error> for tonic::Status {
         let message = e.to_string();
         match e {
             Error::InvalidArgument { .. } => Status::invalid_argument(message),
-            Error::RoleRequired { .. } => Status::permission_denied(message),
             Error::AgentNotFound { .. }
             | Error::NotRegistered { .. }
             | Error::PolicyNotFound { .. } => Status::not_found(message),
@@ -76,7 +74,8 @@ impl From<Error> for tonic::Status {
             | Error::Tls(_)
             | Error::Config(_)
             | Error::Listen { .. }
-            | Error::Serve(_) => {
+            | Error::Serve(_)
+            | Error::Api(_) => {
                 tracing::error!(error = %message, "request failed");
                 Status::internal("internal verifier error; see the verifier log")
             }

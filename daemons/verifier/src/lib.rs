@@ -229,14 +229,11 @@ impl Server {
         let Server { incoming, metrics_listener, webhook, context, stop, writer_thread } = self;
         // Built first: nothing has started yet if it fails.
         let health = Health::new(&[verifier_server::SERVICE_NAME]);
-        let mut builder = tonic::transport::Server::builder();
-        let router = kl_svc::api::with_standard_services(
-            &mut builder,
-            &health,
-            &[kl_proto::FILE_DESCRIPTOR_SET],
-            kl_svc::api::admit_all,
-        )
-        .map_err(|e| Error::Internal(e.to_string()))?;
+        let service = VerifierServer::new(VerifierService { ctx: context.clone() })
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let router =
+            kl_svc::api::router(&health, access::access(), kl_proto::FILE_DESCRIPTOR_SET, service)?;
         if let Some(listener) = metrics_listener {
             let ctx = context.clone();
             let render: kl_svc::metrics::Render = Arc::new(move || {
@@ -256,13 +253,21 @@ impl Server {
             context.spawn(webhook::run(context.clone(), client));
         }
         context.spawn(prune_loop(context.clone()));
-        context.spawn(health_loop(context.clone(), health.clone()));
+        context.spawn({
+            let (context, health) = (context.clone(), health.clone());
+            async move {
+                let mut shutdown = context.shutdown.clone();
+                let probe = || async {
+                    match context.writer.unwritable() {
+                        Some(reason) => Err(format!("state store unwritable: {reason}")),
+                        None => Ok(()),
+                    }
+                };
+                health.follow(probe, HEALTH_INTERVAL, context::stopped(&mut shutdown)).await;
+            }
+        });
 
-        let service = VerifierServer::new(VerifierService { ctx: context.clone() })
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let served = router
-            .add_service(service)
             .serve_with_incoming_shutdown(incoming, async {
                 shutdown.await;
                 health.set_stopping();
@@ -317,22 +322,6 @@ fn catch_up(
     entry.consecutive_errors = 0;
     if convert::verdict(&newest.verdict_json).is_some_and(|v| v.passed) {
         entry.last_success_at = Some(newest.at);
-    }
-}
-
-/// Keeps the health service honest: SERVING while the state store takes writes, NOT_SERVING
-/// (with the writer's reason) while it does not.
-async fn health_loop(context: Arc<Context>, health: Health) {
-    let mut shutdown = context.shutdown.clone();
-    loop {
-        match context.writer.unwritable() {
-            Some(reason) => health.set_impaired(format!("state store unwritable: {reason}")),
-            None => health.set_serving(),
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(HEALTH_INTERVAL) => {}
-            _ = crate::context::stopped(&mut shutdown) => return,
-        }
     }
 }
 

@@ -14,7 +14,6 @@ use kl_store::verifier::{
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::access;
 use crate::context::{AgentRuntime, AgentSlot, Context, parse_hash_algs, parse_sig_algs};
 use crate::scheduler::{self, event};
 use crate::{Error, convert, events, policies};
@@ -282,7 +281,6 @@ impl Verifier for VerifierService {
         &self,
         request: Request<pb::EnrollAgentRequest>,
     ) -> Result<Response<pb::EnrollAgentResponse>, Status> {
-        access::require(&request, "EnrollAgent")?;
         self.ctx.writer.check_writable()?;
         let req = request.into_inner();
         check_agent_id(&req.agent_id)?;
@@ -452,7 +450,6 @@ impl Verifier for VerifierService {
         &self,
         request: Request<pb::GetAgentRequest>,
     ) -> Result<Response<pb::GetAgentResponse>, Status> {
-        access::require(&request, "GetAgent")?;
         let slot = self.slot(&request.get_ref().agent_id)?;
         let (agent, ticket) = {
             let rt = slot.runtime.lock().await;
@@ -466,7 +463,6 @@ impl Verifier for VerifierService {
         &self,
         request: Request<pb::ListAgentsRequest>,
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
-        access::require(&request, "ListAgents")?;
         let req = request.into_inner();
         let limit = page_size(req.page_size);
         let after = req.page_token;
@@ -512,7 +508,6 @@ impl Verifier for VerifierService {
         &self,
         request: Request<pb::UpdateAgentRequest>,
     ) -> Result<Response<pb::UpdateAgentResponse>, Status> {
-        access::require(&request, "UpdateAgent")?;
         self.ctx.writer.check_writable()?;
         let req = request.into_inner();
         let slot = self.slot(&req.agent_id)?;
@@ -593,7 +588,6 @@ impl Verifier for VerifierService {
         &self,
         request: Request<pb::UnenrollAgentRequest>,
     ) -> Result<Response<pb::UnenrollAgentResponse>, Status> {
-        access::require(&request, "UnenrollAgent")?;
         self.ctx.writer.check_writable()?;
         let agent_id = request.into_inner().agent_id;
         check_agent_id(&agent_id)?;
@@ -631,7 +625,6 @@ impl Verifier for VerifierService {
         &self,
         request: Request<pb::StopAgentRequest>,
     ) -> Result<Response<pb::StopAgentResponse>, Status> {
-        access::require(&request, "StopAgent")?;
         self.ctx.writer.check_writable()?;
         let slot = self.slot(&request.get_ref().agent_id)?;
         let mut rt = slot.runtime.lock().await;
@@ -649,7 +642,6 @@ impl Verifier for VerifierService {
         &self,
         request: Request<pb::ResumeAgentRequest>,
     ) -> Result<Response<pb::ResumeAgentResponse>, Status> {
-        access::require(&request, "ResumeAgent")?;
         self.ctx.writer.check_writable()?;
         let slot = self.slot(&request.get_ref().agent_id)?;
         let mut rt = slot.runtime.lock().await;
@@ -668,7 +660,6 @@ impl Verifier for VerifierService {
         &self,
         request: Request<pb::PutRuntimePolicyRequest>,
     ) -> Result<Response<pb::PutRuntimePolicyResponse>, Status> {
-        access::require(&request, "PutRuntimePolicy")?;
         self.ctx.writer.check_writable()?;
         let req = request.into_inner();
         check_policy_name(&req.name)?;
@@ -683,7 +674,6 @@ impl Verifier for VerifierService {
         &self,
         request: Request<pb::GetRuntimePolicyRequest>,
     ) -> Result<Response<pb::GetRuntimePolicyResponse>, Status> {
-        access::require(&request, "GetRuntimePolicy")?;
         let (policy, document) =
             self.get_policy(PolicyKind::Runtime, &request.get_ref().name).await?;
         Ok(Response::new(pb::GetRuntimePolicyResponse { policy: Some(policy), document }))
@@ -691,9 +681,8 @@ impl Verifier for VerifierService {
 
     async fn list_runtime_policies(
         &self,
-        request: Request<pb::ListRuntimePoliciesRequest>,
+        _request: Request<pb::ListRuntimePoliciesRequest>,
     ) -> Result<Response<pb::ListRuntimePoliciesResponse>, Status> {
-        access::require(&request, "ListRuntimePolicies")?;
         let policies = self.list_policies(PolicyKind::Runtime).await?;
         Ok(Response::new(pb::ListRuntimePoliciesResponse { policies }))
     }
@@ -702,7 +691,6 @@ impl Verifier for VerifierService {
         &self,
         request: Request<pb::DeleteRuntimePolicyRequest>,
     ) -> Result<Response<pb::DeleteRuntimePolicyResponse>, Status> {
-        access::require(&request, "DeleteRuntimePolicy")?;
         self.ctx.writer.check_writable()?;
         let changed = self.delete_policy(PolicyKind::Runtime, &request.get_ref().name)?;
         Ok(Response::new(pb::DeleteRuntimePolicyResponse { changed }))
@@ -712,7 +700,6 @@ impl Verifier for VerifierService {
         &self,
         request: Request<pb::PutMeasuredBootPolicyRequest>,
     ) -> Result<Response<pb::PutMeasuredBootPolicyResponse>, Status> {
-        access::require(&request, "PutMeasuredBootPolicy")?;
         self.ctx.writer.check_writable()?;
         let req = request.into_inner();
         check_policy_name(&req.name)?;
@@ -727,7 +714,6 @@ impl Verifier for VerifierService {
         &self,
         request: Request<pb::GetMeasuredBootPolicyRequest>,
     ) -> Result<Response<pb::GetMeasuredBootPolicyResponse>, Status> {
-        access::require(&request, "GetMeasuredBootPolicy")?;
         let (policy, document) =
             self.get_policy(PolicyKind::MeasuredBoot, &request.get_ref().name).await?;
         Ok(Response::new(pb::GetMeasuredBootPolicyResponse { policy: Some(policy), document }))
@@ -735,9 +721,8 @@ impl Verifier for VerifierService {
 
     async fn list_measured_boot_policies(
         &self,
-        request: Request<pb::ListMeasuredBootPoliciesRequest>,
+        _request: Request<pb::ListMeasuredBootPoliciesRequest>,
     ) -> Result<Response<pb::ListMeasuredBootPoliciesResponse>, Status> {
-        access::require(&request, "ListMeasuredBootPolicies")?;
         let policies = self.list_policies(PolicyKind::MeasuredBoot).await?;
         Ok(Response::new(pb::ListMeasuredBootPoliciesResponse { policies }))
     }
@@ -746,7 +731,6 @@ impl Verifier for VerifierService {
         &self,
         request: Request<pb::DeleteMeasuredBootPolicyRequest>,
     ) -> Result<Response<pb::DeleteMeasuredBootPolicyResponse>, Status> {
-        access::require(&request, "DeleteMeasuredBootPolicy")?;
         self.ctx.writer.check_writable()?;
         let changed = self.delete_policy(PolicyKind::MeasuredBoot, &request.get_ref().name)?;
         Ok(Response::new(pb::DeleteMeasuredBootPolicyResponse { changed }))
@@ -756,7 +740,6 @@ impl Verifier for VerifierService {
         &self,
         request: Request<pb::ListAttestationsRequest>,
     ) -> Result<Response<pb::ListAttestationsResponse>, Status> {
-        access::require(&request, "ListAttestations")?;
         let req = request.into_inner();
         self.slot(&req.agent_id)?;
         let before = if req.page_token.is_empty() {
@@ -795,7 +778,6 @@ impl Verifier for VerifierService {
         &self,
         request: Request<pb::WatchEventsRequest>,
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
-        access::require(&request, "WatchEvents")?;
         let req = request.into_inner();
         if !req.agent_id.is_empty() {
             check_agent_id(&req.agent_id)?;
@@ -817,9 +799,8 @@ impl Verifier for VerifierService {
 
     async fn get_event_cursors(
         &self,
-        request: Request<pb::GetEventCursorsRequest>,
+        _request: Request<pb::GetEventCursorsRequest>,
     ) -> Result<Response<pb::GetEventCursorsResponse>, Status> {
-        access::require(&request, "GetEventCursors")?;
         // Newest first: an event committed between the two reads then cannot make the oldest
         // look newer than the newest.
         let newest_cursor = self.ctx.store.last_event().map_err(Error::from)?;

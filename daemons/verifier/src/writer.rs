@@ -42,8 +42,6 @@ const MAX_BATCH: usize = 32_768;
 pub(crate) const RETRY: Duration = Duration::from_secs(1);
 /// Longest wait between two attempts to open the store again while commits keep failing.
 const MAX_RETRY: Duration = Duration::from_secs(30);
-/// What the file system must take before the store is opened again.
-const SPACE_PROBE_BYTES: usize = 1 << 20;
 /// Most history records held in memory while the store cannot be written (about 450 bytes
 /// each); older ones are dropped beyond it, and said so in the log. Agent entries are held
 /// once per agent (the newest), events all.
@@ -273,7 +271,10 @@ fn write_batches(
             tickets.committed.fetch_max(newest, Ordering::AcqRel);
             continue;
         }
-        if retrying && !stopping && (Instant::now() < next_try || !space_returned(store.path())) {
+        if retrying
+            && !stopping
+            && (Instant::now() < next_try || !kl_store::space_returned(store.path()))
+        {
             // Opening the store again closes the handle reads still use and has redb check
             // the whole file: only once the file system takes writes again, and backing off
             // while commits keep failing.
@@ -403,20 +404,6 @@ fn next_jobs(
         }
         std::thread::park_timeout(left);
     }
-}
-
-/// Whether the file system of the store takes writes again: a small file written and synced
-/// beside it, then removed.
-fn space_returned(store: &std::path::Path) -> bool {
-    use std::io::Write;
-    let mut name = store.as_os_str().to_owned();
-    name.push(".space-probe");
-    let probe = std::path::PathBuf::from(name);
-    let written = std::fs::File::create(&probe).and_then(|mut file| {
-        file.write_all(&[0; SPACE_PROBE_BYTES]).and_then(|()| file.sync_all())
-    });
-    let _ = std::fs::remove_file(&probe);
-    written.is_ok()
 }
 
 fn answer(replies: Vec<(usize, Option<Reply>)>, result: Result<Vec<EventRecord>, Refused>) {

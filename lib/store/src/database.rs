@@ -306,6 +306,25 @@ fn read_version(meta: &impl ReadableTable<&'static str, u64>) -> Result<u64, red
     Ok(meta.get(SCHEMA_VERSION)?.map(|v| v.value()).unwrap_or(0))
 }
 
+/// Bytes the space probe writes: more than one commit of routine state needs.
+const SPACE_PROBE_BYTES: usize = 1 << 20;
+
+/// Whether the file system of the store at `path` takes writes again: a small file written and
+/// synced beside it, then removed. A daemon asks this before reopening a store whose writes
+/// failed, since opening it again has redb check the whole file and closes the handle reads
+/// still use.
+pub fn space_returned(path: &Path) -> bool {
+    use std::io::Write;
+    let mut name = path.as_os_str().to_owned();
+    name.push(".space-probe");
+    let probe = PathBuf::from(name);
+    let written = std::fs::File::create(&probe).and_then(|mut file| {
+        file.write_all(&[0; SPACE_PROBE_BYTES]).and_then(|()| file.sync_all())
+    });
+    let _ = std::fs::remove_file(&probe);
+    written.is_ok()
+}
+
 #[cfg(test)]
 mod tests {
     use serde::{Deserialize, Serialize};

@@ -19,7 +19,9 @@ pub mod verifier;
 
 use std::path::PathBuf;
 
-pub use database::{Check, Database, Migration, Schema, Verdict, check_database, open_database};
+pub use database::{
+    Check, Database, Migration, Schema, Verdict, check_database, open_database, space_returned,
+};
 pub use records::Records;
 
 /// Errors from opening, migrating, reading and writing a store; each names the file and, where

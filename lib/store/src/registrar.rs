@@ -114,6 +114,11 @@ impl RegistrarStore {
         self.db.path()
     }
 
+    /// Replaces the handle after a failed write (redb refuses every later operation on it).
+    pub fn reopen(&self) -> Result<(), StoreError> {
+        self.db.reopen()
+    }
+
     /// The activated agent with this id.
     pub fn get_agent(&self, agent_id: &str) -> Result<Option<AgentRecord>, StoreError> {
         self.db.read("read an agent", |txn| AGENTS.get(txn, agent_id))

@@ -22,7 +22,8 @@ async fn viewers_read_only_other_roles_and_anonymous_clients_get_nothing() -> Te
     assert!(!refused.message().contains(&agent.id));
     assert_eq!(
         refused.message(),
-        "EnrollAgent requires an admin client certificate; the client's certificate has role viewer"
+        "EnrollAgent requires an admin client certificate of this deployment; the client's \
+         certificate has role viewer"
     );
 
     let mut verifier_role = fx.with_role(Role::Verifier).await?;

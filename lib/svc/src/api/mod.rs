@@ -8,21 +8,27 @@
 //! open (tonic-health's own service keeps every watch open for as long as it lives, which is
 //! why only its generated types are used here).
 //!
-//! Neither service checks roles: any client the daemon's TLS admits may probe it. A daemon that
-//! admits clients without a certificate at the handshake passes an [`Interceptor`] that asks
-//! for one (see [`with_standard_services`]).
+//! Who may call what is decided in front of all of them, from the daemon's one table of roles
+//! ([`access`]); health and reflection admit any certificate of the deployment.
 
+mod access;
+
+pub use access::{Access, AccessLayer, Caller, Gate, RpcRoles, described};
+
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
+use prost_types::FileDescriptorSet;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::service::Interceptor;
-use tonic::service::interceptor::InterceptedService;
+use tonic::server::NamedService;
 use tonic::transport::server::Router;
 use tonic::{Request, Response, Status};
 pub use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_server::{self, HealthServer};
 use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
+use tower_layer::{Identity, Stack};
 
 /// The health service's own name.
 pub const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
@@ -114,6 +120,33 @@ impl Health {
         });
     }
 
+    /// Keeps this health following `probe` (`Err` names why the daemon cannot do its job),
+    /// asked every `interval` until `stopped` resolves.
+    pub async fn follow<P, F>(
+        &self,
+        mut probe: P,
+        interval: Duration,
+        stopped: impl Future<Output = ()>,
+    ) where
+        P: FnMut() -> F,
+        F: Future<Output = Result<(), String>>,
+    {
+        tokio::pin!(stopped);
+        loop {
+            tokio::select! {
+                outcome = probe() => match outcome {
+                    Ok(()) => self.set_serving(),
+                    Err(reason) => self.set_impaired(reason),
+                },
+                () = &mut stopped => return,
+            }
+            tokio::select! {
+                () = tokio::time::sleep(interval) => {}
+                () = &mut stopped => return,
+            }
+        }
+    }
+
     fn knows(&self, service: &str) -> bool {
         service.is_empty() || self.services.iter().any(|s| s == service)
     }
@@ -201,24 +234,41 @@ impl health_server::Health for HealthService {
     }
 }
 
-/// Why the standard services could not be built.
+/// Why a daemon's API could not be built.
 #[derive(Debug, thiserror::Error)]
-#[error("server reflection: {0}")]
-pub struct ApiError(#[from] tonic_reflection::server::Error);
+#[non_exhaustive]
+pub enum ApiError {
+    #[error("server reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("the API's file descriptor set does not decode: {0}")]
+    Descriptors(#[from] prost::DecodeError),
+    #[error("the API's file descriptor set has no file of package {0}")]
+    NoFile(String),
+}
 
-/// Adds health and reflection (v1 and v1alpha) to `server`, each behind `admit`, and returns
-/// the router for the daemon to add its own service to. Reflection lists the health's services
-/// and the standard ones, described by `descriptor_sets` (encoded `FileDescriptorSet`s holding
-/// the daemon's services).
-pub fn with_standard_services<I>(
-    server: &mut tonic::transport::Server,
+/// A daemon's whole gRPC API: its `service` and the standard ones (health, reflection v1 and
+/// v1alpha), every call passing `access` first. Reflection describes exactly what is served:
+/// the daemon's own proto file (with what it imports) from `descriptor_set` (an encoded
+/// `FileDescriptorSet` that may hold other daemons' files too), health and reflection.
+pub fn router<S>(
     health: &Health,
-    descriptor_sets: &[&'static [u8]],
-    admit: I,
-) -> Result<Router, ApiError>
+    access: Access,
+    descriptor_set: &[u8],
+    service: S,
+) -> Result<Router<Stack<AccessLayer, Identity>>, ApiError>
 where
-    I: Interceptor + Clone + Send + Sync + 'static,
+    S: tower_service::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
 {
+    let own = own_files(descriptor_set, S::NAME)?;
     let reflection = || {
         let mut builder = tonic_reflection::server::Builder::configure()
             .include_reflection_service(false)
@@ -226,10 +276,8 @@ where
             .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(
                 tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
-            );
-        for set in descriptor_sets {
-            builder = builder.register_encoded_file_descriptor_set(set);
-        }
+            )
+            .register_file_descriptor_set(own.clone());
         for name in health.services().iter().map(String::as_str).chain([HEALTH_SERVICE]) {
             builder = builder.with_service_name(name);
         }
@@ -240,16 +288,35 @@ where
     };
     let v1 = reflection().build_v1()?;
     let v1alpha = reflection().build_v1alpha()?;
-    Ok(server
-        .add_service(InterceptedService::new(health.service(), admit.clone()))
-        .add_service(InterceptedService::new(v1, admit.clone()))
-        .add_service(InterceptedService::new(v1alpha, admit)))
+    Ok(tonic::transport::Server::builder()
+        .layer(AccessLayer(access))
+        .add_service(health.service())
+        .add_service(v1)
+        .add_service(v1alpha)
+        .add_service(service))
 }
 
-/// An interceptor that admits every call (for daemons whose TLS handshake already requires a
-/// certificate from the deployment CA).
-pub fn admit_all(request: Request<()>) -> Result<Request<()>, Status> {
-    Ok(request)
+/// The file of `service`'s package in `encoded` and the files it imports, and nothing else.
+fn own_files(encoded: &[u8], service: &str) -> Result<FileDescriptorSet, ApiError> {
+    let all = <FileDescriptorSet as prost::Message>::decode(encoded)?;
+    let package = service.rsplit_once('.').map_or("", |(package, _)| package);
+    let mut wanted: Vec<String> =
+        all.file.iter().filter(|f| f.package() == package).map(|f| f.name().to_owned()).collect();
+    if wanted.is_empty() {
+        return Err(ApiError::NoFile(package.to_owned()));
+    }
+    let mut at = 0;
+    while let Some(name) = wanted.get(at).cloned() {
+        at += 1;
+        let Some(file) = all.file.iter().find(|f| f.name() == name) else { continue };
+        for import in &file.dependency {
+            if !wanted.contains(import) {
+                wanted.push(import.clone());
+            }
+        }
+    }
+    let file = all.file.into_iter().filter(|f| wanted.iter().any(|w| w == f.name())).collect();
+    Ok(FileDescriptorSet { file })
 }
 
 #[cfg(test)]
