@@ -93,7 +93,14 @@ pub async fn read_agent(ctx: &Ctx, config: &Value) -> Result<Value, Diags> {
     let mut doc = kctl_api::agent_json(&agent);
     if let Ok(channel) = ctx.registrar().await {
         let reg = RegistrarClient::new(channel).get_agent(RegGetAgent { agent_id: uuid }).await;
-        doc["registered"] = serde_json::Value::Bool(reg.is_ok());
+        // Not found is "not registered"; a registrar that cannot answer leaves it unknown (null).
+        match reg {
+            Ok(_) => doc["registered"] = serde_json::Value::Bool(true),
+            Err(s) if s.code() == tonic::Code::NotFound => {
+                doc["registered"] = serde_json::Value::Bool(false)
+            }
+            Err(_) => doc["registered"] = serde_json::Value::Null,
+        }
     }
     Ok(agent_value(&doc))
 }

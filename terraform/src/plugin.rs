@@ -173,8 +173,10 @@ pub fn server_tls(
     let provider = kl_svc::tls::crypto_provider();
     let verifier =
         PinnedClient { cert: client, algorithms: provider.signature_verification_algorithms };
+    // TLS 1.3 only: Terraform's key is P-521, whose signatures are checked here for TLS 1.3;
+    // go-plugin's clients speak 1.3.
     let mut config = ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(&[&rustls::version::TLS13])
         .context("TLS versions")?
         .with_client_cert_verifier(Arc::new(verifier))
         .with_single_cert(vec![cert], key)

@@ -487,7 +487,10 @@ pub fn plan_enrollment(
     {
         planned.set("pcr_policy", prior.get("pcr_policy").clone());
     }
-    let settings = ["uuid", "runtime_policy", "mb_policy", "pcr_policy", "payload_digest", "cert"];
+    // `payload` too: a new path with the same digest re-enrols nothing, but apply still reports
+    // the live state, so planning the prior one would be an inconsistent result.
+    let settings =
+        ["uuid", "runtime_policy", "mb_policy", "pcr_policy", "payload", "payload_digest", "cert"];
     let unchanged = !prior.is_null() && settings.iter().all(|a| prior.get(a) == planned.get(a));
     for computed in ["state", "enrolled_at"] {
         let value = if unchanged { prior.get(computed).clone() } else { Value::Unknown };

@@ -2,9 +2,13 @@
 //! the TPM and mount the tmpfs of its secure directory, hands its state directories to that user
 //! and drops root for good, so the code that parses network input never runs as root.
 
-use std::os::unix::fs::chown;
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{OpenOptionsExt, lchown};
 use std::path::{Path, PathBuf};
 
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
 use nix::unistd::{Gid, Group, Uid, User, setgid, setgroups, setuid};
 
 /// Why the switch failed; each names the `run_as` value or the path.
@@ -68,21 +72,66 @@ impl RunAs {
     }
 }
 
+/// Gives `path` and everything below it to `uid:gid` without following a symbolic link
+/// anywhere: the tree belongs to the service user after the first start, and that user could
+/// swap an entry for a link to `/etc` while root walks it. Directories are opened with
+/// `O_NOFOLLOW` and their entries reached through the open descriptor (`/proc/self/fd/N/name`),
+/// so no path component is resolved twice; `lchown` never follows the entry itself.
 fn chown_tree(path: &Path, uid: u32, gid: u32, owner: &str) -> Result<(), RunAsError> {
-    let err = |source| RunAsError::Chown { path: path.to_owned(), owner: owner.to_owned(), source };
+    let err = |at: &Path, source| RunAsError::Chown {
+        path: at.to_owned(),
+        owner: owner.to_owned(),
+        source,
+    };
     let meta = match std::fs::symlink_metadata(path) {
         Ok(meta) => meta,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(err(e)),
+        Err(e) => return Err(err(path, e)),
     };
-    // A symbolic link is not followed: it could point anywhere.
     if meta.file_type().is_symlink() {
         return Ok(());
     }
-    chown(path, Some(uid), Some(gid)).map_err(err)?;
-    if meta.is_dir() {
-        for entry in std::fs::read_dir(path).map_err(err)? {
-            chown_tree(&entry.map_err(err)?.path(), uid, gid, owner)?;
+    lchown(path, Some(uid), Some(gid)).map_err(|e| err(path, e))?;
+    if !meta.is_dir() {
+        return Ok(());
+    }
+    match open_dir(path) {
+        Ok(dir) => chown_below(&dir, path, uid, gid).map_err(|(at, e)| err(&at, e)),
+        Err(e) if is_link(&e) => Ok(()),
+        Err(e) => Err(err(path, e)),
+    }
+}
+
+fn open_dir(path: &Path) -> std::io::Result<File> {
+    let flags = OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    OpenOptions::new().read(true).custom_flags(flags.bits()).open(path)
+}
+
+/// The open failed because the entry is (now) a symbolic link or no directory: not followed.
+fn is_link(e: &std::io::Error) -> bool {
+    e.raw_os_error().is_some_and(|n| n == Errno::ELOOP as i32 || n == Errno::ENOTDIR as i32)
+}
+
+fn chown_below(
+    dir: &File,
+    shown: &Path,
+    uid: u32,
+    gid: u32,
+) -> Result<(), (PathBuf, std::io::Error)> {
+    let base = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
+    let entries = std::fs::read_dir(&base).map_err(|e| (shown.to_owned(), e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| (shown.to_owned(), e))?;
+        let name = entry.file_name();
+        let (child, child_shown) = (base.join(&name), shown.join(&name));
+        lchown(&child, Some(uid), Some(gid)).map_err(|e| (child_shown.clone(), e))?;
+        let is_dir = entry.file_type().map_err(|e| (child_shown.clone(), e))?.is_dir();
+        if is_dir {
+            match open_dir(&child) {
+                Ok(sub) => chown_below(&sub, &child_shown, uid, gid)?,
+                Err(e) if is_link(&e) => {}
+                Err(e) => return Err((child_shown, e)),
+            }
         }
     }
     Ok(())
@@ -109,5 +158,28 @@ mod tests {
             unknown,
             Err("run_as = \"no-such-user-here:root\": no user \"no-such-user-here\"".to_owned())
         );
+    }
+
+    #[test]
+    fn the_handover_follows_no_link_inside_the_tree() {
+        use std::os::unix::fs::{MetadataExt, symlink};
+        assert!(Uid::effective().is_root(), "changing owners needs root");
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let outside = tmp.path().join("outside");
+        std::fs::create_dir_all(outside.join("inner")).expect("outside");
+        std::fs::write(outside.join("file"), b"x").expect("outside file");
+        let tree = tmp.path().join("tree");
+        std::fs::create_dir_all(tree.join("sub")).expect("tree");
+        std::fs::write(tree.join("sub/state"), b"x").expect("state");
+        symlink(outside.join("file"), tree.join("file-link")).expect("link");
+        symlink(&outside, tree.join("sub/dir-link")).expect("dir link");
+        chown_tree(&tree, 4242, 4343, "4242:4343").expect("handover");
+        let uid = |p: &Path| std::fs::symlink_metadata(p).expect("stat").uid();
+        for p in [tree.clone(), tree.join("sub"), tree.join("sub/state"), tree.join("file-link")] {
+            assert_eq!(uid(&p), 4242, "{}", p.display());
+        }
+        for p in [outside.clone(), outside.join("inner"), outside.join("file")] {
+            assert_eq!(uid(&p), 0, "{} was reached through a link", p.display());
+        }
     }
 }

@@ -30,6 +30,20 @@ struct RefState {
     kernels: Vec<KeylimeKernel>,
 }
 
+/// The top-level keys `keylime-policy create measured-boot` writes; a document needs one of them.
+const REFSTATE_KEYS: [&str; 10] = [
+    "has_secureboot",
+    "scrtm_and_bios",
+    "pk",
+    "kek",
+    "db",
+    "dbx",
+    "mokdig",
+    "mokxdig",
+    "kernels",
+    "vendor_db",
+];
+
 fn yes() -> bool {
     true
 }
@@ -84,7 +98,20 @@ fn push_unique(list: &mut Vec<String>, item: String) {
 impl MbPolicy {
     /// Converts a Keylime measured-boot reference state (JSON) into a policy in sha256.
     pub fn from_keylime_refstate(json: &[u8]) -> Result<MbPolicy, MbPolicyError> {
-        let rs: RefState = serde_json::from_slice(json).map_err(|e| MbPolicyError::json(&e))?;
+        let doc: Value = serde_json::from_slice(json).map_err(|e| MbPolicyError::json(&e))?;
+        // serde would read an array as the struct's fields in order, and an object without any
+        // of its keys as all defaults: both would pass as a policy that allows nothing less.
+        let Some(object) = doc.as_object() else {
+            return Err(MbPolicyError::invalid("(document)", "a reference state is a JSON object"));
+        };
+        if !REFSTATE_KEYS.iter().any(|k| object.contains_key(*k)) {
+            return Err(MbPolicyError::invalid(
+                "(document)",
+                format!("none of a Keylime reference state's keys ({})", REFSTATE_KEYS.join(", ")),
+            ));
+        }
+        let rs: RefState = serde_json::from_value(doc)
+            .map_err(|e| MbPolicyError::invalid("(document)", e.to_string()))?;
         let mut policy = MbPolicy {
             hash_alg: HashAlg::Sha256,
             allow_secureboot_off: !rs.has_secureboot,

@@ -376,6 +376,16 @@ fn data_is_checked_in_the_quoted_bank_even_if_the_parse_skipped_it() {
 }
 
 #[test]
+fn documents_that_are_no_reference_state_are_refused() {
+    for doc in ["[]", "[true]", "{}", r#"{"version": 99}"#, r#"{"meta": {"version": 1}}"#, "7"] {
+        let err = MbPolicy::from_keylime_refstate(doc.as_bytes()).expect_err(doc);
+        assert!(err.to_string().contains("(document)"), "{doc}: {err}");
+    }
+    let minimal = MbPolicy::from_keylime_refstate(br#"{"has_secureboot": false}"#).expect("key");
+    assert!(minimal.allow_secureboot_off);
+}
+
+#[test]
 fn imported_keylime_refstate_is_enforced() {
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
