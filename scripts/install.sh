@@ -66,8 +66,14 @@ if [[ $uninstall == yes ]]; then
         echo "install.sh: $manifest: not found; nothing installed there" >&2
         exit 1
     fi
+    # Only what this script installs: files below the prefix or in /usr/etc/keylime, never a
+    # path that climbs out (`..`), whatever else the manifest may hold.
     while IFS= read -r path; do
-        rm -f -- "$root$path"
+        case $path in
+        *..* | "") ;;
+        "$prefix"/* | /usr/etc/keylime/*) rm -f -- "$root$path" ;;
+        *) echo "install.sh: $manifest: not removing $path (outside $prefix)" >&2 ;;
+        esac
     done <"$manifest"
     rm -f -- "$manifest"
     # Directories of this package only; shared ones (bin, man1) stay.
@@ -104,7 +110,11 @@ install_output() {
     local mode=$1 path=$2 tmp
     shift 2
     tmp=$(mktemp)
-    "$@" >"$tmp"
+    if ! "$@" >"$tmp"; then
+        rm -f -- "$tmp"
+        echo "install.sh: $path: \`$*\` failed" >&2
+        exit 1
+    fi
     install_file "$mode" "$tmp" "$path"
     rm -f -- "$tmp"
 }
@@ -144,7 +154,13 @@ for doc in "$repo"/docs/*.md; do
 done
 
 mkdir -p "$(dirname "$manifest")"
-printf '%s\n' "${installed[@]}" "${prefix}/share/keylime-rs/install-manifest" >"$manifest"
+# A reinstall keeps what an earlier install listed, so --uninstall still removes files this
+# version no longer ships.
+{
+    printf '%s\n' "${installed[@]}" "${prefix}/share/keylime-rs/install-manifest"
+    if [[ -f $manifest ]]; then cat -- "$manifest"; fi
+} | sort -u >"$manifest.new"
+mv -- "$manifest.new" "$manifest"
 
 # On the running system: the service user and the directories, as a package's scriptlets would.
 if [[ -z $destdir ]] && command -v systemd-sysusers >/dev/null; then
