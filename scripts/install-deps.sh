@@ -67,7 +67,8 @@ fi
 # ansible-lint for the collection, in its own environment so that its dependencies do not change
 # the one ansible-test uses.
 lint=${KEYLIME_ANSIBLE_LINT_VENV:-$(pwd)/target/ansible-lint-venv}
-if ! "$lint/bin/ansible-lint" --version 2>/dev/null | grep -q "ansible-lint 26.10.1"; then
+# (Asked of the package metadata: `ansible-lint --version` colours its output even in a pipe.)
+if ! "$lint/bin/python" -c 'import importlib.metadata as m, sys; sys.exit(m.version("ansible-lint") != "26.10.1")' 2>/dev/null; then
     echo "installing ansible-lint 26.10.1 into $lint" >&2
     rm -rf "$lint"
     python3 -m venv "$lint"

@@ -599,6 +599,18 @@ pub async fn read_enrollment(ctx: &Ctx, current: &Value) -> Result<Value, Diags>
     if pcr_map(&remote) != pcr_map(current.get("pcr_policy")) {
         state.set("pcr_policy", remote);
     }
+    // A payload delivered out of band (another digest recorded at the verifier) shows as a
+    // change that delivers this one again; with no payload configured, the digest a converge
+    // keeps at the verifier is not this resource's to track.
+    if !current.get("payload_digest").is_null() && !agent.payload_digest.is_empty() {
+        state.set("payload_digest", Value::string(&agent.payload_digest));
+    }
+    // A payload delivered out of band (another digest recorded at the verifier) shows as a
+    // change that delivers this one again; with no payload configured, the digest a converge
+    // keeps at the verifier is not this resource's to track.
+    if !current.get("payload_digest").is_null() && !agent.payload_digest.is_empty() {
+        state.set("payload_digest", Value::string(&agent.payload_digest));
+    }
     state.set("state", Value::string(kctl_api::state_name(agent.state)));
     state.set("enrolled_at", Value::opt_string(kctl_api::rfc3339(agent.enrolled_at.as_ref())));
     Ok(state)

@@ -368,6 +368,36 @@ async fn terraform_manages_policies_and_enrolments_and_repairs_drift() -> Result
     settle()?;
     tf.plan()?.exits(0, "plan after the new payload")?;
 
+    // Another payload delivered out of band (kctl records another digest) is a change, and
+    // apply delivers this one again.
+    let other = tf.dir.join("other-payload");
+    payload(&other, "elsewhere")?;
+    let (code, _) = sys.kctl_json(&[
+        "agents",
+        "enroll",
+        &id1,
+        "--runtime-policy",
+        "fleet",
+        "--payload",
+        &other.display().to_string(),
+        "--cert",
+        "default",
+        "--replace-payload",
+    ])?;
+    assert_eq!(code, 0, "out-of-band payload");
+    sys.wait(
+        |_| Ok(std::fs::read_to_string(&marker).is_ok_and(|m| m == "elsewhere\n")),
+        "the out-of-band payload",
+    )?;
+    tf.plan()?.exits(2, "plan after an out-of-band payload")?;
+    tf.apply()?;
+    sys.wait(
+        |_| Ok(std::fs::read_to_string(&marker).is_ok_and(|m| m == "two\n")),
+        "this payload again",
+    )?;
+    settle()?;
+    tf.plan()?.exits(0, "plan after the payload was delivered again")?;
+
     // Forget and import: by name and by uuid; the plan is empty again after one apply.
     let first = format!("keylime_agent_enrollment.agent[\"{id3}\"]");
     tf.run(&["state", "rm", "keylime_runtime_policy.fleet", &first])?.ok("state rm")?;
