@@ -215,7 +215,8 @@ pub fn prepare(
 
 /// The names a generated server certificate carries besides localhost, 127.0.0.1 and ::1, for a
 /// daemon listening on `ip`: this host's name, and `ip` itself, or for a wildcard address (0.0.0.0,
-/// ::) every address this host's name resolves to; then `extra`
+/// ::) every address of this host's interfaces (not loopback or link-local) and every address its
+/// name resolves to; then `extra`
 /// (`cert_subject_alternative_names`). Agents on other hosts then reach the daemon by name or
 /// address without further settings.
 pub fn server_names(ip: IpAddr, extra: &[String]) -> Vec<String> {
@@ -238,8 +239,11 @@ pub fn server_names(ip: IpAddr, extra: &[String]) -> Vec<String> {
             .flatten()
             .map(|a| a.ip())
             .filter(|a| a.is_ipv4() || ip.is_ipv6());
-        for address in resolved {
-            add(address.to_string());
+        // Debian maps the host name to 127.0.1.1 only: the interfaces are what other hosts reach.
+        for address in interface_addresses().into_iter().chain(resolved) {
+            if address.is_ipv4() || ip.is_ipv6() {
+                add(address.to_string());
+            }
         }
     } else {
         add(ip.to_string());
@@ -248,6 +252,28 @@ pub fn server_names(ip: IpAddr, extra: &[String]) -> Vec<String> {
         add(name.clone());
     }
     names
+}
+
+/// The addresses of this host's interfaces that another host could use: no loopback, no
+/// link-local (those need an interface name to be reached). Empty when they cannot be listed.
+fn interface_addresses() -> Vec<IpAddr> {
+    let Ok(interfaces) = nix::ifaddrs::getifaddrs() else {
+        return Vec::new();
+    };
+    interfaces
+        .filter_map(|i| i.address)
+        .filter_map(|a| {
+            if let Some(v4) = a.as_sockaddr_in() {
+                Some(IpAddr::V4(v4.ip()))
+            } else {
+                a.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip()))
+            }
+        })
+        .filter(|a| match a {
+            IpAddr::V4(v4) => !v4.is_loopback() && !v4.is_link_local(),
+            IpAddr::V6(v6) => !v6.is_loopback() && (v6.segments()[0] & 0xffc0) != 0xfe80,
+        })
+        .collect()
 }
 
 /// This host's name as the kernel has it (`uname -n`), when it can be read.
@@ -370,6 +396,19 @@ mod tests {
         assert!(!addresses.is_empty(), "{host} resolves to no IPv4 address");
         for address in &addresses {
             assert!(names.contains(address), "{address} not in {names:?}");
+        }
+        // The global IPv4 addresses `ip` lists, which the host name need not resolve to.
+        let listed =
+            std::process::Command::new("ip").args(["-o", "-4", "addr", "show"]).output()?;
+        let text = String::from_utf8(listed.stdout)?;
+        let globals: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("scope global"))
+            .filter_map(|l| l.split_whitespace().skip_while(|w| *w != "inet").nth(1))
+            .filter_map(|cidr| cidr.split('/').next())
+            .collect();
+        for address in &globals {
+            assert!(names.iter().any(|n| n == address), "{address} not in {names:?}");
         }
         Ok(())
     }
