@@ -148,7 +148,7 @@ fn the_install_layout_man_pages_completions_and_units_check_out_and_uninstall_ke
         let out = command(&bin).arg("--config-root").arg(&dest).arg("--print-config").output()?;
         checked(out.clone(), &format!("{program} --print-config"))?;
         let printed: Value = serde_json::from_slice(&out.stdout)?;
-        let expected = if component == "agent" { "keylime:tss" } else { "" };
+        let expected = if component == "agent" { "keylime-agent:tss" } else { "" };
         assert_eq!(printed["run_as"].as_str().unwrap_or_default(), expected, "{program}");
     }
     // The installed tenant.conf loads: kctl gets as far as looking for the TLS files.
@@ -248,6 +248,15 @@ fn the_install_layout_man_pages_completions_and_units_check_out_and_uninstall_ke
         .collect();
     assert_eq!(keylime.get(3), Some(&tss_gid), "keylime's group is tss");
     assert_eq!(keylime.get(5), Some(&"/var/lib/keylime"));
+    // The agent switches to a user of its own, which cannot read what keylime owns.
+    let agent: Vec<&str> = passwd
+        .lines()
+        .find(|l| l.starts_with("keylime-agent:"))
+        .ok_or_else(|| err(format!("no user keylime-agent:\n{passwd}")))?
+        .split(':')
+        .collect();
+    assert_eq!(agent.get(3), Some(&tss_gid), "keylime-agent's group is tss");
+    assert_ne!(agent.get(2), keylime.get(2), "the agent's uid is not the verifier's");
     checked(
         Command::new("systemd-tmpfiles").arg(&root_flag).arg("--create").output()?,
         "systemd-tmpfiles --create",
