@@ -543,6 +543,31 @@ pub async fn apply_enrollment(ctx: &Ctx, prior: &Value, planned: &Value) -> Resu
             Some("mb_policy"),
         )]);
     }
+    // A create never adopts an agent someone else enrolled (its payload and policies are not
+    // this configuration's to overwrite unseen): that is an import.
+    if prior.is_null() {
+        match client.get_agent(GetAgentRequest { agent_id: uuid.clone() }).await {
+            Err(s) if s.code() == Code::NotFound => {}
+            Err(s) => {
+                return Err(vec![status(
+                    "Cannot enrol the agent",
+                    &format!("agent {uuid}"),
+                    s,
+                    None,
+                )]);
+            }
+            Ok(_) => {
+                return Err(vec![error(
+                    "Cannot enrol the agent",
+                    format!(
+                        "agent {uuid} is already enrolled at the verifier; to manage that \
+                         enrolment, import it: terraform import <address> {uuid}"
+                    ),
+                    Some("uuid"),
+                )]);
+            }
+        }
+    }
     // A new enrolment, or a payload that changed, gets fresh key halves; otherwise the
     // settings converge and the payload delivered before stays.
     let redeliver = prior.is_null()

@@ -409,6 +409,13 @@ async fn terraform_manages_policies_and_enrolments_and_repairs_drift() -> Result
     assert!(taken.text.contains("terraform import"), "{}", taken.text);
     tf.run(&["import", "-no-color", "keylime_runtime_policy.fleet", "fleet"])?
         .ok("import policy")?;
+    // Nor does a create adopt an enrolled agent.
+    let target = format!("-target={first}");
+    let taken = tf
+        .run(&["apply", "-auto-approve", "-no-color", &target])?
+        .exits(1, "create over an enrolled agent")?;
+    assert!(taken.text.contains("already enrolled"), "{}", taken.text);
+    assert!(taken.text.contains("terraform import"), "{}", taken.text);
     tf.run(&["import", "-no-color", &first, &id3])?.ok("import enrolment")?;
     tf.apply()?;
     settle()?;
