@@ -162,8 +162,7 @@ fn more_agents(sys: &System, tpms: &[Swtpm]) -> Result<Vec<(TestAgent, String)>>
         let mut ima = ImaWriter::default();
         ima.measure(tpm, &agent.ima_log, "boot_aggregate", b"boot")?;
         ima.measure(tpm, &agent.ima_log, "/usr/bin/bash", b"bash")?;
-        let id =
-            std::fs::read_to_string(agent.dir.join("agent").join("agent_uuid"))?.trim().to_owned();
+        let id = agent.uuid()?;
         sys.wait(
             |s| s.run(KCTL, &["registrar", "show", &id]).map(|o| o.status.success()),
             "registration",

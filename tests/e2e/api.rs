@@ -14,7 +14,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use kl_tests::daemon::{self, KCTL};
-use kl_tests::deployment::Deployment;
+use kl_tests::deployment::{Deployment, TestAgent};
 use kl_tests::{Result, err};
 use serde_json::Value;
 
@@ -318,6 +318,22 @@ fn a_watch_sees_not_serving_when_each_daemon_shuts_down_and_then_ends() -> Resul
 }
 
 /// `kctl health` with the tenant config of `sys`: exit code and JSON document.
+/// kctl with the given tenant configuration.
+fn kctl_with(tenant: &Path, args: &[&str]) -> Result<Output> {
+    Ok(Command::new(daemon::binary(KCTL)?).arg("--config").arg(tenant).args(args).output()?)
+}
+
+/// Waits until the registrar lists the agent; returns its id.
+fn wait_registered(tenant: &Path, agent: &TestAgent) -> Result<String> {
+    let agent_id = agent.uuid()?;
+    let deadline = Instant::now() + HEALTH_DEADLINE;
+    while !kctl_with(tenant, &["registrar", "show", &agent_id])?.status.success() {
+        assert!(Instant::now() < deadline, "the agent never registered");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    Ok(agent_id)
+}
+
 fn kctl_health(sys: &System, args: &[&str]) -> Result<(i32, Value)> {
     let mut all = args.to_vec();
     all.extend(["-o", "json"]);
@@ -479,20 +495,8 @@ fn verifier_health_is_not_serving_while_its_state_store_cannot_be_written() -> R
         let at = target(port);
         wait_status(&python, &at, &admin, "SERVING")?;
         let tenant = deployment.tenant_config(port, registrar.port())?;
-        let kctl = |args: &[&str]| -> Result<Output> {
-            Ok(Command::new(daemon::binary(KCTL)?)
-                .arg("--config")
-                .arg(&tenant)
-                .args(args)
-                .output()?)
-        };
-        let agent_id =
-            std::fs::read_to_string(agent.dir.join("agent").join("agent_uuid"))?.trim().to_owned();
-        let deadline = Instant::now() + HEALTH_DEADLINE;
-        while !kctl(&["registrar", "show", &agent_id])?.status.success() {
-            assert!(Instant::now() < deadline, "the agent never registered");
-            std::thread::sleep(Duration::from_millis(300));
-        }
+        let kctl = |args: &[&str]| kctl_with(&tenant, args);
+        let agent_id = wait_registered(&tenant, &agent)?;
         let (log_s, policy) =
             (agent.ima_log.display().to_string(), deployment.keylime_dir().join("base.json"));
         let policy_s = policy.display().to_string();
@@ -560,20 +564,8 @@ fn registrar_health_is_not_serving_while_its_state_store_cannot_be_written() -> 
         wait_status(&python, &at, &admin, "SERVING")?;
         let agent = deployment.start_agent("agent", &crate::agent_settings(&tpm, port))?;
         let tenant = deployment.tenant_config(daemon::free_port()?, port)?;
-        let kctl = |args: &[&str]| -> Result<Output> {
-            Ok(Command::new(daemon::binary(KCTL)?)
-                .arg("--config")
-                .arg(&tenant)
-                .args(args)
-                .output()?)
-        };
-        let agent_id =
-            std::fs::read_to_string(agent.dir.join("agent").join("agent_uuid"))?.trim().to_owned();
-        let deadline = Instant::now() + HEALTH_DEADLINE;
-        while !kctl(&["registrar", "show", &agent_id])?.status.success() {
-            assert!(Instant::now() < deadline, "the agent never registered");
-            std::thread::sleep(Duration::from_millis(300));
-        }
+        let kctl = |args: &[&str]| kctl_with(&tenant, args);
+        let agent_id = wait_registered(&tenant, &agent)?;
         drop(agent);
 
         fill(pid, &state)?;

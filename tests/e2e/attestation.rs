@@ -67,8 +67,7 @@ impl System {
         let mut ima = ImaWriter::default();
         ima.measure(&tpm, &agent.ima_log, "boot_aggregate", b"boot")?;
         ima.measure(&tpm, &agent.ima_log, "/usr/bin/bash", b"bash")?;
-        let agent_id =
-            std::fs::read_to_string(agent.dir.join("agent").join("agent_uuid"))?.trim().to_owned();
+        let agent_id = agent.uuid()?;
         let system = System { tpm, deployment, registrar, verifier, agent, agent_id, tenant, ima };
         system.wait(
             |s| s.run(KCTL, &["registrar", "show", &s.agent_id]).map(|o| o.status.success()),
@@ -480,8 +479,7 @@ impl System {
     fn add_node(&self, name: &str, tpm: Swtpm) -> Result<Node> {
         let agent =
             self.deployment.start_agent(name, &agent_settings(&tpm, self.registrar.port()))?;
-        let id =
-            std::fs::read_to_string(agent.dir.join("agent").join("agent_uuid"))?.trim().to_owned();
+        let id = agent.uuid()?;
         let mut ima = ImaWriter::default();
         ima.measure(&tpm, &agent.ima_log, "boot_aggregate", b"boot")?;
         ima.measure(&tpm, &agent.ima_log, "/usr/bin/bash", b"bash")?;

@@ -39,8 +39,7 @@ async fn kctl_and_the_tenant_list_show_and_delete_registered_agents() -> Result<
     let registrar_config = deployment.registrar_config(daemon::free_port()?, &tpm.ca_dir(), true);
     let registrar = deployment.start_registrar(&registrar_config)?;
     let agent = deployment.start_agent("agent", &agent_settings(&tpm, registrar.port()))?;
-    let agent_id =
-        std::fs::read_to_string(agent.dir.join("agent").join("agent_uuid"))?.trim().to_owned();
+    let agent_id = agent.uuid()?;
     let config = tenant_config(&deployment, registrar.port())?;
 
     // Wait until the agent shows up, as a script polling `kctl registrar list` would.

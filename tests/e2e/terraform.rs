@@ -153,7 +153,7 @@ fn another_agent(sys: &System, tpm: &Swtpm, name: &str) -> Result<(TestAgent, St
     let mut ima = ImaWriter::default();
     ima.measure(tpm, &agent.ima_log, "boot_aggregate", b"boot")?;
     ima.measure(tpm, &agent.ima_log, "/usr/bin/bash", b"bash")?;
-    let id = std::fs::read_to_string(agent.dir.join("agent").join("agent_uuid"))?.trim().to_owned();
+    let id = agent.uuid()?;
     sys.wait(
         |s| s.run(KCTL, &["registrar", "show", &id]).map(|o| o.status.success()),
         "registration",

@@ -45,6 +45,11 @@ pub struct TestAgent {
 }
 
 impl TestAgent {
+    /// The id the agent chose and wrote to `agent/agent_uuid`.
+    pub fn uuid(&self) -> Result<String> {
+        Ok(std::fs::read_to_string(self.dir.join("agent").join("agent_uuid"))?.trim().to_owned())
+    }
+
     /// The identity certificate (DER) the agent presents, as a verifier would pin it.
     pub fn certificate(&self) -> Result<CertificateDer<'static>> {
         let path = self.dir.join("agent").join("identity-cert.pem");
