@@ -10,10 +10,6 @@
 //! runs as the `keylime_registrar` binary in a child process, whose CPU time per registration
 //! is reported too; `--in-process` runs it inside the benchmark instead.
 
-#[allow(dead_code)]
-#[path = "../tests/registrar/support/soft_tpm.rs"]
-mod soft_tpm;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -25,7 +21,7 @@ use kl_svc::config::RegistrarConfig;
 use kl_svc::tls::{
     AgentIdentity, ServerTrust, TlsConnector, TlsDir, TlsFiles, client_config, ensure_generated,
 };
-use soft_tpm::SoftTpm;
+use kl_testkit::soft_tpm::SoftTpm;
 use tonic::transport::{Channel, Endpoint};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -9,15 +9,9 @@ use kl_core::alg::HashAlg;
 use kl_core::quote::{
     AcceptedAlgorithms, PreparedAk, QuoteEvidence, QuoteRequest, qualifying_data, verify_quote,
 };
-use kl_core::tpm2::{
-    Attest, AttestBody, ClockInfo, EccCurve, EccPublic, ObjectAttributes, PcrSelection, PcrValues,
-    Public, PublicKey, RsaPublic, Scheme, SigAlg, Signature, SignatureBody, SymmetricDef,
-};
+use kl_core::tpm2::{ClockInfo, EccCurve, PcrValues, SigAlg, Signature};
 
-#[path = "../tests/support/synthetic_quote.rs"]
-#[allow(dead_code)]
-mod synthetic;
-use synthetic::{SyntheticAk, pcr_values, quote_attest};
+use kl_testkit::synthetic::{SyntheticAk, pcr_values, quote_attest};
 
 const PCRS: [u32; 12] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 14, 15];
 const QUOTES: usize = 64;

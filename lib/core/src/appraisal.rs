@@ -479,7 +479,3 @@ pub fn summary(a: &Appraisal) -> serde_json::Value {
         "next_ima_offset": a.next_ima_offset,
     })
 }
-
-#[cfg(test)]
-#[path = "appraisal_tests.rs"]
-mod tests;

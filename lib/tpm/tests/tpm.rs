@@ -1,14 +1,13 @@
-//! kl-tpm against a private swtpm per test.
-
-mod swtpm;
+//! kl-tpm against a private swtpm per test, each manufactured on its own (kl-testkit's
+//! `swtpm`).
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 
 use kl_core::alg::HashAlg;
+use kl_testkit::swtpm::Swtpm;
 use kl_tpm::{KeyAlg, Quote, Tpm, TpmError};
 use ring::signature;
-use swtpm::Swtpm;
 use tss_esapi::Context;
 use tss_esapi::handles::TpmHandle;
 use tss_esapi::interface_types::resource_handles::Hierarchy;
@@ -104,7 +103,7 @@ fn open_with_ak(tpm: &Swtpm, alg: KeyAlg, dir: &std::path::Path) -> (Tpm, kl_tpm
 
 #[test]
 fn ek_is_the_manufactured_one_and_its_certificate_matches() {
-    let Some(sw) = Swtpm::start() else { return };
+    let Some(sw) = Swtpm::manufacture().expect("swtpm") else { return };
     let tpm = Tpm::open(&sw.tcti(), KeyAlg::Rsa2048).expect("open");
     assert_eq!(tpm.ek().alg, KeyAlg::Rsa2048);
 
@@ -117,8 +116,7 @@ fn ek_is_the_manufactured_one_and_its_certificate_matches() {
     assert_eq!(tpm.ek().name, name.value());
 
     let cert = tpm.ek_certificate().expect("read cert").expect("a cert");
-    let template = swtpm::template().expect("template");
-    assert_eq!(cert, fs::read(&template.ek_cert).expect("cert file"));
+    assert_eq!(cert, sw.ek_certificate().expect("cert file"));
     let modulus = rsa_modulus(&tpm.ek().public);
     assert_eq!(modulus.len(), 256);
     assert!(
@@ -149,8 +147,8 @@ fn define_nv(sw: &Swtpm, index: u32, attributes: &str, data: &[u8]) {
 
 #[test]
 fn intermediate_certificates_are_read_from_every_index_in_the_range() {
-    let Some(sw) = Swtpm::start() else { return };
-    let cert = fs::read(&swtpm::template().expect("template").ek_cert).expect("cert");
+    let Some(sw) = Swtpm::manufacture().expect("swtpm") else { return };
+    let cert = sw.ek_certificate().expect("cert");
     let small = vec![0x30, 0x03, 0x02, 0x01, 0x07];
     // Owner-readable only, with padding after the certificate.
     let padded = [cert.clone(), vec![0xff; 8]].concat();
@@ -168,7 +166,7 @@ fn intermediate_certificates_are_read_from_every_index_in_the_range() {
 
 #[test]
 fn ak_is_persisted_and_reloads_with_the_same_name() {
-    let Some(sw) = Swtpm::start() else { return };
+    let Some(sw) = Swtpm::manufacture().expect("swtpm") else { return };
     let dir = tempfile::tempdir().expect("tempdir");
     let ak_dir = dir.path().join("agent");
     let (tpm, first) = open_with_ak(&sw, KeyAlg::Rsa2048, &ak_dir);
@@ -197,7 +195,7 @@ fn ak_is_persisted_and_reloads_with_the_same_name() {
 
 #[test]
 fn quote_verifies_and_covers_extended_pcrs() {
-    let Some(sw) = Swtpm::start() else { return };
+    let Some(sw) = Swtpm::manufacture().expect("swtpm") else { return };
     let dir = tempfile::tempdir().expect("tempdir");
     let (tpm, ak) = open_with_ak(&sw, KeyAlg::Rsa2048, dir.path());
 
@@ -249,7 +247,7 @@ fn make_credential(
 
 #[test]
 fn activate_credential_recovers_the_secret_and_frees_its_session() {
-    let Some(sw) = Swtpm::start() else { return };
+    let Some(sw) = Swtpm::manufacture().expect("swtpm") else { return };
     let dir = tempfile::tempdir().expect("tempdir");
     let (tpm, ak) = open_with_ak(&sw, KeyAlg::Rsa2048, dir.path());
     // More activations than the TPM has session slots: each must flush its policy session.
@@ -270,17 +268,17 @@ fn activate_credential_recovers_the_secret_and_frees_its_session() {
 
 #[test]
 fn a_tpm_restart_is_recovered_transparently() {
-    let Some(mut sw) = Swtpm::start() else { return };
+    let Some(mut sw) = Swtpm::manufacture().expect("swtpm") else { return };
     let dir = tempfile::tempdir().expect("tempdir");
     let (tpm, ak) = open_with_ak(&sw, KeyAlg::Rsa2048, dir.path());
     let first = tpm.quote(b"first", HashAlg::Sha256, &QUOTED_PCRS).expect("quote");
 
-    sw.restart_orderly();
+    sw.restart_orderly().expect("orderly restart");
     let orderly = tpm.quote(b"orderly", HashAlg::Sha256, &[0]).expect("quote after shutdown");
     assert!(orderly.clock_info.reset_count > first.clock_info.reset_count);
     assert!(orderly.clock_info.safe, "an orderly shutdown keeps the clock safe");
 
-    sw.restart_unclean();
+    sw.restart_unclean().expect("unclean restart");
     let after = tpm.quote(b"after", HashAlg::Sha256, &QUOTED_PCRS).expect("quote after crash");
     verify_quote(&after, &ak.key.public, b"after");
     assert!(after.clock_info.reset_count > orderly.clock_info.reset_count);
@@ -312,7 +310,7 @@ fn bad_tcti_strings_and_absent_tpms_are_named() {
 
 #[test]
 fn ecc_ek_and_ecc_ak_work_without_a_certificate() {
-    let Some(sw) = Swtpm::start() else { return };
+    let Some(sw) = Swtpm::manufacture().expect("swtpm") else { return };
     let dir = tempfile::tempdir().expect("tempdir");
     let (tpm, ak) = open_with_ak(&sw, KeyAlg::EccP256, dir.path());
     assert_eq!(tpm.ek().alg, KeyAlg::EccP256);
@@ -328,7 +326,7 @@ fn ecc_ek_and_ecc_ak_work_without_a_certificate() {
 
 #[test]
 fn operations_before_an_ak_exists_say_so() {
-    let Some(sw) = Swtpm::start_blank() else { return };
+    let Some(sw) = Swtpm::start_blank().expect("swtpm") else { return };
     let tpm = Tpm::open(&sw.tcti(), KeyAlg::Rsa2048).expect("open");
     // A self-manufactured swtpm has no EK certificate.
     assert_eq!(tpm.ek_certificate().expect("read"), None);
@@ -341,7 +339,7 @@ fn operations_before_an_ak_exists_say_so() {
 
 #[test]
 fn objects_and_sessions_left_by_a_crashed_client_are_flushed_at_open() {
-    let Some(sw) = Swtpm::start() else { return };
+    let Some(sw) = Swtpm::manufacture().expect("swtpm") else { return };
     let dir = tempfile::tempdir().expect("tempdir");
     // A client that fills every object and session slot and goes away without cleaning up
     // (its context is kept alive here, as a crashed process's handles stay in the TPM).
@@ -370,7 +368,7 @@ fn objects_and_sessions_left_by_a_crashed_client_are_flushed_at_open() {
 
 #[test]
 fn tpm_memory_exhaustion_is_reported_as_such() {
-    let Some(sw) = Swtpm::start() else { return };
+    let Some(sw) = Swtpm::manufacture().expect("swtpm") else { return };
     let dir = tempfile::tempdir().expect("tempdir");
     let tpm = Tpm::open(&sw.tcti(), KeyAlg::Rsa2048).expect("open");
     // Another client fills the two object slots the EK leaves free.
@@ -388,7 +386,7 @@ fn tpm_memory_exhaustion_is_reported_as_such() {
 
 #[test]
 fn dictionary_attack_lockout_is_reported_with_the_remedy() {
-    let Some(mut sw) = Swtpm::start() else { return };
+    let Some(mut sw) = Swtpm::manufacture().expect("swtpm") else { return };
     // One unclean stop after using the DA-protected EK and AK is enough to lock out.
     let status = std::process::Command::new("tpm2_dictionarylockout")
         .args(["-s", "-n", "1", "-t", "1000", "-l", "1000"])
@@ -399,7 +397,7 @@ fn dictionary_attack_lockout_is_reported_with_the_remedy() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (tpm, _) = open_with_ak(&sw, KeyAlg::EccP256, dir.path());
     tpm.quote(b"n", HashAlg::Sha256, &[0]).expect("quote");
-    sw.restart_unclean();
+    sw.restart_unclean().expect("unclean restart");
     let err = tpm.quote(b"n", HashAlg::Sha256, &[0]).expect_err("locked out");
     assert!(matches!(err, TpmError::Lockout { .. }), "{err}");
     assert!(err.to_string().contains("tpm2_dictionarylockout --clear-lockout"), "{err}");
@@ -407,7 +405,7 @@ fn dictionary_attack_lockout_is_reported_with_the_remedy() {
 
 #[test]
 fn one_tpm_serves_many_threads() {
-    let Some(sw) = Swtpm::start() else { return };
+    let Some(sw) = Swtpm::manufacture().expect("swtpm") else { return };
     let dir = tempfile::tempdir().expect("tempdir");
     let (tpm, ak) = open_with_ak(&sw, KeyAlg::EccP256, dir.path());
     let tpm = std::sync::Arc::new(tpm);
@@ -436,7 +434,7 @@ fn one_tpm_serves_many_threads() {
 #[test]
 fn a_bank_the_tpm_has_not_allocated_is_an_error_not_a_hang() {
     // The manufactured swtpm allocates sha1 and sha256 only.
-    let Some(sw) = Swtpm::start() else { return };
+    let Some(sw) = Swtpm::manufacture().expect("swtpm") else { return };
     let tpm = Tpm::open(&sw.tcti(), KeyAlg::Rsa2048).expect("open");
     // On a thread, so that a regression (a read that never ends) fails instead of hanging.
     let tpm = std::sync::Arc::new(tpm);

@@ -5,10 +5,10 @@ use kl_proto::registrar::v1 as pb;
 use kl_svc::tls::Role;
 use tonic::Code;
 
-use crate::support::soft_tpm::{AK_ATTRIBUTES, ak_public};
 use crate::support::{
     Agent, EkCa, Registrar, SoftTpm, TestResult, fixture_rsa_key, lookup, new_id,
 };
+use kl_testkit::soft_tpm::{AK_ATTRIBUTES, ak_public};
 
 #[tokio::test]
 async fn ecc_and_rsa_agents_register_activate_and_are_visible() -> TestResult {

@@ -17,7 +17,7 @@ use tonic::transport::Channel;
 use crate::BoxError;
 use crate::agent::SoftAgent;
 use crate::serve::{FleetServer, contact_ip};
-use crate::soft_tpm::SoftTpm;
+use kl_tests::soft_tpm::SoftTpm;
 
 /// The files every software agent measures at start (see `agent::Machine::new`).
 const BOOT_FILES: [(&str, &[u8]); 3] =

@@ -290,7 +290,7 @@ async fn a_new_ak_fails_the_quote_until_the_agent_is_enrolled_again() -> TestRes
     fx.wait_state(&agent.id, pb::AgentState::Passed).await?;
     // The agent restarts with a new AK in the same TPM and registers it.
     agent.with(|m| {
-        m.ak = crate::support::synthetic::SyntheticAk::ecdsa(kl_core::tpm2::EccCurve::NIST_P256)
+        m.ak = kl_tests::synthetic::SyntheticAk::ecdsa(kl_core::tpm2::EccCurve::NIST_P256)
     });
     fx.register(&mut agent).await?;
     let failed = fx.wait_state(&agent.id, pb::AgentState::Failed).await?;

@@ -254,7 +254,7 @@ async fn an_unusable_webhook_ca_refuses_the_start() -> TestResult {
 async fn a_verifier_generates_its_ca_on_first_start() -> TestResult {
     let mut fx = Fixture::start(|_| {}).await?;
     fx.stop_verifier().await?;
-    let home = fx.dir.path().join("fresh");
+    let home = fx.dir().join("fresh");
     fx.config.keylime_dir = home.clone();
     fx.config.tls_dir = kl_svc::tls::TlsDir::Generate;
     fx.start_verifier().await?;

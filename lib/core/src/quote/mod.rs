@@ -13,8 +13,6 @@
 
 mod ak;
 mod clock;
-#[cfg(test)]
-pub(crate) mod tests;
 
 pub use ak::{AkError, PreparedAk, SignatureError};
 

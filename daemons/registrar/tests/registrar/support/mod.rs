@@ -4,8 +4,6 @@
 
 #![allow(dead_code)]
 
-pub mod soft_tpm;
-
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -23,7 +21,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::{Channel, Endpoint};
 
-pub use soft_tpm::SoftTpm;
+pub use kl_testkit::soft_tpm::SoftTpm;
 
 pub type TestResult = Result<(), Box<dyn std::error::Error>>;
 pub type BoxError = Box<dyn std::error::Error>;

@@ -1,13 +1,9 @@
-//! The test harness: a CA in a temp dir, a registrar and a verifier running in-process on
-//! port 0, software agents registered through Register/Activate, gRPC clients over real TLS
-//! with or without role certificates, and a small HTTP server receiving webhooks.
+//! The test harness: a CA in a temp dir, the `keylime_registrar` binary and a verifier
+//! running in-process on port 0, software agents (kl-tests' `soft_agent`) registered through
+//! Register/Activate, gRPC clients over real TLS with or without role certificates, and a
+//! small HTTP server receiving webhooks.
 
 #![allow(dead_code)]
-
-pub mod agent;
-#[path = "../../../../registrar/tests/registrar/support/soft_tpm.rs"]
-pub mod soft_tpm;
-pub mod synthetic;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,18 +15,20 @@ use kl_proto::registrar::v1 as registrar_pb;
 use kl_proto::registrar::v1::registrar_client::RegistrarClient;
 use kl_proto::verifier::v1 as pb;
 use kl_proto::verifier::v1::verifier_client::VerifierClient;
-use kl_svc::config::{RegistrarConfig, VerifierConfig};
+use kl_svc::config::VerifierConfig;
 use kl_svc::tls::{
     CertificateAuthority, Role, ServerTrust, TlsConnector, TlsDir, TlsFiles, TlsIdentity,
-    client_config, ensure_generated,
+    client_config,
 };
+use kl_tests::daemon::{self, Daemon};
+use kl_tests::deployment::Deployment;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tonic::transport::{Channel, Endpoint};
 
-pub use agent::{Mode, SoftAgent};
-use soft_tpm::SoftTpm;
+pub use kl_tests::soft_agent::{Mode, SoftAgent};
+use kl_tests::soft_tpm::SoftTpm;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type TestResult = Result<(), BoxError>;
@@ -61,9 +59,10 @@ impl<E> Running<E> {
 
 /// A CA, a registrar and a verifier sharing it, in one temp dir.
 pub struct Fixture {
-    pub dir: tempfile::TempDir,
+    deployment: Deployment,
     pub config: VerifierConfig,
-    registrar: Running<kl_registrar::Error>,
+    /// The registrar, as its binary: a daemon never links another daemon, even in tests.
+    registrar: Daemon,
     verifier: Option<Running<kl_verifier::Error>>,
     /// The Prometheus endpoint of the running verifier, when `metrics_port` is set.
     pub metrics_addr: Option<SocketAddr>,
@@ -73,30 +72,20 @@ pub struct Fixture {
 impl Fixture {
     /// Starts a registrar and a verifier with test timings, changed by `configure`.
     pub async fn start(configure: impl FnOnce(&mut VerifierConfig)) -> Result<Fixture, BoxError> {
-        let dir = tempfile::tempdir()?;
-        let tls = TlsFiles::new(dir.path().join("cv_ca"));
-        ensure_generated(&tls, &[])?;
-        std::fs::create_dir_all(dir.path().join("tpm_cert_store"))?;
-        let mut registrar_config = kl_svc::config::defaults::<RegistrarConfig>()?;
-        registrar_config.keylime_dir = dir.path().join("registrar");
-        registrar_config.port = 0;
-        registrar_config.tls_dir = TlsDir::Dir(tls.dir.clone());
-        registrar_config.log_level = "info".to_owned();
-        registrar_config.tpm_cert_store = dir.path().join("tpm_cert_store");
-        registrar_config.require_ek_cert = false;
-        registrar_config.registration_rate_limit = 0;
-        let server = kl_registrar::Server::bind(&registrar_config).await?;
-        let registrar_addr = server.local_addr();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(server.serve(async {
-            let _ = stopped.await;
-        }));
-        let registrar = Running { addr: registrar_addr, stop: Some(stop), task: Some(task) };
+        let deployment = Deployment::new()?;
+        let dir = deployment.keylime_dir();
+        let tls = deployment.tls();
+        std::fs::create_dir_all(dir.join("tpm_cert_store"))?;
+        let mut registrar_config =
+            deployment.registrar_config(daemon::free_port()?, &dir.join("tpm_cert_store"), false);
+        registrar_config.insert("registration_rate_limit".into(), 0.into());
+        registrar_config.insert("log_level".into(), "info".into());
+        let registrar = deployment.start_registrar(&registrar_config)?;
         let mut config = kl_svc::config::defaults::<VerifierConfig>()?;
-        config.keylime_dir = dir.path().join("verifier");
+        config.keylime_dir = dir.join("verifier");
         config.port = 0;
         config.tls_dir = TlsDir::Dir(tls.dir.clone());
-        config.registrar_port = registrar_addr.port();
+        config.registrar_port = registrar.port();
         config.quote_interval = QUOTE_INTERVAL;
         config.retry_interval = Duration::from_millis(100);
         config.max_retries = 2;
@@ -104,14 +93,25 @@ impl Fixture {
         config.accept_tpm_hash_algs = vec!["sha256".into(), "sha384".into(), "sha512".into()];
         config.accept_tpm_signing_algs = vec!["rsassa".into(), "rsapss".into(), "ecdsa".into()];
         configure(&mut config);
-        let mut fixture =
-            Fixture { dir, config, registrar, verifier: None, metrics_addr: None, next_agent: 0 };
+        let mut fixture = Fixture {
+            deployment,
+            config,
+            registrar,
+            verifier: None,
+            metrics_addr: None,
+            next_agent: 0,
+        };
         fixture.start_verifier().await?;
         Ok(fixture)
     }
 
+    /// The temporary directory everything lives in (the registrar's `keylime_dir`).
+    pub fn dir(&self) -> &std::path::Path {
+        self.deployment.keylime_dir()
+    }
+
     pub fn tls(&self) -> TlsFiles {
-        TlsFiles::new(self.dir.path().join("cv_ca"))
+        self.deployment.tls()
     }
 
     pub async fn start_verifier(&mut self) -> TestResult {
@@ -207,7 +207,8 @@ impl Fixture {
     }
 
     async fn registrar_client(&self) -> Result<RegistrarClient<Channel>, BoxError> {
-        Ok(RegistrarClient::new(self.channel(self.registrar.addr, None).await?))
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.registrar.port()));
+        Ok(RegistrarClient::new(self.channel(addr, None).await?))
     }
 
     /// Starts a software agent and registers it (Register + ActivateCredential + Activate).
@@ -343,9 +344,6 @@ impl Fixture {
 impl Drop for Fixture {
     fn drop(&mut self) {
         if let Some(task) = self.verifier.as_mut().and_then(|v| v.task.take()) {
-            task.abort();
-        }
-        if let Some(task) = self.registrar.task.take() {
             task.abort();
         }
     }

@@ -31,12 +31,14 @@ pub const AK_ATTRIBUTES: u32 = ObjectAttributes::FIXED_TPM
     | ObjectAttributes::SIGN;
 
 /// The EK's private half.
+#[derive(Debug)]
 pub enum EkPrivate {
     Rsa(Box<rsa::PrivateKey>),
     P256(p256::SecretKey),
 }
 
 /// An EK and an AK.
+#[derive(Debug)]
 pub struct SoftTpm {
     pub ek: EkPrivate,
     /// Marshalled TPMT_PUBLIC of the EK.

@@ -2,7 +2,9 @@
 //! served by this process on loopback (software P-256 AKs, valid quotes, IMA logs that grow
 //! between quotes) against one shared runtime policy of 100,000 paths. Measures attestations/s
 //! sustained, the round trips the verifier records, its CPU time per attestation and its
-//! memory per agent.
+//! memory per agent. The registrar is the `keylime_registrar` binary, another child process
+//! (kl-tests' daemon harness builds it when it is missing); the software agents are kl-tests'
+//! `soft_agent`.
 //!
 //! `cargo bench -p kl-verifier --bench fleet -- --agents 1000 --seconds 30`
 //!
@@ -18,30 +20,19 @@ use clap::Parser;
 use kl_proto::registrar::v1::registrar_client::RegistrarClient;
 use kl_proto::verifier::v1 as pb;
 use kl_proto::verifier::v1::verifier_client::VerifierClient;
-use kl_svc::config::RegistrarConfig;
-use kl_svc::tls::{
-    ServerTrust, TlsConnector, TlsDir, TlsFiles, TlsIdentity, client_config, ensure_generated,
-};
+use kl_svc::tls::{ServerTrust, TlsConnector, TlsFiles, TlsIdentity, client_config};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tonic::transport::{Channel, Endpoint};
 
-#[allow(dead_code)]
-#[path = "../tests/verifier/support/agent.rs"]
-mod agent;
-#[path = "fleet/serve.rs"]
+use kl_tests::deployment::Deployment;
+use kl_tests::{daemon, soft_agent as agent};
+
 mod serve;
-#[path = "fleet/sim.rs"]
 mod sim;
-#[allow(dead_code)]
-#[path = "../../registrar/tests/registrar/support/soft_tpm.rs"]
-mod soft_tpm;
-#[path = "../tests/verifier/support/synthetic.rs"]
-mod synthetic;
-#[path = "fleet/verifier.rs"]
 mod verifier;
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub use kl_tests::Error as BoxError;
 
 const REEXEC_ENV: &str = "KL_FLEET_NOFILE_RAISED";
 
@@ -83,7 +74,7 @@ struct Args {
 fn main() -> Result<(), BoxError> {
     let args = Args::parse();
     // The verifier's connection per agent (one listening socket serves them all), plus a few
-    // hundred for the rest: the registrar, the clients, connections being replaced.
+    // hundred for the rest: the clients, connections being replaced.
     let needed = args.agents as u64 + 500;
     let limit = verifier::open_file_limit()?;
     if limit < needed {
@@ -201,28 +192,24 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
 
 async fn run(args: Args) -> Result<(), BoxError> {
     let n = args.agents;
-    let dir = tempfile::tempdir()?;
-    let tls = TlsFiles::new(dir.path().join("cv_ca"));
-    ensure_generated(&tls, &[])?;
-    std::fs::create_dir_all(dir.path().join("tpm_cert_store"))?;
+    // A temporary keylime_dir with the deployment CA (cv_ca/).
+    let deployment = Deployment::new()?;
+    let dir = deployment.keylime_dir();
+    let tls = deployment.tls();
+    std::fs::create_dir_all(dir.join("tpm_cert_store"))?;
 
-    // The registrar, in this process.
-    let mut registrar_config = kl_svc::config::defaults::<RegistrarConfig>()?;
-    registrar_config.keylime_dir = dir.path().join("registrar");
-    registrar_config.port = 0;
-    registrar_config.tls_dir = TlsDir::Dir(tls.dir.clone());
-    registrar_config.log_level = "warn".to_owned();
-    registrar_config.tpm_cert_store = dir.path().join("tpm_cert_store");
-    registrar_config.require_ek_cert = false;
-    registrar_config.registration_rate_limit = 0;
-    let registrar_server = kl_registrar::Server::bind(&registrar_config).await?;
-    let registrar_addr = registrar_server.local_addr();
-    tokio::spawn(registrar_server.serve(std::future::pending::<()>()));
+    // The registrar, as its binary in a child process (built when missing).
+    let mut registrar_config =
+        deployment.registrar_config(daemon::free_port()?, &dir.join("tpm_cert_store"), false);
+    registrar_config.insert("registration_rate_limit".into(), 0.into());
+    registrar_config.insert("log_level".into(), "warn".into());
+    let registrar_daemon = deployment.start_registrar(&registrar_config)?;
+    let registrar_addr: SocketAddr = ([127, 0, 0, 1], registrar_daemon.port()).into();
 
     // The verifier, as a child process.
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let mut verifier = verifier::VerifierProcess::start(
-        dir.path(),
+        dir,
         &tls.dir,
         port,
         registrar_addr.port(),
@@ -280,7 +267,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
     eprintln!("{n} agents started and registered in {:.1} s", t.elapsed().as_secs_f64());
 
     if let Some(command) = &args.enrol_command {
-        enrol_with_command(command, dir.path(), &agents, port, registrar_addr.port()).await?;
+        enrol_with_command(command, dir, &agents, port, registrar_addr.port()).await?;
         let (_, states) = census(&mut admin).await?;
         let enrolled: usize = states.values().sum();
         if enrolled != n {

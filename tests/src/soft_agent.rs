@@ -1,6 +1,7 @@
 //! A software agent: a tonic Agent server over real TLS (its self-signed identity certificate,
 //! client certificates required from the deployment CA) that quotes with a software P-256 AK
-//! and serves a synthetic IMA log whose entries it extends into its PCR 10.
+//! and serves a synthetic IMA log whose entries it extends into its PCR 10. The verifier's
+//! tests and its fleet benchmark attest these in place of agent processes on real TPMs.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -16,8 +17,9 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::{Request, Response, Status};
 
-use super::BoxError;
-use super::synthetic::{SyntheticAk, quote_attest};
+use crate::Error as BoxError;
+use crate::soft_tpm::SoftTpm;
+use crate::synthetic::{SyntheticAk, quote_attest};
 
 /// How the agent misbehaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,10 +32,17 @@ pub enum Mode {
 }
 
 /// An IMA log and the PCR 10 value (sha256 bank) it replays to.
+#[derive(Debug)]
 pub struct ImaLog {
     pub lines: Vec<String>,
     pub pcr10: Digest,
     pub files: Vec<(String, Vec<u8>)>,
+}
+
+impl Default for ImaLog {
+    fn default() -> ImaLog {
+        ImaLog::new()
+    }
 }
 
 impl ImaLog {
@@ -81,6 +90,20 @@ pub struct Machine {
     pub last_request: Option<pb::GetQuoteRequest>,
     pub notices: Vec<pb::NotifyRevocationRequest>,
     pub key_halves: Vec<pb::DeliverKeyRequest>,
+}
+
+impl std::fmt::Debug for Machine {
+    // The identity key stays out of test output.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Machine")
+            .field("ak", &self.ak.public)
+            .field("pcrs", &self.pcrs)
+            .field("ima", &self.ima)
+            .field("clock", &self.clock)
+            .field("mode", &self.mode)
+            .field("quotes", &self.quotes)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Machine {
@@ -215,10 +238,11 @@ impl Agent for Service {
 }
 
 /// A running (or stopped) software agent.
+#[derive(Debug)]
 pub struct SoftAgent {
     pub id: String,
     /// The EK side of the TPM, once registered.
-    pub tpm: Option<super::soft_tpm::SoftTpm>,
+    pub tpm: Option<SoftTpm>,
     pub machine: Arc<Mutex<Machine>>,
     pub addr: SocketAddr,
     tls: TlsFiles,

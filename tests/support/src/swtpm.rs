@@ -5,10 +5,12 @@
 //! `swtpm socket` on a free pair of loopback ports (the swtpm TCTI wants the control port at
 //! port + 1) and disables its dictionary-attack lockout, so that unclean stops (crashes played
 //! by tests, killed test processes) never lock the EK or AK. The CA's root and intermediate
-//! certificates are the test's `tpm_cert_store`. The process is killed on drop.
+//! certificates are the test's `tpm_cert_store`. [`Swtpm::start_blank`] skips `swtpm_setup`:
+//! swtpm manufactures the TPM itself on first start (no EK, no certificates). The process is
+//! killed on drop.
 //!
-//! When swtpm or tpm2-tools is missing, [`Swtpm::manufacture`] returns `None` and the test
-//! passes vacuously, except when `CI` is set: then it panics, so CI never skips TPM tests.
+//! When swtpm or tpm2-tools is missing, both return `None` and the test passes vacuously,
+//! except when `CI` is set: then they panic, so CI never skips TPM tests.
 
 use std::fs;
 use std::io::Read;
@@ -74,6 +76,17 @@ impl Swtpm {
         Ok(Some(tpm))
     }
 
+    /// A TPM that swtpm manufactures itself on first start: random EPS, all four PCR banks,
+    /// no persistent EK and no certificates. `None` when the tools are missing.
+    pub fn start_blank() -> Result<Option<Swtpm>> {
+        if !available() {
+            return Ok(None);
+        }
+        let dir = tempfile::Builder::new().prefix("swtpm-").tempdir()?;
+        fs::create_dir_all(dir.path().join("state"))?;
+        Ok(Some(Swtpm::spawn_in(dir)?))
+    }
+
     fn spawn_in(dir: tempfile::TempDir) -> Result<Swtpm> {
         let mut last_error = String::new();
         for _ in 0..SPAWN_ATTEMPTS {
@@ -89,6 +102,16 @@ impl Swtpm {
     /// The TCTI string for this TPM.
     pub fn tcti(&self) -> String {
         format!("swtpm:host=127.0.0.1,port={}", self.port)
+    }
+
+    /// The TPM's TCP port (its control port is the next one).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The directory swtpm keeps the TPM's state in.
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
     }
 
     /// The directory of PEM CA certificates (root and intermediate) that issued the EK
@@ -142,13 +165,39 @@ impl Swtpm {
     /// Kills swtpm without warning (a crash or power loss) and starts it again on the same
     /// state and ports: PCRs are reset and the reset count grows.
     pub fn restart_unclean(&mut self) -> Result<()> {
+        self.stop();
+        self.respawn()
+    }
+
+    /// Shuts the TPM down in order (TPM2_Shutdown, then swtpm's own stop) and starts it again:
+    /// no dictionary-attack penalty, and `safe` stays set.
+    pub fn restart_orderly(&mut self) -> Result<()> {
+        self.stop_orderly()?;
+        self.respawn()
+    }
+
+    /// TPM2_Shutdown(CLEAR) through `tpm2_shutdown`, then `swtpm_ioctl -s`, then waits for the
+    /// process to end.
+    pub fn stop_orderly(&mut self) -> Result<()> {
+        run_tool(Command::new("tpm2_shutdown").arg("-c").env("TPM2TOOLS_TCTI", self.tcti()))?;
+        run_tool(
+            Command::new("swtpm_ioctl")
+                .arg("--tcp")
+                .arg(format!("127.0.0.1:{}", self.port + 1))
+                .arg("-s"),
+        )?;
         if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+            child.wait()?;
         }
+        Ok(())
+    }
+
+    /// Starts swtpm again on the same state and ports, waiting for the ports the old process
+    /// released if the kernel is slow to free them.
+    fn respawn(&mut self) -> Result<()> {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
-            match spawn(&self.dir.path().join("state"), self.port) {
+            match spawn(&self.state_dir(), self.port) {
                 Ok(child) => {
                     self.child = Some(child);
                     return Ok(());
@@ -156,7 +205,7 @@ impl Swtpm {
                 Err(e) if Instant::now() > deadline => {
                     return Err(err(format!("swtpm did not restart: {e}")));
                 }
-                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
             }
         }
     }

@@ -1,9 +1,10 @@
 //! Synthetic quotes signed by software keys the way a TPM signs them, for tests and benchmarks.
-//!
-//! Included with `#[path]`; the including module imports what is used here (ring's signing
-//! types, and `HashAlg`, `ClockInfo`, `Attest`, `AttestBody`, `Public`, ... from kl-core).
 
-use super::*;
+use kl_core::alg::HashAlg;
+use kl_core::tpm2::{
+    Attest, AttestBody, ClockInfo, EccCurve, EccPublic, ObjectAttributes, PcrSelection, PcrValues,
+    Public, PublicKey, RsaPublic, Scheme, SigAlg, Signature, SignatureBody, SymmetricDef,
+};
 
 /// An RSA key (PKCS#8) standing in for a TPM's RSA AK.
 pub const RSA_AK_PKCS8: &[u8] = include_bytes!("../data/rsa2048-test-ak.pk8");
@@ -11,12 +12,15 @@ pub const RSA_AK_PKCS8: &[u8] = include_bytes!("../data/rsa2048-test-ak.pk8");
 /// The attributes a TPM gives an AK created by Keylime's agent.
 pub const AK_ATTRIBUTES: u32 = 0x0005_0072;
 
+/// The private half of a [`SyntheticAk`].
+#[derive(Debug)]
 pub enum SoftwareKey {
     Rsa(ring::signature::RsaKeyPair),
     Ecdsa(ring::signature::EcdsaKeyPair),
 }
 
 /// A software key and the TPM public area that describes it.
+#[derive(Debug)]
 pub struct SyntheticAk {
     pub key: SoftwareKey,
     pub public: Public,

@@ -1,10 +1,18 @@
 //! Rounds of synthetic evidence (software AKs signing as a TPM does, IMA logs built entry by
 //! entry with PCR 10 extended to match) through `appraise`, and real UEFI event logs.
 
-use super::*;
-use crate::policy::mb;
-use crate::quote::tests::synthetic::{self, SyntheticAk, quote_attest};
-use crate::tpm2::{EccCurve, SigAlg};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use kl_core::alg::{Digest, HashAlg};
+use kl_core::appraisal::*;
+use kl_core::eventlog::EventLog;
+use kl_core::policy::PcrPolicy;
+use kl_core::policy::mb;
+use kl_core::quote::{AcceptedAlgorithms, PreparedAk};
+use kl_core::tpm2::{ClockInfo, EccCurve, PcrValues, SigAlg};
+use kl_core::verdict::Verdict;
+use kl_testkit::synthetic::{self, SyntheticAk, quote_attest};
 
 const SPKI: &[u8] = b"agent identity key (any bytes: only its digest is bound)";
 
@@ -103,7 +111,7 @@ impl Machine {
     }
 
     fn policy(&self) -> AgentPolicy {
-        let rules = crate::policy::from_file_digests(
+        let rules = kl_core::policy::from_file_digests(
             self.ima.files.iter().map(|(p, d)| (p.as_str(), d.as_slice())),
         )
         .expect("policy");
@@ -271,7 +279,7 @@ fn a_pcr_policy_mismatch_names_the_pcr_and_can_be_fixed() {
 
 #[test]
 fn measured_boot_is_checked_against_the_quoted_pcrs_and_cached() {
-    let log_bytes = include_bytes!("../tests/data/keylime/eventlog/binary_bios_measurements");
+    let log_bytes = include_bytes!("../data/keylime/eventlog/binary_bios_measurements");
     let log = EventLog::parse(log_bytes).expect("real log");
     let mb_policy = mb::generate(&log, true);
     let mut m = Machine::new(SyntheticAk::ecdsa(EccCurve::NIST_P256));
@@ -322,7 +330,7 @@ fn a_stricter_runtime_policy_rechecks_entries_already_accepted() {
     assert_eq!(first.next_ima_offset, 2);
     // The operator removes /usr/bin/bash from the policy: the state made under the loose
     // policy does not carry over, the log is read from entry 0 and bash is named.
-    let strict_rules = crate::policy::from_file_digests(
+    let strict_rules = kl_core::policy::from_file_digests(
         m.ima
             .files
             .iter()
@@ -365,9 +373,8 @@ fn a_pcr_policy_pinning_a_pcr_another_policy_owns_is_named() {
     policy.pcr_policy = pin(&[10, 16]);
     assert_eq!(policy.pcr_policy_overlap(), Some((10, PcrOwner::RuntimePolicy)));
 
-    let log =
-        EventLog::parse(include_bytes!("../tests/data/keylime/eventlog/binary_bios_measurements"))
-            .expect("real log");
+    let log = EventLog::parse(include_bytes!("../data/keylime/eventlog/binary_bios_measurements"))
+        .expect("real log");
     policy.runtime = None;
     policy.measured_boot = Some(Arc::new(MeasuredBootRules::new(mb::generate(&log, true))));
     assert_eq!(policy.pcr_policy_overlap(), None, "no runtime policy: PCR 10 is free");
