@@ -4,6 +4,11 @@
 //! Output discipline: with `-o json` stdout holds exactly one JSON document; logs, progress and
 //! errors go to stderr. Exit codes: 0 ok, 1 evaluated and negative, 2 usage, config or input
 //! error, 3 not found, 4 server or transport error.
+//!
+//! Modules: [`cli`] (the grammar), one module per noun (`agents`, `policies`, `registrar`,
+//! `events`, `ca`, `health`, `ima`, `eventlog`, `keylime_conf` for `config convert`, `manual`),
+//! and what they share: `connect` (config and TLS to the daemons), `payload` (bootstrap key
+//! delivery), `input`, `output`, `verifier_json` and `exit` (exit codes).
 
 mod agents;
 mod ca;

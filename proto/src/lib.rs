@@ -3,6 +3,8 @@
 //! The `.proto` files under `keylime/` are the source of truth and document every message and
 //! field; this crate only compiles them (with a vendored `protoc`) into prost messages and tonic
 //! clients and servers. It holds no logic.
+//!
+//! Modules: [`registrar`], [`verifier`] and [`agent`], each with the package's `v1`.
 
 #![allow(missing_debug_implementations, clippy::all)]
 

@@ -4,8 +4,9 @@
 //!
 //! `cargo nextest run --workspace` (and `cargo test --workspace`) build the daemon binaries
 //! before running tests, because each daemon package has integration tests of its own. When
-//! only this package is tested (`cargo test -p kl-tests`), a binary that is missing or older
-//! than the sources it is built from is built here with `cargo build -p <package> --bins`.
+//! only one package is tested (`cargo test -p kl-tests`, or `-p kl-verifier`, whose tests run
+//! the registrar's binary), a binary that is missing or older than the sources it is built
+//! from is built here with `cargo build -p <package> --bins`.
 
 use std::fs::{self, File};
 use std::net::{TcpListener, TcpStream};

@@ -13,6 +13,11 @@
 //! Start-up is [`Agent::start`] (TPM, keys, identity, listening socket; errors here are fatal
 //! and say what to fix), then [`Agent::serve`] (registration with retries, alongside the gRPC
 //! server, until shutdown). [`run`] does both.
+//!
+//! Modules: [`identity`] (the agent id and TLS identity), [`registration`] (Register and
+//! Activate with retries), [`service`] (the gRPC service and its roles), [`imalog`] and
+//! [`eventlog`] (the logs served with quotes), [`payload`] (key halves and the payload run),
+//! [`revocation`] (revocation actions), [`privileges`] (the switch to `run_as`), [`error`].
 
 pub mod error;
 pub mod eventlog;

@@ -11,6 +11,11 @@
 //! activated; read and delete RPCs require a role certificate from the deployment CA
 //! ([`RPC_ROLES`]), health and reflection any certificate of it.
 //!
+//! Modules: `service` (the gRPC service), [`registration`] (the checks of a Register request
+//! and its credential challenge), `pending` (registrations waiting for Activate), `writer`
+//! (group commit of activations), `access` (roles), `ratelimit` (per-source buckets),
+//! `metrics`, `error`.
+//!
 //! ```no_run
 //! # async fn start(config: kl_svc::config::RegistrarConfig) -> Result<(), kl_registrar::Error> {
 //! let server = kl_registrar::Server::bind(&config).await?;

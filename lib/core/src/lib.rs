@@ -7,6 +7,12 @@
 //! It must never do I/O, spawn threads, be async, or link the TPM software stack: callers (the
 //! verifier, the registrar, `kctl`) read files and sockets and hand bytes in. A failed
 //! attestation is a `Verdict` with findings; an `Err` means the input could not be evaluated.
+//!
+//! Modules: [`tpm2`] (TPM wire structures), [`alg`] (hash algorithms, PCR extension),
+//! [`quote`] (quote verification), [`credential`] (software MakeCredential), [`ekcert`] (EK
+//! certificate chains), [`ima`] (IMA logs), [`eventlog`] (UEFI event logs), [`policy`]
+//! (runtime, measured-boot and PCR policies), [`appraisal`] (one attestation round), [`verdict`]
+//! (findings), [`payload`] (the split bootstrap key), [`agent_id`] (what an agent id may be).
 
 pub mod agent_id;
 pub mod alg;

@@ -11,6 +11,11 @@
 //! test harness may depend on it; servers parse and verify TPM structures with `kl-core`
 //! instead. It must never verify evidence, decide policy, or talk to the network.
 //!
+//! Modules: [`ek`] (the endorsement key and its certificates), [`ak`] (the attestation key and
+//! its blob files), [`quote`] (quotes and PCRs), [`tcti`] (the `tcti` option), [`error`] (errors
+//! and raw response codes); [`Tpm`] ties them to the one TPM connection, and credential
+//! activation is one of its methods.
+//!
 //! The C library logs expected failures (an absent NV index, a dropped connection) to stderr.
 //! Programs that do not want those lines set `TSS2_LOG=all+NONE` in the environment before the
 //! first [`Tpm::open`] (`TSS2_LOG=esys+debug,tcti+trace` shows every command instead).
