@@ -30,6 +30,8 @@ mod error;
 mod events;
 mod keys;
 mod metrics;
+#[cfg(test)]
+mod module_graph;
 mod policies;
 mod revocation;
 mod scheduler;
