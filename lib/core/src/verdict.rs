@@ -55,6 +55,12 @@ pub mod rule {
     pub const MB_BANK_MISSING: &str = "mb.bank_missing";
     pub const MB_DIGEST_MISMATCH: &str = "mb.digest_mismatch";
     pub const MB_EVENT_ORDER: &str = "mb.event_order";
+    /// The agent answered the verifier's request with an error, or with no usable quote.
+    pub const AGENT_ERROR: &str = "agent.error";
+    /// The verifier cannot build the agent's appraisal inputs (a policy it cannot use).
+    pub const VERIFIER_POLICY: &str = "verifier.policy";
+    /// The verifier's appraisal did not finish (it panicked or was cancelled).
+    pub const VERIFIER_INTERNAL: &str = "verifier.internal";
 }
 
 /// One reason an attestation did not pass.
