@@ -181,8 +181,7 @@ pub(crate) async fn update(
     }
     let batch = rt.update(settings, update.resume);
     let changed = apply(ctx, slot, batch).await?;
-    let agent =
-        if changed { convert::agent_status(&rt.current()) } else { shown(ctx, &rt).await };
+    let agent = if changed { convert::agent_status(&rt.current()) } else { shown(ctx, &rt).await };
     Ok((agent, changed))
 }
 
@@ -216,8 +215,7 @@ pub(crate) async fn unenrol(ctx: &Context, agent_id: &str) -> Result<bool, Error
     let _enrolment = ctx.agents.enrolment_lock(agent_id).lock().await;
     let Some(slot) = ctx.agents.remove(agent_id) else { return Ok(false) };
     let rt = slot.runtime.lock().await;
-    slot.removed.store(true, std::sync::atomic::Ordering::Release);
-    slot.wake.notify_one();
+    slot.mark_removed();
     ctx.writer.commit(lifecycle::unenrol(&rt)).await?;
     tracing::info!(agent = %agent_id, "unenrolled");
     Ok(true)

@@ -76,7 +76,7 @@ pub(crate) struct AgentSlot {
     pub runtime: tokio::sync::Mutex<AgentRuntime>,
     /// Wakes the attestation loop (resume, policy change, unenrolment, shutdown).
     pub wake: Notify,
-    pub removed: AtomicBool,
+    removed: AtomicBool,
 }
 
 impl AgentSlot {
@@ -91,6 +91,12 @@ impl AgentSlot {
 
     pub fn is_removed(&self) -> bool {
         self.removed.load(Ordering::Acquire)
+    }
+
+    /// Unenrolled: its loop ends, and work in flight for it is dropped.
+    pub fn mark_removed(&self) {
+        self.removed.store(true, Ordering::Release);
+        self.wake.notify_one();
     }
 }
 
@@ -414,10 +420,7 @@ impl AgentRuntime {
                     AgentState::Passed,
                     previous,
                     String::new(),
-                    format!(
-                        "attestation passed ({} before)",
-                        convert::state_name(previous as i32)
-                    ),
+                    format!("attestation passed ({} before)", convert::state_name(previous as i32)),
                 ));
             }
         } else {
@@ -553,5 +556,148 @@ pub(crate) fn catch_up(entry: &mut AgentEntry, newest: &HistoryRecord) {
     entry.consecutive_errors = 0;
     if StoredVerdict::from_json(&newest.verdict_json).is_some_and(|v| v.verdict.passed()) {
         entry.last_success_at = Some(newest.at);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kl_core::verdict::{Finding, rule};
+
+    use super::*;
+
+    fn entry() -> AgentEntry {
+        AgentEntry {
+            agent_id: "a".to_owned(),
+            contact_ip: "127.0.0.1".to_owned(),
+            contact_port: 9002,
+            ak_public: vec![1],
+            agent_certificate: vec![2],
+            runtime_policy: String::new(),
+            measured_boot_policy: String::new(),
+            pcr_policy_json: String::new(),
+            v_key_half: vec![7; 32],
+            key_delivered: false,
+            accept_hash_algorithms: Vec::new(),
+            accept_signing_algorithms: Vec::new(),
+            hash_algorithm: "sha256".to_owned(),
+            state: AgentState::Pending as i32,
+            attestation_count: 0,
+            enrolled_at: Timestamp::now(),
+            last_attestation_at: None,
+            last_success_at: None,
+            last_verdict_json: String::new(),
+            attestation_state_json: String::new(),
+            ima_offset: 0,
+            reset_count: 0,
+            consecutive_errors: 0,
+            history_sequence: 0,
+            payload_digest: String::new(),
+        }
+    }
+
+    /// Each event of `batch` as (kind, state, previous state).
+    fn events(batch: &Batch) -> Vec<(i32, i32, i32)> {
+        batch.events.iter().map(|e| (e.kind, e.state, e.previous_state)).collect()
+    }
+
+    fn ev(kind: EventKind, state: AgentState, previous: AgentState) -> (i32, i32, i32) {
+        (kind as i32, state as i32, previous as i32)
+    }
+
+    fn failing() -> Verdict {
+        let mut verdict = Verdict::default();
+        verdict.push(Finding::new(rule::PCR_MISMATCH, "PCR 7"));
+        verdict
+    }
+
+    #[test]
+    fn verdicts_move_the_state_and_only_changes_make_events() {
+        let mut rt = AgentRuntime::new(entry());
+        let first = rt.record_verdict(Verdict::default(), None, 3, Duration::ZERO);
+        assert!(first.passed);
+        let passed = ev(EventKind::StateChanged, AgentState::Passed, AgentState::Pending);
+        assert_eq!(events(&first.batch), [passed]);
+        assert_eq!(first.batch.agents.len(), 1, "a change of state stores the entry");
+        let routine = rt.record_verdict(Verdict::default(), None, 0, Duration::ZERO);
+        assert!(events(&routine.batch).is_empty());
+        assert!(routine.batch.agents.is_empty() && rt.unsaved, "a routine pass waits");
+        assert_eq!(routine.batch.history.len(), 1);
+        let failed = rt.record_verdict(failing(), None, 0, Duration::ZERO);
+        assert!(!failed.passed);
+        let failure = ev(EventKind::AttestationFailed, AgentState::Failed, AgentState::Passed);
+        assert_eq!(events(&failed.batch), [failure]);
+        assert!(failed.batch.events[0].findings_json.contains(rule::PCR_MISMATCH));
+        assert_eq!(
+            (rt.state(), rt.entry.attestation_count, rt.entry.history_sequence),
+            (AgentState::Failed, 3, 3)
+        );
+        let stored = StoredVerdict::from_json(&rt.entry.last_verdict_json).map(|s| s.verdict);
+        assert_eq!(stored, Some(failing()));
+        assert!(rt.paused());
+    }
+
+    #[test]
+    fn operators_stop_and_resume_and_updates_resume_a_failed_agent() {
+        let mut rt = AgentRuntime::new(entry());
+        assert!(rt.resume().is_none(), "a pending agent is not paused");
+        let stop = rt.stop().map(|b| events(&b));
+        assert_eq!(
+            stop,
+            Some(vec![ev(EventKind::StateChanged, AgentState::Stopped, AgentState::Pending)])
+        );
+        assert!(rt.stop().is_none(), "stopping twice changes nothing");
+        let generation = rt.generation;
+        assert!(rt.update(rt.entry.clone(), false).is_none(), "same settings, no resume");
+        let resumed = rt.update(rt.entry.clone(), true).map(|b| events(&b));
+        assert_eq!(
+            resumed,
+            Some(vec![ev(EventKind::StateChanged, AgentState::Pending, AgentState::Stopped)])
+        );
+        assert!(rt.generation > generation, "a round in flight is dropped");
+        rt.record_verdict(failing(), None, 0, Duration::ZERO);
+        let mut settings = rt.entry.clone();
+        settings.runtime_policy = "other".to_owned();
+        let updated = rt.update(settings, false).map(|b| events(&b));
+        assert_eq!(
+            updated,
+            Some(vec![
+                ev(EventKind::PolicyChanged, AgentState::Failed, AgentState::Failed),
+                ev(EventKind::StateChanged, AgentState::Pending, AgentState::Failed),
+            ])
+        );
+    }
+
+    #[test]
+    fn misses_make_an_agent_unreachable_once() {
+        let mut rt = AgentRuntime::new(entry());
+        assert!(events(&rt.miss("refused", 2)).is_empty());
+        let unreachable = ev(EventKind::Unreachable, AgentState::Unreachable, AgentState::Pending);
+        assert_eq!(events(&rt.miss("refused", 2)), [unreachable]);
+        assert!(events(&rt.miss("refused", 2)).is_empty(), "unreachable once");
+        assert_eq!(rt.entry.consecutive_errors, 3);
+        rt.record_verdict(Verdict::default(), None, 0, Duration::ZERO);
+        assert_eq!((rt.state(), rt.entry.consecutive_errors), (AgentState::Passed, 0));
+    }
+
+    #[test]
+    fn enrolling_again_converges_and_keeps_a_delivered_payload_without_a_new_v() {
+        let mut rt = AgentRuntime::new(entry());
+        rt.key_delivered();
+        assert!(rt.converge(entry()).is_none(), "the same enrolment changes nothing");
+        let mut again = entry();
+        again.v_key_half = Vec::new();
+        again.runtime_policy = "p".to_owned();
+        let converged = rt.converge(again).map(|b| events(&b));
+        assert_eq!(
+            converged,
+            Some(vec![ev(EventKind::PolicyChanged, AgentState::Pending, AgentState::Pending)])
+        );
+        assert!(rt.entry.key_delivered && rt.entry.v_key_half == vec![7; 32]);
+        rt.record_verdict(failing(), None, 0, Duration::ZERO);
+        let mut new_v = entry();
+        new_v.v_key_half = vec![8; 32];
+        let converged = rt.converge(new_v).map(|b| events(&b));
+        assert_eq!(converged.map(|e| e.len()), Some(2), "settings changed and resumed");
+        assert_eq!((rt.state(), rt.entry.key_delivered), (AgentState::Pending, false));
     }
 }

@@ -54,7 +54,8 @@ const STATES: [pb::AgentState; 5] = [
 /// The exposition text of one scrape: `m`, the number of agents in each state, and whether
 /// the state store can be written.
 pub(crate) fn render(m: &Metrics, agents: &[(pb::AgentState, u64)], writable: bool) -> String {
-    let counts = STATES.map(|state| agents.iter().filter(|(s, _)| *s == state).map(|(_, n)| n).sum());
+    let counts =
+        STATES.map(|state| agents.iter().filter(|(s, _)| *s == state).map(|(_, n)| n).sum());
     let names: Vec<&str> = STATES.iter().map(|s| convert::state_name(*s as i32)).collect();
     let labels: Vec<[(&str, &str); 1]> = names.iter().map(|n| [("state", *n)]).collect();
     let by_state: Vec<(&[(&str, &str)], u64)> =

@@ -183,9 +183,8 @@ fn the_modules_form_no_import_cycle() -> Result<(), String> {
 
 #[test]
 fn paths_are_read_from_use_trees_and_cycles_are_named() {
-    let text = code(
-        "use crate::{Error, a::{X, Y}, b};\n// crate::c in a comment\nlet _ = crate::d::f();",
-    );
+    let text =
+        code("use crate::{Error, a::{X, Y}, b};\n// crate::c in a comment\nlet _ = crate::d::f();");
     let names: Vec<String> =
         trees_after(&text, "crate").into_iter().flat_map(first_segments).collect();
     assert_eq!(names, ["Error", "a", "b", "d"]);

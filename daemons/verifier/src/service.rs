@@ -129,11 +129,9 @@ impl VerifierService {
         kind: PolicyKind,
         name: &str,
     ) -> Result<(pb::PolicyInfo, Vec<u8>), Error> {
-        let (record, document) =
-            self.ctx.store.get_policy(kind, name)?.ok_or_else(|| Error::PolicyNotFound {
-                kind: kind_name(kind),
-                name: name.to_owned(),
-            })?;
+        let (record, document) = self.ctx.store.get_policy(kind, name)?.ok_or_else(|| {
+            Error::PolicyNotFound { kind: kind_name(kind), name: name.to_owned() }
+        })?;
         let agents = agents::using_policy(&self.ctx, kind, name).await;
         Ok((convert::policy_info(&record, agents), document))
     }
@@ -141,7 +139,10 @@ impl VerifierService {
     async fn list_policies(&self, kind: PolicyKind) -> Result<Vec<pb::PolicyInfo>, Error> {
         let mut out = Vec::new();
         for p in self.ctx.store.list_policies(kind)? {
-            out.push(convert::policy_info(&p, agents::using_policy(&self.ctx, kind, &p.name).await));
+            out.push(convert::policy_info(
+                &p,
+                agents::using_policy(&self.ctx, kind, &p.name).await,
+            ));
         }
         Ok(out)
     }
@@ -153,11 +154,9 @@ impl VerifierService {
                 Ok(true)
             }
             PolicyDeletion::Absent => Ok(false),
-            PolicyDeletion::InUse(agent_id) => Err(Error::PolicyInUse {
-                kind: kind_name(kind),
-                name: name.to_owned(),
-                agent_id,
-            }),
+            PolicyDeletion::InUse(agent_id) => {
+                Err(Error::PolicyInUse { kind: kind_name(kind), name: name.to_owned(), agent_id })
+            }
         }
     }
 }
