@@ -7,7 +7,7 @@
 //! text ([`finding`]). A PCR policy is kl-core's [`PcrPolicy`], stored as its own document.
 
 use kl_core::policy::PcrPolicy;
-use kl_core::verdict::{Finding, Verdict};
+use kl_core::verdict::{Finding, Verdict, value_to_text};
 use kl_proto::verifier::v1 as pb;
 use kl_store::verifier::{AgentEntry, EventRecord, HistoryRecord, PolicyName, Timestamp};
 use serde_json::{Value, json};
@@ -73,8 +73,8 @@ pub(crate) fn finding(f: &Finding) -> pb::Finding {
         event: f.event,
         line: f.line,
         path: f.path.clone(),
-        expected_json: f.expected.as_ref().map(Value::to_string),
-        actual_json: f.actual.as_ref().map(Value::to_string),
+        expected_json: f.expected.as_ref().map(value_to_text),
+        actual_json: f.actual.as_ref().map(value_to_text),
     }
 }
 
@@ -203,8 +203,8 @@ pub(crate) fn pcr_policy(proto: Option<&pb::PcrPolicy>) -> Result<String, Error>
     };
     let values: std::collections::BTreeMap<u32, Vec<Vec<u8>>> =
         proto.pcrs.iter().map(|(pcr, values)| (*pcr, values.values.clone())).collect();
-    let policy = PcrPolicy::from_values(values)
-        .map_err(|e| Error::invalid("pcr_policy", e.to_string()))?;
+    let policy =
+        PcrPolicy::from_values(values).map_err(|e| Error::invalid("pcr_policy", e.to_string()))?;
     Ok(policy.to_json().to_string())
 }
 

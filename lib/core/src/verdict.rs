@@ -131,6 +131,16 @@ impl Finding {
     }
 }
 
+/// A finding's `expected` or `actual` value as the verifier's API carries it: JSON text.
+pub fn value_to_text(value: &Value) -> String {
+    value.to_string()
+}
+
+/// A value back from [`value_to_text`]; text that is not JSON is taken as a string.
+pub fn value_from_text(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_owned()))
+}
+
 /// The outcome of one appraisal.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Verdict {
@@ -187,6 +197,14 @@ mod tests {
             json,
             serde_json::json!({"rule": "ima.not_in_policy", "message": "not allowed", "line": 3, "path": "/bin/x"})
         );
+    }
+
+    #[test]
+    fn values_survive_their_text_and_other_text_is_a_string() {
+        for value in [serde_json::json!(["ab", "cd"]), serde_json::json!("sha1"), Value::Null] {
+            assert_eq!(value_from_text(&value_to_text(&value)), value);
+        }
+        assert_eq!(value_from_text("not json"), serde_json::json!("not json"));
     }
 
     #[test]
