@@ -7,25 +7,11 @@ use std::sync::Arc;
 
 use kl_core::appraisal::{AgentPolicy, PcrOwner};
 use kl_proto::verifier::v1 as pb;
-use kl_store::verifier::{AgentEntry, Timestamp};
+use kl_store::verifier::AgentEntry;
 
 use crate::context::Context;
-use crate::lifecycle::{self, AgentRuntime, AgentSlot};
+use crate::lifecycle::{self, AgentRuntime, AgentSlot, Enrolment, Identity};
 use crate::{Error, convert, scheduler};
-
-/// What an enrolment asks for, checked as far as it can be without the registrar.
-#[derive(Debug)]
-pub(crate) struct Enrolment {
-    pub agent_id: String,
-    pub runtime_policy: String,
-    pub measured_boot_policy: String,
-    pub pcr_policy_json: String,
-    pub v_key_half: Vec<u8>,
-    pub payload_digest: String,
-    pub accept_hash_algorithms: Vec<String>,
-    pub accept_signing_algorithms: Vec<String>,
-    pub hash_algorithm: String,
-}
 
 /// What an update asks to change; `None` leaves a setting as it is.
 #[derive(Debug)]
@@ -97,33 +83,12 @@ pub(crate) async fn enrol(
     let contact_port = u16::try_from(contact.port).map_err(|_| {
         Error::invalid("contact", format!("port {} from the registrar", contact.port))
     })?;
-    let entry = AgentEntry {
-        agent_id: wanted.agent_id,
+    let entry = wanted.entry(Identity {
         contact_ip: contact.ip,
         contact_port,
         ak_public: record.ak_public,
         agent_certificate: record.agent_certificate,
-        runtime_policy: wanted.runtime_policy,
-        measured_boot_policy: wanted.measured_boot_policy,
-        pcr_policy_json: wanted.pcr_policy_json,
-        v_key_half: wanted.v_key_half,
-        key_delivered: false,
-        accept_hash_algorithms: wanted.accept_hash_algorithms,
-        accept_signing_algorithms: wanted.accept_signing_algorithms,
-        hash_algorithm: wanted.hash_algorithm,
-        state: pb::AgentState::Pending as i32,
-        attestation_count: 0,
-        enrolled_at: Timestamp::now(),
-        last_attestation_at: None,
-        last_success_at: None,
-        last_verdict_json: String::new(),
-        attestation_state_json: String::new(),
-        ima_offset: 0,
-        reset_count: 0,
-        consecutive_errors: 0,
-        history_sequence: 0,
-        payload_digest: wanted.payload_digest,
-    };
+    });
     // The inputs must be usable before anything is stored.
     check_pcr_overlap(&ctx.build_policy(&entry)?, &entry)?;
 

@@ -161,6 +161,62 @@ impl AgentTable {
     }
 }
 
+/// What an enrolment asks for, checked as far as it can be without the registrar.
+#[derive(Debug)]
+pub(crate) struct Enrolment {
+    pub agent_id: String,
+    pub runtime_policy: String,
+    pub measured_boot_policy: String,
+    pub pcr_policy_json: String,
+    pub v_key_half: Vec<u8>,
+    pub payload_digest: String,
+    pub accept_hash_algorithms: Vec<String>,
+    pub accept_signing_algorithms: Vec<String>,
+    pub hash_algorithm: String,
+}
+
+/// What the registrar says of an agent.
+#[derive(Debug)]
+pub(crate) struct Identity {
+    pub contact_ip: String,
+    pub contact_port: u16,
+    pub ak_public: Vec<u8>,
+    pub agent_certificate: Vec<u8>,
+}
+
+impl Enrolment {
+    /// The entry of a new agent: pending, never attested.
+    pub fn entry(self, identity: Identity) -> AgentEntry {
+        AgentEntry {
+            agent_id: self.agent_id,
+            contact_ip: identity.contact_ip,
+            contact_port: identity.contact_port,
+            ak_public: identity.ak_public,
+            agent_certificate: identity.agent_certificate,
+            runtime_policy: self.runtime_policy,
+            measured_boot_policy: self.measured_boot_policy,
+            pcr_policy_json: self.pcr_policy_json,
+            v_key_half: self.v_key_half,
+            key_delivered: false,
+            accept_hash_algorithms: self.accept_hash_algorithms,
+            accept_signing_algorithms: self.accept_signing_algorithms,
+            hash_algorithm: self.hash_algorithm,
+            state: AgentState::Pending as i32,
+            attestation_count: 0,
+            enrolled_at: Timestamp::now(),
+            last_attestation_at: None,
+            last_success_at: None,
+            last_verdict_json: String::new(),
+            attestation_state_json: String::new(),
+            ima_offset: 0,
+            reset_count: 0,
+            consecutive_errors: 0,
+            history_sequence: 0,
+            payload_digest: self.payload_digest,
+        }
+    }
+}
+
 /// A round recorded by [`AgentRuntime::record_verdict`].
 #[derive(Debug)]
 pub(crate) struct Recorded {
@@ -566,33 +622,23 @@ mod tests {
     use super::*;
 
     fn entry() -> AgentEntry {
-        AgentEntry {
+        let enrolment = Enrolment {
             agent_id: "a".to_owned(),
-            contact_ip: "127.0.0.1".to_owned(),
-            contact_port: 9002,
-            ak_public: vec![1],
-            agent_certificate: vec![2],
             runtime_policy: String::new(),
             measured_boot_policy: String::new(),
             pcr_policy_json: String::new(),
             v_key_half: vec![7; 32],
-            key_delivered: false,
+            payload_digest: String::new(),
             accept_hash_algorithms: Vec::new(),
             accept_signing_algorithms: Vec::new(),
             hash_algorithm: "sha256".to_owned(),
-            state: AgentState::Pending as i32,
-            attestation_count: 0,
-            enrolled_at: Timestamp::now(),
-            last_attestation_at: None,
-            last_success_at: None,
-            last_verdict_json: String::new(),
-            attestation_state_json: String::new(),
-            ima_offset: 0,
-            reset_count: 0,
-            consecutive_errors: 0,
-            history_sequence: 0,
-            payload_digest: String::new(),
-        }
+        };
+        enrolment.entry(Identity {
+            contact_ip: "127.0.0.1".to_owned(),
+            contact_port: 9002,
+            ak_public: vec![1],
+            agent_certificate: vec![2],
+        })
     }
 
     /// Each event of `batch` as (kind, state, previous state).

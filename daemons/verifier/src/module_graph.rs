@@ -1,5 +1,8 @@
-//! The verifier's modules must form no import cycle: a module may use the ones below it in the
-//! map of `lib.rs` and never one above. This reads every file under `src/`, drops comments,
+//! Checks of the verifier's sources as a whole. Its modules must form no import cycle: a module
+//! may use the ones below it in the map of `lib.rs` and never one above. And every finding it
+//! makes names its rule from `kl_core::verdict::rule`, where scripts find every rule id.
+//!
+//! For the first, this reads every file under `src/`, drops comments,
 //! and takes each `crate::` path as an edge to the module it names (an item `lib.rs`
 //! re-exports, such as `crate::Error`, counts as its own module; any other item of `lib.rs`
 //! counts as the crate root, which uses every module).
@@ -178,6 +181,30 @@ fn the_modules_form_no_import_cycle() -> Result<(), String> {
     if let Some(cycle) = cycle(&graph) {
         return Err(format!("import cycle among the verifier's modules: {}", cycle.join(" -> ")));
     }
+    Ok(())
+}
+
+#[test]
+fn findings_name_their_rule_from_kl_core() -> Result<(), String> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let files = std::fs::read_dir(&src).map_err(|e| format!("{}: {e}", src.display()))?;
+    let mut literal = Vec::new();
+    for file in files {
+        let path = file.map_err(|e| e.to_string())?.path();
+        if path.file_stem().is_some_and(|s| s == SELF) {
+            continue;
+        }
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let code: String = code(&text).split_whitespace().collect();
+        if code.contains("Finding::new(\"") {
+            literal.push(path.display().to_string());
+        }
+    }
+    assert!(
+        literal.is_empty(),
+        "a rule id written as a literal, not kl_core::verdict::rule: {literal:?}"
+    );
     Ok(())
 }
 

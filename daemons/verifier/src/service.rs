@@ -11,9 +11,9 @@ use kl_store::verifier::{PolicyDeletion, PolicyKind, PolicyPut, PutPrecondition}
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::agents::{self, Control, Enrolment, Update};
+use crate::agents::{self, Control, Update};
 use crate::context::{Context, parse_hash_algs, parse_sig_algs};
-use crate::lifecycle::{self, AgentSlot};
+use crate::lifecycle::{self, AgentSlot, Enrolment};
 use crate::{Error, convert, events, policies};
 
 /// Page size of list RPCs when the request gives none.
