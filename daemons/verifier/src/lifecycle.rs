@@ -6,15 +6,18 @@
 //! to the writer in the same critical section, so the store receives an agent's updates in
 //! the order they happened.
 //!
-//! ```text
-//!             enrol                 verdict passes
-//!   (none) ─────────► pending ───────────────────────► passed ◄─┐
-//!                       │  ▲                             │      │ a round answered
-//!         verdict fails │  │ resume / new settings       │ misses ≥ max_retries
-//!                       ▼  │                             ▼      │
-//!                      failed ◄─── verdict fails ──── unreachable
-//!   stop (any state) ► stopped ── resume ──► pending           unenrol (any) ► (none)
-//! ```
+//! | transition | from | to | events |
+//! |---|---|---|---|
+//! | [`enrol`] | (none) | pending | `enrolled` |
+//! | [`AgentRuntime::converge`] | any | as before; failed → pending | `policy_changed`, `state_changed` |
+//! | [`AgentRuntime::update`] | any | as before; failed (new settings or resume), stopped (resume) → pending | `policy_changed`, `state_changed` |
+//! | [`AgentRuntime::stop`] | any but stopped | stopped | `state_changed` |
+//! | [`AgentRuntime::resume`] | failed, stopped | pending | `state_changed` |
+//! | [`AgentRuntime::record_verdict`] | pending, passed, unreachable | passed or failed | `state_changed` (to passed), `attestation_failed` |
+//! | [`AgentRuntime::miss`] | pending, passed | unreachable after `max_retries` misses in a row | `unreachable` |
+//! | [`unenrol`] | any | (none) | `unenrolled` |
+//!
+//! A failed or stopped agent's loop idles, so only an operator (or new settings) moves it on.
 //!
 //! The in-memory entry of an agent is the authority while the verifier runs; the state it
 //! stores is `pb::AgentState as i32`, written only here.
