@@ -3,6 +3,7 @@
 //! Something absent (no policy, no agent, no state) is `null`, never `""`; the agent id is
 //! `uuid`.
 
+use kl_core::verdict;
 use kl_proto::verifier::v1::{
     AgentState, AgentStatus, Attestation, Event, EventKind, Finding, PcrPolicy, PolicyInfo, Verdict,
 };
@@ -35,28 +36,19 @@ pub fn text_or_null(s: &str) -> Value {
     if s.is_empty() { Value::Null } else { json!(s) }
 }
 
+/// A finding as kl-core's [`verdict::Finding`] reads in JSON (absent references left out).
 pub fn finding(f: &Finding) -> Value {
-    let mut m = Map::new();
-    m.insert("rule".into(), json!(f.rule));
-    m.insert("message".into(), json!(f.message));
-    if let Some(p) = f.pcr {
-        m.insert("pcr".into(), json!(p));
-    }
-    if let Some(e) = f.event {
-        m.insert("event".into(), json!(e));
-    }
-    if let Some(l) = f.line {
-        m.insert("line".into(), json!(l));
-    }
-    if let Some(p) = &f.path {
-        m.insert("path".into(), json!(p));
-    }
-    for (key, raw) in [("expected", &f.expected_json), ("actual", &f.actual_json)] {
-        if let Some(raw) = raw {
-            m.insert(key.into(), serde_json::from_str(raw).unwrap_or_else(|_| json!(raw)));
-        }
-    }
-    Value::Object(m)
+    let finding = verdict::Finding {
+        rule: f.rule.clone(),
+        message: f.message.clone(),
+        pcr: f.pcr,
+        event: f.event,
+        line: f.line,
+        path: f.path.clone(),
+        expected: f.expected_json.as_deref().map(verdict::value_from_text),
+        actual: f.actual_json.as_deref().map(verdict::value_from_text),
+    };
+    serde_json::to_value(finding).unwrap_or(Value::Null)
 }
 
 pub fn verdict(v: Option<&Verdict>) -> Value {
@@ -236,5 +228,22 @@ mod tests {
         assert_eq!(enrolled["state"], "pending");
         assert_eq!(enrolled["previous_state"], Value::Null, "nothing before enrolment");
         assert_eq!(enrolled["message"], Value::Null);
+    }
+
+    #[test]
+    fn findings_show_their_values_as_json_and_leave_absent_references_out() {
+        let f = Finding {
+            rule: verdict::rule::PCR_MISMATCH.to_owned(),
+            message: "PCR 7".to_owned(),
+            pcr: Some(7),
+            expected_json: Some(r#"["ab"]"#.to_owned()),
+            actual_json: Some("not json".to_owned()),
+            ..Finding::default()
+        };
+        assert_eq!(
+            finding(&f),
+            json!({"rule": "pcr.mismatch", "message": "PCR 7", "pcr": 7, "expected": ["ab"],
+                   "actual": "not json"})
+        );
     }
 }

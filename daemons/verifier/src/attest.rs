@@ -15,13 +15,12 @@ use std::time::{Duration, Instant};
 use kl_core::alg::{Digest, HashAlg};
 use kl_core::appraisal::{self, AgentPolicy, Appraisal, AttestationState, Evidence};
 use kl_core::tpm2::PcrValues;
-use kl_core::verdict::{Finding, Verdict};
+use kl_core::verdict::{Finding, Verdict, rule};
 use kl_proto::agent::v1 as agent_pb;
 use kl_proto::agent::v1::agent_client::AgentClient;
 use rand::RngExt;
-use tonic::Code;
 
-use crate::channel::AgentChannel;
+use crate::channel::{AgentChannel, is_transport};
 
 /// Most GetQuote requests in one round.
 pub(crate) const MAX_CHUNKS: usize = 64;
@@ -29,8 +28,6 @@ pub(crate) const MAX_CHUNKS: usize = 64;
 pub(crate) const NONCE_LEN: usize = 32;
 /// Evidence up to this size is appraised on the round's own task.
 const INLINE_EVIDENCE_BYTES: usize = 64 << 10;
-/// The finding of an agent that answered with an error.
-pub(crate) const RULE_AGENT_ERROR: &str = "agent.error";
 
 /// How a round ended.
 #[derive(Debug)]
@@ -58,12 +55,6 @@ fn hash_alg_from_proto(value: i32) -> Option<HashAlg> {
         agent_pb::HashAlgorithm::Sha512 => Some(HashAlg::Sha512),
         agent_pb::HashAlgorithm::Unspecified => None,
     }
-}
-
-/// Whether a status means the agent is not there rather than that it refused.
-pub(crate) fn is_transport(status: &tonic::Status) -> bool {
-    matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled)
-        || (status.code() == Code::Unknown && status.message().contains("transport"))
 }
 
 fn failed(prior: &AttestationState, finding: Finding, started: Instant) -> RoundOutcome {
@@ -129,7 +120,7 @@ pub(crate) async fn round(
             }
             Err(status) => {
                 let finding = Finding::new(
-                    RULE_AGENT_ERROR,
+                    rule::AGENT_ERROR,
                     format!("the agent refused GetQuote: {}: {}", status.code(), status.message()),
                 );
                 return failed(prior, finding, started);
@@ -160,11 +151,11 @@ pub(crate) async fn round(
         }
     }
     let Some(reply) = last else {
-        let finding = Finding::new(RULE_AGENT_ERROR, "the agent sent no usable quote");
+        let finding = Finding::new(rule::AGENT_ERROR, "the agent sent no usable quote");
         return failed(prior, finding, started);
     };
     let Some(bank) = hash_alg_from_proto(reply.hash_algorithm) else {
-        let finding = Finding::new("quote.malformed", "the reply names no PCR bank");
+        let finding = Finding::new(rule::QUOTE_MALFORMED, "the reply names no PCR bank");
         return failed(prior, finding, started);
     };
     let mut pcrs = PcrValues::new(bank);
@@ -173,7 +164,7 @@ pub(crate) async fn round(
             .ok_or_else(|| format!("PCR {} is not a {bank} digest", value.index))
             .and_then(|d| pcrs.insert(value.index, d).map_err(|e| e.to_string()));
         if let Err(e) = inserted {
-            let finding = Finding::new("quote.malformed", format!("PCR values: {e}"));
+            let finding = Finding::new(rule::QUOTE_MALFORMED, format!("PCR values: {e}"));
             return failed(prior, finding, started);
         }
     }
@@ -211,7 +202,7 @@ pub(crate) async fn round(
         Ok(appraisal) => RoundOutcome::Appraised(Box::new(appraisal), started.elapsed()),
         Err(e) => failed(
             prior,
-            Finding::new("verifier.internal", format!("the appraisal did not finish: {e}")),
+            Finding::new(rule::VERIFIER_INTERNAL, format!("the appraisal did not finish: {e}")),
             started,
         ),
     }

@@ -26,7 +26,7 @@ use http_body::Frame;
 use http_body_util::BodyExt;
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
-use tonic::Status;
+use tonic::{Code, Status};
 
 /// A cloneable handle on the connection to one agent; clones share the connection.
 #[derive(Debug, Clone)]
@@ -205,6 +205,12 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for AgentChannel {
     }
 }
 
+/// Whether a status means the agent is not there rather than that it refused.
+pub(crate) fn is_transport(status: &Status) -> bool {
+    matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled)
+        || (status.code() == Code::Unknown && status.message().contains("transport"))
+}
+
 #[cfg(test)]
 mod tests {
     use kl_proto::agent::v1 as agent_pb;
@@ -283,7 +289,7 @@ mod tests {
         let Err(status) = client.get_quote(agent_pb::GetQuoteRequest::default()).await else {
             return Err("a cut-off reply was accepted".into());
         };
-        assert!(crate::attest::is_transport(&status), "reported as a refusal: {status:?}");
+        assert!(is_transport(&status), "reported as a refusal: {status:?}");
         Ok(())
     }
 }

@@ -1,116 +1,36 @@
-//! What every part of the verifier shares: the configuration, the store and its writer, the
-//! policy cache, the event hub, the TLS material for calling the registrar and agents, and the
-//! in-memory table of enrolled agents (each an [`AgentSlot`] whose attestation loop runs in the
-//! [`crate::scheduler`]).
-//!
-//! The in-memory entry of an agent is the authority while the verifier runs; every change to it
-//! is handed to the writer in the same critical section, so the store receives an agent's
-//! updates in the order they happened.
+//! What the verifier's parts share: the configuration, the store and its writer, the policy
+//! cache, the event hub, the table of enrolled agents ([`crate::lifecycle`]), the background
+//! tasks, and the TLS material for calling the registrar and agents, with the clients made
+//! from it and the appraisal inputs built for an agent.
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 
 use kl_core::alg::HashAlg;
-use kl_core::appraisal::{AgentPolicy, AttestationState};
+use kl_core::appraisal::AgentPolicy;
 use kl_core::quote::{AcceptedAlgorithms, PreparedAk};
 use kl_core::tpm2::{Public, SigAlg};
 use kl_proto::agent::v1::agent_client::AgentClient;
+use kl_proto::registrar::v1 as registrar_pb;
 use kl_proto::registrar::v1::registrar_client::RegistrarClient;
 use kl_store::verifier::{AgentEntry, VerifierStore};
 use kl_svc::config::VerifierConfig;
 use kl_svc::notice::NoticeSigner;
 use kl_svc::tls::{ServerTrust, TlsConnector, TlsIdentity, client_config};
 use rustls::pki_types::{CertificateDer, ServerName};
-use tokio::sync::{Notify, Semaphore, watch};
-use tokio::task::JoinSet;
+use tokio::sync::Semaphore;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::Error;
 use crate::channel::AgentChannel;
 use crate::events::EventHub;
+use crate::lifecycle::AgentTable;
+use crate::metrics::Metrics;
 use crate::policies::PolicyCache;
+use crate::tasks::Tasks;
 use crate::writer::StateWriter;
 
 /// Largest message accepted from an agent (IMA chunks and event logs).
 pub(crate) const MAX_AGENT_MESSAGE_BYTES: usize = 64 << 20;
-
-/// One enrolled agent.
-#[derive(Debug)]
-pub(crate) struct AgentSlot {
-    pub id: String,
-    pub runtime: tokio::sync::Mutex<AgentRuntime>,
-    /// Wakes the attestation loop (resume, policy change, unenrolment, shutdown).
-    pub wake: Notify,
-    pub removed: AtomicBool,
-}
-
-/// An agent's mutable state.
-#[derive(Debug)]
-pub(crate) struct AgentRuntime {
-    pub entry: AgentEntry,
-    pub attestation: AttestationState,
-    /// The appraisal inputs, built from the entry and the policy cache; `None` after a change.
-    pub policy: Option<(u64, Arc<AgentPolicy>)>,
-    /// The connection to the agent, reused across rounds.
-    pub client: Option<AgentClient<AgentChannel>>,
-    /// Bumped by every settings change; a round started under another generation is dropped.
-    pub generation: u64,
-    /// A DeliverKey call is in progress.
-    pub delivering_key: bool,
-    /// When the entry was last handed to the writer; routine rounds in between leave the
-    /// stored entry behind (see [`crate::scheduler`]), and `unsaved` says so.
-    pub saved_at: std::time::Instant,
-    pub unsaved: bool,
-    /// The writer's ticket of the newest change queued without waiting for its commit; what
-    /// clients are shown waits for it (see [`crate::writer::StateWriter::wait_durable`]).
-    pub submitted: u64,
-}
-
-impl AgentRuntime {
-    pub fn new(entry: AgentEntry) -> AgentRuntime {
-        let attestation = if entry.attestation_state_json.is_empty() {
-            AttestationState::default()
-        } else {
-            serde_json::from_str(&entry.attestation_state_json).unwrap_or_else(|e| {
-                tracing::warn!(agent = %entry.agent_id, error = %e, "stored attestation state unreadable; starting over");
-                AttestationState::default()
-            })
-        };
-        AgentRuntime {
-            entry,
-            attestation,
-            policy: None,
-            client: None,
-            generation: 0,
-            delivering_key: false,
-            saved_at: std::time::Instant::now(),
-            unsaved: false,
-            submitted: 0,
-        }
-    }
-
-    /// The entry as it stands, with the current attestation state serialized into it.
-    pub fn current(&self) -> AgentEntry {
-        let mut entry = self.entry.clone();
-        entry.attestation_state_json = serde_json::to_string(&self.attestation).unwrap_or_default();
-        entry.ima_offset = self.attestation.ima.entries_processed;
-        entry
-    }
-
-    /// [`AgentRuntime::current`], for the writer: the entry is then stored as it stands.
-    pub fn snapshot(&mut self) -> AgentEntry {
-        self.saved_at = std::time::Instant::now();
-        self.unsaved = false;
-        self.current()
-    }
-
-    /// A settings change: the policy is rebuilt and any round in flight is discarded.
-    pub fn changed(&mut self) {
-        self.policy = None;
-        self.generation += 1;
-    }
-}
 
 /// The shared state of a running verifier.
 #[derive(Debug)]
@@ -119,9 +39,7 @@ pub(crate) struct Context {
     pub store: Arc<VerifierStore>,
     pub writer: StateWriter,
     pub policies: PolicyCache,
-    /// Bumped by every policy change; agents rebuild their inputs when it moves.
-    pub policy_epoch: AtomicU64,
-    pub agents: RwLock<BTreeMap<String, Arc<AgentSlot>>>,
+    pub agents: AgentTable,
     pub events: EventHub,
     /// The admin client identity used towards the registrar and agents.
     pub client_identity: TlsIdentity,
@@ -130,44 +48,40 @@ pub(crate) struct Context {
     pub registrar: Mutex<Option<RegistrarClient<Channel>>>,
     /// Bounds the rounds in progress.
     pub permits: Semaphore,
-    pub shutdown: watch::Receiver<bool>,
-    pub tasks: Mutex<JoinSet<()>>,
+    pub tasks: Tasks,
     pub default_algorithms: AcceptedAlgorithms,
-    pub metrics: Arc<crate::metrics::Metrics>,
-    /// Serializes enrolment, update and unenrolment of one agent id (striped by id hash), so
-    /// that a removal and a new enrolment of the same id reach the store in the order they
-    /// were made.
-    pub enrolment_locks: Vec<tokio::sync::Mutex<()>>,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Context {
-    pub fn slot(&self, agent_id: &str) -> Option<Arc<AgentSlot>> {
-        self.agents.read().ok().and_then(|agents| agents.get(agent_id).cloned())
-    }
-
-    /// The enrolment lock of `agent_id`.
-    pub fn enrolment_lock(&self, agent_id: &str) -> &tokio::sync::Mutex<()> {
-        use std::hash::{Hash, Hasher};
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        agent_id.hash(&mut hasher);
-        let stripes = self.enrolment_locks.len().max(1);
-        &self.enrolment_locks[(hasher.finish() % stripes as u64) as usize]
-    }
-
-    pub fn slots(&self) -> Vec<Arc<AgentSlot>> {
-        self.agents.read().map(|a| a.values().cloned().collect()).unwrap_or_default()
-    }
-
-    pub fn is_shutting_down(&self) -> bool {
-        *self.shutdown.borrow()
-    }
-
     /// Runs `task` until it ends; shutdown waits for it.
     pub fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
-        if let Ok(mut tasks) = self.tasks.lock() {
-            // Reap finished tasks so the set stays as large as the work in progress.
-            while tasks.try_join_next().is_some() {}
-            tasks.spawn(task);
+        self.tasks.spawn(task);
+    }
+
+    /// The registrar's record of `agent_id`.
+    pub async fn registrar_record(
+        &self,
+        agent_id: &str,
+    ) -> Result<registrar_pb::AgentRecord, Error> {
+        let mut client = self.registrar()?;
+        let request = registrar_pb::GetAgentRequest { agent_id: agent_id.to_owned() };
+        match client.get_agent(request).await {
+            Ok(answer) => answer
+                .into_inner()
+                .agent
+                .ok_or_else(|| Error::NotRegistered { agent_id: agent_id.to_owned() }),
+            Err(status) if status.code() == tonic::Code::NotFound => {
+                Err(Error::NotRegistered { agent_id: agent_id.to_owned() })
+            }
+            // The registrar's own rule refused the id: the caller's mistake, not an outage.
+            Err(status) if status.code() == tonic::Code::InvalidArgument => {
+                Err(Error::invalid("agent_id", format!("the registrar says: {}", status.message())))
+            }
+            Err(status) => Err(Error::Registrar {
+                address: format!("{}:{}", self.config.registrar_ip, self.config.registrar_port),
+                reason: format!("{}: {}", status.code(), status.message()),
+            }),
         }
     }
 
@@ -269,15 +183,6 @@ impl Context {
             measured_boot,
         })
     }
-
-    pub fn policy_epoch(&self) -> u64 {
-        self.policy_epoch.load(Ordering::Acquire)
-    }
-
-    /// Every agent rebuilds its appraisal inputs before its next round.
-    pub fn policies_changed(&self) {
-        self.policy_epoch.fetch_add(1, Ordering::AcqRel);
-    }
 }
 
 /// DER SubjectPublicKeyInfo of an agent identity certificate.
@@ -307,9 +212,4 @@ pub(crate) fn parse_sig_algs(names: &[String], field: &'static str) -> Result<Ve
             n.parse().map_err(|_| Error::invalid(field, format!("unknown signing algorithm {n:?}")))
         })
         .collect()
-}
-
-/// Resolves once the verifier is shutting down.
-pub(crate) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
-    let _ = shutdown.wait_for(|stop| *stop).await;
 }

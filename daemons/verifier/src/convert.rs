@@ -1,12 +1,18 @@
-//! Between stored records, kl-core verdicts and the API's messages (and the JSON of webhooks
+//! Between stored records, kl-core types and the API's messages (and the JSON of webhooks
 //! and revocation notices).
+//!
+//! A verdict is kl-core's [`Verdict`] from appraisal to here; the store keeps it as JSON text
+//! (a [`StoredVerdict`], and the findings of an `attestation_failed` event), written and read
+//! only by this module, and the API carries each finding's expected and actual values as JSON
+//! text ([`finding`]). A PCR policy is kl-core's [`PcrPolicy`], stored as its own document.
 
-use kl_core::verdict::{Finding, Verdict};
+use kl_core::policy::PcrPolicy;
+use kl_core::verdict::{Finding, Verdict, value_to_text};
 use kl_proto::verifier::v1 as pb;
 use kl_store::verifier::{AgentEntry, EventRecord, HistoryRecord, PolicyName, Timestamp};
 use serde_json::{Value, json};
 
-use crate::policies::pcr_policy_proto;
+use crate::Error;
 
 pub(crate) fn timestamp(t: &Timestamp) -> prost_types::Timestamp {
     prost_types::Timestamp { seconds: t.seconds, nanos: i32::try_from(t.nanos).unwrap_or(0) }
@@ -67,9 +73,14 @@ pub(crate) fn finding(f: &Finding) -> pb::Finding {
         event: f.event,
         line: f.line,
         path: f.path.clone(),
-        expected_json: f.expected.as_ref().map(Value::to_string),
-        actual_json: f.actual.as_ref().map(Value::to_string),
+        expected_json: f.expected.as_ref().map(value_to_text),
+        actual_json: f.actual.as_ref().map(value_to_text),
     }
+}
+
+/// The stored findings of an event ("" for none).
+pub(crate) fn findings_json(findings: &[Finding]) -> String {
+    serde_json::to_string(findings).unwrap_or_default()
 }
 
 fn findings_from_json(text: &str) -> Vec<Finding> {
@@ -86,8 +97,20 @@ pub(crate) struct StoredVerdict {
     pub at: Timestamp,
 }
 
+impl StoredVerdict {
+    /// Its stored text: `AgentEntry::last_verdict_json` and `HistoryRecord::verdict_json`.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// A stored text back; `None` for "" (no verdict yet) or a text this version cannot read.
+    pub fn from_json(text: &str) -> Option<StoredVerdict> {
+        serde_json::from_str(text).ok()
+    }
+}
+
 pub(crate) fn verdict(stored: &str) -> Option<pb::Verdict> {
-    let stored: StoredVerdict = serde_json::from_str(stored).ok()?;
+    let stored = StoredVerdict::from_json(stored)?;
     Some(pb::Verdict {
         passed: stored.verdict.passed(),
         findings: stored.verdict.findings.iter().map(finding).collect(),
@@ -172,9 +195,54 @@ pub(crate) fn policy_info(p: &PolicyName, agents: u64) -> pb::PolicyInfo {
     }
 }
 
+/// The API's PCR policy as its stored document ("" for none), refused when kl-core would
+/// refuse it.
+pub(crate) fn pcr_policy(proto: Option<&pb::PcrPolicy>) -> Result<String, Error> {
+    let Some(proto) = proto.filter(|p| !p.pcrs.is_empty()) else {
+        return Ok(String::new());
+    };
+    let values: std::collections::BTreeMap<u32, Vec<Vec<u8>>> =
+        proto.pcrs.iter().map(|(pcr, values)| (*pcr, values.values.clone())).collect();
+    let policy =
+        PcrPolicy::from_values(values).map_err(|e| Error::invalid("pcr_policy", e.to_string()))?;
+    Ok(policy.to_json().to_string())
+}
+
+/// The stored PCR policy document back as the API's message.
+pub(crate) fn pcr_policy_proto(json: &str) -> Option<pb::PcrPolicy> {
+    if json.is_empty() {
+        return None;
+    }
+    let policy = PcrPolicy::from_json(json.as_bytes()).ok()?;
+    let pcrs = policy
+        .allowed()
+        .map(|(pcr, values)| (pcr, pb::PcrValues { values: values.to_vec() }))
+        .collect();
+    Some(pb::PcrPolicy { pcrs })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pcr_policies_round_trip_and_bad_values_name_the_field() -> Result<(), Error> {
+        let mut proto = pb::PcrPolicy::default();
+        proto.pcrs.insert(7, pb::PcrValues { values: vec![vec![1; 32]] });
+        proto.pcrs.insert(10, pb::PcrValues { values: vec![vec![2; 20], vec![3; 32]] });
+        let json = pcr_policy(Some(&proto))?;
+        let (one, two, three) = ("01".repeat(32), "02".repeat(20), "03".repeat(32));
+        // The stored document, as verifiers before kl-core's typed constructor wrote it.
+        assert_eq!(json, format!(r#"{{"pcrs":{{"10":["{two}","{three}"],"7":["{one}"]}}}}"#));
+        assert_eq!(pcr_policy_proto(&json), Some(proto.clone()));
+        proto.pcrs.insert(8, pb::PcrValues { values: vec![vec![1; 5]] });
+        assert!(matches!(
+            pcr_policy(Some(&proto)),
+            Err(Error::InvalidArgument { field: "pcr_policy", .. })
+        ));
+        assert_eq!(pcr_policy(None)?, "");
+        Ok(())
+    }
 
     #[test]
     fn rfc3339_matches_known_instants() {

@@ -21,6 +21,9 @@ pub enum Error {
     PolicyExists { kind: &'static str, name: String },
     #[error("{kind} policy {name:?} is used by enrolled agent {agent_id}; change the agent first")]
     PolicyInUse { kind: &'static str, name: String, agent_id: String },
+    /// Another change of the same agent got there first; the caller may retry.
+    #[error("{0}")]
+    Conflict(&'static str),
     /// `from_cursor` is older than what the outbox still holds.
     #[error("cursor {requested} has been pruned; the oldest retained event is {oldest}")]
     CursorPruned { requested: u64, oldest: u64 },
@@ -67,6 +70,7 @@ impl From<Error> for tonic::Status {
             Error::PolicyInUse { .. } => Status::failed_precondition(message),
             Error::PolicyExists { .. } => Status::already_exists(message),
             Error::CursorPruned { .. } => Status::out_of_range(message),
+            Error::Conflict(_) => Status::aborted(message),
             Error::Registrar { .. } | Error::StoreUnwritable(_) => Status::unavailable(message),
             Error::Store(e) if e.is_io() => Status::unavailable(message),
             Error::Store(_)

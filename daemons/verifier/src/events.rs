@@ -13,6 +13,7 @@ use tokio::sync::{Notify, broadcast, mpsc, watch};
 
 use crate::Error;
 use crate::convert;
+use crate::tasks::stopped;
 
 /// Live events buffered per watcher before it must catch up from the outbox.
 const LIVE_CAPACITY: usize = 4096;
@@ -134,7 +135,7 @@ pub(crate) fn watch(
                         Err(broadcast::error::RecvError::Closed) => return stopping(&tx).await,
                     },
                     _ = tx.closed() => return,
-                    _ = crate::context::stopped(&mut shutdown) => return stopping(&tx).await,
+                    _ = stopped(&mut shutdown) => return stopping(&tx).await,
                 }
             }
         }
@@ -151,7 +152,7 @@ async fn deliver(
 ) -> bool {
     tokio::select! {
         sent = tx.send(Ok(convert::event(event))) => sent.is_ok(),
-        _ = crate::context::stopped(shutdown) => {
+        _ = stopped(shutdown) => {
             stopping(tx).await;
             false
         }

@@ -3,13 +3,12 @@
 //! (UNIMPLEMENTED, unavailable) is offered it again after its next passing round.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use kl_core::appraisal::AgentPolicy;
 use kl_proto::agent::v1 as agent_pb;
-use kl_store::verifier::Batch;
 
-use crate::context::{AgentRuntime, AgentSlot, Context};
+use crate::context::Context;
+use crate::lifecycle::{AgentRuntime, AgentSlot};
 
 /// Sends V in the background; marks the agent `key_delivered` once it is taken.
 pub(crate) fn deliver_v(
@@ -54,12 +53,11 @@ pub(crate) fn deliver_v(
             Ok(_) => {
                 // Unenrolled, or re-enrolled with another payload, while this was in flight:
                 // what was delivered is not the agent's current V.
-                if slot.removed.load(Ordering::Acquire) || rt.entry.v_key_half != v {
+                if slot.is_removed() || rt.entry.v_key_half != v {
                     return;
                 }
-                rt.entry.key_delivered = true;
                 tracing::info!(agent = %slot.id, "V key half delivered");
-                let batch = Batch { agents: vec![rt.snapshot()], ..Batch::default() };
+                let batch = rt.key_delivered();
                 rt.submitted = ctx_task.writer.submit(batch);
             }
             Err(status) => tracing::warn!(

@@ -20,8 +20,32 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! # Modules
+//!
+//! Each module uses only those listed below it (a test, `module_graph`, fails on a cycle):
+//!
+//! | layer | module | what it does |
+//! |---|---|---|
+//! | API | `service` | the gRPC handlers: decode and check a request, call the layer below, encode the answer |
+//! | | `access` | which role may call which RPC ([`RPC_ROLES`]) |
+//! | operations | `agents` | enrol, update, stop, resume, unenrol; what clients are shown of agents (once committed) |
+//! | | `scheduler` | each agent's attestation loop: wait, round, record, back off |
+//! | | `keys`, `revocation`, `webhook` | V key delivery, signed revocation notices, webhook delivery |
+//! | shared | `context` | what the above share: configuration, store and writer, the agent table, clients for the registrar and agents, appraisal inputs |
+//! | lifecycle | `lifecycle` | an agent's state and its typed transitions, each returning the batch (entry, history, events) that stores it |
+//! | rounds | `attest` | one round against one agent: GetQuote (continued), then kl-core's appraisal |
+//! | | `channel` | the HTTP/2 channel to an agent, pinned to its certificate |
+//! | storage | `writer` | group commit of agents, history and events; write tickets |
+//! | | `events` | committed events fanned out to watchers; replay from the outbox |
+//! | | `policies` | canonical policies and the cache of parsed ones |
+//! | | `metrics` | Prometheus counters and their exposition |
+//! | | `tasks` | background tasks and the shutdown signal |
+//! | | `convert` | stored records and kl-core types to the API's messages and the JSON of notices |
+//! | | `error` | [`Error`] and the gRPC status of each |
 
 mod access;
+mod agents;
 mod attest;
 mod channel;
 mod context;
@@ -29,20 +53,22 @@ mod convert;
 mod error;
 mod events;
 mod keys;
+mod lifecycle;
 mod metrics;
+#[cfg(test)]
+mod module_graph;
 mod policies;
 mod revocation;
 mod scheduler;
 mod service;
+mod tasks;
 mod webhook;
 mod writer;
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kl_core::quote::AcceptedAlgorithms;
@@ -52,23 +78,22 @@ use kl_svc::api::Health;
 use kl_svc::config::VerifierConfig;
 use kl_svc::notice::NoticeSigner;
 use kl_svc::tls::{self, ClientAuth, TlsIncoming};
-use tokio::sync::{Notify, Semaphore, watch};
-use tokio::task::JoinSet;
+use tokio::sync::{Semaphore, watch};
 
 pub use access::RPC_ROLES;
 pub use error::Error;
 pub use service::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, VerifierService};
 pub use webhook::signature as webhook_signature;
 
-use context::{AgentRuntime, AgentSlot, Context};
+use context::Context;
 use events::EventHub;
+use lifecycle::{AgentSlot, AgentTable};
 use policies::PolicyCache;
+use tasks::{Tasks, stopped};
 use writer::StateWriter;
 
 /// How long a client may take to finish its TLS handshake before it is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Stripes of the per-agent-id enrolment lock.
-const ENROLMENT_LOCK_STRIPES: usize = 1024;
 /// Most attestation rounds in progress at once.
 pub const MAX_CONCURRENT_ROUNDS: usize = 256;
 /// Most events the outbox keeps, whatever their age.
@@ -150,7 +175,7 @@ impl Server {
         };
 
         let (stop, shutdown) = watch::channel(false);
-        let mut agents = BTreeMap::new();
+        let mut agents = Vec::new();
         let mut after: Option<String> = None;
         loop {
             let page = store.list_agents(after.as_deref(), 1000)?;
@@ -158,15 +183,9 @@ impl Server {
             after = Some(last.agent_id.clone());
             for mut entry in page {
                 if let Some(newest) = store.history(&entry.agent_id, None, 1)?.first() {
-                    catch_up(&mut entry, newest);
+                    lifecycle::catch_up(&mut entry, newest);
                 }
-                let slot = AgentSlot {
-                    id: entry.agent_id.clone(),
-                    runtime: tokio::sync::Mutex::new(AgentRuntime::new(entry)),
-                    wake: Notify::new(),
-                    removed: AtomicBool::new(false),
-                };
-                agents.insert(slot.id.clone(), Arc::new(slot));
+                agents.push(AgentSlot::new(entry));
             }
         }
         let context = Arc::new(Context {
@@ -174,19 +193,16 @@ impl Server {
             store,
             writer,
             policies: PolicyCache::default(),
-            policy_epoch: AtomicU64::new(0),
-            agents: RwLock::new(agents),
+            agents: AgentTable::new(agents),
             events: hub,
             client_identity,
             ca_certificates,
             signer,
             registrar: Mutex::new(None),
             permits: Semaphore::new(MAX_CONCURRENT_ROUNDS),
-            shutdown,
-            tasks: Mutex::new(JoinSet::new()),
+            tasks: Tasks::new(shutdown),
             default_algorithms,
             metrics,
-            enrolment_locks: (0..ENROLMENT_LOCK_STRIPES).map(|_| Default::default()).collect(),
         });
         let metrics_listener = kl_svc::metrics::MetricsListener::bind_configured(
             config.metrics_ip,
@@ -202,7 +218,7 @@ impl Server {
         tracing::info!(
             address = %incoming.local_addr(),
             state = %path.display(),
-            agents = context.slots().len(),
+            agents = context.agents.all().len(),
             "verifier listening"
         );
         let webhook = match &config.webhook_url {
@@ -238,14 +254,17 @@ impl Server {
             let ctx = context.clone();
             let render: kl_svc::metrics::Render = Arc::new(move || {
                 let ctx = ctx.clone();
-                Box::pin(async move { metrics::render(&ctx).await })
+                Box::pin(async move {
+                    let agents = agents::count_by_state(&ctx).await;
+                    metrics::render(&ctx.metrics, &agents, ctx.writer.unwritable().is_none())
+                })
             });
-            let mut shutdown = context.shutdown.clone();
+            let mut shutdown = context.tasks.shutdown();
             context.spawn(async move {
-                listener.serve(render, context::stopped(&mut shutdown)).await;
+                listener.serve(render, stopped(&mut shutdown)).await;
             });
         }
-        for slot in context.slots() {
+        for slot in context.agents.all() {
             let delay = scheduler::jitter(context.config.quote_interval);
             scheduler::start(&context, slot, delay);
         }
@@ -256,14 +275,14 @@ impl Server {
         context.spawn({
             let (context, health) = (context.clone(), health.clone());
             async move {
-                let mut shutdown = context.shutdown.clone();
+                let mut shutdown = context.tasks.shutdown();
                 let probe = || async {
                     match context.writer.unwritable() {
                         Some(reason) => Err(format!("state store unwritable: {reason}")),
                         None => Ok(()),
                     }
                 };
-                health.follow(probe, HEALTH_INTERVAL, context::stopped(&mut shutdown)).await;
+                health.follow(probe, HEALTH_INTERVAL, stopped(&mut shutdown)).await;
             }
         });
 
@@ -275,10 +294,7 @@ impl Server {
             })
             .await;
         let _ = stop.send(true);
-        let mut tasks = match context.tasks.lock() {
-            Ok(mut tasks) => std::mem::take(&mut *tasks),
-            Err(_) => JoinSet::new(),
-        };
+        let mut tasks = context.tasks.take();
         let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
             while tasks.join_next().await.is_some() {}
         })
@@ -301,32 +317,8 @@ impl Server {
     }
 }
 
-/// Brings an entry up to its newest history record. A passing agent's entry is stored only
-/// every `scheduler::CHECKPOINT`, its rounds' history records within `writer::LINGER`, and
-/// clients are shown a round only once its record is committed: after a crash the records
-/// newer than the entry are rounds that clients may have seen, so the entry counts them, and
-/// numbering goes on after the newest. Those rounds were all routine passes (a failure or a
-/// change of state stores the entry with its record).
-fn catch_up(
-    entry: &mut kl_store::verifier::AgentEntry,
-    newest: &kl_store::verifier::HistoryRecord,
-) {
-    if newest.sequence <= entry.history_sequence {
-        return;
-    }
-    entry.attestation_count += newest.sequence - entry.history_sequence;
-    entry.history_sequence = newest.sequence;
-    entry.last_attestation_at = Some(newest.at);
-    entry.last_verdict_json = newest.verdict_json.clone();
-    entry.reset_count = newest.reset_count;
-    entry.consecutive_errors = 0;
-    if convert::verdict(&newest.verdict_json).is_some_and(|v| v.passed) {
-        entry.last_success_at = Some(newest.at);
-    }
-}
-
 async fn prune_loop(context: Arc<Context>) {
-    let mut shutdown = context.shutdown.clone();
+    let mut shutdown = context.tasks.shutdown();
     loop {
         let store = context.store.clone();
         let max_age = context.config.history_max_age;
@@ -340,7 +332,7 @@ async fn prune_loop(context: Arc<Context>) {
         }
         tokio::select! {
             _ = tokio::time::sleep(PRUNE_INTERVAL) => {}
-            _ = crate::context::stopped(&mut shutdown) => return,
+            _ = stopped(&mut shutdown) => return,
         }
     }
 }

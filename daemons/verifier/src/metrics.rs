@@ -4,7 +4,6 @@
 use kl_proto::verifier::v1 as pb;
 use kl_svc::metrics::{Counter, Exposition, Histogram, LATENCY_BOUNDS};
 
-use crate::context::Context;
 use crate::convert;
 
 /// Counters and distributions of a running verifier.
@@ -52,20 +51,15 @@ const STATES: [pb::AgentState; 5] = [
     pb::AgentState::Stopped,
 ];
 
-/// The exposition text of one scrape.
-pub(crate) async fn render(ctx: &Context) -> String {
-    let mut counts = [0u64; STATES.len()];
-    for slot in ctx.slots() {
-        let state = slot.runtime.lock().await.entry.state;
-        if let Some(i) = STATES.iter().position(|s| *s as i32 == state) {
-            counts[i] += 1;
-        }
-    }
+/// The exposition text of one scrape: `m`, the number of agents in each state, and whether
+/// the state store can be written.
+pub(crate) fn render(m: &Metrics, agents: &[(pb::AgentState, u64)], writable: bool) -> String {
+    let counts =
+        STATES.map(|state| agents.iter().filter(|(s, _)| *s == state).map(|(_, n)| n).sum());
     let names: Vec<&str> = STATES.iter().map(|s| convert::state_name(*s as i32)).collect();
     let labels: Vec<[(&str, &str); 1]> = names.iter().map(|n| [("state", *n)]).collect();
     let by_state: Vec<(&[(&str, &str)], u64)> =
         labels.iter().zip(counts).map(|(l, c)| (l.as_slice(), c)).collect();
-    let m = &ctx.metrics;
     let mut e = Exposition::new();
     e.gauge("keylime_verifier_agents", "Enrolled agents by state.", &by_state);
     e.counter(
@@ -98,7 +92,7 @@ pub(crate) async fn render(ctx: &Context) -> String {
     e.gauge(
         "keylime_verifier_store_writable",
         "1 while the state store can be written, 0 while it cannot (a full disk; writes are held in memory).",
-        &[(&[], u64::from(ctx.writer.unwritable().is_none()))],
+        &[(&[], u64::from(writable))],
     );
     e.histogram(
         "keylime_verifier_store_commit_duration_seconds",

@@ -3,12 +3,12 @@
 //! every agent that uses it, so no round ever parses a policy.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use kl_core::appraisal::{MeasuredBootRules, RuntimeRules};
+use kl_core::policy;
 use kl_core::policy::mb::MbPolicy;
-use kl_core::policy::{self, PcrPolicy};
-use kl_proto::verifier::v1 as pb;
 use kl_store::verifier::{PolicyKind, VerifierStore};
 
 use crate::Error;
@@ -41,54 +41,25 @@ fn invalid(e: CanonicalError) -> Error {
     }
 }
 
-/// The API's PCR policy as kl-core's, and its stored JSON ("" for none).
-pub(crate) fn pcr_policy(proto: Option<&pb::PcrPolicy>) -> Result<String, Error> {
-    let Some(proto) = proto.filter(|p| !p.pcrs.is_empty()) else {
-        return Ok(String::new());
-    };
-    let pcrs: serde_json::Map<String, serde_json::Value> = proto
-        .pcrs
-        .iter()
-        .map(|(pcr, values)| {
-            let list: Vec<String> = values.values.iter().map(hex::encode).collect();
-            (pcr.to_string(), serde_json::json!(list))
-        })
-        .collect();
-    let json = serde_json::json!({ "pcrs": pcrs }).to_string();
-    PcrPolicy::from_json(json.as_bytes())
-        .map_err(|e| Error::invalid("pcr_policy", e.to_string()))?;
-    Ok(json)
-}
-
-/// The stored PCR policy JSON back as the API's message.
-pub(crate) fn pcr_policy_proto(json: &str) -> Option<pb::PcrPolicy> {
-    if json.is_empty() {
-        return None;
-    }
-    let value: serde_json::Value = serde_json::from_str(json).ok()?;
-    let pcrs = value.get("pcrs")?.as_object()?;
-    let map = pcrs
-        .iter()
-        .filter_map(|(pcr, values)| {
-            let values = values
-                .as_array()?
-                .iter()
-                .filter_map(|v| v.as_str().and_then(|h| hex::decode(h).ok()))
-                .collect();
-            Some((pcr.parse().ok()?, pb::PcrValues { values }))
-        })
-        .collect();
-    Some(pb::PcrPolicy { pcrs: map })
-}
-
 /// Parsed policies by digest, shared while any agent holds them.
 #[derive(Debug, Default)]
 pub(crate) struct PolicyCache {
     runtime: Mutex<HashMap<String, Weak<RuntimeRules>>>,
     measured_boot: Mutex<HashMap<String, Weak<MeasuredBootRules>>>,
+    /// Bumped by every policy change; agents rebuild their inputs when it moves.
+    epoch: AtomicU64,
 }
 
 impl PolicyCache {
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Every agent rebuilds its appraisal inputs before its next round.
+    pub fn changed(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+    }
+
     /// The runtime policy stored under `name`, parsed once per content digest.
     pub fn runtime(&self, store: &VerifierStore, name: &str) -> Result<Arc<RuntimeRules>, Error> {
         let not_found = || Error::PolicyNotFound { kind: "runtime", name: name.to_owned() };
@@ -162,21 +133,6 @@ mod tests {
             canonical_runtime(b"{not json", b"", b""),
             Err(Error::InvalidArgument { field: "document", .. })
         ));
-        Ok(())
-    }
-
-    #[test]
-    fn pcr_policies_round_trip_and_bad_values_name_the_field() -> Result<(), Error> {
-        let mut proto = pb::PcrPolicy::default();
-        proto.pcrs.insert(7, pb::PcrValues { values: vec![vec![1; 32]] });
-        let json = pcr_policy(Some(&proto))?;
-        assert_eq!(pcr_policy_proto(&json), Some(proto.clone()));
-        proto.pcrs.insert(8, pb::PcrValues { values: vec![vec![1; 5]] });
-        assert!(matches!(
-            pcr_policy(Some(&proto)),
-            Err(Error::InvalidArgument { field: "pcr_policy", .. })
-        ));
-        assert_eq!(pcr_policy(None)?, "");
         Ok(())
     }
 }

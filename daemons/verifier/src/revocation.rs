@@ -11,11 +11,10 @@ use std::sync::Arc;
 
 use kl_proto::agent::v1 as agent_pb;
 use kl_proto::verifier::v1 as pb;
-use kl_store::verifier::{Batch, EventRecord};
+use kl_store::verifier::EventRecord;
 
 use crate::context::Context;
-use crate::convert;
-use crate::scheduler::event;
+use crate::{convert, lifecycle};
 
 /// Notices in flight at once.
 const MAX_CONCURRENT_NOTICES: usize = 64;
@@ -54,7 +53,7 @@ pub(crate) fn notify_others(ctx: &Arc<Context>, failure: EventRecord) {
                 }
             };
         let targets: Vec<_> =
-            ctx.slots().into_iter().filter(|slot| slot.id != failure.agent_id).collect();
+            ctx.agents.all().into_iter().filter(|slot| slot.id != failure.agent_id).collect();
         let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_NOTICES));
         let mut sending = tokio::task::JoinSet::new();
         for slot in targets {
@@ -65,7 +64,7 @@ pub(crate) fn notify_others(ctx: &Arc<Context>, failure: EventRecord) {
                 let Ok(_permit) = permits.acquire().await else { return false };
                 let client = {
                     let mut rt = slot.runtime.lock().await;
-                    if rt.entry.state == pb::AgentState::Failed as i32 {
+                    if rt.state() == pb::AgentState::Failed {
                         request = redacted;
                     }
                     if rt.client.is_none() {
@@ -103,17 +102,6 @@ pub(crate) fn notify_others(ctx: &Arc<Context>, failure: EventRecord) {
             failure.agent_id, failure.cursor
         );
         tracing::info!(%message);
-        let batch = Batch {
-            events: vec![event(
-                pb::EventKind::RevocationSent,
-                &failure.agent_id,
-                failure.state,
-                failure.state,
-                String::new(),
-                message,
-            )],
-            ..Batch::default()
-        };
-        ctx.writer.submit(batch);
+        ctx.writer.submit(lifecycle::revocation_sent(&failure, message));
     });
 }

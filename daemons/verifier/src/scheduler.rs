@@ -12,50 +12,24 @@
 //! answering is never reported as passing anew.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use kl_core::verdict::{Finding, Verdict, rule};
 use kl_proto::verifier::v1 as pb;
-use kl_store::verifier::{Batch, EventRecord, HistoryRecord, Timestamp};
+use kl_store::verifier::{Batch, EventRecord};
 use kl_svc::config::VerifierConfig;
 use rand::RngExt;
 
 use crate::attest::{self, RoundOutcome};
-use crate::context::{AgentRuntime, AgentSlot, Context};
-use crate::convert::{self, StoredVerdict};
+use crate::context::Context;
+use crate::lifecycle::{AgentRuntime, AgentSlot};
+use crate::tasks::stopped;
 use crate::{keys, revocation};
 
 /// How long a paused (failed or stopped) agent's loop sleeps between checks.
 const IDLE: Duration = Duration::from_secs(3600);
-/// How long a passing agent's stored entry may lag behind its routine rounds. Each round's
-/// history record is written; the entry (counters, IMA progress) is written with a change of
-/// state and otherwise once per this period, and for every agent when the verifier stops. A
-/// crash loses at most this much routine progress: counters lag, and the next round re-reads
-/// the IMA entries since the stored offset.
-pub(crate) const CHECKPOINT: Duration = Duration::from_secs(10);
 /// The slowest probe of an unreachable agent.
 const MAX_PROBE: Duration = Duration::from_secs(60);
-
-/// An event about `entry`'s agent.
-pub(crate) fn event(
-    kind: pb::EventKind,
-    agent_id: &str,
-    state: i32,
-    previous_state: i32,
-    findings_json: String,
-    message: String,
-) -> EventRecord {
-    EventRecord {
-        cursor: 0,
-        at: Timestamp::now(),
-        kind: kind as i32,
-        agent_id: agent_id.to_owned(),
-        state,
-        previous_state,
-        findings_json,
-        message,
-    }
-}
 
 /// Starts the loop of `slot`, its first round after `first_delay`.
 pub(crate) fn start(context: &Arc<Context>, slot: Arc<AgentSlot>, first_delay: Duration) {
@@ -69,25 +43,24 @@ pub(crate) fn jitter(interval: Duration) -> Duration {
 }
 
 async fn agent_loop(ctx: Arc<Context>, slot: Arc<AgentSlot>, first_delay: Duration) {
-    let mut shutdown = ctx.shutdown.clone();
+    let mut shutdown = ctx.tasks.shutdown();
     let mut delay = first_delay;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = slot.wake.notified() => {}
-            _ = crate::context::stopped(&mut shutdown) => return,
+            _ = stopped(&mut shutdown) => return,
         }
-        if slot.removed.load(Ordering::Acquire) || ctx.is_shutting_down() {
+        if slot.is_removed() || ctx.tasks.is_shutting_down() {
             return;
         }
-        let state = slot.runtime.lock().await.entry.state;
-        if state == pb::AgentState::Failed as i32 || state == pb::AgentState::Stopped as i32 {
+        if slot.runtime.lock().await.paused() {
             delay = IDLE;
             continue;
         }
         let permit = tokio::select! {
             permit = ctx.permits.acquire() => permit,
-            _ = crate::context::stopped(&mut shutdown) => return,
+            _ = stopped(&mut shutdown) => return,
         };
         let Ok(_permit) = permit else { return };
         delay = attest_once(&ctx, &slot).await;
@@ -99,22 +72,22 @@ async fn attest_once(ctx: &Arc<Context>, slot: &Arc<AgentSlot>) -> Duration {
     let interval = ctx.config.quote_interval;
     let (mut client, policy, prior, generation) = {
         let mut rt = slot.runtime.lock().await;
-        if slot.removed.load(Ordering::Acquire) {
+        if slot.is_removed() {
             return IDLE;
         }
-        let epoch = ctx.policy_epoch();
+        let epoch = ctx.policies.epoch();
         if rt.policy.as_ref().map(|(e, _)| *e) != Some(epoch) {
             match ctx.build_policy(&rt.entry) {
                 Ok(policy) => rt.policy = Some((epoch, Arc::new(policy))),
                 Err(e) => {
                     tracing::error!(agent = %slot.id, error = %e, "cannot build the agent's policy");
-                    let finding = kl_core::verdict::Finding::new(
-                        "verifier.policy",
+                    let finding = Finding::new(
+                        rule::VERIFIER_POLICY,
                         format!("the agent's policy cannot be used: {e}"),
                     );
-                    let mut verdict = kl_core::verdict::Verdict::default();
+                    let mut verdict = Verdict::default();
                     verdict.push(finding);
-                    record_verdict(ctx, &slot.id, &mut rt, verdict, None, 0, Duration::ZERO).await;
+                    record_verdict(ctx, &mut rt, verdict, None, 0, Duration::ZERO).await;
                     return IDLE;
                 }
             }
@@ -135,14 +108,20 @@ async fn attest_once(ctx: &Arc<Context>, slot: &Arc<AgentSlot>) -> Duration {
     };
     let outcome = attest::round(&mut client, &policy, &prior, ctx.config.request_timeout).await;
     let mut rt = slot.runtime.lock().await;
-    if rt.generation != generation || slot.removed.load(Ordering::Acquire) {
+    if rt.generation != generation || slot.is_removed() {
         // Settings changed while the round ran: its result belongs to the old settings.
         return Duration::ZERO;
     }
     match outcome {
         RoundOutcome::Unreachable(reason) => {
             ctx.metrics.rounds_unreachable.inc();
-            missed(ctx, &slot.id, &mut rt, reason)
+            let batch = rt.miss(&reason, ctx.config.max_retries);
+            rt.submitted = ctx.writer.submit(batch);
+            retry_delay(
+                &ctx.config,
+                rt.entry.consecutive_errors,
+                rt.state() == pb::AgentState::Unreachable,
+            )
         }
         RoundOutcome::Appraised(appraisal, duration) => {
             let passed = appraisal.verdict.passed();
@@ -154,7 +133,6 @@ async fn attest_once(ctx: &Arc<Context>, slot: &Arc<AgentSlot>) -> Duration {
             rt.attestation = appraisal.state;
             let events = record_verdict(
                 ctx,
-                &slot.id,
                 &mut rt,
                 appraisal.verdict,
                 appraisal.clock,
@@ -182,41 +160,13 @@ async fn attest_once(ctx: &Arc<Context>, slot: &Arc<AgentSlot>) -> Duration {
 /// The entries of agents whose routine rounds have not been stored yet (at shutdown).
 pub(crate) async fn unsaved_entries(ctx: &Context) -> Batch {
     let mut batch = Batch::default();
-    for slot in ctx.slots() {
+    for slot in ctx.agents.all() {
         let mut rt = slot.runtime.lock().await;
-        if rt.unsaved && !slot.removed.load(Ordering::Acquire) {
+        if rt.unsaved && !slot.is_removed() {
             batch.agents.push(rt.snapshot());
         }
     }
     batch
-}
-
-/// A round the agent did not answer.
-fn missed(ctx: &Context, agent_id: &str, rt: &mut AgentRuntime, reason: String) -> Duration {
-    let config = &ctx.config;
-    rt.client = None;
-    rt.entry.consecutive_errors = rt.entry.consecutive_errors.saturating_add(1);
-    let misses = rt.entry.consecutive_errors;
-    let unreachable = pb::AgentState::Unreachable as i32;
-    let mut batch = Batch::default();
-    if u64::from(misses) >= config.max_retries.max(1) && rt.entry.state != unreachable {
-        let previous = rt.entry.state;
-        rt.entry.state = unreachable;
-        tracing::warn!(agent = %agent_id, misses, reason = %reason, "agent unreachable");
-        batch.events.push(event(
-            pb::EventKind::Unreachable,
-            agent_id,
-            unreachable,
-            previous,
-            String::new(),
-            format!("no answer after {misses} attempts: {reason}"),
-        ));
-    } else {
-        tracing::info!(agent = %agent_id, misses, reason = %reason, "agent did not answer");
-    }
-    batch.agents.push(rt.snapshot());
-    rt.submitted = ctx.writer.submit(batch);
-    retry_delay(config, misses, rt.entry.state == unreachable)
 }
 
 /// The wait after `misses` consecutive unanswered rounds: `retry_interval`, doubled per miss
@@ -232,92 +182,32 @@ fn retry_delay(config: &VerifierConfig, misses: u32, unreachable: bool) -> Durat
     }
 }
 
-/// Records a verdict: counters, last verdict, history, state change and its event. Waits for
-/// the commit of a failure (its event must be durable before notices go out) and returns the
-/// committed events.
+/// Records a verdict ([`AgentRuntime::record_verdict`]). Waits for the commit of a failure
+/// (its event must be durable before notices go out) and returns the committed events.
 async fn record_verdict(
     ctx: &Context,
-    agent_id: &str,
     rt: &mut AgentRuntime,
-    verdict: kl_core::verdict::Verdict,
+    verdict: Verdict,
     clock: Option<kl_core::tpm2::ClockInfo>,
     ima_entries: u64,
     duration: Duration,
 ) -> Vec<EventRecord> {
-    let now = Timestamp::now();
-    let passed = verdict.passed();
-    let entry = &mut rt.entry;
-    entry.attestation_count += 1;
-    entry.consecutive_errors = 0;
-    entry.last_attestation_at = Some(now);
-    if let Some(clock) = clock {
-        entry.reset_count = clock.reset_count;
+    let recorded = rt.record_verdict(verdict, clock, ima_entries, duration);
+    if recorded.passed {
+        rt.submitted = ctx.writer.submit(recorded.batch);
+        return Vec::new();
     }
-    entry.history_sequence += 1;
-    let stored = StoredVerdict { verdict, at: now };
-    let verdict_json = serde_json::to_string(&stored).unwrap_or_default();
-    entry.last_verdict_json = verdict_json.clone();
-    let history = HistoryRecord {
-        sequence: entry.history_sequence,
-        at: now,
-        verdict_json,
-        reset_count: clock.map_or(entry.reset_count, |c| c.reset_count),
-        restart_count: clock.map_or(0, |c| c.restart_count),
-        clock: clock.map_or(0, |c| c.clock),
-        ima_entries,
-        duration_us: u64::try_from(duration.as_micros()).unwrap_or(u64::MAX),
-    };
-    let previous = entry.state;
-    let mut batch = Batch::default();
-    if passed {
-        entry.state = pb::AgentState::Passed as i32;
-        entry.last_success_at = Some(now);
-        if previous != entry.state {
-            batch.events.push(event(
-                pb::EventKind::StateChanged,
-                agent_id,
-                entry.state,
-                previous,
-                String::new(),
-                format!("attestation passed ({} before)", convert::state_name(previous)),
-            ));
-        }
-    } else {
-        entry.state = pb::AgentState::Failed as i32;
-        let findings_json = serde_json::to_string(&stored.verdict.findings).unwrap_or_default();
-        let rules: Vec<&str> = stored.verdict.findings.iter().map(|f| f.rule.as_str()).collect();
-        tracing::warn!(agent = %agent_id, rules = ?rules, "attestation failed");
-        batch.events.push(event(
-            pb::EventKind::AttestationFailed,
-            agent_id,
-            entry.state,
-            previous,
-            findings_json,
-            format!("attestation failed: {}", rules.join(", ")),
-        ));
-    }
-    batch.history.push((agent_id.to_owned(), history));
-    if batch.events.is_empty() && passed && rt.saved_at.elapsed() < CHECKPOINT {
-        rt.unsaved = true;
-    } else {
-        batch.agents.push(rt.snapshot());
-    }
-    if passed {
-        rt.submitted = ctx.writer.submit(batch);
-        Vec::new()
-    } else {
-        // Revocation notices go out even when the failure cannot be stored yet (a full disk):
-        // whoever can fill the verifier's disk must not be able to hold them back.
-        let unstored = batch.events.clone();
-        ctx.writer.commit(batch).await.unwrap_or_else(|e| {
-            tracing::error!(
-                agent = %agent_id,
-                error = %e,
-                "recording a failed attestation; revocation notices are sent all the same"
-            );
-            unstored
-        })
-    }
+    // Revocation notices go out even when the failure cannot be stored yet (a full disk):
+    // whoever can fill the verifier's disk must not be able to hold them back.
+    let unstored = recorded.batch.events.clone();
+    ctx.writer.commit(recorded.batch).await.unwrap_or_else(|e| {
+        tracing::error!(
+            agent = %rt.entry.agent_id,
+            error = %e,
+            "recording a failed attestation; revocation notices are sent all the same"
+        );
+        unstored
+    })
 }
 
 #[cfg(test)]

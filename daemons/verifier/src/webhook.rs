@@ -17,6 +17,7 @@ use tokio::net::TcpStream;
 
 use crate::context::Context;
 use crate::convert;
+use crate::tasks::stopped;
 
 /// Stored position of the webhook worker.
 pub(crate) const CURSOR: &str = "webhook";
@@ -202,9 +203,9 @@ pub fn signature(secret: &str, body: &[u8]) -> String {
 /// Delivers events until shutdown.
 pub(crate) async fn run(context: Arc<Context>, client: Client) {
     let secret = context.config.webhook_secret.clone();
-    let mut shutdown = context.shutdown.clone();
+    let mut shutdown = context.tasks.shutdown();
     loop {
-        if context.is_shutting_down() {
+        if context.tasks.is_shutting_down() {
             return;
         }
         let delivered = match context.store.cursor(CURSOR) {
@@ -222,7 +223,7 @@ pub(crate) async fn run(context: Arc<Context>, client: Client) {
             tokio::select! {
                 _ = context.events.committed.notified() => {}
                 _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-                _ = crate::context::stopped(&mut shutdown) => return,
+                _ = stopped(&mut shutdown) => return,
             }
             continue;
         }
@@ -246,7 +247,7 @@ pub(crate) async fn run(context: Arc<Context>, client: Client) {
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
-                    _ = crate::context::stopped(&mut shutdown) => return,
+                    _ = stopped(&mut shutdown) => return,
                 }
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }

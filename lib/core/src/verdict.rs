@@ -55,6 +55,12 @@ pub mod rule {
     pub const MB_BANK_MISSING: &str = "mb.bank_missing";
     pub const MB_DIGEST_MISMATCH: &str = "mb.digest_mismatch";
     pub const MB_EVENT_ORDER: &str = "mb.event_order";
+    /// The agent answered the verifier's request with an error, or with no usable quote.
+    pub const AGENT_ERROR: &str = "agent.error";
+    /// The verifier cannot build the agent's appraisal inputs (a policy it cannot use).
+    pub const VERIFIER_POLICY: &str = "verifier.policy";
+    /// The verifier's appraisal did not finish (it panicked or was cancelled).
+    pub const VERIFIER_INTERNAL: &str = "verifier.internal";
 }
 
 /// One reason an attestation did not pass.
@@ -125,6 +131,16 @@ impl Finding {
     }
 }
 
+/// A finding's `expected` or `actual` value as the verifier's API carries it: JSON text.
+pub fn value_to_text(value: &Value) -> String {
+    value.to_string()
+}
+
+/// A value back from [`value_to_text`]; text that is not JSON is taken as a string.
+pub fn value_from_text(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_owned()))
+}
+
 /// The outcome of one appraisal.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Verdict {
@@ -181,6 +197,14 @@ mod tests {
             json,
             serde_json::json!({"rule": "ima.not_in_policy", "message": "not allowed", "line": 3, "path": "/bin/x"})
         );
+    }
+
+    #[test]
+    fn values_survive_their_text_and_other_text_is_a_string() {
+        for value in [serde_json::json!(["ab", "cd"]), serde_json::json!("sha1"), Value::Null] {
+            assert_eq!(value_from_text(&value_to_text(&value)), value);
+        }
+        assert_eq!(value_from_text("not json"), serde_json::json!("not json"));
     }
 
     #[test]

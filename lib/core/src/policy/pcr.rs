@@ -110,6 +110,46 @@ impl PcrPolicy {
         Ok(policy)
     }
 
+    /// A policy of this project's format from its allowed values per PCR (raw digests), as
+    /// an API message carries them; checked as [`PcrPolicy::from_json`] checks a document.
+    pub fn from_values(
+        values: impl IntoIterator<Item = (u32, Vec<Vec<u8>>)>,
+    ) -> Result<PcrPolicy, PcrPolicyError> {
+        let mut policy = PcrPolicy::default();
+        for (pcr, allowed) in values {
+            let key = pcr.to_string();
+            if pcr >= PcrSet::LIMIT {
+                return Err(PcrPolicyError::BadKey { key, problem: "not a PCR index 0..31" });
+            }
+            for raw in &allowed {
+                policy.check_length(&key, raw, &Value::String(hex::encode(raw)))?;
+            }
+            policy.allowed.insert(pcr, allowed);
+        }
+        Ok(policy)
+    }
+
+    /// The allowed values (raw digests) of each PCR, in PCR order.
+    pub fn allowed(&self) -> impl Iterator<Item = (u32, &[Vec<u8>])> {
+        self.allowed.iter().map(|(pcr, values)| (*pcr, values.as_slice()))
+    }
+
+    /// Refuses a value that is no digest, or not one of the policy's bank.
+    fn check_length(&self, key: &str, raw: &[u8], shown: &Value) -> Result<(), PcrPolicyError> {
+        let bad = |problem| PcrPolicyError::BadValue {
+            pcr: key.to_owned(),
+            value: shown.to_string(),
+            problem,
+        };
+        if HashAlg::from_len(raw.len()).is_none() {
+            return Err(bad("not the length of a SHA-1, SHA-256, SHA-384 or SHA-512 digest"));
+        }
+        if self.bank.is_some_and(|b| b.len() != raw.len()) {
+            return Err(bad("not the length of the policy's hash_alg"));
+        }
+        Ok(())
+    }
+
     fn add(&mut self, key: &str, values: &Value) -> Result<(), PcrPolicyError> {
         let pcr = key
             .parse::<u32>()
@@ -139,15 +179,7 @@ impl PcrPolicy {
         for value in list {
             let text = value.as_str().ok_or_else(|| bad(value, "not a string"))?;
             let raw = hex::decode(text).map_err(|_| bad(value, "not hex"))?;
-            if HashAlg::from_len(raw.len()).is_none() {
-                return Err(bad(
-                    value,
-                    "not the length of a SHA-1, SHA-256, SHA-384 or SHA-512 digest",
-                ));
-            }
-            if self.bank.is_some_and(|b| b.len() != raw.len()) {
-                return Err(bad(value, "not the length of the policy's hash_alg"));
-            }
+            self.check_length(key, &raw, value)?;
             allowed.push(raw);
         }
         self.allowed.insert(pcr, allowed);
@@ -283,6 +315,20 @@ mod tests {
         assert_eq!(mismatch.expected, Some(json!([a()])));
         assert_eq!((v.findings[1].rule.as_str(), v.findings[1].pcr), (rule::PCR_MISSING, Some(23)));
         assert_eq!(PcrPolicy::from_json(p.to_json().to_string().as_bytes()), Ok(p));
+    }
+
+    #[test]
+    fn a_policy_from_values_is_checked_and_written_as_its_document_reads() {
+        let raw = hex::decode(a()).expect("hex");
+        let p = PcrPolicy::from_values([(16, vec![raw.clone()]), (7, vec![raw])]).expect("valid");
+        let doc = format!(r#"{{"pcrs":{{"16":["{a}"],"7":["{a}"]}}}}"#, a = a());
+        assert_eq!(p.to_json().to_string(), doc);
+        assert_eq!(PcrPolicy::from_json(doc.as_bytes()), Ok(p.clone()));
+        assert_eq!(p.allowed().map(|(pcr, _)| pcr).collect::<Vec<_>>(), [7, 16]);
+        let short = PcrPolicy::from_values([(8, vec![vec![1; 5]])]).expect_err("short value");
+        assert!(short.to_string().contains("PCR 8: value \"0101010101\": not the length"));
+        let high = PcrPolicy::from_values([(32, vec![])]).expect_err("PCR 32");
+        assert!(high.to_string().contains("key \"32\""), "{high}");
     }
 
     #[test]
