@@ -17,7 +17,8 @@
 //! Modules: [`identity`] (the agent id and TLS identity), [`registration`] (Register and
 //! Activate with retries), [`service`] (the gRPC service and its roles), [`imalog`] and
 //! [`eventlog`] (the logs served with quotes), [`payload`] (key halves and the payload run),
-//! [`revocation`] (revocation actions), [`privileges`] (the switch to `run_as`), [`error`].
+//! [`revocation`] (revocation actions), [`privileges`] (the switch to `run_as`), `health` (the
+//! TPM probe behind the health service), [`error`].
 
 pub mod error;
 pub mod eventlog;

@@ -23,7 +23,8 @@
 //!
 //! # Modules
 //!
-//! Each module uses only those listed below it (a test, `module_graph`, fails on a cycle):
+//! Each module uses only those in its own row and below (tests in `module_graph` fail on a use
+//! of a module above, and on a cycle):
 //!
 //! | layer | module | what it does |
 //! |---|---|---|

@@ -24,7 +24,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use kl_core::appraisal::{AgentPolicy, AttestationState};
@@ -122,19 +122,25 @@ impl AgentTable {
         }
     }
 
+    /// The map, also after a panic elsewhere while it was held: every change to it is one
+    /// map operation, so it is never left half-made.
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<AgentSlot>>> {
+        self.agents.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
     pub fn get(&self, agent_id: &str) -> Option<Arc<AgentSlot>> {
-        self.agents.read().ok().and_then(|agents| agents.get(agent_id).cloned())
+        self.read().get(agent_id).cloned()
     }
 
     /// Every agent, in id order.
     pub fn all(&self) -> Vec<Arc<AgentSlot>> {
-        self.agents.read().map(|a| a.values().cloned().collect()).unwrap_or_default()
+        self.read().values().cloned().collect()
     }
 
     /// The agents after `after` in id order (all for "").
     pub fn after(&self, after: &str) -> Vec<Arc<AgentSlot>> {
         use std::ops::Bound;
-        let Ok(agents) = self.agents.read() else { return Vec::new() };
+        let agents = self.read();
         let from =
             if after.is_empty() { Bound::Unbounded } else { Bound::Excluded(after.to_owned()) };
         agents.range::<String, _>((from, Bound::Unbounded)).map(|(_, s)| s.clone()).collect()
@@ -142,7 +148,7 @@ impl AgentTable {
 
     /// Adds `slot`; false when its id is taken.
     pub fn insert(&self, slot: &Arc<AgentSlot>) -> bool {
-        let Ok(mut agents) = self.agents.write() else { return false };
+        let mut agents = self.agents.write().unwrap_or_else(PoisonError::into_inner);
         if agents.contains_key(&slot.id) {
             return false;
         }
@@ -151,7 +157,7 @@ impl AgentTable {
     }
 
     pub fn remove(&self, agent_id: &str) -> Option<Arc<AgentSlot>> {
-        self.agents.write().ok().and_then(|mut agents| agents.remove(agent_id))
+        self.agents.write().unwrap_or_else(PoisonError::into_inner).remove(agent_id)
     }
 
     /// The enrolment lock of `agent_id`.

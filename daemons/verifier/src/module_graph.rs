@@ -1,5 +1,5 @@
-//! Checks of the verifier's sources as a whole. Its modules must form no import cycle: a module
-//! may use the ones below it in the map of `lib.rs` and never one above. And every finding it
+//! Checks of the verifier's sources as a whole. Its modules must form no import cycle, and a
+//! module may use those in its own row of the map of `lib.rs` and below, never one above. And every finding it
 //! makes names its rule from `kl_core::verdict::rule`, where scripts find every rule id.
 //!
 //! For the first, this reads every file under `src/`, drops comments,
@@ -184,6 +184,82 @@ fn the_modules_form_no_import_cycle() -> Result<(), String> {
     Ok(())
 }
 
+/// The rows of the module map in `lib.rs`, top to bottom, each with the modules it names.
+fn map_rows(lib: &str) -> Vec<Vec<String>> {
+    lib.lines()
+        .filter_map(|l| l.trim().strip_prefix("//! |"))
+        .filter_map(|row| row.split('|').nth(1))
+        .map(|cell| cell.split('`').skip(1).step_by(2).map(str::to_owned).collect::<Vec<_>>())
+        .filter(|names| !names.is_empty())
+        .collect()
+}
+
+/// Each use of a module listed above the user in the map (a module may use its own row and
+/// those below), and each module the map leaves out.
+fn against_map(graph: &BTreeMap<String, BTreeSet<String>>, rows: &[Vec<String>]) -> Vec<String> {
+    let row_of = |m: &str| rows.iter().position(|r| r.iter().any(|n| n == m));
+    let mut wrong = Vec::new();
+    for (from, uses) in graph.iter().filter(|(m, _)| *m != ROOT) {
+        let Some(at) = row_of(from) else {
+            wrong.push(format!("module {from} is not in the map of lib.rs"));
+            continue;
+        };
+        for to in uses.iter().filter(|m| *m != ROOT) {
+            if row_of(to).is_some_and(|row| row < at) {
+                wrong.push(format!("{from} uses {to}, which the map lists above it"));
+            }
+        }
+    }
+    wrong
+}
+
+#[test]
+fn the_modules_use_only_those_below_them_in_the_map() -> Result<(), String> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let lib = std::fs::read_to_string(src.join("lib.rs")).map_err(|e| e.to_string())?;
+    let rows = map_rows(&lib);
+    assert!(rows.len() > 10, "too few rows read from the map in lib.rs: {rows:?}");
+    let wrong = against_map(&graph(&src)?, &rows);
+    assert!(wrong.is_empty(), "the verifier's modules break the map of lib.rs: {wrong:#?}");
+    Ok(())
+}
+
+#[test]
+fn a_use_of_a_module_above_is_named() {
+    let rows = map_rows(
+        "//! | layer | module | what |\n//! |---|---|---|\n//! | top | `a` | x |\n//! | | `b`, `c` | y |",
+    );
+    assert_eq!(rows, [vec!["a".to_owned()], vec!["b".to_owned(), "c".to_owned()]]);
+    let graph: BTreeMap<String, BTreeSet<String>> =
+        [("a", vec!["b"]), ("b", vec!["c"]), ("c", vec!["a"]), ("d", vec![])]
+            .into_iter()
+            .map(|(m, uses)| (m.to_owned(), uses.into_iter().map(str::to_owned).collect()))
+            .collect();
+    assert_eq!(
+        against_map(&graph, &rows),
+        ["c uses a, which the map lists above it", "module d is not in the map of lib.rs"]
+    );
+}
+
+/// The first argument of each `Finding::new(..)` in `code` (whitespace removed) that is not a
+/// constant of `kl_core::verdict::rule`.
+fn not_from_rule(code: &str) -> impl Iterator<Item = String> + '_ {
+    code.split("Finding::new(").skip(1).filter_map(|rest| {
+        let arg = rest.split([',', ')']).next().unwrap_or(rest);
+        let named = arg.strip_prefix("kl_core::verdict::").unwrap_or(arg).starts_with("rule::");
+        (!named).then(|| arg.to_owned())
+    })
+}
+
+#[test]
+fn a_rule_not_named_from_kl_core_is_found() {
+    let code: String = "Finding::new(rule::PCR_MISMATCH, x); Finding::new(\"pcr.x\", y); \
+                        Finding::new(MY_RULE, z); Finding::new(kl_core::verdict::rule::A, w)"
+        .split_whitespace()
+        .collect();
+    assert_eq!(not_from_rule(&code).collect::<Vec<_>>(), ["\"pcr.x\"", "MY_RULE"]);
+}
+
 #[test]
 fn findings_name_their_rule_from_kl_core() -> Result<(), String> {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
@@ -197,13 +273,11 @@ fn findings_name_their_rule_from_kl_core() -> Result<(), String> {
         let text =
             std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         let code: String = code(&text).split_whitespace().collect();
-        if code.contains("Finding::new(\"") {
-            literal.push(path.display().to_string());
-        }
+        literal.extend(not_from_rule(&code).map(|arg| format!("{}: {arg}", path.display())));
     }
     assert!(
         literal.is_empty(),
-        "a rule id written as a literal, not kl_core::verdict::rule: {literal:?}"
+        "a finding whose rule is not named from kl_core::verdict::rule: {literal:?}"
     );
     Ok(())
 }

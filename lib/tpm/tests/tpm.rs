@@ -1,5 +1,6 @@
 //! kl-tpm against a private swtpm per test, each manufactured on its own (kl-testkit's
-//! `swtpm`).
+//! `swtpm`) with swtpm_setup's dictionary-attack settings kept, so a recovery path that costs
+//! failed authorisations shows up here as it would on a real TPM.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -103,7 +104,7 @@ fn open_with_ak(tpm: &Swtpm, alg: KeyAlg, dir: &std::path::Path) -> (Tpm, kl_tpm
 
 #[test]
 fn ek_is_the_manufactured_one_and_its_certificate_matches() {
-    let Some(sw) = Swtpm::manufacture().expect("swtpm") else { return };
+    let Some(sw) = Swtpm::manufacture_with_lockout().expect("swtpm") else { return };
     let tpm = Tpm::open(&sw.tcti(), KeyAlg::Rsa2048).expect("open");
     assert_eq!(tpm.ek().alg, KeyAlg::Rsa2048);
 
@@ -147,7 +148,7 @@ fn define_nv(sw: &Swtpm, index: u32, attributes: &str, data: &[u8]) {
 
 #[test]
 fn intermediate_certificates_are_read_from_every_index_in_the_range() {
-    let Some(sw) = Swtpm::manufacture().expect("swtpm") else { return };
+    let Some(sw) = Swtpm::manufacture_with_lockout().expect("swtpm") else { return };
     let cert = sw.ek_certificate().expect("cert");
     let small = vec![0x30, 0x03, 0x02, 0x01, 0x07];
     // Owner-readable only, with padding after the certificate.
@@ -166,7 +167,7 @@ fn intermediate_certificates_are_read_from_every_index_in_the_range() {
 
 #[test]
 fn ak_is_persisted_and_reloads_with_the_same_name() {
-    let Some(sw) = Swtpm::manufacture().expect("swtpm") else { return };
+    let Some(sw) = Swtpm::manufacture_with_lockout().expect("swtpm") else { return };
     let dir = tempfile::tempdir().expect("tempdir");
     let ak_dir = dir.path().join("agent");
     let (tpm, first) = open_with_ak(&sw, KeyAlg::Rsa2048, &ak_dir);
@@ -195,7 +196,7 @@ fn ak_is_persisted_and_reloads_with_the_same_name() {
 
 #[test]
 fn quote_verifies_and_covers_extended_pcrs() {
-    let Some(sw) = Swtpm::manufacture().expect("swtpm") else { return };
+    let Some(sw) = Swtpm::manufacture_with_lockout().expect("swtpm") else { return };
     let dir = tempfile::tempdir().expect("tempdir");
     let (tpm, ak) = open_with_ak(&sw, KeyAlg::Rsa2048, dir.path());
 
@@ -247,7 +248,7 @@ fn make_credential(
 
 #[test]
 fn activate_credential_recovers_the_secret_and_frees_its_session() {
-    let Some(sw) = Swtpm::manufacture().expect("swtpm") else { return };
+    let Some(sw) = Swtpm::manufacture_with_lockout().expect("swtpm") else { return };
     let dir = tempfile::tempdir().expect("tempdir");
     let (tpm, ak) = open_with_ak(&sw, KeyAlg::Rsa2048, dir.path());
     // More activations than the TPM has session slots: each must flush its policy session.
@@ -268,7 +269,7 @@ fn activate_credential_recovers_the_secret_and_frees_its_session() {
 
 #[test]
 fn a_tpm_restart_is_recovered_transparently() {
-    let Some(mut sw) = Swtpm::manufacture().expect("swtpm") else { return };
+    let Some(mut sw) = Swtpm::manufacture_with_lockout().expect("swtpm") else { return };
     let dir = tempfile::tempdir().expect("tempdir");
     let (tpm, ak) = open_with_ak(&sw, KeyAlg::Rsa2048, dir.path());
     let first = tpm.quote(b"first", HashAlg::Sha256, &QUOTED_PCRS).expect("quote");
@@ -310,7 +311,7 @@ fn bad_tcti_strings_and_absent_tpms_are_named() {
 
 #[test]
 fn ecc_ek_and_ecc_ak_work_without_a_certificate() {
-    let Some(sw) = Swtpm::manufacture().expect("swtpm") else { return };
+    let Some(sw) = Swtpm::manufacture_with_lockout().expect("swtpm") else { return };
     let dir = tempfile::tempdir().expect("tempdir");
     let (tpm, ak) = open_with_ak(&sw, KeyAlg::EccP256, dir.path());
     assert_eq!(tpm.ek().alg, KeyAlg::EccP256);
@@ -339,7 +340,7 @@ fn operations_before_an_ak_exists_say_so() {
 
 #[test]
 fn objects_and_sessions_left_by_a_crashed_client_are_flushed_at_open() {
-    let Some(sw) = Swtpm::manufacture().expect("swtpm") else { return };
+    let Some(sw) = Swtpm::manufacture_with_lockout().expect("swtpm") else { return };
     let dir = tempfile::tempdir().expect("tempdir");
     // A client that fills every object and session slot and goes away without cleaning up
     // (its context is kept alive here, as a crashed process's handles stay in the TPM).
@@ -368,7 +369,7 @@ fn objects_and_sessions_left_by_a_crashed_client_are_flushed_at_open() {
 
 #[test]
 fn tpm_memory_exhaustion_is_reported_as_such() {
-    let Some(sw) = Swtpm::manufacture().expect("swtpm") else { return };
+    let Some(sw) = Swtpm::manufacture_with_lockout().expect("swtpm") else { return };
     let dir = tempfile::tempdir().expect("tempdir");
     let tpm = Tpm::open(&sw.tcti(), KeyAlg::Rsa2048).expect("open");
     // Another client fills the two object slots the EK leaves free.
@@ -386,7 +387,7 @@ fn tpm_memory_exhaustion_is_reported_as_such() {
 
 #[test]
 fn dictionary_attack_lockout_is_reported_with_the_remedy() {
-    let Some(mut sw) = Swtpm::manufacture().expect("swtpm") else { return };
+    let Some(mut sw) = Swtpm::manufacture_with_lockout().expect("swtpm") else { return };
     // One unclean stop after using the DA-protected EK and AK is enough to lock out.
     let status = std::process::Command::new("tpm2_dictionarylockout")
         .args(["-s", "-n", "1", "-t", "1000", "-l", "1000"])
@@ -405,7 +406,7 @@ fn dictionary_attack_lockout_is_reported_with_the_remedy() {
 
 #[test]
 fn one_tpm_serves_many_threads() {
-    let Some(sw) = Swtpm::manufacture().expect("swtpm") else { return };
+    let Some(sw) = Swtpm::manufacture_with_lockout().expect("swtpm") else { return };
     let dir = tempfile::tempdir().expect("tempdir");
     let (tpm, ak) = open_with_ak(&sw, KeyAlg::EccP256, dir.path());
     let tpm = std::sync::Arc::new(tpm);
@@ -434,7 +435,7 @@ fn one_tpm_serves_many_threads() {
 #[test]
 fn a_bank_the_tpm_has_not_allocated_is_an_error_not_a_hang() {
     // The manufactured swtpm allocates sha1 and sha256 only.
-    let Some(sw) = Swtpm::manufacture().expect("swtpm") else { return };
+    let Some(sw) = Swtpm::manufacture_with_lockout().expect("swtpm") else { return };
     let tpm = Tpm::open(&sw.tcti(), KeyAlg::Rsa2048).expect("open");
     // On a thread, so that a regression (a read that never ends) fails instead of hanging.
     let tpm = std::sync::Arc::new(tpm);

@@ -4,7 +4,8 @@
 //! local CA (so every test TPM has its own EK, EK certificate and issuing CA), starts
 //! `swtpm socket` on a free pair of loopback ports (the swtpm TCTI wants the control port at
 //! port + 1) and disables its dictionary-attack lockout, so that unclean stops (crashes played
-//! by tests, killed test processes) never lock the EK or AK. The CA's root and intermediate
+//! by tests, killed test processes) never lock the EK or AK; [`Swtpm::manufacture_with_lockout`]
+//! keeps the protection, for the TPM stack's own tests. The CA's root and intermediate
 //! certificates are the test's `tpm_cert_store`. [`Swtpm::start_blank`] skips `swtpm_setup`:
 //! swtpm manufactures the TPM itself on first start (no EK, no certificates). The process is
 //! killed on drop.
@@ -54,6 +55,13 @@ pub fn available() -> bool {
     present
 }
 
+/// Whether a manufactured TPM keeps its dictionary-attack protection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lockout {
+    Disabled,
+    Kept,
+}
+
 /// A running swtpm with its own state directory and EK certificate authority.
 #[derive(Debug)]
 pub struct Swtpm {
@@ -65,14 +73,29 @@ pub struct Swtpm {
 impl Swtpm {
     /// Manufactures a TPM (RSA-2048 EK with a certificate in NV, SHA-1 and SHA-256 banks) and
     /// starts it. `None` when the tools are missing (and `CI` is not set).
+    ///
+    /// Its dictionary-attack lockout is disabled, for tests that kill the processes using it.
     pub fn manufacture() -> Result<Option<Swtpm>> {
+        Swtpm::manufacture_as(Lockout::Disabled)
+    }
+
+    /// As [`Swtpm::manufacture`], but the TPM keeps swtpm_setup's dictionary-attack settings,
+    /// as a real TPM counts failed authorisations: for tests of the TPM stack itself, which
+    /// must notice when its recovery paths cost a lockout.
+    pub fn manufacture_with_lockout() -> Result<Option<Swtpm>> {
+        Swtpm::manufacture_as(Lockout::Kept)
+    }
+
+    fn manufacture_as(lockout: Lockout) -> Result<Option<Swtpm>> {
         if !available() {
             return Ok(None);
         }
         let dir = tempfile::Builder::new().prefix("swtpm-").tempdir()?;
         manufacture_into(dir.path())?;
         let mut tpm = Swtpm::spawn_in(dir)?;
-        tpm.disable_lockout()?;
+        if lockout == Lockout::Disabled {
+            tpm.disable_lockout()?;
+        }
         Ok(Some(tpm))
     }
 

@@ -59,7 +59,6 @@ impl<E> Running<E> {
 
 /// A CA, a registrar and a verifier sharing it, in one temp dir.
 pub struct Fixture {
-    deployment: Deployment,
     pub config: VerifierConfig,
     /// The registrar, as its binary: a daemon never links another daemon, even in tests.
     registrar: Daemon,
@@ -67,6 +66,9 @@ pub struct Fixture {
     /// The Prometheus endpoint of the running verifier, when `metrics_port` is set.
     pub metrics_addr: Option<SocketAddr>,
     next_agent: u32,
+    /// Last, so the registrar is stopped before its directory is removed (fields drop in
+    /// order).
+    deployment: Deployment,
 }
 
 impl Fixture {
