@@ -11,7 +11,7 @@ use kl_core::quote::{
 };
 use kl_core::tpm2::{
     Attest, AttestBody, ClockInfo, EccCurve, EccPublic, ObjectAttributes, PcrSelection, PcrValues,
-    Public, PublicKey, RsaPublic, Scheme, SigAlg, Signature, SignatureBody, SymmetricDef,
+    Public, RsaPublic, Scheme, SigAlg, Signature, SignatureBody, SymmetricDef, TpmKey,
 };
 
 #[path = "../tests/support/synthetic_quote.rs"]

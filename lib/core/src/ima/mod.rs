@@ -21,7 +21,6 @@
 mod appraise;
 mod ascii;
 mod binary;
-mod der;
 mod entry;
 mod replay;
 pub mod sig;
@@ -41,7 +40,7 @@ pub use replay::{
     ImaState, IncrementalReplay, LearnedKey, Replayed, extend_value, replay, replay_incremental,
     replay_log,
 };
-pub use sig::{KeyError, PublicKey, SignatureError, SignatureHeader, VerificationKeys};
+pub use sig::{SignatureError, SignatureHeader, SignatureKey, VerificationKeys};
 
 /// The PCR the kernel extends IMA measurements into by default.
 pub const IMA_PCR: u32 = 10;

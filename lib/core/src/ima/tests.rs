@@ -582,7 +582,7 @@ proptest! {
             e.template_data(&mut data);
         }
         let _ = SignatureHeader::parse(&bytes);
-        let _ = PublicKey::parse(&bytes);
+        let _ = SignatureKey::parse(&bytes);
         let _ = replay_log(&bytes, &[HashAlg::Sha1]);
     }
 

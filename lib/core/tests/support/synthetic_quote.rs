@@ -30,7 +30,7 @@ impl SyntheticAk {
             name_alg: HashAlg::Sha256,
             attributes: ObjectAttributes(AK_ATTRIBUTES),
             auth_policy: vec![],
-            key: PublicKey::Rsa(RsaPublic {
+            key: TpmKey::Rsa(RsaPublic {
                 symmetric: SymmetricDef::Null,
                 scheme: None,
                 key_bits: (components.n.len() * 8) as u16,
@@ -61,7 +61,7 @@ impl SyntheticAk {
             name_alg: HashAlg::Sha256,
             attributes: ObjectAttributes(AK_ATTRIBUTES),
             auth_policy: vec![],
-            key: PublicKey::Ecc(EccPublic {
+            key: TpmKey::Ecc(EccPublic {
                 symmetric: SymmetricDef::Null,
                 scheme: Some(Scheme {
                     scheme: SigAlg::Ecdsa.tpm_alg_id(),

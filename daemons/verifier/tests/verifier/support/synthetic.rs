@@ -5,7 +5,7 @@
 pub use kl_core::alg::HashAlg;
 pub use kl_core::tpm2::{
     Attest, AttestBody, ClockInfo, EccCurve, EccPublic, ObjectAttributes, PcrSelection, PcrValues,
-    Public, PublicKey, RsaPublic, Scheme, SigAlg, Signature, SignatureBody, SymmetricDef,
+    Public, RsaPublic, Scheme, SigAlg, Signature, SignatureBody, SymmetricDef, TpmKey,
 };
 
 #[path = "../../../../../lib/core/tests/support/synthetic_quote.rs"]
