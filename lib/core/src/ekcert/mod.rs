@@ -50,7 +50,7 @@ use crate::key::SubjectPublicKey;
 use crate::pem;
 
 /// The longest chain (EK certificate plus issuers) that will be built.
-pub const MAX_CHAIN_LEN: usize = 8;
+pub(crate) const MAX_CHAIN_LEN: usize = 8;
 
 /// Why an EK certificate or a CA certificate was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -23,8 +23,8 @@ use crate::der::{Reader, TAG_SEQUENCE};
 use crate::key::{self, Curve, KeyError, PublicKey, SubjectPublicKey};
 use crate::pem;
 
-pub const EVM_IMA_XATTR_DIGSIG: u8 = 3;
-pub const EVM_XATTR_PORTABLE_DIGSIG: u8 = 5;
+pub(crate) const EVM_IMA_XATTR_DIGSIG: u8 = 3;
+pub(crate) const EVM_XATTR_PORTABLE_DIGSIG: u8 = 5;
 const HEADER_LEN: usize = 9;
 
 /// The kernel's `hash_algo_name[]`, indexed by `HASH_ALGO_*`.
@@ -55,13 +55,13 @@ const LINUX_HASH_ALGOS: [&str; 23] = [
 ];
 
 /// The kernel's name of a `HASH_ALGO_*` id.
-pub fn linux_hash_algo_name(id: u8) -> Option<&'static str> {
+pub(crate) fn linux_hash_algo_name(id: u8) -> Option<&'static str> {
     LINUX_HASH_ALGOS.get(id as usize).copied()
 }
 
 /// A parsed `signature_v2_hdr` with the signature bytes it frames.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SignatureHeader<'a> {
+pub(crate) struct SignatureHeader<'a> {
     pub sig_type: u8,
     pub hash_algo: u8,
     pub keyid: u32,

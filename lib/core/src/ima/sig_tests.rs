@@ -5,7 +5,7 @@ use k256::ecdsa::signature::hazmat::PrehashSigner;
 use ring::rand::SystemRandom;
 use ring::signature::{self as rs, KeyPair};
 
-use super::sig::SignatureError;
+use super::sig::{SignatureError, SignatureHeader};
 use super::tests::{MapRules, make_line};
 use super::*;
 use crate::alg::HashAlg;

@@ -4,6 +4,7 @@ use std::collections::{HashMap, HashSet};
 
 use proptest::prelude::*;
 
+use super::sig::SignatureHeader;
 use super::*;
 use crate::alg::{Digest, HashAlg};
 use crate::verdict::rule;

@@ -14,7 +14,7 @@ use super::{DigestSyntax, PolicyError, RuntimePolicy, RuntimePolicyBuilder, Str,
 use crate::alg::{HashAlg, Hasher, MAX_DIGEST_LEN};
 
 /// The format version this build reads and writes.
-pub const VERSION: u64 = 1;
+pub(crate) const VERSION: u64 = 1;
 
 const FIELDS: &[&str] = &[
     "version",

@@ -17,11 +17,10 @@ mod public;
 mod signature;
 mod wire;
 
-pub use attest::{Attest, AttestBody, ClockInfo, TPM_GENERATED_VALUE};
+pub use attest::{Attest, AttestBody, ClockInfo};
 pub use pcr::{PcrBankSelection, PcrDump, PcrSelection, PcrSet, PcrValues, PcrValuesError};
 pub use public::{
-    AK_REQUIRED_ATTRIBUTES, EccCurve, EccPublic, ObjectAttributes, Public, RsaPublic, Scheme,
-    SymmetricDef, TpmKey,
+    EccCurve, EccPublic, ObjectAttributes, Public, RsaPublic, Scheme, SymmetricDef, TpmKey,
 };
 pub use signature::{SigAlg, Signature, SignatureBody};
 

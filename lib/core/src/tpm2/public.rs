@@ -42,7 +42,7 @@ impl fmt::Debug for ObjectAttributes {
 /// The attributes an attestation key must have, with their names from the TPM specification.
 /// Together they say: a signing key that only signs TPM-generated structures, was generated
 /// inside the TPM and can never leave it.
-pub const AK_REQUIRED_ATTRIBUTES: [(u32, &str); 5] = [
+pub(crate) const AK_REQUIRED_ATTRIBUTES: [(u32, &str); 5] = [
     (ObjectAttributes::FIXED_TPM, "fixedTPM"),
     (ObjectAttributes::FIXED_PARENT, "fixedParent"),
     (ObjectAttributes::SENSITIVE_DATA_ORIGIN, "sensitiveDataOrigin"),
