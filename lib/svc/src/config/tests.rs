@@ -82,26 +82,6 @@ fn built_in_defaults_follow_the_design() -> TestResult {
 }
 
 #[test]
-fn option_tables_match_the_structs() -> TestResult {
-    fn check<T: ComponentConfig>() -> TestResult {
-        let roots = Roots::new()?;
-        let loaded = load::<T>(&roots.sources())?;
-        let json = serde_json::to_value(&loaded.config)?;
-        let mut fields: Vec<String> =
-            json.as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default();
-        let mut names: Vec<String> = T::options().iter().map(|s| s.name.to_owned()).collect();
-        fields.sort();
-        names.sort();
-        assert_eq!(fields, names, "{}", T::COMPONENT);
-        Ok(())
-    }
-    check::<AgentConfig>()?;
-    check::<RegistrarConfig>()?;
-    check::<VerifierConfig>()?;
-    check::<TenantConfig>()
-}
-
-#[test]
 fn layers_apply_in_order_and_record_their_source() -> TestResult {
     let roots = Roots::new()?;
     let sources = with_env(roots.sources(), &[("KEYLIME_AGENT_CONTACT_PORT", "6")]);
