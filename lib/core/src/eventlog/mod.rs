@@ -41,7 +41,7 @@ pub use types::EventType;
 /// Largest log accepted (real logs are tens of kilobytes).
 pub(crate) const MAX_LOG_SIZE: usize = 64 * 1024 * 1024;
 /// Most events accepted in one log.
-pub const MAX_EVENTS: usize = 1 << 18;
+pub(crate) const MAX_EVENTS: usize = 1 << 18;
 /// Most algorithms a Spec ID event may list.
 pub(crate) const MAX_ALGORITHMS: usize = 16;
 /// Number of PCRs of a PC Client TPM.

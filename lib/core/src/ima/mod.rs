@@ -97,7 +97,7 @@ pub enum Defect {
 /// with a little-endian `u32` PCR index (a control character and three zero bytes); anything
 /// else is read as text, so that a text file that is not a log gets a line-numbered error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
+pub(crate) enum LogFormat {
     Ascii,
     Binary,
 }
