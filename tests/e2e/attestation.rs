@@ -811,7 +811,7 @@ async fn an_agent_with_ecc_keys_registers_without_an_ek_certificate_and_passes()
         record["ak_public"].as_str().unwrap_or_default(),
     )?;
     let ak = kl_core::tpm2::Public::parse(&ak_public)?;
-    assert!(matches!(ak.key, kl_core::tpm2::PublicKey::Ecc(_)), "an ECDSA AK");
+    assert!(matches!(ak.key, kl_core::tpm2::TpmKey::Ecc(_)), "an ECDSA AK");
     sys.apply_policy("base")?;
     let (code, doc) =
         sys.kctl_json(&["agents", "enroll", &sys.agent_id, "--runtime-policy", "base", "--wait"])?;

@@ -75,11 +75,9 @@ impl std::fmt::Debug for PayloadInstaller {
     }
 }
 
-/// The DER body of a PEM block (the identity key is written as PKCS#8 PEM).
-pub fn pem_to_der(pem: &str) -> Option<Vec<u8>> {
-    use base64::Engine;
-    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).map(str::trim).collect();
-    base64::engine::general_purpose::STANDARD.decode(body).ok()
+/// The DER body of the first PEM block (the identity key is written as PKCS#8 PEM).
+fn pem_to_der(pem: &str) -> Option<Vec<u8>> {
+    kl_core::pem::blocks(pem).ok()?.first()?.decode().ok()
 }
 
 impl PayloadInstaller {

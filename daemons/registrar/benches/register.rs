@@ -342,14 +342,14 @@ fn time_make_credential(tpm: &SoftTpm) -> Result<Duration, BoxError> {
     };
     let ek = kl_core::tpm2::Public::parse(&request.ek_public)?;
     let ek = match &ek.key {
-        kl_core::tpm2::PublicKey::Rsa(k) => kl_core::credential::EkKey::rsa(
+        kl_core::tpm2::TpmKey::Rsa(k) => kl_core::credential::EkKey::rsa(
             &k.modulus,
             k.exponent(),
             ek.name_alg,
             kl_core::credential::EkSymmetric::Aes128,
         ),
-        kl_core::tpm2::PublicKey::Ecc(k) => kl_core::credential::EkKey::ecc(
-            kl_core::ekcert::EcCurve::P256,
+        kl_core::tpm2::TpmKey::Ecc(k) => kl_core::credential::EkKey::ecc(
+            kl_core::key::Curve::P256,
             &k.x,
             &k.y,
             ek.name_alg,

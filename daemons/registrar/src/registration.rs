@@ -12,8 +12,9 @@ use std::sync::{Arc, RwLock};
 
 use kl_core::alg::HashAlg;
 use kl_core::credential::{self, EkKey, EkSymmetric, MadeCredential};
-use kl_core::ekcert::{self, CaStore, EcCurve, ValidationOptions};
-use kl_core::tpm2::{EccCurve, Public, PublicKey, SymmetricDef, alg_id};
+use kl_core::ekcert::{self, CaStore, ValidationOptions};
+use kl_core::key::Curve;
+use kl_core::tpm2::{EccCurve, Public, SymmetricDef, TpmKey, alg_id};
 use kl_proto::registrar::v1::RegisterRequest;
 use kl_store::registrar::{AgentRecord, Timestamp};
 use ring::rand::SecureRandom;
@@ -261,17 +262,17 @@ fn ek_key(public: &Public) -> Result<EkKey, Error> {
         ))),
     };
     match &public.key {
-        PublicKey::Rsa(rsa) => {
+        TpmKey::Rsa(rsa) => {
             let bits = rsa.modulus_bits().map_err(|e| invalid(e.to_string()))?;
             if !(2048..=4096).contains(&bits) {
                 return Err(invalid(format!("RSA modulus of {bits} bits (2048 to 4096 accepted)")));
             }
             Ok(EkKey::rsa(&rsa.modulus, rsa.exponent(), public.name_alg, symmetric(rsa.symmetric)?))
         }
-        PublicKey::Ecc(ecc) => {
+        TpmKey::Ecc(ecc) => {
             let curve = match ecc.curve {
-                EccCurve::NIST_P256 => EcCurve::P256,
-                EccCurve::NIST_P384 => EcCurve::P384,
+                EccCurve::NIST_P256 => Curve::P256,
+                EccCurve::NIST_P384 => Curve::P384,
                 other => {
                     return Err(invalid(format!("ECC curve {other} (P-256 or P-384 accepted)")));
                 }

@@ -20,25 +20,7 @@ pub(crate) fn timestamp(t: &Timestamp) -> prost_types::Timestamp {
 
 /// RFC 3339 in UTC with milliseconds, e.g. `2026-11-28T05:07:17.123Z`.
 pub(crate) fn rfc3339(t: &Timestamp) -> String {
-    let days = t.seconds.div_euclid(86_400);
-    let secs = t.seconds.rem_euclid(86_400);
-    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        secs / 3600,
-        secs % 3600 / 60,
-        secs % 60,
-        t.nanos / 1_000_000
-    )
+    kl_core::date::rfc3339(t.seconds, Some(t.nanos / 1_000_000))
 }
 
 pub(crate) fn state_name(state: i32) -> &'static str {

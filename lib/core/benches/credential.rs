@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use kl_core::alg::HashAlg;
 use kl_core::credential::{EkKey, EkSymmetric, make_credential};
-use kl_core::ekcert::{CaStore, EcCurve, ValidationOptions, validate};
+use kl_core::ekcert::{CaStore, ValidationOptions, validate};
+use kl_core::key::Curve;
 use p256::elliptic_curve::Generate;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -53,7 +54,7 @@ fn main() {
     let ecc_private = p256::SecretKey::generate_from_rng(&mut rng);
     let point = ecc_private.public_key().to_sec1_bytes();
     let ecc_ek = EkKey::ecc(
-        EcCurve::P256,
+        Curve::P256,
         &point[1..33],
         &point[33..65],
         HashAlg::Sha256,
@@ -66,7 +67,7 @@ fn main() {
     let p384_private = p384::SecretKey::generate_from_rng(&mut rng);
     let point = p384_private.public_key().to_sec1_bytes();
     let p384_ek = EkKey::ecc(
-        EcCurve::P384,
+        Curve::P384,
         &point[1..49],
         &point[49..97],
         HashAlg::Sha384,

@@ -4,7 +4,7 @@
 //! is accepted.
 
 /// Longest accepted agent id (a UUID is 36 characters, `hash_ek` 64).
-pub const MAX_LEN: usize = 80;
+pub(crate) const MAX_LEN: usize = 80;
 
 /// Why a string is not an agent id. The messages quote the offending part, never the whole
 /// id (it may be 300 characters of noise).

@@ -16,7 +16,7 @@ pub enum HashAlg {
 }
 
 /// The largest digest any supported algorithm produces.
-pub const MAX_DIGEST_LEN: usize = 64;
+pub(crate) const MAX_DIGEST_LEN: usize = 64;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unknown or unsupported hash algorithm {0:?} (expected sha1, sha256, sha384 or sha512)")]

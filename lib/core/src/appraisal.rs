@@ -35,7 +35,7 @@ pub struct RuntimeRules {
 
 impl RuntimeRules {
     /// Parses the policy's signing keys.
-    pub fn new(policy: RuntimePolicy) -> Result<RuntimeRules, ima::KeyError> {
+    pub fn new(policy: RuntimePolicy) -> Result<RuntimeRules, crate::key::KeyError> {
         let mut keys = VerificationKeys::new();
         for der in policy.signing_keys() {
             keys.add(der)?;

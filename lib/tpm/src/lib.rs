@@ -11,10 +11,14 @@
 //! test harness may depend on it; servers parse and verify TPM structures with `kl-core`
 //! instead. It must never verify evidence, decide policy, or talk to the network.
 //!
-//! Modules: [`ek`] (the endorsement key and its certificates), [`ak`] (the attestation key and
-//! its blob files), [`quote`] (quotes and PCRs), [`tcti`] (the `tcti` option), [`error`] (errors
-//! and raw response codes); [`Tpm`] ties them to the one TPM connection, and credential
-//! activation is one of its methods.
+//! Modules: [`tpm`](Tpm) owns the connection, its recovery and the EK and AK handles; [`ek`]
+//! creates the EK and reads its certificates; [`ak`] creates, stores and loads the AK; [`quote`]
+//! takes quotes and reads and extends PCRs; `credential` runs ActivateCredential; [`tcti`]
+//! checks the `tcti` option; [`error`] classifies TSS response codes. TPM structures and
+//! values that leave this crate are `kl-core`'s types (`kl_core::tpm2::ClockInfo`,
+//! `kl_core::alg::HashAlg`, marshalled `TPMT_PUBLIC`/`TPMS_ATTEST` bytes that
+//! `kl_core::tpm2` parses): this crate converts tss-esapi's types into them and defines no
+//! second form of any of them.
 //!
 //! The C library logs expected failures (an absent NV index, a dropped connection) to stderr.
 //! Programs that do not want those lines set `TSS2_LOG=all+NONE` in the environment before the
@@ -44,6 +48,6 @@ mod tpm;
 
 pub use ek::KeyAlg;
 pub use error::{TpmError, TssError};
-pub use quote::{ClockInfo, PcrValue, Quote};
+pub use quote::{PcrValue, Quote};
 pub use tcti::Tcti;
 pub use tpm::{AkInfo, KeyInfo, Tpm};

@@ -2,6 +2,7 @@
 //! the one inside the quote, plus PCR reads and extends.
 
 use kl_core::alg::{Digest, HashAlg};
+use kl_core::tpm2::ClockInfo;
 use tss_esapi::Context;
 use tss_esapi::abstraction::pcr;
 use tss_esapi::handles::{KeyHandle, PcrHandle};
@@ -28,19 +29,6 @@ const AK_HASH: HashAlg = HashAlg::Sha256;
 pub struct PcrValue {
     pub index: u32,
     pub value: Digest,
-}
-
-/// The TPM clock state recorded in a quote.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ClockInfo {
-    /// Milliseconds the TPM has been powered since it was manufactured (or cleared).
-    pub clock: u64,
-    /// TPM resets (reboots); a change means the PCRs started again from zero.
-    pub reset_count: u32,
-    /// TPM restarts (resume from hibernation) since the last reset.
-    pub restart_count: u32,
-    /// Whether `clock` is known not to have gone backwards (false after an unclean stop).
-    pub safe: bool,
 }
 
 /// A quote and the PCR values it covers.

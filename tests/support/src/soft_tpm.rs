@@ -8,8 +8,7 @@ use cfb_mode::Decryptor;
 use cfb_mode::cipher::KeyIvInit;
 use kl_core::alg::HashAlg;
 use kl_core::tpm2::{
-    EccCurve, EccPublic, ObjectAttributes, Public, PublicKey, RsaPublic, Scheme, SymmetricDef,
-    alg_id,
+    EccCurve, EccPublic, ObjectAttributes, Public, RsaPublic, Scheme, SymmetricDef, TpmKey, alg_id,
 };
 use p256::elliptic_curve::Generate;
 use rsa::sha2::Sha256;
@@ -59,7 +58,7 @@ pub fn ak_public(attributes: u32) -> Vec<u8> {
         name_alg: HashAlg::Sha256,
         attributes: ObjectAttributes(attributes),
         auth_policy: Vec::new(),
-        key: PublicKey::Ecc(EccPublic {
+        key: TpmKey::Ecc(EccPublic {
             symmetric: SymmetricDef::Null,
             scheme: Some(Scheme { scheme: alg_id::ECDSA, hash_alg: alg_id::SHA256, count: 0 }),
             curve: EccCurve::NIST_P256,
@@ -80,7 +79,7 @@ impl SoftTpm {
             name_alg: HashAlg::Sha256,
             attributes: ObjectAttributes(EK_ATTRIBUTES),
             auth_policy: vec![0x83; 32],
-            key: PublicKey::Ecc(EccPublic {
+            key: TpmKey::Ecc(EccPublic {
                 symmetric: aes128_cfb(),
                 scheme: None,
                 curve: EccCurve::NIST_P256,
@@ -100,7 +99,7 @@ impl SoftTpm {
             name_alg: HashAlg::Sha256,
             attributes: ObjectAttributes(EK_ATTRIBUTES),
             auth_policy: vec![0x83; 32],
-            key: PublicKey::Rsa(RsaPublic {
+            key: TpmKey::Rsa(RsaPublic {
                 symmetric: aes128_cfb(),
                 scheme: None,
                 key_bits: 2048,

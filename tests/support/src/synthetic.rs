@@ -3,7 +3,7 @@
 use kl_core::alg::HashAlg;
 use kl_core::tpm2::{
     Attest, AttestBody, ClockInfo, EccCurve, EccPublic, ObjectAttributes, PcrSelection, PcrValues,
-    Public, PublicKey, RsaPublic, Scheme, SigAlg, Signature, SignatureBody, SymmetricDef,
+    Public, RsaPublic, Scheme, SigAlg, Signature, SignatureBody, SymmetricDef, TpmKey,
 };
 
 /// An RSA key (PKCS#8) standing in for a TPM's RSA AK.
@@ -34,7 +34,7 @@ impl SyntheticAk {
             name_alg: HashAlg::Sha256,
             attributes: ObjectAttributes(AK_ATTRIBUTES),
             auth_policy: vec![],
-            key: PublicKey::Rsa(RsaPublic {
+            key: TpmKey::Rsa(RsaPublic {
                 symmetric: SymmetricDef::Null,
                 scheme: None,
                 key_bits: (components.n.len() * 8) as u16,
@@ -65,7 +65,7 @@ impl SyntheticAk {
             name_alg: HashAlg::Sha256,
             attributes: ObjectAttributes(AK_ATTRIBUTES),
             auth_policy: vec![],
-            key: PublicKey::Ecc(EccPublic {
+            key: TpmKey::Ecc(EccPublic {
                 symmetric: SymmetricDef::Null,
                 scheme: Some(Scheme {
                     scheme: SigAlg::Ecdsa.tpm_alg_id(),

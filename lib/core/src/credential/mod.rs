@@ -24,7 +24,7 @@ use rsa::sha2::{Sha256, Sha384, Sha512};
 use rsa::{BoxedUint, Oaep};
 
 use crate::alg::HashAlg;
-use crate::ekcert::{EcCurve, PublicKey, SubjectPublicKey};
+use crate::key::{Curve, PublicKey, SubjectPublicKey};
 
 /// The OAEP label and KDFe use of TPM2_MakeCredential (the label includes the terminating NUL).
 const IDENTITY_LABEL: &[u8] = b"IDENTITY\0";
@@ -72,7 +72,7 @@ pub enum EkPublicKey {
     /// Big-endian modulus and the public exponent.
     Rsa { modulus: Vec<u8>, exponent: u32 },
     /// Big-endian affine coordinates.
-    Ecc { curve: EcCurve, x: Vec<u8>, y: Vec<u8> },
+    Ecc { curve: Curve, x: Vec<u8>, y: Vec<u8> },
 }
 
 /// An EK as MakeCredential needs it: public key, name algorithm and symmetric algorithm.
@@ -96,7 +96,7 @@ impl EkKey {
 
     /// An ECC EK from its TPMS_ECC_POINT coordinates.
     pub fn ecc(
-        curve: EcCurve,
+        curve: Curve,
         x: &[u8],
         y: &[u8],
         name_alg: HashAlg,
@@ -144,20 +144,23 @@ impl EkKey {
                 };
                 Ok(EkKey::rsa(modulus, e, name_alg, symmetric))
             }
-            PublicKey::Ec { curve: EcCurve::P256, point } => Ok(EkKey::ecc(
-                EcCurve::P256,
+            PublicKey::Ec { curve: Curve::P256, point } => Ok(EkKey::ecc(
+                Curve::P256,
                 &point[1..33],
                 &point[33..65],
                 HashAlg::Sha256,
                 EkSymmetric::Aes128,
             )),
-            PublicKey::Ec { curve: EcCurve::P384, point } => Ok(EkKey::ecc(
-                EcCurve::P384,
+            PublicKey::Ec { curve: Curve::P384, point } => Ok(EkKey::ecc(
+                Curve::P384,
                 &point[1..49],
                 &point[49..97],
                 HashAlg::Sha384,
                 EkSymmetric::Aes256,
             )),
+            PublicKey::Ec { curve: Curve::Secp256k1, .. } => {
+                Err(CredentialError::EkKey("ECC secp256k1 is not a TPM EK curve".to_owned()))
+            }
         }
     }
 }
@@ -189,8 +192,11 @@ pub fn make_credential<R: CryptoRng + ?Sized>(
     }
     let (seed, encrypted_secret) = match &ek.public {
         EkPublicKey::Rsa { modulus, exponent } => rsa_seed(name_alg, modulus, *exponent, rng)?,
-        EkPublicKey::Ecc { curve: EcCurve::P256, x, y } => p256_seed(name_alg, x, y, rng)?,
-        EkPublicKey::Ecc { curve: EcCurve::P384, x, y } => p384_seed(name_alg, x, y, rng)?,
+        EkPublicKey::Ecc { curve: Curve::P256, x, y } => p256_seed(name_alg, x, y, rng)?,
+        EkPublicKey::Ecc { curve: Curve::P384, x, y } => p384_seed(name_alg, x, y, rng)?,
+        EkPublicKey::Ecc { curve: Curve::Secp256k1, .. } => {
+            return Err(CredentialError::EkKey("ECC secp256k1 is not a TPM EK curve".to_owned()));
+        }
     };
     let id_object = seal(name_alg, ek.symmetric, &seed, ak_name, credential)?;
     Ok(MadeCredential { id_object, encrypted_secret })

@@ -115,7 +115,7 @@ fn rsa_ek() -> (EkPrivate, EkKey) {
 fn ecc_ek(seed: u64, symmetric: EkSymmetric) -> (EkPrivate, EkKey) {
     let private = p256::SecretKey::generate_from_rng(&mut StdRng::seed_from_u64(seed));
     let point = private.public_key().to_sec1_bytes();
-    let key = EkKey::ecc(EcCurve::P256, &point[1..33], &point[33..65], HashAlg::Sha256, symmetric);
+    let key = EkKey::ecc(Curve::P256, &point[1..33], &point[33..65], HashAlg::Sha256, symmetric);
     (EkPrivate::P256(private), key)
 }
 
@@ -276,7 +276,7 @@ fn rejects_bad_inputs_with_reasons() {
         Err(CredentialError::NameAlg(HashAlg::Sha1))
     );
     let off_curve =
-        EkKey::ecc(EcCurve::P256, &[1; 32], &[2; 32], HashAlg::Sha256, EkSymmetric::Aes128);
+        EkKey::ecc(Curve::P256, &[1; 32], &[2; 32], HashAlg::Sha256, EkSymmetric::Aes128);
     assert!(matches!(
         make_credential(&off_curve, &ak_name(), b"s", rng),
         Err(CredentialError::EkKey(_))
@@ -288,11 +288,11 @@ fn rejects_bad_inputs_with_reasons() {
     let (p384, _) = crate::ekcert::parse_ek_certificate(&p384_root).expect("cert");
     let key = EkKey::from_subject_public_key(&p384).expect("P-384");
     assert!(
-        matches!(key.public, EkPublicKey::Ecc { curve: EcCurve::P384, ref x, .. } if x.len() == 48)
+        matches!(key.public, EkPublicKey::Ecc { curve: Curve::P384, ref x, .. } if x.len() == 48)
     );
     make_credential(&key, &ak_name(), b"s", rng).expect("a P-384 CA key is a valid EK key");
     let wrong_curve = EkKey {
-        public: EkPublicKey::Ecc { curve: EcCurve::P256, x: vec![1; 48], y: vec![2; 48] },
+        public: EkPublicKey::Ecc { curve: Curve::P256, x: vec![1; 48], y: vec![2; 48] },
         ..key
     };
     let err = make_credential(&wrong_curve, &ak_name(), b"s", rng).expect_err("48-byte P-256");
@@ -324,7 +324,7 @@ proptest! {
         x in proptest::collection::vec(any::<u8>(), 0..40),
     ) {
         let _ = EkKey::from_spki_der(&spki);
-        for curve in [EcCurve::P256, EcCurve::P384] {
+        for curve in [Curve::P256, Curve::P384] {
             let key = EkKey::ecc(curve, &x, &x, HashAlg::Sha256, EkSymmetric::Aes128);
             let _ = make_credential(&key, &name, &credential, &mut StdRng::seed_from_u64(0));
         }

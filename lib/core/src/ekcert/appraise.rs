@@ -3,46 +3,17 @@
 //! report a rejected EK the same way as a failed attestation and apply its `require_ek_cert`
 //! policy to whether a failing verdict refuses the registration.
 
-use super::cert::{EcCurve, PublicKey};
 use super::{CaStore, EkCertError, ValidatedChain, ValidationOptions, validate};
+use crate::key::PublicKey;
 use crate::verdict::{Finding, Verdict, rule};
 
-impl PublicKey {
-    /// An RSA key from TPMT_PUBLIC fields; an exponent of 0 means 65537, as in the TPM.
-    pub fn rsa(modulus: &[u8], exponent: u32) -> PublicKey {
-        let exponent = if exponent == 0 { 65_537 } else { exponent };
-        let e = exponent.to_be_bytes();
-        PublicKey::Rsa { modulus: strip_zeros(modulus), exponent: strip_zeros(&e) }
-    }
-
-    /// An ECC key from TPMS_ECC_POINT coordinates (left-padded to the curve size). Coordinates
-    /// longer than the curve size are kept as they are, so they never match a real key.
-    pub fn ecc(curve: EcCurve, x: &[u8], y: &[u8]) -> PublicKey {
-        let size = match curve {
-            EcCurve::P256 => 32,
-            EcCurve::P384 => 48,
-        };
-        let mut point = vec![0x04];
-        for coordinate in [x, y] {
-            point.extend(std::iter::repeat_n(0, size - coordinate.len().min(size)));
-            point.extend_from_slice(coordinate);
+fn describe(key: &PublicKey) -> String {
+    match key {
+        PublicKey::Rsa { modulus, exponent } => {
+            format!("RSA n={} e={}", hex::encode(modulus), hex::encode(exponent))
         }
-        PublicKey::Ec { curve, point }
+        PublicKey::Ec { curve, point } => format!("{curve:?} {}", hex::encode(point)),
     }
-
-    fn describe(&self) -> String {
-        match self {
-            PublicKey::Rsa { modulus, exponent } => {
-                format!("RSA n={} e={}", hex::encode(modulus), hex::encode(exponent))
-            }
-            PublicKey::Ec { curve, point } => format!("{curve:?} {}", hex::encode(point)),
-        }
-    }
-}
-
-fn strip_zeros(b: &[u8]) -> Vec<u8> {
-    let start = b.iter().position(|x| *x != 0).unwrap_or(b.len());
-    b[start..].to_vec()
 }
 
 impl EkCertError {
@@ -84,8 +55,8 @@ pub fn appraise_ek_certificate(
                         rule::EKCERT_KEY_MISMATCH,
                         "the EK certificate certifies a different key than the agent's EK",
                     )
-                    .expected(chain.ek_public.key.describe())
-                    .actual(ek.describe()),
+                    .expected(describe(&chain.ek_public.key))
+                    .actual(describe(ek)),
                 );
             }
             (verdict, Some(chain))

@@ -1,69 +1,13 @@
 //! The parts of an X.509 certificate that EK chain validation needs, read with the lenient
 //! DER reader. The signed TBS bytes are kept exactly as encoded.
 
-use super::der::{
+use crate::date::days_from_civil;
+use crate::der::{
     DerError, Reader, TAG_BIT_STRING, TAG_BOOLEAN, TAG_GENERALIZED_TIME, TAG_INTEGER,
     TAG_OCTET_STRING, TAG_OID, TAG_SEQUENCE, TAG_SET, TAG_UTC_TIME, Tlv, oid_to_string,
 };
-
-pub(crate) mod oid {
-    pub const RSA_ENCRYPTION: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01];
-    pub const SHA1_WITH_RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x05];
-    pub const RSASSA_PSS: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0a];
-    pub const SHA256_WITH_RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0b];
-    pub const SHA384_WITH_RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0c];
-    pub const SHA512_WITH_RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0d];
-    pub const EC_PUBLIC_KEY: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
-    pub const ECDSA_SHA256: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02];
-    pub const ECDSA_SHA384: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x03];
-    pub const P256: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
-    pub const P384: &[u8] = &[0x2b, 0x81, 0x04, 0x00, 0x22];
-    pub const SHA256: &[u8] = &[0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01];
-    pub const SHA384: &[u8] = &[0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x02];
-    pub const SHA512: &[u8] = &[0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x03];
-    pub const SUBJECT_KEY_ID: &[u8] = &[0x55, 0x1d, 0x0e];
-    pub const KEY_USAGE: &[u8] = &[0x55, 0x1d, 0x0f];
-    pub const SUBJECT_ALT_NAME: &[u8] = &[0x55, 0x1d, 0x11];
-    pub const BASIC_CONSTRAINTS: &[u8] = &[0x55, 0x1d, 0x13];
-    pub const AUTHORITY_KEY_ID: &[u8] = &[0x55, 0x1d, 0x23];
-    pub const TPM_MANUFACTURER: &[u8] = &[0x67, 0x81, 0x05, 0x02, 0x01];
-    pub const TPM_MODEL: &[u8] = &[0x67, 0x81, 0x05, 0x02, 0x02];
-    pub const TPM_VERSION: &[u8] = &[0x67, 0x81, 0x05, 0x02, 0x03];
-}
-
-/// An elliptic curve an EK or CA key may use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EcCurve {
-    P256,
-    P384,
-}
-
-/// A certificate's subject public key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PublicKey {
-    /// Big-endian modulus and exponent, without leading zero bytes.
-    Rsa { modulus: Vec<u8>, exponent: Vec<u8> },
-    /// An uncompressed point `04 || x || y`.
-    Ec { curve: EcCurve, point: Vec<u8> },
-}
-
-/// A SubjectPublicKeyInfo: its DER encoding and the key it holds.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SubjectPublicKey {
-    /// The SubjectPublicKeyInfo DER, as found in the certificate.
-    pub spki_der: Vec<u8>,
-    pub key: PublicKey,
-    /// The BIT STRING contents (RSAPublicKey DER or EC point), which is what ring verifies with.
-    pub(crate) key_bytes: Vec<u8>,
-}
-
-impl SubjectPublicKey {
-    /// Parses a DER SubjectPublicKeyInfo (e.g. a PEM "PUBLIC KEY" block, decoded).
-    pub fn from_spki_der(der: &[u8]) -> Result<SubjectPublicKey, DerError> {
-        let tlv = Reader::new(der).read(TAG_SEQUENCE, "SubjectPublicKeyInfo")?;
-        parse_spki(&tlv)
-    }
-}
+use crate::key::SubjectPublicKey;
+use crate::oid;
 
 /// The TCG TPM attributes of an EK certificate's subjectAltName (TCG EK Credential Profile).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -162,7 +106,8 @@ impl Certificate {
         let not_after = parse_time(&v.read_any()?, "notAfter")?;
         v.finish("validity")?;
         let subject = parse_name(&t.read(TAG_SEQUENCE, "subject")?)?;
-        let public_key = parse_spki(&t.read(TAG_SEQUENCE, "subjectPublicKeyInfo")?)?;
+        let public_key =
+            SubjectPublicKey::certificate_key(&t.read(TAG_SEQUENCE, "subjectPublicKeyInfo")?)?;
         let mut cert = Certificate {
             tbs: tbs.raw.to_vec(),
             signature_algorithm,
@@ -270,66 +215,6 @@ fn algorithm_identifier(alg: &Tlv<'_>) -> Result<(Vec<u8>, Vec<u8>), DerError> {
     let params = if r.is_empty() { Vec::new() } else { r.read_any()?.raw.to_vec() };
     r.finish("AlgorithmIdentifier")?;
     Ok((id.value.to_vec(), params))
-}
-
-fn parse_spki(spki: &Tlv<'_>) -> Result<SubjectPublicKey, DerError> {
-    let mut r = spki.contents();
-    let alg = r.read(TAG_SEQUENCE, "subjectPublicKeyInfo.algorithm")?;
-    let (alg_oid, params) = algorithm_identifier(&alg)?;
-    let bits = r.read(TAG_BIT_STRING, "subjectPublicKey")?;
-    r.finish("subjectPublicKeyInfo")?;
-    let key_bytes = bits.bit_string_bytes()?;
-    let key = match alg_oid.as_slice() {
-        oid::RSA_ENCRYPTION => {
-            let seq = Reader::new(key_bytes)
-                .read(TAG_SEQUENCE, "RSAPublicKey")
-                .map_err(|e| shift(e, bits.value_offset + 1))?;
-            let mut k = seq.contents();
-            let n = k.read(TAG_INTEGER, "modulus").map_err(|e| shift(e, bits.value_offset + 1))?;
-            let e = k
-                .read(TAG_INTEGER, "publicExponent")
-                .map_err(|e| shift(e, bits.value_offset + 1))?;
-            PublicKey::Rsa { modulus: strip_zeros(n.value), exponent: strip_zeros(e.value) }
-        }
-        oid::EC_PUBLIC_KEY => {
-            let curve_oid = Reader::new(&params)
-                .read(TAG_OID, "namedCurve")
-                .map_err(|e| shift(e, alg.value_offset))?;
-            let (curve, coord) = match curve_oid.value {
-                oid::P256 => (EcCurve::P256, 32),
-                oid::P384 => (EcCurve::P384, 48),
-                other => {
-                    return Err(DerError::new(
-                        alg.offset,
-                        format!("unsupported elliptic curve {}", oid_to_string(other)),
-                    ));
-                }
-            };
-            if key_bytes.len() != 1 + 2 * coord || key_bytes[0] != 0x04 {
-                return Err(DerError::new(
-                    bits.value_offset + 1,
-                    format!("EC public key is not an uncompressed {}-byte point", 1 + 2 * coord),
-                ));
-            }
-            PublicKey::Ec { curve, point: key_bytes.to_vec() }
-        }
-        other => {
-            return Err(DerError::new(
-                alg.offset,
-                format!("unsupported public key algorithm {}", oid_to_string(other)),
-            ));
-        }
-    };
-    Ok(SubjectPublicKey { spki_der: spki.raw.to_vec(), key, key_bytes: key_bytes.to_vec() })
-}
-
-fn shift(e: DerError, by: usize) -> DerError {
-    DerError::new(e.offset + by, e.reason)
-}
-
-fn strip_zeros(b: &[u8]) -> Vec<u8> {
-    let start = b.iter().position(|x| *x != 0).unwrap_or(b.len());
-    b[start..].to_vec()
 }
 
 /// Calls `f(oid, value)` for every attribute of every RDN of a Name.
@@ -479,33 +364,6 @@ fn num(s: &str, at: usize, len: usize) -> Option<u32> {
     if part.bytes().all(|b| b.is_ascii_digit()) { part.parse().ok() } else { None }
 }
 
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// Formats Unix seconds as `YYYY-MM-DDTHH:MM:SSZ`, for messages.
-pub(crate) fn format_time(secs: i64) -> String {
-    let days = secs.div_euclid(86_400);
-    let tod = secs.rem_euclid(86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", tod / 3600, tod % 3600 / 60, tod % 60)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -525,17 +383,11 @@ mod tests {
         assert_eq!(time(TAG_UTC_TIME, "180711020000+0200").expect("offset"), 1_531_267_200);
         assert_eq!(time(TAG_UTC_TIME, "500101000000Z").expect("1950"), -631_152_000);
         assert_eq!(
-            format_time(time(TAG_GENERALIZED_TIME, "99991231235959Z").expect("max")),
+            crate::date::rfc3339(time(TAG_GENERALIZED_TIME, "99991231235959Z").expect("max"), None),
             "9999-12-31T23:59:59Z"
         );
         assert!(time(TAG_UTC_TIME, "181311000000Z").is_err());
         assert!(time(TAG_UTC_TIME, "18071100").is_err());
         assert!(time(TAG_INTEGER, "18071100").is_err());
-    }
-
-    #[test]
-    fn formats_times() {
-        assert_eq!(format_time(0), "1970-01-01T00:00:00Z");
-        assert_eq!(format_time(1_531_267_200), "2018-07-11T00:00:00Z");
     }
 }

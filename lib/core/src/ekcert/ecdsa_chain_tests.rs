@@ -2,6 +2,8 @@
 //! certificates in the TCG profile, made with OpenSSL (tests/data/ek-ecdsa-chain/README.md).
 
 use super::*;
+use crate::der;
+use crate::key::{Curve, PublicKey};
 use crate::verdict::rule;
 
 const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/ek-ecdsa-chain");
@@ -58,7 +60,7 @@ fn p256_intermediate_issues_rsa_and_ecc_ek_certificates() {
             (PublicKey::Rsa { modulus, exponent }, "ek-rsa2048.der") => {
                 assert_eq!((modulus.len(), exponent.as_slice()), (256, &[1, 0, 1][..]));
             }
-            (PublicKey::Ec { curve: EcCurve::P256, point }, "ek-eccp256.der") => {
+            (PublicKey::Ec { curve: Curve::P256, point }, "ek-eccp256.der") => {
                 assert_eq!((point.len(), point[0]), (65, 0x04));
             }
             (key, _) => panic!("{name}: unexpected key {key:?}"),

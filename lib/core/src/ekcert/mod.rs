@@ -4,7 +4,7 @@
 //! vendor CA, and extracting what the registrar needs from it: the EK public key (to compare with
 //! the EK the agent presented) and the TCG TPM manufacturer, model and version attributes.
 //!
-//! Certificates are read with a small lenient DER reader (the `der` submodule) because real EK certificates
+//! Certificates are read with the crate's lenient DER reader (`crate::der`) because real EK certificates
 //! break strict parsers (trailing bytes after the certificate, SETs out of canonical order).
 //! Leniency stops at the signature: every signature is checked by ring over the TBS bytes exactly
 //! as encoded, so a sloppy encoding can be accepted but a modified one cannot. The only unsigned
@@ -34,7 +34,6 @@
 
 mod appraise;
 mod cert;
-pub(crate) mod der;
 mod verify;
 
 #[cfg(test)]
@@ -42,15 +41,16 @@ mod ecdsa_chain_tests;
 #[cfg(test)]
 mod tests;
 
-use base64::Engine;
-
 pub use appraise::appraise_ek_certificate;
 use cert::Certificate;
-pub use cert::{EcCurve, PublicKey, SubjectPublicKey, TpmAttributes};
-pub use der::DerError;
+pub use cert::TpmAttributes;
+
+use crate::der::DerError;
+use crate::key::SubjectPublicKey;
+use crate::pem;
 
 /// The longest chain (EK certificate plus issuers) that will be built.
-pub const MAX_CHAIN_LEN: usize = 8;
+pub(crate) const MAX_CHAIN_LEN: usize = 8;
 
 /// Why an EK certificate or a CA certificate was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -220,65 +220,18 @@ fn file_certificates(source: &str, contents: &[u8]) -> Result<Vec<(String, Vec<u
 }
 
 /// Decodes the `CERTIFICATE` blocks of a PEM text.
-pub fn pem_certificates(source: &str, text: &str) -> Result<Vec<Vec<u8>>, EkCertError> {
-    let mut out = Vec::new();
-    let mut block: Option<(usize, bool, String)> = None;
-    // Vendor PEM files often lack a final newline, so `cat *.pem` glues an END line to the
-    // next BEGIN line: split such lines, keeping their line number.
-    let lines = text.lines().enumerate().flat_map(|(i, line)| {
-        let (first, second) = match line.find("----------BEGIN ") {
-            Some(at) => (&line[..at + 5], Some(&line[at + 5..])),
-            None => (line, None),
-        };
-        std::iter::once((i + 1, first)).chain(second.map(|s| (i + 1, s)))
-    });
-    for (line_no, line) in lines {
-        let line = line.trim();
-        if let Some(label) = line.strip_prefix("-----BEGIN ").and_then(|l| l.strip_suffix("-----"))
-        {
-            if let Some((start, _, _)) = block {
-                return Err(pem_err(
-                    source,
-                    line_no,
-                    format!("BEGIN inside the block opened at line {start}"),
-                ));
-            }
-            block = Some((
-                line_no,
-                label == "CERTIFICATE" || label == "TRUSTED CERTIFICATE",
-                String::new(),
-            ));
-        } else if line.starts_with("-----END ") {
-            let Some((start, is_cert, body)) = block.take() else {
-                return Err(pem_err(source, line_no, "END without BEGIN".to_owned()));
-            };
-            if is_cert {
-                let der = base64::engine::general_purpose::STANDARD
-                    .decode(body.as_bytes())
-                    .map_err(|e| {
-                        pem_err(
-                            source,
-                            start,
-                            format!("invalid base64 in the block starting here: {e}"),
-                        )
-                    })?;
-                out.push(der);
-            }
-        } else if let Some((_, _, body)) = block.as_mut() {
-            // Skip RFC 1421 headers such as "Proc-Type: ...".
-            if !line.contains(':') {
-                body.push_str(line);
-            }
-        }
-    }
-    if let Some((start, _, _)) = block {
-        return Err(pem_err(source, start, "block is never closed".to_owned()));
-    }
-    Ok(out)
-}
-
-fn pem_err(source: &str, line: usize, reason: String) -> EkCertError {
-    EkCertError::Pem { input: source.to_owned(), line, reason }
+fn pem_certificates(source: &str, text: &str) -> Result<Vec<Vec<u8>>, EkCertError> {
+    let pem_err = |e: pem::PemError| EkCertError::Pem {
+        input: source.to_owned(),
+        line: e.line,
+        reason: e.reason,
+    };
+    pem::blocks(text)
+        .map_err(pem_err)?
+        .iter()
+        .filter(|b| b.label == "CERTIFICATE" || b.label == "TRUSTED CERTIFICATE")
+        .map(|b| b.decode().map_err(pem_err))
+        .collect()
 }
 
 /// Parses an EK certificate without validating it, to read its public key and TPM attributes.
@@ -436,16 +389,16 @@ fn check_time(
         return Err(EkCertError::NotYetValid {
             depth,
             subject: cert.subject.display.clone(),
-            not_before: cert::format_time(cert.not_before),
-            now: cert::format_time(now),
+            not_before: crate::date::rfc3339(cert.not_before, None),
+            now: crate::date::rfc3339(now, None),
         });
     }
     if now > cert.not_after {
         return Err(EkCertError::Expired {
             depth,
             subject: cert.subject.display.clone(),
-            not_after: cert::format_time(cert.not_after),
-            now: cert::format_time(now),
+            not_after: crate::date::rfc3339(cert.not_after, None),
+            now: crate::date::rfc3339(now, None),
         });
     }
     Ok(())

@@ -2,6 +2,8 @@ use proptest::prelude::*;
 
 use super::cert::Certificate;
 use super::*;
+use crate::der;
+use crate::key::{Curve, PublicKey};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/keylime");
 
@@ -94,7 +96,7 @@ fn st_ecc_ek_certificate_validates() {
         "C=CH, O=STMicroelectronics NV, CN=STM TPM ECC Intermediate CA 01"
     );
     assert!(
-        matches!(chain.ek_public.key, PublicKey::Ec { curve: EcCurve::P256, ref point } if point[1..3] == [0x1b, 0x13])
+        matches!(chain.ek_public.key, PublicKey::Ec { curve: Curve::P256, ref point } if point[1..3] == [0x1b, 0x13])
     );
     assert_eq!(chain.tpm.model.as_deref(), Some("ST33HTPHAHB4"));
 }
@@ -310,7 +312,7 @@ fn store_loading_skips_and_reports_unreadable_certificates() {
 #[test]
 fn parse_ek_certificate_reads_key_and_attributes() {
     let (key, tpm) = parse_ek_certificate(&read(ST_ECC)).expect("parses");
-    assert!(matches!(key.key, PublicKey::Ec { curve: EcCurve::P256, .. }));
+    assert!(matches!(key.key, PublicKey::Ec { curve: Curve::P256, .. }));
     assert_eq!(SubjectPublicKey::from_spki_der(&key.spki_der).expect("spki"), key);
     assert_eq!(tpm.manufacturer.as_deref(), Some("id:53544D20"));
 }
@@ -322,7 +324,7 @@ fn appraisal_reports_each_rule() {
     let options = ValidationOptions::at(NOW);
     let (ek, _) = parse_ek_certificate(&read(ST_ECC)).expect("parses");
     let PublicKey::Ec { point, .. } = &ek.key else { panic!("ECC expected") };
-    let agent_ek = PublicKey::ecc(EcCurve::P256, &point[1..33], &point[33..65]);
+    let agent_ek = PublicKey::ecc(Curve::P256, &point[1..33], &point[33..65]);
     let rules = |verdict: &crate::verdict::Verdict| -> Vec<String> {
         verdict.findings.iter().map(|f| f.rule.clone()).collect()
     };
@@ -335,7 +337,7 @@ fn appraisal_reports_each_rule() {
 
     let mut other_point = point.clone();
     other_point[64] ^= 1;
-    let other = PublicKey::Ec { curve: EcCurve::P256, point: other_point };
+    let other = PublicKey::Ec { curve: Curve::P256, point: other_point };
     let (verdict, chain) =
         appraise_ek_certificate(Some(&read(ST_ECC)), &[], &store, &options, &other);
     assert_eq!(rules(&verdict), [rule::EKCERT_KEY_MISMATCH]);
@@ -369,7 +371,7 @@ fn tpm_public_fields_compare_equal_to_certificate_keys() {
     assert_eq!(PublicKey::rsa(&padded, 0), ek.key);
     assert_eq!(PublicKey::rsa(modulus, 65_537), ek.key);
     assert_ne!(PublicKey::rsa(modulus, 3), ek.key);
-    let short = PublicKey::ecc(EcCurve::P256, &[1], &[2; 32]);
+    let short = PublicKey::ecc(Curve::P256, &[1], &[2; 32]);
     assert!(
         matches!(short, PublicKey::Ec { ref point, .. } if point.len() == 65 && point[32] == 1)
     );

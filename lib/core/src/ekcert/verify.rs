@@ -3,9 +3,11 @@
 
 use ring::signature::{self, UnparsedPublicKey, VerificationAlgorithm};
 
-use super::cert::{Certificate, EcCurve, PublicKey, oid};
-use super::der::{Reader, TAG_INTEGER, TAG_OID, TAG_SEQUENCE, oid_to_string};
+use super::cert::Certificate;
 use super::{EkCertError, ValidationOptions};
+use crate::der::{Reader, TAG_INTEGER, TAG_OID, TAG_SEQUENCE, oid_to_string};
+use crate::key::{Curve, PublicKey};
+use crate::oid;
 
 /// Verifies that `issuer`'s key signed `cert`, which sits at chain depth `depth`.
 pub(crate) fn check_signature(
@@ -39,11 +41,8 @@ pub(crate) fn check_signature(
 /// Re-encodes an ECDSA-Sig-Value in canonical DER. Reading it leniently tolerates signers that
 /// encode r or s with superfluous or missing leading zero bytes; the signature value is not
 /// itself signed, and r and s are checked the same way either way.
-fn ecdsa_canonical(der: &[u8], curve: EcCurve) -> Option<Vec<u8>> {
-    let size = match curve {
-        EcCurve::P256 => 32,
-        EcCurve::P384 => 48,
-    };
+fn ecdsa_canonical(der: &[u8], curve: Curve) -> Option<Vec<u8>> {
+    let size = curve.coordinate_len();
     let seq = Reader::new(der).read(TAG_SEQUENCE, "ECDSA-Sig-Value").ok()?;
     let mut r = seq.contents();
     let mut body = Vec::with_capacity(2 * size + 6);
@@ -90,16 +89,16 @@ fn algorithm_for(
             oid::SHA512 => &signature::RSA_PSS_2048_8192_SHA512,
             _ => return None,
         },
-        (PublicKey::Ec { curve: EcCurve::P256, .. }, oid::ECDSA_SHA256) => {
+        (PublicKey::Ec { curve: Curve::P256, .. }, oid::ECDSA_SHA256) => {
             &signature::ECDSA_P256_SHA256_ASN1
         }
-        (PublicKey::Ec { curve: EcCurve::P256, .. }, oid::ECDSA_SHA384) => {
+        (PublicKey::Ec { curve: Curve::P256, .. }, oid::ECDSA_SHA384) => {
             &signature::ECDSA_P256_SHA384_ASN1
         }
-        (PublicKey::Ec { curve: EcCurve::P384, .. }, oid::ECDSA_SHA256) => {
+        (PublicKey::Ec { curve: Curve::P384, .. }, oid::ECDSA_SHA256) => {
             &signature::ECDSA_P384_SHA256_ASN1
         }
-        (PublicKey::Ec { curve: EcCurve::P384, .. }, oid::ECDSA_SHA384) => {
+        (PublicKey::Ec { curve: Curve::P384, .. }, oid::ECDSA_SHA384) => {
             &signature::ECDSA_P384_SHA384_ASN1
         }
         _ => return None,
@@ -133,7 +132,8 @@ fn algorithm_name(cert: &Certificate) -> String {
 fn key_name(key: &PublicKey) -> String {
     match key {
         PublicKey::Rsa { modulus, .. } => format!("RSA-{}", modulus.len() * 8),
-        PublicKey::Ec { curve: EcCurve::P256, .. } => "ECC P-256".to_owned(),
-        PublicKey::Ec { curve: EcCurve::P384, .. } => "ECC P-384".to_owned(),
+        PublicKey::Ec { curve: Curve::P256, .. } => "ECC P-256".to_owned(),
+        PublicKey::Ec { curve: Curve::P384, .. } => "ECC P-384".to_owned(),
+        PublicKey::Ec { curve: Curve::Secp256k1, .. } => "ECC secp256k1".to_owned(),
     }
 }

@@ -79,23 +79,23 @@ const fn guid(a: u32, b: u16, c: u16, d: [u8; 8]) -> Guid {
 }
 
 /// `EFI_GLOBAL_VARIABLE`: SecureBoot, PK, KEK, Boot####, BootOrder.
-pub const EFI_GLOBAL_VARIABLE: Guid =
+pub(crate) const EFI_GLOBAL_VARIABLE: Guid =
     guid(0x8be4df61, 0x93ca, 0x11d2, [0xaa, 0x0d, 0x00, 0xe0, 0x98, 0x03, 0x2b, 0x8c]);
 /// `EFI_IMAGE_SECURITY_DATABASE_GUID`: db, dbx.
-pub const EFI_IMAGE_SECURITY_DATABASE: Guid =
+pub(crate) const EFI_IMAGE_SECURITY_DATABASE: Guid =
     guid(0xd719b2cb, 0x3d3a, 0x4596, [0xa3, 0xbc, 0xda, 0xd0, 0x0e, 0x67, 0x65, 0x6f]);
 /// shim's vendor GUID (MokList, SbatLevel).
 pub const SHIM_LOCK: Guid =
     guid(0x605dab50, 0xe046, 0x4300, [0xab, 0xb6, 0x3d, 0xd8, 0x10, 0xdd, 0x8b, 0x23]);
 /// `EFI_CERT_X509_GUID`.
-pub const EFI_CERT_X509: Guid =
+pub(crate) const EFI_CERT_X509: Guid =
     guid(0xa5c059a1, 0x94e4, 0x4aa7, [0x87, 0xb5, 0xab, 0x15, 0x5c, 0x2b, 0xf0, 0x72]);
 /// `EFI_CERT_SHA256_GUID`.
-pub const EFI_CERT_SHA256: Guid =
+pub(crate) const EFI_CERT_SHA256: Guid =
     guid(0xc1c41626, 0x504c, 0x4092, [0xac, 0xa9, 0x41, 0xf9, 0x36, 0x93, 0x43, 0x28]);
 
 /// Decodes little-endian UTF-16 up to the first NUL (or the end), replacing invalid units.
-pub fn utf16_to_string(raw: &[u8]) -> String {
+pub(crate) fn utf16_to_string(raw: &[u8]) -> String {
     let units =
         raw.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).take_while(|u| *u != 0);
     char::decode_utf16(units).map(|c| c.unwrap_or(char::REPLACEMENT_CHARACTER)).collect()
@@ -108,7 +108,7 @@ pub fn text(raw: &[u8]) -> String {
 }
 
 /// True when `raw` (without trailing NULs) is printable text.
-pub fn is_printable(raw: &[u8]) -> bool {
+pub(crate) fn is_printable(raw: &[u8]) -> bool {
     let end = raw.iter().rposition(|b| *b != 0).map_or(0, |p| p + 1);
     end > 0
         && raw[..end].iter().all(|b| (0x20..0x7f).contains(b) || matches!(b, b'\t' | b'\n' | b'\r'))
@@ -116,7 +116,7 @@ pub fn is_printable(raw: &[u8]) -> bool {
 
 /// A borrowed `UEFI_VARIABLE_DATA`.
 #[derive(Debug, Clone)]
-pub struct UefiVariable<'a> {
+pub(crate) struct UefiVariable<'a> {
     pub guid: Guid,
     pub name: String,
     pub data: &'a [u8],
@@ -187,7 +187,7 @@ const MAX_SIGNATURES: usize = 100_000;
 
 /// A borrowed entry of an `EFI_SIGNATURE_LIST`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SignatureRef<'a> {
+pub(crate) struct SignatureRef<'a> {
     pub kind: SignatureKind,
     pub owner: Guid,
     /// The certificate DER or the hash.
@@ -195,7 +195,7 @@ pub struct SignatureRef<'a> {
 }
 
 /// Parses a sequence of `EFI_SIGNATURE_LIST`s that must fill `raw` exactly, without copying.
-pub fn signature_entries(raw: &[u8]) -> Option<Vec<SignatureRef<'_>>> {
+pub(crate) fn signature_entries(raw: &[u8]) -> Option<Vec<SignatureRef<'_>>> {
     let mut r = Reader::new(raw);
     let mut out = Vec::new();
     while !r.is_empty() {
@@ -221,7 +221,7 @@ pub fn signature_entries(raw: &[u8]) -> Option<Vec<SignatureRef<'_>>> {
 }
 
 /// Parses a sequence of `EFI_SIGNATURE_LIST`s that must fill `raw` exactly, for display.
-pub fn parse_signature_lists(raw: &[u8]) -> Option<Vec<Signature>> {
+pub(crate) fn parse_signature_lists(raw: &[u8]) -> Option<Vec<Signature>> {
     let entries = signature_entries(raw)?;
     Some(
         entries
@@ -242,7 +242,7 @@ pub struct LoadOption {
     pub optional_data: String,
 }
 
-pub fn parse_load_option(raw: &[u8]) -> Option<LoadOption> {
+pub(crate) fn parse_load_option(raw: &[u8]) -> Option<LoadOption> {
     let mut r = Reader::new(raw);
     let attributes = r.u32()?;
     let path_len = usize::from(r.u16()?);
@@ -269,7 +269,7 @@ pub struct ImageLoad {
     pub device_path: String,
 }
 
-pub fn parse_image_load(raw: &[u8]) -> Option<ImageLoad> {
+pub(crate) fn parse_image_load(raw: &[u8]) -> Option<ImageLoad> {
     let mut r = Reader::new(raw);
     let image_location = r.u64()?;
     let image_length = r.u64()?;
@@ -285,7 +285,7 @@ const MAX_PATH_NODES: usize = 64;
 /// Renders a device path in the UEFI text form where the node type is known
 /// (`PciRoot(0x0)/Pci(0x1d,0x0)/NVMe(0x1,...)/HD(1,GPT,...)/\EFI\fedora\shimx64.efi`), and as
 /// `Path(type,subtype,hex)` otherwise.
-pub fn device_path_to_text(raw: &[u8]) -> String {
+pub(crate) fn device_path_to_text(raw: &[u8]) -> String {
     let mut out = String::new();
     let mut r = Reader::new(raw);
     let mut nodes = 0;

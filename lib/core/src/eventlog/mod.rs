@@ -39,13 +39,13 @@ pub use decode::{DecodedEvent, GptPartition, HandoffTable, VariableValue};
 pub use types::EventType;
 
 /// Largest log accepted (real logs are tens of kilobytes).
-pub const MAX_LOG_SIZE: usize = 64 * 1024 * 1024;
+pub(crate) const MAX_LOG_SIZE: usize = 64 * 1024 * 1024;
 /// Most events accepted in one log.
-pub const MAX_EVENTS: usize = 1 << 18;
+pub(crate) const MAX_EVENTS: usize = 1 << 18;
 /// Most algorithms a Spec ID event may list.
-pub const MAX_ALGORITHMS: usize = 16;
+pub(crate) const MAX_ALGORITHMS: usize = 16;
 /// Number of PCRs of a PC Client TPM.
-pub const PCR_COUNT: u32 = 24;
+pub(crate) const PCR_COUNT: u32 = 24;
 
 const SPEC_ID_SIGNATURE: &[u8; 16] = b"Spec ID Event03\0";
 const STARTUP_LOCALITY_SIGNATURE: &[u8; 16] = b"StartupLocality\0";
@@ -156,7 +156,7 @@ impl Event {
 }
 
 /// Replayed PCR values per bank.
-pub type PcrBanks = BTreeMap<HashAlg, BTreeMap<u32, Digest>>;
+pub(crate) type PcrBanks = BTreeMap<HashAlg, BTreeMap<u32, Digest>>;
 
 /// A parsed, replayed event log.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -24,7 +24,7 @@
 //! `docs/benchmarks.md`).
 
 use super::replay::{ImaState, LearnedKey, Tracker, same_digest};
-use super::sig::{self, PublicKey, SignatureError, VerificationKeys};
+use super::sig::{self, SignatureError, SignatureKey, VerificationKeys};
 use super::{BinaryLog, Entries, Entry, FileDigest, IMA_PCR, ImaError, LogFormat, Template};
 use crate::alg::{Digest, HashAlg};
 use crate::verdict::{Finding, Verdict, rule};
@@ -109,7 +109,7 @@ pub struct ImaAppraisal {
 pub struct KeyringMeasurement<'a> {
     pub keyring: &'a str,
     pub digest: FileDigest<'a>,
-    pub key: PublicKey,
+    pub key: SignatureKey,
     pub keyid: u32,
     /// The measured bytes.
     pub der: Vec<u8>,
@@ -120,7 +120,7 @@ impl<'a> Entry<'a> {
     pub fn keyring_measurement(&self) -> Option<KeyringMeasurement<'a>> {
         let Template::ImaBuf { buf } = self.template else { return None };
         let der = buf.to_vec();
-        let (key, keyid) = PublicKey::parse(&der).ok()?;
+        let (key, keyid) = SignatureKey::parse(&der).ok()?;
         Some(KeyringMeasurement { keyring: self.name, digest: self.digest, key, keyid, der })
     }
 }
@@ -336,7 +336,7 @@ impl ContentChecks {
             Template::ImaBuf { buf } => {
                 self.scratch.clear();
                 buf.append_to(&mut self.scratch);
-                let Ok((key, keyid)) = PublicKey::parse(&self.scratch) else {
+                let Ok((key, keyid)) = SignatureKey::parse(&self.scratch) else {
                     return match rules.check_buf(entry.name, &entry.digest) {
                         FileCheck::Allowed | FileCheck::Excluded => None,
                         check => Some(rule_finding(rule::IMA_BUF, "buffer", entry, check)),

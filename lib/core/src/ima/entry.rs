@@ -9,7 +9,7 @@ use std::fmt;
 use crate::alg::{Digest, HashAlg};
 
 /// The longest file digest a template may carry (SHA-512, SHA3-512, Streebog-512).
-pub const MAX_FILE_DIGEST_LEN: usize = 64;
+pub(crate) const MAX_FILE_DIGEST_LEN: usize = 64;
 
 /// The `ima` template hashes its name field as this many bytes, zero padded.
 pub(crate) const IMA_NAME_FIELD_LEN: usize = 256;
@@ -65,7 +65,7 @@ pub struct FileDigest<'a> {
 }
 
 impl<'a> FileDigest<'a> {
-    /// `None` when `raw` is longer than [`MAX_FILE_DIGEST_LEN`].
+    /// `None` when `raw` is longer than `MAX_FILE_DIGEST_LEN`.
     pub fn new(alg: &'a str, raw: &[u8]) -> Option<FileDigest<'a>> {
         if raw.len() > MAX_FILE_DIGEST_LEN {
             return None;

@@ -11,7 +11,7 @@
 //!   (md5, sm3-256, or a made-up one) still parses and replays.
 //! - [`replay()`] recomputes PCR 10 in any bank; [`ImaState`] carries the running value between
 //!   rounds so each round processes only new entries and accepts the quoted value at any prefix.
-//! - [`sig`] parses `signature_v2_hdr`, computes key ids and verifies RSA and ECDSA signatures
+//! - `sig` parses `signature_v2_hdr`, computes key ids and verifies RSA and ECDSA signatures
 //!   over file digests with a [`VerificationKeys`] set.
 //! - [`appraise()`] combines replay, template-hash checks, signature checks and per-entry rule
 //!   checks through the [`ImaRules`] trait, which a runtime policy implements.
@@ -21,10 +21,9 @@
 mod appraise;
 mod ascii;
 mod binary;
-mod der;
 mod entry;
 mod replay;
-pub mod sig;
+pub(crate) mod sig;
 
 #[cfg(test)]
 mod sig_tests;
@@ -36,15 +35,14 @@ pub use appraise::{
 };
 pub use ascii::AsciiLog;
 pub use binary::{BinaryLog, encode_entry};
-pub use entry::{Blob, Entry, FileDigest, MAX_FILE_DIGEST_LEN, Position, Template, TemplateKind};
+pub use entry::{Blob, Entry, FileDigest, Position, Template, TemplateKind};
 pub use replay::{
-    ImaState, IncrementalReplay, LearnedKey, Replayed, extend_value, replay, replay_incremental,
-    replay_log,
+    ImaState, IncrementalReplay, LearnedKey, Replayed, replay, replay_incremental, replay_log,
 };
-pub use sig::{KeyError, PublicKey, SignatureError, SignatureHeader, VerificationKeys};
+pub use sig::{SignatureError, SignatureKey, VerificationKeys};
 
 /// The PCR the kernel extends IMA measurements into by default.
-pub const IMA_PCR: u32 = 10;
+pub(crate) const IMA_PCR: u32 = 10;
 
 /// Why a measurement list (or stored state) could not be evaluated.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -99,7 +97,7 @@ pub enum Defect {
 /// with a little-endian `u32` PCR index (a control character and three zero bytes); anything
 /// else is read as text, so that a text file that is not a log gets a line-numbered error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
+pub(crate) enum LogFormat {
     Ascii,
     Binary,
 }

@@ -57,7 +57,7 @@ impl ImaState {
 }
 
 /// The value entry `entry` extends into PCR 10 of `bank`, given its template data.
-pub fn extend_value(entry: &Entry<'_>, bank: HashAlg, template_data: &[u8]) -> Digest {
+pub(crate) fn extend_value(entry: &Entry<'_>, bank: HashAlg, template_data: &[u8]) -> Digest {
     if entry.is_violation() {
         Digest::filled(bank, 0xff)
     } else if entry.template_hash.alg() == bank {

@@ -18,12 +18,13 @@ use std::fmt;
 use p256::ecdsa::signature::hazmat::PrehashVerifier;
 use rsa::pkcs1::DecodeRsaPublicKey;
 
-use super::der::{self, OID_EC_PUBLIC_KEY, OID_P256, OID_P384, OID_RSA_ENCRYPTION, OID_SECP256K1};
 use super::entry::FileDigest;
-use crate::alg::HashAlg;
+use crate::der::{Reader, TAG_SEQUENCE};
+use crate::key::{self, Curve, KeyError, PublicKey, SubjectPublicKey};
+use crate::pem;
 
-pub const EVM_IMA_XATTR_DIGSIG: u8 = 3;
-pub const EVM_XATTR_PORTABLE_DIGSIG: u8 = 5;
+pub(crate) const EVM_IMA_XATTR_DIGSIG: u8 = 3;
+pub(crate) const EVM_XATTR_PORTABLE_DIGSIG: u8 = 5;
 const HEADER_LEN: usize = 9;
 
 /// The kernel's `hash_algo_name[]`, indexed by `HASH_ALGO_*`.
@@ -54,13 +55,13 @@ const LINUX_HASH_ALGOS: [&str; 23] = [
 ];
 
 /// The kernel's name of a `HASH_ALGO_*` id.
-pub fn linux_hash_algo_name(id: u8) -> Option<&'static str> {
+pub(crate) fn linux_hash_algo_name(id: u8) -> Option<&'static str> {
     LINUX_HASH_ALGOS.get(id as usize).copied()
 }
 
 /// A parsed `signature_v2_hdr` with the signature bytes it frames.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SignatureHeader<'a> {
+pub(crate) struct SignatureHeader<'a> {
     pub sig_type: u8,
     pub hash_algo: u8,
     pub keyid: u32,
@@ -116,61 +117,44 @@ impl<'a> SignatureHeader<'a> {
     }
 }
 
-/// Why bytes could not be read as a verification key.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum KeyError {
-    #[error("not an X.509 certificate, SubjectPublicKeyInfo, PKCS#1 RSA public key or PEM of one")]
-    Unrecognised,
-    #[error("unsupported public key algorithm (OID {0})")]
-    Algorithm(String),
-    #[error("unsupported elliptic curve (OID {0}); supported: P-256, P-384, secp256k1")]
-    Curve(String),
-    #[error("invalid {0} public key")]
-    Invalid(&'static str),
-}
-
 /// A public key that can verify IMA signatures.
 #[derive(Clone)]
-pub enum PublicKey {
+pub enum SignatureKey {
     Rsa(Box<rsa::PublicKey>),
     P256(p256::ecdsa::VerifyingKey),
     P384(p384::ecdsa::VerifyingKey),
     Secp256k1(k256::ecdsa::VerifyingKey),
 }
 
-impl fmt::Debug for PublicKey {
+impl fmt::Debug for SignatureKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            PublicKey::Rsa(_) => "PublicKey::Rsa",
-            PublicKey::P256(_) => "PublicKey::P256",
-            PublicKey::P384(_) => "PublicKey::P384",
-            PublicKey::Secp256k1(_) => "PublicKey::Secp256k1",
+            SignatureKey::Rsa(_) => "SignatureKey::Rsa",
+            SignatureKey::P256(_) => "SignatureKey::P256",
+            SignatureKey::P384(_) => "SignatureKey::P384",
+            SignatureKey::Secp256k1(_) => "SignatureKey::Secp256k1",
         })
     }
 }
 
-fn keyid_of(bytes: &[u8]) -> u32 {
-    let d = HashAlg::Sha1.digest(bytes);
-    let b = d.as_bytes();
-    u32::from_be_bytes([b[16], b[17], b[18], b[19]])
+/// The PEM blocks that may hold an IMA key.
+fn is_key_block(label: &str) -> bool {
+    matches!(label, "CERTIFICATE" | "PUBLIC KEY" | "RSA PUBLIC KEY")
 }
 
-fn oid_hex(oid: &[u8]) -> String {
-    hex::encode(oid)
-}
-
-impl PublicKey {
+impl SignatureKey {
     /// Reads a key from an X.509 certificate, a SubjectPublicKeyInfo or a PKCS#1
     /// RSAPublicKey, DER or PEM (the first usable PEM block). Returns the key and its key id.
-    pub fn parse(bytes: &[u8]) -> Result<(PublicKey, u32), KeyError> {
+    pub fn parse(bytes: &[u8]) -> Result<(SignatureKey, u32), KeyError> {
         if bytes.first() == Some(&0x30) {
-            return PublicKey::parse_der(bytes);
+            return SignatureKey::parse_der(bytes);
         }
+        let text = String::from_utf8_lossy(bytes);
         let mut last = KeyError::Unrecognised;
-        for (label, der) in der::pem_blocks(bytes) {
-            if matches!(label.as_str(), "CERTIFICATE" | "PUBLIC KEY" | "RSA PUBLIC KEY") {
-                match PublicKey::parse_der(&der) {
+        for block in pem::blocks_lenient(&text) {
+            let Ok(der) = block.decode() else { continue };
+            if is_key_block(block.label) {
+                match SignatureKey::parse_der(&der) {
                     Ok(k) => return Ok(k),
                     Err(e) => last = e,
                 }
@@ -179,9 +163,9 @@ impl PublicKey {
         Err(last)
     }
 
-    fn parse_der(der: &[u8]) -> Result<(PublicKey, u32), KeyError> {
-        if let Some((spki, ski)) = der::parse_certificate(der) {
-            let (key, computed) = PublicKey::from_spki_der(spki)?;
+    fn parse_der(der: &[u8]) -> Result<(SignatureKey, u32), KeyError> {
+        if let Ok((spki, ski)) = key::certificate_spki(der) {
+            let (key, computed) = SignatureKey::from_spki(&SubjectPublicKey::from_tlv(&spki)?)?;
             let keyid = match ski {
                 Some(id) if id.len() >= 4 => u32::from_be_bytes([
                     id[id.len() - 4],
@@ -193,44 +177,59 @@ impl PublicKey {
             };
             return Ok((key, keyid));
         }
-        if der::parse_spki(der).is_some() {
-            return PublicKey::from_spki_der(der);
+        match Reader::new(der).read(TAG_SEQUENCE, "SubjectPublicKeyInfo") {
+            Ok(spki) => match SubjectPublicKey::from_tlv(&spki) {
+                Ok(spki) => return SignatureKey::from_spki(&spki),
+                Err(KeyError::Malformed(_)) => {}
+                Err(e) => return Err(e),
+            },
+            Err(_) => return Err(KeyError::Unrecognised),
         }
         let key = rsa::PublicKey::from_pkcs1_der(der).map_err(|_| KeyError::Unrecognised)?;
-        Ok((PublicKey::Rsa(Box::new(key)), keyid_of(der)))
+        Ok((SignatureKey::Rsa(Box::new(key)), key::keyid_of(der)))
     }
 
     /// Reads a DER SubjectPublicKeyInfo; returns the key and its computed key id.
-    pub fn from_spki_der(der: &[u8]) -> Result<(PublicKey, u32), KeyError> {
-        let spki = der::parse_spki(der).ok_or(KeyError::Unrecognised)?;
-        if spki.algorithm == OID_RSA_ENCRYPTION {
-            let key =
-                rsa::PublicKey::from_pkcs1_der(spki.key).map_err(|_| KeyError::Invalid("RSA"))?;
-            return Ok((PublicKey::Rsa(Box::new(key)), keyid_of(spki.key)));
-        }
-        if spki.algorithm != OID_EC_PUBLIC_KEY {
-            return Err(KeyError::Algorithm(oid_hex(spki.algorithm)));
-        }
-        match spki.parameter {
-            Some(OID_P256) => {
-                let k = p256::ecdsa::VerifyingKey::from_sec1_bytes(spki.key)
+    pub fn from_spki_der(der: &[u8]) -> Result<(SignatureKey, u32), KeyError> {
+        let spki = Reader::new(der)
+            .read(TAG_SEQUENCE, "SubjectPublicKeyInfo")
+            .map_err(|_| KeyError::Unrecognised)?;
+        let spki = SubjectPublicKey::from_tlv(&spki).map_err(|e| match e {
+            KeyError::Malformed(_) => KeyError::Unrecognised,
+            other => other,
+        })?;
+        SignatureKey::from_spki(&spki)
+    }
+
+    fn from_spki(spki: &SubjectPublicKey) -> Result<(SignatureKey, u32), KeyError> {
+        let point = match &spki.key {
+            PublicKey::Rsa { .. } => {
+                let key = rsa::PublicKey::from_pkcs1_der(&spki.key_bytes)
+                    .map_err(|_| KeyError::Invalid("RSA"))?;
+                return Ok((SignatureKey::Rsa(Box::new(key)), spki.ima_keyid()));
+            }
+            PublicKey::Ec { point, .. } => point.as_slice(),
+        };
+        // The key id hashes the uncompressed point, whatever form the key came in.
+        match spki.key {
+            PublicKey::Ec { curve: Curve::P256, .. } => {
+                let k = p256::ecdsa::VerifyingKey::from_sec1_bytes(point)
                     .map_err(|_| KeyError::Invalid("P-256"))?;
-                let id = keyid_of(k.to_sec1_point(false).as_bytes());
-                Ok((PublicKey::P256(k), id))
+                let id = key::keyid_of(k.to_sec1_point(false).as_bytes());
+                Ok((SignatureKey::P256(k), id))
             }
-            Some(OID_P384) => {
-                let k = p384::ecdsa::VerifyingKey::from_sec1_bytes(spki.key)
+            PublicKey::Ec { curve: Curve::P384, .. } => {
+                let k = p384::ecdsa::VerifyingKey::from_sec1_bytes(point)
                     .map_err(|_| KeyError::Invalid("P-384"))?;
-                let id = keyid_of(k.to_sec1_point(false).as_bytes());
-                Ok((PublicKey::P384(k), id))
+                let id = key::keyid_of(k.to_sec1_point(false).as_bytes());
+                Ok((SignatureKey::P384(k), id))
             }
-            Some(OID_SECP256K1) => {
-                let k = k256::ecdsa::VerifyingKey::from_sec1_bytes(spki.key)
+            _ => {
+                let k = k256::ecdsa::VerifyingKey::from_sec1_bytes(point)
                     .map_err(|_| KeyError::Invalid("secp256k1"))?;
-                let id = keyid_of(k.to_sec1_point(false).as_bytes());
-                Ok((PublicKey::Secp256k1(k), id))
+                let id = key::keyid_of(k.to_sec1_point(false).as_bytes());
+                Ok((SignatureKey::Secp256k1(k), id))
             }
-            other => Err(KeyError::Curve(other.map(oid_hex).unwrap_or_default())),
         }
     }
 
@@ -250,7 +249,7 @@ impl PublicKey {
             return false;
         }
         match self {
-            PublicKey::Rsa(key) => {
+            SignatureKey::Rsa(key) => {
                 let Some(prefix) = digest_info_prefix(hash, digest.len()) else { return false };
                 let mut info = [0u8; 19 + 64];
                 let len = prefix.len() + digest.len();
@@ -258,12 +257,12 @@ impl PublicKey {
                 info[prefix.len()..len].copy_from_slice(digest);
                 key.verify(rsa::Pkcs1v15Sign::new_unprefixed(), &info[..len], signature).is_ok()
             }
-            PublicKey::P256(key) => p256::ecdsa::Signature::from_der(signature)
+            SignatureKey::P256(key) => p256::ecdsa::Signature::from_der(signature)
                 .is_ok_and(|s| key.verify_prehash(digest, &s).is_ok()),
-            PublicKey::P384(key) => p384::ecdsa::Signature::from_der(signature)
+            SignatureKey::P384(key) => p384::ecdsa::Signature::from_der(signature)
                 .is_ok_and(|s| key.verify_prehash(digest, &s).is_ok()),
             // k256 insists on low-S; the kernel and OpenSSL accept either.
-            PublicKey::Secp256k1(key) => k256::ecdsa::Signature::from_der(signature)
+            SignatureKey::Secp256k1(key) => k256::ecdsa::Signature::from_der(signature)
                 .is_ok_and(|s| key.verify_prehash(digest, &s.normalize_s()).is_ok()),
         }
     }
@@ -297,7 +296,7 @@ fn digest_info_prefix(hash: &str, len: usize) -> Option<&'static [u8]> {
 /// Verification keys by key id.
 #[derive(Debug, Clone, Default)]
 pub struct VerificationKeys {
-    by_id: HashMap<u32, Vec<PublicKey>>,
+    by_id: HashMap<u32, Vec<SignatureKey>>,
 }
 
 impl VerificationKeys {
@@ -305,13 +304,13 @@ impl VerificationKeys {
         VerificationKeys::default()
     }
 
-    pub fn insert(&mut self, keyid: u32, key: PublicKey) {
+    pub fn insert(&mut self, keyid: u32, key: SignatureKey) {
         self.by_id.entry(keyid).or_default().push(key);
     }
 
-    /// Adds the key in `bytes` (see [`PublicKey::parse`]) and returns its key id.
+    /// Adds the key in `bytes` (see [`SignatureKey::parse`]) and returns its key id.
     pub fn add(&mut self, bytes: &[u8]) -> Result<u32, KeyError> {
-        let (key, keyid) = PublicKey::parse(bytes)?;
+        let (key, keyid) = SignatureKey::parse(bytes)?;
         self.insert(keyid, key);
         Ok(keyid)
     }
@@ -319,8 +318,9 @@ impl VerificationKeys {
     /// Adds every certificate and public key of a PEM bundle; returns their key ids.
     pub fn add_pem_bundle(&mut self, pem: &[u8]) -> Result<Vec<u32>, KeyError> {
         let mut ids = Vec::new();
-        for (label, der) in der::pem_blocks(pem) {
-            if matches!(label.as_str(), "CERTIFICATE" | "PUBLIC KEY" | "RSA PUBLIC KEY") {
+        let text = String::from_utf8_lossy(pem);
+        for block in pem::blocks_lenient(&text) {
+            if let (true, Ok(der)) = (is_key_block(block.label), block.decode()) {
                 ids.push(self.add(&der)?);
             }
         }
@@ -330,7 +330,7 @@ impl VerificationKeys {
         Ok(ids)
     }
 
-    pub fn get(&self, keyid: u32) -> &[PublicKey] {
+    pub fn get(&self, keyid: u32) -> &[SignatureKey] {
         self.by_id.get(&keyid).map(Vec::as_slice).unwrap_or(&[])
     }
 

@@ -5,11 +5,16 @@ use k256::ecdsa::signature::hazmat::PrehashSigner;
 use ring::rand::SystemRandom;
 use ring::signature::{self as rs, KeyPair};
 
-use super::der::{OID_EC_PUBLIC_KEY, OID_P256, OID_P384, OID_SECP256K1, pem_blocks};
-use super::sig::SignatureError;
+use super::sig::{SignatureError, SignatureHeader};
 use super::tests::{MapRules, make_line};
 use super::*;
 use crate::alg::HashAlg;
+use crate::key::KeyError;
+use crate::oid::{
+    EC_PUBLIC_KEY as OID_EC_PUBLIC_KEY, P256 as OID_P256, P384 as OID_P384,
+    SECP256K1 as OID_SECP256K1,
+};
+use crate::pem;
 use crate::verdict::rule;
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/keylime");
@@ -20,7 +25,9 @@ fn fixture(name: &str) -> Vec<u8> {
 }
 
 fn pem_der(name: &str, label: &str) -> Vec<u8> {
-    pem_blocks(&fixture(name)).into_iter().find(|(l, _)| l == label).expect("PEM block").1
+    let text = String::from_utf8(fixture(name)).expect("PEM text");
+    let blocks = pem::blocks(&text).expect("PEM");
+    blocks.iter().find(|b| b.label == label).expect("PEM block").decode().expect("base64")
 }
 
 fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
@@ -91,7 +98,10 @@ fn key_ids_match_openssl() {
     assert_eq!(keys.add(b"not a key"), Err(KeyError::Unrecognised));
     let ed25519_spki =
         tlv(0x30, &[tlv(0x30, &tlv(0x06, &[0x2b, 0x65, 0x70])), tlv(0x03, &[0; 33])].concat());
-    assert_eq!(keys.add(&ed25519_spki), Err(KeyError::Algorithm("2b6570".into())));
+    assert_eq!(
+        keys.add(&ed25519_spki),
+        Err(KeyError::Algorithm { offset: 2, oid: "1.3.101.112".into() })
+    );
 }
 
 #[test]
@@ -306,7 +316,7 @@ fn keys_measured_into_keyrings_are_checked_learned_and_kept() {
         (m.keyring, m.keyid, m.digest.as_bytes()),
         (".ima", 0xc623_217a, cert_digest.as_bytes())
     );
-    assert!(matches!(m.key, PublicKey::Rsa(_)));
+    assert!(matches!(m.key, SignatureKey::Rsa(_)));
 
     // Allowed keyring: the key verifies the later entry; both pass.
     let mut rules = MapRules::default();
@@ -433,7 +443,7 @@ fn files_signed_by_several_policy_keys_each_verify_with_their_own() {
         // The key ids evmctl would write: SHA-1 of the PKCS#1 key or of the uncompressed point.
         for (id, kind) in [(0x3bcb_125b, "Rsa"), (0x5ffe_aae5, "P256"), (0xd246_458e, "P384")] {
             let got: Vec<_> = rules.keys.get(id).iter().map(|k| format!("{k:?}")).collect();
-            assert_eq!(got, [format!("PublicKey::{kind}")], "{policy_file}: key id {id:08x}");
+            assert_eq!(got, [format!("SignatureKey::{kind}")], "{policy_file}: key id {id:08x}");
         }
         let appraise = |log: &[u8]| {
             let quoted = replay_log(log, &[HashAlg::Sha256]).expect("replays").pcrs[0];
@@ -510,10 +520,11 @@ fn keys_sharing_a_key_id_are_all_tried() {
     let content = b"signed by one of two keys with the same id";
     let sha256 = HashAlg::Sha256.digest(content);
     let d = FileDigest::new("sha256", sha256.as_bytes()).expect("fits");
-    let (rsa_key, rsa_id) = PublicKey::parse(&fixture("ima/keys/rsa2048pub.pem")).expect("RSA key");
+    let (rsa_key, rsa_id) =
+        SignatureKey::parse(&fixture("ima/keys/rsa2048pub.pem")).expect("RSA key");
     let p256 = generated_ec(&rs::ECDSA_P256_SHA256_ASN1_SIGNING);
-    let (ec_key, _) =
-        PublicKey::from_spki_der(&ec_spki(OID_P256, p256.public_key().as_ref())).expect("EC key");
+    let (ec_key, _) = SignatureKey::from_spki_der(&ec_spki(OID_P256, p256.public_key().as_ref()))
+        .expect("EC key");
     let shared = rsa_id;
     let rsa_sig = sig_field(
         HASH_ALGO_SHA256,

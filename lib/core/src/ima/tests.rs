@@ -4,6 +4,7 @@ use std::collections::{HashMap, HashSet};
 
 use proptest::prelude::*;
 
+use super::sig::SignatureHeader;
 use super::*;
 use crate::alg::{Digest, HashAlg};
 use crate::verdict::rule;
@@ -582,7 +583,7 @@ proptest! {
             e.template_data(&mut data);
         }
         let _ = SignatureHeader::parse(&bytes);
-        let _ = PublicKey::parse(&bytes);
+        let _ = SignatureKey::parse(&bytes);
         let _ = replay_log(&bytes, &[HashAlg::Sha1]);
     }
 

@@ -80,7 +80,7 @@ impl SplitKey {
 }
 
 /// `a xor b`.
-pub fn xor(a: &[u8; KEY_LEN], b: &[u8; KEY_LEN]) -> [u8; KEY_LEN] {
+pub(crate) fn xor(a: &[u8; KEY_LEN], b: &[u8; KEY_LEN]) -> [u8; KEY_LEN] {
     std::array::from_fn(|i| a[i] ^ b[i])
 }
 

@@ -9,6 +9,7 @@ use ring::hkdf::{HKDF_SHA256, KeyType, Salt};
 use ring::rand::{SecureRandom, SystemRandom};
 
 use super::{KEY_LEN, PayloadError};
+use crate::key::{Curve, PublicKey, SubjectPublicKey};
 
 /// HKDF info string (DESIGN §4).
 const INFO: &[u8] = b"keylime key half";
@@ -53,15 +54,8 @@ fn half_key(
 
 /// The recipient's uncompressed P-256 point, from its DER SubjectPublicKeyInfo.
 fn recipient_point(spki_der: &[u8]) -> Result<Vec<u8>, PayloadError> {
-    // The point is the BIT STRING at the end of the SPKI: for P-256 the last 65 bytes, after
-    // the fixed 26-byte header (SEQUENCE, AlgorithmIdentifier with id-ecPublicKey and
-    // prime256v1, BIT STRING with no unused bits).
-    const HEADER: [u8; 26] = [
-        0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08,
-        0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
-    ];
-    match spki_der.strip_prefix(&HEADER[..]) {
-        Some(point) if point.len() == POINT_LEN && point[0] == 0x04 => Ok(point.to_vec()),
+    match SubjectPublicKey::from_spki_der(spki_der).map(|k| k.key) {
+        Ok(PublicKey::Ec { curve: Curve::P256, point }) if point.len() == POINT_LEN => Ok(point),
         _ => Err(PayloadError::KeyHalf(
             "the recipient key is not an uncompressed P-256 public key".into(),
         )),

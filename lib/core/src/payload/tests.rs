@@ -54,6 +54,19 @@ fn identity() -> (Vec<u8>, Vec<u8>) {
 }
 
 #[test]
+fn halves_are_sealed_only_to_uncompressed_p256_keys() {
+    let (_, spki) = identity();
+    assert!(seal_half(&[1; KEY_LEN], &spki).is_ok());
+    let p384 = crate::key::ec_spki(crate::oid::P384, &[4; 97]);
+    let rsa = crate::key::rsa_spki(&[0xc5; 256], &[1, 0, 1]);
+    let compressed = crate::key::ec_spki(crate::oid::P256, &spki[spki.len() - 65..][..33]);
+    for key in [&p384[..], &rsa, &compressed, &spki[..spki.len() - 1], b"not DER"] {
+        let err = seal_half(&[1; KEY_LEN], key).expect_err("not a P-256 identity key");
+        assert!(err.to_string().contains("not an uncompressed P-256 public key"), "{err}");
+    }
+}
+
+#[test]
 fn a_sealed_half_opens_only_with_the_identity_key() {
     let (private, public) = identity();
     let (other_private, _) = identity();

@@ -61,7 +61,7 @@ pub fn parse_allowlist(bytes: &[u8]) -> Result<RuntimePolicy, PolicyError> {
 }
 
 /// Reads an exclude list, checking every regex.
-pub fn parse_exclude_list(bytes: &[u8]) -> Result<Vec<String>, PolicyError> {
+pub(crate) fn parse_exclude_list(bytes: &[u8]) -> Result<Vec<String>, PolicyError> {
     const FORMAT: &str = "exclude list";
     let mut out = Vec::new();
     for (line, text) in content_lines(bytes, FORMAT)? {

@@ -11,7 +11,8 @@ use base64::Engine;
 use serde::Deserialize;
 
 use super::PolicyError;
-use super::keys::{BASE64, VerificationKey};
+use super::keys::VerificationKey;
+use crate::pem::BASE64;
 
 /// A signed policy could not be accepted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -115,8 +116,9 @@ impl Envelope {
             .collect::<Vec<_>>()
             .join(", ");
         let curve = match key.curve() {
-            super::Curve::P256 => "ECDSA P-256",
-            super::Curve::P384 => "ECDSA P-384",
+            crate::key::Curve::P256 => "ECDSA P-256",
+            crate::key::Curve::P384 => "ECDSA P-384",
+            crate::key::Curve::Secp256k1 => "ECDSA secp256k1",
         };
         Err(DsseError::BadSignature { curve, tried })
     }

@@ -33,7 +33,7 @@ use std::fmt;
 use serde::de::{self, Deserialize, Deserializer, MapAccess, Visitor};
 
 pub use dsse::{DsseError, Envelope};
-pub use keys::{Curve, KeyError, VerificationKey};
+pub use keys::VerificationKey;
 pub use pcr::{PcrPolicy, PcrPolicyError};
 pub use runtime::{FileLookup, Lookup, RuntimePolicy, RuntimePolicyBuilder, from_file_digests};
 pub use table::{DigestIter, DigestList};

@@ -10,13 +10,11 @@ use std::fmt;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
 use super::table::{DigestTable, TableBuilder};
-use super::{
-    DigestSyntax, PolicyError, RuntimePolicy, RuntimePolicyBuilder, Str, keys, parse_digest,
-};
+use super::{DigestSyntax, PolicyError, RuntimePolicy, RuntimePolicyBuilder, Str, parse_digest};
 use crate::alg::{HashAlg, Hasher, MAX_DIGEST_LEN};
 
 /// The format version this build reads and writes.
-pub const VERSION: u64 = 1;
+pub(crate) const VERSION: u64 = 1;
 
 const FIELDS: &[&str] = &[
     "version",
@@ -101,7 +99,7 @@ pub(crate) fn parse_keys<E: de::Error>(
     texts: &[Str<'_>],
 ) -> Result<(), E> {
     for (i, text) in texts.iter().enumerate() {
-        let der = keys::spki_from_text(&text.0)
+        let der = crate::key::spki_from_text(&text.0)
             .map_err(|m| E::custom(format!("{field}[{i}]: not a public key: {m}")))?;
         builder.add_signing_key(&der).map_err(E::custom)?;
     }

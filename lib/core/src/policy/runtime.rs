@@ -425,8 +425,10 @@ impl RuntimePolicyBuilder {
 
     /// Adds an `ima-sig` verification key (DER SubjectPublicKeyInfo).
     pub fn add_signing_key(&mut self, spki_der: &[u8]) -> Result<&mut Self, PolicyError> {
-        super::keys::parse_spki(spki_der)
-            .map_err(|message| PolicyError::Invalid { section: "signing_keys", message })?;
+        crate::key::spki_key_bits(spki_der).map_err(|e| PolicyError::Invalid {
+            section: "signing_keys",
+            message: e.to_string(),
+        })?;
         self.signing_keys.push(spki_der.to_vec());
         Ok(self)
     }

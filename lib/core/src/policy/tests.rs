@@ -4,6 +4,7 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::alg::HashAlg;
+use crate::key::Curve;
 
 macro_rules! fixture {
     ($name:literal) => {

@@ -3,7 +3,8 @@
 use ring::signature::{self, RsaPublicKeyComponents, UnparsedPublicKey};
 
 use crate::alg::HashAlg;
-use crate::tpm2::{self, EccCurve, KeyError, Public, PublicKey, SigAlg, Signature, SignatureBody};
+use crate::key::KeyError;
+use crate::tpm2::{self, EccCurve, Public, SigAlg, Signature, SignatureBody, TpmKey};
 
 /// The RSA modulus sizes ring verifies.
 const RSA_MIN_BITS: usize = 2048;
@@ -67,7 +68,7 @@ impl PreparedAk {
     pub fn new(public: Public) -> Result<PreparedAk, AkError> {
         public.check_ak_attributes()?;
         let key = match &public.key {
-            PublicKey::Rsa(k) => {
+            TpmKey::Rsa(k) => {
                 let bits = k.modulus_bits()?;
                 if !(RSA_MIN_BITS..=RSA_MAX_BITS).contains(&bits) {
                     return Err(KeyError::ModulusSize {
@@ -79,7 +80,7 @@ impl PreparedAk {
                 }
                 VerifyKey::Rsa(k.ring_components()?)
             }
-            PublicKey::Ecc(k) => {
+            TpmKey::Ecc(k) => {
                 if k.curve != EccCurve::NIST_P256 && k.curve != EccCurve::NIST_P384 {
                     return Err(KeyError::UnsupportedCurve(k.curve).into());
                 }

@@ -6,7 +6,7 @@ use super::wire::{Reader, Writer};
 use super::{Error, MAX_DATA, MAX_DIGEST, MAX_NAME, st};
 
 /// `TPM_GENERATED_VALUE`, the magic that starts every structure the TPM itself produced.
-pub const TPM_GENERATED_VALUE: u32 = 0xff54_4347;
+pub(crate) const TPM_GENERATED_VALUE: u32 = 0xff54_4347;
 
 /// `TPMS_CLOCK_INFO`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]

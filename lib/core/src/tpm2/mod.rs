@@ -12,17 +12,15 @@
 //! marshalled back, which tests use to build synthetic quotes.
 
 mod attest;
-mod der;
 mod pcr;
 mod public;
 mod signature;
 mod wire;
 
-pub use attest::{Attest, AttestBody, ClockInfo, TPM_GENERATED_VALUE};
+pub use attest::{Attest, AttestBody, ClockInfo};
 pub use pcr::{PcrBankSelection, PcrDump, PcrSelection, PcrSet, PcrValues, PcrValuesError};
 pub use public::{
-    AK_REQUIRED_ATTRIBUTES, EccCurve, EccPublic, KeyError, ObjectAttributes, Public, PublicKey,
-    RsaPublic, Scheme, SymmetricDef,
+    EccCurve, EccPublic, ObjectAttributes, Public, RsaPublic, Scheme, SymmetricDef, TpmKey,
 };
 pub use signature::{SigAlg, Signature, SignatureBody};
 

@@ -6,8 +6,10 @@ use std::fmt;
 use ring::signature::RsaPublicKeyComponents;
 
 use super::wire::{Reader, Writer};
-use super::{Error, MAX_DIGEST, MAX_ECC_BYTES, MAX_RSA_BYTES, alg_id, der};
+use super::{Error, MAX_DIGEST, MAX_ECC_BYTES, MAX_RSA_BYTES, alg_id};
 use crate::alg::HashAlg;
+use crate::key::{self, KeyError};
+use crate::oid;
 
 /// `TPMA_OBJECT`, the attribute bits of an object.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -40,37 +42,13 @@ impl fmt::Debug for ObjectAttributes {
 /// The attributes an attestation key must have, with their names from the TPM specification.
 /// Together they say: a signing key that only signs TPM-generated structures, was generated
 /// inside the TPM and can never leave it.
-pub const AK_REQUIRED_ATTRIBUTES: [(u32, &str); 5] = [
+pub(crate) const AK_REQUIRED_ATTRIBUTES: [(u32, &str); 5] = [
     (ObjectAttributes::FIXED_TPM, "fixedTPM"),
     (ObjectAttributes::FIXED_PARENT, "fixedParent"),
     (ObjectAttributes::SENSITIVE_DATA_ORIGIN, "sensitiveDataOrigin"),
     (ObjectAttributes::RESTRICTED, "restricted"),
     (ObjectAttributes::SIGN, "sign"),
 ];
-
-/// Why a public key is not usable for what it was offered for.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum KeyError {
-    #[error("AK objectAttributes {attributes:#010x}: {missing} not set")]
-    MissingAttributes { attributes: u32, missing: String },
-    #[error(
-        "AK objectAttributes {attributes:#010x}: decrypt is set, an AK must be a signing-only key"
-    )]
-    Decrypt { attributes: u32 },
-    #[error("ECC curve {0} is not supported here")]
-    UnsupportedCurve(EccCurve),
-    #[error("ECC point coordinate {coordinate} is {len} bytes, more than the {size} of {curve}")]
-    CoordinateTooLong { coordinate: &'static str, len: usize, size: usize, curve: EccCurve },
-    #[error("RSA modulus is empty or zero")]
-    EmptyModulus,
-    #[error("RSA exponent {0} is not an odd number of at least 3")]
-    BadExponent(u32),
-    #[error("RSA modulus of {bits} bits is outside the supported range {min}..={max}")]
-    ModulusSize { bits: usize, min: usize, max: usize },
-    #[error("key type {0} cannot sign {1}")]
-    WrongKeyType(&'static str, &'static str),
-}
 
 /// `TPMI_ECC_CURVE`.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -95,9 +73,9 @@ impl EccCurve {
 
     fn oid(self) -> Option<&'static [u8]> {
         match self {
-            EccCurve::NIST_P256 => Some(der::OID_P256),
-            EccCurve::NIST_P384 => Some(der::OID_P384),
-            EccCurve::NIST_P521 => Some(der::OID_P521),
+            EccCurve::NIST_P256 => Some(oid::P256),
+            EccCurve::NIST_P384 => Some(oid::P384),
+            EccCurve::NIST_P521 => Some(oid::P521),
             _ => None,
         }
     }
@@ -233,25 +211,26 @@ pub(crate) fn strip_leading_zeros_to(value: &[u8], size: usize) -> Option<&[u8]>
     Some(v)
 }
 
-/// The type-specific part of a public area.
+/// The type-specific part of a public area: the parameters and unique value of an RSA or ECC
+/// key, as the TPM describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PublicKey {
+pub enum TpmKey {
     Rsa(RsaPublic),
     Ecc(EccPublic),
 }
 
-impl PublicKey {
+impl TpmKey {
     pub fn type_name(&self) -> &'static str {
         match self {
-            PublicKey::Rsa(_) => "RSA",
-            PublicKey::Ecc(_) => "ECC",
+            TpmKey::Rsa(_) => "RSA",
+            TpmKey::Ecc(_) => "ECC",
         }
     }
 
     pub fn scheme(&self) -> Option<Scheme> {
         match self {
-            PublicKey::Rsa(k) => k.scheme,
-            PublicKey::Ecc(k) => k.scheme,
+            TpmKey::Rsa(k) => k.scheme,
+            TpmKey::Ecc(k) => k.scheme,
         }
     }
 }
@@ -262,7 +241,7 @@ pub struct Public {
     pub name_alg: HashAlg,
     pub attributes: ObjectAttributes,
     pub auth_policy: Vec<u8>,
-    pub key: PublicKey,
+    pub key: TpmKey,
 }
 
 const TPMT_PUBLIC: &str = "TPMT_PUBLIC";
@@ -317,7 +296,7 @@ impl Public {
             let key_bits = r.u16("parameters.keyBits")?;
             let raw_exponent = r.u32("parameters.exponent")?;
             let modulus = r.tpm2b("unique.rsa", MAX_RSA_BYTES)?.to_vec();
-            PublicKey::Rsa(RsaPublic { symmetric, scheme, key_bits, raw_exponent, modulus })
+            TpmKey::Rsa(RsaPublic { symmetric, scheme, key_bits, raw_exponent, modulus })
         } else {
             let symmetric = read_symmetric(r)?;
             let scheme = read_scheme(r, "parameters.scheme")?;
@@ -325,7 +304,7 @@ impl Public {
             let kdf = read_scheme(r, "parameters.kdf")?;
             let x = r.tpm2b("unique.ecc.x", MAX_ECC_BYTES)?.to_vec();
             let y = r.tpm2b("unique.ecc.y", MAX_ECC_BYTES)?.to_vec();
-            PublicKey::Ecc(EccPublic { symmetric, scheme, curve, kdf, x, y })
+            TpmKey::Ecc(EccPublic { symmetric, scheme, curve, kdf, x, y })
         };
         Ok(Public { name_alg, attributes, auth_policy, key })
     }
@@ -334,21 +313,21 @@ impl Public {
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut w = Writer::default();
         match &self.key {
-            PublicKey::Rsa(_) => w.u16(alg_id::RSA),
-            PublicKey::Ecc(_) => w.u16(alg_id::ECC),
+            TpmKey::Rsa(_) => w.u16(alg_id::RSA),
+            TpmKey::Ecc(_) => w.u16(alg_id::ECC),
         }
         w.u16(self.name_alg.tpm_alg_id());
         w.u32(self.attributes.0);
         w.tpm2b(&self.auth_policy);
         match &self.key {
-            PublicKey::Rsa(k) => {
+            TpmKey::Rsa(k) => {
                 write_symmetric(&mut w, k.symmetric);
                 write_scheme(&mut w, k.scheme);
                 w.u16(k.key_bits);
                 w.u32(k.raw_exponent);
                 w.tpm2b(&k.modulus);
             }
-            PublicKey::Ecc(k) => {
+            TpmKey::Ecc(k) => {
                 write_symmetric(&mut w, k.symmetric);
                 write_scheme(&mut w, k.scheme);
                 w.u16(k.curve.0);
@@ -397,10 +376,10 @@ impl Public {
     /// The DER `SubjectPublicKeyInfo` of the key, as found in a certificate for it.
     pub fn spki_der(&self) -> Result<Vec<u8>, KeyError> {
         match &self.key {
-            PublicKey::Rsa(k) => Ok(der::rsa_spki(k.modulus_magnitude()?, &k.exponent_bytes())),
-            PublicKey::Ecc(k) => {
+            TpmKey::Rsa(k) => Ok(key::rsa_spki(k.modulus_magnitude()?, &k.exponent_bytes())),
+            TpmKey::Ecc(k) => {
                 let oid = k.curve.oid().ok_or(KeyError::UnsupportedCurve(k.curve))?;
-                Ok(der::ec_spki(oid, &k.uncompressed_point()?))
+                Ok(key::ec_spki(oid, &k.uncompressed_point()?))
             }
         }
     }
@@ -487,7 +466,7 @@ mod tests {
             name_alg: HashAlg::Sha256,
             attributes: ObjectAttributes(0x0005_0072),
             auth_policy: vec![],
-            key: PublicKey::Ecc(EccPublic {
+            key: TpmKey::Ecc(EccPublic {
                 symmetric: SymmetricDef::Null,
                 scheme: Some(Scheme { scheme: alg_id::ECDSA, hash_alg: alg_id::SHA256, count: 0 }),
                 curve: EccCurve::NIST_P256,
@@ -504,7 +483,7 @@ mod tests {
         let bytes = ak.to_tpm2b_bytes();
         let parsed = Public::parse_tpm2b(&bytes).expect("parses");
         assert_eq!(parsed, ak);
-        let PublicKey::Ecc(k) = &parsed.key else { panic!("ecc") };
+        let TpmKey::Ecc(k) = &parsed.key else { panic!("ecc") };
         let point = k.uncompressed_point().expect("P-256");
         assert_eq!(point.len(), 65);
         assert_eq!(point[33], 0, "short y is left-padded");
@@ -548,7 +527,7 @@ mod tests {
     #[test]
     fn coordinate_too_long_is_refused() {
         let mut ak = ecc_ak();
-        if let PublicKey::Ecc(k) = &mut ak.key {
+        if let TpmKey::Ecc(k) = &mut ak.key {
             k.x = vec![1; 33];
         }
         assert!(matches!(ak.spki_der(), Err(KeyError::CoordinateTooLong { coordinate: "x", .. })));

@@ -6,8 +6,7 @@ use kl_core::policy::PcrPolicy;
 use kl_core::quote::*;
 use kl_core::tpm2::{
     Attest, AttestBody, ClockInfo, EccCurve, EccPublic, ObjectAttributes, PcrDump, PcrSet,
-    PcrValues, Public, PublicKey, RsaPublic, Scheme, SigAlg, Signature, SignatureBody,
-    SymmetricDef,
+    PcrValues, Public, RsaPublic, Scheme, SigAlg, Signature, SignatureBody, SymmetricDef, TpmKey,
 };
 use kl_core::verdict::rule;
 use kl_testkit::synthetic::{SyntheticAk, pcr_values, quote_attest};
@@ -86,7 +85,7 @@ fn golden_ek_public_area() {
     // An RSA EK: policy-authorised storage key with an AES-128-CFB symmetric definition.
     let ek = Public::parse_tpm2b(&fixture("ek.pub")).expect("EK parses");
     assert_eq!(ek.to_tpm2b_bytes(), fixture("ek.pub"));
-    let PublicKey::Rsa(k) = &ek.key else { panic!("RSA EK") };
+    let TpmKey::Rsa(k) = &ek.key else { panic!("RSA EK") };
     assert_eq!(
         k.symmetric,
         SymmetricDef::Cipher {
@@ -112,7 +111,7 @@ fn ecc_spki_has_the_standard_p256_prefix() {
     let spki = ak.public.spki_der().expect("P-256");
     let prefix = hex::decode("3059301306072a8648ce3d020106082a8648ce3d030107034200").expect("hex");
     assert_eq!(&spki[..prefix.len()], prefix.as_slice());
-    let PublicKey::Ecc(k) = &ak.public.key else { panic!("ecc") };
+    let TpmKey::Ecc(k) = &ak.public.key else { panic!("ecc") };
     assert_eq!(&spki[prefix.len()..], k.uncompressed_point().expect("point").as_slice());
 }
 
@@ -513,18 +512,18 @@ fn ak_preparation_refuses_unfit_keys() {
     let err = PreparedAk::new(public.clone()).expect_err("must fail");
     assert!(err.to_string().contains("sign not set"), "{err}");
     public.attributes = ObjectAttributes(0x0005_0072);
-    if let PublicKey::Ecc(k) = &mut public.key {
+    if let TpmKey::Ecc(k) = &mut public.key {
         k.curve = EccCurve::NIST_P521;
     }
     assert!(matches!(
         PreparedAk::new(public),
-        Err(AkError::Key(kl_core::tpm2::KeyError::UnsupportedCurve(_)))
+        Err(AkError::Key(kl_core::key::KeyError::UnsupportedCurve(_)))
     ));
     let small = Public {
         name_alg: HashAlg::Sha256,
         attributes: ObjectAttributes(0x0005_0072),
         auth_policy: vec![],
-        key: PublicKey::Rsa(RsaPublic {
+        key: TpmKey::Rsa(RsaPublic {
             symmetric: SymmetricDef::Null,
             scheme: Some(Scheme {
                 scheme: SigAlg::RsaSsa.tpm_alg_id(),
@@ -583,7 +582,7 @@ fn ecc_public_strategy() -> impl Strategy<Value = Public> {
             name_alg: HashAlg::Sha384,
             attributes: ObjectAttributes(attributes),
             auth_policy: vec![1; 32],
-            key: PublicKey::Ecc(EccPublic {
+            key: TpmKey::Ecc(EccPublic {
                 symmetric: SymmetricDef::Cipher { algorithm: 0x0006, key_bits: 128, mode: 0x0043 },
                 scheme: None,
                 curve: EccCurve::NIST_P256,

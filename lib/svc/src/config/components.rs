@@ -1,5 +1,9 @@
 //! The typed configs of the agent, registrar, verifier and tenant, and their option tables.
-//! Each struct has exactly the fields its table lists (a test checks this).
+//!
+//! Each option is declared once, in a `component_config!` list: its name (the struct field),
+//! its Rust type, its [`Kind`] and default, and its description. The macro makes the struct
+//! field (documented with the description) and the [`OptionSpec`] that parsing,
+//! `--print-config`, the default config files, the man pages and `kctl config convert` read.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -75,321 +79,218 @@ mod seconds {
     }
 }
 
-/// Options every daemon has: `keylime_dir`, `ip`, `port`, `tls_dir`, `log_format`, `log_level`.
-fn daemon_options(port: &'static str, tls_dir: &'static str) -> Vec<OptionSpec> {
-    let mut options = vec![
-        OptionSpec::new("ip", Kind::Ip, "127.0.0.1")
-.doc("Address to listen on; 0.0.0.0 or :: for every address (the generated server certificate then names this host)."),
-        OptionSpec::new("port", Kind::Port, port)
-.doc("TCP port to listen on."),
-    ];
-    options.extend(client_options(tls_dir));
-    options
+/// Declares a component's typed config and its option table from one list. Each entry
+///
+/// ```text
+/// name: Type = value(KIND, "default") | under_keylime_dir(KIND, "path") | optional(KIND)
+///     [with "serde_module"], "description";
+/// ```
+///
+/// becomes the field `pub name: Type`, documented with the description (and serialized with
+/// `serde_module` when given), and the [`OptionSpec`] named `name` with that kind, default and
+/// description, in the order of the list.
+macro_rules! component_config {
+    (@spec value $field:ident ($($arg:expr),*)) => {
+        OptionSpec::new(stringify!($field), $($arg),*)
+    };
+    (@spec $ctor:ident $field:ident ($($arg:expr),*)) => {
+        OptionSpec::$ctor(stringify!($field), $($arg),*)
+    };
+    (
+        $(#[$meta:meta])*
+        $name:ident: $component:expr;
+        $(
+            $field:ident: $ty:ty = $ctor:ident($($arg:expr),*) $(with $with:literal)?,
+                $doc:literal;
+        )*
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct $name {
+            $(
+                #[doc = $doc]
+                $(#[serde(with = $with)])?
+                pub $field: $ty,
+            )*
+        }
+
+        impl ComponentConfig for $name {
+            const COMPONENT: Component = $component;
+
+            fn options() -> Vec<OptionSpec> {
+                vec![$(component_config!(@spec $ctor $field ($($arg),*)).doc($doc)),*]
+            }
+        }
+    };
 }
 
-/// Options of every program, the tenant included.
-fn client_options(tls_dir: &'static str) -> Vec<OptionSpec> {
-    vec![
-        OptionSpec::new("keylime_dir", Kind::Path, "/var/lib/keylime")
-.doc("State directory: databases, the generated CA (cv_ca/), agent key material. The environment variable KEYLIME_DIR overrides it."),
-        OptionSpec::new("tls_dir", Kind::TlsDir, tls_dir)
-.doc("TLS files: \"generate\" creates a CA and certificates in <keylime_dir>/cv_ca on first start, \"default\" reads them from there, any other value is a directory holding cacert.crt, server-cert.crt, server-private.pem, client-cert.crt and client-private.pem."),
-        OptionSpec::new("log_format", Kind::Choice(LOG_FORMATS), "text")
-.doc("Log lines as \"text\" or \"json\" (both journald-friendly)."),
-        OptionSpec::new("log_level", Kind::Text, "info")
-.doc("A tracing filter (\"info\", \"debug\", \"kl_verifier=debug\"); RUST_LOG overrides it."),
-    ]
+/// [`component_config!`] with the options of every program (the tenant included) first, after
+/// the entries in brackets, if any; `tls_dir` is the default of `tls_dir`.
+macro_rules! client_config {
+    ([$($first:tt)*] $(#[$meta:meta])* $name:ident: $component:expr, tls_dir $tls_dir:literal;
+        $($rest:tt)*) => {
+        component_config! {
+            $(#[$meta])*
+            $name: $component;
+            $($first)*
+            keylime_dir: PathBuf = value(Kind::Path, "/var/lib/keylime"),
+                "State directory: databases, the generated CA (cv_ca/), agent key material. The environment variable KEYLIME_DIR overrides it.";
+            tls_dir: TlsDir = value(Kind::TlsDir, $tls_dir),
+                "TLS files: \"generate\" creates a CA and certificates in <keylime_dir>/cv_ca on first start, \"default\" reads them from there, any other value is a directory holding cacert.crt, server-cert.crt, server-private.pem, client-cert.crt and client-private.pem.";
+            log_format: LogFormat = value(Kind::Choice(LOG_FORMATS), "text"),
+                "Log lines as \"text\" or \"json\" (both journald-friendly).";
+            log_level: String = value(Kind::Text, "info"),
+                "A tracing filter (\"info\", \"debug\", \"kl_verifier=debug\"); RUST_LOG overrides it.";
+            $($rest)*
+        }
+    };
+    ($(#[$meta:meta])* $name:ident: $component:expr, tls_dir $tls_dir:literal; $($rest:tt)*) => {
+        client_config! { [] $(#[$meta])* $name: $component, tls_dir $tls_dir; $($rest)* }
+    };
 }
 
-/// `keylime_agent` settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AgentConfig {
-    pub keylime_dir: PathBuf,
-    pub ip: IpAddr,
-    pub port: u16,
-    pub tls_dir: TlsDir,
-    pub log_format: LogFormat,
-    /// A `tracing` filter (`info`, `kl_agent=debug`); `RUST_LOG` overrides it.
-    pub log_level: String,
-    pub uuid: AgentUuid,
-    /// Address the verifier and kctl reach the agent at; `ip` when unset.
-    pub contact_ip: Option<String>,
-    /// Port the verifier and kctl reach the agent at; `port` when unset.
-    pub contact_port: Option<u16>,
-    pub registrar_ip: String,
-    pub registrar_port: u16,
-    pub tcti: String,
-    /// CA that client certificates (verifier, kctl) must chain to.
-    pub trusted_client_ca: PathBuf,
-    /// Agent key material (identity key, certificate, payload).
-    pub agent_data_path: PathBuf,
-    pub ima_ml_path: PathBuf,
-    pub measuredboot_ml_path: PathBuf,
-    /// The verifier addresses whose revocation notices are accepted (and signature-checked):
-    /// host names or IP addresses, one per verifier replica; `*` accepts any address.
-    pub revocation_notification_ip: Vec<String>,
-    pub revocation_actions: Vec<String>,
-    pub revocation_actions_dir: PathBuf,
-    /// Whether revocation actions shipped in a payload may run.
-    pub allow_payload_revocation_actions: bool,
-    pub payload_script: String,
-    /// How long the payload script may run before it is killed.
-    #[serde(with = "seconds")]
-    pub payload_script_timeout: Duration,
-    /// Where payloads are extracted (`<keylime_dir>/secure`).
-    pub secure_dir: PathBuf,
-    /// Bytes of the tmpfs mounted on `secure_dir` (0: no tmpfs, a 0700 directory).
-    pub secure_size: u64,
-    pub tpm_hash_alg: String,
-    pub tpm_encryption_alg: String,
-    pub tpm_signing_alg: String,
-    /// Most IMA entries one quote reply carries; the verifier asks again for the rest.
-    pub ima_max_entries: u64,
-    /// Address and port of the Prometheus endpoint; no port, no endpoint.
-    pub metrics_ip: IpAddr,
-    pub metrics_port: Option<u16>,
-    /// `user:group` to switch to after start-up (TPM open, secure directory mounted).
-    pub run_as: Option<String>,
+/// [`client_config!`] with the options every daemon has first: `ip`, and `port`, whose default
+/// is `port`.
+macro_rules! daemon_config {
+    ($(#[$meta:meta])* $name:ident: $component:expr, port $port:literal, tls_dir $tls_dir:literal;
+        $($rest:tt)*) => {
+        client_config! {
+            [
+                ip: IpAddr = value(Kind::Ip, "127.0.0.1"),
+                    "Address to listen on; 0.0.0.0 or :: for every address (the generated server certificate then names this host).";
+                port: u16 = value(Kind::Port, $port),
+                    "TCP port to listen on.";
+            ]
+            $(#[$meta])*
+            $name: $component, tls_dir $tls_dir;
+            $($rest)*
+        }
+    };
 }
 
-impl ComponentConfig for AgentConfig {
-    const COMPONENT: Component = Component::Agent;
-
-    fn options() -> Vec<OptionSpec> {
-        let mut options = daemon_options("9002", "default");
-        options.extend([
-            OptionSpec::new("uuid", Kind::AgentUuid, "hash_ek")
-.doc("Agent id: a UUID, \"generate\" (a new random one at each start) or \"hash_ek\" (SHA-256 of the EK public key)."),
-            OptionSpec::optional("contact_ip", Kind::Host)
-.doc("Address the verifier and kctl reach this agent at; unset: ip."),
-            OptionSpec::optional("contact_port", Kind::Port)
-.doc("Port the verifier and kctl reach this agent at; unset: port."),
-            OptionSpec::new("registrar_ip", Kind::Host, "127.0.0.1")
-.doc("Registrar host name or IP address."),
-            OptionSpec::new("registrar_port", Kind::Port, "8891")
-.doc("Registrar port."),
-            OptionSpec::new("tcti", Kind::Tcti, "device:/dev/tpmrm0")
-.doc("The TPM: device:/dev/tpmrm0 (the kernel resource manager), swtpm:host=H,port=P, mssim:..., tabrmd:..."),
-            OptionSpec::under_keylime_dir("trusted_client_ca", Kind::Path, "cv_ca/cacert.crt")
-.doc("CA certificate (PEM) that clients (verifier, kctl) must chain to."),
-            OptionSpec::under_keylime_dir("agent_data_path", Kind::Path, "agent")
-.doc("Agent key material: AK, identity key and certificate."),
-            OptionSpec::new(
-                "ima_ml_path",
-                Kind::Path,
-                "/sys/kernel/security/ima/ascii_runtime_measurements",
-            )
-.doc("The IMA measurement list."),
-            OptionSpec::new(
-                "measuredboot_ml_path",
-                Kind::Path,
-                "/sys/kernel/security/tpm0/binary_bios_measurements",
-            )
-.doc("The UEFI event log."),
-            OptionSpec::new("revocation_notification_ip", Kind::HostList, "127.0.0.1")
-.doc("Verifier addresses whose revocation notices are accepted (they are signature-checked as well); \"*\" accepts any."),
-            OptionSpec::new("revocation_actions", Kind::TextList, "")
-.doc("Executables in revocation_actions_dir to run on a revocation notice, each with the path of the notice JSON."),
-            OptionSpec::new("revocation_actions_dir", Kind::Path, "/usr/libexec/keylime")
-.doc("Directory of the revocation_actions executables."),
-            OptionSpec::new("allow_payload_revocation_actions", Kind::Bool, "true")
-.doc("Whether revocation actions shipped in a payload may run."),
-            OptionSpec::new("payload_script", Kind::Text, "autorun.sh")
-.doc("Script in the payload run once the machine is attested."),
-            OptionSpec::new("payload_script_timeout", Kind::Seconds, "300")
-.doc("Seconds the payload script may run before it is killed."),
-            OptionSpec::under_keylime_dir("secure_dir", Kind::Path, "secure")
-.doc("Where payloads are extracted; a tmpfs is mounted on it when secure_size > 0 and the agent starts as root."),
-            OptionSpec::new("secure_size", Kind::Count, "67108864")
-.doc("Bytes of the tmpfs mounted on secure_dir (0: no tmpfs, a 0700 directory)."),
-            OptionSpec::new("tpm_hash_alg", Kind::Choice(HASH_ALGS), "sha256")
-.doc("PCR bank and hash algorithm of quotes."),
-            OptionSpec::new("tpm_encryption_alg", Kind::Choice(ENCRYPTION_ALGS), "rsa")
-.doc("EK algorithm."),
-            OptionSpec::new("tpm_signing_alg", Kind::Choice(SIGNING_ALGS), "rsassa")
-.doc("AK signing scheme."),
-            OptionSpec::new("ima_max_entries", Kind::Count, "10000")
-.doc("Most IMA entries one quote reply carries; the verifier asks again for the rest."),
-            OptionSpec::new("metrics_ip", Kind::Ip, "127.0.0.1")
-.doc("Address of the Prometheus metrics endpoint."),
-            OptionSpec::optional("metrics_port", Kind::Port)
-.doc("Port of the Prometheus metrics endpoint; unset: no endpoint."),
-            OptionSpec::optional("run_as", Kind::Text)
-.doc("USER:GROUP the agent switches to once the TPM is open and the secure directory mounted (it must start as root for that); unset: keep the starting user."),
-        ]);
-        options
-    }
+daemon_config! {
+    /// `keylime_agent` settings.
+    AgentConfig: Component::Agent, port "9002", tls_dir "default";
+    uuid: AgentUuid = value(Kind::AgentUuid, "hash_ek"),
+        "Agent id: a UUID, \"generate\" (a new random one at each start) or \"hash_ek\" (SHA-256 of the EK public key).";
+    contact_ip: Option<String> = optional(Kind::Host),
+        "Address the verifier and kctl reach this agent at; unset: ip.";
+    contact_port: Option<u16> = optional(Kind::Port),
+        "Port the verifier and kctl reach this agent at; unset: port.";
+    registrar_ip: String = value(Kind::Host, "127.0.0.1"),
+        "Registrar host name or IP address.";
+    registrar_port: u16 = value(Kind::Port, "8891"),
+        "Registrar port.";
+    tcti: String = value(Kind::Tcti, "device:/dev/tpmrm0"),
+        "The TPM: device:/dev/tpmrm0 (the kernel resource manager), swtpm:host=H,port=P, mssim:..., tabrmd:...";
+    trusted_client_ca: PathBuf = under_keylime_dir(Kind::Path, "cv_ca/cacert.crt"),
+        "CA certificate (PEM) that clients (verifier, kctl) must chain to.";
+    agent_data_path: PathBuf = under_keylime_dir(Kind::Path, "agent"),
+        "Agent key material: AK, identity key and certificate.";
+    ima_ml_path: PathBuf = value(Kind::Path, "/sys/kernel/security/ima/ascii_runtime_measurements"),
+        "The IMA measurement list.";
+    measuredboot_ml_path: PathBuf = value(Kind::Path, "/sys/kernel/security/tpm0/binary_bios_measurements"),
+        "The UEFI event log.";
+    revocation_notification_ip: Vec<String> = value(Kind::HostList, "127.0.0.1"),
+        "Verifier addresses whose revocation notices are accepted (they are signature-checked as well); \"*\" accepts any.";
+    revocation_actions: Vec<String> = value(Kind::TextList, ""),
+        "Executables in revocation_actions_dir to run on a revocation notice, each with the path of the notice JSON.";
+    revocation_actions_dir: PathBuf = value(Kind::Path, "/usr/libexec/keylime"),
+        "Directory of the revocation_actions executables.";
+    allow_payload_revocation_actions: bool = value(Kind::Bool, "true"),
+        "Whether revocation actions shipped in a payload may run.";
+    payload_script: String = value(Kind::Text, "autorun.sh"),
+        "Script in the payload run once the machine is attested.";
+    payload_script_timeout: Duration = value(Kind::Seconds, "300") with "seconds",
+        "Seconds the payload script may run before it is killed.";
+    secure_dir: PathBuf = under_keylime_dir(Kind::Path, "secure"),
+        "Where payloads are extracted; a tmpfs is mounted on it when secure_size > 0 and the agent starts as root.";
+    secure_size: u64 = value(Kind::Count, "67108864"),
+        "Bytes of the tmpfs mounted on secure_dir (0: no tmpfs, a 0700 directory).";
+    tpm_hash_alg: String = value(Kind::Choice(HASH_ALGS), "sha256"),
+        "PCR bank and hash algorithm of quotes.";
+    tpm_encryption_alg: String = value(Kind::Choice(ENCRYPTION_ALGS), "rsa"),
+        "EK algorithm.";
+    tpm_signing_alg: String = value(Kind::Choice(SIGNING_ALGS), "rsassa"),
+        "AK signing scheme.";
+    ima_max_entries: u64 = value(Kind::Count, "10000"),
+        "Most IMA entries one quote reply carries; the verifier asks again for the rest.";
+    metrics_ip: IpAddr = value(Kind::Ip, "127.0.0.1"),
+        "Address of the Prometheus metrics endpoint.";
+    metrics_port: Option<u16> = optional(Kind::Port),
+        "Port of the Prometheus metrics endpoint; unset: no endpoint.";
+    run_as: Option<String> = optional(Kind::Text),
+        "USER:GROUP the agent switches to once the TPM is open and the secure directory mounted (it must start as root for that); unset: keep the starting user.";
 }
 
-/// `keylime_registrar` settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RegistrarConfig {
-    pub keylime_dir: PathBuf,
-    pub ip: IpAddr,
-    pub port: u16,
-    pub tls_dir: TlsDir,
-    pub log_format: LogFormat,
-    pub log_level: String,
-    /// Vendor CA certificates that EK certificates are checked against.
-    pub tpm_cert_store: PathBuf,
-    pub require_ek_cert: bool,
-    /// Extra DNS names and IPs for a generated server certificate.
-    pub cert_subject_alternative_names: Vec<String>,
-    /// Registrations (Register and Activate) allowed per source address per minute.
-    pub registration_rate_limit: u64,
-    /// Address and port of the Prometheus endpoint; no port, no endpoint.
-    pub metrics_ip: IpAddr,
-    pub metrics_port: Option<u16>,
+daemon_config! {
+    /// `keylime_registrar` settings.
+    RegistrarConfig: Component::Registrar, port "8891", tls_dir "default";
+    tpm_cert_store: PathBuf = under_keylime_dir(Kind::Path, "tpm_cert_store"),
+        "Directory of TPM vendor CA certificates (PEM or DER) that EK certificates must chain to; SIGHUP reloads it.";
+    require_ek_cert: bool = value(Kind::Bool, "true"),
+        "Refuse agents whose EK has no certificate chaining to tpm_cert_store.";
+    cert_subject_alternative_names: Vec<String> = value(Kind::TextList, ""),
+        "Extra DNS names and IP addresses for the generated server certificate (it always names localhost, 127.0.0.1, ::1, this host's name and ip, or this host's addresses when ip is a wildcard).";
+    registration_rate_limit: u64 = value(Kind::Count, "60"),
+        "Registrations (Register and Activate) allowed per source address per minute.";
+    metrics_ip: IpAddr = value(Kind::Ip, "127.0.0.1"),
+        "Address of the Prometheus metrics endpoint.";
+    metrics_port: Option<u16> = optional(Kind::Port),
+        "Port of the Prometheus metrics endpoint; unset: no endpoint.";
 }
 
-impl ComponentConfig for RegistrarConfig {
-    const COMPONENT: Component = Component::Registrar;
-
-    fn options() -> Vec<OptionSpec> {
-        let mut options = daemon_options("8891", "default");
-        options.extend([
-            OptionSpec::under_keylime_dir("tpm_cert_store", Kind::Path, "tpm_cert_store")
-.doc("Directory of TPM vendor CA certificates (PEM or DER) that EK certificates must chain to; SIGHUP reloads it."),
-            OptionSpec::new("require_ek_cert", Kind::Bool, "true")
-.doc("Refuse agents whose EK has no certificate chaining to tpm_cert_store."),
-            OptionSpec::new("cert_subject_alternative_names", Kind::TextList, "")
-.doc("Extra DNS names and IP addresses for the generated server certificate (it always names localhost, 127.0.0.1, ::1, this host's name and ip, or this host's addresses when ip is a wildcard)."),
-            OptionSpec::new("registration_rate_limit", Kind::Count, "60")
-.doc("Registrations (Register and Activate) allowed per source address per minute."),
-            OptionSpec::new("metrics_ip", Kind::Ip, "127.0.0.1")
-.doc("Address of the Prometheus metrics endpoint."),
-            OptionSpec::optional("metrics_port", Kind::Port)
-.doc("Port of the Prometheus metrics endpoint; unset: no endpoint."),
-        ]);
-        options
-    }
+daemon_config! {
+    /// `keylime_verifier` settings.
+    VerifierConfig: Component::Verifier, port "8881", tls_dir "generate";
+    registrar_ip: String = value(Kind::Host, "127.0.0.1"),
+        "Registrar host name or IP address.";
+    registrar_port: u16 = value(Kind::Port, "8891"),
+        "Registrar port.";
+    quote_interval: Duration = value(Kind::Seconds, "2") with "seconds",
+        "Seconds between two quotes of one agent.";
+    retry_interval: Duration = value(Kind::Seconds, "2") with "seconds",
+        "Seconds before retrying an agent that did not answer (doubled each time with exponential_backoff).";
+    max_retries: u64 = value(Kind::Count, "5"),
+        "Failed attempts before an agent is marked unreachable.";
+    exponential_backoff: bool = value(Kind::Bool, "true"),
+        "Double retry_interval after each failed attempt.";
+    request_timeout: Duration = value(Kind::Seconds, "60") with "seconds",
+        "Seconds a call to another component may take.";
+    webhook_url: Option<String> = optional(Kind::Url),
+        "http:// or https:// URL that receives each event as JSON; unset: no webhook.";
+    webhook_secret: Option<String> = optional(Kind::Text),
+        "Key of the X-Keylime-Signature HMAC-SHA256 header of webhook calls.";
+    webhook_ca: Option<PathBuf> = optional(Kind::Path),
+        "CA certificates (PEM) an https:// webhook receiver must chain to; unset: the system trust store and the deployment CA.";
+    accept_tpm_hash_algs: Vec<String> = value(Kind::ChoiceList(HASH_ALGS), "sha512,sha384,sha256"),
+        "Hash algorithms accepted in quotes.";
+    accept_tpm_signing_algs: Vec<String> = value(Kind::ChoiceList(SIGNING_ALGS), "rsassa,rsapss,ecdsa,ecschnorr"),
+        "Signing schemes accepted in quotes.";
+    cert_subject_alternative_names: Vec<String> = value(Kind::TextList, ""),
+        "Extra DNS names and IP addresses for the generated server certificate (it always names localhost, 127.0.0.1, ::1, this host's name and ip, or this host's addresses when ip is a wildcard).";
+    history_max_age: Duration = value(Kind::Seconds, "2592000") with "seconds",
+        "Seconds attestation history and events are kept.";
+    history_max_entries: u64 = value(Kind::Count, "1000"),
+        "Attestation records kept per agent.";
+    metrics_ip: IpAddr = value(Kind::Ip, "127.0.0.1"),
+        "Address of the Prometheus metrics endpoint.";
+    metrics_port: Option<u16> = optional(Kind::Port),
+        "Port of the Prometheus metrics endpoint; unset: no endpoint.";
 }
 
-/// `keylime_verifier` settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct VerifierConfig {
-    pub keylime_dir: PathBuf,
-    pub ip: IpAddr,
-    pub port: u16,
-    pub tls_dir: TlsDir,
-    pub log_format: LogFormat,
-    pub log_level: String,
-    pub registrar_ip: String,
-    pub registrar_port: u16,
-    #[serde(with = "seconds")]
-    pub quote_interval: Duration,
-    #[serde(with = "seconds")]
-    pub retry_interval: Duration,
-    pub max_retries: u64,
-    pub exponential_backoff: bool,
-    #[serde(with = "seconds")]
-    pub request_timeout: Duration,
-    pub webhook_url: Option<String>,
-    pub webhook_secret: Option<String>,
-    /// CA certificates (PEM) an `https://` webhook receiver must chain to; unset: the
-    /// system's trust store and the deployment CA.
-    pub webhook_ca: Option<PathBuf>,
-    pub accept_tpm_hash_algs: Vec<String>,
-    pub accept_tpm_signing_algs: Vec<String>,
-    /// Extra DNS names and IPs for the generated server certificate.
-    pub cert_subject_alternative_names: Vec<String>,
-    /// Attestation history and events older than this are pruned.
-    #[serde(with = "seconds")]
-    pub history_max_age: Duration,
-    /// At most this many attestation records are kept per agent.
-    pub history_max_entries: u64,
-    /// Address and port of the Prometheus endpoint; no port, no endpoint.
-    pub metrics_ip: IpAddr,
-    pub metrics_port: Option<u16>,
-}
-
-impl ComponentConfig for VerifierConfig {
-    const COMPONENT: Component = Component::Verifier;
-
-    fn options() -> Vec<OptionSpec> {
-        let mut options = daemon_options("8881", "generate");
-        options.extend([
-            OptionSpec::new("registrar_ip", Kind::Host, "127.0.0.1")
-.doc("Registrar host name or IP address."),
-            OptionSpec::new("registrar_port", Kind::Port, "8891")
-.doc("Registrar port."),
-            OptionSpec::new("quote_interval", Kind::Seconds, "2")
-.doc("Seconds between two quotes of one agent."),
-            OptionSpec::new("retry_interval", Kind::Seconds, "2")
-.doc("Seconds before retrying an agent that did not answer (doubled each time with exponential_backoff)."),
-            OptionSpec::new("max_retries", Kind::Count, "5")
-.doc("Failed attempts before an agent is marked unreachable."),
-            OptionSpec::new("exponential_backoff", Kind::Bool, "true")
-.doc("Double retry_interval after each failed attempt."),
-            OptionSpec::new("request_timeout", Kind::Seconds, "60")
-.doc("Seconds a call to another component may take."),
-            OptionSpec::optional("webhook_url", Kind::Url)
-.doc("http:// or https:// URL that receives each event as JSON; unset: no webhook."),
-            OptionSpec::optional("webhook_secret", Kind::Text)
-.doc("Key of the X-Keylime-Signature HMAC-SHA256 header of webhook calls."),
-            OptionSpec::optional("webhook_ca", Kind::Path)
-.doc("CA certificates (PEM) an https:// webhook receiver must chain to; unset: the system trust store and the deployment CA."),
-            OptionSpec::new(
-                "accept_tpm_hash_algs",
-                Kind::ChoiceList(HASH_ALGS),
-                "sha512,sha384,sha256",
-            )
-.doc("Hash algorithms accepted in quotes."),
-            OptionSpec::new(
-                "accept_tpm_signing_algs",
-                Kind::ChoiceList(SIGNING_ALGS),
-                "rsassa,rsapss,ecdsa,ecschnorr",
-            )
-.doc("Signing schemes accepted in quotes."),
-            OptionSpec::new("cert_subject_alternative_names", Kind::TextList, "")
-.doc("Extra DNS names and IP addresses for the generated server certificate (it always names localhost, 127.0.0.1, ::1, this host's name and ip, or this host's addresses when ip is a wildcard)."),
-            OptionSpec::new("history_max_age", Kind::Seconds, "2592000")
-.doc("Seconds attestation history and events are kept."),
-            OptionSpec::new("history_max_entries", Kind::Count, "1000")
-.doc("Attestation records kept per agent."),
-            OptionSpec::new("metrics_ip", Kind::Ip, "127.0.0.1")
-.doc("Address of the Prometheus metrics endpoint."),
-            OptionSpec::optional("metrics_port", Kind::Port)
-.doc("Port of the Prometheus metrics endpoint; unset: no endpoint."),
-        ]);
-        options
-    }
-}
-
-/// `kctl` / `keylime_tenant` settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TenantConfig {
-    pub keylime_dir: PathBuf,
-    pub tls_dir: TlsDir,
-    pub log_format: LogFormat,
-    pub log_level: String,
-    pub verifier_ip: String,
-    pub verifier_port: u16,
-    pub registrar_ip: String,
-    pub registrar_port: u16,
-    #[serde(with = "seconds")]
-    pub request_timeout: Duration,
-}
-
-impl ComponentConfig for TenantConfig {
-    const COMPONENT: Component = Component::Tenant;
-
-    fn options() -> Vec<OptionSpec> {
-        let mut options = client_options("default");
-        options.extend([
-            OptionSpec::new("verifier_ip", Kind::Host, "127.0.0.1")
-                .doc("Verifier host name or IP address."),
-            OptionSpec::new("verifier_port", Kind::Port, "8881").doc("Verifier port."),
-            OptionSpec::new("registrar_ip", Kind::Host, "127.0.0.1")
-                .doc("Registrar host name or IP address."),
-            OptionSpec::new("registrar_port", Kind::Port, "8891").doc("Registrar port."),
-            OptionSpec::new("request_timeout", Kind::Seconds, "60")
-                .doc("Seconds a call to another component may take."),
-        ]);
-        options
-    }
+client_config! {
+    /// `kctl` / `keylime_tenant` settings.
+    TenantConfig: Component::Tenant, tls_dir "default";
+    verifier_ip: String = value(Kind::Host, "127.0.0.1"),
+        "Verifier host name or IP address.";
+    verifier_port: u16 = value(Kind::Port, "8881"),
+        "Verifier port.";
+    registrar_ip: String = value(Kind::Host, "127.0.0.1"),
+        "Registrar host name or IP address.";
+    registrar_port: u16 = value(Kind::Port, "8891"),
+        "Registrar port.";
+    request_timeout: Duration = value(Kind::Seconds, "60") with "seconds",
+        "Seconds a call to another component may take.";
 }

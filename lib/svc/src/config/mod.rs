@@ -6,10 +6,12 @@
 //! `KEYLIME_<C>_<OPTION>`); command-line flags. A config file given with `--config` (or
 //! `KEYLIME_<C>_CONFIG`) replaces all the layered files. Keys sit at top level or under `[<c>]`.
 //!
-//! Every option is described once (name, [`Kind`], default) in a table per component; the
-//! loader checks each value where it is read, so an error names the file, variable or flag it
-//! came from, the key and the value. The checked values then deserialize into the typed config
-//! struct. The file roots and the environment are inputs ([`Sources`]), never read implicitly
+//! Every option is declared once, in one list per component (`components.rs`): its name,
+//! Rust type, [`Kind`], default and description make both the typed struct's field and the
+//! [`OptionSpec`] that drives parsing, `--print-config`, the default config files, the man pages
+//! and `kctl config convert`. The loader checks each value where it is read, so an error names
+//! the file, variable or flag it came from, the key and the value. The checked values then
+//! deserialize into the typed config struct. The file roots and the environment are inputs ([`Sources`]), never read implicitly
 //! except by [`Sources::system`].
 
 mod args;

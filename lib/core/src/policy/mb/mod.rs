@@ -33,7 +33,7 @@ pub use evaluate::evaluate;
 pub const DEFAULT_PCRS: [u32; 11] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 14];
 
 /// Current policy format version.
-pub const FORMAT_VERSION: u32 = 1;
+pub(crate) const FORMAT_VERSION: u32 = 1;
 
 /// Why a policy document could not be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

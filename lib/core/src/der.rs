@@ -1,6 +1,7 @@
-//! A small, lenient DER reader for X.509 certificates.
+//! DER: the crate's one reader of tag-length-value items (X.509 certificates, public keys) and
+//! the few encodings it writes (SubjectPublicKeyInfo, see [`crate::key`]).
 //!
-//! It reads tag-length-value items and keeps every item's raw bytes and absolute byte offset, so
+//! The reader reads tag-length-value items and keeps every item's raw bytes and absolute byte offset, so
 //! a signature can be checked over the exact bytes that were signed and an error can say where
 //! the input went wrong. It is lenient where real TPM vendor certificates are sloppy: it accepts
 //! non-minimal length encodings, SET elements in any order, and leaves trailing bytes after the
@@ -18,6 +19,7 @@ pub(crate) const TAG_UTC_TIME: u8 = 0x17;
 pub(crate) const TAG_GENERALIZED_TIME: u8 = 0x18;
 pub(crate) const TAG_SEQUENCE: u8 = 0x30;
 pub(crate) const TAG_SET: u8 = 0x31;
+pub(crate) const TAG_NULL: u8 = 0x05;
 
 /// What went wrong in a DER input, and at which absolute byte offset.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -256,6 +258,43 @@ pub(crate) fn oid_to_string(oid: &[u8]) -> String {
     if parts.is_empty() { "(empty OID)".to_owned() } else { parts.join(".") }
 }
 
+/// Encodes one item: `tag`, a minimal length, `content`.
+pub(crate) fn encode(tag: u8, content: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(content.len() + 6);
+    out.push(tag);
+    let len = content.len();
+    if len < 0x80 {
+        out.push(len as u8);
+    } else {
+        let be = len.to_be_bytes();
+        let skip = be.iter().take_while(|&&b| b == 0).count();
+        out.push(0x80 | (be.len() - skip) as u8);
+        out.extend_from_slice(&be[skip..]);
+    }
+    out.extend_from_slice(content);
+    out
+}
+
+/// A non-negative INTEGER from big-endian magnitude bytes.
+pub(crate) fn encode_positive_integer(magnitude: &[u8]) -> Vec<u8> {
+    let first = magnitude.iter().position(|&b| b != 0).unwrap_or(magnitude.len());
+    let digits = &magnitude[first..];
+    let mut content = Vec::with_capacity(digits.len() + 1);
+    if digits.first().is_none_or(|&b| b & 0x80 != 0) {
+        content.push(0);
+    }
+    content.extend_from_slice(digits);
+    encode(TAG_INTEGER, &content)
+}
+
+/// A BIT STRING of whole bytes.
+pub(crate) fn encode_bit_string(bytes: &[u8]) -> Vec<u8> {
+    let mut content = Vec::with_capacity(bytes.len() + 1);
+    content.push(0);
+    content.extend_from_slice(bytes);
+    encode(TAG_BIT_STRING, &content)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -317,6 +356,20 @@ mod tests {
             let _ = tlv.bit_string_bytes();
             let _ = tlv.boolean();
         }
+    }
+
+    #[test]
+    fn integers_are_minimal_and_positive() {
+        assert_eq!(encode_positive_integer(&[0, 0, 1]), vec![2, 1, 1]);
+        assert_eq!(encode_positive_integer(&[0x80]), vec![2, 2, 0, 0x80]);
+        assert_eq!(encode_positive_integer(&[]), vec![2, 1, 0]);
+    }
+
+    #[test]
+    fn long_lengths_use_the_long_form() {
+        let t = encode(TAG_SEQUENCE, &[0u8; 300]);
+        assert_eq!(&t[..4], &[0x30, 0x82, 0x01, 0x2c]);
+        assert_eq!(encode(TAG_SEQUENCE, &[0u8; 0x80])[..3], [0x30, 0x81, 0x80]);
     }
 
     proptest! {

@@ -1,0 +1,51 @@
+//! The object identifiers this crate reads and writes, as DER contents (without tag and length).
+//! One table, so a certificate, a policy key and an IMA key name an algorithm the same way.
+
+/// rsaEncryption, 1.2.840.113549.1.1.1
+pub(crate) const RSA_ENCRYPTION: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01];
+/// sha1WithRSAEncryption, 1.2.840.113549.1.1.5
+pub(crate) const SHA1_WITH_RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x05];
+/// id-RSASSA-PSS, 1.2.840.113549.1.1.10
+pub(crate) const RSASSA_PSS: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0a];
+/// sha256WithRSAEncryption, 1.2.840.113549.1.1.11
+pub(crate) const SHA256_WITH_RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0b];
+/// sha384WithRSAEncryption, 1.2.840.113549.1.1.12
+pub(crate) const SHA384_WITH_RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0c];
+/// sha512WithRSAEncryption, 1.2.840.113549.1.1.13
+pub(crate) const SHA512_WITH_RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0d];
+/// id-ecPublicKey, 1.2.840.10045.2.1
+pub(crate) const EC_PUBLIC_KEY: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
+/// ecdsa-with-SHA256, 1.2.840.10045.4.3.2
+pub(crate) const ECDSA_SHA256: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02];
+/// ecdsa-with-SHA384, 1.2.840.10045.4.3.3
+pub(crate) const ECDSA_SHA384: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x03];
+/// prime256v1 (NIST P-256), 1.2.840.10045.3.1.7
+pub(crate) const P256: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+/// secp384r1 (NIST P-384), 1.3.132.0.34
+pub(crate) const P384: &[u8] = &[0x2b, 0x81, 0x04, 0x00, 0x22];
+/// secp521r1 (NIST P-521), 1.3.132.0.35
+pub(crate) const P521: &[u8] = &[0x2b, 0x81, 0x04, 0x00, 0x23];
+/// secp256k1, 1.3.132.0.10
+pub(crate) const SECP256K1: &[u8] = &[0x2b, 0x81, 0x04, 0x00, 0x0a];
+/// id-sha256, 2.16.840.1.101.3.4.2.1
+pub(crate) const SHA256: &[u8] = &[0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01];
+/// id-sha384, 2.16.840.1.101.3.4.2.2
+pub(crate) const SHA384: &[u8] = &[0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x02];
+/// id-sha512, 2.16.840.1.101.3.4.2.3
+pub(crate) const SHA512: &[u8] = &[0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x03];
+/// id-ce-subjectKeyIdentifier, 2.5.29.14
+pub(crate) const SUBJECT_KEY_ID: &[u8] = &[0x55, 0x1d, 0x0e];
+/// id-ce-keyUsage, 2.5.29.15
+pub(crate) const KEY_USAGE: &[u8] = &[0x55, 0x1d, 0x0f];
+/// id-ce-subjectAltName, 2.5.29.17
+pub(crate) const SUBJECT_ALT_NAME: &[u8] = &[0x55, 0x1d, 0x11];
+/// id-ce-basicConstraints, 2.5.29.19
+pub(crate) const BASIC_CONSTRAINTS: &[u8] = &[0x55, 0x1d, 0x13];
+/// id-ce-authorityKeyIdentifier, 2.5.29.35
+pub(crate) const AUTHORITY_KEY_ID: &[u8] = &[0x55, 0x1d, 0x23];
+/// tcg-at-tpmManufacturer, 2.23.133.2.1
+pub(crate) const TPM_MANUFACTURER: &[u8] = &[0x67, 0x81, 0x05, 0x02, 0x01];
+/// tcg-at-tpmModel, 2.23.133.2.2
+pub(crate) const TPM_MODEL: &[u8] = &[0x67, 0x81, 0x05, 0x02, 0x02];
+/// tcg-at-tpmVersion, 2.23.133.2.3
+pub(crate) const TPM_VERSION: &[u8] = &[0x67, 0x81, 0x05, 0x02, 0x03];
