@@ -242,6 +242,10 @@ pub struct RegistrarConfig {
     /// Address and port of the Prometheus endpoint; no port, no endpoint.
     pub metrics_ip: IpAddr,
     pub metrics_port: Option<u16>,
+    /// PostgreSQL URL of the state; unset: the redb file under `keylime_dir`.
+    pub database_url: Option<String>,
+    /// A file holding the database password, so that the URL need not.
+    pub database_password_file: Option<PathBuf>,
 }
 
 impl ComponentConfig for RegistrarConfig {
@@ -262,6 +266,10 @@ impl ComponentConfig for RegistrarConfig {
 .doc("Address of the Prometheus metrics endpoint."),
             OptionSpec::optional("metrics_port", Kind::Port)
 .doc("Port of the Prometheus metrics endpoint; unset: no endpoint."),
+            OptionSpec::optional("database_url", Kind::Text)
+.doc("PostgreSQL database holding the state, as postgresql://user@host:port/dbname (a Unix socket directory as ?host=/run/postgresql); unset or empty: the redb file under keylime_dir. Connections are not encrypted, so the server must be on a loopback address or a Unix socket."),
+            OptionSpec::optional("database_password_file", Kind::Path)
+.doc("File holding the password of database_url's user (one line), so that the URL need not carry it; unset: the URL's password, if any."),
         ]);
         options
     }
@@ -304,6 +312,10 @@ pub struct VerifierConfig {
     /// Address and port of the Prometheus endpoint; no port, no endpoint.
     pub metrics_ip: IpAddr,
     pub metrics_port: Option<u16>,
+    /// PostgreSQL URL of the state; unset: the redb file under `keylime_dir`.
+    pub database_url: Option<String>,
+    /// A file holding the database password, so that the URL need not.
+    pub database_password_file: Option<PathBuf>,
 }
 
 impl ComponentConfig for VerifierConfig {
@@ -354,6 +366,10 @@ impl ComponentConfig for VerifierConfig {
 .doc("Address of the Prometheus metrics endpoint."),
             OptionSpec::optional("metrics_port", Kind::Port)
 .doc("Port of the Prometheus metrics endpoint; unset: no endpoint."),
+            OptionSpec::optional("database_url", Kind::Text)
+.doc("PostgreSQL database holding the state, as postgresql://user@host:port/dbname (a Unix socket directory as ?host=/run/postgresql); unset or empty: the redb file under keylime_dir. Connections are not encrypted, so the server must be on a loopback address or a Unix socket."),
+            OptionSpec::optional("database_password_file", Kind::Path)
+.doc("File holding the password of database_url's user (one line), so that the URL need not carry it; unset: the URL's password, if any."),
         ]);
         options
     }
