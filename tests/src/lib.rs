@@ -4,8 +4,10 @@
 //! manufactured with its own EK certificate authority ([`swtpm`]), a deployment CA and config
 //! files in a temporary `keylime_dir`, the daemons as the shipped binaries with `--config`
 //! ([`deployment`], [`daemon`]), and synthetic IMA measurement lists with PCR 10 extended to
-//! match ([`ima`]), and state files damaged as a failing disk would ([`damage`]). The tests themselves are one binary, `e2e/main.rs`. Nothing here is used
-//! by the daemons; nothing here replaces a real component with a double.
+//! match ([`ima`]), state files damaged as a failing disk would ([`damage`]), and a private
+//! PostgreSQL server for the database backend ([`postgres`]). The tests themselves are one
+//! binary, `e2e/main.rs`. Nothing here is used by the daemons; nothing here replaces a real
+//! component with a double.
 
 pub mod apiref;
 pub mod compat;
@@ -13,6 +15,7 @@ pub mod daemon;
 pub mod damage;
 pub mod deployment;
 pub mod ima;
+pub mod postgres;
 pub mod swtpm;
 
 /// Errors of the harness: anything, with a message saying what failed.
