@@ -24,6 +24,20 @@ fn database() -> Result<Option<(Postgres, Location)>> {
     Ok(Some((server, location)))
 }
 
+/// Opens the verifier store at `location` once the server has ended the session of the one
+/// closed just before (it holds the lock that keeps a second verifier out).
+fn reopen_verifier(location: &Location) -> Result<VerifierStore> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match VerifierStore::open_at(location) {
+            Err(kl_store::StoreError::InUse { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            opened => return Ok(opened?),
+        }
+    }
+}
+
 fn registrar_record(id: &str, ek: u8) -> AgentRecord {
     AgentRecord {
         agent_id: id.to_owned(),
@@ -174,7 +188,7 @@ fn verifier_events_history_batches_and_pruning() -> Result<()> {
     assert_eq!(cursors(&store.commit(batch, 0)?), [1, 2]);
     store.commit(Batch { events: vec![event("a", Timestamp::now())], ..Batch::default() }, 0)?;
     drop(store);
-    let store = VerifierStore::open_at(&location)?;
+    let store = reopen_verifier(&location)?;
     assert_eq!(store.get_agent("a")?.map(|a| a.agent_id), Some("a".to_owned()));
     let after_one = store.events_after(1, 10)?;
     assert_eq!(cursors(&after_one), [2, 3]);
@@ -258,6 +272,15 @@ fn verifier_events_history_batches_and_pruning() -> Result<()> {
 fn verifier_policies_with_preconditions_sharing_and_use() -> Result<()> {
     let Some((_server, location)) = database()? else { return Ok(()) };
     let store = VerifierStore::open_at(&location)?;
+    // One verifier per database, as one process per redb file; registrars may share theirs.
+    let second = VerifierStore::open_at(&location).err().map(|e| e.to_string());
+    let expected = format!(
+        "{location}: another keylime_verifier uses this database; one verifier per database \
+         until replicas share it"
+    );
+    assert_eq!(second.as_deref(), Some(expected.as_str()));
+    let registrars = (RegistrarStore::open_at(&location)?, RegistrarStore::open_at(&location)?);
+    drop(registrars);
     let kind = PolicyKind::MeasuredBoot;
     let (absent, present, any) =
         (PutPrecondition::Absent, PutPrecondition::Present, PutPrecondition::Any);
@@ -303,6 +326,9 @@ fn verifier_policies_with_preconditions_sharing_and_use() -> Result<()> {
     store.commit(Batch { removed: vec!["x".to_owned()], ..Batch::default() }, 0)?;
     assert_eq!(store.delete_policy(kind, "p2")?, PolicyDeletion::Deleted);
     assert!(store.list_policies(kind)?.is_empty());
+    // Closing the store lets the next verifier in.
+    drop(store);
+    assert!(reopen_verifier(&location)?.list_policies(kind)?.is_empty());
     Ok(())
 }
 
@@ -365,7 +391,7 @@ fn newer_schema_unreachable_server_and_missing_password_are_named() -> Result<()
          keylime-rs or restore a backup made by this version"
     );
     assert_eq!(refused.as_deref(), Some(expected.as_str()));
-    drop(VerifierStore::open_at(&location)?);
+    drop(reopen_verifier(&location)?);
 
     // Without the password the server refuses; the error names the URL.
     let no_password = Location::new("unused.redb".into(), Some(&url), None)?;
@@ -380,8 +406,7 @@ fn newer_schema_unreachable_server_and_missing_password_are_named() -> Result<()
     // A password in the URL works too, and is never shown.
     let password = std::fs::read_to_string(server.password_file())?;
     let with_password = url.replace("postgres@", &format!("postgres:{}@", password.trim()));
-    let store =
-        VerifierStore::open_at(&Location::new("unused.redb".into(), Some(&with_password), None)?)?;
+    let store = reopen_verifier(&Location::new("unused.redb".into(), Some(&with_password), None)?)?;
     assert_eq!(store.location(), url);
 
     // A stopped server: operations fail as I/O failures (retried by the daemons' writers) and

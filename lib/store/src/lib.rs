@@ -102,6 +102,12 @@ pub enum StoreError {
     Connect { url: String, schema: &'static str, source: Box<tokio_postgres::Error> },
     #[error("{url}: {operation}: {}", postgres::reason(source))]
     Database { url: String, operation: String, source: Box<tokio_postgres::Error> },
+    /// Another daemon of this kind holds the store (see the `postgres` module).
+    #[error(
+        "{url}: another keylime_{schema} uses this database; one {schema} per database until \
+         replicas share it"
+    )]
+    InUse { url: String, schema: &'static str },
     #[error("cannot start the {schema} store's database connections: {source}")]
     Runtime { schema: &'static str, source: std::io::Error },
     #[error("table {table}, key {key:?}: {value} does not fit a BIGINT column")]

@@ -158,10 +158,7 @@ impl RegistrarStore {
     pub fn reopen(&self) -> Result<(), StoreError> {
         match &self.backend {
             Backend::Redb(db) => db.reopen(),
-            Backend::Postgres(db) => {
-                db.reopen();
-                Ok(())
-            }
+            Backend::Postgres(db) => db.reopen(),
         }
     }
 

@@ -422,10 +422,7 @@ impl VerifierStore {
     pub fn reopen(&self) -> Result<(), StoreError> {
         match &self.backend {
             Backend::Redb(db) => db.reopen(),
-            Backend::Postgres(db) => {
-                db.reopen();
-                Ok(())
-            }
+            Backend::Postgres(db) => db.reopen(),
         }
     }
 

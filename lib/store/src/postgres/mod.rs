@@ -22,6 +22,11 @@
 //! visible in cursor order: a reader that has seen cursor N never later sees an event below N
 //! appear. (A sequence alone would not do: a transaction holding a lower number may commit
 //! after one holding a higher number.)
+//!
+//! A verifier holds a session advisory lock on a connection of its own while its store is
+//! open, so a second verifier on the same database is refused, as redb refuses a second process
+//! on its file: until agents are leased to replicas, two verifiers would both attest every
+//! agent. Registrars may share their table.
 
 pub(crate) mod registrar;
 pub(crate) mod verifier;
@@ -146,6 +151,10 @@ pub(crate) struct Schema {
     pub name: &'static str,
     /// The advisory lock every write transaction of this store takes.
     pub write_lock: i64,
+    /// A session advisory lock held while the store is open, so that a second daemon of this
+    /// kind is refused as redb refuses a second process on its file; `None` where several may
+    /// share the tables.
+    pub instance_lock: Option<i64>,
     pub migrations: &'static [Migration],
 }
 
@@ -176,6 +185,8 @@ pub(crate) struct Database {
     schema: &'static Schema,
     connections: Mutex<Connections>,
     freed: Condvar,
+    /// The connection holding [`Schema::instance_lock`].
+    instance: Mutex<Option<Client>>,
 }
 
 impl std::fmt::Debug for Database {
@@ -189,12 +200,21 @@ impl std::fmt::Debug for Database {
 
 impl Drop for Database {
     fn drop(&mut self) {
-        // A store may be dropped on an async worker, where dropping a runtime would panic.
-        if let Some(runtime) = self.runtime.take() {
+        // Ends the session holding the instance lock first, so the next daemon gets it.
+        drop(self.instance.lock().unwrap_or_else(PoisonError::into_inner).take());
+        let Some(runtime) = self.runtime.take() else { return };
+        if tokio::runtime::Handle::try_current().is_ok() {
+            // On an async worker, waiting for the runtime (or dropping it) would panic.
             runtime.shutdown_background();
+        } else {
+            // The connection tasks close their sockets as they are dropped.
+            runtime.shutdown_timeout(SHUTDOWN_TIMEOUT);
         }
     }
 }
+
+/// How long closing a store waits for its connections to close.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A transaction and what its errors name.
 pub(crate) struct Tx<'a> {
@@ -268,9 +288,39 @@ impl Database {
             schema,
             connections: Mutex::new(Connections::default()),
             freed: Condvar::new(),
+            instance: Mutex::new(None),
         };
         database.migrate()?;
+        database.hold_instance_lock()?;
         Ok(database)
+    }
+
+    /// Takes [`Schema::instance_lock`] on a connection of its own, unless that connection
+    /// still holds it (a server restart ends the session and so releases the lock).
+    fn hold_instance_lock(&self) -> Result<(), StoreError> {
+        let Some(key) = self.schema.instance_lock else { return Ok(()) };
+        let mut instance = self.instance.lock().unwrap_or_else(PoisonError::into_inner);
+        if instance.as_ref().is_some_and(|client| !client.is_closed()) {
+            return Ok(());
+        }
+        *instance = None;
+        let operation = "take the instance lock";
+        let client = self.connect(operation)?;
+        let taken = block_on(client.query_one("SELECT pg_try_advisory_lock($1)", &[&key]))
+            .and_then(|row| row.try_get::<_, bool>(0))
+            .map_err(|e| StoreError::Database {
+                url: self.target.shown.clone(),
+                operation: operation.to_owned(),
+                source: Box::new(e),
+            })?;
+        if !taken {
+            return Err(StoreError::InUse {
+                url: self.target.shown.clone(),
+                schema: self.schema.name,
+            });
+        }
+        *instance = Some(client);
+        Ok(())
     }
 
     /// The URL, without its password.
@@ -302,12 +352,16 @@ impl Database {
     }
 
     /// Drops the idle connections, so the next operations connect again (after the server
-    /// restarted, say); a broken connection is replaced anyway when it is next taken.
-    pub fn reopen(&self) {
-        let mut connections = self.connections.lock().unwrap_or_else(PoisonError::into_inner);
-        connections.open -= connections.idle.len();
-        connections.idle.clear();
+    /// restarted, say; a broken connection is replaced anyway when it is next taken), and takes
+    /// the instance lock again if its session ended.
+    pub fn reopen(&self) -> Result<(), StoreError> {
+        {
+            let mut connections = self.connections.lock().unwrap_or_else(PoisonError::into_inner);
+            connections.open -= connections.idle.len();
+            connections.idle.clear();
+        }
         self.freed.notify_all();
+        self.hold_instance_lock()
     }
 
     fn transaction<T>(

@@ -29,6 +29,9 @@ const LAST_EVENT: &str = "last_event";
 pub(crate) static SCHEMA: Schema = Schema {
     name: "verifier",
     write_lock: 0x6b6c_0002,
+    // Each verifier attests every agent it loads: until agents are leased to replicas, a second
+    // verifier on the same tables would attest them twice and overwrite the first's state.
+    instance_lock: Some(0x6b6c_0012),
     migrations: &[Migration {
         description: "create the agents, policy, history, event and cursor tables",
         sql: "CREATE TABLE verifier_agents (
