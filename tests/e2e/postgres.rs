@@ -1,6 +1,6 @@
 //! The registrar and a verifier with their state in PostgreSQL (`database_url`), each on a
-//! private server: what they hold survives their restarts, no redb file is written, and a
-//! server that cannot be reached stops the start with one line naming the URL.
+//! private server: what they hold survives their restarts and the server's, no redb file is
+//! written, and a server that cannot be reached stops the start with one line naming the URL.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -85,7 +85,7 @@ async fn a_registrar_on_postgres_keeps_its_agents_across_a_restart() -> Result<(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_verifier_on_postgres_attests_an_agent_and_keeps_it_across_a_restart() -> Result<()> {
-    let Some(server) = Postgres::start()? else { return Ok(()) };
+    let Some(mut server) = Postgres::start()? else { return Ok(()) };
     let settings = database_settings(&server, "verifier")?;
     let Some(mut sys) = System::start_with(toml::Table::new(), &[], settings, true)? else {
         return Ok(());
@@ -111,6 +111,23 @@ async fn a_verifier_on_postgres_attests_an_agent_and_keeps_it_across_a_restart()
     let (_, history) = sys.kctl_json(&["agents", "attestations", &sys.agent_id])?;
     let newest = history["attestations"][0]["sequence"].as_u64().unwrap_or(0);
     assert!(newest > count, "history goes on after the restart: {history}");
+
+    // The server goes away for a while: the verifier holds its writes, keeps running, and
+    // commits them once the server is back (taking its instance lock again).
+    server.stop()?;
+    sys.verifier.wait_for_output("committing attestation state failed", OUTCOME_TIMEOUT)?;
+    let during = sys.show()?["attestation_count"].as_u64().unwrap_or(0);
+    server.start_again()?;
+    sys.verifier.wait_for_output("the state store can be written again", OUTCOME_TIMEOUT)?;
+    assert!(sys.verifier.exited().is_none(), "{}", sys.verifier.output());
+    let committed = count_rows(&server, "verifier", "verifier_history")?;
+    sys.verifier.restart()?;
+    let after = sys.wait_state("passed")?;
+    assert!(
+        after["attestation_count"].as_u64() >= Some(during),
+        "rounds made while the server was away are kept: {during} -> {after}"
+    );
+    assert!(committed > 0);
     no_redb_file(sys.deployment.keylime_dir(), "verifier.redb")
 }
 
