@@ -257,7 +257,7 @@ fn mask_url_password(url: &str) -> String {
             let params: Vec<String> = query
                 .split('&')
                 .map(|param| match param.split_once('=') {
-                    Some((key, _)) if key == "password" => format!("password={MASKED}"),
+                    Some(("password", _)) => format!("password={MASKED}"),
                     _ => param.to_owned(),
                 })
                 .collect();
