@@ -157,5 +157,19 @@ async fn an_unreachable_database_stops_the_start_naming_the_url() -> Result<()> 
         format!("keylime_verifier: state store: {url}: cannot connect to the verifier database: ");
     assert!(lines[0].starts_with(&expected), "{output}");
     assert!(!output.contains(password.trim()), "{output}");
-    no_redb_file(deployment.keylime_dir(), "verifier.redb")
+    no_redb_file(deployment.keylime_dir(), "verifier.redb")?;
+
+    // --check-store checks redb files only, and says so.
+    let check = std::process::Command::new(daemon::binary(daemon::VERIFIER)?)
+        .arg("--config")
+        .arg(&path)
+        .arg("--check-store")
+        .output()?;
+    let stderr = String::from_utf8_lossy(&check.stderr);
+    assert_eq!(check.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--check-store checks the redb file, and database_url is set"),
+        "{stderr}"
+    );
+    Ok(())
 }
