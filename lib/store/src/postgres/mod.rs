@@ -273,8 +273,8 @@ impl Tx<'_> {
 }
 
 impl Database {
-    /// Connects to `target` and migrates `schema`'s tables to its version; refuses a database
-    /// whose version of them is newer.
+    /// Connects to `target`, takes the schema's instance lock (if it has one) and migrates its
+    /// tables to its version; refuses a database whose version of them is newer.
     pub fn open(target: &Target, schema: &'static Schema) -> Result<Database, StoreError> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -290,8 +290,9 @@ impl Database {
             freed: Condvar::new(),
             instance: Mutex::new(None),
         };
-        database.migrate()?;
+        // Before migrating: a newer verifier must not reshape the tables under a running one.
         database.hold_instance_lock()?;
+        database.migrate()?;
         Ok(database)
     }
 
