@@ -423,5 +423,24 @@ fn newer_schema_unreachable_server_and_missing_password_are_named() -> Result<()
     server.start_again()?;
     store.reopen()?;
     assert_eq!(store.last_event()?, 0);
+
+    // A server restart ends the session holding the verifier's lock: another verifier that
+    // takes it first keeps it, and the first one's writes are refused, not mixed in.
+    server.stop()?;
+    server.start_again()?;
+    let other = VerifierStore::open_at(&location)?;
+    let refused = store.set_cursor("webhook", 1).err().map(|e| e.to_string());
+    assert_eq!(
+        refused.as_deref(),
+        Some(
+            format!(
+                "{url}: another keylime_verifier uses this database; one verifier per database \
+                 until replicas share it"
+            )
+            .as_str()
+        )
+    );
+    other.set_cursor("webhook", 2)?;
+    assert_eq!(store.cursor("webhook")?, Some(2));
     Ok(())
 }

@@ -329,13 +329,17 @@ impl Database {
         &self.target.shown
     }
 
-    /// Runs `body` in a write transaction holding the store's write lock, and commits it when
-    /// `body` succeeds; on an error nothing `body` wrote is kept.
+    /// Runs `body` in a write transaction holding the store's write lock (and with its instance
+    /// lock held), and commits it when `body` succeeds; on an error nothing `body` wrote is
+    /// kept.
     pub fn write<T>(
         &self,
         operation: &str,
         body: impl AsyncFnOnce(&Tx<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
+        // A server restart ended the session holding the instance lock: take it again before
+        // writing, or refuse if another daemon took it meanwhile.
+        self.hold_instance_lock()?;
         self.transaction(operation, false, async |tx| {
             tx.execute("meta", "SELECT pg_advisory_xact_lock($1)", &[&self.schema.write_lock])
                 .await?;
