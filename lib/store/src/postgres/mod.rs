@@ -31,6 +31,8 @@
 pub(crate) mod registrar;
 pub(crate) mod verifier;
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::pin;
@@ -39,7 +41,7 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use tokio_postgres::types::{FromSql, ToSql};
-use tokio_postgres::{Client, NoTls, Row, Transaction};
+use tokio_postgres::{Client, NoTls, Row, Statement, Transaction};
 
 use crate::StoreError;
 
@@ -173,8 +175,15 @@ const MAX_CONNECTIONS: usize = 16;
 
 #[derive(Default)]
 struct Connections {
-    idle: Vec<Client>,
+    idle: Vec<Connection>,
     open: usize,
+}
+
+/// A pooled connection and the statements prepared on it: each statement is parsed once per
+/// connection, so a query is one round trip.
+struct Connection {
+    client: Client,
+    statements: HashMap<&'static str, Statement>,
 }
 
 /// An open PostgreSQL store at its schema's current version.
@@ -219,6 +228,7 @@ const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(2);
 /// A transaction and what its errors name.
 pub(crate) struct Tx<'a> {
     txn: Transaction<'a>,
+    statements: RefCell<&'a mut HashMap<&'static str, Statement>>,
     url: &'a str,
     operation: &'a str,
 }
@@ -234,31 +244,45 @@ impl Tx<'_> {
         }
     }
 
+    /// `sql` prepared on this connection (once).
+    async fn statement(&self, table: &str, sql: &'static str) -> Result<Statement, StoreError> {
+        let known = self.statements.borrow().get(sql).cloned();
+        if let Some(statement) = known {
+            return Ok(statement);
+        }
+        let statement = self.txn.prepare(sql).await.map_err(|e| self.error(table, e))?;
+        self.statements.borrow_mut().insert(sql, statement.clone());
+        Ok(statement)
+    }
+
     pub async fn query(
         &self,
         table: &str,
-        sql: &str,
+        sql: &'static str,
         params: &Params<'_>,
     ) -> Result<Vec<Row>, StoreError> {
-        self.txn.query(sql, params).await.map_err(|e| self.error(table, e))
+        let statement = self.statement(table, sql).await?;
+        self.txn.query(&statement, params).await.map_err(|e| self.error(table, e))
     }
 
     pub async fn query_opt(
         &self,
         table: &str,
-        sql: &str,
+        sql: &'static str,
         params: &Params<'_>,
     ) -> Result<Option<Row>, StoreError> {
-        self.txn.query_opt(sql, params).await.map_err(|e| self.error(table, e))
+        let statement = self.statement(table, sql).await?;
+        self.txn.query_opt(&statement, params).await.map_err(|e| self.error(table, e))
     }
 
     pub async fn execute(
         &self,
         table: &str,
-        sql: &str,
+        sql: &'static str,
         params: &Params<'_>,
     ) -> Result<u64, StoreError> {
-        self.txn.execute(sql, params).await.map_err(|e| self.error(table, e))
+        let statement = self.statement(table, sql).await?;
+        self.txn.execute(&statement, params).await.map_err(|e| self.error(table, e))
     }
 
     /// Column `column` of `row`.
@@ -376,7 +400,8 @@ impl Database {
         body: impl AsyncFnOnce(&Tx<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let mut lease = self.lease(operation)?;
-        let client = lease.client.as_mut().ok_or_else(|| self.closed(operation))?;
+        let connection = lease.connection.as_mut().ok_or_else(|| self.closed(operation))?;
+        let (client, statements) = (&mut connection.client, &mut connection.statements);
         let url = self.target.shown.as_str();
         block_on(async {
             let begin = |e| StoreError::Database {
@@ -395,7 +420,7 @@ impl Database {
                 client.transaction().await
             }
             .map_err(begin)?;
-            let tx = Tx { txn, url, operation };
+            let tx = Tx { txn, statements: RefCell::new(statements), url, operation };
             let out = body(&tx).await?;
             tx.txn.commit().await.map_err(begin)?;
             Ok(out)
@@ -413,18 +438,21 @@ impl Database {
     fn lease(&self, operation: &str) -> Result<Lease<'_>, StoreError> {
         let mut connections = self.connections.lock().unwrap_or_else(PoisonError::into_inner);
         loop {
-            if let Some(client) = connections.idle.pop() {
-                if client.is_closed() {
+            if let Some(connection) = connections.idle.pop() {
+                if connection.client.is_closed() {
                     connections.open -= 1;
                     continue;
                 }
-                return Ok(Lease { database: self, client: Some(client) });
+                return Ok(Lease { database: self, connection: Some(connection) });
             }
             if connections.open < MAX_CONNECTIONS {
                 connections.open += 1;
                 drop(connections);
                 return match self.connect(operation) {
-                    Ok(client) => Ok(Lease { database: self, client: Some(client) }),
+                    Ok(client) => Ok(Lease {
+                        database: self,
+                        connection: Some(Connection { client, statements: HashMap::new() }),
+                    }),
                     Err(e) => {
                         self.connections.lock().unwrap_or_else(PoisonError::into_inner).open -= 1;
                         self.freed.notify_one();
@@ -519,15 +547,15 @@ impl Database {
 /// A connection taken from the pool; back to it when dropped, unless it broke.
 struct Lease<'a> {
     database: &'a Database,
-    client: Option<Client>,
+    connection: Option<Connection>,
 }
 
 impl Drop for Lease<'_> {
     fn drop(&mut self) {
         let mut connections =
             self.database.connections.lock().unwrap_or_else(PoisonError::into_inner);
-        match self.client.take() {
-            Some(client) if !client.is_closed() => connections.idle.push(client),
+        match self.connection.take() {
+            Some(connection) if !connection.client.is_closed() => connections.idle.push(connection),
             _ => connections.open -= 1,
         }
         self.database.freed.notify_one();
