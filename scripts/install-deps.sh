@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Installs what building and testing keylime-rs needs on Debian 12 and is not there yet:
-# swtpm and the TPM2 software stack from apt, cargo-nextest from crates.io, ansible-core and
-# grafana-foundation-sdk from PyPI.
+# swtpm, the TPM2 software stack and PostgreSQL (the tests start private servers of their own)
+# from apt, cargo-nextest from crates.io, ansible-core and grafana-foundation-sdk from PyPI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config)
+packages=(swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config postgresql)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

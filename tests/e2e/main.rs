@@ -16,8 +16,10 @@ mod install;
 mod kctl;
 mod migration;
 mod operations;
+mod postgres;
 mod reference;
 mod registration;
+mod store_postgres;
 mod terraform;
 
 use std::time::{Duration, Instant};

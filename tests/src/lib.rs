@@ -8,6 +8,7 @@
 //!   `keylime_dir`, the daemons as the shipped binaries with `--config` (built when missing);
 //! - [`ima`]: synthetic IMA measurement lists with PCR 10 extended to match;
 //! - [`damage`]: state files damaged as a failing disk would;
+//! - [`postgres`]: a private PostgreSQL server for the database backend;
 //! - [`compat`], [`apiref`]: Keylime's own tools and the API reference the tests check against;
 //! - [`layering`]: the crate dependency rules of the workspace, checked by a test.
 //!
@@ -33,6 +34,7 @@ pub mod damage;
 pub mod deployment;
 pub mod ima;
 pub mod layering;
+pub mod postgres;
 pub mod soft_agent;
 
 pub use kl_testkit::{Error, Result, err, soft_tpm, swtpm, synthetic};

@@ -67,7 +67,11 @@ const DURABLE: &str = "durable attestation is not implemented; attestation histo
 const PUSH: &str = "push mode is not implemented; agents are attested in pull mode";
 const WORKERS: &str = "the daemon is one async process; no worker setting";
 const MTLS: &str = "mTLS between verifier, kctl and agent is always on and cannot be turned off";
-const SQL: &str = "no SQL database; state is kept in redb files under keylime_dir";
+const SQL: &str = "Keylime's SQL tables are not read: state is kept in redb files under \
+    keylime_dir, or in this project's own tables in a PostgreSQL database (database_url = \
+    \"postgresql://user@host:port/db\" with database_password_file; see docs/operations.md), \
+    where agents are enrolled again";
+const SQL_POOL: &str = "the daemon pools its own database connections (at most 16); no setting";
 const AGENT_CERT: &str = "the agent generates its own identity key and certificate under \
                           agent_data_path; the registrar records it";
 
@@ -117,7 +121,7 @@ pub const RULES: &[Rule] = &[
     rule(Verifier, "verifier", "client_cert", Fixed(&["default"], TLS_FILE)),
     rule(Verifier, "verifier", "trusted_server_ca", Fixed(&["default"], TLS_FILE)),
     rule(Verifier, "verifier", "database_url", Fixed(&["sqlite"], SQL)),
-    rule(Verifier, "verifier", "database_pool_sz_ovfl", Fixed(&["5,10"], SQL)),
+    rule(Verifier, "verifier", "database_pool_sz_ovfl", Fixed(&["5,10"], SQL_POOL)),
     rule(
         Verifier,
         "verifier",
@@ -292,7 +296,7 @@ pub const RULES: &[Rule] = &[
     rule(Registrar, "registrar", "server_cert", Fixed(&["default"], TLS_FILE)),
     rule(Registrar, "registrar", "trusted_client_ca", Fixed(&["default"], TLS_FILE)),
     rule(Registrar, "registrar", "database_url", Fixed(&["sqlite"], SQL)),
-    rule(Registrar, "registrar", "database_pool_sz_ovfl", Fixed(&["5,10"], SQL)),
+    rule(Registrar, "registrar", "database_pool_sz_ovfl", Fixed(&["5,10"], SQL_POOL)),
     rule(
         Registrar,
         "registrar",

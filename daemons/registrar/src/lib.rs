@@ -77,6 +77,17 @@ pub fn store_path(config: &RegistrarConfig) -> PathBuf {
     config.keylime_dir.join("registrar.redb")
 }
 
+/// Where the state lives: the PostgreSQL database of `database_url`, else the state file.
+pub fn store_location(
+    config: &RegistrarConfig,
+) -> Result<kl_store::Location, kl_store::StoreError> {
+    kl_store::Location::new(
+        store_path(config),
+        config.database_url.as_deref(),
+        config.database_password_file.as_deref(),
+    )
+}
+
 /// A registrar bound to its port, ready to serve.
 #[derive(Debug)]
 pub struct Server {
@@ -98,13 +109,13 @@ impl Server {
         let access = Access::new(&files.ca_certificates()?)?;
         let server_tls = access.server_config(files.server_identity()?)?;
         let trust = Arc::new(EkTrustSource::load(&config.tpm_cert_store, config.require_ek_cert)?);
-        let path = store_path(config);
-        let opening = path.clone();
+        let location = store_location(config)?;
+        let opening = location.clone();
         // Every record is read once before serving: a damaged file stops the start here, with
         // an error naming it, rather than failing requests later (10,000 agents: well under a
         // second; see docs/registrar.md).
         let store = tokio::task::spawn_blocking(move || {
-            let store = RegistrarStore::open(&opening)?;
+            let store = RegistrarStore::open_at(&opening)?;
             store.read_all()?;
             Ok::<_, kl_store::StoreError>(store)
         })
@@ -116,7 +127,7 @@ impl Server {
         let incoming = TlsIncoming::bind(address, Arc::new(server_tls), HANDSHAKE_TIMEOUT)
             .await
             .map_err(|source| Error::Listen { address, source })?;
-        tracing::info!(address = %incoming.local_addr(), state = %path.display(), "registrar listening");
+        tracing::info!(address = %incoming.local_addr(), state = %location, "registrar listening");
         let service = RegistrarService {
             store,
             writer,

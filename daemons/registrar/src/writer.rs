@@ -116,12 +116,12 @@ impl CommitOutcome {
                 return;
             }
         }
-        let reopened = kl_store::space_returned(self.store.path()).then(|| self.store.reopen());
+        let reopened = self.store.space_returned().then(|| self.store.reopen());
         let mut failure = self.lock();
         match reopened {
             Some(Ok(())) => {
                 tracing::info!(
-                    file = %self.store.path().display(),
+                    store = %self.store.location(),
                     "the state store can be written again"
                 );
                 *failure = Failure::default();

@@ -113,6 +113,15 @@ pub fn store_path(config: &VerifierConfig) -> PathBuf {
     config.keylime_dir.join("verifier.redb")
 }
 
+/// Where the state lives: the PostgreSQL database of `database_url`, else the state file.
+pub fn store_location(config: &VerifierConfig) -> Result<kl_store::Location, kl_store::StoreError> {
+    kl_store::Location::new(
+        store_path(config),
+        config.database_url.as_deref(),
+        config.database_password_file.as_deref(),
+    )
+}
+
 /// A verifier bound to its port, ready to serve.
 #[derive(Debug)]
 pub struct Server {
@@ -149,9 +158,9 @@ impl Server {
             .map_err(|e| Error::Internal(format!("{}: {e}", files.server_key().display())))?;
         let client_identity = files.client_identity()?;
 
-        let path = store_path(config);
-        let opening = path.clone();
-        let store = tokio::task::spawn_blocking(move || VerifierStore::open(&opening))
+        let location = store_location(config)?;
+        let opening = location.clone();
+        let store = tokio::task::spawn_blocking(move || VerifierStore::open_at(&opening))
             .await
             .map_err(|e| Error::Internal(format!("opening the state store: {e}")))??;
         let store = Arc::new(store);
@@ -218,7 +227,7 @@ impl Server {
             .map_err(|source| Error::Listen { address, source })?;
         tracing::info!(
             address = %incoming.local_addr(),
-            state = %path.display(),
+            state = %location,
             agents = context.agents.all().len(),
             "verifier listening"
         );

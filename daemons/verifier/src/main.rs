@@ -38,14 +38,19 @@ async fn main() -> ExitCode {
     }
 }
 
-/// A configuration error, or a damaged state file: the same start would fail again, so the
-/// unit does not restart on it (`RestartPreventExitStatus=78`).
+/// A configuration error (a bad `database_url` or password file too), or a damaged state file:
+/// the same start would fail again, so the unit does not restart on it
+/// (`RestartPreventExitStatus=78`).
 fn restart_cannot_help(e: &anyhow::Error) -> bool {
-    let store_damaged = matches!(
+    let store_refused = matches!(
         e.downcast_ref::<kl_verifier::Error>(),
-        Some(kl_verifier::Error::Store(kl_store::StoreError::Damaged { .. }))
+        Some(kl_verifier::Error::Store(
+            kl_store::StoreError::Damaged { .. }
+                | kl_store::StoreError::DatabaseUrl { .. }
+                | kl_store::StoreError::PasswordFile { .. }
+        ))
     );
-    store_damaged
+    store_refused
         || kl_svc::is_config_error(e.chain())
         || matches!(e.downcast_ref::<kl_verifier::Error>(), Some(kl_verifier::Error::Config(_)))
 }
@@ -60,6 +65,13 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let config = loaded.config;
+    if args.check_store && config.database_url.is_some() {
+        eprintln!(
+            "keylime_verifier: not checked: --check-store checks the redb file, and database_url is \
+             set; check a PostgreSQL database with its own tools (pg_amcheck)"
+        );
+        return Ok(ExitCode::from(2));
+    }
     if args.check_store {
         let path = kl_verifier::store_path(&config);
         let checked = path.clone();

@@ -242,7 +242,7 @@ fn write_batches(
         let Some(jobs) = next_jobs(receiver, held.is_some(), &mut stopping) else {
             if let Some((batch, _)) = held {
                 tracing::error!(
-                    file = %store.path().display(),
+                    store = %store.location(),
                     agents = batch.agents.len(),
                     history = batch.history.len(),
                     events = batch.events.len(),
@@ -271,10 +271,7 @@ fn write_batches(
             tickets.committed.fetch_max(newest, Ordering::AcqRel);
             continue;
         }
-        if retrying
-            && !stopping
-            && (Instant::now() < next_try || !kl_store::space_returned(store.path()))
-        {
+        if retrying && !stopping && (Instant::now() < next_try || !store.space_returned()) {
             // Opening the store again closes the handle reads still use and has redb check
             // the whole file: only once the file system takes writes again, and backing off
             // while commits keep failing.
@@ -302,7 +299,7 @@ fn write_batches(
             Ok(events) => {
                 if retrying {
                     tracing::info!(
-                        file = %store.path().display(),
+                        store = %store.location(),
                         "the state store can be written again; the held writes are committed"
                     );
                 }

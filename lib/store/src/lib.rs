@@ -1,11 +1,12 @@
 //! `kl-store`: the durable state of the keylime-rs daemons.
 //!
-//! It owns the on-disk format: one redb file per daemon (`registrar.redb`, `verifier.redb`), a
+//! It owns the stored format: one redb file per daemon (`registrar.redb`, `verifier.redb`), a
 //! `meta` table holding the schema version, the ordered migrations that bring an older file up
 //! to date inside one write transaction, and typed tables whose values are serde records
 //! encoded with postcard. [`Database`] and [`Records`] are the reusable framework; each
 //! daemon's tables sit in their own module ([`registrar`], [`verifier`]) behind a narrow
-//! interface of domain operations, so another backend (a shared SQL database) could later serve the same calls.
+//! interface of domain operations, served either by the redb file (the default) or by a
+//! PostgreSQL database ([`postgres`]; `database_url`), chosen with a [`Location`].
 //!
 //! It never decides policy (who may register, what a valid key is), never speaks a protocol and
 //! never parses TPM structures: it stores and returns what the daemons hand it, and it refuses a
@@ -13,16 +14,51 @@
 
 mod damage;
 mod database;
+pub mod postgres;
 mod records;
 pub mod registrar;
 pub mod verifier;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 pub use database::{
     Check, Database, Migration, Schema, Verdict, check_database, open_database, space_returned,
 };
 pub use records::Records;
+
+/// Where a daemon keeps its state.
+#[derive(Debug, Clone)]
+pub enum Location {
+    /// The embedded redb file.
+    File(PathBuf),
+    /// A PostgreSQL database.
+    Postgres(postgres::Target),
+}
+
+impl Location {
+    /// The redb `file` when there is no `database_url` (or an empty one), else the database
+    /// it names (its password read from `password_file` when one is given).
+    pub fn new(
+        file: PathBuf,
+        database_url: Option<&str>,
+        password_file: Option<&Path>,
+    ) -> Result<Location, StoreError> {
+        match database_url.filter(|url| !url.is_empty()) {
+            None => Ok(Location::File(file)),
+            Some(url) => postgres::Target::new(url, password_file).map(Location::Postgres),
+        }
+    }
+}
+
+impl std::fmt::Display for Location {
+    /// The file's path, or the database URL without its password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::File(path) => write!(f, "{}", path.display()),
+            Location::Postgres(target) => f.write_str(target.shown()),
+        }
+    }
+}
 
 /// Errors from opening, migrating, reading and writing a store; each names the file and, where
 /// it applies, the table and key.
@@ -31,6 +67,7 @@ pub use records::Records;
 pub enum StoreError {
     #[error("{}: cannot open the {schema} store: {source}", path.display())]
     Open { path: PathBuf, schema: &'static str, source: Box<redb::DatabaseError> },
+    /// `path` is the file, or the database URL without its password.
     #[error(
         "{}: schema version {found} is newer than the {supported} this {schema} supports; \
          use a newer keylime-rs or restore a backup made by this version",
@@ -55,6 +92,26 @@ pub enum StoreError {
         path.display()
     )]
     Damaged { path: PathBuf, schema: &'static str, detail: String },
+    /// `database_url` does not parse or names a server this backend does not connect to; the
+    /// URL is shown without its password.
+    #[error("database_url {url:?}: {reason}")]
+    DatabaseUrl { url: String, reason: String },
+    #[error("{}: cannot read the database password: {source}", path.display())]
+    PasswordFile { path: PathBuf, source: std::io::Error },
+    #[error("{url}: cannot connect to the {schema} database: {}", postgres::reason(source))]
+    Connect { url: String, schema: &'static str, source: Box<tokio_postgres::Error> },
+    #[error("{url}: {operation}: {}", postgres::reason(source))]
+    Database { url: String, operation: String, source: Box<tokio_postgres::Error> },
+    /// Another daemon of this kind holds the store (see the `postgres` module).
+    #[error(
+        "{url}: another keylime_{schema} uses this database; one {schema} per database until \
+         replicas share it"
+    )]
+    InUse { url: String, schema: &'static str },
+    #[error("cannot start the {schema} store's database connections: {source}")]
+    Runtime { schema: &'static str, source: std::io::Error },
+    #[error("table {table}, key {key:?}: {value} does not fit a BIGINT column")]
+    OutOfRange { table: &'static str, key: String, value: u64 },
     /// A write failed earlier and the file has not been opened again yet (see
     /// [`Database::reopen`]).
     #[error(
@@ -83,11 +140,13 @@ impl StoreError {
     }
 
     /// Whether this is an I/O failure of the file (a full disk, a failing device), or the
-    /// refusal that follows one until the store is reopened: the store can work again once the
-    /// cause is gone, unlike a damaged file.
+    /// refusal that follows one until the store is reopened, or a database server that cannot
+    /// be reached or is out of resources: the store can work again once the cause is gone,
+    /// unlike a damaged file.
     pub fn is_io(&self) -> bool {
         match self {
-            StoreError::Closed { .. } => true,
+            StoreError::Closed { .. } | StoreError::Connect { .. } => true,
+            StoreError::Database { source, .. } => postgres::is_transient(source),
             StoreError::Storage { source, .. } | StoreError::Table { source, .. } => {
                 matches!(**source, redb::Error::Io(_) | redb::Error::PreviousIo)
             }

@@ -11,8 +11,10 @@ use std::path::Path;
 use redb::WriteTransaction;
 use serde::{Deserialize, Serialize};
 
+use crate::postgres::{self, registrar as pg};
 use crate::{
-    Check, Database, Migration, Records, Schema, StoreError, check_database, open_database,
+    Check, Database, Location, Migration, Records, Schema, StoreError, check_database,
+    open_database,
 };
 
 /// A point in time as the protobuf `Timestamp` has it.
@@ -86,16 +88,36 @@ pub static SCHEMA: Schema = Schema {
     migrations: &[Migration { description: "create the agents table", apply: create_agents }],
 };
 
-/// The registrar's store (`registrar.redb`).
+/// The registrar's store (`registrar.redb`, or its tables in PostgreSQL).
 #[derive(Debug)]
 pub struct RegistrarStore {
-    db: Database,
+    backend: Backend,
+}
+
+#[derive(Debug)]
+enum Backend {
+    Redb(Database),
+    Postgres(Box<postgres::Database>),
 }
 
 impl RegistrarStore {
     /// Opens or creates the store at `path`, migrating an older file.
     pub fn open(path: &Path) -> Result<RegistrarStore, StoreError> {
-        Ok(RegistrarStore { db: open_database(path, &SCHEMA)? })
+        Ok(RegistrarStore { backend: Backend::Redb(open_database(path, &SCHEMA)?) })
+    }
+
+    /// Opens the store at `location`: the redb file as [`RegistrarStore::open`] does, or the
+    /// PostgreSQL database (connecting to it, creating or migrating its tables).
+    pub fn open_at(location: &Location) -> Result<RegistrarStore, StoreError> {
+        match location {
+            Location::File(path) => RegistrarStore::open(path),
+            Location::Postgres(target) => Ok(RegistrarStore {
+                backend: Backend::Postgres(Box::new(postgres::Database::open(
+                    target,
+                    &pg::SCHEMA,
+                )?)),
+            }),
+        }
     }
 
     /// Checks the existing store at `path` in full (see [`crate::check_database`]): every
@@ -107,21 +129,45 @@ impl RegistrarStore {
     /// Reads and decodes every record; returns how many there are. A start-up pass that finds
     /// a damaged file before the registrar serves from it.
     pub fn read_all(&self) -> Result<u64, StoreError> {
-        self.db.read("read every agent", |txn| AGENTS.decode_all(txn))
+        match &self.backend {
+            Backend::Redb(db) => db.read("read every agent", |txn| AGENTS.decode_all(txn)),
+            Backend::Postgres(db) => pg::read_all(db),
+        }
     }
 
-    pub fn path(&self) -> &Path {
-        self.db.path()
+    /// The file, or the database URL without its password, for logs.
+    pub fn location(&self) -> String {
+        match &self.backend {
+            Backend::Redb(db) => db.path().display().to_string(),
+            Backend::Postgres(db) => db.url().to_owned(),
+        }
     }
 
-    /// Replaces the handle after a failed write (redb refuses every later operation on it).
+    /// Whether writes may succeed again after an I/O failure: for the redb file, whether its
+    /// file system takes writes again (see [`crate::space_returned`]); a database is simply
+    /// tried again.
+    pub fn space_returned(&self) -> bool {
+        match &self.backend {
+            Backend::Redb(db) => crate::space_returned(db.path()),
+            Backend::Postgres(_) => true,
+        }
+    }
+
+    /// Replaces the handle after a failed write (redb refuses every later operation on it);
+    /// for a database, drops the idle connections.
     pub fn reopen(&self) -> Result<(), StoreError> {
-        self.db.reopen()
+        match &self.backend {
+            Backend::Redb(db) => db.reopen(),
+            Backend::Postgres(db) => db.reopen(),
+        }
     }
 
     /// The activated agent with this id.
     pub fn get_agent(&self, agent_id: &str) -> Result<Option<AgentRecord>, StoreError> {
-        self.db.read("read an agent", |txn| AGENTS.get(txn, agent_id))
+        match &self.backend {
+            Backend::Redb(db) => db.read("read an agent", |txn| AGENTS.get(txn, agent_id)),
+            Backend::Postgres(db) => pg::get_agent(db, agent_id),
+        }
     }
 
     /// At most `limit` agents ordered by id, after `after` (from the first when `None`).
@@ -130,8 +176,13 @@ impl RegistrarStore {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<AgentRecord>, StoreError> {
-        let page = self.db.read("list agents", |txn| AGENTS.page(txn, after, limit))?;
-        Ok(page.into_iter().map(|(_, record)| record).collect())
+        match &self.backend {
+            Backend::Redb(db) => {
+                let page = db.read("list agents", |txn| AGENTS.page(txn, after, limit))?;
+                Ok(page.into_iter().map(|(_, record)| record).collect())
+            }
+            Backend::Postgres(db) => pg::list_agents(db, after, limit),
+        }
     }
 
     /// Stores an activated agent. When the id is free the record is stored with
@@ -150,7 +201,11 @@ impl RegistrarStore {
     /// [`RegistrarStore::activate`] for several records in one transaction (one sync to disk),
     /// applied in order; the outcomes are in the same order.
     pub fn activate_many(&self, records: Vec<AgentRecord>) -> Result<Vec<Activation>, StoreError> {
-        self.db.write("activate agents", |txn| {
+        let db = match &self.backend {
+            Backend::Redb(db) => db,
+            Backend::Postgres(db) => return pg::activate_many(db, records),
+        };
+        db.write("activate agents", |txn| {
             let mut outcomes = Vec::with_capacity(records.len());
             for mut record in records {
                 let existing = AGENTS.get_for_update(txn, &record.agent_id)?;
@@ -171,7 +226,10 @@ impl RegistrarStore {
 
     /// Removes an agent and frees its id; returns whether there was one.
     pub fn delete_agent(&self, agent_id: &str) -> Result<bool, StoreError> {
-        self.db.write("delete an agent", |txn| AGENTS.remove(txn, agent_id))
+        match &self.backend {
+            Backend::Redb(db) => db.write("delete an agent", |txn| AGENTS.remove(txn, agent_id)),
+            Backend::Postgres(db) => pg::delete_agent(db, agent_id),
+        }
     }
 }
 

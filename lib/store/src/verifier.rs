@@ -17,9 +17,11 @@ use redb::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::postgres::{self, verifier as pg};
 pub use crate::registrar::Timestamp;
 use crate::{
-    Check, Database, Migration, Records, Schema, StoreError, check_database, open_database,
+    Check, Database, Location, Migration, Records, Schema, StoreError, check_database,
+    open_database,
 };
 
 /// An enrolled agent: what it is attested against and where its attestation stands.
@@ -350,16 +352,36 @@ fn older_than(at: &Timestamp, cutoff: i64) -> bool {
     at.seconds < cutoff
 }
 
-/// The verifier's store (`verifier.redb`).
+/// The verifier's store (`verifier.redb`, or its tables in PostgreSQL).
 #[derive(Debug)]
 pub struct VerifierStore {
-    db: Database,
+    backend: Backend,
+}
+
+#[derive(Debug)]
+enum Backend {
+    Redb(Database),
+    Postgres(Box<postgres::Database>),
 }
 
 impl VerifierStore {
     /// Opens or creates the store at `path`, migrating an older file.
     pub fn open(path: &Path) -> Result<VerifierStore, StoreError> {
-        Ok(VerifierStore { db: open_database(path, &SCHEMA)? })
+        Ok(VerifierStore { backend: Backend::Redb(open_database(path, &SCHEMA)?) })
+    }
+
+    /// Opens the store at `location`: the redb file as [`VerifierStore::open`] does, or the
+    /// PostgreSQL database (connecting to it, creating or migrating its tables).
+    pub fn open_at(location: &Location) -> Result<VerifierStore, StoreError> {
+        match location {
+            Location::File(path) => VerifierStore::open(path),
+            Location::Postgres(target) => Ok(VerifierStore {
+                backend: Backend::Postgres(Box::new(postgres::Database::open(
+                    target,
+                    &pg::SCHEMA,
+                )?)),
+            }),
+        }
     }
 
     /// Checks the existing store at `path` in full (see [`check_database`]): every page's
@@ -395,17 +417,46 @@ impl VerifierStore {
         })
     }
 
-    /// Opens the file again after a failed write (see [`Database::reopen`]).
+    /// Opens the file again after a failed write (see [`Database::reopen`]); for a database,
+    /// drops the idle connections.
     pub fn reopen(&self) -> Result<(), StoreError> {
-        self.db.reopen()
+        match &self.backend {
+            Backend::Redb(db) => db.reopen(),
+            Backend::Postgres(db) => db.reopen(),
+        }
     }
 
-    pub fn path(&self) -> &Path {
-        self.db.path()
+    /// The file, or the database URL without its password, for logs.
+    pub fn location(&self) -> String {
+        match &self.backend {
+            Backend::Redb(db) => db.path().display().to_string(),
+            Backend::Postgres(db) => db.url().to_owned(),
+        }
+    }
+
+    /// Whether writes may succeed again after an I/O failure: for the redb file, whether its
+    /// file system takes writes again (see [`crate::space_returned`]); a database is simply
+    /// tried again.
+    pub fn space_returned(&self) -> bool {
+        match &self.backend {
+            Backend::Redb(db) => crate::space_returned(db.path()),
+            Backend::Postgres(_) => true,
+        }
     }
 
     pub fn get_agent(&self, agent_id: &str) -> Result<Option<AgentEntry>, StoreError> {
-        self.db.read("read an agent", |txn| AGENTS.get(txn, agent_id))
+        match &self.backend {
+            Backend::Redb(db) => db.read("read an agent", |txn| AGENTS.get(txn, agent_id)),
+            Backend::Postgres(db) => pg::get_agent(db, agent_id),
+        }
+    }
+
+    /// The redb file, or the PostgreSQL backend's answer to `operation`.
+    fn redb(&self) -> Result<&Database, &postgres::Database> {
+        match &self.backend {
+            Backend::Redb(db) => Ok(db),
+            Backend::Postgres(db) => Err(db),
+        }
     }
 
     /// At most `limit` agents ordered by id, after `after`.
@@ -414,7 +465,11 @@ impl VerifierStore {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<AgentEntry>, StoreError> {
-        let page = self.db.read("list agents", |txn| AGENTS.page(txn, after, limit))?;
+        let db = match self.redb() {
+            Ok(db) => db,
+            Err(pg) => return pg::list_agents(pg, after, limit),
+        };
+        let page = db.read("list agents", |txn| AGENTS.page(txn, after, limit))?;
         Ok(page.into_iter().map(|(_, a)| a).collect())
     }
 
@@ -426,6 +481,10 @@ impl VerifierStore {
         batch: impl std::borrow::Borrow<Batch>,
         history_max_entries: u64,
     ) -> Result<Vec<EventRecord>, StoreError> {
+        let db = match self.redb() {
+            Ok(db) => db,
+            Err(pg) => return pg::commit(pg, batch.borrow(), history_max_entries),
+        };
         let batch = batch.borrow();
         let mut agents: Vec<&AgentEntry> = batch.agents.iter().collect();
         // Key order writes neighbouring pages together; of an agent written twice, the
@@ -439,7 +498,7 @@ impl VerifierStore {
             })
             .collect();
         history.sort_by(|a, b| a.0.cmp(&b.0));
-        self.db.write("commit attestation state", |txn| {
+        db.write("commit attestation state", |txn| {
             let mut table = txn.open_table(HISTORY).map_err(|e| StoreError::table("history", e))?;
             for agent_id in &batch.removed {
                 AGENTS.remove(txn, agent_id)?;
@@ -503,7 +562,11 @@ impl VerifierStore {
         before: Option<u64>,
         limit: usize,
     ) -> Result<Vec<HistoryRecord>, StoreError> {
-        self.db.read("read attestation history", |txn| {
+        let db = match self.redb() {
+            Ok(db) => db,
+            Err(pg) => return pg::history(pg, agent_id, before, limit),
+        };
+        db.read("read attestation history", |txn| {
             let table = txn.open_table(HISTORY).map_err(|e| StoreError::table("history", e))?;
             let start = format!("{agent_id}\0");
             let end = match before {
@@ -524,7 +587,11 @@ impl VerifierStore {
 
     /// The sequence of the newest history record of an agent, if it has any.
     pub fn last_history_sequence(&self, agent_id: &str) -> Result<Option<u64>, StoreError> {
-        self.db.read("read attestation history", |txn| {
+        let db = match self.redb() {
+            Ok(db) => db,
+            Err(pg) => return pg::last_history_sequence(pg, agent_id),
+        };
+        db.read("read attestation history", |txn| {
             let table = txn.open_table(HISTORY).map_err(|e| StoreError::table("history", e))?;
             let start = format!("{agent_id}\0");
             let end = format!("{agent_id}\u{1}");
@@ -544,12 +611,20 @@ impl VerifierStore {
 
     /// At most `limit` events with a cursor above `after`, oldest first.
     pub fn events_after(&self, after: u64, limit: usize) -> Result<Vec<EventRecord>, StoreError> {
-        self.db.read("read events", |txn| events_after(txn, after, limit))
+        let db = match self.redb() {
+            Ok(db) => db,
+            Err(pg) => return pg::events_after(pg, after, limit),
+        };
+        db.read("read events", |txn| events_after(txn, after, limit))
     }
 
     /// The oldest retained cursor, if any event is held.
     pub fn oldest_event(&self) -> Result<Option<u64>, StoreError> {
-        self.db.read("read events", |txn| {
+        let db = match self.redb() {
+            Ok(db) => db,
+            Err(pg) => return pg::oldest_event(pg),
+        };
+        db.read("read events", |txn| {
             let table = txn.open_table(EVENTS).map_err(|e| StoreError::table("events", e))?;
             let first = table.first().map_err(|e| StoreError::table("events", e))?;
             Ok(first.map(|(k, _)| k.value()))
@@ -563,11 +638,19 @@ impl VerifierStore {
 
     /// A named position (e.g. `webhook`: delivered up to).
     pub fn cursor(&self, name: &str) -> Result<Option<u64>, StoreError> {
-        self.db.read("read a cursor", |txn| CURSORS.get(txn, name))
+        let db = match self.redb() {
+            Ok(db) => db,
+            Err(pg) => return pg::cursor(pg, name),
+        };
+        db.read("read a cursor", |txn| CURSORS.get(txn, name))
     }
 
     pub fn set_cursor(&self, name: &str, value: u64) -> Result<(), StoreError> {
-        self.db.write("write a cursor", |txn| CURSORS.insert(txn, name, &value))
+        let db = match self.redb() {
+            Ok(db) => db,
+            Err(pg) => return pg::set_cursor(pg, name, value),
+        };
+        db.write("write a cursor", |txn| CURSORS.insert(txn, name, &value))
     }
 
     /// Stores `document` under `digest` and points `name` at it, if `precondition` holds for
@@ -581,7 +664,13 @@ impl VerifierStore {
         document: &[u8],
         entries: u64,
     ) -> Result<PolicyPut, StoreError> {
-        self.db.write("store a policy", |txn| {
+        let db = match self.redb() {
+            Ok(db) => db,
+            Err(pg) => {
+                return pg::put_policy(pg, kind, name, precondition, digest, document, entries);
+            }
+        };
+        db.write("store a policy", |txn| {
             let previous = kind.names().get_for_update(txn, name)?;
             match (precondition, previous) {
                 (PutPrecondition::Absent, Some(old)) => Ok(PolicyPut::Exists(old)),
@@ -615,7 +704,11 @@ impl VerifierStore {
         kind: PolicyKind,
         name: &str,
     ) -> Result<Option<PolicyName>, StoreError> {
-        self.db.read("read a policy name", |txn| kind.names().get(txn, name))
+        let db = match self.redb() {
+            Ok(db) => db,
+            Err(pg) => return pg::policy_name(pg, kind, name),
+        };
+        db.read("read a policy name", |txn| kind.names().get(txn, name))
     }
 
     /// The name record and canonical document of a policy.
@@ -624,7 +717,11 @@ impl VerifierStore {
         kind: PolicyKind,
         name: &str,
     ) -> Result<Option<(PolicyName, Vec<u8>)>, StoreError> {
-        self.db.read("read a policy", |txn| {
+        let db = match self.redb() {
+            Ok(db) => db,
+            Err(pg) => return pg::get_policy(pg, kind, name),
+        };
+        db.read("read a policy", |txn| {
             let Some(record) = kind.names().get(txn, name)? else {
                 return Ok(None);
             };
@@ -635,7 +732,11 @@ impl VerifierStore {
 
     /// Every policy name of `kind`, in name order.
     pub fn list_policies(&self, kind: PolicyKind) -> Result<Vec<PolicyName>, StoreError> {
-        let page = self.db.read("list policies", |txn| kind.names().page(txn, None, usize::MAX))?;
+        let db = match self.redb() {
+            Ok(db) => db,
+            Err(pg) => return pg::list_policies(pg, kind),
+        };
+        let page = db.read("list policies", |txn| kind.names().page(txn, None, usize::MAX))?;
         Ok(page.into_iter().map(|(_, p)| p).collect())
     }
 
@@ -646,7 +747,11 @@ impl VerifierStore {
         kind: PolicyKind,
         name: &str,
     ) -> Result<PolicyDeletion, StoreError> {
-        self.db.write("delete a policy", |txn| {
+        let db = match self.redb() {
+            Ok(db) => db,
+            Err(pg) => return pg::delete_policy(pg, kind, name),
+        };
+        db.write("delete a policy", |txn| {
             let Some(record) = kind.names().get_for_update(txn, name)? else {
                 return Ok(PolicyDeletion::Absent);
             };
@@ -664,8 +769,12 @@ impl VerifierStore {
     /// Removes history records and events older than `max_age`, and the oldest events beyond
     /// `max_events`.
     pub fn prune(&self, max_age: Duration, max_events: u64) -> Result<Pruned, StoreError> {
+        let db = match self.redb() {
+            Ok(db) => db,
+            Err(pg) => return pg::prune(pg, max_age, max_events),
+        };
         let cutoff = Timestamp::now().seconds.saturating_sub(max_age.as_secs() as i64);
-        self.db.write("prune history and events", |txn| {
+        db.write("prune history and events", |txn| {
             let mut pruned = Pruned::default();
             let mut history =
                 txn.open_table(HISTORY).map_err(|e| StoreError::table("history", e))?;

@@ -239,6 +239,10 @@ daemon_config! {
         "Address of the Prometheus metrics endpoint.";
     metrics_port: Option<u16> = optional(Kind::Port),
         "Port of the Prometheus metrics endpoint; unset: no endpoint.";
+    database_url: Option<String> = optional(Kind::Text),
+        "PostgreSQL database holding the state, as postgresql://user@host:port/dbname (a Unix socket directory as ?host=/run/postgresql); unset or empty: the redb file under keylime_dir. Connections are not encrypted, so the server must be on a loopback address or a Unix socket.";
+    database_password_file: Option<PathBuf> = optional(Kind::Path),
+        "File holding the password of database_url's user (one line), so that the URL need not carry it; unset: the URL's password, if any.";
 }
 
 daemon_config! {
@@ -278,6 +282,10 @@ daemon_config! {
         "Address of the Prometheus metrics endpoint.";
     metrics_port: Option<u16> = optional(Kind::Port),
         "Port of the Prometheus metrics endpoint; unset: no endpoint.";
+    database_url: Option<String> = optional(Kind::Text),
+        "PostgreSQL database holding the state, as postgresql://user@host:port/dbname (a Unix socket directory as ?host=/run/postgresql); unset or empty: the redb file under keylime_dir. Connections are not encrypted, so the server must be on a loopback address or a Unix socket.";
+    database_password_file: Option<PathBuf> = optional(Kind::Path),
+        "File holding the password of database_url's user (one line), so that the URL need not carry it; unset: the URL's password, if any.";
 }
 
 client_config! {

@@ -238,6 +238,38 @@ pub const SECRET_OPTIONS: &[&str] = &["webhook_secret"];
 /// `--print-config` shows their scheme and host only.
 pub const URLS_WITH_SECRET_PATHS: &[&str] = &["webhook_url"];
 
+/// URL options that may carry a password (`postgresql://user:password@host/db`, or a
+/// `password=` query parameter): `--print-config` shows them with the password masked.
+pub const URLS_WITH_PASSWORDS: &[&str] = &["database_url"];
+
+/// `url` with the password of its user info and of a `password=` parameter masked.
+fn mask_url_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let authority = match authority.rsplit_once('@') {
+        Some((user_info, host)) => match user_info.split_once(':') {
+            Some((user, _)) => format!("{user}:{MASKED}@{host}"),
+            None => format!("{user_info}@{host}"),
+        },
+        None => authority.to_owned(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let params: Vec<String> = query
+                .split('&')
+                .map(|param| match param.split_once('=') {
+                    Some(("password", _)) => format!("password={MASKED}"),
+                    _ => param.to_owned(),
+                })
+                .collect();
+            format!("{path}?{}", params.join("&"))
+        }
+        None => tail.to_owned(),
+    };
+    format!("{scheme}://{authority}{tail}")
+}
+
 /// `scheme://host[:port]` of `url`, the rest replaced by a note that it is not shown.
 fn mask_url_path(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else { return MASKED.to_owned() };
@@ -267,6 +299,11 @@ pub fn print_json<T: Serialize>(config: &T) -> Result<String, ConfigError> {
         for key in URLS_WITH_SECRET_PATHS {
             if let Some(Json::String(url)) = map.get_mut(*key) {
                 *url = mask_url_path(url);
+            }
+        }
+        for key in URLS_WITH_PASSWORDS {
+            if let Some(Json::String(url)) = map.get_mut(*key) {
+                *url = mask_url_password(url);
             }
         }
     }

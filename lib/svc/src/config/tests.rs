@@ -411,6 +411,32 @@ fn print_config_masks_secrets() -> TestResult {
 }
 
 #[test]
+fn print_config_masks_the_database_password() -> TestResult {
+    let roots = Roots::new()?;
+    roots.write(
+        "etc/keylime/registrar.conf",
+        "database_url = \"postgresql://keylime:s3cret@127.0.0.1:5432/fleet?connect_timeout=5&password=s3cret\"\n\
+         database_password_file = \"/etc/keylime/db-password\"",
+    )?;
+    let registrar = load::<RegistrarConfig>(&roots.sources())?;
+    let printed = registrar.to_json()?;
+    assert!(!printed.contains("s3cret"), "{printed}");
+    let json: serde_json::Value = serde_json::from_str(&printed)?;
+    assert_eq!(
+        json["database_url"],
+        format!(
+            "postgresql://keylime:{m}@127.0.0.1:5432/fleet?connect_timeout=5&password={m}",
+            m = super::MASKED
+        )
+    );
+    assert_eq!(json["database_password_file"], "/etc/keylime/db-password");
+    let verifier = load::<VerifierConfig>(&Roots::new()?.sources())?;
+    let json: serde_json::Value = serde_json::from_str(&verifier.to_json()?)?;
+    assert_eq!(json["database_url"], serde_json::Value::Null, "the redb file by default");
+    Ok(())
+}
+
+#[test]
 fn optional_values_can_be_unset_again() -> TestResult {
     let roots = Roots::new()?;
     roots.write("etc/keylime/verifier.conf", "webhook_url = \"https://hooks.example/keylime\"")?;

@@ -1,0 +1,569 @@
+//! The verifier's tables in PostgreSQL. Records are encoded as in the redb file (postcard);
+//! the columns beside them are what queries select or order on: agent ids in byte order
+//! (`COLLATE "C"`, as redb orders keys), the policies an agent uses (for the in-use check of a
+//! deletion), history by agent and sequence, events by cursor, and the times pruning compares.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use tokio_postgres::Row;
+
+use super::{Database, Migration, Schema, Tx, bigint, bound, limit, unsigned};
+use crate::StoreError;
+use crate::verifier::{
+    AgentEntry, Batch, EventRecord, HistoryRecord, PolicyDeletion, PolicyKind, PolicyName,
+    PolicyPut, Pruned, PutPrecondition, Timestamp,
+};
+
+const AGENTS: &str = "verifier_agents";
+const NAMES: &str = "verifier_policy_names";
+const DOCUMENTS: &str = "verifier_policy_documents";
+const CURSORS: &str = "verifier_cursors";
+const HISTORY: &str = "verifier_history";
+const EVENTS: &str = "verifier_events";
+
+const LAST_EVENT: &str = "last_event";
+
+/// Version 1: agents, policies, history, events, cursors (records as redb's schema version 2
+/// encodes them).
+pub(crate) static SCHEMA: Schema = Schema {
+    name: "verifier",
+    write_lock: 0x6b6c_0002,
+    // Each verifier attests every agent it loads: until agents are leased to replicas, a second
+    // verifier on the same tables would attest them twice and overwrite the first's state.
+    instance_lock: Some(0x6b6c_0012),
+    migrations: &[Migration {
+        description: "create the agents, policy, history, event and cursor tables",
+        sql: "CREATE TABLE verifier_agents (
+                  agent_id TEXT COLLATE \"C\" PRIMARY KEY,
+                  runtime_policy TEXT NOT NULL,
+                  measured_boot_policy TEXT NOT NULL,
+                  record BYTEA NOT NULL
+              );
+              CREATE TABLE verifier_policy_names (
+                  kind TEXT NOT NULL,
+                  name TEXT COLLATE \"C\" NOT NULL,
+                  digest TEXT NOT NULL,
+                  record BYTEA NOT NULL,
+                  PRIMARY KEY (kind, name)
+              );
+              CREATE TABLE verifier_policy_documents (
+                  kind TEXT NOT NULL,
+                  digest TEXT NOT NULL,
+                  document BYTEA NOT NULL,
+                  PRIMARY KEY (kind, digest)
+              );
+              CREATE TABLE verifier_cursors (name TEXT PRIMARY KEY, value BIGINT NOT NULL);
+              CREATE TABLE verifier_history (
+                  agent_id TEXT COLLATE \"C\" NOT NULL,
+                  sequence BIGINT NOT NULL,
+                  at_seconds BIGINT NOT NULL,
+                  record BYTEA NOT NULL,
+                  PRIMARY KEY (agent_id, sequence)
+              );
+              CREATE INDEX verifier_history_at ON verifier_history (at_seconds);
+              CREATE TABLE verifier_events (
+                  cursor BIGINT PRIMARY KEY,
+                  at_seconds BIGINT NOT NULL,
+                  record BYTEA NOT NULL
+              );",
+    }],
+};
+
+fn kind_name(kind: PolicyKind) -> &'static str {
+    match kind {
+        PolicyKind::Runtime => "runtime",
+        PolicyKind::MeasuredBoot => "measured_boot",
+    }
+}
+
+fn encode<T: serde::Serialize>(
+    table: &'static str,
+    key: &str,
+    value: &T,
+) -> Result<Vec<u8>, StoreError> {
+    postcard::to_allocvec(value).map_err(|source| StoreError::Encode {
+        table,
+        key: key.to_owned(),
+        source,
+    })
+}
+
+/// The `record` column of `row`, decoded; `key` names it in errors.
+fn decode<T: for<'de> serde::Deserialize<'de>>(
+    tx: &Tx<'_>,
+    table: &'static str,
+    row: &Row,
+    key: impl FnOnce() -> String,
+) -> Result<T, StoreError> {
+    let bytes: &[u8] = tx.get(table, row, "record")?;
+    postcard::from_bytes(bytes).map_err(|source| StoreError::Decode { table, key: key(), source })
+}
+
+fn decode_agent(tx: &Tx<'_>, row: &Row) -> Result<AgentEntry, StoreError> {
+    let id: String = tx.get(AGENTS, row, "agent_id")?;
+    decode(tx, AGENTS, row, || id)
+}
+
+fn decode_event(tx: &Tx<'_>, row: &Row) -> Result<EventRecord, StoreError> {
+    let cursor: i64 = tx.get(EVENTS, row, "cursor")?;
+    decode(tx, EVENTS, row, || cursor.to_string())
+}
+
+fn decode_name(tx: &Tx<'_>, row: &Row) -> Result<PolicyName, StoreError> {
+    let name: String = tx.get(NAMES, row, "name")?;
+    decode(tx, NAMES, row, || name)
+}
+
+fn decode_history(tx: &Tx<'_>, agent_id: &str, row: &Row) -> Result<HistoryRecord, StoreError> {
+    let sequence: i64 = tx.get(HISTORY, row, "sequence")?;
+    decode(tx, HISTORY, row, || format!("{agent_id}/{sequence}"))
+}
+
+pub(crate) fn get_agent(db: &Database, agent_id: &str) -> Result<Option<AgentEntry>, StoreError> {
+    db.read("read an agent", async |tx| {
+        let row = tx
+            .query_opt(
+                AGENTS,
+                "SELECT agent_id, record FROM verifier_agents WHERE agent_id = $1",
+                &[&agent_id],
+            )
+            .await?;
+        row.map(|row| decode_agent(tx, &row)).transpose()
+    })
+}
+
+pub(crate) fn list_agents(
+    db: &Database,
+    after: Option<&str>,
+    count: usize,
+) -> Result<Vec<AgentEntry>, StoreError> {
+    db.read("list agents", async |tx| {
+        let rows = tx
+            .query(
+                AGENTS,
+                "SELECT agent_id, record FROM verifier_agents \
+                 WHERE $1::text IS NULL OR agent_id > $1 ORDER BY agent_id LIMIT $2",
+                &[&after, &limit(count)],
+            )
+            .await?;
+        rows.iter().map(|row| decode_agent(tx, row)).collect()
+    })
+}
+
+/// Columns of rows to insert together with `UNNEST`, one statement for a whole batch.
+#[derive(Default)]
+struct AgentColumns {
+    ids: Vec<String>,
+    runtime: Vec<String>,
+    measured_boot: Vec<String>,
+    records: Vec<Vec<u8>>,
+}
+
+#[derive(Default)]
+struct HistoryColumns {
+    ids: Vec<String>,
+    sequences: Vec<i64>,
+    at: Vec<i64>,
+    records: Vec<Vec<u8>>,
+}
+
+pub(crate) fn commit(
+    db: &Database,
+    batch: &Batch,
+    history_max_entries: u64,
+) -> Result<Vec<EventRecord>, StoreError> {
+    // Of an agent (or history record) written twice, the later write is kept.
+    let agents: BTreeMap<&str, &AgentEntry> =
+        batch.agents.iter().map(|a| (a.agent_id.as_str(), a)).collect();
+    let mut agent_rows = AgentColumns::default();
+    for (id, agent) in &agents {
+        agent_rows.ids.push((*id).to_owned());
+        agent_rows.runtime.push(agent.runtime_policy.clone());
+        agent_rows.measured_boot.push(agent.measured_boot_policy.clone());
+        agent_rows.records.push(encode(AGENTS, id, *agent)?);
+    }
+    let history: BTreeMap<(&str, u64), &HistoryRecord> =
+        batch.history.iter().map(|(id, r)| ((id.as_str(), r.sequence), r)).collect();
+    let mut history_rows = HistoryColumns::default();
+    // The newest sequence written per agent; older records fall out of the bound.
+    let mut newest: BTreeMap<&str, u64> = BTreeMap::new();
+    for ((id, sequence), record) in &history {
+        let key = format!("{id}/{sequence}");
+        history_rows.ids.push((*id).to_owned());
+        history_rows.sequences.push(bigint(HISTORY, &key, *sequence)?);
+        history_rows.at.push(record.at.seconds);
+        history_rows.records.push(encode(HISTORY, &key, *record)?);
+        let top = newest.entry(id).or_default();
+        *top = (*top).max(*sequence);
+    }
+    let (trim_ids, trim_upto): (Vec<String>, Vec<i64>) = newest
+        .iter()
+        .filter(|(_, top)| history_max_entries != 0 && **top > history_max_entries)
+        .map(|(id, top)| ((*id).to_owned(), bound(top - history_max_entries)))
+        .unzip();
+    db.write("commit attestation state", async |tx| {
+        if !batch.removed.is_empty() {
+            tx.execute(AGENTS, "DELETE FROM verifier_agents WHERE agent_id = ANY($1)", &[
+                &batch.removed,
+            ])
+            .await?;
+            tx.execute(HISTORY, "DELETE FROM verifier_history WHERE agent_id = ANY($1)", &[
+                &batch.removed,
+            ])
+            .await?;
+        }
+        if !agent_rows.ids.is_empty() {
+            tx.execute(
+                AGENTS,
+                "INSERT INTO verifier_agents (agent_id, runtime_policy, measured_boot_policy, record) \
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bytea[]) \
+                 ON CONFLICT (agent_id) DO UPDATE SET runtime_policy = EXCLUDED.runtime_policy, \
+                 measured_boot_policy = EXCLUDED.measured_boot_policy, record = EXCLUDED.record",
+                &[&agent_rows.ids, &agent_rows.runtime, &agent_rows.measured_boot, &agent_rows.records],
+            )
+            .await?;
+        }
+        if !history_rows.ids.is_empty() {
+            tx.execute(
+                HISTORY,
+                "INSERT INTO verifier_history (agent_id, sequence, at_seconds, record) \
+                 SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::bytea[]) \
+                 ON CONFLICT (agent_id, sequence) DO UPDATE SET at_seconds = EXCLUDED.at_seconds, \
+                 record = EXCLUDED.record",
+                &[&history_rows.ids, &history_rows.sequences, &history_rows.at, &history_rows.records],
+            )
+            .await?;
+        }
+        if !trim_ids.is_empty() {
+            tx.execute(
+                HISTORY,
+                "DELETE FROM verifier_history h USING UNNEST($1::text[], $2::bigint[]) AS t(agent_id, upto) \
+                 WHERE h.agent_id = t.agent_id AND h.sequence <= t.upto",
+                &[&trim_ids, &trim_upto],
+            )
+            .await?;
+        }
+        if batch.events.is_empty() {
+            return Ok(Vec::new());
+        }
+        // The counter row is updated under the store's write lock, so cursors are committed in
+        // the order they are assigned (see the module docs of `postgres`).
+        let count = batch.events.len() as i64;
+        let row = tx
+            .query_opt(
+                CURSORS,
+                "INSERT INTO verifier_cursors (name, value) VALUES ($1, $2) \
+                 ON CONFLICT (name) DO UPDATE SET value = verifier_cursors.value + EXCLUDED.value \
+                 RETURNING value",
+                &[&LAST_EVENT, &count],
+            )
+            .await?;
+        let last = match &row {
+            Some(row) => unsigned(tx.get(CURSORS, row, "value")?),
+            None => 0,
+        };
+        let mut cursor = last.saturating_sub(batch.events.len() as u64);
+        let mut out = Vec::with_capacity(batch.events.len());
+        let (mut cursors, mut at, mut records) = (Vec::new(), Vec::new(), Vec::new());
+        for event in &batch.events {
+            cursor += 1;
+            let mut event = event.clone();
+            event.cursor = cursor;
+            cursors.push(bigint(EVENTS, &cursor.to_string(), cursor)?);
+            at.push(event.at.seconds);
+            records.push(encode(EVENTS, &cursor.to_string(), &event)?);
+            out.push(event);
+        }
+        tx.execute(
+            EVENTS,
+            "INSERT INTO verifier_events (cursor, at_seconds, record) \
+             SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::bytea[])",
+            &[&cursors, &at, &records],
+        )
+        .await?;
+        Ok(out)
+    })
+}
+
+pub(crate) fn history(
+    db: &Database,
+    agent_id: &str,
+    before: Option<u64>,
+    count: usize,
+) -> Result<Vec<HistoryRecord>, StoreError> {
+    db.read("read attestation history", async |tx| {
+        let rows = tx
+            .query(
+                HISTORY,
+                "SELECT sequence, record FROM verifier_history \
+                 WHERE agent_id = $1 AND ($2::bigint IS NULL OR sequence < $2) \
+                 ORDER BY sequence DESC LIMIT $3",
+                &[&agent_id, &before.map(bound), &limit(count)],
+            )
+            .await?;
+        rows.iter().map(|row| decode_history(tx, agent_id, row)).collect()
+    })
+}
+
+pub(crate) fn last_history_sequence(
+    db: &Database,
+    agent_id: &str,
+) -> Result<Option<u64>, StoreError> {
+    db.read("read attestation history", async |tx| {
+        let row = tx
+            .query_opt(
+                HISTORY,
+                "SELECT max(sequence) AS sequence FROM verifier_history WHERE agent_id = $1",
+                &[&agent_id],
+            )
+            .await?;
+        let newest: Option<i64> = match &row {
+            Some(row) => tx.get(HISTORY, row, "sequence")?,
+            None => None,
+        };
+        Ok(newest.map(unsigned))
+    })
+}
+
+pub(crate) fn events_after(
+    db: &Database,
+    after: u64,
+    count: usize,
+) -> Result<Vec<EventRecord>, StoreError> {
+    db.read("read events", async |tx| {
+        let rows = tx
+            .query(
+                EVENTS,
+                "SELECT cursor, record FROM verifier_events WHERE cursor > $1 \
+                 ORDER BY cursor LIMIT $2",
+                &[&bound(after), &limit(count)],
+            )
+            .await?;
+        rows.iter().map(|row| decode_event(tx, row)).collect()
+    })
+}
+
+pub(crate) fn oldest_event(db: &Database) -> Result<Option<u64>, StoreError> {
+    db.read("read events", async |tx| {
+        let row =
+            tx.query_opt(EVENTS, "SELECT min(cursor) AS cursor FROM verifier_events", &[]).await?;
+        let oldest: Option<i64> = match &row {
+            Some(row) => tx.get(EVENTS, row, "cursor")?,
+            None => None,
+        };
+        Ok(oldest.map(unsigned))
+    })
+}
+
+pub(crate) fn cursor(db: &Database, name: &str) -> Result<Option<u64>, StoreError> {
+    db.read("read a cursor", async |tx| {
+        let row = tx
+            .query_opt(CURSORS, "SELECT value FROM verifier_cursors WHERE name = $1", &[&name])
+            .await?;
+        row.map(|row| tx.get::<i64>(CURSORS, &row, "value").map(unsigned)).transpose()
+    })
+}
+
+pub(crate) fn set_cursor(db: &Database, name: &str, value: u64) -> Result<(), StoreError> {
+    let value = bigint(CURSORS, name, value)?;
+    db.write("write a cursor", async |tx| {
+        tx.execute(
+            CURSORS,
+            "INSERT INTO verifier_cursors (name, value) VALUES ($1, $2) \
+             ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value",
+            &[&name, &value],
+        )
+        .await?;
+        Ok(())
+    })
+}
+
+async fn name_record(
+    tx: &Tx<'_>,
+    kind: PolicyKind,
+    name: &str,
+) -> Result<Option<PolicyName>, StoreError> {
+    let row = tx
+        .query_opt(
+            NAMES,
+            "SELECT name, record FROM verifier_policy_names WHERE kind = $1 AND name = $2",
+            &[&kind_name(kind), &name],
+        )
+        .await?;
+    row.map(|row| decode_name(tx, &row)).transpose()
+}
+
+/// Removes the document under `digest` unless a name still points at it.
+async fn drop_unreferenced(tx: &Tx<'_>, kind: PolicyKind, digest: &str) -> Result<(), StoreError> {
+    tx.execute(
+        DOCUMENTS,
+        "DELETE FROM verifier_policy_documents d WHERE d.kind = $1 AND d.digest = $2 \
+         AND NOT EXISTS (SELECT 1 FROM verifier_policy_names n WHERE n.kind = $1 AND n.digest = $2)",
+        &[&kind_name(kind), &digest],
+    )
+    .await?;
+    Ok(())
+}
+
+pub(crate) fn put_policy(
+    db: &Database,
+    kind: PolicyKind,
+    name: &str,
+    precondition: PutPrecondition,
+    digest: &str,
+    document: &[u8],
+    entries: u64,
+) -> Result<PolicyPut, StoreError> {
+    db.write("store a policy", async |tx| {
+        let previous = name_record(tx, kind, name).await?;
+        match (precondition, previous) {
+            (PutPrecondition::Absent, Some(old)) => Ok(PolicyPut::Exists(old)),
+            (PutPrecondition::Present, None) => Ok(PolicyPut::Missing),
+            (_, Some(old)) if old.digest == digest => {
+                Ok(PolicyPut::Stored { record: old, changed: false })
+            }
+            (_, previous) => {
+                tx.execute(
+                    DOCUMENTS,
+                    "INSERT INTO verifier_policy_documents (kind, digest, document) \
+                     VALUES ($1, $2, $3) ON CONFLICT (kind, digest) DO NOTHING",
+                    &[&kind_name(kind), &digest, &document],
+                )
+                .await?;
+                let record = PolicyName {
+                    name: name.to_owned(),
+                    digest: digest.to_owned(),
+                    entries,
+                    updated_at: Timestamp::now(),
+                };
+                tx.execute(
+                    NAMES,
+                    "INSERT INTO verifier_policy_names (kind, name, digest, record) \
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (kind, name) \
+                     DO UPDATE SET digest = EXCLUDED.digest, record = EXCLUDED.record",
+                    &[&kind_name(kind), &name, &digest, &encode(NAMES, name, &record)?],
+                )
+                .await?;
+                if let Some(previous) = previous {
+                    drop_unreferenced(tx, kind, &previous.digest).await?;
+                }
+                Ok(PolicyPut::Stored { record, changed: true })
+            }
+        }
+    })
+}
+
+pub(crate) fn policy_name(
+    db: &Database,
+    kind: PolicyKind,
+    name: &str,
+) -> Result<Option<PolicyName>, StoreError> {
+    db.read("read a policy name", async |tx| name_record(tx, kind, name).await)
+}
+
+pub(crate) fn get_policy(
+    db: &Database,
+    kind: PolicyKind,
+    name: &str,
+) -> Result<Option<(PolicyName, Vec<u8>)>, StoreError> {
+    db.read("read a policy", async |tx| {
+        let Some(record) = name_record(tx, kind, name).await? else {
+            return Ok(None);
+        };
+        let row = tx
+            .query_opt(
+                DOCUMENTS,
+                "SELECT document FROM verifier_policy_documents WHERE kind = $1 AND digest = $2",
+                &[&kind_name(kind), &record.digest],
+            )
+            .await?;
+        let document = match &row {
+            Some(row) => tx.get(DOCUMENTS, row, "document")?,
+            None => Vec::new(),
+        };
+        Ok(Some((record, document)))
+    })
+}
+
+pub(crate) fn list_policies(
+    db: &Database,
+    kind: PolicyKind,
+) -> Result<Vec<PolicyName>, StoreError> {
+    db.read("list policies", async |tx| {
+        let rows = tx
+            .query(
+                NAMES,
+                "SELECT name, record FROM verifier_policy_names WHERE kind = $1 ORDER BY name",
+                &[&kind_name(kind)],
+            )
+            .await?;
+        rows.iter().map(|row| decode_name(tx, row)).collect()
+    })
+}
+
+pub(crate) fn delete_policy(
+    db: &Database,
+    kind: PolicyKind,
+    name: &str,
+) -> Result<PolicyDeletion, StoreError> {
+    let users = match kind {
+        PolicyKind::Runtime => {
+            "SELECT agent_id FROM verifier_agents WHERE runtime_policy = $1 \
+             ORDER BY agent_id LIMIT 1"
+        }
+        PolicyKind::MeasuredBoot => {
+            "SELECT agent_id FROM verifier_agents WHERE measured_boot_policy = $1 \
+             ORDER BY agent_id LIMIT 1"
+        }
+    };
+    db.write("delete a policy", async |tx| {
+        let Some(record) = name_record(tx, kind, name).await? else {
+            return Ok(PolicyDeletion::Absent);
+        };
+        if let Some(row) = tx.query_opt(AGENTS, users, &[&name]).await? {
+            return Ok(PolicyDeletion::InUse(tx.get(AGENTS, &row, "agent_id")?));
+        }
+        tx.execute(
+            NAMES,
+            "DELETE FROM verifier_policy_names WHERE kind = $1 AND name = $2",
+            &[&kind_name(kind), &name],
+        )
+        .await?;
+        drop_unreferenced(tx, kind, &record.digest).await?;
+        Ok(PolicyDeletion::Deleted)
+    })
+}
+
+pub(crate) fn prune(
+    db: &Database,
+    max_age: Duration,
+    max_events: u64,
+) -> Result<Pruned, StoreError> {
+    let cutoff = Timestamp::now().seconds.saturating_sub(max_age.as_secs() as i64);
+    db.write("prune history and events", async |tx| {
+        let history = tx
+            .execute(HISTORY, "DELETE FROM verifier_history WHERE at_seconds < $1", &[&cutoff])
+            .await?;
+        // The oldest events beyond the count, then (as in the redb file) the old events before
+        // the first one that is not old.
+        let excess = tx
+            .execute(
+                EVENTS,
+                "DELETE FROM verifier_events WHERE cursor IN (SELECT cursor FROM verifier_events \
+                 ORDER BY cursor LIMIT GREATEST((SELECT count(*) FROM verifier_events) - $1, 0))",
+                &[&bound(max_events)],
+            )
+            .await?;
+        let old = tx
+            .execute(
+                EVENTS,
+                "DELETE FROM verifier_events WHERE at_seconds < $1 AND cursor < COALESCE( \
+                 (SELECT min(cursor) FROM verifier_events WHERE at_seconds >= $1), \
+                 9223372036854775807)",
+                &[&cutoff],
+            )
+            .await?;
+        Ok(Pruned { history, events: excess + old })
+    })
+}

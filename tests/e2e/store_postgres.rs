@@ -1,0 +1,446 @@
+//! kl-store's PostgreSQL backend against a private server: every domain operation of the
+//! registrar and verifier stores behaves as it does on the redb file (the same cases as the
+//! redb tests in `lib/store`), cursors and schema versions hold across reconnects, a newer
+//! schema is refused, and an unreachable server or a missing password is reported naming the
+//! URL without the password.
+
+use std::time::Duration;
+
+use kl_store::Location;
+use kl_store::registrar::{Activation, AgentRecord, RegistrarStore};
+use kl_store::verifier::{
+    AgentEntry, Batch, EventRecord, HistoryRecord, PolicyDeletion, PolicyKind, PolicyPut,
+    PutPrecondition, Timestamp, VerifierStore,
+};
+use kl_tests::postgres::Postgres;
+use kl_tests::{Result, err};
+
+/// A private server and a fresh database on it; `None` when PostgreSQL is not installed (and
+/// `CI` is unset).
+fn database() -> Result<Option<(Postgres, Location)>> {
+    let Some(server) = Postgres::start()? else { return Ok(None) };
+    let url = server.create_database("keylime")?;
+    let location = Location::new("unused.redb".into(), Some(&url), Some(&server.password_file()))?;
+    Ok(Some((server, location)))
+}
+
+/// Opens the verifier store at `location` once the server has ended the session of the one
+/// closed just before (it holds the lock that keeps a second verifier out).
+fn reopen_verifier(location: &Location) -> Result<VerifierStore> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match VerifierStore::open_at(location) {
+            Err(kl_store::StoreError::InUse { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            opened => return Ok(opened?),
+        }
+    }
+}
+
+fn registrar_record(id: &str, ek: u8) -> AgentRecord {
+    AgentRecord {
+        agent_id: id.to_owned(),
+        ek_public: vec![ek; 8],
+        ek_certificate: Vec::new(),
+        ek_intermediate_certificates: Vec::new(),
+        ek_certificate_verified: false,
+        ak_public: vec![7; 8],
+        ak_name: vec![0, 11, 1],
+        agent_certificate: vec![3; 4],
+        contact_ip: "127.0.0.1".to_owned(),
+        contact_port: 9002,
+        registration_count: 0,
+        registered_at: Timestamp { seconds: 1, nanos: 2 },
+        activated_at: Timestamp { seconds: 3, nanos: 4 },
+    }
+}
+
+fn count(outcome: &Activation) -> Option<u64> {
+    match outcome {
+        Activation::Activated(record) => Some(record.registration_count),
+        Activation::IdentityConflict => None,
+    }
+}
+
+#[test]
+fn registrar_activation_identity_deletion_batches_and_paging() -> Result<()> {
+    let Some((_server, location)) = database()? else { return Ok(()) };
+    let store = RegistrarStore::open_at(&location)?;
+    assert_eq!(count(&store.activate(registrar_record("a", 1))?), Some(1));
+    let mut again = registrar_record("a", 1);
+    again.ak_public = vec![8; 8];
+    assert_eq!(count(&store.activate(again.clone())?), Some(2));
+    // Another EK, or another EK certificate, under an activated id changes nothing.
+    let before = store.get_agent("a")?;
+    assert_eq!(store.activate(registrar_record("a", 2))?, Activation::IdentityConflict);
+    let mut other_cert = registrar_record("a", 1);
+    other_cert.ek_certificate = vec![1, 2, 3];
+    assert_eq!(store.activate(other_cert)?, Activation::IdentityConflict);
+    assert_eq!(store.get_agent("a")?, before);
+    drop(store);
+
+    // A new connection sees what the old one committed.
+    let store = RegistrarStore::open_at(&location)?;
+    let kept = store.get_agent("a")?.ok_or_else(|| err("agent a lost"))?;
+    assert_eq!((kept.registration_count, kept.ak_public), (2, again.ak_public));
+    assert!(store.delete_agent("a")?);
+    assert!(!store.delete_agent("a")?);
+    assert!(store.get_agent("a")?.is_none());
+
+    let outcomes = store.activate_many(vec![
+        registrar_record("a", 1),
+        registrar_record("a", 2),
+        registrar_record("a", 1),
+    ])?;
+    assert_eq!(outcomes.iter().map(count).collect::<Vec<_>>(), [Some(1), None, Some(2)]);
+
+    // Byte order, as redb orders keys ("B" before "a"; no locale folding).
+    for id in ["c", "e", "b", "d", "B"] {
+        store.activate(registrar_record(id, 1))?;
+    }
+    let ids = |records: Vec<AgentRecord>| -> Vec<String> {
+        records.into_iter().map(|r| r.agent_id).collect()
+    };
+    assert_eq!(ids(store.list_agents(None, 2)?), ["B", "a"]);
+    assert_eq!(ids(store.list_agents(Some("a"), 2)?), ["b", "c"]);
+    assert_eq!(ids(store.list_agents(Some("c"), 5)?), ["d", "e"]);
+    assert!(store.list_agents(Some("e"), 2)?.is_empty());
+    assert_eq!(store.read_all()?, 6);
+    Ok(())
+}
+
+fn agent(id: &str, runtime_policy: &str) -> AgentEntry {
+    AgentEntry {
+        agent_id: id.to_owned(),
+        contact_ip: "127.0.0.1".to_owned(),
+        contact_port: 9002,
+        ak_public: vec![1, 2, 3],
+        agent_certificate: vec![4, 5],
+        runtime_policy: runtime_policy.to_owned(),
+        measured_boot_policy: String::new(),
+        pcr_policy_json: String::new(),
+        v_key_half: Vec::new(),
+        key_delivered: false,
+        accept_hash_algorithms: Vec::new(),
+        accept_signing_algorithms: Vec::new(),
+        hash_algorithm: "sha256".to_owned(),
+        state: 1,
+        attestation_count: 0,
+        enrolled_at: Timestamp::now(),
+        last_attestation_at: None,
+        last_success_at: None,
+        last_verdict_json: String::new(),
+        attestation_state_json: String::new(),
+        ima_offset: 0,
+        reset_count: 0,
+        consecutive_errors: 0,
+        history_sequence: 0,
+        payload_digest: String::new(),
+    }
+}
+
+fn event(agent_id: &str, at: Timestamp) -> EventRecord {
+    EventRecord {
+        cursor: 0,
+        at,
+        kind: 3,
+        agent_id: agent_id.to_owned(),
+        state: 2,
+        previous_state: 1,
+        findings_json: String::new(),
+        message: "passed".to_owned(),
+    }
+}
+
+fn record(sequence: u64, at: Timestamp) -> HistoryRecord {
+    HistoryRecord {
+        sequence,
+        at,
+        verdict_json: "{}".to_owned(),
+        reset_count: 1,
+        restart_count: 0,
+        clock: sequence * 10,
+        ima_entries: 0,
+        duration_us: 5,
+    }
+}
+
+fn cursors(events: &[EventRecord]) -> Vec<u64> {
+    events.iter().map(|e| e.cursor).collect()
+}
+
+fn sequences(records: &[HistoryRecord]) -> Vec<u64> {
+    records.iter().map(|r| r.sequence).collect()
+}
+
+#[test]
+fn verifier_events_history_batches_and_pruning() -> Result<()> {
+    let Some((_server, location)) = database()? else { return Ok(()) };
+    let store = VerifierStore::open_at(&location)?;
+    assert_eq!((store.last_event()?, store.oldest_event()?), (0, None));
+    let old = Timestamp { seconds: 10, nanos: 0 };
+    let batch = Batch {
+        agents: vec![agent("a", "")],
+        events: vec![event("a", old), event("a", Timestamp::now())],
+        ..Batch::default()
+    };
+    assert_eq!(cursors(&store.commit(batch, 0)?), [1, 2]);
+    store.commit(Batch { events: vec![event("a", Timestamp::now())], ..Batch::default() }, 0)?;
+    drop(store);
+    let store = reopen_verifier(&location)?;
+    assert_eq!(store.get_agent("a")?.map(|a| a.agent_id), Some("a".to_owned()));
+    let after_one = store.events_after(1, 10)?;
+    assert_eq!(cursors(&after_one), [2, 3]);
+    assert_eq!(after_one[0].message, "passed");
+    assert_eq!(cursors(&store.events_after(0, 1)?), [1]);
+    assert!(store.events_after(u64::MAX, 10)?.is_empty());
+    // The event older than the age limit goes.
+    assert_eq!(store.prune(Duration::from_secs(3600), 100)?.events, 1);
+    assert_eq!(store.oldest_event()?, Some(2));
+    // Keep at most one event: the oldest goes, and cursors are not reused.
+    assert_eq!(store.prune(Duration::from_secs(3600), 1)?.events, 1);
+    assert_eq!(store.oldest_event()?, Some(3));
+    let next = store
+        .commit(Batch { events: vec![event("a", Timestamp::now())], ..Batch::default() }, 0)?;
+    assert_eq!(cursors(&next), [4]);
+    assert_eq!(store.last_event()?, 4);
+
+    // History: bounded per agent, newest first, removed with its agent, pruned by age.
+    for seq in 1..=5 {
+        let batch = Batch {
+            history: vec![
+                ("h".to_owned(), record(seq, Timestamp::now())),
+                ("hb".to_owned(), record(seq, Timestamp::now())),
+            ],
+            ..Batch::default()
+        };
+        store.commit(batch, 3)?;
+    }
+    assert_eq!(sequences(&store.history("h", None, 10)?), [5, 4, 3]);
+    assert_eq!(sequences(&store.history("h", Some(5), 1)?), [4]);
+    assert_eq!(store.last_history_sequence("h")?, Some(5));
+    assert_eq!(store.last_history_sequence("nobody")?, None);
+    store.commit(Batch { removed: vec!["h".to_owned()], ..Batch::default() }, 3)?;
+    assert!(store.history("h", None, 10)?.is_empty());
+    assert_eq!(sequences(&store.history("hb", None, 10)?), [5, 4, 3]);
+    store.commit(
+        Batch { history: vec![("hb".to_owned(), record(6, old))], ..Batch::default() },
+        0,
+    )?;
+    assert_eq!(store.prune(Duration::from_secs(60), 100)?.history, 1);
+    assert_eq!(sequences(&store.history("hb", None, 10)?), [5, 4, 3]);
+    // A lowered limit applies at once at the next commit of the agent: the bound counts
+    // sequences, so 3 to 5 fall out (6 went by age).
+    store.commit(
+        Batch { history: vec![("hb".to_owned(), record(7, Timestamp::now()))], ..Batch::default() },
+        2,
+    )?;
+    assert_eq!(sequences(&store.history("hb", None, 10)?), [7]);
+
+    // Merged batches keep the order of writes: a removal drops what came before it.
+    let with_count =
+        |id: &str, count: u64| AgentEntry { attestation_count: count, ..agent(id, "") };
+    let mut merged = Batch {
+        agents: vec![with_count("m2", 1), with_count("m1", 1)],
+        history: vec![("m1".to_owned(), record(1, Timestamp::now()))],
+        ..Batch::default()
+    };
+    merged.extend(Batch { removed: vec!["m1".to_owned()], ..Batch::default() });
+    merged.extend(Batch {
+        agents: vec![with_count("m1", 7), with_count("m2", 2)],
+        history: vec![("m1".to_owned(), record(2, Timestamp::now()))],
+        ..Batch::default()
+    });
+    store.commit(merged, 10)?;
+    let attestations = |id: &str| store.get_agent(id).map(|a| a.map(|a| a.attestation_count));
+    assert_eq!((attestations("m1")?, attestations("m2")?), (Some(7), Some(2)));
+    assert_eq!(sequences(&store.history("m1", None, 10)?), [2]);
+    let listed: Vec<String> =
+        store.list_agents(Some("a"), 10)?.into_iter().map(|a| a.agent_id).collect();
+    assert_eq!(listed, ["m1", "m2"]);
+
+    // Named cursors.
+    assert_eq!(store.cursor("webhook")?, None);
+    store.set_cursor("webhook", 3)?;
+    store.set_cursor("webhook", 4)?;
+    assert_eq!(store.cursor("webhook")?, Some(4));
+    Ok(())
+}
+
+#[test]
+fn verifier_policies_with_preconditions_sharing_and_use() -> Result<()> {
+    let Some((_server, location)) = database()? else { return Ok(()) };
+    let store = VerifierStore::open_at(&location)?;
+    // One verifier per database, as one process per redb file; registrars may share theirs.
+    let second = VerifierStore::open_at(&location).err().map(|e| e.to_string());
+    let expected = format!(
+        "{location}: another keylime_verifier uses this database; one verifier per database \
+         until replicas share it"
+    );
+    assert_eq!(second.as_deref(), Some(expected.as_str()));
+    let registrars = (RegistrarStore::open_at(&location)?, RegistrarStore::open_at(&location)?);
+    drop(registrars);
+    let kind = PolicyKind::MeasuredBoot;
+    let (absent, present, any) =
+        (PutPrecondition::Absent, PutPrecondition::Present, PutPrecondition::Any);
+    assert_eq!(store.put_policy(kind, "fw", present, "d1", b"one", 1)?, PolicyPut::Missing);
+    assert!(store.get_policy(kind, "fw")?.is_none(), "replace-only created the name");
+    assert!(matches!(
+        store.put_policy(kind, "fw", absent, "d1", b"one", 1)?,
+        PolicyPut::Stored { changed: true, .. }
+    ));
+    for digest in ["d1", "d2"] {
+        match store.put_policy(kind, "fw", absent, digest, b"two", 2)? {
+            PolicyPut::Exists(old) => assert_eq!(old.digest, "d1"),
+            other => return Err(err(format!("create-only over {digest}: {other:?}"))),
+        }
+    }
+    assert_eq!(store.get_policy(kind, "fw")?.map(|(_, d)| d), Some(b"one".to_vec()));
+    assert!(matches!(
+        store.put_policy(kind, "fw", present, "d2", b"two", 2)?,
+        PolicyPut::Stored { changed: true, .. }
+    ));
+    assert_eq!(store.get_policy(kind, "fw")?.map(|(_, d)| d), Some(b"two".to_vec()));
+
+    let kind = PolicyKind::Runtime;
+    let changed = |put: PolicyPut| match put {
+        PolicyPut::Stored { changed, .. } => Ok(changed),
+        other => Err(err(format!("not stored: {other:?}"))),
+    };
+    assert!(changed(store.put_policy(kind, "p1", any, "d1", b"doc one", 1)?)?);
+    assert!(!changed(store.put_policy(kind, "p1", any, "d1", b"doc one", 1)?)?);
+    assert!(changed(store.put_policy(kind, "p2", any, "d1", b"doc one", 1)?)?);
+    assert!(changed(store.put_policy(kind, "p1", any, "d2", b"doc two", 2)?)?);
+    assert_eq!(store.get_policy(kind, "p2")?.map(|(_, d)| d), Some(b"doc one".to_vec()));
+    assert_eq!(store.get_policy(kind, "p1")?.map(|(p, _)| p.digest), Some("d2".to_owned()));
+    assert!(store.get_policy(PolicyKind::MeasuredBoot, "p1")?.is_none());
+    assert_eq!(store.policy_name(kind, "p1")?.map(|p| p.entries), Some(2));
+    store.commit(Batch { agents: vec![agent("x", "p2")], ..Batch::default() }, 0)?;
+    assert_eq!(store.delete_policy(kind, "p2")?, PolicyDeletion::InUse("x".to_owned()));
+    assert_eq!(store.delete_policy(kind, "p1")?, PolicyDeletion::Deleted);
+    assert_eq!(store.delete_policy(kind, "p1")?, PolicyDeletion::Absent);
+    let names: Vec<String> = store.list_policies(kind)?.into_iter().map(|p| p.name).collect();
+    assert_eq!(names, ["p2"]);
+    // The document d2 went with p1; d1 stays for p2 and is found again under a new name.
+    store.commit(Batch { removed: vec!["x".to_owned()], ..Batch::default() }, 0)?;
+    assert_eq!(store.delete_policy(kind, "p2")?, PolicyDeletion::Deleted);
+    assert!(store.list_policies(kind)?.is_empty());
+    // Closing the store lets the next verifier in.
+    drop(store);
+    assert!(reopen_verifier(&location)?.list_policies(kind)?.is_empty());
+    Ok(())
+}
+
+#[test]
+fn concurrent_commits_make_events_visible_in_cursor_order() -> Result<()> {
+    let Some((_server, location)) = database()? else { return Ok(()) };
+    let store = std::sync::Arc::new(VerifierStore::open_at(&location)?);
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let store = store.clone();
+            std::thread::spawn(move || -> Result<()> {
+                for _ in 0..25 {
+                    let events = vec![event(&format!("w{w}"), Timestamp::now()); 3];
+                    store.commit(Batch { events, ..Batch::default() }, 0)?;
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    // A reader following the stream as a watcher does never sees a gap filled in later.
+    let mut seen = 0;
+    let mut order = Vec::new();
+    while seen < 300 {
+        let page = store.events_after(seen, 50)?;
+        for e in &page {
+            if e.cursor != seen + 1 {
+                return Err(err(format!("cursor {} after {seen}: a gap", e.cursor)));
+            }
+            seen = e.cursor;
+            order.push(e.cursor);
+        }
+        if page.is_empty() && writers.iter().all(|w| w.is_finished()) && store.last_event()? == seen
+        {
+            break;
+        }
+    }
+    for w in writers {
+        w.join().map_err(|_| err("a writer panicked"))??;
+    }
+    assert_eq!(order, (1..=300).collect::<Vec<u64>>());
+    Ok(())
+}
+
+#[test]
+fn newer_schema_unreachable_server_and_missing_password_are_named() -> Result<()> {
+    let Some((mut server, location)) = database()? else { return Ok(()) };
+    drop(VerifierStore::open_at(&location)?);
+    drop(RegistrarStore::open_at(&location)?);
+    // Both stores share the database; each has its own version row.
+    let url = server.url("keylime");
+    let psql = |sql: &str| server.psql("keylime", sql);
+    assert_eq!(
+        psql("SELECT store || '=' || schema_version FROM meta ORDER BY store")?,
+        "registrar=1\nverifier=1"
+    );
+    psql("UPDATE meta SET schema_version = 7 WHERE store = 'registrar'")?;
+    let refused = RegistrarStore::open_at(&location).err().map(|e| e.to_string());
+    let expected = format!(
+        "{url}: schema version 7 is newer than the 1 this registrar supports; use a newer \
+         keylime-rs or restore a backup made by this version"
+    );
+    assert_eq!(refused.as_deref(), Some(expected.as_str()));
+    drop(reopen_verifier(&location)?);
+
+    // Without the password the server refuses; the error names the URL.
+    let no_password = Location::new("unused.redb".into(), Some(&url), None)?;
+    let refused = VerifierStore::open_at(&no_password).err().map(|e| e.to_string());
+    let refused = refused.unwrap_or_default();
+    assert!(
+        refused.starts_with(&format!("{url}: cannot connect to the verifier database")),
+        "{refused}"
+    );
+    assert!(refused.contains("password"), "{refused}");
+
+    // A password in the URL works too, and is never shown.
+    let password = std::fs::read_to_string(server.password_file())?;
+    let with_password = url.replace("postgres@", &format!("postgres:{}@", password.trim()));
+    let store = reopen_verifier(&Location::new("unused.redb".into(), Some(&with_password), None)?)?;
+    assert_eq!(store.location(), url);
+
+    // A stopped server: operations fail as I/O failures (retried by the daemons' writers) and
+    // work again once it is back, on new connections.
+    server.stop()?;
+    let failed = store.last_event().err().ok_or_else(|| err("read from a stopped server"))?;
+    assert!(failed.is_io(), "{failed}");
+    assert!(failed.to_string().starts_with(&url), "{failed}");
+    let refused = VerifierStore::open_at(&location).err().map(|e| e.to_string());
+    assert!(
+        refused.as_deref().is_some_and(|e| e.starts_with(&format!("{url}: cannot connect"))),
+        "{refused:?}"
+    );
+    server.start_again()?;
+    store.reopen()?;
+    assert_eq!(store.last_event()?, 0);
+
+    // A server restart ends the session holding the verifier's lock: another verifier that
+    // takes it first keeps it, and the first one's writes are refused, not mixed in.
+    server.stop()?;
+    server.start_again()?;
+    let other = VerifierStore::open_at(&location)?;
+    let refused = store.set_cursor("webhook", 1).err().map(|e| e.to_string());
+    assert_eq!(
+        refused.as_deref(),
+        Some(
+            format!(
+                "{url}: another keylime_verifier uses this database; one verifier per database \
+                 until replicas share it"
+            )
+            .as_str()
+        )
+    );
+    other.set_cursor("webhook", 2)?;
+    assert_eq!(store.cursor("webhook")?, Some(2));
+    Ok(())
+}
