@@ -36,6 +36,7 @@ pub use appraise::{
 };
 pub use ascii::AsciiLog;
 pub use binary::{BinaryLog, encode_entry};
+pub(crate) use entry::decode_hex;
 pub use entry::{Blob, Entry, FileDigest, MAX_FILE_DIGEST_LEN, Position, Template, TemplateKind};
 pub use replay::{
     ImaState, IncrementalReplay, LearnedKey, Replayed, extend_value, replay, replay_incremental,
