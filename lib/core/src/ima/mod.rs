@@ -14,7 +14,8 @@
 //! - [`sig`] parses `signature_v2_hdr`, computes key ids and verifies RSA and ECDSA signatures
 //!   over file digests with a [`VerificationKeys`] set.
 //! - [`appraise()`] combines replay, template-hash checks, signature checks and per-entry rule
-//!   checks through the [`ImaRules`] trait, which a runtime policy implements.
+//!   checks through the [`ImaRules`] trait, which a runtime policy implements;
+//!   [`RecordedChecks`] appraises before the rules are loaded and confirms the answers after.
 //!
 //! [`Verdict`]: crate::verdict::Verdict
 
@@ -25,6 +26,7 @@ mod der;
 mod entry;
 mod replay;
 pub mod sig;
+mod speculate;
 
 #[cfg(test)]
 mod sig_tests;
@@ -43,6 +45,7 @@ pub use replay::{
     replay_log,
 };
 pub use sig::{KeyError, PublicKey, SignatureError, SignatureHeader, VerificationKeys};
+pub use speculate::RecordedChecks;
 
 /// The PCR the kernel extends IMA measurements into by default.
 pub const IMA_PCR: u32 = 10;
