@@ -1,10 +1,12 @@
 //! The compact name -> digests table behind every part of a runtime policy.
 //!
 //! A policy may hold hundreds of thousands of paths, so the table avoids one heap allocation per
-//! entry: names live in one string arena, digests in one byte arena (each digest stored as a
-//! length byte followed by its raw bytes, the algorithm being implied by the length), and an
-//! open-addressing index of `u64` slots maps a name's hash to its row. Rows are sorted by name,
-//! so serialisation walks them in canonical order. The table is immutable once built.
+//! entry: entries live back to back in one byte arena, each a name followed by its digests
+//! (each digest stored as a length byte followed by its raw bytes, the algorithm being implied
+//! by the length), and an open-addressing index of `u64` slots maps a name's hash to its entry.
+//! A parser writes entries straight into the arena in the order it reads them; iteration (and
+//! so serialisation) is in sorted name order, computed on first use when the input was not
+//! sorted. The table is immutable once built.
 //!
 //! Lookups are built for IMA appraisal, where a large policy does not fit in the caches: an
 //! index slot holds a 24-bit hash tag (a miss rarely touches an entry), the entry's length and
@@ -89,14 +91,6 @@ pub(crate) fn prefixed_hex(digest: &[u8]) -> String {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Row {
-    name_start: u32,
-    name_end: u32,
-    digests_start: u32,
-    digests_end: u32,
-}
-
 /// What to do when a name appears more than once while building.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Duplicates {
@@ -113,13 +107,15 @@ pub(crate) enum TableError {
     TooLarge,
 }
 
-/// Accumulates rows in arrival order; [`TableBuilder::finish`] sorts and indexes them.
+/// Accumulates entries in arrival order, already in the table's layout (see
+/// [`DigestTable`]); [`TableBuilder::finish`] puts each digest list in canonical order,
+/// merges or rejects repeated names, and indexes them.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct TableBuilder {
-    names: String,
-    digests: Vec<u8>,
-    rows: Vec<Row>,
-    open: Option<Row>,
+    data: Vec<u8>,
+    entries: Vec<u32>,
+    /// Offset of the entry digests are pushed to.
+    open: Option<usize>,
     too_large: bool,
 }
 
@@ -130,35 +126,74 @@ fn offset(len: usize, too_large: &mut bool) -> u32 {
     })
 }
 
+/// The `u32` LE at `at`, or 0 past the end.
+fn word_at(data: &[u8], at: usize) -> usize {
+    let mut w = [0u8; 4];
+    if let Some(b) = data.get(at..at + 4) {
+        w.copy_from_slice(b);
+    }
+    u32::from_le_bytes(w) as usize
+}
+
+/// The name and encoded digests of the entry at `at` of `data`.
+fn entry_at(data: &[u8], at: usize) -> (&[u8], &[u8]) {
+    let name_len = word_at(data, at);
+    let digests_len = word_at(data, at + 4);
+    let name_start = at + 8;
+    let name = data.get(name_start..name_start + name_len).unwrap_or_default();
+    let digests_start = name_start + name_len;
+    let encoded = data.get(digests_start..digests_start + digests_len).unwrap_or_default();
+    (name, encoded)
+}
+
+/// Whether an encoded digest list is in canonical order (shorter algorithms first, then
+/// bytes) without repeats.
+fn is_canonical(encoded: &[u8]) -> bool {
+    let mut it = DigestList { encoded }.iter();
+    let Some(mut prev) = it.next() else { return true };
+    for d in it {
+        if (prev.len(), prev) >= (d.len(), d) {
+            return false;
+        }
+        prev = d;
+    }
+    true
+}
+
 impl TableBuilder {
-    /// Starts the row of `name`; digests pushed until [`TableBuilder::end`] belong to it.
+    /// Starts the entry of `name`; digests pushed until [`TableBuilder::end`] belong to it.
     pub(crate) fn begin(&mut self, name: &str) {
         self.end();
-        let name_start = offset(self.names.len(), &mut self.too_large);
-        self.names.push_str(name);
-        let name_end = offset(self.names.len(), &mut self.too_large);
-        let digests_start = offset(self.digests.len(), &mut self.too_large);
-        self.open = Some(Row { name_start, name_end, digests_start, digests_end: digests_start });
+        let start = self.data.len();
+        let name_len = offset(name.len(), &mut self.too_large);
+        self.data.extend_from_slice(&name_len.to_le_bytes());
+        self.data.extend_from_slice(&0u32.to_le_bytes());
+        self.data.extend_from_slice(name.as_bytes());
+        self.open = Some(start);
     }
 
-    /// Adds a digest to the open row. The caller has checked the length (at most 64 bytes).
+    /// Adds a digest to the open entry. The caller has checked the length (at most 64 bytes).
     pub(crate) fn push_digest(&mut self, digest: &[u8]) {
         debug_assert!(digest.len() <= MAX_DIGEST_LEN);
         if self.open.is_none() || digest.len() > usize::from(u8::MAX) {
             return;
         }
-        self.digests.push(digest.len() as u8);
-        self.digests.extend_from_slice(digest);
+        self.data.push(digest.len() as u8);
+        self.data.extend_from_slice(digest);
     }
 
     pub(crate) fn end(&mut self) {
-        if let Some(mut row) = self.open.take() {
-            row.digests_end = offset(self.digests.len(), &mut self.too_large);
-            self.rows.push(row);
+        if let Some(start) = self.open.take() {
+            let name_len = word_at(&self.data, start);
+            let digests_len = self.data.len() - start - 8 - name_len;
+            let digests_len = offset(digests_len, &mut self.too_large);
+            self.data[start + 4..start + 8].copy_from_slice(&digests_len.to_le_bytes());
+            let start = offset(start, &mut self.too_large);
+            self.entries.push(start);
         }
     }
 
-    /// Adds one (name, digest) pair as its own row.
+    /// Adds one (name, digest) pair as its own entry.
     pub(crate) fn add(&mut self, name: &str, digest: Option<&[u8]>) {
         self.begin(name);
         if let Some(d) = digest {
@@ -167,7 +202,7 @@ impl TableBuilder {
         self.end();
     }
 
-    /// Copies every row of an existing table.
+    /// Copies every entry of an existing table.
     pub(crate) fn extend_from(&mut self, table: &DigestTable) {
         for (name, list) in table.iter() {
             self.begin(name);
@@ -178,85 +213,94 @@ impl TableBuilder {
         self.end();
     }
 
+    /// Puts the digest list of each entry in canonical order, in place (a list without
+    /// repeats keeps its length; repeats leave unused bytes after the list).
+    fn canonical_lists(&mut self) {
+        let mut scratch: Vec<u8> = Vec::new();
+        for &start in &self.entries {
+            let at = start as usize;
+            let (name, encoded) = entry_at(&self.data, at);
+            if is_canonical(encoded) {
+                continue;
+            }
+            let digests_start = at + 8 + name.len();
+            scratch.clear();
+            scratch.extend_from_slice(encoded);
+            // Rare (names with several digests given out of order): a list per entry is fine.
+            let mut digests: Vec<&[u8]> = DigestList { encoded: &scratch }.iter().collect();
+            digests.sort_unstable_by(|a, b| a.len().cmp(&b.len()).then_with(|| a.cmp(b)));
+            digests.dedup();
+            let mut w = digests_start;
+            for d in &digests {
+                self.data[w] = d.len() as u8;
+                self.data[w + 1..w + 1 + d.len()].copy_from_slice(d);
+                w += 1 + d.len();
+            }
+            let len = (w - digests_start) as u32;
+            self.data[at + 4..at + 8].copy_from_slice(&len.to_le_bytes());
+        }
+    }
+
     pub(crate) fn finish(mut self, duplicates: Duplicates) -> Result<DigestTable, TableError> {
         self.end();
-        if self.too_large {
+        if self.too_large || self.data.len() >= EMPTY as usize {
             return Err(TableError::TooLarge);
         }
-        let names = std::mem::take(&mut self.names);
-        let name_of = |r: &Row| &names[r.name_start as usize..r.name_end as usize];
-        let mut rows = std::mem::take(&mut self.rows);
-        let sorted = rows.windows(2).all(|w| name_of(&w[0]) <= name_of(&w[1]));
-        if !sorted && duplicates == Duplicates::Reject {
-            // Names are unique (or the input is an error), so no row needs merging: the
-            // entries are laid out in arrival order and indexed, and the sorted order that
-            // serialisation needs is computed only when something iterates the table (a lookup
-            // never does). Sorting 300k paths costs more than the rest of the build.
-            return self.finish_unsorted(&names, &rows);
-        }
-        if !sorted {
-            // Merging puts equal names side by side; the digests of a group are sorted below,
-            // so the order among equal names does not matter.
-            rows.sort_unstable_by(|a, b| name_of(a).cmp(name_of(b)));
+        let data = &self.data;
+        let name_of = |start: u32| entry_at(data, start as usize).0;
+        let sorted = self.entries.windows(2).all(|w| name_of(w[0]) <= name_of(w[1]));
+        if duplicates == Duplicates::Reject {
+            // No entry needs merging (or the input is an error), so the entries stay where
+            // they are. Unsorted, a repeated name is found while indexing, and the sorted order
+            // that serialisation needs is computed only when something iterates the table (a
+            // lookup never does): sorting 300k paths costs more than the rest of the build.
+            if sorted
+                && let Some(w) = self.entries.windows(2).find(|w| name_of(w[0]) == name_of(w[1]))
+            {
+                let name = String::from_utf8_lossy(name_of(w[0])).into_owned();
+                return Err(TableError::Duplicate(name));
+            }
+            self.canonical_lists();
+            let mut table = DigestTable::index(self.data, self.entries);
+            if let Some(start) = table.first_repeat {
+                let (name, _) = table.entry(start);
+                return Err(TableError::Duplicate(String::from_utf8_lossy(name).into_owned()));
+            }
+            table.sorted = sorted;
+            return Ok(table);
         }
 
-        // Each entry is `u32 LE name length | u32 LE digests length | name | digests`, so a
-        // lookup that finds the name has the digests in the same cache lines.
-        let mut data = Vec::with_capacity(names.len() + self.digests.len() + 8 * rows.len());
-        let mut entries: Vec<u32> = Vec::with_capacity(rows.len());
+        // Merging: equal names side by side, their digests gathered into one entry. The order
+        // among equal names does not matter, the digests of a group being sorted.
+        let mut order = self.entries.clone();
+        if !sorted {
+            order.sort_unstable_by(|a, b| name_of(*a).cmp(name_of(*b)));
+        }
+        let mut out = Vec::with_capacity(data.len());
+        let mut entries: Vec<u32> = Vec::with_capacity(order.len());
         let mut scratch: Vec<&[u8]> = Vec::new();
         let mut i = 0;
-        while i < rows.len() {
-            let first = rows[i];
+        while i < order.len() {
+            let name = name_of(order[i]);
             let mut j = i + 1;
-            while j < rows.len() && name_of(&rows[j]) == name_of(&first) {
+            while j < order.len() && name_of(order[j]) == name {
                 j += 1;
             }
-            if j - i > 1 && duplicates == Duplicates::Reject {
-                return Err(TableError::Duplicate(name_of(&first).to_owned()));
-            }
             scratch.clear();
-            for row in &rows[i..j] {
-                let encoded = &self.digests[row.digests_start as usize..row.digests_end as usize];
+            for &start in &order[i..j] {
+                let encoded = entry_at(data, start as usize).1;
                 scratch.extend(DigestList { encoded }.iter());
             }
-            let start = push_entry(&mut data, name_of(&first).as_bytes(), &mut scratch);
+            let start = push_entry(&mut out, name, &mut scratch);
             entries.push(offset(start, &mut self.too_large));
             i = j;
         }
-        if self.too_large || data.len() >= EMPTY as usize {
+        if self.too_large || out.len() >= EMPTY as usize {
             return Err(TableError::TooLarge);
         }
-        let mut table = DigestTable::index(data, entries);
+        let mut table = DigestTable::index(out, entries);
         table.sorted = true;
         Ok(table)
-    }
-
-    /// The table of rows with unique names in arrival order (see [`TableBuilder::finish`]);
-    /// a repeated name is found while indexing.
-    fn finish_unsorted(mut self, names: &str, rows: &[Row]) -> Result<DigestTable, TableError> {
-        let mut data = Vec::with_capacity(names.len() + self.digests.len() + 8 * rows.len());
-        let mut entries: Vec<u32> = Vec::with_capacity(rows.len());
-        let mut scratch: Vec<&[u8]> = Vec::new();
-        for row in rows {
-            scratch.clear();
-            let encoded = &self.digests[row.digests_start as usize..row.digests_end as usize];
-            scratch.extend(DigestList { encoded }.iter());
-            let name = &names.as_bytes()[row.name_start as usize..row.name_end as usize];
-            let start = push_entry(&mut data, name, &mut scratch);
-            entries.push(offset(start, &mut self.too_large));
-        }
-        if self.too_large || data.len() >= EMPTY as usize {
-            return Err(TableError::TooLarge);
-        }
-        let table = DigestTable::index(data, entries);
-        match table.first_repeat {
-            Some(start) => {
-                let (name, _) = table.entry(start);
-                Err(TableError::Duplicate(String::from_utf8_lossy(name).into_owned()))
-            }
-            None => Ok(table),
-        }
     }
 }
 
@@ -269,7 +313,7 @@ fn push_entry(data: &mut Vec<u8>, name: &[u8], digests: &mut Vec<&[u8]>) -> usiz
     }
     let start = data.len();
     let digests_len: usize = digests.iter().map(|d| d.len() + 1).sum();
-    // Lengths past u32 make the table too large; `offset` of the total catches it.
+    // Lengths past u32 make the table too large; the caller checks the total.
     data.extend_from_slice(&(name.len() as u32).to_le_bytes());
     data.extend_from_slice(&(digests_len as u32).to_le_bytes());
     data.extend_from_slice(name);
@@ -409,20 +453,7 @@ impl DigestTable {
 
     /// The name and digest list of the entry at `start`.
     fn entry(&self, start: u32) -> (&[u8], DigestList<'_>) {
-        let at = start as usize;
-        let word = |o: usize| {
-            let mut w = [0u8; 4];
-            if let Some(b) = self.data.get(o..o + 4) {
-                w.copy_from_slice(b);
-            }
-            u32::from_le_bytes(w) as usize
-        };
-        let name_len = word(at);
-        let digests_len = word(at + 4);
-        let name_start = at + 8;
-        let name = self.data.get(name_start..name_start + name_len).unwrap_or_default();
-        let digests_start = name_start + name_len;
-        let encoded = self.data.get(digests_start..digests_start + digests_len).unwrap_or_default();
+        let (name, encoded) = entry_at(&self.data, start as usize);
         (name, DigestList { encoded })
     }
 
