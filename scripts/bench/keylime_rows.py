@@ -12,7 +12,8 @@ Rows, each the best of --rounds runs in this process (the module imports are not
   eventlog      keylime.mba.mba.bootlog_parse (tpm2_eventlog, its YAML, replay of the banks)
                 on the fixture UEFI log, sha256
 
-Prints one JSON object: {"row": {"seconds": best, "rounds": n, ...}}.
+Prints one JSON object: {"row": {"seconds": best, "rounds": n, ...}}; the ima row also has
+"cpu_seconds", the best CPU time of this (single-threaded) work.
 """
 
 import argparse
@@ -23,14 +24,20 @@ import sys
 import time
 
 
-def best_of(rounds, fn):
+def best_of(rounds, fn, cpu=None):
+    """Best wall time of `rounds` calls of `fn`, and the last result; with a `cpu` dict, the
+    best CPU time of this process is stored under "cpu_seconds"."""
     best = None
     result = None
     for _ in range(rounds):
+        c = time.process_time()
         t = time.perf_counter()
         result = fn()
         dt = time.perf_counter() - t
+        dc = time.process_time() - c
         best = dt if best is None else min(best, dt)
+        if cpu is not None:
+            cpu["cpu_seconds"] = min(cpu.get("cpu_seconds", dc), dc)
     return best, result
 
 
@@ -67,10 +74,11 @@ def main():
                 None, log_text.split("\n"), policy, pcr10, None, None, Hash.SHA256
             )
 
-        secs, (running, failure) = best_of(args.rounds, ima_check)
+        cpu = {}
+        secs, (running, failure) = best_of(args.rounds, ima_check, cpu)
         if failure or running != pcr10:
             sys.exit(f"Keylime did not pass the IMA log: {failure.get_event_ids()} (PCR 10 {running})")
-        out["ima"] = {"seconds": secs, "rounds": args.rounds, "entries": log_text.count("\n")}
+        out["ima"] = {"seconds": secs, "rounds": args.rounds, "entries": log_text.count("\n"), **cpu}
 
     if "policy_load" in rows:
         secs, policy = best_of(args.rounds, lambda: ima.deserialize_runtime_policy(policy_text))
