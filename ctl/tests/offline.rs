@@ -187,6 +187,55 @@ fn runtime_policy_from_a_log_passes_it_and_catches_an_unknown_file() {
     assert!(stderr(&out).contains("--pcr10"));
 }
 
+/// The log is appraised while the policy loads, assuming SHA-1 template hashes; a policy that
+/// says otherwise gets the log appraised again with its own algorithm. And a broken policy is
+/// the error reported, even when the log is broken too.
+#[test]
+fn the_policy_decides_after_a_log_appraised_ahead_of_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = fixture("ima/ascii_runtime_measurements");
+    let policy = dir.path().join("policy.json");
+    let out = kctl(&["policies", "runtime", "generate", "--ima-log", s(&log), "--out", s(&policy)]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let test = |policy: &Path, log: &Path| {
+        kctl(&[
+            "policies",
+            "test",
+            "--runtime-policy",
+            s(policy),
+            "--ima-log",
+            s(log),
+            "-o",
+            "json",
+        ])
+    };
+    let out = test(&policy, &log);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
+    let mut doc: Value =
+        serde_json::from_slice(&std::fs::read(&policy).expect("written")).expect("JSON");
+    assert_eq!(doc["log_hash_alg"], "sha1");
+    doc["log_hash_alg"] = "sha256".into();
+    let sha256 = dir.path().join("sha256.json");
+    std::fs::write(&sha256, doc.to_string()).expect("write");
+    let out = test(&sha256, &log);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let v = json(&out);
+    let findings = v["findings"].as_array().expect("list");
+    assert!(!findings.is_empty());
+    assert!(findings.iter().all(|f| f["rule"] == "ima.template_hash"), "{findings:?}");
+
+    let broken_policy = dir.path().join("broken.json");
+    std::fs::write(&broken_policy, b"{\"version\": 1,").expect("write");
+    let broken_log = fixture("ima/invalid_ima_log.txt");
+    let out = test(&broken_policy, &broken_log);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("broken.json"), "{}", stderr(&out));
+    let out = test(&policy, &broken_log);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("invalid_ima_log.txt"), "{}", stderr(&out));
+}
+
 #[test]
 fn keylime_policies_allowlists_and_signed_envelopes_are_accepted() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -3,11 +3,12 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::{Context, anyhow, bail};
 use kl_core::alg::{Digest, HashAlg};
 use kl_core::eventlog::EventLog;
-use kl_core::ima::{self, ImaOptions, ImaState, VerificationKeys};
+use kl_core::ima::{self, ImaOptions, ImaState, RecordedChecks, VerificationKeys};
 use kl_core::policy::{
     self, LoadOptions, RuntimePolicy, RuntimePolicyBuilder, VerificationKey, mb,
 };
@@ -69,56 +70,112 @@ fn usage(msg: &str) -> Failure {
     Failure::Input(anyhow!("{msg}"))
 }
 
+/// The policy is loaded on a second thread while this one appraises the log against
+/// [`RecordedChecks`] (parsing, template hashes and the PCR 10 replay do not depend on the
+/// policy); the recorded lookups are then confirmed against the policy while the second
+/// thread computes its digest. When the policy does not confirm every lookup (something
+/// fails), or it names signing keys or another template-hash algorithm than the one assumed,
+/// the log is appraised again against the policy itself: same result, no overlap.
 fn test_runtime(
     args: &TestArgs,
     policy_path: &Path,
     log_path: &Path,
 ) -> Result<(Verdict, Value), Failure> {
-    let policy =
-        load_runtime_policy(policy_path, args.exclude.as_deref(), args.policy_key.as_deref())?;
     let bank: HashAlg = args.hash_alg.into();
-    let log = read(log_path)?;
-
-    let quoted = match &args.pcr10 {
+    let quoted_arg = match &args.pcr10 {
         Some(hex) => {
-            Digest::from_hex(bank, hex.trim().trim_start_matches("0x")).ok_or_else(|| {
+            Some(Digest::from_hex(bank, hex.trim().trim_start_matches("0x")).ok_or_else(|| {
                 usage(&format!(
                     "--pcr10 {hex:?}: not a {}-byte {} digest in hex",
                     bank.len(),
                     bank.name()
                 ))
-            })?
+            })?)
         }
-        // Without a quoted value the log is checked against itself: content, template hashes
-        // and signatures, not the PCR.
-        None => {
-            let replayed = ima::replay_log(&log, &[bank]).map_err(malformed(log_path))?;
-            replayed.pcrs.first().copied().unwrap_or_else(|| bank.zero())
-        }
+        None => None,
     };
+    // What the appraisal assumes until the policy says: Keylime's default template-hash
+    // algorithm, and no signing keys.
+    let assumed = ImaOptions { bank, log_hash_alg: HashAlg::Sha1, ..ImaOptions::default() };
 
-    let mut keys = VerificationKeys::new();
-    for der in policy.signing_keys() {
-        keys.add(der).map_err(|e| input(anyhow!("{}: signing key: {e}", display(policy_path))))?;
+    std::thread::scope(|scope| {
+        let loading = scope.spawn(|| {
+            load_runtime_policy(policy_path, args.exclude.as_deref(), args.policy_key.as_deref())
+        });
+
+        let log = read(log_path);
+        let speculation = log.as_ref().ok().map(|log| {
+            let quoted = quoted_value(log, log_path, bank, quoted_arg)?;
+            let recorded = RecordedChecks::with_capacity(log.len() / 128);
+            let keys = VerificationKeys::new();
+            let appraisal =
+                ima::appraise_log(log, &recorded, &keys, &ImaState::default(), &assumed, &quoted);
+            Ok::<_, Failure>((quoted, recorded, appraisal))
+        });
+
+        // A broken policy is reported before a broken log.
+        let policy = loading.join().map_err(|_| input(anyhow!("the policy loader panicked")))??;
+        let log = log?;
+        // Present whenever the log was read.
+        let (quoted, recorded, speculative) = speculation
+            .ok_or_else(|| input(anyhow!("{}: the log was not appraised", display(log_path))))??;
+
+        // The digest (a sort and a hash of the canonical form) on the other core meanwhile.
+        let policy = Arc::new(policy);
+        let digest = scope.spawn({
+            let policy = Arc::clone(&policy);
+            move || policy.content_digest_hex()
+        });
+        let usable = policy.signing_keys().is_empty()
+            && policy.log_hash_alg() == assumed.log_hash_alg
+            && speculative.is_ok()
+            && recorded.confirm(policy.as_ref());
+        let appraisal = if usable {
+            speculative.map_err(malformed(log_path))?
+        } else {
+            let mut keys = VerificationKeys::new();
+            for der in policy.signing_keys() {
+                keys.add(der)
+                    .map_err(|e| input(anyhow!("{}: signing key: {e}", display(policy_path))))?;
+            }
+            let options = ImaOptions { log_hash_alg: policy.log_hash_alg(), ..assumed };
+            ima::appraise_log(&log, policy.as_ref(), &keys, &ImaState::default(), &options, &quoted)
+                .map_err(malformed(log_path))?
+        };
+        let policy_digest =
+            digest.join().map_err(|_| input(anyhow!("the policy digest panicked")))?;
+
+        let mut verdict = appraisal.verdict;
+        verdict.checked("runtime_policy");
+        let ima = json!({
+            "entries": appraisal.entries,
+            "hash_alg": bank.name(),
+            "pcr10": appraisal.final_pcr.to_hex(),
+            "pcr10_checked": args.pcr10.is_some(),
+            "pcr10_matched_entries": appraisal.matched,
+            "violations": appraisal.violations.len(),
+            "policy_digest": policy_digest,
+            "policy_files": policy.file_count(),
+        });
+        Ok((verdict, ima))
+    })
+}
+
+/// The quoted PCR 10 value: the one given, or without one the log's own replay, so that the
+/// log is checked against itself (content, template hashes and signatures, not the PCR).
+fn quoted_value(
+    log: &[u8],
+    log_path: &Path,
+    bank: HashAlg,
+    given: Option<Digest>,
+) -> Result<Digest, Failure> {
+    match given {
+        Some(d) => Ok(d),
+        None => {
+            let replayed = ima::replay_log(log, &[bank]).map_err(malformed(log_path))?;
+            Ok(replayed.pcrs.first().copied().unwrap_or_else(|| bank.zero()))
+        }
     }
-    let options = ImaOptions { bank, log_hash_alg: policy.log_hash_alg(), ..ImaOptions::default() };
-    let appraisal =
-        ima::appraise_log(&log, &policy, &keys, &ImaState::default(), &options, &quoted)
-            .map_err(malformed(log_path))?;
-
-    let mut verdict = appraisal.verdict;
-    verdict.checked("runtime_policy");
-    let ima = json!({
-        "entries": appraisal.entries,
-        "hash_alg": bank.name(),
-        "pcr10": appraisal.final_pcr.to_hex(),
-        "pcr10_checked": args.pcr10.is_some(),
-        "pcr10_matched_entries": appraisal.matched,
-        "violations": appraisal.violations.len(),
-        "policy_digest": policy.content_digest_hex(),
-        "policy_files": policy.file_count(),
-    });
-    Ok((verdict, ima))
 }
 
 /// Loads a runtime policy in any supported format, merging a Keylime exclude list.

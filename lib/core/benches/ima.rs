@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use kl_core::alg::{Digest, HashAlg};
 use kl_core::ima::{
-    AsciiLog, FileCheck, FileDigest, ImaOptions, ImaRules, ImaState, VerificationKeys,
-    appraise_log, encode_entry, replay_log,
+    AsciiLog, FileCheck, FileDigest, ImaOptions, ImaRules, ImaState, RecordedChecks,
+    VerificationKeys, appraise_log, encode_entry, replay_log,
 };
 use kl_core::policy::{Lookup, RuntimePolicy, RuntimePolicyBuilder};
 
@@ -357,5 +357,35 @@ fn main() {
         if run(label) {
             appraise_line(label, log, rules, options, quoted);
         }
+    }
+    // What `kctl policies test` does: appraise while the policy loads, against rules that
+    // record every question, then confirm the answers with the policy.
+    let label = "appraise ASCII, random order, recording the lookups (RecordedChecks)";
+    if run(label) {
+        let keys = VerificationKeys::new();
+        let d = best_of(ROUNDS, || {
+            let recorded = RecordedChecks::with_capacity(ENTRIES);
+            let a = appraise_log(
+                &random,
+                &recorded,
+                &keys,
+                &ImaState::default(),
+                &options,
+                &quoted_random,
+            )
+            .expect("appraises");
+            assert!(a.verdict.passed());
+            black_box((a, recorded));
+        });
+        report(label, d, ENTRIES, random.len());
+    }
+    let label = "confirm recorded lookups, 100k-path policy, random order";
+    if run(label) {
+        let recorded = RecordedChecks::with_capacity(ENTRIES);
+        let keys = VerificationKeys::new();
+        appraise_log(&random, &recorded, &keys, &ImaState::default(), &options, &quoted_random)
+            .expect("appraises");
+        let d = best_of(ROUNDS, || assert!(recorded.confirm(&policy)));
+        report(label, d, ENTRIES, 0);
     }
 }

@@ -14,7 +14,8 @@
 //! - `sig` parses `signature_v2_hdr`, computes key ids and verifies RSA and ECDSA signatures
 //!   over file digests with a [`VerificationKeys`] set.
 //! - [`appraise()`] combines replay, template-hash checks, signature checks and per-entry rule
-//!   checks through the [`ImaRules`] trait, which a runtime policy implements.
+//!   checks through the [`ImaRules`] trait, which a runtime policy implements;
+//!   [`RecordedChecks`] appraises before the rules are loaded and confirms the answers after.
 //!
 //! [`Verdict`]: crate::verdict::Verdict
 
@@ -24,6 +25,7 @@ mod binary;
 mod entry;
 mod replay;
 pub(crate) mod sig;
+mod speculate;
 
 #[cfg(test)]
 mod sig_tests;
@@ -35,11 +37,13 @@ pub use appraise::{
 };
 pub use ascii::AsciiLog;
 pub use binary::{BinaryLog, encode_entry};
+pub(crate) use entry::decode_hex;
 pub use entry::{Blob, Entry, FileDigest, Position, Template, TemplateKind};
 pub use replay::{
     ImaState, IncrementalReplay, LearnedKey, Replayed, replay, replay_incremental, replay_log,
 };
 pub use sig::{SignatureError, SignatureKey, VerificationKeys};
+pub use speculate::RecordedChecks;
 
 /// The PCR the kernel extends IMA measurements into by default.
 pub(crate) const IMA_PCR: u32 = 10;

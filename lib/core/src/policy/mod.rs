@@ -265,8 +265,13 @@ pub(crate) fn parse_digest(
             hex_part.len()
         ));
     }
-    hex::decode_to_slice(hex_part, &mut buf[..len])
-        .map_err(|e| format!("digest {text:?}: not hexadecimal ({e})"))?;
+    if crate::ima::decode_hex(hex_part.as_bytes(), &mut buf[..len]).is_none() {
+        let (at, c) =
+            hex_part.char_indices().find(|(_, c)| !c.is_ascii_hexdigit()).unwrap_or((0, '?'));
+        return Err(format!(
+            "digest {text:?}: not hexadecimal (invalid character {c:?} at position {at})"
+        ));
+    }
     Ok(len)
 }
 

@@ -11,7 +11,7 @@ use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visit
 
 use super::table::{DigestTable, TableBuilder};
 use super::{DigestSyntax, PolicyError, RuntimePolicy, RuntimePolicyBuilder, Str, parse_digest};
-use crate::alg::{HashAlg, Hasher, MAX_DIGEST_LEN};
+use crate::alg::{HashAlg, MAX_DIGEST_LEN};
 
 /// The format version this build reads and writes.
 pub(crate) const VERSION: u64 = 1;
@@ -183,6 +183,13 @@ impl<'de> Visitor<'de> for NativeVisitor {
 /// Where serialised bytes go: a buffer, or a hash for the content digest.
 pub(crate) trait Sink {
     fn put(&mut self, bytes: &[u8]);
+
+    /// Writes `"bytes"`.
+    fn put_quoted(&mut self, bytes: &[u8]) {
+        self.put(b"\"");
+        self.put(bytes);
+        self.put(b"\"");
+    }
 }
 
 impl Sink for Vec<u8> {
@@ -191,20 +198,111 @@ impl Sink for Vec<u8> {
     }
 }
 
-pub(crate) struct HashSink(pub(crate) Hasher);
+/// SHA-256 of what is written. Serialisation writes a few bytes at a time, so they are
+/// gathered in a buffer and hashed in large blocks: a hash update per small piece costs more
+/// than the hashing itself.
+pub(crate) struct Sha256Sink {
+    hasher: sha2::Sha256,
+    buf: Vec<u8>,
+}
 
-impl Sink for HashSink {
+const SINK_BUFFER: usize = 64 << 10;
+
+impl Sha256Sink {
+    pub(crate) fn new() -> Sha256Sink {
+        Sha256Sink { hasher: sha2::Sha256::default(), buf: Vec::with_capacity(SINK_BUFFER) }
+    }
+
+    pub(crate) fn finish(mut self) -> [u8; 32] {
+        use sha2::Digest as _;
+        self.hasher.update(&self.buf);
+        self.hasher.finalize().into()
+    }
+}
+
+/// Sends what is written in chunks over a channel and takes emptied buffers back, so that
+/// another thread hashes while this one serialises.
+pub(crate) struct ChunkSink {
+    full: std::sync::mpsc::SyncSender<Vec<u8>>,
+    empty: std::sync::mpsc::Receiver<Vec<u8>>,
+    buf: Vec<u8>,
+    /// The receiving side went away; nothing more is sent.
+    closed: bool,
+}
+
+impl ChunkSink {
+    pub(crate) fn new(
+        full: std::sync::mpsc::SyncSender<Vec<u8>>,
+        empty: std::sync::mpsc::Receiver<Vec<u8>>,
+    ) -> ChunkSink {
+        ChunkSink { full, empty, buf: Vec::with_capacity(SINK_BUFFER), closed: false }
+    }
+
+    fn send(&mut self) {
+        let next = self.empty.try_recv().unwrap_or_else(|_| Vec::with_capacity(SINK_BUFFER));
+        let chunk = std::mem::replace(&mut self.buf, next);
+        self.buf.clear();
+        if !self.closed && self.full.send(chunk).is_err() {
+            self.closed = true;
+        }
+    }
+
+    /// Sends what is left; whether every byte was sent.
+    pub(crate) fn finish(mut self) -> bool {
+        if !self.buf.is_empty() {
+            self.send();
+        }
+        !self.closed
+    }
+}
+
+impl Sink for ChunkSink {
     fn put(&mut self, bytes: &[u8]) {
-        self.0.update(bytes);
+        if self.buf.len() + bytes.len() > SINK_BUFFER && !self.buf.is_empty() {
+            self.send();
+        }
+        self.buf.extend_from_slice(bytes);
+    }
+}
+
+impl Sink for Sha256Sink {
+    fn put(&mut self, bytes: &[u8]) {
+        use sha2::Digest as _;
+        if self.buf.len() + bytes.len() > SINK_BUFFER {
+            self.hasher.update(&self.buf);
+            self.buf.clear();
+        }
+        if bytes.len() >= SINK_BUFFER {
+            self.hasher.update(bytes);
+        } else {
+            self.buf.extend_from_slice(bytes);
+        }
     }
 }
 
 /// Writes `s` as a JSON string (UTF-8 kept as is; quotes, backslashes and controls escaped).
 pub(crate) fn put_str(sink: &mut impl Sink, s: &str) {
+    put_str_bytes(sink, s.as_bytes());
+}
+
+fn needs_escape(b: u8) -> bool {
+    b < 0x20 || b == b'"' || b == b'\\'
+}
+
+/// [`put_str`] of UTF-8 bytes.
+fn put_str_bytes(sink: &mut impl Sink, bytes: &[u8]) {
+    // Almost every name needs no escape: one test over the bytes (which the compiler
+    // vectorises), then one write.
+    if !bytes.iter().any(|&b| needs_escape(b)) {
+        sink.put_quoted(bytes);
+        return;
+    }
     sink.put(b"\"");
-    let bytes = s.as_bytes();
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
+        if !needs_escape(b) {
+            continue;
+        }
         let escaped: Option<&[u8]> = match b {
             b'"' => Some(b"\\\""),
             b'\\' => Some(b"\\\\"),
@@ -215,9 +313,6 @@ pub(crate) fn put_str(sink: &mut impl Sink, s: &str) {
             0x0c => Some(b"\\f"),
             _ => None,
         };
-        if escaped.is_none() && b >= 0x20 {
-            continue;
-        }
         sink.put(&bytes[start..i]);
         match escaped {
             Some(e) => sink.put(e),
@@ -229,22 +324,40 @@ pub(crate) fn put_str(sink: &mut impl Sink, s: &str) {
     sink.put(b"\"");
 }
 
+/// Lowercase hex of every byte value.
+static HEX_PAIRS: [[u8; 2]; 256] = {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut t = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = [DIGITS[i >> 4], DIGITS[i & 15]];
+        i += 1;
+    }
+    t
+};
+
 /// Writes a digest as `"alg:hex"` (`prefixed`) or `"hex"`.
 pub(crate) fn put_digest(sink: &mut impl Sink, digest: &[u8], prefixed: bool) {
-    let mut hex_buf = [0u8; 2 * MAX_DIGEST_LEN];
-    let Some(hex_out) = hex_buf.get_mut(..2 * digest.len()) else {
-        return;
-    };
-    if hex::encode_to_slice(digest, hex_out).is_err() {
+    // `"sha512:` and 128 digits and `"`.
+    let mut out = [0u8; 2 * MAX_DIGEST_LEN + 10];
+    if digest.len() > MAX_DIGEST_LEN {
         return;
     }
-    sink.put(b"\"");
+    out[0] = b'"';
+    let mut at = 1;
     if let (true, Some(alg)) = (prefixed, HashAlg::from_len(digest.len())) {
-        sink.put(alg.name().as_bytes());
-        sink.put(b":");
+        let name = alg.name().as_bytes();
+        out[at..at + name.len()].copy_from_slice(name);
+        at += name.len();
+        out[at] = b':';
+        at += 1;
     }
-    sink.put(hex_out);
-    sink.put(b"\"");
+    for (pair, &b) in out[at..].chunks_exact_mut(2).zip(digest) {
+        pair.copy_from_slice(&HEX_PAIRS[usize::from(b)]);
+    }
+    at += 2 * digest.len();
+    out[at] = b'"';
+    sink.put(&out[..=at]);
 }
 
 /// Writes `{name: [digests]}` with one name per line, in table (sorted) order.
@@ -254,10 +367,10 @@ pub(crate) fn put_digest_map(sink: &mut impl Sink, table: &DigestTable, prefixed
         return;
     }
     let mut first = true;
-    for (name, list) in table.iter() {
+    for (name, list) in table.iter_raw() {
         sink.put(if first { b"{\n    " } else { b",\n    " });
         first = false;
-        put_str(sink, name);
+        put_str_bytes(sink, name);
         sink.put(b": [");
         for (i, d) in list.iter().enumerate() {
             if i > 0 {
