@@ -17,6 +17,10 @@
 use std::fmt;
 use std::sync::OnceLock;
 
+/// How far into shared name prefixes [`DigestTable`]'s sort compares 16-byte keys (its
+/// recursion depth is this / 16) before it compares whole names.
+const SORT_KEY_DEPTH: usize = 4096;
+
 use crate::alg::{HashAlg, MAX_DIGEST_LEN};
 
 /// The allowed digests of one name, in canonical order (shorter algorithms first, then bytes).
@@ -566,7 +570,12 @@ impl DigestTable {
             }
             if j - i > 1 {
                 let run = &mut keyed[i..j];
-                if run.iter().all(|e| self.entry(e.1).0.len() <= depth + 16) {
+                // Beyond SORT_KEY_DEPTH bytes of shared prefix (no real path has one) the run
+                // is ordered by whole names, so the recursion stays shallow whatever a policy
+                // holds.
+                if depth + 16 >= SORT_KEY_DEPTH
+                    || run.iter().all(|e| self.entry(e.1).0.len() <= depth + 16)
+                {
                     run.sort_unstable_by(|a, b| self.entry(a.1).0.cmp(self.entry(b.1).0));
                 } else {
                     for e in run.iter_mut() {
@@ -676,6 +685,28 @@ mod tests {
     /// Names in arrival order are iterated in byte-wise sorted order, whatever their shared
     /// prefixes (longer than a 16-byte key, prefixes of each other, NUL bytes), and every
     /// name is found.
+    /// Names sharing a 1 MiB prefix are sorted on a thread with a small stack: the sort does
+    /// not recurse once per 16 bytes of a hostile policy's prefixes.
+    #[test]
+    fn a_long_shared_prefix_sorts_within_a_small_stack() {
+        let prefix = "/a".repeat(512 * 1024);
+        let names = [format!("{prefix}/z"), format!("{prefix}/b"), format!("{prefix}/m/n")];
+        let sorted = std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                let mut b = TableBuilder::default();
+                for n in &names {
+                    b.add(n, Some(&[1; 32]));
+                }
+                let t = b.finish(Duplicates::Reject).expect("unique names");
+                t.iter().map(|(n, _)| n[prefix.len()..].to_owned()).collect::<Vec<_>>()
+            })
+            .expect("spawn")
+            .join()
+            .expect("no overflow");
+        assert_eq!(sorted, ["/b", "/m/n", "/z"]);
+    }
+
     #[test]
     fn unsorted_input_iterates_sorted() {
         let long = "/usr/lib/python3.12/site-packages/pkg/";
