@@ -66,10 +66,28 @@ impl Target {
     /// Parses `url` (`postgresql://user@host:port/db`); the password comes from the URL, or
     /// from `password_file` (its contents without the trailing newline) when one is given.
     pub fn new(url: &str, password_file: Option<&Path>) -> Result<Target, StoreError> {
+        // A value that does not parse is not shown at all: where its password is cannot be
+        // known.
         let mut config: tokio_postgres::Config = url.parse().map_err(|e| {
-            StoreError::DatabaseUrl { url: mask_password(url), reason: format!("{e}") }
+            StoreError::DatabaseUrl { url: UNPARSED.to_owned(), reason: format!("{e}") }
         })?;
         let shown = shown_url(&config);
+        if config.get_hosts().is_empty() {
+            return Err(StoreError::DatabaseUrl {
+                url: shown,
+                reason: "it names no host (a loopback address or a Unix socket directory)".into(),
+            });
+        }
+        // `hostaddr` overrides the host names for the connection itself.
+        if let Some(addr) = config.get_hostaddrs().iter().find(|a| !a.is_loopback()) {
+            return Err(StoreError::DatabaseUrl {
+                url: shown,
+                reason: format!(
+                    "hostaddr {addr} is not a loopback address; connections are not encrypted \
+                     (no TLS yet), so only a local server is accepted"
+                ),
+            });
+        }
         for host in config.get_hosts() {
             if let tokio_postgres::config::Host::Tcp(name) = host
                 && !is_loopback(name)
@@ -124,19 +142,8 @@ fn shown_url(config: &tokio_postgres::Config) -> String {
     format!("postgresql://{user}{}/{db}", hosts.join(","))
 }
 
-/// `url` with the password of its user info replaced, for a URL that does not parse.
-fn mask_password(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
-    let end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(end);
-    match authority.rsplit_once('@') {
-        Some((user_info, host)) => {
-            let user = user_info.split(':').next().unwrap_or_default();
-            format!("{scheme}://{user}@{host}{tail}")
-        }
-        None => url.to_owned(),
-    }
-}
+/// How errors show a `database_url` that does not parse.
+const UNPARSED: &str = "(database_url, not shown: it does not parse)";
 
 /// One step of a PostgreSQL schema: SQL run inside the migration transaction.
 #[derive(Debug, Clone, Copy)]
@@ -649,8 +656,21 @@ mod tests {
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default();
-        assert!(bad.starts_with("database_url \"postgresql://keylime@"), "{bad}");
+        assert!(bad.contains("not shown: it does not parse"), "{bad}");
         assert!(!bad.contains("s3cret"), "{bad}");
+        let err =
+            |url: &str| Target::new(url, None).err().map(|e| e.to_string()).unwrap_or_default();
+        // hostaddr is where the connection goes, whatever the host names say.
+        let around = err("postgresql://u:p@localhost/db?hostaddr=203.0.113.5");
+        assert!(around.contains("hostaddr 203.0.113.5 is not a loopback address"), "{around}");
+        let keyword = err("host=localhost hostaddr=203.0.113.5 user=u password=s3cret");
+        assert!(keyword.contains("hostaddr 203.0.113.5"), "{keyword}");
+        assert!(!keyword.contains("s3cret"), "{keyword}");
+        let no_host = err("user=u password=s3cret dbname=fleet");
+        assert!(no_host.contains("names no host"), "{no_host}");
+        let unparsed = err("host=127.0.0.1 password=s3cret port=abc");
+        assert!(!unparsed.contains("s3cret"), "{unparsed}");
+        assert!(Target::new("postgresql://u@127.0.0.1/db?hostaddr=127.0.0.1", None).is_ok());
     }
 
     #[test]

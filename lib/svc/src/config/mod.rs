@@ -242,32 +242,72 @@ pub const URLS_WITH_SECRET_PATHS: &[&str] = &["webhook_url"];
 /// `password=` query parameter): `--print-config` shows them with the password masked.
 pub const URLS_WITH_PASSWORDS: &[&str] = &["database_url"];
 
-/// `url` with the password of its user info and of a `password=` parameter masked.
+/// `url` with the password of its user info and of a `password=` parameter masked. Where the
+/// password ends cannot always be told as the client library would tell it, so this masks more
+/// rather than less: the user info runs to the last `@`, parameter names are compared
+/// percent-decoded, and a `key=value` connection string that mentions a password is not shown.
 fn mask_url_password(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
-    let end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(end);
-    let authority = match authority.rsplit_once('@') {
-        Some((user_info, host)) => match user_info.split_once(':') {
-            Some((user, _)) => format!("{user}:{MASKED}@{host}"),
-            None => format!("{user_info}@{host}"),
-        },
-        None => authority.to_owned(),
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return if url.to_ascii_lowercase().contains("password") {
+            MASKED.to_owned()
+        } else {
+            url.to_owned()
+        };
     };
-    let tail = match tail.split_once('?') {
+    let (user_info, after) = match rest.rsplit_once('@') {
+        Some((user_info, after)) => (Some(user_info), after),
+        None => (None, rest),
+    };
+    let user_info = match user_info {
+        Some(info) => match info.split_once(':') {
+            Some((user, _)) => format!("{user}:{MASKED}@"),
+            None => format!("{info}@"),
+        },
+        None => String::new(),
+    };
+    let after = match after.split_once('?') {
         Some((path, query)) => {
             let params: Vec<String> = query
                 .split('&')
-                .map(|param| match param.split_once('=') {
-                    Some(("password", _)) => format!("password={MASKED}"),
-                    _ => param.to_owned(),
+                .map(|param| {
+                    let name = param.split_once('=').map_or(param, |(name, _)| name);
+                    if percent_decoded(name).eq_ignore_ascii_case("password") {
+                        format!("{name}={MASKED}")
+                    } else {
+                        param.to_owned()
+                    }
                 })
                 .collect();
             format!("{path}?{}", params.join("&"))
         }
-        None => tail.to_owned(),
+        None => after.to_owned(),
     };
-    format!("{scheme}://{authority}{tail}")
+    format!("{scheme}://{user_info}{after}")
+}
+
+/// `text` with its `%XX` escapes decoded (others left as they are).
+fn percent_decoded(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'%')
+            .then(|| bytes.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|hex| std::str::from_utf8(hex).ok())
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match escaped {
+            Some(byte) => {
+                out.push(byte);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// `scheme://host[:port]` of `url`, the rest replaced by a note that it is not shown.

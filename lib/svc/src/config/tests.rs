@@ -433,6 +433,19 @@ fn print_config_masks_the_database_password() -> TestResult {
     let verifier = load::<VerifierConfig>(&Roots::new()?.sources())?;
     let json: serde_json::Value = serde_json::from_str(&verifier.to_json()?)?;
     assert_eq!(json["database_url"], serde_json::Value::Null, "the redb file by default");
+    // Shapes the client library reads a password from that a plain split would miss.
+    for url in [
+        "postgresql://keylime:pa/ss3cret@127.0.0.1/fleet",
+        "postgresql://keylime:p@s3cret@127.0.0.1/fleet",
+        "postgresql://keylime@127.0.0.1/fleet?pass%77ord=s3cret",
+        "postgresql://keylime@127.0.0.1/fleet?PASSWORD=s3cret",
+        "host=127.0.0.1 user=keylime password=s3cret",
+    ] {
+        let roots = Roots::new()?;
+        roots.write("etc/keylime/verifier.conf", &format!("database_url = {url:?}"))?;
+        let printed = load::<VerifierConfig>(&roots.sources())?.to_json()?;
+        assert!(!printed.contains("s3cret"), "{url}: {printed}");
+    }
     Ok(())
 }
 
