@@ -27,6 +27,7 @@ use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use kl_store::StoreError;
 use kl_store::verifier::{Batch, EventRecord, VerifierStore};
 use tokio::sync::oneshot;
 
@@ -337,6 +338,13 @@ fn write_batches(
                     hold(&mut batch);
                     held = Some((batch, newest));
                     answer(replies, Err(Refused { reason, held: true }));
+                } else if matches!(e, StoreError::InUse { .. }) {
+                    // Another verifier holds the database now (it took the instance lock while
+                    // this one's session was gone): writing beside it would attest every agent
+                    // twice and lose this one's writes. Stop; a restart is refused while the
+                    // other runs, with the same message.
+                    tracing::error!(error = %reason, "stopping: another verifier writes this state");
+                    std::process::exit(1);
                 } else {
                     tracing::error!(
                         error = %reason,

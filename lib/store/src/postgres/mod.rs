@@ -173,6 +173,13 @@ impl Schema {
     }
 }
 
+/// The server process holding a session advisory lock of the current database (a `bigint`
+/// key is stored as two halves, `objsubid` 1).
+const INSTANCE_HOLDER: &str = "SELECT pid FROM pg_locks WHERE locktype = 'advisory' \
+     AND granted AND objsubid = 1 \
+     AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+     AND ((classid::bigint << 32) | objid::bigint) = $1";
+
 /// The advisory lock of migrations, shared by every store so that a registrar and a verifier
 /// using one database do not create `meta` at once.
 const MIGRATION_LOCK: i64 = 0x6b6c_0000;
@@ -201,8 +208,9 @@ pub(crate) struct Database {
     schema: &'static Schema,
     connections: Mutex<Connections>,
     freed: Condvar,
-    /// The connection holding [`Schema::instance_lock`].
-    instance: Mutex<Option<Client>>,
+    /// The connection holding [`Schema::instance_lock`], and its server process id, which
+    /// writes check the lock's holder against.
+    instance: Mutex<Option<(Client, i32)>>,
 }
 
 impl std::fmt::Debug for Database {
@@ -332,27 +340,34 @@ impl Database {
     fn hold_instance_lock(&self) -> Result<(), StoreError> {
         let Some(key) = self.schema.instance_lock else { return Ok(()) };
         let mut instance = self.instance.lock().unwrap_or_else(PoisonError::into_inner);
-        if instance.as_ref().is_some_and(|client| !client.is_closed()) {
+        if instance.as_ref().is_some_and(|(client, _)| !client.is_closed()) {
             return Ok(());
         }
         *instance = None;
         let operation = "take the instance lock";
         let client = self.connect(operation)?;
-        let taken = block_on(client.query_one("SELECT pg_try_advisory_lock($1)", &[&key]))
-            .and_then(|row| row.try_get::<_, bool>(0))
-            .map_err(|e| StoreError::Database {
-                url: self.target.shown.clone(),
-                operation: operation.to_owned(),
-                source: Box::new(e),
-            })?;
+        let taken = block_on(
+            client.query_one("SELECT pg_try_advisory_lock($1), pg_backend_pid()", &[&key]),
+        )
+        .and_then(|row| Ok((row.try_get::<_, bool>(0)?, row.try_get::<_, i32>(1)?)));
+        let (taken, pid) = taken.map_err(|e| StoreError::Database {
+            url: self.target.shown.clone(),
+            operation: operation.to_owned(),
+            source: Box::new(e),
+        })?;
         if !taken {
             return Err(StoreError::InUse {
                 url: self.target.shown.clone(),
                 schema: self.schema.name,
             });
         }
-        *instance = Some(client);
+        *instance = Some((client, pid));
         Ok(())
+    }
+
+    /// The server process holding the instance lock, as this store last took it.
+    fn instance_pid(&self) -> Option<i32> {
+        self.instance.lock().unwrap_or_else(PoisonError::into_inner).as_ref().map(|(_, pid)| *pid)
     }
 
     /// The URL, without its password.
@@ -371,9 +386,23 @@ impl Database {
         // A server restart ended the session holding the instance lock: take it again before
         // writing, or refuse if another daemon took it meanwhile.
         self.hold_instance_lock()?;
+        let instance = self.schema.instance_lock.zip(self.instance_pid());
         self.transaction(operation, false, async |tx| {
             tx.execute("meta", "SELECT pg_advisory_xact_lock($1)", &[&self.schema.write_lock])
                 .await?;
+            // Fencing: the session that holds the instance lock must still be ours. A dropped
+            // connection can go unnoticed here while the server has ended its session and
+            // another daemon has taken the lock; then this write must not land.
+            if let Some((key, pid)) = instance {
+                let holder = tx.query_opt("meta", INSTANCE_HOLDER, &[&key]).await?;
+                let holder = holder.and_then(|row| row.try_get::<_, i32>(0).ok());
+                if holder != Some(pid) {
+                    return Err(StoreError::InUse {
+                        url: self.target.shown.clone(),
+                        schema: self.schema.name,
+                    });
+                }
+            }
             body(tx).await
         })
     }
