@@ -555,10 +555,10 @@ fn leases_claimed_concurrently_are_disjoint_and_expired_ones_move_to_other_holde
     assert_eq!(store.release_leases(holder, std::slice::from_ref(&moved_first))?, 1);
     assert_eq!(store.release_leases(holder, std::slice::from_ref(&moved_first))?, 0);
     let short = store.claim_leases("short", 1, Duration::from_millis(300))?;
-    assert_eq!(short.agents, [moved_first.clone()]);
+    assert_eq!(short.agents, std::slice::from_ref(&moved_first));
     assert_eq!(
         store.renew_leases("short", Duration::from_millis(300))?.agents,
-        [moved_first.clone()]
+        std::slice::from_ref(&moved_first)
     );
     assert!(store.claim_leases("other", 10, LONG)?.agents.is_empty());
     std::thread::sleep(Duration::from_millis(700));
@@ -613,7 +613,7 @@ fn postgres_commit_as_is_refused_for_agents_leased_to_another_or_expired() -> Re
     let all = enroll(&store, 3)?;
     let (a, b, c) = (&all[0], &all[1], &all[2]);
     assert_eq!(store.claim_leases("r1", 2, LONG)?.agents, [a.clone(), b.clone()]);
-    assert_eq!(store.claim_leases("r2", 2, LONG)?.agents, [c.clone()]);
+    assert_eq!(store.claim_leases("r2", 2, LONG)?.agents, std::slice::from_ref(c));
     let write = |id: &str, policy: &str| Batch {
         agents: vec![agent(id, policy)],
         history: vec![(id.to_owned(), record(1, Timestamp::now()))],
@@ -669,7 +669,7 @@ fn postgres_commit_as_is_refused_for_agents_leased_to_another_or_expired() -> Re
     store.commit(write("new", "p"), 0)?;
 
     // The holder removes its agent: the lease goes with it.
-    assert_eq!(store.renew_leases("r2", LONG)?.agents, [c.clone()]);
+    assert_eq!(store.renew_leases("r2", LONG)?.agents, std::slice::from_ref(c));
     store.commit_as("r2", removal, 0)?;
     assert!(store.get_agent(c)?.is_none());
     assert!(store.renew_leases("r2", LONG)?.agents.is_empty());
