@@ -722,3 +722,48 @@ fn postgres_verifier_schema_1_migrates_to_leases_keeping_its_data_and_newer_is_r
     assert_eq!(psql("SELECT count(*) FROM verifier_leases")?, "3");
     Ok(())
 }
+
+#[test]
+fn postgres_commit_as_waits_for_a_claim_in_progress_and_is_refused_after_it() -> Result<()> {
+    let Some((server, location)) = database()? else { return Ok(()) };
+    let store = VerifierStore::open_at(&location)?;
+    let all = enroll(&store, 1)?;
+    let a = &all[0];
+    assert_eq!(store.claim_leases("r1", 1, LONG)?.agents, all);
+    std::thread::scope(|scope| -> Result<()> {
+        // Another session takes the lease as a claim does (agent row locked first), slowly;
+        // r1's lease is still live when r1 commits.
+        let claiming = scope.spawn(|| {
+            server.psql(
+                "keylime",
+                &format!(
+                    "BEGIN; SELECT agent_id FROM verifier_agents WHERE agent_id = '{a}' \
+                     FOR UPDATE; SELECT pg_sleep(2); UPDATE verifier_leases SET holder = 'r2', \
+                     expires_at = now() + interval '10 minutes' WHERE agent_id = '{a}'; COMMIT;"
+                ),
+            )
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while server
+            .psql("keylime", "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'")?
+            != "1"
+        {
+            if Instant::now() > deadline {
+                return Err(err("the claiming session never started sleeping"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let batch = Batch { agents: vec![agent(a, "late")], ..Batch::default() };
+        let refused = store.commit_as("r1", batch, 0).err();
+        assert!(
+            matches!(&refused, Some(StoreError::NotLeased { held_by, expired: false, .. })
+                if held_by.as_deref() == Some("r2")),
+            "{refused:?}"
+        );
+        claiming.join().map_err(|_| err("psql thread panicked"))??;
+        Ok(())
+    })?;
+    assert_eq!(store.get_agent(a)?.map(|x| x.runtime_policy), Some(String::new()));
+    assert_eq!(store.lease_holders()?, [("r2".to_owned(), 1)]);
+    Ok(())
+}
