@@ -614,6 +614,7 @@ async fn lease_clock(tx: &Tx<'_>, millis: i64) -> Result<(Timestamp, Timestamp),
             &[&millis],
         )
         .await?;
+    // Never taken: a SELECT without FROM returns one row.
     let Some(row) = row else {
         let now = Timestamp::now();
         return Ok((now, now));
