@@ -2,16 +2,18 @@
 //! registrar and verifier stores behaves as it does on the redb file (the same cases as the
 //! redb tests in `lib/store`), cursors and schema versions hold across reconnects, a newer
 //! schema is refused, and an unreachable server or a missing password is reported naming the
-//! URL without the password.
+//! URL without the password. The verifier's agent leases: concurrent claims never share an
+//! agent, expired leases move, renewals report what is held, and commits are fenced.
 
-use std::time::Duration;
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
 
-use kl_store::Location;
 use kl_store::registrar::{Activation, AgentRecord, RegistrarStore};
 use kl_store::verifier::{
     AgentEntry, Batch, EventRecord, HistoryRecord, PolicyDeletion, PolicyKind, PolicyPut,
     PutPrecondition, Timestamp, VerifierStore,
 };
+use kl_store::{Location, StoreError};
 use kl_tests::postgres::Postgres;
 use kl_tests::{Result, err};
 
@@ -382,7 +384,7 @@ fn newer_schema_unreachable_server_and_missing_password_are_named() -> Result<()
     let psql = |sql: &str| server.psql("keylime", sql);
     assert_eq!(
         psql("SELECT store || '=' || schema_version FROM meta ORDER BY store")?,
-        "registrar=1\nverifier=1"
+        "registrar=1\nverifier=2"
     );
     psql("UPDATE meta SET schema_version = 7 WHERE store = 'registrar'")?;
     let refused = RegistrarStore::open_at(&location).err().map(|e| e.to_string());
@@ -442,5 +444,326 @@ fn newer_schema_unreachable_server_and_missing_password_are_named() -> Result<()
     );
     other.set_cursor("webhook", 2)?;
     assert_eq!(store.cursor("webhook")?, Some(2));
+    Ok(())
+}
+
+const LONG: Duration = Duration::from_secs(600);
+
+/// Enrolls `count` agents `agent-000`, `agent-001`, ... and returns their ids.
+fn enroll(store: &VerifierStore, count: usize) -> Result<Vec<String>> {
+    let ids: Vec<String> = (0..count).map(|i| format!("agent-{i:03}")).collect();
+    let agents = ids.iter().map(|id| agent(id, "")).collect();
+    store.commit(Batch { agents, ..Batch::default() }, 0)?;
+    Ok(ids)
+}
+
+/// Each holder claims `max` agents at a time on its own thread, all at once, until a claim
+/// returns none; the agents each one took.
+fn claim_concurrently(
+    store: &VerifierStore,
+    holders: &[&str],
+    max: usize,
+) -> Result<Vec<Vec<String>>> {
+    let start = std::sync::Barrier::new(holders.len());
+    std::thread::scope(|scope| {
+        let threads: Vec<_> = holders
+            .iter()
+            .map(|holder| {
+                let start = &start;
+                scope.spawn(move || -> std::result::Result<Vec<String>, StoreError> {
+                    start.wait();
+                    let mut taken = Vec::new();
+                    loop {
+                        let leases = store.claim_leases(holder, max, LONG)?;
+                        if leases.agents.is_empty() {
+                            return Ok(taken);
+                        }
+                        taken.extend(leases.agents);
+                    }
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| t.join().map_err(|_| err("a claiming thread panicked"))?.map_err(Into::into))
+            .collect()
+    })
+}
+
+/// Asserts that `taken` are disjoint and together `all`.
+fn assert_partition(taken: &[Vec<String>], all: &[String]) {
+    let mut seen = BTreeSet::new();
+    for ids in taken {
+        for id in ids {
+            assert!(seen.insert(id.clone()), "{id} was claimed twice: {taken:?}");
+        }
+    }
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), all);
+}
+
+#[test]
+fn leases_claimed_concurrently_are_disjoint_and_expired_ones_move_to_other_holders() -> Result<()> {
+    let Some((server, location)) = database()? else { return Ok(()) };
+    let store = VerifierStore::open_at(&location)?;
+    let all = enroll(&store, 300)?;
+    let holders = ["r0", "r1", "r2", "r3"];
+    let taken = claim_concurrently(&store, &holders, 7)?;
+    assert_partition(&taken, &all);
+    assert!(store.claim_leases("late", 1000, LONG)?.agents.is_empty());
+    let counts: Vec<(String, u64)> = holders
+        .iter()
+        .zip(&taken)
+        .filter(|(_, ids)| !ids.is_empty())
+        .map(|(holder, ids)| ((*holder).to_owned(), ids.len() as u64))
+        .collect();
+    assert_eq!(store.lease_holders()?, counts);
+
+    // Claims take at most `max`, in id order, and report the server's times.
+    let psql = |sql: &str| server.psql("keylime", sql);
+    store.release_leases("r1", &taken[1])?;
+    let before = Timestamp::now();
+    let some = store.claim_leases("r9", 2, Duration::from_secs(30))?;
+    let mut expected = taken[1].clone();
+    expected.sort();
+    assert_eq!(some.agents, expected[..2.min(expected.len())]);
+    assert_eq!(some.expires_at.seconds - some.granted_at.seconds, 30);
+    assert!((some.granted_at.seconds - before.seconds).abs() <= 5, "{some:?} at {before:?}");
+
+    // r0's leases expire (as after a crash): the others take them, still never the same one.
+    psql(
+        "UPDATE verifier_leases SET expires_at = now() - interval '1 second' WHERE holder = 'r0'",
+    )?;
+    let lost = store.renew_leases("r0", LONG)?;
+    assert!(lost.agents.is_empty(), "{lost:?}");
+    let mut r0 = taken[0].clone();
+    r0.sort();
+    let moved = claim_concurrently(&store, &["s1", "s2", "s3"], 5)?;
+    let leftover: Vec<String> = expected[2.min(expected.len())..].to_vec();
+    let mut freed: Vec<String> = r0.iter().chain(&leftover).cloned().collect();
+    freed.sort();
+    assert_partition(&moved, &freed);
+    // Renewal returns exactly what the holder still holds.
+    let mut r2 = taken[2].clone();
+    r2.sort();
+    assert_eq!(store.renew_leases("r2", LONG)?.agents, r2);
+    assert!(store.renew_leases("r0", LONG)?.agents.is_empty());
+
+    // A short lease lapses by the server's clock and another holder takes it.
+    let moved_first = moved.iter().flatten().min().cloned().ok_or_else(|| err("none moved"))?;
+    let holder = moved.iter().position(|ids| ids.contains(&moved_first)).unwrap_or(0);
+    let holder = ["s1", "s2", "s3"][holder];
+    assert_eq!(store.release_leases(holder, std::slice::from_ref(&moved_first))?, 1);
+    assert_eq!(store.release_leases(holder, std::slice::from_ref(&moved_first))?, 0);
+    let short = store.claim_leases("short", 1, Duration::from_millis(300))?;
+    assert_eq!(short.agents, std::slice::from_ref(&moved_first));
+    assert_eq!(
+        store.renew_leases("short", Duration::from_millis(300))?.agents,
+        std::slice::from_ref(&moved_first)
+    );
+    assert!(store.claim_leases("other", 10, LONG)?.agents.is_empty());
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(store.renew_leases("short", LONG)?.agents.is_empty());
+    assert_eq!(store.claim_leases("other", 10, LONG)?.agents, [moved_first]);
+    Ok(())
+}
+
+#[test]
+fn postgres_claims_skip_agents_locked_by_another_transaction_without_waiting() -> Result<()> {
+    let Some((server, location)) = database()? else { return Ok(()) };
+    let store = VerifierStore::open_at(&location)?;
+    let all = enroll(&store, 4)?;
+    std::thread::scope(|scope| -> Result<()> {
+        // Another session locks two agent rows for a few seconds (as a claim or a fenced commit
+        // in progress does).
+        let holding = scope.spawn(|| {
+            server.psql(
+                "keylime",
+                "BEGIN; SELECT agent_id FROM verifier_agents \
+                 WHERE agent_id IN ('agent-000', 'agent-002') FOR UPDATE; \
+                 SELECT pg_sleep(4); COMMIT;",
+            )
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while server
+            .psql("keylime", "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'")?
+            != "1"
+        {
+            if Instant::now() > deadline {
+                return Err(err("the locking session never started sleeping"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let started = Instant::now();
+        let claimed = store.claim_leases("r1", 10, LONG)?;
+        let took = started.elapsed();
+        assert_eq!(claimed.agents, [all[1].clone(), all[3].clone()]);
+        assert!(took < Duration::from_secs(2), "the claim waited {took:?} for locked rows");
+        holding.join().map_err(|_| err("psql thread panicked"))??;
+        Ok(())
+    })?;
+    // Once the other transaction ended, the skipped agents are claimable.
+    assert_eq!(store.claim_leases("r2", 10, LONG)?.agents, [all[0].clone(), all[2].clone()]);
+    Ok(())
+}
+
+#[test]
+fn postgres_commit_as_is_refused_for_agents_leased_to_another_or_expired() -> Result<()> {
+    let Some((server, location)) = database()? else { return Ok(()) };
+    let store = VerifierStore::open_at(&location)?;
+    let all = enroll(&store, 3)?;
+    let (a, b, c) = (&all[0], &all[1], &all[2]);
+    assert_eq!(store.claim_leases("r1", 2, LONG)?.agents, [a.clone(), b.clone()]);
+    assert_eq!(store.claim_leases("r2", 2, LONG)?.agents, std::slice::from_ref(c));
+    let write = |id: &str, policy: &str| Batch {
+        agents: vec![agent(id, policy)],
+        history: vec![(id.to_owned(), record(1, Timestamp::now()))],
+        events: vec![event(id, Timestamp::now())],
+        ..Batch::default()
+    };
+    // Its own agents: written, with events and history.
+    assert_eq!(cursors(&store.commit_as("r1", write(a, "p1"), 0)?), [1]);
+    assert_eq!(store.get_agent(a)?.map(|x| x.runtime_policy), Some("p1".to_owned()));
+
+    // Another holder's agent, even among its own: nothing is written.
+    let mut both = write(a, "p2");
+    both.extend(write(c, "p2"));
+    let refused = store.commit_as("r1", &both, 0).err().map(|e| e.to_string());
+    assert_eq!(
+        refused.as_deref(),
+        Some(format!("agent {c:?}: not written for \"r1\": it is leased to \"r2\"").as_str())
+    );
+    assert_eq!(store.get_agent(a)?.map(|x| x.runtime_policy), Some("p1".to_owned()));
+    assert_eq!(store.get_agent(c)?.map(|x| x.runtime_policy), Some(String::new()));
+    assert_eq!(store.last_event()?, 1);
+    assert!(store.history(c, None, 10)?.is_empty());
+    // An event alone, or a removal, is fenced too.
+    let event_only = Batch { events: vec![event(c, Timestamp::now())], ..Batch::default() };
+    assert!(matches!(
+        store.commit_as("r1", &event_only, 0),
+        Err(StoreError::NotLeased { ref held_by, expired: false, .. }) if held_by.as_deref() == Some("r2")
+    ));
+    let removal = Batch { removed: vec![c.clone()], ..Batch::default() };
+    assert!(store.commit_as("r1", &removal, 0).is_err());
+    assert!(store.get_agent(c)?.is_some());
+
+    // An expired lease: refused though nobody took it yet.
+    server.psql(
+        "keylime",
+        &format!(
+            "UPDATE verifier_leases SET expires_at = now() - interval '1 second' \
+             WHERE agent_id = '{b}'"
+        ),
+    )?;
+    let refused = store.commit_as("r1", write(b, "p3"), 0).err().map(|e| e.to_string());
+    assert_eq!(
+        refused.as_deref(),
+        Some(
+            format!("agent {b:?}: not written for \"r1\": the lease of \"r1\" on it expired")
+                .as_str()
+        )
+    );
+    // An agent without a lease (a new one): refused; plain commit enrolls it.
+    let refused = store.commit_as("r1", write("new", "p"), 0).err().map(|e| e.to_string());
+    assert_eq!(refused.as_deref(), Some("agent \"new\": not written for \"r1\": it has no lease"));
+    assert!(store.get_agent("new")?.is_none());
+    store.commit(write("new", "p"), 0)?;
+
+    // The holder removes its agent: the lease goes with it.
+    assert_eq!(store.renew_leases("r2", LONG)?.agents, std::slice::from_ref(c));
+    store.commit_as("r2", removal, 0)?;
+    assert!(store.get_agent(c)?.is_none());
+    assert!(store.renew_leases("r2", LONG)?.agents.is_empty());
+    assert_eq!(store.lease_holders()?, [("r1".to_owned(), 1)]);
+    Ok(())
+}
+
+#[test]
+fn postgres_verifier_schema_1_migrates_to_leases_keeping_its_data_and_newer_is_refused()
+-> Result<()> {
+    let Some((server, location)) = database()? else { return Ok(()) };
+    let psql = |sql: &str| server.psql("keylime", sql);
+    let store = VerifierStore::open_at(&location)?;
+    let all = enroll(&store, 3)?;
+    store.commit(
+        Batch {
+            history: vec![(all[0].clone(), record(1, Timestamp::now()))],
+            events: vec![event(&all[0], Timestamp::now())],
+            ..Batch::default()
+        },
+        0,
+    )?;
+    store.set_cursor("webhook", 1)?;
+    drop(store);
+    // The database as schema version 1 left it: the same tables, without the lease table.
+    psql(
+        "DROP TABLE verifier_leases; UPDATE meta SET schema_version = 1 WHERE store = 'verifier'",
+    )?;
+    assert_eq!(psql("SELECT to_regclass('verifier_leases') IS NULL")?, "t");
+
+    let store = reopen_verifier(&location)?;
+    assert_eq!(psql("SELECT schema_version FROM meta WHERE store = 'verifier'")?, "2");
+    let ids: Vec<String> = store.list_agents(None, 10)?.into_iter().map(|a| a.agent_id).collect();
+    assert_eq!(ids, all);
+    assert_eq!(sequences(&store.history(&all[0], None, 10)?), [1]);
+    assert_eq!(cursors(&store.events_after(0, 10)?), [1]);
+    assert_eq!(store.cursor("webhook")?, Some(1));
+    assert_eq!(store.claim_leases("r1", 10, LONG)?.agents, all);
+    drop(store);
+
+    psql("UPDATE meta SET schema_version = 3 WHERE store = 'verifier'")?;
+    let url = server.url("keylime");
+    let refused = reopen_verifier(&location).err().map(|e| e.to_string());
+    let expected = format!(
+        "{url}: schema version 3 is newer than the 2 this verifier supports; use a newer \
+         keylime-rs or restore a backup made by this version"
+    );
+    assert_eq!(refused.as_deref(), Some(expected.as_str()));
+    // Refused before touching anything.
+    assert_eq!(psql("SELECT count(*) FROM verifier_leases")?, "3");
+    Ok(())
+}
+
+#[test]
+fn postgres_commit_as_waits_for_a_claim_in_progress_and_is_refused_after_it() -> Result<()> {
+    let Some((server, location)) = database()? else { return Ok(()) };
+    let store = VerifierStore::open_at(&location)?;
+    let all = enroll(&store, 1)?;
+    let a = &all[0];
+    assert_eq!(store.claim_leases("r1", 1, LONG)?.agents, all);
+    std::thread::scope(|scope| -> Result<()> {
+        // Another session takes the lease as a claim does (agent row locked first), slowly;
+        // r1's lease is still live when r1 commits.
+        let claiming = scope.spawn(|| {
+            server.psql(
+                "keylime",
+                &format!(
+                    "BEGIN; SELECT agent_id FROM verifier_agents WHERE agent_id = '{a}' \
+                     FOR UPDATE; SELECT pg_sleep(2); UPDATE verifier_leases SET holder = 'r2', \
+                     expires_at = now() + interval '10 minutes' WHERE agent_id = '{a}'; COMMIT;"
+                ),
+            )
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while server
+            .psql("keylime", "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'")?
+            != "1"
+        {
+            if Instant::now() > deadline {
+                return Err(err("the claiming session never started sleeping"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let batch = Batch { agents: vec![agent(a, "late")], ..Batch::default() };
+        let refused = store.commit_as("r1", batch, 0).err();
+        assert!(
+            matches!(&refused, Some(StoreError::NotLeased { held_by, expired: false, .. })
+                if held_by.as_deref() == Some("r2")),
+            "{refused:?}"
+        );
+        claiming.join().map_err(|_| err("psql thread panicked"))??;
+        Ok(())
+    })?;
+    assert_eq!(store.get_agent(a)?.map(|x| x.runtime_policy), Some(String::new()));
+    assert_eq!(store.lease_holders()?, [("r2".to_owned(), 1)]);
     Ok(())
 }

@@ -7,6 +7,36 @@
 //! Agent updates, history and events written by one [`Batch`] share a transaction, so an event
 //! exists exactly when the state change it reports does, and many agents' rounds cost one disk
 //! sync (group commit).
+//!
+//! # Agent leases
+//!
+//! Verifier replicas sharing one PostgreSQL database divide the agents between them with
+//! leases: an agent is attested by the replica (the *holder*, named by the caller) that holds
+//! its unexpired lease. [`VerifierStore::claim_leases`] takes agents whose lease is absent or
+//! expired, [`VerifierStore::renew_leases`] extends all of a holder's leases at once and tells
+//! it which it still holds, [`VerifierStore::release_leases`] gives some back, and
+//! [`VerifierStore::commit_as`] commits a batch only if every agent it writes is leased to the
+//! committing holder and unexpired, so a holder that lost an agent cannot overwrite the state
+//! written by the agent's new holder. [`VerifierStore::lease_holders`] counts live leases per
+//! holder. The redb file has a single verifier and no leases: these calls refuse it with
+//! [`StoreError::LeasesNeedDatabase`] (a daemon leases agents only when it is configured as a
+//! replica on a database), except `lease_holders`, which reports none.
+//!
+//! Lease times are the database server's clock: a lease expires when the server's `now()`
+//! passes the `now()` of the claiming or renewing transaction plus the duration, and
+//! [`Leases`] reports both times. A holder's own clock cannot be compared with the server's
+//! (they may be set apart by any amount), but it can measure durations: the server's `now()`
+//! for a claim or renewal is taken after the request is sent, so a lease lasts at least until
+//! `sent + duration` on the holder's monotonic clock, where `sent` is an `Instant` read
+//! before the call. The holder stops acting for an agent (attesting it, calling it, sending
+//! notifications about it) at `sent + duration - margin` unless a renewal sent before then
+//! has returned the agent. The margin covers what the database cannot fence: an attestation
+//! round already under way when the deadline comes (so at least the longest round, with its
+//! network timeouts), and the two clocks running at slightly different rates (well under 0.1%
+//! of the duration for clocks kept by NTP, which slews them). A server clock stepped forward
+//! ends leases early by the size of the step; keep the server's clock slewed, not stepped.
+//! Writes to the database need no margin: [`VerifierStore::commit_as`] checks the lease in
+//! the committing transaction itself.
 
 use std::ops::Bound;
 use std::path::Path;
@@ -264,6 +294,31 @@ impl Batch {
         self.history.extend(later.history);
         self.events.extend(later.events);
     }
+
+    /// Every agent the batch writes, removes, or records history or events for; sorted, once
+    /// each.
+    pub fn agent_ids(&self) -> Vec<String> {
+        let ids: std::collections::BTreeSet<&str> = self
+            .agents
+            .iter()
+            .map(|a| a.agent_id.as_str())
+            .chain(self.removed.iter().map(String::as_str))
+            .chain(self.history.iter().map(|(id, _)| id.as_str()))
+            .chain(self.events.iter().map(|e| e.agent_id.as_str()).filter(|id| !id.is_empty()))
+            .collect();
+        ids.into_iter().map(str::to_owned).collect()
+    }
+}
+
+/// Leases a holder took or kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leases {
+    /// The agents, in id order.
+    pub agents: Vec<String>,
+    /// The server's `now()` when they were taken or renewed.
+    pub granted_at: Timestamp,
+    /// The server's time at which they expire unless renewed: `granted_at` plus the duration.
+    pub expires_at: Timestamp,
 }
 
 /// How many records a [`VerifierStore::prune`] removed.
@@ -483,7 +538,7 @@ impl VerifierStore {
     ) -> Result<Vec<EventRecord>, StoreError> {
         let db = match self.redb() {
             Ok(db) => db,
-            Err(pg) => return pg::commit(pg, batch.borrow(), history_max_entries),
+            Err(pg) => return pg::commit(pg, batch.borrow(), history_max_entries, None),
         };
         let batch = batch.borrow();
         let mut agents: Vec<&AgentEntry> = batch.agents.iter().collect();
@@ -552,6 +607,66 @@ impl VerifierStore {
             }
             Ok(out)
         })
+    }
+
+    /// [`VerifierStore::commit`], if every agent of the batch (see [`Batch::agent_ids`]) is
+    /// leased to `holder` and its lease has not expired, checked in the committing transaction;
+    /// else nothing is written and the error ([`StoreError::NotLeased`]) names the first agent
+    /// that is not and who holds it. A new agent has no lease yet: enrolling it is a
+    /// [`VerifierStore::commit`].
+    pub fn commit_as(
+        &self,
+        holder: &str,
+        batch: impl std::borrow::Borrow<Batch>,
+        history_max_entries: u64,
+    ) -> Result<Vec<EventRecord>, StoreError> {
+        let pg = self.leased("commit attestation state")?;
+        pg::commit(pg, batch.borrow(), history_max_entries, Some(holder))
+    }
+
+    /// Leases up to `max` agents whose lease is absent or expired to `holder` for `duration`
+    /// (by the server's clock; see the module docs), in one transaction that skips the agents
+    /// another claim is taking meanwhile, so two holders never take the same agent. Returns
+    /// only the agents taken now, not those `holder` already held.
+    pub fn claim_leases(
+        &self,
+        holder: &str,
+        max: usize,
+        duration: Duration,
+    ) -> Result<Leases, StoreError> {
+        pg::claim_leases(self.leased("claim agent leases")?, holder, max, duration)
+    }
+
+    /// Extends every unexpired lease of `holder` to `duration` from now (one statement) and
+    /// returns the agents it still holds: an agent missing from them is lost (its lease
+    /// expired, was released, or the agent was removed) and must no longer be attested.
+    pub fn renew_leases(&self, holder: &str, duration: Duration) -> Result<Leases, StoreError> {
+        pg::renew_leases(self.leased("renew agent leases")?, holder, duration)
+    }
+
+    /// Ends the leases of `agent_ids` that `holder` holds, so another holder may claim them at
+    /// once; returns how many it held.
+    pub fn release_leases(&self, holder: &str, agent_ids: &[String]) -> Result<u64, StoreError> {
+        pg::release_leases(self.leased("release agent leases")?, holder, agent_ids)
+    }
+
+    /// How many unexpired leases each holder has, by holder name; none for the redb file.
+    pub fn lease_holders(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        match &self.backend {
+            Backend::Redb(_) => Ok(Vec::new()),
+            Backend::Postgres(db) => pg::lease_holders(db),
+        }
+    }
+
+    /// The database, for a lease operation; the redb file has none.
+    fn leased(&self, operation: &str) -> Result<&postgres::Database, StoreError> {
+        match &self.backend {
+            Backend::Postgres(db) => Ok(db),
+            Backend::Redb(db) => Err(StoreError::LeasesNeedDatabase {
+                path: db.path().to_owned(),
+                operation: operation.to_owned(),
+            }),
+        }
     }
 
     /// An agent's history, newest first: at most `limit` records with a sequence below

@@ -373,3 +373,32 @@ fn agents_of_a_version_1_file_get_an_empty_payload_digest() -> TestResult {
     assert_eq!(migrated.runtime_policy, "base");
     Ok(())
 }
+
+#[test]
+fn leases_on_the_file_are_refused_naming_it_and_none_are_counted() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("verifier.redb");
+    let store = VerifierStore::open(&path)?;
+    store.commit(Batch { agents: vec![agent("a", "")], ..Batch::default() }, 0)?;
+    let refused =
+        store.claim_leases("r1", 10, Duration::from_secs(30)).err().map(|e| e.to_string());
+    assert_eq!(
+        refused.as_deref(),
+        Some(
+            format!(
+                "{}: claim agent leases: agent leases are for verifier replicas sharing a \
+                 PostgreSQL database (database_url); this store is a file of one verifier",
+                path.display()
+            )
+            .as_str()
+        )
+    );
+    assert!(store.renew_leases("r1", Duration::from_secs(30)).is_err());
+    assert!(store.release_leases("r1", &["a".to_owned()]).is_err());
+    let batch = Batch { agents: vec![agent("a", "x")], ..Batch::default() };
+    assert!(matches!(store.commit_as("r1", &batch, 0), Err(StoreError::LeasesNeedDatabase { .. })));
+    // Nothing was written by the refused commit.
+    assert_eq!(store.get_agent("a")?.map(|a| a.runtime_policy), Some(String::new()));
+    assert!(store.lease_holders()?.is_empty());
+    Ok(())
+}

@@ -25,8 +25,9 @@
 //!
 //! A verifier holds a session advisory lock on a connection of its own while its store is
 //! open, so a second verifier on the same database is refused, as redb refuses a second process
-//! on its file: until agents are leased to replicas, two verifiers would both attest every
-//! agent. Registrars may share their table.
+//! on its file: until the verifier daemon attests only the agents leased to it (the agent
+//! leases of [`verifier`]), two verifiers would both attest every agent. Registrars may share
+//! their table.
 
 pub(crate) mod registrar;
 pub(crate) mod verifier;
@@ -405,6 +406,18 @@ impl Database {
             }
             body(tx).await
         })
+    }
+
+    /// Runs `body` in a write transaction without the store's write lock (with its instance
+    /// lock held): for statements whose own row locks keep concurrent callers apart (the
+    /// verifier's agent leases), so that they neither wait for nor delay other writes.
+    pub fn write_unserialized<T>(
+        &self,
+        operation: &str,
+        body: impl AsyncFnOnce(&Tx<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.hold_instance_lock()?;
+        self.transaction(operation, false, body)
     }
 
     /// Runs `body` in a read-only transaction (a consistent snapshot).

@@ -4,14 +4,14 @@
 //! deletion), history by agent and sequence, events by cursor, and the times pruning compares.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio_postgres::Row;
 
 use super::{Database, Migration, Schema, Tx, bigint, bound, limit, unsigned};
 use crate::StoreError;
 use crate::verifier::{
-    AgentEntry, Batch, EventRecord, HistoryRecord, PolicyDeletion, PolicyKind, PolicyName,
+    AgentEntry, Batch, EventRecord, HistoryRecord, Leases, PolicyDeletion, PolicyKind, PolicyName,
     PolicyPut, Pruned, PutPrecondition, Timestamp,
 };
 
@@ -22,19 +22,22 @@ const CURSORS: &str = "verifier_cursors";
 const HISTORY: &str = "verifier_history";
 const EVENTS: &str = "verifier_events";
 
+const LEASES: &str = "verifier_leases";
+
 const LAST_EVENT: &str = "last_event";
 
 /// Version 1: agents, policies, history, events, cursors (records as redb's schema version 2
-/// encodes them).
+/// encodes them). Version 2: agent leases (see [`crate::verifier`]).
 pub(crate) static SCHEMA: Schema = Schema {
     name: "verifier",
     write_lock: 0x6b6c_0002,
     // Each verifier attests every agent it loads: until agents are leased to replicas, a second
     // verifier on the same tables would attest them twice and overwrite the first's state.
     instance_lock: Some(0x6b6c_0012),
-    migrations: &[Migration {
-        description: "create the agents, policy, history, event and cursor tables",
-        sql: "CREATE TABLE verifier_agents (
+    migrations: &[
+        Migration {
+            description: "create the agents, policy, history, event and cursor tables",
+            sql: "CREATE TABLE verifier_agents (
                   agent_id TEXT COLLATE \"C\" PRIMARY KEY,
                   runtime_policy TEXT NOT NULL,
                   measured_boot_policy TEXT NOT NULL,
@@ -67,7 +70,19 @@ pub(crate) static SCHEMA: Schema = Schema {
                   at_seconds BIGINT NOT NULL,
                   record BYTEA NOT NULL
               );",
-    }],
+        },
+        Migration {
+            description: "create the agent lease table",
+            // A lease goes with its agent; a holder's leases are renewed and counted together.
+            sql: "CREATE TABLE verifier_leases (
+                  agent_id TEXT COLLATE \"C\" PRIMARY KEY
+                      REFERENCES verifier_agents (agent_id) ON DELETE CASCADE,
+                  holder TEXT NOT NULL,
+                  expires_at TIMESTAMPTZ NOT NULL
+              );
+              CREATE INDEX verifier_leases_holder ON verifier_leases (holder);",
+        },
+    ],
 };
 
 fn kind_name(kind: PolicyKind) -> &'static str {
@@ -168,10 +183,13 @@ struct HistoryColumns {
     records: Vec<Vec<u8>>,
 }
 
+/// Commits `batch`; with a `holder`, only if every agent it writes is leased to that holder
+/// and unexpired (checked in the same transaction).
 pub(crate) fn commit(
     db: &Database,
     batch: &Batch,
     history_max_entries: u64,
+    holder: Option<&str>,
 ) -> Result<Vec<EventRecord>, StoreError> {
     // Of an agent (or history record) written twice, the later write is kept.
     let agents: BTreeMap<&str, &AgentEntry> =
@@ -203,6 +221,9 @@ pub(crate) fn commit(
         .map(|(id, top)| ((*id).to_owned(), bound(top - history_max_entries)))
         .unzip();
     db.write("commit attestation state", async |tx| {
+        if let Some(holder) = holder {
+            fence(tx, holder, &batch.agent_ids()).await?;
+        }
         if !batch.removed.is_empty() {
             tx.execute(AGENTS, "DELETE FROM verifier_agents WHERE agent_id = ANY($1)", &[
                 &batch.removed,
@@ -566,4 +587,188 @@ pub(crate) fn prune(
             .await?;
         Ok(Pruned { history, events: excess + old })
     })
+}
+
+/// A lease duration as the milliseconds the SQL adds to `now()`; at most a century, as an
+/// interval holds no more than a few million years.
+fn lease_millis(duration: Duration) -> i64 {
+    const CENTURY_MS: i64 = 100 * 366 * 24 * 3600 * 1000;
+    i64::try_from(duration.as_millis()).unwrap_or(CENTURY_MS).min(CENTURY_MS)
+}
+
+fn timestamp(at: SystemTime) -> Timestamp {
+    let since_epoch = at.duration_since(UNIX_EPOCH).unwrap_or_default();
+    Timestamp {
+        seconds: i64::try_from(since_epoch.as_secs()).unwrap_or(i64::MAX),
+        nanos: since_epoch.subsec_nanos(),
+    }
+}
+
+/// The transaction's `now()` (what its lease statements compare and add to) and `now()` plus
+/// `millis`.
+async fn lease_clock(tx: &Tx<'_>, millis: i64) -> Result<(Timestamp, Timestamp), StoreError> {
+    let row = tx
+        .query_opt(
+            LEASES,
+            "SELECT now() AS granted_at, now() + $1::bigint * interval '1 millisecond' AS expires_at",
+            &[&millis],
+        )
+        .await?;
+    // Never taken: a SELECT without FROM returns one row.
+    let Some(row) = row else {
+        let now = Timestamp::now();
+        return Ok((now, now));
+    };
+    let granted: SystemTime = tx.get(LEASES, &row, "granted_at")?;
+    let expires: SystemTime = tx.get(LEASES, &row, "expires_at")?;
+    Ok((timestamp(granted), timestamp(expires)))
+}
+
+fn agent_ids(tx: &Tx<'_>, rows: &[Row]) -> Result<Vec<String>, StoreError> {
+    let mut ids = rows
+        .iter()
+        .map(|row| tx.get::<String>(LEASES, row, "agent_id"))
+        .collect::<Result<Vec<_>, _>>()?;
+    ids.sort();
+    Ok(ids)
+}
+
+pub(crate) fn claim_leases(
+    db: &Database,
+    holder: &str,
+    max: usize,
+    duration: Duration,
+) -> Result<Leases, StoreError> {
+    let millis = lease_millis(duration);
+    db.write_unserialized("claim agent leases", async |tx| {
+        let (granted_at, expires_at) = lease_clock(tx, millis).await?;
+        // The agent rows are the claim's locks: claimers skip the ones another has locked, so
+        // they never wait for each other. A lease taken by a claimer that committed after this
+        // statement's snapshot (its agent row no longer locked, its lease row not yet visible)
+        // is left alone by the conflict clause, which sees the committed row.
+        let rows = tx
+            .query(
+                LEASES,
+                "WITH candidates AS ( \
+                     SELECT a.agent_id FROM verifier_agents a \
+                     LEFT JOIN verifier_leases l ON l.agent_id = a.agent_id \
+                     WHERE l.agent_id IS NULL OR l.expires_at <= now() \
+                     ORDER BY a.agent_id LIMIT $2 \
+                     FOR UPDATE OF a SKIP LOCKED) \
+                 INSERT INTO verifier_leases (agent_id, holder, expires_at) \
+                 SELECT agent_id, $1, now() + $3::bigint * interval '1 millisecond' \
+                 FROM candidates \
+                 ON CONFLICT (agent_id) DO UPDATE \
+                 SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at \
+                 WHERE verifier_leases.expires_at <= now() \
+                 RETURNING agent_id",
+                &[&holder, &limit(max), &millis],
+            )
+            .await?;
+        Ok(Leases { agents: agent_ids(tx, &rows)?, granted_at, expires_at })
+    })
+}
+
+pub(crate) fn renew_leases(
+    db: &Database,
+    holder: &str,
+    duration: Duration,
+) -> Result<Leases, StoreError> {
+    let millis = lease_millis(duration);
+    db.write_unserialized("renew agent leases", async |tx| {
+        let (granted_at, expires_at) = lease_clock(tx, millis).await?;
+        // An expired lease is lost even while no other holder has taken it: its holder has
+        // stopped attesting the agent by then (see the module docs of `verifier`).
+        let rows = tx
+            .query(
+                LEASES,
+                "UPDATE verifier_leases \
+                 SET expires_at = now() + $2::bigint * interval '1 millisecond' \
+                 WHERE holder = $1 AND expires_at > now() RETURNING agent_id",
+                &[&holder, &millis],
+            )
+            .await?;
+        Ok(Leases { agents: agent_ids(tx, &rows)?, granted_at, expires_at })
+    })
+}
+
+pub(crate) fn release_leases(
+    db: &Database,
+    holder: &str,
+    agent_ids: &[String],
+) -> Result<u64, StoreError> {
+    db.write_unserialized("release agent leases", async |tx| {
+        tx.execute(
+            LEASES,
+            "DELETE FROM verifier_leases WHERE holder = $1 AND agent_id = ANY($2)",
+            &[&holder, &agent_ids],
+        )
+        .await
+    })
+}
+
+pub(crate) fn lease_holders(db: &Database) -> Result<Vec<(String, u64)>, StoreError> {
+    db.read("count agent leases", async |tx| {
+        let rows = tx
+            .query(
+                LEASES,
+                "SELECT holder, count(*) AS held FROM verifier_leases WHERE expires_at > now() \
+                 GROUP BY holder ORDER BY holder",
+                &[],
+            )
+            .await?;
+        rows.iter()
+            .map(|row| Ok((tx.get(LEASES, row, "holder")?, unsigned(tx.get(LEASES, row, "held")?))))
+            .collect()
+    })
+}
+
+/// Refuses the transaction unless every agent of `agent_ids` is leased to `holder`, unexpired.
+/// The agent rows are locked first: a claim must lock an agent's row to take its lease, so no
+/// other holder can take one of these leases before this transaction ends (and one that a
+/// claim is taking right now is seen once that claim has committed).
+async fn fence(tx: &Tx<'_>, holder: &str, agent_ids: &[String]) -> Result<(), StoreError> {
+    if agent_ids.is_empty() {
+        return Ok(());
+    }
+    tx.query(
+        AGENTS,
+        "SELECT agent_id FROM verifier_agents WHERE agent_id = ANY($1) ORDER BY agent_id \
+         FOR UPDATE",
+        &[&agent_ids],
+    )
+    .await?;
+    // statement_timestamp(), not now(): the transaction may have waited for the write lock
+    // and the agent rows since it began.
+    let rows = tx
+        .query(
+            LEASES,
+            "SELECT agent_id, holder, expires_at > statement_timestamp() AS live \
+             FROM verifier_leases WHERE agent_id = ANY($1)",
+            &[&agent_ids],
+        )
+        .await?;
+    let mut leases = BTreeMap::new();
+    for row in &rows {
+        let id: String = tx.get(LEASES, row, "agent_id")?;
+        let held_by: String = tx.get(LEASES, row, "holder")?;
+        let live: bool = tx.get(LEASES, row, "live")?;
+        leases.insert(id, (held_by, live));
+    }
+    for id in agent_ids {
+        let refused = |held_by: Option<&String>, expired| StoreError::NotLeased {
+            agent_id: id.clone(),
+            holder: holder.to_owned(),
+            held_by: held_by.cloned(),
+            expired,
+        };
+        match leases.get(id) {
+            None => return Err(refused(None, false)),
+            Some((held_by, live)) if held_by != holder || !live => {
+                return Err(refused(Some(held_by), !live));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
 }
