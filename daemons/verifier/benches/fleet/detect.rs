@@ -23,8 +23,7 @@ pub type Failures = Arc<Mutex<HashMap<String, Instant>>>;
 pub async fn watch_failures(
     admin: &mut VerifierClient<Channel>,
 ) -> Result<(Failures, JoinHandle<Result<(), BoxError>>), BoxError> {
-    let cursors =
-        admin.get_event_cursors(pb::GetEventCursorsRequest {}).await?.into_inner();
+    let cursors = admin.get_event_cursors(pb::GetEventCursorsRequest {}).await?.into_inner();
     let request = pb::WatchEventsRequest {
         from_cursor: cursors.newest_cursor,
         agent_id: String::new(),
