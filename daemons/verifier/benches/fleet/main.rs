@@ -198,6 +198,22 @@ struct Point {
     usage: verifier::Usage,
 }
 
+/// The interval from `a` to `b`: its end (s), attestations/s, verifier CPU per attestation
+/// (µs), CPU use (% of a core), RSS (MiB), RSS per agent (KiB).
+fn curve_row(a: &Point, b: &Point, n: usize, base_rss: u64) -> [f64; 6] {
+    let seconds = (b.at - a.at).max(1e-9);
+    let quotes = b.quotes.saturating_sub(a.quotes);
+    let cpu = b.usage.cpu.saturating_sub(a.usage.cpu).as_secs_f64();
+    [
+        b.at,
+        quotes as f64 / seconds,
+        cpu * 1e6 / quotes.max(1) as f64,
+        cpu * 100.0 / seconds,
+        mib(b.usage.rss),
+        b.usage.rss.saturating_sub(base_rss) as f64 / n as f64 / 1024.0,
+    ]
+}
+
 /// Per sampling interval: attestations/s, the verifier's CPU per attestation and CPU use, its RSS
 /// and RSS per agent (above the RSS with the policy stored).
 fn print_curve(
@@ -206,21 +222,8 @@ fn print_curve(
     base_rss: u64,
     csv: Option<&std::path::Path>,
 ) -> Result<(), BoxError> {
-    let mut rows = Vec::new();
-    for pair in curve.windows(2) {
-        let (a, b) = (&pair[0], &pair[1]);
-        let seconds = (b.at - a.at).max(1e-9);
-        let quotes = b.quotes.saturating_sub(a.quotes);
-        let cpu = b.usage.cpu.saturating_sub(a.usage.cpu).as_secs_f64();
-        rows.push([
-            b.at,
-            quotes as f64 / seconds,
-            cpu * 1e6 / quotes.max(1) as f64,
-            cpu * 100.0 / seconds,
-            mib(b.usage.rss),
-            b.usage.rss.saturating_sub(base_rss) as f64 / n as f64 / 1024.0,
-        ]);
-    }
+    let rows: Vec<[f64; 6]> =
+        curve.windows(2).map(|pair| curve_row(&pair[0], &pair[1], n, base_rss)).collect();
     println!("Curve (each row: the interval ending at t):");
     println!();
     println!(
@@ -453,6 +456,10 @@ async fn run(args: Args) -> Result<(), BoxError> {
     let window = Duration::from_secs(args.seconds);
     let every = Duration::from_secs(args.sample_every.max(1));
     let mut curve = vec![Point { at: 0.0, quotes: quotes0, usage: v0 }];
+    eprintln!(
+        "curve: t (s), attestations/s, verifier CPU per attestation (µs), verifier CPU (% of a \
+         core), verifier RSS (MiB), RSS per agent (KiB)"
+    );
     // Tamper k at (k + 0.5) / N of the window, on agents spread over the fleet, so that the
     // revocation notices each failure sends have settled before the next.
     let tamper_at = |k: usize| window.mul_f64((k as f64 + 0.5) / args.tamper.max(1) as f64);
@@ -477,6 +484,13 @@ async fn run(args: Args) -> Result<(), BoxError> {
                 quotes: sim::quotes(&agents),
                 usage: verifier.usage()?,
             });
+            // As it goes, so that a long run that is cut short still shows its curve.
+            if let [.., a, b] = curve.as_slice() {
+                eprintln!(
+                    "{}",
+                    curve_row(a, b, n, with_policy.rss).map(|v| format!("{v:.1}")).join(" ")
+                );
+            }
         }
     }
     let (v1, s1) = (verifier.usage()?, verifier::usage("/proc/self")?);
