@@ -90,6 +90,10 @@ pub struct Machine {
     pub last_request: Option<pb::GetQuoteRequest>,
     pub notices: Vec<pb::NotifyRevocationRequest>,
     pub key_halves: Vec<pb::DeliverKeyRequest>,
+    /// An IMA entry (index into `ima.lines`) whose delivery is timed: `watched_served` is set
+    /// when a quote first carries it (the fleet benchmark's detection latency starts there).
+    pub watched_entry: Option<usize>,
+    pub watched_served: Option<std::time::Instant>,
 }
 
 impl std::fmt::Debug for Machine {
@@ -127,6 +131,8 @@ impl Machine {
             last_request: None,
             notices: Vec::new(),
             key_halves: Vec::new(),
+            watched_entry: None,
+            watched_served: None,
         })
     }
 
@@ -161,6 +167,11 @@ impl Machine {
         };
         let end = (offset + self.max_ima_entries).min(self.ima.lines.len());
         let entries: String = self.ima.lines[offset..end].concat();
+        if self.watched_served.is_none()
+            && self.watched_entry.is_some_and(|i| (offset..end).contains(&i))
+        {
+            self.watched_served = Some(std::time::Instant::now());
+        }
         let answer = pb::GetQuoteResponse {
             attest,
             signature,

@@ -262,22 +262,26 @@ pub fn appraise(
     let outcome = quote::verify_quote(&policy.ak, &request, &quote_evidence, prior.clock.as_ref());
     let clock = outcome.facts.as_ref().map(|f| f.attest.clock_info);
     let mut verdict = outcome.verdict;
-    let mut state = prior.clone();
     if !verdict.passed() {
         return Appraisal {
             verdict,
-            state,
+            state: prior.clone(),
             clock,
             rebooted: false,
             ima_entries: 0,
             next_ima_offset: prior.ima.entries_processed,
         };
     }
-    state.clock = outcome.next_clock;
-    if outcome.rebooted {
-        state.ima = ImaState::default();
-        state.measured_boot = None;
-    }
+    // The IMA state is replaced below: it is not copied from `prior` (a copy per round of its
+    // PCR map), only read from there.
+    let mut state = AttestationState {
+        clock: outcome.next_clock,
+        ima: ImaState::default(),
+        measured_boot: if outcome.rebooted { None } else { prior.measured_boot.clone() },
+        runtime_policy: prior.runtime_policy.clone(),
+        measured_boot_policy: prior.measured_boot_policy.clone(),
+    };
+    let ima_base = if outcome.rebooted { &ImaState::default() } else { &prior.ima };
 
     if let Some(pcr_policy) = &policy.pcr_policy {
         verdict.merge(pcr_policy.evaluate(evidence.pcrs));
@@ -285,10 +289,12 @@ pub fn appraise(
 
     let mut ima_entries = 0;
     if let Some(rules) = &policy.runtime {
-        let (v, next, read) = appraise_ima(evidence, policy, rules, &state.ima, outcome.rebooted);
+        let (v, next, read) = appraise_ima(evidence, policy, rules, ima_base, outcome.rebooted);
         verdict.merge(v);
         state.ima = next;
         ima_entries = read;
+    } else {
+        state.ima = ima_base.clone();
     }
 
     if let Some(mb) = &policy.measured_boot {
@@ -297,17 +303,19 @@ pub fn appraise(
         state.measured_boot = cache;
     }
 
-    let mut supplied = vec!["quote"];
-    if policy.pcr_policy.is_some() {
-        supplied.push("pcrs");
+    let supplied = [
+        Some("quote"),
+        policy.pcr_policy.is_some().then_some("pcrs"),
+        policy.runtime.is_some().then_some("ima"),
+        policy.measured_boot.is_some().then_some("measured_boot"),
+    ];
+    let mut inputs = [""; 4];
+    let mut n = 0;
+    for input in supplied.into_iter().flatten() {
+        inputs[n] = input;
+        n += 1;
     }
-    if policy.runtime.is_some() {
-        supplied.push("ima");
-    }
-    if policy.measured_boot.is_some() {
-        supplied.push("measured_boot");
-    }
-    verdict.require_coverage(&supplied);
+    verdict.require_coverage(&inputs[..n]);
 
     if !verdict.passed() {
         // Keep the quote's clock (it was genuine) but do not advance IMA past entries that
@@ -357,10 +365,11 @@ fn appraise_ima(
         return (verdict, prior.clone(), 0);
     }
     // The agent serves from the requested offset, or from 0 when its log is shorter (a reboot).
+    let default = ImaState::default();
     let start = if evidence.ima_offset == prior.entries_processed {
-        prior.clone()
+        prior
     } else if evidence.ima_offset == 0 && rebooted {
-        ImaState::default()
+        &default
     } else {
         verdict.push(
             Finding::new(
@@ -384,7 +393,7 @@ fn appraise_ima(
         evidence.ima_entries,
         &rules.policy,
         &rules.keys,
-        &start,
+        start,
         &options,
         quoted,
     ) {

@@ -28,6 +28,7 @@ use tonic::transport::{Channel, Endpoint};
 use kl_tests::deployment::Deployment;
 use kl_tests::{daemon, soft_agent as agent};
 
+mod detect;
 mod serve;
 mod sim;
 mod verifier;
@@ -60,6 +61,17 @@ struct Args {
     /// Agents whose attestation history gives the round-trip distribution.
     #[arg(long, default_value_t = 500)]
     sample: usize,
+    /// Seconds between two points of the curve (the verifier's CPU per attestation and RSS per
+    /// agent over the window).
+    #[arg(long, default_value_t = 30)]
+    sample_every: u64,
+    /// Also write the curve to this CSV file.
+    #[arg(long)]
+    csv: Option<std::path::PathBuf>,
+    /// Agents that measure a file the policy does not allow during the window, one at a time
+    /// and evenly spread over it; the time to each `failed` event is the detection latency.
+    #[arg(long, default_value_t = 0)]
+    tamper: usize,
     /// Enrol the agents by running this program instead of over gRPC, and report its wall
     /// time. It gets `KEYLIME_FLEET_TENANT_CONFIG` (a tenant configuration for kctl),
     /// `KEYLIME_FLEET_AGENTS` (a file with one agent id a line, the policy to use is `fleet`)
@@ -178,6 +190,117 @@ async fn enrol_with_command(
     Ok(())
 }
 
+/// One point of the curve: the quotes served and the verifier's usage at `at` seconds into the
+/// window.
+struct Point {
+    at: f64,
+    quotes: u64,
+    usage: verifier::Usage,
+}
+
+/// The interval from `a` to `b`: its end (s), attestations/s, verifier CPU per attestation
+/// (µs), CPU use (% of a core), RSS (MiB), RSS per agent (KiB).
+fn curve_row(a: &Point, b: &Point, n: usize, base_rss: u64) -> [f64; 6] {
+    let seconds = (b.at - a.at).max(1e-9);
+    let quotes = b.quotes.saturating_sub(a.quotes);
+    let cpu = b.usage.cpu.saturating_sub(a.usage.cpu).as_secs_f64();
+    [
+        b.at,
+        quotes as f64 / seconds,
+        cpu * 1e6 / quotes.max(1) as f64,
+        cpu * 100.0 / seconds,
+        mib(b.usage.rss),
+        b.usage.rss.saturating_sub(base_rss) as f64 / n as f64 / 1024.0,
+    ]
+}
+
+/// Per sampling interval: attestations/s, the verifier's CPU per attestation and CPU use, its RSS
+/// and RSS per agent (above the RSS with the policy stored).
+fn print_curve(
+    curve: &[Point],
+    n: usize,
+    base_rss: u64,
+    csv: Option<&std::path::Path>,
+) -> Result<(), BoxError> {
+    let rows: Vec<[f64; 6]> =
+        curve.windows(2).map(|pair| curve_row(&pair[0], &pair[1], n, base_rss)).collect();
+    println!("Curve (each row: the interval ending at t):");
+    println!();
+    println!(
+        "| t (s) | attestations/s | verifier CPU per attestation (µs) | verifier CPU (% of a \
+         core) | verifier RSS (MiB) | RSS per agent (KiB) |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|");
+    for r in &rows {
+        println!(
+            "| {:.0} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} |",
+            r[0], r[1], r[2], r[3], r[4], r[5]
+        );
+    }
+    println!();
+    if let Some(path) = csv {
+        let mut out = String::from(
+            "t_s,attestations_per_s,verifier_cpu_us_per_attestation,verifier_cpu_percent,\
+             verifier_rss_mib,rss_per_agent_kib\n",
+        );
+        for r in &rows {
+            out.push_str(&format!(
+                "{:.1},{:.1},{:.2},{:.2},{:.2},{:.2}\n",
+                r[0], r[1], r[2], r[3], r[4], r[5]
+            ));
+        }
+        std::fs::write(path, out).map_err(|e| format!("writing {}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Detection latency: p50, p99 and max from the tamper, the same minus the quote interval, and
+/// from the quote that carried the tampered entry.
+fn print_detection(found: &detect::Latencies, tampers: usize, interval: f64) {
+    let pick = |v: &[f64], p: f64| -> f64 {
+        if v.is_empty() {
+            return f64::NAN;
+        }
+        let rank = ((p / 100.0) * (v.len() - 1) as f64).round() as usize;
+        v[rank.min(v.len() - 1)]
+    };
+    let interval_ms = interval * 1e3;
+    let t = &found.from_tamper;
+    let q = &found.from_quote;
+    let max = |v: &[f64]| v.last().copied().unwrap_or(f64::NAN);
+    println!(
+        "Detection latency ({} tampers, {} detected, quote_interval {interval} s):",
+        tampers,
+        t.len()
+    );
+    println!();
+    println!("| | p50 | p99 | max |");
+    println!("|---|---:|---:|---:|");
+    println!(
+        "| tamper to `failed` event | {:.0} ms | {:.0} ms | {:.0} ms |",
+        pick(t, 50.0),
+        pick(t, 99.0),
+        max(t)
+    );
+    println!(
+        "| the same minus the quote interval | {:.0} ms | {:.0} ms | {:.0} ms |",
+        pick(t, 50.0) - interval_ms,
+        pick(t, 99.0) - interval_ms,
+        max(t) - interval_ms
+    );
+    println!(
+        "| quote carrying the entry to `failed` event | {:.1} ms | {:.1} ms | {:.1} ms |",
+        pick(q, 50.0),
+        pick(q, 99.0),
+        max(q)
+    );
+    println!();
+    if found.undetected > 0 {
+        println!("tampers without a failed event: {}", found.undetected);
+        println!();
+    }
+}
+
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
@@ -216,6 +339,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
         args.interval,
     )?;
     let verifier_addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    eprintln!("{} is process {}", verifier.program().display(), verifier.pid());
     let started = Instant::now();
     let mut admin = loop {
         match channel(&tls, verifier_addr, Some(tls.client_identity()?)).await {
@@ -319,19 +443,75 @@ async fn run(args: Args) -> Result<(), BoxError> {
     let warm = verifier.usage()?;
 
     // The measured window.
+    let (failures, watcher) = if args.tamper > 0 {
+        let (failures, task) = detect::watch_failures(&mut admin).await?;
+        (Some(failures), Some(task))
+    } else {
+        (None, None)
+    };
     let (count0, _) = census(&mut admin).await?;
     let quotes0 = sim::quotes(&agents);
     let (v0, s0) = (verifier.usage()?, verifier::usage("/proc/self")?);
     let (t0, wall0) = (Instant::now(), SystemTime::now());
     let window = Duration::from_secs(args.seconds);
+    let every = Duration::from_secs(args.sample_every.max(1));
+    let mut curve = vec![Point { at: 0.0, quotes: quotes0, usage: v0 }];
+    eprintln!(
+        "curve: t (s), attestations/s, verifier CPU per attestation (µs), verifier CPU (% of a \
+         core), verifier RSS (MiB), RSS per agent (KiB)"
+    );
+    // Tamper k at (k + 0.5) / N of the window, on agents spread over the fleet, so that the
+    // revocation notices each failure sends have settled before the next.
+    let tamper_at = |k: usize| window.mul_f64((k as f64 + 0.5) / args.tamper.max(1) as f64);
+    let tamper_step = (n / args.tamper.max(1)).max(1);
+    let mut tampers = Vec::new();
     while t0.elapsed() < window {
-        tokio::time::sleep(Duration::from_secs(1).min(window.saturating_sub(t0.elapsed()))).await;
+        let mut next = window.min(every * curve.len() as u32);
+        if tampers.len() < args.tamper.min(n) {
+            next = next.min(tamper_at(tampers.len()));
+        }
+        let wait = next.saturating_sub(t0.elapsed()).min(Duration::from_secs(1));
+        tokio::time::sleep(wait).await;
         verifier.check_running()?;
+        let elapsed = t0.elapsed();
+        if tampers.len() < args.tamper.min(n) && elapsed >= tamper_at(tampers.len()) {
+            let index = (tampers.len() * tamper_step + tamper_step / 2) % n;
+            tampers.push(detect::tamper(&agents[index], index));
+        }
+        if elapsed >= every * curve.len() as u32 && elapsed < window {
+            curve.push(Point {
+                at: elapsed.as_secs_f64(),
+                quotes: sim::quotes(&agents),
+                usage: verifier.usage()?,
+            });
+            // As it goes, so that a long run that is cut short still shows its curve.
+            if let [.., a, b] = curve.as_slice() {
+                eprintln!(
+                    "{}",
+                    curve_row(a, b, n, with_policy.rss).map(|v| format!("{v:.1}")).join(" ")
+                );
+            }
+        }
     }
     let (v1, s1) = (verifier.usage()?, verifier::usage("/proc/self")?);
     let quotes1 = sim::quotes(&agents);
     let elapsed = t0.elapsed().as_secs_f64();
+    curve.push(Point { at: elapsed, quotes: quotes1, usage: v1 });
     let wall1 = SystemTime::now();
+    if let Some(failures) = &failures {
+        // Tampers near the end of the window get a quote interval and a little more to be found.
+        let limit = Instant::now() + Duration::from_secs_f64(args.interval * 2.0 + 5.0);
+        while Instant::now() < limit {
+            let found = failures.lock().unwrap_or_else(|e| e.into_inner()).len();
+            if found >= tampers.len() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    if let Some(watcher) = watcher {
+        watcher.abort();
+    }
     let (count1, states) = census(&mut admin).await?;
     grower.abort();
 
@@ -411,6 +591,11 @@ async fn run(args: Args) -> Result<(), BoxError> {
     );
     println!("| agent states at the end | {states:?} |");
     println!();
+    print_curve(&curve, n, with_policy.rss, args.csv.as_deref())?;
+    if let Some(failures) = &failures {
+        let found = detect::latencies(&tampers, &agents, failures);
+        print_detection(&found, tampers.len(), args.interval);
+    }
     if let Some(dropped) = server.dropped() {
         println!("connections dropped by the simulator: {dropped}");
         println!();

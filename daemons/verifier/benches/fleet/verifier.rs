@@ -1,7 +1,7 @@
 //! The verifier under test: the real `keylime_verifier` binary as a child process, so that its
 //! CPU time and memory are read from `/proc/<pid>` apart from the simulator's.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -10,7 +10,11 @@ use crate::BoxError;
 /// A running `keylime_verifier`.
 pub struct VerifierProcess {
     child: Child,
+    program: PathBuf,
 }
+
+/// Runs this verifier binary instead of the one built with the benchmark (to compare builds).
+pub const PROGRAM_ENV: &str = "KL_FLEET_VERIFIER";
 
 /// CPU time and memory of one process.
 #[derive(Debug, Clone, Copy)]
@@ -50,13 +54,25 @@ impl VerifierProcess {
         std::fs::create_dir_all(dir.join("verifier"))?;
         let path = dir.join("verifier.conf");
         std::fs::write(&path, config)?;
-        let child = Command::new(env!("CARGO_BIN_EXE_keylime_verifier"))
+        let program = std::env::var_os(PROGRAM_ENV)
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_keylime_verifier")));
+        let child = Command::new(&program)
             .arg("--config")
             .arg(&path)
             .stdin(Stdio::null())
             .spawn()
-            .map_err(|e| format!("starting {}: {e}", env!("CARGO_BIN_EXE_keylime_verifier")))?;
-        Ok(VerifierProcess { child })
+            .map_err(|e| format!("starting {}: {e}", program.display()))?;
+        Ok(VerifierProcess { child, program })
+    }
+
+    pub fn program(&self) -> &Path {
+        &self.program
+    }
+
+    /// The process id, for `perf record -p`.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn usage(&self) -> Result<Usage, BoxError> {

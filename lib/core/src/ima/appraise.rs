@@ -172,8 +172,10 @@ pub fn appraise<'a, R: ImaRules + ?Sized>(
     // returned after the earlier entries are processed, which gives the same result: the
     // whole appraisal is an error.
     let mut entries = entries.into_iter();
-    let mut batch: Vec<Result<Entry<'a>, ImaError>> = Vec::with_capacity(BATCH);
-    let mut ahead: Vec<Result<Entry<'a>, ImaError>> = Vec::with_capacity(BATCH);
+    // Grown on demand: a steady-state round has a few entries, and two full batches (about
+    // 13 KiB) allocated and freed per round cost more than the appraisal of those entries.
+    let mut batch: Vec<Result<Entry<'a>, ImaError>> = Vec::new();
+    let mut ahead: Vec<Result<Entry<'a>, ImaError>> = Vec::new();
     parse_batch(&mut entries, &mut batch, rules);
     while !batch.is_empty() {
         parse_batch(&mut entries, &mut ahead, rules);
