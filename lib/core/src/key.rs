@@ -150,7 +150,9 @@ impl SubjectPublicKey {
     /// Parses a DER SubjectPublicKeyInfo (e.g. a PEM "PUBLIC KEY" block, decoded) holding a key
     /// as certificates carry them: RSA, or an uncompressed point on P-256 or P-384.
     pub fn from_spki_der(der: &[u8]) -> Result<SubjectPublicKey, DerError> {
-        let tlv = Reader::new(der).read(TAG_SEQUENCE, "SubjectPublicKeyInfo")?;
+        let mut reader = Reader::new(der);
+        let tlv = reader.read(TAG_SEQUENCE, "SubjectPublicKeyInfo")?;
+        reader.finish("after the SubjectPublicKeyInfo")?;
         SubjectPublicKey::certificate_key(&tlv)
     }
 
@@ -360,6 +362,10 @@ mod tests {
             SubjectPublicKey::from_spki_der(&rsa_spki(&[0x80; 256], &[1, 0, 1])).expect("RSA");
         assert_eq!(rsa.key, PublicKey::rsa(&[0x80; 256], 65_537));
         spki_key_bits(&rsa.spki_der).expect("well-formed");
+        let mut trailing = ec_spki(oid::P256, &point);
+        trailing.push(0);
+        let err = SubjectPublicKey::from_spki_der(&trailing).expect_err("a byte after the key");
+        assert!(err.reason.contains("1 unexpected bytes"), "{err}");
     }
 
     #[test]

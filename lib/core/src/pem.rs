@@ -93,10 +93,20 @@ fn scan<'a>(text: &'a str, out: &mut Vec<Block<'a>>) -> Option<PemError> {
                 );
             }
             open = Some(Block { label, line: line_no, base64: String::new() });
-        } else if line.starts_with("-----END ") {
+        } else if let Some(rest) = line.strip_prefix("-----END ") {
             let Some(block) = open.take() else {
                 return err(line_no, "END without BEGIN".to_owned());
             };
+            let label = rest.strip_suffix("-----").unwrap_or(rest);
+            if label != block.label {
+                return err(
+                    line_no,
+                    format!(
+                        "END {label:?} closes the {:?} block opened at line {}",
+                        block.label, block.line
+                    ),
+                );
+            }
             out.push(block);
         } else if let Some(block) = open.as_mut() {
             // Skip RFC 1421 headers such as "Proc-Type: ...".
@@ -142,6 +152,8 @@ mod tests {
         assert_eq!(e.line, 1);
         let e = blocks("-----BEGIN A-----\n-----BEGIN B-----").expect_err("nested");
         assert!(e.reason.contains("opened at line 1"), "{e}");
+        let e = blocks("-----BEGIN A-----\nAQI=\n-----END B-----").expect_err("other label");
+        assert_eq!(e.to_string(), "line 3: END \"B\" closes the \"A\" block opened at line 1");
         let b = blocks("-----BEGIN A-----\n!!\n-----END A-----").expect("structure is fine");
         assert_eq!(b[0].decode().expect_err("bad base64").line, 1);
         let lenient = blocks_lenient("-----BEGIN A-----\nAQI=\n-----END A-----\n-----END B-----");
