@@ -102,6 +102,9 @@ pub enum StoreError {
     Connect { url: String, schema: &'static str, source: Box<tokio_postgres::Error> },
     #[error("{url}: {operation}: {}", postgres::reason(source))]
     Database { url: String, operation: String, source: Box<tokio_postgres::Error> },
+    /// Every pooled connection stayed busy for `waited`.
+    #[error("{url}: {operation}: no database connection became free in {waited:?}")]
+    PoolExhausted { url: String, operation: String, waited: std::time::Duration },
     /// Another daemon of this kind holds the store (see the `postgres` module).
     #[error(
         "{url}: another keylime_{schema} uses this database; one {schema} per database until \
@@ -166,7 +169,9 @@ impl StoreError {
     /// unlike a damaged file.
     pub fn is_io(&self) -> bool {
         match self {
-            StoreError::Closed { .. } | StoreError::Connect { .. } => true,
+            StoreError::Closed { .. }
+            | StoreError::Connect { .. }
+            | StoreError::PoolExhausted { .. } => true,
             StoreError::Database { source, .. } => postgres::is_transient(source),
             StoreError::Storage { source, .. } | StoreError::Table { source, .. } => {
                 matches!(**source, redb::Error::Io(_) | redb::Error::PreviousIo)

@@ -62,6 +62,17 @@ impl std::fmt::Debug for Target {
 
 /// How long a connection attempt may take before the store reports the server unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_RETRIES: u32 = 3;
+/// How long sent data may stay unacknowledged before the connection counts as broken.
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(60);
+/// Server-side limits of every session (options in the URL come after, and so win): no
+/// statement or lock wait of the daemons takes more than a fraction of these.
+const SESSION_TIMEOUTS: &str =
+    "-c statement_timeout=120s -c lock_timeout=60s -c idle_in_transaction_session_timeout=300s";
+/// How long an operation waits for a pooled connection before it fails as unavailable.
+const POOL_WAIT: Duration = Duration::from_secs(60);
 
 impl Target {
     /// Parses `url` (`postgresql://user@host:port/db`); the password comes from the URL, or
@@ -109,6 +120,19 @@ impl Target {
             config.password(text.trim_end_matches(['\r', '\n']));
         }
         config.connect_timeout(CONNECT_TIMEOUT);
+        // A server that vanishes without closing the connection (a cut network, a frozen
+        // host) is noticed within about a minute rather than the kernel's two hours, and a
+        // statement or lock wait that hangs ends in an error the writer holds and retries.
+        config
+            .keepalives_idle(KEEPALIVE_IDLE)
+            .keepalives_interval(KEEPALIVE_INTERVAL)
+            .keepalives_retries(KEEPALIVE_RETRIES)
+            .tcp_user_timeout(TCP_USER_TIMEOUT);
+        let options = match config.get_options() {
+            Some(own) if !own.is_empty() => format!("{SESSION_TIMEOUTS} {own}"),
+            _ => SESSION_TIMEOUTS.to_owned(),
+        };
+        config.options(options);
         Ok(Target { config: Box::new(config), shown })
     }
 
@@ -509,7 +533,18 @@ impl Database {
                     }
                 };
             }
-            connections = self.freed.wait(connections).unwrap_or_else(PoisonError::into_inner);
+            let (guard, waited) = self
+                .freed
+                .wait_timeout(connections, POOL_WAIT)
+                .unwrap_or_else(PoisonError::into_inner);
+            connections = guard;
+            if waited.timed_out() && connections.idle.is_empty() {
+                return Err(StoreError::PoolExhausted {
+                    url: self.target.shown.clone(),
+                    operation: operation.to_owned(),
+                    waited: POOL_WAIT,
+                });
+            }
         }
     }
 
@@ -655,7 +690,11 @@ pub(crate) fn reason(error: &tokio_postgres::Error) -> String {
 pub(crate) fn is_transient(error: &tokio_postgres::Error) -> bool {
     match error.code() {
         None => error.as_db_error().is_none(),
-        Some(code) => ["08", "53", "57P"].iter().any(|class| code.code().starts_with(class)),
+        // Connection failures, lack of resources, a server shutting down, and a statement or
+        // lock wait the session timeouts cut short (57014, 55P03): all pass.
+        Some(code) => {
+            ["08", "53", "57P", "57014", "55P03"].iter().any(|class| code.code().starts_with(class))
+        }
     }
 }
 
@@ -713,6 +752,24 @@ mod tests {
         let unparsed = err("host=127.0.0.1 password=s3cret port=abc");
         assert!(!unparsed.contains("s3cret"), "{unparsed}");
         assert!(Target::new("postgresql://u@127.0.0.1/db?hostaddr=127.0.0.1", None).is_ok());
+    }
+
+    #[test]
+    fn sessions_carry_timeouts_that_the_url_can_override() -> Result<(), StoreError> {
+        let plain = Target::new("postgresql://keylime@localhost/fleet", None)?;
+        assert_eq!(plain.config.get_options(), Some(SESSION_TIMEOUTS));
+        assert_eq!(plain.config.get_keepalives_idle(), KEEPALIVE_IDLE);
+        assert_eq!(plain.config.get_tcp_user_timeout(), Some(&TCP_USER_TIMEOUT));
+        let own = Target::new(
+            "postgresql://keylime@localhost/fleet?options=-c%20statement_timeout%3D5s",
+            None,
+        )?;
+        // PostgreSQL applies the options in order, so the URL's come last.
+        assert_eq!(
+            own.config.get_options(),
+            Some(format!("{SESSION_TIMEOUTS} -c statement_timeout=5s").as_str())
+        );
+        Ok(())
     }
 
     #[test]
