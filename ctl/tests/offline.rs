@@ -538,3 +538,167 @@ fn policy_digest_is_the_same_for_every_spelling_of_one_policy_and_names_bad_file
     assert!(stderr(&out).contains("bad-mb.json"), "{}", stderr(&out));
     assert!(out.stdout.is_empty());
 }
+
+/// An ima-buf line measuring `buf` under `name`, template hash included.
+fn ima_buf_line(name: &str, buf: &[u8]) -> String {
+    let digest = HashAlg::Sha256.digest(buf);
+    let mut data = Vec::new();
+    data.extend_from_slice(&(("sha256".len() + 2 + 32) as u32).to_le_bytes());
+    data.extend_from_slice(b"sha256:\0");
+    data.extend_from_slice(digest.as_bytes());
+    data.extend_from_slice(&((name.len() + 1) as u32).to_le_bytes());
+    data.extend_from_slice(name.as_bytes());
+    data.push(0);
+    data.extend_from_slice(&(buf.len() as u32).to_le_bytes());
+    data.extend_from_slice(buf);
+    let template_hash = HashAlg::Sha1.digest(&data);
+    let hex: String = buf.iter().map(|b| format!("{b:02x}")).collect();
+    format!("10 {} ima-buf sha256:{} {name} {hex}\n", template_hash.to_hex(), digest.to_hex())
+}
+
+/// `kctl policies test` appraises the log before the policy is loaded and keeps that result
+/// only when the policy confirms every lookup. On a log of signed files (good and bad
+/// signatures), a key measured into `.ima` that verifies later files, and a buffer, its
+/// report is the one of appraising with the policy directly, for policies that allow,
+/// exclude, ignore or refuse each kind of entry.
+#[test]
+fn a_log_appraised_ahead_of_the_policy_reports_what_the_policy_does() {
+    use kl_core::ima::{self, ImaOptions, ImaState, VerificationKeys};
+    use kl_core::policy::{self, LoadOptions};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let multikey = Path::new(FIXTURES).join("../ima-multikey");
+    let signed = std::fs::read_to_string(multikey.join("signed-bad")).expect("fixture");
+    let key_pem = std::fs::read_to_string(multikey.join("keys/rsa2048.pub.pem")).expect("key");
+    let key = kl_core::pem::blocks(&key_pem).expect("PEM")[0].decode().expect("base64");
+    let cmdline = b"root=/dev/vda1 ro";
+    let mut lines: Vec<String> = signed.lines().map(|l| format!("{l}\n")).collect();
+    lines.insert(1, ima_buf_line(".ima", &key));
+    lines.insert(2, ima_buf_line("kexec-cmdline", cmdline));
+    let log_text = lines.concat();
+    let log = dir.path().join("log");
+    std::fs::write(&log, &log_text).expect("write");
+
+    // Each file's digest as the log has it, and the key's and buffer's.
+    let mut files = serde_json::Map::new();
+    for line in &lines {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields[2] == "ima-sig" {
+            files.insert(fields[4].to_owned(), Value::from(vec![fields[3]]));
+        }
+    }
+    let sha256 = |b: &[u8]| format!("sha256:{}", HashAlg::Sha256.digest(b).to_hex());
+    let base = serde_json::json!({
+        "version": 1,
+        "kind": "runtime",
+        "files": files,
+        "keyrings": {".ima": [sha256(&key)]},
+        "buffers": {"kexec-cmdline": [sha256(cmdline)]},
+    });
+    let other = format!("sha256:{}", "11".repeat(32));
+    let variant = |change: &dyn Fn(&mut Value)| {
+        let mut p = base.clone();
+        change(&mut p);
+        p
+    };
+    let cases: Vec<(&str, Value, bool)> = vec![
+        ("everything allowed", base.clone(), true),
+        (
+            "bad signature excluded",
+            variant(&|p| {
+                p["files"].as_object_mut().expect("map").remove("/usr/bin/modified");
+                p["excludes"] = serde_json::json!(["/usr/bin/modified"]);
+            }),
+            true,
+        ),
+        (
+            "bad signature not allowed",
+            variant(&|p| {
+                p["files"].as_object_mut().expect("map").remove("/usr/bin/modified");
+            }),
+            false,
+        ),
+        (
+            "several digests",
+            variant(&|p| {
+                let d = p["files"]["/usr/bin/outsider"][0].clone();
+                p["files"]["/usr/bin/outsider"] = serde_json::json!([other, d]);
+            }),
+            true,
+        ),
+        (
+            "other digest only",
+            variant(&|p| p["files"]["/usr/bin/outsider"] = serde_json::json!([other])),
+            false,
+        ),
+        (
+            "keyring ignored",
+            variant(&|p| p["ignored_keyrings"] = serde_json::json!([".ima"])),
+            true,
+        ),
+        (
+            "keyring ignored, files left to the key",
+            variant(&|p| {
+                p["ignored_keyrings"] = serde_json::json!(["*"]);
+                p["files"].as_object_mut().expect("map").remove("/usr/bin/rsa-signed");
+            }),
+            false,
+        ),
+        (
+            "files left to the key learned from the keyring",
+            variant(&|p| {
+                p["files"].as_object_mut().expect("map").remove("/usr/bin/rsa-signed");
+            }),
+            true,
+        ),
+        ("keyring not in policy", variant(&|p| p["keyrings"] = serde_json::json!({})), false),
+        (
+            "keyring with another key",
+            variant(&|p| p["keyrings"] = serde_json::json!({".ima": [other]})),
+            false,
+        ),
+        ("keyring excluded", variant(&|p| p["excludes"] = serde_json::json!(["\\.ima"])), true),
+        ("buffer not in policy", variant(&|p| p["buffers"] = serde_json::json!({})), false),
+        (
+            "buffer excluded",
+            variant(&|p| {
+                p["buffers"] = serde_json::json!({});
+                p["excludes"] = serde_json::json!(["kexec-"]);
+            }),
+            true,
+        ),
+    ];
+    let quoted = ima::replay_log(log_text.as_bytes(), &[HashAlg::Sha256]).expect("replays").pcrs[0];
+    for (what, doc, passes) in cases {
+        let path = dir.path().join("policy.json");
+        let bytes = serde_json::to_vec(&doc).expect("JSON");
+        std::fs::write(&path, &bytes).expect("write");
+        let policy = policy::load(&bytes, &LoadOptions::default()).expect("policy loads").0;
+        let real = ima::appraise_log(
+            log_text.as_bytes(),
+            &policy,
+            &VerificationKeys::new(),
+            &ImaState::default(),
+            &ImaOptions { log_hash_alg: policy.log_hash_alg(), ..ImaOptions::default() },
+            &quoted,
+        )
+        .expect("appraises");
+        let out = kctl(&[
+            "policies",
+            "test",
+            "--runtime-policy",
+            s(&path),
+            "--ima-log",
+            s(&log),
+            "-o",
+            "json",
+        ]);
+        assert_eq!(out.status.code(), Some(if passes { 0 } else { 1 }), "{what}: {}", stderr(&out));
+        let v = json(&out);
+        assert_eq!(v["passed"], passes, "{what}");
+        assert_eq!(real.verdict.passed(), passes, "{what}");
+        let findings = serde_json::to_value(&real.verdict.findings).expect("JSON");
+        assert_eq!(v["findings"], findings, "{what}");
+        assert_eq!(v["ima"]["entries"], real.entries, "{what}");
+    }
+}

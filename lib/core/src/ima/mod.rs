@@ -30,6 +30,8 @@ mod speculate;
 #[cfg(test)]
 mod sig_tests;
 #[cfg(test)]
+mod speculate_tests;
+#[cfg(test)]
 mod tests;
 
 pub use appraise::{

@@ -19,12 +19,12 @@ use crate::verdict::rule;
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/keylime");
 
-fn fixture(name: &str) -> Vec<u8> {
+pub(super) fn fixture(name: &str) -> Vec<u8> {
     let path = format!("{FIXTURES}/{name}");
     std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
-fn pem_der(name: &str, label: &str) -> Vec<u8> {
+pub(super) fn pem_der(name: &str, label: &str) -> Vec<u8> {
     let text = String::from_utf8(fixture(name)).expect("PEM text");
     let blocks = pem::blocks(&text).expect("PEM");
     blocks.iter().find(|b| b.label == label).expect("PEM block").decode().expect("base64")
@@ -48,7 +48,7 @@ fn ec_spki(curve: &[u8], point: &[u8]) -> Vec<u8> {
 }
 
 /// A `signature_v2_hdr` field.
-fn sig_field(hash_algo: u8, keyid: u32, sig: &[u8]) -> Vec<u8> {
+pub(super) fn sig_field(hash_algo: u8, keyid: u32, sig: &[u8]) -> Vec<u8> {
     let mut out = vec![EVM_IMA_XATTR_DIGSIG_TYPE, 2, hash_algo];
     out.extend_from_slice(&keyid.to_be_bytes());
     out.extend_from_slice(&(sig.len() as u16).to_be_bytes());
@@ -57,12 +57,16 @@ fn sig_field(hash_algo: u8, keyid: u32, sig: &[u8]) -> Vec<u8> {
 }
 
 const EVM_IMA_XATTR_DIGSIG_TYPE: u8 = sig::EVM_IMA_XATTR_DIGSIG;
-const HASH_ALGO_SHA256: u8 = 4;
+pub(super) const HASH_ALGO_SHA256: u8 = 4;
 const HASH_ALGO_SHA384: u8 = 5;
 const HASH_ALGO_SHA512: u8 = 6;
 
 /// Signs `content` with the fixture RSA key (PKCS#1 v1.5); the signature is over its digest.
-fn rsa_sign(key_pem: &str, alg: &'static dyn rs::RsaEncoding, content: &[u8]) -> Vec<u8> {
+pub(super) fn rsa_sign(
+    key_pem: &str,
+    alg: &'static dyn rs::RsaEncoding,
+    content: &[u8],
+) -> Vec<u8> {
     let key = rs::RsaKeyPair::from_der(&pem_der(key_pem, "RSA PRIVATE KEY")).expect("RSA key");
     let mut sig = vec![0; key.public().modulus_len()];
     key.sign(alg, &SystemRandom::new(), content, &mut sig).expect("signs");
