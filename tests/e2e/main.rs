@@ -19,6 +19,7 @@ mod operations;
 mod postgres;
 mod reference;
 mod registration;
+mod replicas;
 mod store_postgres;
 mod terraform;
 

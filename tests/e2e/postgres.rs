@@ -15,7 +15,7 @@ use crate::attestation::System;
 use crate::{OUTCOME_TIMEOUT, agent_settings, tpm_and_deployment};
 
 /// `database_url` and `database_password_file` of a fresh database `name` on `server`.
-fn database_settings(server: &Postgres, name: &str) -> Result<toml::Table> {
+pub(crate) fn database_settings(server: &Postgres, name: &str) -> Result<toml::Table> {
     let mut settings = toml::Table::new();
     settings.insert("database_url".into(), server.create_database(name)?.into());
     settings.insert(
@@ -113,7 +113,7 @@ async fn a_verifier_on_postgres_attests_an_agent_and_keeps_it_across_a_restart()
     assert!(newest > count, "history goes on after the restart: {history}");
 
     // The server goes away for a while: the verifier holds its writes, keeps running, and
-    // commits them once the server is back (taking its instance lock again).
+    // commits them once the server is back (before it takes its agents' leases again).
     server.stop()?;
     sys.verifier.wait_for_output("committing attestation state failed", OUTCOME_TIMEOUT)?;
     let during = sys.show()?["attestation_count"].as_u64().unwrap_or(0);

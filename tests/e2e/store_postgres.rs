@@ -26,20 +26,6 @@ fn database() -> Result<Option<(Postgres, Location)>> {
     Ok(Some((server, location)))
 }
 
-/// Opens the verifier store at `location` once the server has ended the session of the one
-/// closed just before (it holds the lock that keeps a second verifier out).
-fn reopen_verifier(location: &Location) -> Result<VerifierStore> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        match VerifierStore::open_at(location) {
-            Err(kl_store::StoreError::InUse { .. }) if std::time::Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            opened => return Ok(opened?),
-        }
-    }
-}
-
 fn registrar_record(id: &str, ek: u8) -> AgentRecord {
     AgentRecord {
         agent_id: id.to_owned(),
@@ -139,6 +125,7 @@ fn agent(id: &str, runtime_policy: &str) -> AgentEntry {
         consecutive_errors: 0,
         history_sequence: 0,
         payload_digest: String::new(),
+        revision: 0,
     }
 }
 
@@ -190,7 +177,7 @@ fn verifier_events_history_batches_and_pruning() -> Result<()> {
     assert_eq!(cursors(&store.commit(batch, 0)?), [1, 2]);
     store.commit(Batch { events: vec![event("a", Timestamp::now())], ..Batch::default() }, 0)?;
     drop(store);
-    let store = reopen_verifier(&location)?;
+    let store = VerifierStore::open_at(&location)?;
     assert_eq!(store.get_agent("a")?.map(|a| a.agent_id), Some("a".to_owned()));
     let after_one = store.events_after(1, 10)?;
     assert_eq!(cursors(&after_one), [2, 3]);
@@ -274,13 +261,10 @@ fn verifier_events_history_batches_and_pruning() -> Result<()> {
 fn verifier_policies_with_preconditions_sharing_and_use() -> Result<()> {
     let Some((_server, location)) = database()? else { return Ok(()) };
     let store = VerifierStore::open_at(&location)?;
-    // One verifier per database, as one process per redb file; registrars may share theirs.
-    let second = VerifierStore::open_at(&location).err().map(|e| e.to_string());
-    let expected = format!(
-        "{location}: another keylime_verifier uses this database; one verifier per database \
-         until replicas share it"
-    );
-    assert_eq!(second.as_deref(), Some(expected.as_str()));
+    // Verifier replicas share a database, and so do registrars.
+    let second = VerifierStore::open_at(&location)?;
+    assert_eq!(second.agent_count()?, store.agent_count()?);
+    drop(second);
     let registrars = (RegistrarStore::open_at(&location)?, RegistrarStore::open_at(&location)?);
     drop(registrars);
     let kind = PolicyKind::MeasuredBoot;
@@ -330,7 +314,7 @@ fn verifier_policies_with_preconditions_sharing_and_use() -> Result<()> {
     assert!(store.list_policies(kind)?.is_empty());
     // Closing the store lets the next verifier in.
     drop(store);
-    assert!(reopen_verifier(&location)?.list_policies(kind)?.is_empty());
+    assert!(VerifierStore::open_at(&location)?.list_policies(kind)?.is_empty());
     Ok(())
 }
 
@@ -384,7 +368,7 @@ fn newer_schema_unreachable_server_and_missing_password_are_named() -> Result<()
     let psql = |sql: &str| server.psql("keylime", sql);
     assert_eq!(
         psql("SELECT store || '=' || schema_version FROM meta ORDER BY store")?,
-        "registrar=1\nverifier=2"
+        "registrar=1\nverifier=3"
     );
     psql("UPDATE meta SET schema_version = 7 WHERE store = 'registrar'")?;
     let refused = RegistrarStore::open_at(&location).err().map(|e| e.to_string());
@@ -393,7 +377,7 @@ fn newer_schema_unreachable_server_and_missing_password_are_named() -> Result<()
          keylime-rs or restore a backup made by this version"
     );
     assert_eq!(refused.as_deref(), Some(expected.as_str()));
-    drop(reopen_verifier(&location)?);
+    drop(VerifierStore::open_at(&location)?);
 
     // Without the password the server refuses; the error names the URL.
     let no_password = Location::new("unused.redb".into(), Some(&url), None)?;
@@ -408,7 +392,8 @@ fn newer_schema_unreachable_server_and_missing_password_are_named() -> Result<()
     // A password in the URL works too, and is never shown.
     let password = std::fs::read_to_string(server.password_file())?;
     let with_password = url.replace("postgres@", &format!("postgres:{}@", password.trim()));
-    let store = reopen_verifier(&Location::new("unused.redb".into(), Some(&with_password), None)?)?;
+    let store =
+        VerifierStore::open_at(&Location::new("unused.redb".into(), Some(&with_password), None)?)?;
     assert_eq!(store.location(), url);
 
     // A stopped server: operations fail as I/O failures (retried by the daemons' writers) and
@@ -426,22 +411,12 @@ fn newer_schema_unreachable_server_and_missing_password_are_named() -> Result<()
     store.reopen()?;
     assert_eq!(store.last_event()?, 0);
 
-    // A server restart ends the session holding the verifier's lock: another verifier that
-    // takes it first keeps it, and the first one's writes are refused, not mixed in.
+    // After a server restart, the store writes again (its broken connections are replaced),
+    // beside another store on the same database: replicas share it.
     server.stop()?;
     server.start_again()?;
     let other = VerifierStore::open_at(&location)?;
-    let refused = store.set_cursor("webhook", 1).err().map(|e| e.to_string());
-    assert_eq!(
-        refused.as_deref(),
-        Some(
-            format!(
-                "{url}: another keylime_verifier uses this database; one verifier per database \
-                 until replicas share it"
-            )
-            .as_str()
-        )
-    );
+    store.set_cursor("webhook", 1)?;
     other.set_cursor("webhook", 2)?;
     assert_eq!(store.cursor("webhook")?, Some(2));
     Ok(())
@@ -607,7 +582,8 @@ fn postgres_claims_skip_agents_locked_by_another_transaction_without_waiting() -
 }
 
 #[test]
-fn postgres_commit_as_is_refused_for_agents_leased_to_another_or_expired() -> Result<()> {
+fn postgres_commit_as_writes_only_agents_held_at_their_revision_and_keeps_every_event() -> Result<()>
+{
     let Some((server, location)) = database()? else { return Ok(()) };
     let store = VerifierStore::open_at(&location)?;
     let all = enroll(&store, 3)?;
@@ -621,32 +597,26 @@ fn postgres_commit_as_is_refused_for_agents_leased_to_another_or_expired() -> Re
         ..Batch::default()
     };
     // Its own agents: written, with events and history.
-    assert_eq!(cursors(&store.commit_as("r1", write(a, "p1"), 0)?), [1]);
+    let committed = store.commit_as("r1", write(a, "p1"), 0)?;
+    assert_eq!((cursors(&committed.events), committed.refused), (vec![1], vec![]));
     assert_eq!(store.get_agent(a)?.map(|x| x.runtime_policy), Some("p1".to_owned()));
 
-    // Another holder's agent, even among its own: nothing is written.
+    // Another holder's agent among its own: that agent's entry and history are left out,
+    // its event is kept (it reports what r1 saw).
     let mut both = write(a, "p2");
     both.extend(write(c, "p2"));
-    let refused = store.commit_as("r1", &both, 0).err().map(|e| e.to_string());
-    assert_eq!(
-        refused.as_deref(),
-        Some(format!("agent {c:?}: not written for \"r1\": it is leased to \"r2\"").as_str())
-    );
-    assert_eq!(store.get_agent(a)?.map(|x| x.runtime_policy), Some("p1".to_owned()));
+    let committed = store.commit_as("r1", &both, 0)?;
+    assert_eq!((cursors(&committed.events), committed.refused), (vec![2, 3], vec![c.clone()]));
+    assert_eq!(store.get_agent(a)?.map(|x| x.runtime_policy), Some("p2".to_owned()));
     assert_eq!(store.get_agent(c)?.map(|x| x.runtime_policy), Some(String::new()));
-    assert_eq!(store.last_event()?, 1);
     assert!(store.history(c, None, 10)?.is_empty());
-    // An event alone, or a removal, is fenced too.
-    let event_only = Batch { events: vec![event(c, Timestamp::now())], ..Batch::default() };
-    assert!(matches!(
-        store.commit_as("r1", &event_only, 0),
-        Err(StoreError::NotLeased { ref held_by, expired: false, .. }) if held_by.as_deref() == Some("r2")
-    ));
+    // A removal of another holder's agent is refused too.
     let removal = Batch { removed: vec![c.clone()], ..Batch::default() };
-    assert!(store.commit_as("r1", &removal, 0).is_err());
+    assert_eq!(store.commit_as("r1", &removal, 0)?.refused, std::slice::from_ref(c));
     assert!(store.get_agent(c)?.is_some());
 
-    // An expired lease: refused though nobody took it yet.
+    // An expired lease nobody took yet: written (what r1 found while it held the agent),
+    // but no longer renewed; once another holder takes it, refused.
     server.psql(
         "keylime",
         &format!(
@@ -654,26 +624,82 @@ fn postgres_commit_as_is_refused_for_agents_leased_to_another_or_expired() -> Re
              WHERE agent_id = '{b}'"
         ),
     )?;
-    let refused = store.commit_as("r1", write(b, "p3"), 0).err().map(|e| e.to_string());
-    assert_eq!(
-        refused.as_deref(),
-        Some(
-            format!("agent {b:?}: not written for \"r1\": the lease of \"r1\" on it expired")
-                .as_str()
-        )
-    );
-    // An agent without a lease (a new one): refused; plain commit enrolls it.
-    let refused = store.commit_as("r1", write("new", "p"), 0).err().map(|e| e.to_string());
-    assert_eq!(refused.as_deref(), Some("agent \"new\": not written for \"r1\": it has no lease"));
+    assert!(store.commit_as("r1", write(b, "p3"), 0)?.refused.is_empty());
+    assert_eq!(store.get_agent(b)?.map(|x| x.runtime_policy), Some("p3".to_owned()));
+    assert!(!store.renew_leases("r1", LONG)?.agents.contains(b));
+    assert_eq!(store.claim_leases("r3", 10, LONG)?.agents, std::slice::from_ref(b));
+    assert_eq!(store.commit_as("r1", write(b, "p4"), 0)?.refused, std::slice::from_ref(b));
+    assert_eq!(store.get_agent(b)?.map(|x| x.runtime_policy), Some("p3".to_owned()));
+    // An agent without a row or lease (a new one): refused; an operator's change enrols it.
+    assert_eq!(store.commit_as("r1", write("new", "p"), 0)?.refused, ["new"]);
     assert!(store.get_agent("new")?.is_none());
-    store.commit(write("new", "p"), 0)?;
+    let (events, existed) =
+        store.modify_agent("new", 0, |current| (Some(write("new", "p")), current.is_some()))?;
+    assert_eq!((cursors(&events), existed), (vec![7], false));
+    assert_eq!(
+        store.get_agent("new")?.map(|x| (x.runtime_policy, x.revision)),
+        Some(("p".to_owned(), 1))
+    );
 
-    // The holder removes its agent: the lease goes with it.
-    assert_eq!(store.renew_leases("r2", LONG)?.agents, std::slice::from_ref(c));
-    store.commit_as("r2", removal, 0)?;
+    // An operator changes r1's agent: r1's writes made at the old revision are refused
+    // until it reads the agent again; the renewal reports the new revision.
+    let (_, seen) = store.modify_agent(a, 0, |current| {
+        let mut entry = current.clone().unwrap_or_else(|| agent(a, ""));
+        entry.runtime_policy = "operator".to_owned();
+        (Some(Batch { agents: vec![entry], ..Batch::default() }), current.map(|x| x.revision))
+    })?;
+    assert_eq!(seen, Some(0));
+    assert_eq!(store.commit_as("r1", write(a, "stale"), 0)?.refused, std::slice::from_ref(a));
+    let renewed = store.renew_leases("r1", LONG)?;
+    assert_eq!((renewed.agents, renewed.revisions), (vec![a.clone()], vec![1]));
+    let mut fresh = store.get_agent(a)?.ok_or_else(|| err("agent a is gone"))?;
+    assert_eq!((fresh.runtime_policy.as_str(), fresh.revision), ("operator", 1));
+    fresh.attestation_count = 7;
+    let batch = Batch { agents: vec![fresh], ..Batch::default() };
+    assert!(store.commit_as("r1", batch, 0)?.refused.is_empty());
+    assert_eq!(store.get_agent(a)?.map(|x| x.attestation_count), Some(7));
+    // No change: nothing is written and the revision stays.
+    let (events, ()) = store.modify_agent(a, 0, |_| (None, ()))?;
+    assert!(events.is_empty());
+    assert_eq!(store.get_agent(a)?.map(|x| x.revision), Some(1));
+
+    // An operator unenrols r2's agent: the lease goes with it.
+    store.modify_agent(c, 0, |_| (Some(removal), ()))?;
     assert!(store.get_agent(c)?.is_none());
     assert!(store.renew_leases("r2", LONG)?.agents.is_empty());
-    assert_eq!(store.lease_holders()?, [("r1".to_owned(), 1)]);
+    assert_eq!(store.lease_holders()?, [("r1".to_owned(), 1), ("r3".to_owned(), 1)]);
+    assert_eq!(store.agent_count()?, 3);
+    Ok(())
+}
+
+#[test]
+fn postgres_replicas_announce_themselves_take_duties_one_at_a_time_and_withdraw() -> Result<()> {
+    let Some((server, location)) = database()? else { return Ok(()) };
+    let store = VerifierStore::open_at(&location)?;
+    let all = enroll(&store, 2)?;
+    assert_eq!(store.announce("r2", LONG)?, ["r2"]);
+    assert_eq!(store.announce("r1", LONG)?, ["r1", "r2"]);
+    assert!(store.take_duty("webhook", "r1", LONG)?.is_some());
+    assert!(store.take_duty("webhook", "r2", LONG)?.is_none());
+    assert!(store.take_duty("prune", "r2", LONG)?.is_some());
+    // The holder renews its duty.
+    assert!(store.take_duty("webhook", "r1", LONG)?.is_some());
+    assert_eq!(store.claim_leases("r1", 10, LONG)?.agents, all);
+
+    // r1 withdraws: its presence, duties and leases go at once.
+    store.withdraw("r1")?;
+    assert_eq!(store.announce("r2", LONG)?, ["r2"]);
+    assert!(store.take_duty("webhook", "r2", LONG)?.is_some());
+    assert_eq!(store.claim_leases("r2", 10, LONG)?.agents, all);
+
+    // A replica that stops announcing itself is no longer present once its time runs out.
+    server.psql(
+        "keylime",
+        "UPDATE verifier_replicas SET expires_at = now() - interval '1 second' WHERE id = 'r2'; \
+         UPDATE verifier_duties SET expires_at = now() - interval '1 second'",
+    )?;
+    assert_eq!(store.announce("r3", LONG)?, ["r3"]);
+    assert!(store.take_duty("webhook", "r3", LONG)?.is_some());
     Ok(())
 }
 
@@ -694,14 +720,17 @@ fn postgres_verifier_schema_1_migrates_to_leases_keeping_its_data_and_newer_is_r
     )?;
     store.set_cursor("webhook", 1)?;
     drop(store);
-    // The database as schema version 1 left it: the same tables, without the lease table.
+    // The database as schema version 1 left it: the same tables, without those of leases,
+    // replicas and duties, and without agent revisions.
     psql(
-        "DROP TABLE verifier_leases; UPDATE meta SET schema_version = 1 WHERE store = 'verifier'",
+        "DROP TABLE verifier_leases, verifier_replicas, verifier_duties; \
+         ALTER TABLE verifier_agents DROP COLUMN revision; \
+         UPDATE meta SET schema_version = 1 WHERE store = 'verifier'",
     )?;
     assert_eq!(psql("SELECT to_regclass('verifier_leases') IS NULL")?, "t");
 
-    let store = reopen_verifier(&location)?;
-    assert_eq!(psql("SELECT schema_version FROM meta WHERE store = 'verifier'")?, "2");
+    let store = VerifierStore::open_at(&location)?;
+    assert_eq!(psql("SELECT schema_version FROM meta WHERE store = 'verifier'")?, "3");
     let ids: Vec<String> = store.list_agents(None, 10)?.into_iter().map(|a| a.agent_id).collect();
     assert_eq!(ids, all);
     assert_eq!(sequences(&store.history(&all[0], None, 10)?), [1]);
@@ -710,11 +739,11 @@ fn postgres_verifier_schema_1_migrates_to_leases_keeping_its_data_and_newer_is_r
     assert_eq!(store.claim_leases("r1", 10, LONG)?.agents, all);
     drop(store);
 
-    psql("UPDATE meta SET schema_version = 3 WHERE store = 'verifier'")?;
+    psql("UPDATE meta SET schema_version = 4 WHERE store = 'verifier'")?;
     let url = server.url("keylime");
-    let refused = reopen_verifier(&location).err().map(|e| e.to_string());
+    let refused = VerifierStore::open_at(&location).err().map(|e| e.to_string());
     let expected = format!(
-        "{url}: schema version 3 is newer than the 2 this verifier supports; use a newer \
+        "{url}: schema version 4 is newer than the 3 this verifier supports; use a newer \
          keylime-rs or restore a backup made by this version"
     );
     assert_eq!(refused.as_deref(), Some(expected.as_str()));
@@ -754,12 +783,7 @@ fn postgres_commit_as_waits_for_a_claim_in_progress_and_is_refused_after_it() ->
             std::thread::sleep(Duration::from_millis(20));
         }
         let batch = Batch { agents: vec![agent(a, "late")], ..Batch::default() };
-        let refused = store.commit_as("r1", batch, 0).err();
-        assert!(
-            matches!(&refused, Some(StoreError::NotLeased { held_by, expired: false, .. })
-                if held_by.as_deref() == Some("r2")),
-            "{refused:?}"
-        );
+        assert_eq!(store.commit_as("r1", batch, 0)?.refused, all);
         claiming.join().map_err(|_| err("psql thread panicked"))??;
         Ok(())
     })?;

@@ -158,14 +158,30 @@ impl Deployment {
         self.start_listening(VERIFIER, "verifier", config)
     }
 
+    /// Starts another verifier (a replica) with `config` in `<name>.conf`, logging to
+    /// `<name>.log`, waiting for its port.
+    pub fn start_verifier_named(&self, name: &str, config: &toml::Table) -> Result<Daemon> {
+        self.start_listening(VERIFIER, name, config)
+    }
+
     /// A tenant config for kctl and keylime_tenant: this deployment's TLS files, the verifier
     /// and the registrar.
     pub fn tenant_config(&self, verifier_port: u16, registrar_port: u16) -> Result<PathBuf> {
+        self.tenant_config_named("tenant.conf", verifier_port, registrar_port)
+    }
+
+    /// [`Deployment::tenant_config`] in `<keylime_dir>/<name>` (one per verifier replica).
+    pub fn tenant_config_named(
+        &self,
+        name: &str,
+        verifier_port: u16,
+        registrar_port: u16,
+    ) -> Result<PathBuf> {
         let mut t = toml::Table::new();
         t.insert("keylime_dir".into(), path_value(self.keylime_dir()));
         t.insert("verifier_port".into(), i64::from(verifier_port).into());
         t.insert("registrar_port".into(), i64::from(registrar_port).into());
-        self.write_config("tenant.conf", &t)
+        self.write_config(name, &t)
     }
 
     /// Writes an agent config under `<keylime_dir>/<name>/` and starts the agent, waiting for

@@ -13,13 +13,32 @@ use crate::context::Context;
 use crate::lifecycle::{self, AgentRuntime, AgentSlot, Enrolment, Identity};
 use crate::{Error, convert, scheduler};
 
+mod shared;
+
 /// What an update asks to change; `None` leaves a setting as it is.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Update {
     pub runtime_policy: Option<String>,
     pub measured_boot_policy: Option<String>,
     pub pcr_policy_json: Option<String>,
     pub resume: bool,
+}
+
+impl Update {
+    /// `entry` with the settings this update asks for.
+    fn apply(&self, entry: &AgentEntry) -> AgentEntry {
+        let mut settings = entry.clone();
+        if let Some(name) = &self.runtime_policy {
+            settings.runtime_policy = name.clone();
+        }
+        if let Some(name) = &self.measured_boot_policy {
+            settings.measured_boot_policy = name.clone();
+        }
+        if let Some(json) = &self.pcr_policy_json {
+            settings.pcr_policy_json = json.clone();
+        }
+        settings
+    }
 }
 
 /// Refuses a PCR policy that pins a PCR the agent's measured-boot or runtime policy owns.
@@ -91,6 +110,9 @@ pub(crate) async fn enrol(
     });
     // The inputs must be usable before anything is stored.
     check_pcr_overlap(&ctx.build_policy(&entry)?, &entry)?;
+    if ctx.replica.is_some() {
+        return shared::enrol(ctx, entry).await;
+    }
 
     if let Some(slot) = ctx.agents.get(&entry.agent_id) {
         let mut rt = slot.runtime.lock().await;
@@ -122,30 +144,25 @@ pub(crate) async fn enrol(
 
 /// Changes an agent's policies, resumes it, or both.
 pub(crate) async fn update(
-    ctx: &Context,
-    slot: &AgentSlot,
+    ctx: &Arc<Context>,
+    agent_id: &str,
     update: Update,
 ) -> Result<(pb::AgentStatus, bool), Error> {
+    if ctx.replica.is_some() {
+        return shared::update(ctx, agent_id, update).await;
+    }
+    let slot = slot(ctx, agent_id)?;
     let _enrolment = ctx.agents.enrolment_lock(&slot.id).lock().await;
     let mut rt = slot.runtime.lock().await;
     if slot.is_removed() {
         return Err(Error::AgentNotFound { agent_id: slot.id.clone() });
     }
-    let mut settings = rt.entry.clone();
-    if let Some(name) = update.runtime_policy {
-        settings.runtime_policy = name;
-    }
-    if let Some(name) = update.measured_boot_policy {
-        settings.measured_boot_policy = name;
-    }
-    if let Some(json) = update.pcr_policy_json {
-        settings.pcr_policy_json = json;
-    }
+    let settings = update.apply(&rt.entry);
     if settings != rt.entry {
         check_pcr_overlap(&ctx.build_policy(&settings)?, &settings)?;
     }
     let batch = rt.update(settings, update.resume);
-    let changed = apply(ctx, slot, batch).await?;
+    let changed = apply(ctx, &slot, batch).await?;
     let agent = if changed { convert::agent_status(&rt.current()) } else { shown(ctx, &rt).await };
     Ok((agent, changed))
 }
@@ -158,10 +175,14 @@ pub(crate) enum Control {
 }
 
 pub(crate) async fn control(
-    ctx: &Context,
-    slot: &AgentSlot,
+    ctx: &Arc<Context>,
+    agent_id: &str,
     control: Control,
 ) -> Result<(pb::AgentStatus, bool), Error> {
+    if ctx.replica.is_some() {
+        return shared::control(ctx, agent_id, control).await;
+    }
+    let slot = slot(ctx, agent_id)?;
     let mut rt = slot.runtime.lock().await;
     let batch = match control {
         Control::Stop => rt.stop(),
@@ -171,12 +192,15 @@ pub(crate) async fn control(
         // Unenrolled while this call waited for the agent: nothing to change.
         return Err(Error::AgentNotFound { agent_id: slot.id.clone() });
     }
-    let changed = apply(ctx, slot, batch).await?;
+    let changed = apply(ctx, &slot, batch).await?;
     Ok((shown(ctx, &rt).await, changed))
 }
 
 /// Unenrols `agent_id`; whether it was enrolled.
-pub(crate) async fn unenrol(ctx: &Context, agent_id: &str) -> Result<bool, Error> {
+pub(crate) async fn unenrol(ctx: &Arc<Context>, agent_id: &str) -> Result<bool, Error> {
+    if ctx.replica.is_some() {
+        return shared::unenrol(ctx, agent_id).await;
+    }
     let _enrolment = ctx.agents.enrolment_lock(agent_id).lock().await;
     let Some(slot) = ctx.agents.remove(agent_id) else { return Ok(false) };
     let rt = slot.runtime.lock().await;
@@ -187,7 +211,16 @@ pub(crate) async fn unenrol(ctx: &Context, agent_id: &str) -> Result<bool, Error
 }
 
 /// The status of one agent.
-pub(crate) async fn status(ctx: &Context, slot: &AgentSlot) -> pb::AgentStatus {
+pub(crate) async fn status(ctx: &Arc<Context>, agent_id: &str) -> Result<pb::AgentStatus, Error> {
+    match ctx.agents.get(agent_id) {
+        Some(slot) => Ok(held_status(ctx, &slot).await),
+        None if ctx.replica.is_some() => shared::status(ctx, agent_id).await,
+        None => Err(Error::AgentNotFound { agent_id: agent_id.to_owned() }),
+    }
+}
+
+/// The status of an agent this verifier attests, once committed.
+async fn held_status(ctx: &Context, slot: &AgentSlot) -> pb::AgentStatus {
     let (agent, ticket) = {
         let rt = slot.runtime.lock().await;
         (convert::agent_status(&rt.current()), rt.submitted)
@@ -199,11 +232,14 @@ pub(crate) async fn status(ctx: &Context, slot: &AgentSlot) -> pb::AgentStatus {
 /// A page of agents after `after` (in id order), of `state` unless 0; and the token of the
 /// next page ("" when this is the last).
 pub(crate) async fn list(
-    ctx: &Context,
+    ctx: &Arc<Context>,
     after: &str,
     state: i32,
     limit: usize,
-) -> (Vec<pb::AgentStatus>, String) {
+) -> Result<(Vec<pb::AgentStatus>, String), Error> {
+    if ctx.replica.is_some() {
+        return shared::list(ctx, after, state, limit).await;
+    }
     let mut agents = Vec::new();
     let mut next_page_token = String::new();
     let mut newest = 0;
@@ -224,7 +260,7 @@ pub(crate) async fn list(
         agents.push(status);
     }
     durable(ctx, newest).await;
-    (agents, next_page_token)
+    Ok((agents, next_page_token))
 }
 
 /// Up to `limit` of an agent's attestations, newest first, before sequence `before`.
@@ -249,7 +285,15 @@ pub(crate) async fn using_policy(
     ctx: &Context,
     kind: kl_store::verifier::PolicyKind,
     name: &str,
-) -> u64 {
+) -> Result<u64, Error> {
+    if ctx.replica.is_some() {
+        let store = ctx.store.clone();
+        let name = name.to_owned();
+        return tokio::task::spawn_blocking(move || store.policy_users(kind, &name))
+            .await
+            .map_err(|e| Error::Internal(format!("store task: {e}")))?
+            .map_err(Error::from);
+    }
     let mut count = 0;
     for slot in ctx.agents.all() {
         let rt = slot.runtime.lock().await;
@@ -259,7 +303,7 @@ pub(crate) async fn using_policy(
         };
         count += u64::from(used == name);
     }
-    count
+    Ok(count)
 }
 
 /// The number of agents in each state, for metrics.

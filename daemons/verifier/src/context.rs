@@ -23,6 +23,7 @@ use tonic::transport::{Channel, Endpoint};
 use crate::Error;
 use crate::channel::AgentChannel;
 use crate::events::EventHub;
+use crate::lease::Replica;
 use crate::lifecycle::AgentTable;
 use crate::metrics::Metrics;
 use crate::policies::PolicyCache;
@@ -51,6 +52,8 @@ pub(crate) struct Context {
     pub tasks: Tasks,
     pub default_algorithms: AcceptedAlgorithms,
     pub metrics: Arc<Metrics>,
+    /// Set when the state is in a database that replicas share.
+    pub replica: Option<Replica>,
 }
 
 impl Context {

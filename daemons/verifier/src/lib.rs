@@ -30,7 +30,8 @@
 //! |---|---|---|
 //! | API | `service` | the gRPC handlers: decode and check a request, call the layer below, encode the answer |
 //! | | `access` | which role may call which RPC ([`RPC_ROLES`]) |
-//! | operations | `agents` | enrol, update, stop, resume, unenrol; what clients are shown of agents (once committed) |
+//! | operations | `agents` | enrol, update, stop, resume, unenrol; what clients are shown of agents (once committed); on replicas, through the database |
+//! | | `replica` | on replicas sharing a database: agent leases and the fleet's division, duties, events of other replicas |
 //! | | `scheduler` | each agent's attestation loop: wait, round, record, back off |
 //! | | `keys`, `revocation`, `webhook` | V key delivery, signed revocation notices, webhook delivery |
 //! | shared | `context` | what the above share: configuration, store and writer, the agent table, clients for the registrar and agents, appraisal inputs |
@@ -41,6 +42,7 @@
 //! | | `events` | committed events fanned out to watchers; replay from the outbox |
 //! | | `policies` | canonical policies and the cache of parsed ones |
 //! | | `metrics` | Prometheus counters and their exposition |
+//! | | `lease` | a replica's name, lease length and duties |
 //! | | `tasks` | background tasks and the shutdown signal |
 //! | | `convert` | stored records and kl-core types to the API's messages and the JSON of notices |
 //! | | `error` | [`Error`] and the gRPC status of each |
@@ -54,11 +56,13 @@ mod convert;
 mod error;
 mod events;
 mod keys;
+mod lease;
 mod lifecycle;
 mod metrics;
 #[cfg(test)]
 mod module_graph;
 mod policies;
+mod replica;
 mod revocation;
 mod scheduler;
 mod service;
@@ -88,6 +92,7 @@ pub use webhook::signature as webhook_signature;
 
 use context::Context;
 use events::EventHub;
+use lease::Replica;
 use lifecycle::{AgentSlot, AgentTable};
 use policies::PolicyCache;
 use tasks::{Tasks, stopped};
@@ -158,6 +163,13 @@ impl Server {
             .map_err(|e| Error::Internal(format!("{}: {e}", files.server_key().display())))?;
         let client_identity = files.client_identity()?;
 
+        // Bound first: a replica's default id is its host name and the port it listens on.
+        let address = SocketAddr::new(config.ip, config.port);
+        let incoming = TlsIncoming::bind(address, Arc::new(server_tls), HANDSHAKE_TIMEOUT)
+            .await
+            .map_err(|source| Error::Listen { address, source })?;
+        let replica = Replica::new(config, incoming.local_addr().port());
+
         let location = store_location(config)?;
         let opening = location.clone();
         let store = tokio::task::spawn_blocking(move || VerifierStore::open_at(&opening))
@@ -166,11 +178,19 @@ impl Server {
         let store = Arc::new(store);
         let hub = EventHub::new();
         let metrics = Arc::new(metrics::Metrics::default());
+        let holder = replica.as_ref().map(|replica| {
+            let wake = replica.wake.clone();
+            writer::Holder {
+                name: replica.id.clone(),
+                refused: Box::new(move |_| wake.notify_one()),
+            }
+        });
         let (writer, writer_thread) = StateWriter::start(
             store.clone(),
             hub.clone(),
             config.history_max_entries,
             metrics.clone(),
+            holder,
         )?;
 
         let default_algorithms = AcceptedAlgorithms {
@@ -187,7 +207,8 @@ impl Server {
         let (stop, shutdown) = watch::channel(false);
         let mut agents = Vec::new();
         let mut after: Option<String> = None;
-        loop {
+        // A replica attests the agents leased to it, taken by its lease loop.
+        while replica.is_none() {
             let page = store.list_agents(after.as_deref(), 1000)?;
             let Some(last) = page.last() else { break };
             after = Some(last.agent_id.clone());
@@ -213,6 +234,7 @@ impl Server {
             tasks: Tasks::new(shutdown),
             default_algorithms,
             metrics,
+            replica,
         });
         let metrics_listener = kl_svc::metrics::MetricsListener::bind_configured(
             config.metrics_ip,
@@ -221,14 +243,11 @@ impl Server {
         .await
         .map_err(|(address, source)| Error::Listen { address, source })?;
 
-        let address = SocketAddr::new(config.ip, config.port);
-        let incoming = TlsIncoming::bind(address, Arc::new(server_tls), HANDSHAKE_TIMEOUT)
-            .await
-            .map_err(|source| Error::Listen { address, source })?;
         tracing::info!(
             address = %incoming.local_addr(),
             state = %location,
             agents = context.agents.all().len(),
+            replica = context.replica.as_ref().map(|r| r.id.as_str()),
             "verifier listening"
         );
         let webhook = match &config.webhook_url {
@@ -281,14 +300,21 @@ impl Server {
         if let Some(client) = webhook {
             context.spawn(webhook::run(context.clone(), client));
         }
+        if context.replica.is_some() {
+            context.spawn(replica::run(context.clone()));
+            context.spawn(replica::follow_events(context.clone()));
+        }
         context.spawn(prune_loop(context.clone()));
         context.spawn({
             let (context, health) = (context.clone(), health.clone());
             async move {
                 let mut shutdown = context.tasks.shutdown();
                 let probe = || async {
-                    match context.writer.unwritable() {
-                        Some(reason) => Err(format!("state store unwritable: {reason}")),
+                    if let Some(reason) = context.writer.unwritable() {
+                        return Err(format!("state store unwritable: {reason}"));
+                    }
+                    match context.replica.as_ref().and_then(|r| r.stale()) {
+                        Some(reason) => Err(reason),
                         None => Ok(()),
                     }
                 };
@@ -317,11 +343,20 @@ impl Server {
         // context, and the thread commits what is queued and ends.
         let unsaved = scheduler::unsaved_entries(&context).await;
         context.writer.submit(unsaved);
+        let store = context.store.clone();
+        let replica_id = context.replica.as_ref().map(|r| r.id.clone());
         drop(context);
-        tokio::task::spawn_blocking(move || writer_thread.join())
-            .await
-            .map_err(|e| Error::Internal(format!("waiting for the store writer: {e}")))?
-            .map_err(|_| Error::Internal("the store writer thread panicked".to_owned()))?;
+        tokio::task::spawn_blocking(move || {
+            let joined = writer_thread.join();
+            // Once everything is committed: a replica's agents go to the others at once.
+            if let Some(id) = replica_id {
+                replica::withdraw(&store, &id);
+            }
+            joined
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("waiting for the store writer: {e}")))?
+        .map_err(|_| Error::Internal("the store writer thread panicked".to_owned()))?;
         served?;
         Ok(())
     }
@@ -330,6 +365,14 @@ impl Server {
 async fn prune_loop(context: Arc<Context>) {
     let mut shutdown = context.tasks.shutdown();
     loop {
+        if context.replica.as_ref().is_some_and(|r| !r.has_duty(lease::PRUNE)) {
+            // Another replica prunes.
+            tokio::select! {
+                _ = tokio::time::sleep(PRUNE_INTERVAL) => {}
+                _ = stopped(&mut shutdown) => return,
+            }
+            continue;
+        }
         let store = context.store.clone();
         let max_age = context.config.history_max_age;
         match tokio::task::spawn_blocking(move || store.prune(max_age, MAX_EVENTS)).await {

@@ -80,6 +80,9 @@ pub(crate) struct AgentSlot {
     /// Wakes the attestation loop (resume, policy change, unenrolment, shutdown).
     pub wake: Notify,
     removed: AtomicBool,
+    /// On a replica: until when this replica may act for the agent (its lease, less a
+    /// margin, by this host's monotonic clock; see [`crate::replica`]). `None`: no limit.
+    deadline: std::sync::Mutex<Option<Instant>>,
 }
 
 impl AgentSlot {
@@ -89,7 +92,21 @@ impl AgentSlot {
             runtime: tokio::sync::Mutex::new(AgentRuntime::new(entry)),
             wake: Notify::new(),
             removed: AtomicBool::new(false),
+            deadline: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Whether this verifier may attest the agent now (its lease has not run out).
+    pub fn may_act(&self) -> bool {
+        self.deadline
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_none_or(|d| Instant::now() < d)
+    }
+
+    /// The agent's lease (less the margin) runs until `deadline`.
+    pub fn set_deadline(&self, deadline: Instant) {
+        *self.deadline.lock().unwrap_or_else(PoisonError::into_inner) = Some(deadline);
     }
 
     pub fn is_removed(&self) -> bool {
@@ -222,6 +239,7 @@ impl Enrolment {
             consecutive_errors: 0,
             history_sequence: 0,
             payload_digest: self.payload_digest,
+            revision: 0,
         }
     }
 }
@@ -289,6 +307,23 @@ impl AgentRuntime {
 
     fn set_state(&mut self, state: AgentState) {
         self.entry.state = state as i32;
+    }
+
+    /// The agent as another writer left it in the store (an operator's change through another
+    /// replica, or the state after this replica took it over): the entry and attestation
+    /// state are `stored`'s, the inputs are rebuilt, and a round in flight is dropped.
+    pub fn reload(&mut self, stored: AgentEntry) {
+        let identity_changed = self.entry.ak_public != stored.ak_public
+            || self.entry.agent_certificate != stored.agent_certificate
+            || self.entry.contact_ip != stored.contact_ip
+            || self.entry.contact_port != stored.contact_port;
+        let generation = self.generation;
+        let client = self.client.take();
+        *self = AgentRuntime::new(stored);
+        self.generation = generation + 1;
+        if !identity_changed {
+            self.client = client;
+        }
     }
 
     /// The entry as it stands, with the current attestation state serialized into it.

@@ -60,8 +60,18 @@ pub(crate) fn render(m: &Metrics, agents: &[(pb::AgentState, u64)], writable: bo
     let labels: Vec<[(&str, &str); 1]> = names.iter().map(|n| [("state", *n)]).collect();
     let by_state: Vec<(&[(&str, &str)], u64)> =
         labels.iter().zip(counts).map(|(l, c)| (l.as_slice(), c)).collect();
+    let held = by_state.iter().map(|(_, n)| n).sum();
     let mut e = Exposition::new();
-    e.gauge("keylime_verifier_agents", "Enrolled agents by state.", &by_state);
+    e.gauge(
+        "keylime_verifier_agents",
+        "Agents this verifier attests, by state (on replicas sharing a database: those leased to it).",
+        &by_state,
+    );
+    e.gauge(
+        "keylime_verifier_agents_held",
+        "Agents this verifier attests (on replicas sharing a database: those leased to it).",
+        &[(&[], held)],
+    );
     e.counter(
         "keylime_verifier_attestations_total",
         "Attestation rounds by outcome (unreachable: the agent did not answer).",

@@ -87,12 +87,41 @@ fn trees_after<'a>(code: &'a str, prefix: &str) -> Vec<&'a str> {
     out
 }
 
+/// The `.rs` files under `dir`, in its subdirectories too, in name order.
+fn rust_files(dir: &Path) -> Result<Vec<std::path::PathBuf>, String> {
+    let mut files = Vec::new();
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    for entry in entries {
+        let path = entry.map_err(|e| e.to_string())?.path();
+        if path.is_dir() {
+            files.extend(rust_files(&path)?);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
 /// The module graph of the crate whose sources are in `src`: each module and the modules it
 /// uses.
 fn graph(src: &Path) -> Result<BTreeMap<String, BTreeSet<String>>, String> {
+    // A module's text: its file and those of its submodules (`src/<name>/`).
     let read = |name: &str| {
         let path = src.join(format!("{name}.rs"));
-        std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))
+        let mut text =
+            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let dir = src.join(name);
+        if name != ROOT && dir.is_dir() {
+            for file in rust_files(&dir)? {
+                text.push('\n');
+                text.push_str(
+                    &std::fs::read_to_string(&file)
+                        .map_err(|e| format!("{}: {e}", file.display()))?,
+                );
+            }
+        }
+        Ok::<_, String>(text)
     };
     let lib = code(&read(ROOT)?);
     let modules: BTreeSet<String> = lib
@@ -263,10 +292,8 @@ fn a_rule_not_named_from_kl_core_is_found() {
 #[test]
 fn findings_name_their_rule_from_kl_core() -> Result<(), String> {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let files = std::fs::read_dir(&src).map_err(|e| format!("{}: {e}", src.display()))?;
     let mut literal = Vec::new();
-    for file in files {
-        let path = file.map_err(|e| e.to_string())?.path();
+    for path in rust_files(&src)? {
         if path.file_stem().is_some_and(|s| s == SELF) {
             continue;
         }

@@ -28,6 +28,8 @@ use crate::{keys, revocation};
 
 /// How long a paused (failed or stopped) agent's loop sleeps between checks.
 const IDLE: Duration = Duration::from_secs(3600);
+/// How often a replica looks again at an agent whose lease (less the margin) ran out.
+const LAPSED: Duration = Duration::from_secs(1);
 /// The slowest probe of an unreachable agent.
 const MAX_PROBE: Duration = Duration::from_secs(60);
 
@@ -56,6 +58,11 @@ async fn agent_loop(ctx: Arc<Context>, slot: Arc<AgentSlot>, first_delay: Durati
         }
         if slot.runtime.lock().await.paused() {
             delay = IDLE;
+            continue;
+        }
+        if !slot.may_act() {
+            // A replica whose lease on the agent runs out: woken when it is renewed.
+            delay = LAPSED;
             continue;
         }
         let permit = tokio::select! {
@@ -111,6 +118,10 @@ async fn attest_once(ctx: &Arc<Context>, slot: &Arc<AgentSlot>) -> Duration {
     if rt.generation != generation || slot.is_removed() {
         // Settings changed while the round ran: its result belongs to the old settings.
         return Duration::ZERO;
+    }
+    if !slot.may_act() {
+        // The lease ran out while the round ran: another replica may hold the agent now.
+        return LAPSED;
     }
     match outcome {
         RoundOutcome::Unreachable(reason) => {

@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status};
 
 use crate::agents::{self, Control, Update};
 use crate::context::{Context, parse_hash_algs, parse_sig_algs};
-use crate::lifecycle::{self, AgentSlot, Enrolment};
+use crate::lifecycle::{self, Enrolment};
 use crate::{Error, convert, events, policies};
 
 /// Page size of list RPCs when the request gives none.
@@ -77,11 +77,6 @@ impl VerifierService {
         }
     }
 
-    fn slot(&self, agent_id: &str) -> Result<Arc<AgentSlot>, Error> {
-        check_agent_id(agent_id)?;
-        agents::slot(&self.ctx, agent_id)
-    }
-
     async fn put_policy(
         &self,
         kind: PolicyKind,
@@ -120,7 +115,7 @@ impl VerifierService {
                 slot.wake.notify_one();
             }
         }
-        let agents = agents::using_policy(&self.ctx, kind, name).await;
+        let agents = agents::using_policy(&self.ctx, kind, name).await?;
         Ok((convert::policy_info(&record, agents), changed))
     }
 
@@ -132,7 +127,7 @@ impl VerifierService {
         let (record, document) = self.ctx.store.get_policy(kind, name)?.ok_or_else(|| {
             Error::PolicyNotFound { kind: kind_name(kind), name: name.to_owned() }
         })?;
-        let agents = agents::using_policy(&self.ctx, kind, name).await;
+        let agents = agents::using_policy(&self.ctx, kind, name).await?;
         Ok((convert::policy_info(&record, agents), document))
     }
 
@@ -141,7 +136,7 @@ impl VerifierService {
         for p in self.ctx.store.list_policies(kind)? {
             out.push(convert::policy_info(
                 &p,
-                agents::using_policy(&self.ctx, kind, &p.name).await,
+                agents::using_policy(&self.ctx, kind, &p.name).await?,
             ));
         }
         Ok(out)
@@ -212,8 +207,9 @@ impl Verifier for VerifierService {
         &self,
         request: Request<pb::GetAgentRequest>,
     ) -> Result<Response<pb::GetAgentResponse>, Status> {
-        let slot = self.slot(&request.get_ref().agent_id)?;
-        let agent = agents::status(&self.ctx, &slot).await;
+        let agent_id = &request.get_ref().agent_id;
+        check_agent_id(agent_id)?;
+        let agent = agents::status(&self.ctx, agent_id).await?;
         Ok(Response::new(pb::GetAgentResponse { agent: Some(agent) }))
     }
 
@@ -224,7 +220,7 @@ impl Verifier for VerifierService {
         let req = request.into_inner();
         let limit = page_size(req.page_size);
         let (agents, next_page_token) =
-            agents::list(&self.ctx, &req.page_token, req.state, limit).await;
+            agents::list(&self.ctx, &req.page_token, req.state, limit).await?;
         Ok(Response::new(pb::ListAgentsResponse { agents, next_page_token }))
     }
 
@@ -234,7 +230,7 @@ impl Verifier for VerifierService {
     ) -> Result<Response<pb::UpdateAgentResponse>, Status> {
         self.ctx.writer.check_writable()?;
         let req = request.into_inner();
-        let slot = self.slot(&req.agent_id)?;
+        check_agent_id(&req.agent_id)?;
         if let Some(name) = &req.runtime_policy {
             self.check_policy_exists(PolicyKind::Runtime, name)?;
         }
@@ -252,7 +248,7 @@ impl Verifier for VerifierService {
             pcr_policy_json,
             resume: req.resume,
         };
-        let (agent, changed) = agents::update(&self.ctx, &slot, update).await?;
+        let (agent, changed) = agents::update(&self.ctx, &req.agent_id, update).await?;
         Ok(Response::new(pb::UpdateAgentResponse { agent: Some(agent), changed }))
     }
 
@@ -272,8 +268,9 @@ impl Verifier for VerifierService {
         request: Request<pb::StopAgentRequest>,
     ) -> Result<Response<pb::StopAgentResponse>, Status> {
         self.ctx.writer.check_writable()?;
-        let slot = self.slot(&request.get_ref().agent_id)?;
-        let (agent, changed) = agents::control(&self.ctx, &slot, Control::Stop).await?;
+        let agent_id = &request.get_ref().agent_id;
+        check_agent_id(agent_id)?;
+        let (agent, changed) = agents::control(&self.ctx, agent_id, Control::Stop).await?;
         Ok(Response::new(pb::StopAgentResponse { agent: Some(agent), changed }))
     }
 
@@ -282,8 +279,9 @@ impl Verifier for VerifierService {
         request: Request<pb::ResumeAgentRequest>,
     ) -> Result<Response<pb::ResumeAgentResponse>, Status> {
         self.ctx.writer.check_writable()?;
-        let slot = self.slot(&request.get_ref().agent_id)?;
-        let (agent, changed) = agents::control(&self.ctx, &slot, Control::Resume).await?;
+        let agent_id = &request.get_ref().agent_id;
+        check_agent_id(agent_id)?;
+        let (agent, changed) = agents::control(&self.ctx, agent_id, Control::Resume).await?;
         Ok(Response::new(pb::ResumeAgentResponse { agent: Some(agent), changed }))
     }
 
@@ -372,7 +370,9 @@ impl Verifier for VerifierService {
         request: Request<pb::ListAttestationsRequest>,
     ) -> Result<Response<pb::ListAttestationsResponse>, Status> {
         let req = request.into_inner();
-        self.slot(&req.agent_id)?;
+        check_agent_id(&req.agent_id)?;
+        // NOT_FOUND for an agent that is not enrolled (an empty history is an answer).
+        agents::status(&self.ctx, &req.agent_id).await?;
         let before = if req.page_token.is_empty() {
             None
         } else {

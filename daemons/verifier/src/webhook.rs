@@ -16,8 +16,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::context::Context;
-use crate::convert;
 use crate::tasks::stopped;
+use crate::{convert, lease};
 
 /// Stored position of the webhook worker.
 pub(crate) const CURSOR: &str = "webhook";
@@ -208,6 +208,14 @@ pub(crate) async fn run(context: Arc<Context>, client: Client) {
         if context.tasks.is_shutting_down() {
             return;
         }
+        if context.replica.as_ref().is_some_and(|r| !r.has_duty(lease::WEBHOOK)) {
+            // Another replica delivers (one at a time, so each event once).
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = stopped(&mut shutdown) => return,
+            }
+            continue;
+        }
         let delivered = match context.store.cursor(CURSOR) {
             Ok(c) => c.unwrap_or(0),
             Err(e) => {
@@ -228,6 +236,9 @@ pub(crate) async fn run(context: Arc<Context>, client: Client) {
             continue;
         }
         for event in events {
+            if context.replica.as_ref().is_some_and(|r| !r.has_duty(lease::WEBHOOK)) {
+                break;
+            }
             let body = convert::event_json(&event).to_string().into_bytes();
             let mut backoff = context.config.retry_interval.max(Duration::from_millis(50));
             loop {

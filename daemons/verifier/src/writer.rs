@@ -106,15 +106,15 @@ impl StateWriter {
         hub: EventHub,
         history_max_entries: u64,
         metrics: Arc<Metrics>,
+        holder: Option<Holder>,
     ) -> Result<(StateWriter, std::thread::JoinHandle<()>), Error> {
         let (jobs, receiver) = mpsc::channel();
         let tickets = Arc::new(Tickets::default());
         let committed = tickets.clone();
+        let target = Target { store, holder, history_max_entries };
         let thread = std::thread::Builder::new()
             .name("verifier-writer".to_owned())
-            .spawn(move || {
-                write_batches(&store, &hub, history_max_entries, &metrics, &committed, &receiver)
-            })
+            .spawn(move || write_batches(&target, &hub, &metrics, &committed, &receiver))
             .map_err(|e| Error::Internal(format!("cannot start the store writer thread: {e}")))?;
         Ok((StateWriter { jobs: Some(jobs), tickets, thread: thread.thread().clone() }, thread))
     }
@@ -223,14 +223,46 @@ fn urgent(batch: &Batch, waited_for: bool) -> bool {
     waited_for || !batch.events.is_empty() || !batch.removed.is_empty()
 }
 
-fn write_batches(
-    store: &VerifierStore,
-    hub: &EventHub,
+/// A replica's writes: committed for `name` ([`VerifierStore::commit_as`]); `refused` is
+/// called with the agents whose entries were not written.
+pub(crate) struct Holder {
+    pub name: String,
+    pub refused: Box<dyn Fn(Vec<String>) + Send>,
+}
+
+/// Where the writer commits.
+struct Target {
+    store: Arc<VerifierStore>,
+    holder: Option<Holder>,
     history_max_entries: u64,
+}
+
+impl Target {
+    fn commit(&self, batch: &Batch) -> Result<Vec<EventRecord>, StoreError> {
+        let Some(holder) = &self.holder else {
+            return self.store.commit(batch, self.history_max_entries);
+        };
+        let committed = self.store.commit_as(&holder.name, batch, self.history_max_entries)?;
+        if !committed.refused.is_empty() {
+            tracing::info!(
+                agents = ?committed.refused,
+                "writes for agents this replica no longer holds, or that changed elsewhere, were \
+                 left out (their events were kept)"
+            );
+            (holder.refused)(committed.refused);
+        }
+        Ok(committed.events)
+    }
+}
+
+fn write_batches(
+    target: &Target,
+    hub: &EventHub,
     metrics: &Metrics,
     tickets: &Tickets,
     receiver: &mpsc::Receiver<Job>,
 ) {
+    let store = &*target.store;
     // Writes that failed to commit, with the newest ticket among them, kept until the store
     // can be written again.
     let mut held: Option<(Batch, u64)> = None;
@@ -286,10 +318,9 @@ fn write_batches(
         let started = Instant::now();
         let reopen_and_commit = || {
             store.reopen()?;
-            store.commit(&batch, history_max_entries)
+            target.commit(&batch)
         };
-        let mut result =
-            if retrying { reopen_and_commit() } else { store.commit(&batch, history_max_entries) };
+        let mut result = if retrying { reopen_and_commit() } else { target.commit(&batch) };
         if !retrying && matches!(&result, Err(e) if e.is_io()) {
             // redb refuses writes after any earlier failure (also one outside this thread,
             // such as a policy put) until it is opened again: once at once, so that a failure
@@ -338,13 +369,6 @@ fn write_batches(
                     hold(&mut batch);
                     held = Some((batch, newest));
                     answer(replies, Err(Refused { reason, held: true }));
-                } else if matches!(e, StoreError::InUse { .. }) {
-                    // Another verifier holds the database now (it took the instance lock while
-                    // this one's session was gone): writing beside it would attest every agent
-                    // twice and lose this one's writes. Stop; a restart is refused while the
-                    // other runs, with the same message.
-                    tracing::error!(error = %reason, "stopping: another verifier writes this state");
-                    std::process::exit(1);
                 } else {
                     tracing::error!(
                         error = %reason,
@@ -469,7 +493,8 @@ mod tests {
         let store = Arc::new(VerifierStore::open(&dir.path().join("verifier.redb"))?);
         let hub = EventHub::new();
         let mut live = hub.subscribe();
-        let (writer, thread) = StateWriter::start(store.clone(), hub, 10, Default::default())?;
+        let (writer, thread) =
+            StateWriter::start(store.clone(), hub, 10, Default::default(), None)?;
         for n in 0..50 {
             writer.submit(Batch { events: vec![event(n)], ..Batch::default() });
         }
@@ -496,7 +521,7 @@ mod tests {
         let dir = tempfile::tempdir().map_err(|e| Error::Internal(e.to_string()))?;
         let store = Arc::new(VerifierStore::open(&dir.path().join("verifier.redb"))?);
         let (writer, thread) =
-            StateWriter::start(store.clone(), EventHub::new(), 10, Default::default())?;
+            StateWriter::start(store.clone(), EventHub::new(), 10, Default::default(), None)?;
         let history = |n| kl_store::verifier::HistoryRecord {
             sequence: n,
             at: Timestamp::now(),

@@ -42,6 +42,7 @@ fn entry(id: &str, rounds: u64) -> AgentEntry {
         consecutive_errors: 0,
         history_sequence: rounds,
         payload_digest: String::new(),
+        revision: 0,
     }
 }
 

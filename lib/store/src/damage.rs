@@ -147,6 +147,7 @@ mod tests {
             consecutive_errors: 0,
             history_sequence: 20,
             payload_digest: String::new(),
+            revision: 0,
         }
     }
 

@@ -105,12 +105,6 @@ pub enum StoreError {
     /// Every pooled connection stayed busy for `waited`.
     #[error("{url}: {operation}: no database connection became free in {waited:?}")]
     PoolExhausted { url: String, operation: String, waited: std::time::Duration },
-    /// Another daemon of this kind holds the store (see the `postgres` module).
-    #[error(
-        "{url}: another keylime_{schema} uses this database; one {schema} per database until \
-         replicas share it"
-    )]
-    InUse { url: String, schema: &'static str },
     /// A lease operation on the redb file, which one verifier owns (see
     /// [`verifier`](crate::verifier)'s agent leases).
     #[error(
@@ -119,10 +113,6 @@ pub enum StoreError {
         path.display()
     )]
     LeasesNeedDatabase { path: PathBuf, operation: String },
-    /// [`verifier::VerifierStore::commit_as`] refused a batch: `holder` does not hold a live
-    /// lease of `agent_id`; `held_by` holds it (or held it, when `expired`), if anyone.
-    #[error("agent {agent_id:?}: not written for {holder:?}: {}", lease_state(held_by.as_deref(), *expired))]
-    NotLeased { agent_id: String, holder: String, held_by: Option<String>, expired: bool },
     #[error("cannot start the {schema} store's database connections: {source}")]
     Runtime { schema: &'static str, source: std::io::Error },
     #[error("table {table}, key {key:?}: {value} does not fit a BIGINT column")]
@@ -134,15 +124,6 @@ pub enum StoreError {
         path.display()
     )]
     Closed { path: PathBuf, operation: String },
-}
-
-/// Who holds a lease, for [`StoreError::NotLeased`].
-fn lease_state(held_by: Option<&str>, expired: bool) -> String {
-    match (held_by, expired) {
-        (None, _) => "it has no lease".to_owned(),
-        (Some(holder), false) => format!("it is leased to {holder:?}"),
-        (Some(holder), true) => format!("the lease of {holder:?} on it expired"),
-    }
 }
 
 impl StoreError {

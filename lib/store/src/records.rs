@@ -3,7 +3,9 @@
 use std::marker::PhantomData;
 use std::ops::Bound;
 
-use redb::{ReadTransaction, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{
+    ReadTransaction, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction,
+};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -125,6 +127,13 @@ impl<V: Serialize + DeserializeOwned> Records<V> {
             out.push((key, record));
         }
         Ok(out)
+    }
+
+    /// How many records the table holds.
+    pub fn count(&self, txn: &ReadTransaction) -> Result<u64, StoreError> {
+        let table =
+            txn.open_table(self.definition()).map_err(|e| StoreError::table(self.name, e))?;
+        table.len().map_err(|e| StoreError::table(self.name, e))
     }
 
     /// Reads and decodes every record (a full check of the table); returns how many there are.

@@ -94,6 +94,12 @@ pub struct AgentEntry {
     /// A digest of the payload delivered with `v_key_half`, as the client gave it; empty for
     /// none or unknown (enrolled before it was recorded).
     pub payload_digest: String,
+    /// How many operator changes the agent's row in a PostgreSQL store has seen
+    /// ([`VerifierStore::modify_agent`]); a replica writes the agent only at the revision it
+    /// read ([`VerifierStore::commit_as`]). A column of its own, not part of the record;
+    /// always 0 in the redb file.
+    #[serde(skip)]
+    pub revision: u64,
 }
 
 /// [`AgentEntry`] as schema version 1 stored it: without `payload_digest`.
@@ -153,6 +159,7 @@ impl From<AgentEntryV1> for AgentEntry {
             consecutive_errors: old.consecutive_errors,
             history_sequence: old.history_sequence,
             payload_digest: String::new(),
+            revision: 0,
         }
     }
 }
@@ -315,10 +322,22 @@ impl Batch {
 pub struct Leases {
     /// The agents, in id order.
     pub agents: Vec<String>,
+    /// The revision of each agent of `agents` (see [`AgentEntry::revision`]).
+    pub revisions: Vec<u64>,
     /// The server's `now()` when they were taken or renewed.
     pub granted_at: Timestamp,
     /// The server's time at which they expire unless renewed: `granted_at` plus the duration.
     pub expires_at: Timestamp,
+}
+
+/// What [`VerifierStore::commit_as`] wrote.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Committed {
+    /// The events, with their cursors.
+    pub events: Vec<EventRecord>,
+    /// The agents whose entries and history were not written, in id order: not leased to the
+    /// holder, expired, removed, or changed by an operator since the holder read them.
+    pub refused: Vec<String>,
 }
 
 /// How many records a [`VerifierStore::prune`] removed.
@@ -538,7 +557,7 @@ impl VerifierStore {
     ) -> Result<Vec<EventRecord>, StoreError> {
         let db = match self.redb() {
             Ok(db) => db,
-            Err(pg) => return pg::commit(pg, batch.borrow(), history_max_entries, None),
+            Err(pg) => return pg::commit(pg, batch.borrow(), history_max_entries),
         };
         let batch = batch.borrow();
         let mut agents: Vec<&AgentEntry> = batch.agents.iter().collect();
@@ -609,19 +628,98 @@ impl VerifierStore {
         })
     }
 
-    /// [`VerifierStore::commit`], if every agent of the batch (see [`Batch::agent_ids`]) is
-    /// leased to `holder` and its lease has not expired, checked in the committing transaction;
-    /// else nothing is written and the error ([`StoreError::NotLeased`]) names the first agent
-    /// that is not and who holds it. A new agent has no lease yet: enrolling it is a
-    /// [`VerifierStore::commit`].
+    /// [`VerifierStore::commit`] for the replica `holder`: the entries and history of an agent
+    /// of the batch (see [`Batch::agent_ids`]) are written unless another holder has an
+    /// unexpired lease on it, it was removed, or the entry written was read at another
+    /// revision than the agent's current one (an operator changed it since; see
+    /// [`VerifierStore::modify_agent`]), all checked in the committing transaction. An agent
+    /// whose lease ran out while nobody else took it is written: its last holder wrote
+    /// nothing after its lease ended but what it found before (writes held while the database
+    /// was away). The events are written in any case: they report what the holder saw. A
+    /// holder takes no new leases while it holds unwritten writes, so what it reads of an
+    /// agent it takes includes them. [`Committed::refused`] names the agents whose writes were
+    /// left out; their holder must read them again or drop them. A new agent has no row yet:
+    /// enrolling it is a [`VerifierStore::modify_agent`].
     pub fn commit_as(
         &self,
         holder: &str,
         batch: impl std::borrow::Borrow<Batch>,
         history_max_entries: u64,
-    ) -> Result<Vec<EventRecord>, StoreError> {
+    ) -> Result<Committed, StoreError> {
         let pg = self.leased("commit attestation state")?;
-        pg::commit(pg, batch.borrow(), history_max_entries, Some(holder))
+        pg::commit_as(pg, holder, batch.borrow(), history_max_entries)
+    }
+
+    /// An operator's change of one agent on a database shared by replicas: `change` is given
+    /// the agent as stored (`None` when it is not enrolled) while its row is locked, and
+    /// returns the batch that stores the change (`None` for no change) and an answer for the
+    /// caller. The batch is committed in the same transaction and the revision of every agent
+    /// it writes goes up by one, so that the agent's holder, which wrote nothing meanwhile,
+    /// reads the agent again before writing it ([`VerifierStore::commit_as`]).
+    pub fn modify_agent<T>(
+        &self,
+        agent_id: &str,
+        history_max_entries: u64,
+        change: impl FnOnce(Option<AgentEntry>) -> (Option<Batch>, T),
+    ) -> Result<(Vec<EventRecord>, T), StoreError> {
+        let pg = self.leased("change an agent")?;
+        pg::modify_agent(pg, agent_id, history_max_entries, change)
+    }
+
+    /// How many agents use the `kind` policy `name`.
+    pub fn policy_users(&self, kind: PolicyKind, name: &str) -> Result<u64, StoreError> {
+        let db = match self.redb() {
+            Ok(db) => db,
+            Err(pg) => return pg::policy_users(pg, kind, name),
+        };
+        db.read("count the agents using a policy", |txn| {
+            let mut count = 0;
+            let mut after: Option<String> = None;
+            loop {
+                let page = AGENTS.page(txn, after.as_deref(), 1000)?;
+                let Some((last, _)) = page.last() else { return Ok(count) };
+                after = Some(last.clone());
+                count += page
+                    .iter()
+                    .filter(|(_, agent)| match kind {
+                        PolicyKind::Runtime => agent.runtime_policy == name,
+                        PolicyKind::MeasuredBoot => agent.measured_boot_policy == name,
+                    })
+                    .count() as u64;
+            }
+        })
+    }
+
+    /// How many agents are enrolled.
+    pub fn agent_count(&self) -> Result<u64, StoreError> {
+        match self.redb() {
+            Ok(db) => db.read("count agents", |txn| AGENTS.count(txn)),
+            Err(pg) => pg::agent_count(pg),
+        }
+    }
+
+    /// Marks `replica` present for `duration` (by the server's clock) and returns the replicas
+    /// present, in id order, itself included: replicas divide the agents between those.
+    pub fn announce(&self, replica: &str, duration: Duration) -> Result<Vec<String>, StoreError> {
+        pg::announce(self.leased("announce a replica")?, replica, duration)
+    }
+
+    /// Ends the presence of `replica` and gives back its leases and duties (at shutdown), so
+    /// other replicas take its agents at once.
+    pub fn withdraw(&self, replica: &str) -> Result<(), StoreError> {
+        pg::withdraw(self.leased("withdraw a replica")?, replica)
+    }
+
+    /// Takes or renews the duty `name` (work one replica does for all, such as delivering
+    /// webhooks) for `holder` for `duration`, if no other holder has it unexpired. `None` when
+    /// another has it. The times are the server's, as for agent leases.
+    pub fn take_duty(
+        &self,
+        name: &str,
+        holder: &str,
+        duration: Duration,
+    ) -> Result<Option<Leases>, StoreError> {
+        pg::take_duty(self.leased("take a duty")?, name, holder, duration)
     }
 
     /// Leases up to `max` agents whose lease is absent or expired to `holder` for `duration`

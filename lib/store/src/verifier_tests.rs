@@ -29,6 +29,7 @@ fn agent(id: &str, runtime_policy: &str) -> AgentEntry {
         consecutive_errors: 0,
         history_sequence: 0,
         payload_digest: String::new(),
+        revision: 0,
     }
 }
 

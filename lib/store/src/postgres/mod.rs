@@ -23,11 +23,8 @@
 //! appear. (A sequence alone would not do: a transaction holding a lower number may commit
 //! after one holding a higher number.)
 //!
-//! A verifier holds a session advisory lock on a connection of its own while its store is
-//! open, so a second verifier on the same database is refused, as redb refuses a second process
-//! on its file: until the verifier daemon attests only the agents leased to it (the agent
-//! leases of [`verifier`]), two verifiers would both attest every agent. Registrars may share
-//! their table.
+//! Several daemons may share a database: registrars share their table, and verifiers are
+//! replicas that divide the agents with leases (see [`crate::verifier`]).
 
 pub(crate) mod registrar;
 pub(crate) mod verifier;
@@ -185,10 +182,6 @@ pub(crate) struct Schema {
     pub name: &'static str,
     /// The advisory lock every write transaction of this store takes.
     pub write_lock: i64,
-    /// A session advisory lock held while the store is open, so that a second daemon of this
-    /// kind is refused as redb refuses a second process on its file; `None` where several may
-    /// share the tables.
-    pub instance_lock: Option<i64>,
     pub migrations: &'static [Migration],
 }
 
@@ -197,13 +190,6 @@ impl Schema {
         self.migrations.len() as u64
     }
 }
-
-/// The server process holding a session advisory lock of the current database (a `bigint`
-/// key is stored as two halves, `objsubid` 1).
-const INSTANCE_HOLDER: &str = "SELECT pid FROM pg_locks WHERE locktype = 'advisory' \
-     AND granted AND objsubid = 1 \
-     AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
-     AND ((classid::bigint << 32) | objid::bigint) = $1";
 
 /// The advisory lock of migrations, shared by every store so that a registrar and a verifier
 /// using one database do not create `meta` at once.
@@ -233,9 +219,6 @@ pub(crate) struct Database {
     schema: &'static Schema,
     connections: Mutex<Connections>,
     freed: Condvar,
-    /// The connection holding [`Schema::instance_lock`], and its server process id, which
-    /// writes check the lock's holder against.
-    instance: Mutex<Option<(Client, i32)>>,
 }
 
 impl std::fmt::Debug for Database {
@@ -249,8 +232,6 @@ impl std::fmt::Debug for Database {
 
 impl Drop for Database {
     fn drop(&mut self) {
-        // Ends the session holding the instance lock first, so the next daemon gets it.
-        drop(self.instance.lock().unwrap_or_else(PoisonError::into_inner).take());
         let Some(runtime) = self.runtime.take() else { return };
         if tokio::runtime::Handle::try_current().is_ok() {
             // On an async worker, waiting for the runtime (or dropping it) would panic.
@@ -337,8 +318,8 @@ impl Tx<'_> {
 }
 
 impl Database {
-    /// Connects to `target`, takes the schema's instance lock (if it has one) and migrates its
-    /// tables to its version; refuses a database whose version of them is newer.
+    /// Connects to `target` and migrates its tables to its version; refuses a database whose
+    /// version of them is newer.
     pub fn open(target: &Target, schema: &'static Schema) -> Result<Database, StoreError> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -352,47 +333,9 @@ impl Database {
             schema,
             connections: Mutex::new(Connections::default()),
             freed: Condvar::new(),
-            instance: Mutex::new(None),
         };
-        // Before migrating: a newer verifier must not reshape the tables under a running one.
-        database.hold_instance_lock()?;
         database.migrate()?;
         Ok(database)
-    }
-
-    /// Takes [`Schema::instance_lock`] on a connection of its own, unless that connection
-    /// still holds it (a server restart ends the session and so releases the lock).
-    fn hold_instance_lock(&self) -> Result<(), StoreError> {
-        let Some(key) = self.schema.instance_lock else { return Ok(()) };
-        let mut instance = self.instance.lock().unwrap_or_else(PoisonError::into_inner);
-        if instance.as_ref().is_some_and(|(client, _)| !client.is_closed()) {
-            return Ok(());
-        }
-        *instance = None;
-        let operation = "take the instance lock";
-        let client = self.connect(operation)?;
-        let taken = block_on(
-            client.query_one("SELECT pg_try_advisory_lock($1), pg_backend_pid()", &[&key]),
-        )
-        .and_then(|row| Ok((row.try_get::<_, bool>(0)?, row.try_get::<_, i32>(1)?)));
-        let (taken, pid) = taken.map_err(|e| StoreError::Database {
-            url: self.target.shown.clone(),
-            operation: operation.to_owned(),
-            source: Box::new(e),
-        })?;
-        if !taken {
-            return Err(StoreError::InUse {
-                url: self.target.shown.clone(),
-                schema: self.schema.name,
-            });
-        }
-        *instance = Some((client, pid));
-        Ok(())
-    }
-
-    /// The server process holding the instance lock, as this store last took it.
-    fn instance_pid(&self) -> Option<i32> {
-        self.instance.lock().unwrap_or_else(PoisonError::into_inner).as_ref().map(|(_, pid)| *pid)
     }
 
     /// The URL, without its password.
@@ -400,47 +343,28 @@ impl Database {
         &self.target.shown
     }
 
-    /// Runs `body` in a write transaction holding the store's write lock (and with its instance
-    /// lock held), and commits it when `body` succeeds; on an error nothing `body` wrote is
-    /// kept.
+    /// Runs `body` in a write transaction holding the store's write lock, and commits it when
+    /// `body` succeeds; on an error nothing `body` wrote is kept.
     pub fn write<T>(
         &self,
         operation: &str,
         body: impl AsyncFnOnce(&Tx<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        // A server restart ended the session holding the instance lock: take it again before
-        // writing, or refuse if another daemon took it meanwhile.
-        self.hold_instance_lock()?;
-        let instance = self.schema.instance_lock.zip(self.instance_pid());
         self.transaction(operation, false, async |tx| {
             tx.execute("meta", "SELECT pg_advisory_xact_lock($1)", &[&self.schema.write_lock])
                 .await?;
-            // Fencing: the session that holds the instance lock must still be ours. A dropped
-            // connection can go unnoticed here while the server has ended its session and
-            // another daemon has taken the lock; then this write must not land.
-            if let Some((key, pid)) = instance {
-                let holder = tx.query_opt("meta", INSTANCE_HOLDER, &[&key]).await?;
-                let holder = holder.and_then(|row| row.try_get::<_, i32>(0).ok());
-                if holder != Some(pid) {
-                    return Err(StoreError::InUse {
-                        url: self.target.shown.clone(),
-                        schema: self.schema.name,
-                    });
-                }
-            }
             body(tx).await
         })
     }
 
-    /// Runs `body` in a write transaction without the store's write lock (with its instance
-    /// lock held): for statements whose own row locks keep concurrent callers apart (the
-    /// verifier's agent leases), so that they neither wait for nor delay other writes.
+    /// Runs `body` in a write transaction without the store's write lock: for statements whose
+    /// own row locks keep concurrent callers apart (the verifier's agent leases), so that they
+    /// neither wait for nor delay other writes.
     pub fn write_unserialized<T>(
         &self,
         operation: &str,
         body: impl AsyncFnOnce(&Tx<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        self.hold_instance_lock()?;
         self.transaction(operation, false, body)
     }
 
@@ -454,8 +378,7 @@ impl Database {
     }
 
     /// Drops the idle connections, so the next operations connect again (after the server
-    /// restarted, say; a broken connection is replaced anyway when it is next taken), and takes
-    /// the instance lock again if its session ended.
+    /// restarted, say; a broken connection is replaced anyway when it is next taken).
     pub fn reopen(&self) -> Result<(), StoreError> {
         {
             let mut connections = self.connections.lock().unwrap_or_else(PoisonError::into_inner);
@@ -463,7 +386,7 @@ impl Database {
             connections.idle.clear();
         }
         self.freed.notify_all();
-        self.hold_instance_lock()
+        Ok(())
     }
 
     fn transaction<T>(

@@ -13,7 +13,6 @@ pub(crate) static SCHEMA: Schema = Schema {
     write_lock: 0x6b6c_0001,
     // Activations are checked inside the write transaction, so registrars may share the table
     // (though a registration must reach the registrar that holds it pending).
-    instance_lock: None,
     migrations: &[Migration {
         description: "create the registrar_agents table",
         sql: "CREATE TABLE registrar_agents (

@@ -3,7 +3,7 @@
 //! (`COLLATE "C"`, as redb orders keys), the policies an agent uses (for the in-use check of a
 //! deletion), history by agent and sequence, events by cursor, and the times pruning compares.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio_postgres::Row;
@@ -11,8 +11,8 @@ use tokio_postgres::Row;
 use super::{Database, Migration, Schema, Tx, bigint, bound, limit, unsigned};
 use crate::StoreError;
 use crate::verifier::{
-    AgentEntry, Batch, EventRecord, HistoryRecord, Leases, PolicyDeletion, PolicyKind, PolicyName,
-    PolicyPut, Pruned, PutPrecondition, Timestamp,
+    AgentEntry, Batch, Committed, EventRecord, HistoryRecord, Leases, PolicyDeletion, PolicyKind,
+    PolicyName, PolicyPut, Pruned, PutPrecondition, Timestamp,
 };
 
 const AGENTS: &str = "verifier_agents";
@@ -23,17 +23,17 @@ const HISTORY: &str = "verifier_history";
 const EVENTS: &str = "verifier_events";
 
 const LEASES: &str = "verifier_leases";
+const REPLICAS: &str = "verifier_replicas";
+const DUTIES: &str = "verifier_duties";
 
 const LAST_EVENT: &str = "last_event";
 
 /// Version 1: agents, policies, history, events, cursors (records as redb's schema version 2
-/// encodes them). Version 2: agent leases (see [`crate::verifier`]).
+/// encodes them). Version 2: agent leases (see [`crate::verifier`]). Version 3: agent
+/// revisions, the replicas present, and duties (leases on work that one replica does).
 pub(crate) static SCHEMA: Schema = Schema {
     name: "verifier",
     write_lock: 0x6b6c_0002,
-    // Each verifier attests every agent it loads: until agents are leased to replicas, a second
-    // verifier on the same tables would attest them twice and overwrite the first's state.
-    instance_lock: Some(0x6b6c_0012),
     migrations: &[
         Migration {
             description: "create the agents, policy, history, event and cursor tables",
@@ -82,6 +82,19 @@ pub(crate) static SCHEMA: Schema = Schema {
               );
               CREATE INDEX verifier_leases_holder ON verifier_leases (holder);",
         },
+        Migration {
+            description: "add agent revisions, replica presence and duties",
+            sql: "ALTER TABLE verifier_agents ADD COLUMN revision BIGINT NOT NULL DEFAULT 0;
+              CREATE TABLE verifier_replicas (
+                  id TEXT PRIMARY KEY,
+                  expires_at TIMESTAMPTZ NOT NULL
+              );
+              CREATE TABLE verifier_duties (
+                  name TEXT PRIMARY KEY,
+                  holder TEXT NOT NULL,
+                  expires_at TIMESTAMPTZ NOT NULL
+              );",
+        },
     ],
 };
 
@@ -115,9 +128,28 @@ fn decode<T: for<'de> serde::Deserialize<'de>>(
     postcard::from_bytes(bytes).map_err(|source| StoreError::Decode { table, key: key(), source })
 }
 
+/// An agent's row (`agent_id`, `revision`, `record`), decoded.
 fn decode_agent(tx: &Tx<'_>, row: &Row) -> Result<AgentEntry, StoreError> {
     let id: String = tx.get(AGENTS, row, "agent_id")?;
-    decode(tx, AGENTS, row, || id)
+    let revision: i64 = tx.get(AGENTS, row, "revision")?;
+    let mut entry: AgentEntry = decode(tx, AGENTS, row, || id)?;
+    entry.revision = unsigned(revision);
+    Ok(entry)
+}
+
+/// The agent `agent_id`; with `for_update`, its row stays locked until the transaction ends.
+async fn select_agent(
+    tx: &Tx<'_>,
+    agent_id: &str,
+    for_update: bool,
+) -> Result<Option<AgentEntry>, StoreError> {
+    let sql = if for_update {
+        "SELECT agent_id, revision, record FROM verifier_agents WHERE agent_id = $1 FOR UPDATE"
+    } else {
+        "SELECT agent_id, revision, record FROM verifier_agents WHERE agent_id = $1"
+    };
+    let row = tx.query_opt(AGENTS, sql, &[&agent_id]).await?;
+    row.map(|row| decode_agent(tx, &row)).transpose()
 }
 
 fn decode_event(tx: &Tx<'_>, row: &Row) -> Result<EventRecord, StoreError> {
@@ -136,16 +168,7 @@ fn decode_history(tx: &Tx<'_>, agent_id: &str, row: &Row) -> Result<HistoryRecor
 }
 
 pub(crate) fn get_agent(db: &Database, agent_id: &str) -> Result<Option<AgentEntry>, StoreError> {
-    db.read("read an agent", async |tx| {
-        let row = tx
-            .query_opt(
-                AGENTS,
-                "SELECT agent_id, record FROM verifier_agents WHERE agent_id = $1",
-                &[&agent_id],
-            )
-            .await?;
-        row.map(|row| decode_agent(tx, &row)).transpose()
-    })
+    db.read("read an agent", async |tx| select_agent(tx, agent_id, false).await)
 }
 
 pub(crate) fn list_agents(
@@ -157,7 +180,7 @@ pub(crate) fn list_agents(
         let rows = tx
             .query(
                 AGENTS,
-                "SELECT agent_id, record FROM verifier_agents \
+                "SELECT agent_id, revision, record FROM verifier_agents \
                  WHERE $1::text IS NULL OR agent_id > $1 ORDER BY agent_id LIMIT $2",
                 &[&after, &limit(count)],
             )
@@ -183,128 +206,202 @@ struct HistoryColumns {
     records: Vec<Vec<u8>>,
 }
 
-/// Commits `batch`; with a `holder`, only if every agent it writes is leased to that holder
-/// and unexpired (checked in the same transaction).
+/// The rows of a batch, as columns for `UNNEST`.
+struct Prepared {
+    agents: AgentColumns,
+    history: HistoryColumns,
+    /// Agents whose history is trimmed, and the sequence up to which.
+    trim_ids: Vec<String>,
+    trim_upto: Vec<i64>,
+}
+
+impl Prepared {
+    /// The rows of `batch`, leaving out the entries and history of the agents in `skip`.
+    fn new(
+        batch: &Batch,
+        history_max_entries: u64,
+        skip: &BTreeSet<String>,
+    ) -> Result<Prepared, StoreError> {
+        // Of an agent (or history record) written twice, the later write is kept.
+        let agents: BTreeMap<&str, &AgentEntry> = batch
+            .agents
+            .iter()
+            .filter(|a| !skip.contains(&a.agent_id))
+            .map(|a| (a.agent_id.as_str(), a))
+            .collect();
+        let mut agent_rows = AgentColumns::default();
+        for (id, agent) in &agents {
+            agent_rows.ids.push((*id).to_owned());
+            agent_rows.runtime.push(agent.runtime_policy.clone());
+            agent_rows.measured_boot.push(agent.measured_boot_policy.clone());
+            agent_rows.records.push(encode(AGENTS, id, *agent)?);
+        }
+        let history: BTreeMap<(&str, u64), &HistoryRecord> = batch
+            .history
+            .iter()
+            .filter(|(id, _)| !skip.contains(id))
+            .map(|(id, r)| ((id.as_str(), r.sequence), r))
+            .collect();
+        let mut history_rows = HistoryColumns::default();
+        // The newest sequence written per agent; older records fall out of the bound.
+        let mut newest: BTreeMap<&str, u64> = BTreeMap::new();
+        for ((id, sequence), record) in &history {
+            let key = format!("{id}/{sequence}");
+            history_rows.ids.push((*id).to_owned());
+            history_rows.sequences.push(bigint(HISTORY, &key, *sequence)?);
+            history_rows.at.push(record.at.seconds);
+            history_rows.records.push(encode(HISTORY, &key, *record)?);
+            let top = newest.entry(id).or_default();
+            *top = (*top).max(*sequence);
+        }
+        let (trim_ids, trim_upto) = newest
+            .iter()
+            .filter(|(_, top)| history_max_entries != 0 && **top > history_max_entries)
+            .map(|(id, top)| ((*id).to_owned(), bound(top - history_max_entries)))
+            .unzip();
+        Ok(Prepared { agents: agent_rows, history: history_rows, trim_ids, trim_upto })
+    }
+}
+
+/// Commits `batch` ([`crate::verifier::VerifierStore::commit`]).
 pub(crate) fn commit(
     db: &Database,
     batch: &Batch,
     history_max_entries: u64,
-    holder: Option<&str>,
 ) -> Result<Vec<EventRecord>, StoreError> {
-    // Of an agent (or history record) written twice, the later write is kept.
-    let agents: BTreeMap<&str, &AgentEntry> =
-        batch.agents.iter().map(|a| (a.agent_id.as_str(), a)).collect();
-    let mut agent_rows = AgentColumns::default();
-    for (id, agent) in &agents {
-        agent_rows.ids.push((*id).to_owned());
-        agent_rows.runtime.push(agent.runtime_policy.clone());
-        agent_rows.measured_boot.push(agent.measured_boot_policy.clone());
-        agent_rows.records.push(encode(AGENTS, id, *agent)?);
-    }
-    let history: BTreeMap<(&str, u64), &HistoryRecord> =
-        batch.history.iter().map(|(id, r)| ((id.as_str(), r.sequence), r)).collect();
-    let mut history_rows = HistoryColumns::default();
-    // The newest sequence written per agent; older records fall out of the bound.
-    let mut newest: BTreeMap<&str, u64> = BTreeMap::new();
-    for ((id, sequence), record) in &history {
-        let key = format!("{id}/{sequence}");
-        history_rows.ids.push((*id).to_owned());
-        history_rows.sequences.push(bigint(HISTORY, &key, *sequence)?);
-        history_rows.at.push(record.at.seconds);
-        history_rows.records.push(encode(HISTORY, &key, *record)?);
-        let top = newest.entry(id).or_default();
-        *top = (*top).max(*sequence);
-    }
-    let (trim_ids, trim_upto): (Vec<String>, Vec<i64>) = newest
-        .iter()
-        .filter(|(_, top)| history_max_entries != 0 && **top > history_max_entries)
-        .map(|(id, top)| ((*id).to_owned(), bound(top - history_max_entries)))
-        .unzip();
+    let prepared = Prepared::new(batch, history_max_entries, &BTreeSet::new())?;
     db.write("commit attestation state", async |tx| {
-        if let Some(holder) = holder {
-            fence(tx, holder, &batch.agent_ids()).await?;
-        }
-        if !batch.removed.is_empty() {
-            tx.execute(AGENTS, "DELETE FROM verifier_agents WHERE agent_id = ANY($1)", &[
-                &batch.removed,
-            ])
-            .await?;
-            tx.execute(HISTORY, "DELETE FROM verifier_history WHERE agent_id = ANY($1)", &[
-                &batch.removed,
-            ])
-            .await?;
-        }
-        if !agent_rows.ids.is_empty() {
-            tx.execute(
-                AGENTS,
-                "INSERT INTO verifier_agents (agent_id, runtime_policy, measured_boot_policy, record) \
-                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bytea[]) \
-                 ON CONFLICT (agent_id) DO UPDATE SET runtime_policy = EXCLUDED.runtime_policy, \
-                 measured_boot_policy = EXCLUDED.measured_boot_policy, record = EXCLUDED.record",
-                &[&agent_rows.ids, &agent_rows.runtime, &agent_rows.measured_boot, &agent_rows.records],
-            )
-            .await?;
-        }
-        if !history_rows.ids.is_empty() {
-            tx.execute(
-                HISTORY,
-                "INSERT INTO verifier_history (agent_id, sequence, at_seconds, record) \
-                 SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::bytea[]) \
-                 ON CONFLICT (agent_id, sequence) DO UPDATE SET at_seconds = EXCLUDED.at_seconds, \
-                 record = EXCLUDED.record",
-                &[&history_rows.ids, &history_rows.sequences, &history_rows.at, &history_rows.records],
-            )
-            .await?;
-        }
-        if !trim_ids.is_empty() {
-            tx.execute(
-                HISTORY,
-                "DELETE FROM verifier_history h USING UNNEST($1::text[], $2::bigint[]) AS t(agent_id, upto) \
-                 WHERE h.agent_id = t.agent_id AND h.sequence <= t.upto",
-                &[&trim_ids, &trim_upto],
-            )
-            .await?;
-        }
-        if batch.events.is_empty() {
-            return Ok(Vec::new());
-        }
-        // The counter row is updated under the store's write lock, so cursors are committed in
-        // the order they are assigned (see the module docs of `postgres`).
-        let count = batch.events.len() as i64;
-        let row = tx
-            .query_opt(
-                CURSORS,
-                "INSERT INTO verifier_cursors (name, value) VALUES ($1, $2) \
-                 ON CONFLICT (name) DO UPDATE SET value = verifier_cursors.value + EXCLUDED.value \
-                 RETURNING value",
-                &[&LAST_EVENT, &count],
-            )
-            .await?;
-        let last = match &row {
-            Some(row) => unsigned(tx.get(CURSORS, row, "value")?),
-            None => 0,
-        };
-        let mut cursor = last.saturating_sub(batch.events.len() as u64);
-        let mut out = Vec::with_capacity(batch.events.len());
-        let (mut cursors, mut at, mut records) = (Vec::new(), Vec::new(), Vec::new());
-        for event in &batch.events {
-            cursor += 1;
-            let mut event = event.clone();
-            event.cursor = cursor;
-            cursors.push(bigint(EVENTS, &cursor.to_string(), cursor)?);
-            at.push(event.at.seconds);
-            records.push(encode(EVENTS, &cursor.to_string(), &event)?);
-            out.push(event);
-        }
+        write_batch(tx, batch, &batch.removed, &prepared).await
+    })
+}
+
+/// Commits `batch` for `holder` ([`crate::verifier::VerifierStore::commit_as`]): the agents it
+/// does not hold at the revision written are refused.
+pub(crate) fn commit_as(
+    db: &Database,
+    holder: &str,
+    batch: &Batch,
+    history_max_entries: u64,
+) -> Result<Committed, StoreError> {
+    db.write("commit attestation state", async |tx| {
+        let refused = fence(tx, holder, batch).await?;
+        let prepared = Prepared::new(batch, history_max_entries, &refused)?;
+        let removed: Vec<String> =
+            batch.removed.iter().filter(|id| !refused.contains(*id)).cloned().collect();
+        let events = write_batch(tx, batch, &removed, &prepared).await?;
+        Ok(Committed { events, refused: refused.into_iter().collect() })
+    })
+}
+
+/// Changes one agent under its row lock ([`crate::verifier::VerifierStore::modify_agent`]).
+pub(crate) fn modify_agent<T>(
+    db: &Database,
+    agent_id: &str,
+    history_max_entries: u64,
+    change: impl FnOnce(Option<AgentEntry>) -> (Option<Batch>, T),
+) -> Result<(Vec<EventRecord>, T), StoreError> {
+    db.write("change an agent", async |tx| {
+        // Every write holds the store's write lock: the agent cannot change until this commits.
+        let current = select_agent(tx, agent_id, true).await?;
+        let (batch, answer) = change(current);
+        let Some(batch) = batch else { return Ok((Vec::new(), answer)) };
+        let prepared = Prepared::new(&batch, history_max_entries, &BTreeSet::new())?;
+        let events = write_batch(tx, &batch, &batch.removed, &prepared).await?;
+        let written: Vec<String> = batch.agents.iter().map(|a| a.agent_id.clone()).collect();
         tx.execute(
-            EVENTS,
-            "INSERT INTO verifier_events (cursor, at_seconds, record) \
-             SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::bytea[])",
-            &[&cursors, &at, &records],
+            AGENTS,
+            "UPDATE verifier_agents SET revision = revision + 1 WHERE agent_id = ANY($1)",
+            &[&written],
         )
         .await?;
-        Ok(out)
+        Ok((events, answer))
     })
+}
+
+/// Writes `batch`'s rows (`prepared`), removing `removed`, and appends its events.
+async fn write_batch(
+    tx: &Tx<'_>,
+    batch: &Batch,
+    removed: &[String],
+    prepared: &Prepared,
+) -> Result<Vec<EventRecord>, StoreError> {
+    let Prepared { agents: agent_rows, history: history_rows, trim_ids, trim_upto } = prepared;
+    if !removed.is_empty() {
+        tx.execute(AGENTS, "DELETE FROM verifier_agents WHERE agent_id = ANY($1)", &[&removed])
+            .await?;
+        tx.execute(HISTORY, "DELETE FROM verifier_history WHERE agent_id = ANY($1)", &[&removed])
+            .await?;
+    }
+    if !agent_rows.ids.is_empty() {
+        tx.execute(
+            AGENTS,
+            "INSERT INTO verifier_agents (agent_id, runtime_policy, measured_boot_policy, record) \
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bytea[]) \
+             ON CONFLICT (agent_id) DO UPDATE SET runtime_policy = EXCLUDED.runtime_policy, \
+             measured_boot_policy = EXCLUDED.measured_boot_policy, record = EXCLUDED.record",
+            &[&agent_rows.ids, &agent_rows.runtime, &agent_rows.measured_boot, &agent_rows.records],
+        )
+        .await?;
+    }
+    if !history_rows.ids.is_empty() {
+        tx.execute(
+            HISTORY,
+            "INSERT INTO verifier_history (agent_id, sequence, at_seconds, record) \
+             SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::bytea[]) \
+             ON CONFLICT (agent_id, sequence) DO UPDATE SET at_seconds = EXCLUDED.at_seconds, \
+             record = EXCLUDED.record",
+            &[&history_rows.ids, &history_rows.sequences, &history_rows.at, &history_rows.records],
+        )
+        .await?;
+    }
+    if !trim_ids.is_empty() {
+        tx.execute(
+            HISTORY,
+            "DELETE FROM verifier_history h USING UNNEST($1::text[], $2::bigint[]) AS t(agent_id, upto) \
+             WHERE h.agent_id = t.agent_id AND h.sequence <= t.upto",
+            &[&trim_ids, &trim_upto],
+        )
+        .await?;
+    }
+    if batch.events.is_empty() {
+        return Ok(Vec::new());
+    }
+    // The counter row is updated under the store's write lock, so cursors are committed in
+    // the order they are assigned (see the module docs of `postgres`).
+    let count = batch.events.len() as i64;
+    let row = tx
+        .query_opt(
+            CURSORS,
+            "INSERT INTO verifier_cursors (name, value) VALUES ($1, $2) \
+             ON CONFLICT (name) DO UPDATE SET value = verifier_cursors.value + EXCLUDED.value \
+             RETURNING value",
+            &[&LAST_EVENT, &count],
+        )
+        .await?;
+    let last = match &row {
+        Some(row) => unsigned(tx.get(CURSORS, row, "value")?),
+        None => 0,
+    };
+    let mut cursor = last.saturating_sub(batch.events.len() as u64);
+    let mut out = Vec::with_capacity(batch.events.len());
+    let (mut cursors, mut at, mut records) = (Vec::new(), Vec::new(), Vec::new());
+    for event in &batch.events {
+        cursor += 1;
+        let mut event = event.clone();
+        event.cursor = cursor;
+        cursors.push(bigint(EVENTS, &cursor.to_string(), cursor)?);
+        at.push(event.at.seconds);
+        records.push(encode(EVENTS, &cursor.to_string(), &event)?);
+        out.push(event);
+    }
+    tx.execute(
+        EVENTS,
+        "INSERT INTO verifier_events (cursor, at_seconds, record) \
+         SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::bytea[])",
+        &[&cursors, &at, &records],
+    )
+    .await?;
+    Ok(out)
 }
 
 pub(crate) fn history(
@@ -624,13 +721,27 @@ async fn lease_clock(tx: &Tx<'_>, millis: i64) -> Result<(Timestamp, Timestamp),
     Ok((timestamp(granted), timestamp(expires)))
 }
 
-fn agent_ids(tx: &Tx<'_>, rows: &[Row]) -> Result<Vec<String>, StoreError> {
-    let mut ids = rows
+/// The `agent_id` and `revision` columns of `rows`, in id order.
+fn held_agents(tx: &Tx<'_>, rows: &[Row]) -> Result<Vec<(String, u64)>, StoreError> {
+    let mut agents = rows
         .iter()
-        .map(|row| tx.get::<String>(LEASES, row, "agent_id"))
-        .collect::<Result<Vec<_>, _>>()?;
-    ids.sort();
-    Ok(ids)
+        .map(|row| {
+            let revision: i64 = tx.get(LEASES, row, "revision")?;
+            Ok((tx.get::<String>(LEASES, row, "agent_id")?, unsigned(revision)))
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    agents.sort();
+    Ok(agents)
+}
+
+fn leases(
+    tx: &Tx<'_>,
+    rows: &[Row],
+    granted_at: Timestamp,
+    expires_at: Timestamp,
+) -> Result<Leases, StoreError> {
+    let (agents, revisions) = held_agents(tx, rows)?.into_iter().unzip();
+    Ok(Leases { agents, revisions, granted_at, expires_at })
 }
 
 pub(crate) fn claim_leases(
@@ -661,11 +772,13 @@ pub(crate) fn claim_leases(
                  ON CONFLICT (agent_id) DO UPDATE \
                  SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at \
                  WHERE verifier_leases.expires_at <= now() \
-                 RETURNING agent_id",
+                 RETURNING agent_id, \
+                     (SELECT revision FROM verifier_agents a WHERE a.agent_id = verifier_leases.agent_id) \
+                     AS revision",
                 &[&holder, &limit(max), &millis],
             )
             .await?;
-        Ok(Leases { agents: agent_ids(tx, &rows)?, granted_at, expires_at })
+        leases(tx, &rows, granted_at, expires_at)
     })
 }
 
@@ -682,13 +795,15 @@ pub(crate) fn renew_leases(
         let rows = tx
             .query(
                 LEASES,
-                "UPDATE verifier_leases \
+                "UPDATE verifier_leases l \
                  SET expires_at = now() + $2::bigint * interval '1 millisecond' \
-                 WHERE holder = $1 AND expires_at > now() RETURNING agent_id",
+                 FROM verifier_agents a \
+                 WHERE l.holder = $1 AND l.expires_at > now() AND a.agent_id = l.agent_id \
+                 RETURNING l.agent_id, a.revision",
                 &[&holder, &millis],
             )
             .await?;
-        Ok(Leases { agents: agent_ids(tx, &rows)?, granted_at, expires_at })
+        leases(tx, &rows, granted_at, expires_at)
     })
 }
 
@@ -723,13 +838,117 @@ pub(crate) fn lease_holders(db: &Database) -> Result<Vec<(String, u64)>, StoreEr
     })
 }
 
-/// Refuses the transaction unless every agent of `agent_ids` is leased to `holder`, unexpired.
-/// The agent rows are locked first: a claim must lock an agent's row to take its lease, so no
-/// other holder can take one of these leases before this transaction ends (and one that a
-/// claim is taking right now is seen once that claim has committed).
-async fn fence(tx: &Tx<'_>, holder: &str, agent_ids: &[String]) -> Result<(), StoreError> {
+pub(crate) fn policy_users(db: &Database, kind: PolicyKind, name: &str) -> Result<u64, StoreError> {
+    let sql = match kind {
+        PolicyKind::Runtime => {
+            "SELECT count(*) AS agents FROM verifier_agents WHERE runtime_policy = $1"
+        }
+        PolicyKind::MeasuredBoot => {
+            "SELECT count(*) AS agents FROM verifier_agents WHERE measured_boot_policy = $1"
+        }
+    };
+    db.read("count the agents using a policy", async |tx| {
+        let row = tx.query_opt(AGENTS, sql, &[&name]).await?;
+        Ok(match &row {
+            Some(row) => unsigned(tx.get(AGENTS, row, "agents")?),
+            None => 0,
+        })
+    })
+}
+
+pub(crate) fn agent_count(db: &Database) -> Result<u64, StoreError> {
+    db.read("count agents", async |tx| {
+        let row =
+            tx.query_opt(AGENTS, "SELECT count(*) AS agents FROM verifier_agents", &[]).await?;
+        Ok(match &row {
+            Some(row) => unsigned(tx.get(AGENTS, row, "agents")?),
+            None => 0,
+        })
+    })
+}
+
+pub(crate) fn announce(
+    db: &Database,
+    replica: &str,
+    duration: Duration,
+) -> Result<Vec<String>, StoreError> {
+    let millis = lease_millis(duration);
+    db.write_unserialized("announce a replica", async |tx| {
+        tx.execute(
+            REPLICAS,
+            "INSERT INTO verifier_replicas (id, expires_at) \
+             VALUES ($1, now() + $2::bigint * interval '1 millisecond') \
+             ON CONFLICT (id) DO UPDATE SET expires_at = EXCLUDED.expires_at",
+            &[&replica, &millis],
+        )
+        .await?;
+        tx.execute(
+            REPLICAS,
+            "DELETE FROM verifier_replicas WHERE expires_at < now() - interval '1 day'",
+            &[],
+        )
+        .await?;
+        let rows = tx
+            .query(
+                REPLICAS,
+                "SELECT id FROM verifier_replicas WHERE expires_at > now() ORDER BY id",
+                &[],
+            )
+            .await?;
+        rows.iter().map(|row| tx.get(REPLICAS, row, "id")).collect()
+    })
+}
+
+pub(crate) fn withdraw(db: &Database, replica: &str) -> Result<(), StoreError> {
+    db.write_unserialized("withdraw a replica", async |tx| {
+        tx.execute(REPLICAS, "DELETE FROM verifier_replicas WHERE id = $1", &[&replica]).await?;
+        tx.execute(DUTIES, "DELETE FROM verifier_duties WHERE holder = $1", &[&replica]).await?;
+        tx.execute(LEASES, "DELETE FROM verifier_leases WHERE holder = $1", &[&replica]).await?;
+        Ok(())
+    })
+}
+
+pub(crate) fn take_duty(
+    db: &Database,
+    name: &str,
+    holder: &str,
+    duration: Duration,
+) -> Result<Option<Leases>, StoreError> {
+    let millis = lease_millis(duration);
+    db.write_unserialized("take a duty", async |tx| {
+        let (granted_at, expires_at) = lease_clock(tx, millis).await?;
+        let row = tx
+            .query_opt(
+                DUTIES,
+                "INSERT INTO verifier_duties (name, holder, expires_at) \
+                 VALUES ($1, $2, now() + $3::bigint * interval '1 millisecond') \
+                 ON CONFLICT (name) DO UPDATE \
+                 SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at \
+                 WHERE verifier_duties.holder = EXCLUDED.holder \
+                     OR verifier_duties.expires_at <= now() \
+                 RETURNING holder",
+                &[&name, &holder, &millis],
+            )
+            .await?;
+        Ok(row.map(|_| Leases {
+            agents: Vec::new(),
+            revisions: Vec::new(),
+            granted_at,
+            expires_at,
+        }))
+    })
+}
+
+/// The agents of `batch` (see [`Batch::agent_ids`]) that `holder` may not write: those whose
+/// row is gone, or that another holder has an unexpired lease on, or whose row is at another
+/// revision than the entry the batch writes for it. The agent rows are locked first: a claim
+/// must lock an agent's row to take its lease, so no other holder can take one of these leases
+/// before this transaction ends (and one that a claim is taking right now is seen once that
+/// claim has committed).
+async fn fence(tx: &Tx<'_>, holder: &str, batch: &Batch) -> Result<BTreeSet<String>, StoreError> {
+    let agent_ids = batch.agent_ids();
     if agent_ids.is_empty() {
-        return Ok(());
+        return Ok(BTreeSet::new());
     }
     tx.query(
         AGENTS,
@@ -738,37 +957,36 @@ async fn fence(tx: &Tx<'_>, holder: &str, agent_ids: &[String]) -> Result<(), St
         &[&agent_ids],
     )
     .await?;
-    // statement_timestamp(), not now(): the transaction may have waited for the write lock
-    // and the agent rows since it began.
+    // A statement of its own, so that its snapshot (read committed) sees what a claim that
+    // held the rows committed. statement_timestamp(), not now(): the transaction may have
+    // waited for the write lock and the agent rows since it began.
     let rows = tx
         .query(
             LEASES,
-            "SELECT agent_id, holder, expires_at > statement_timestamp() AS live \
-             FROM verifier_leases WHERE agent_id = ANY($1)",
-            &[&agent_ids],
+            "SELECT a.agent_id, a.revision, \
+                 l.holder <> $2 AND l.expires_at > statement_timestamp() AS taken \
+             FROM verifier_agents a LEFT JOIN verifier_leases l ON l.agent_id = a.agent_id \
+             WHERE a.agent_id = ANY($1)",
+            &[&agent_ids, &holder],
         )
         .await?;
-    let mut leases = BTreeMap::new();
+    let mut writable = BTreeMap::new();
     for row in &rows {
         let id: String = tx.get(LEASES, row, "agent_id")?;
-        let held_by: String = tx.get(LEASES, row, "holder")?;
-        let live: bool = tx.get(LEASES, row, "live")?;
-        leases.insert(id, (held_by, live));
-    }
-    for id in agent_ids {
-        let refused = |held_by: Option<&String>, expired| StoreError::NotLeased {
-            agent_id: id.clone(),
-            holder: holder.to_owned(),
-            held_by: held_by.cloned(),
-            expired,
-        };
-        match leases.get(id) {
-            None => return Err(refused(None, false)),
-            Some((held_by, live)) if held_by != holder || !live => {
-                return Err(refused(Some(held_by), !live));
-            }
-            Some(_) => {}
+        let revision: i64 = tx.get(LEASES, row, "revision")?;
+        let taken: Option<bool> = tx.get(LEASES, row, "taken")?;
+        if taken != Some(true) {
+            writable.insert(id, unsigned(revision));
         }
     }
-    Ok(())
+    // The revision each agent's written entry was read at (the last entry of an agent wins).
+    let written: BTreeMap<&str, u64> =
+        batch.agents.iter().map(|a| (a.agent_id.as_str(), a.revision)).collect();
+    Ok(agent_ids
+        .into_iter()
+        .filter(|id| match writable.get(id) {
+            None => true,
+            Some(revision) => written.get(id.as_str()).is_some_and(|w| w != revision),
+        })
+        .collect())
 }

@@ -286,6 +286,10 @@ daemon_config! {
         "PostgreSQL database holding the state, as postgresql://user@host:port/dbname (a Unix socket directory as ?host=/run/postgresql); unset or empty: the redb file under keylime_dir. Connections are not encrypted, so the server must be on a loopback address or a Unix socket.";
     database_password_file: Option<PathBuf> = optional(Kind::Path),
         "File holding the password of database_url's user (one line), so that the URL need not carry it; unset: the URL's password, if any.";
+    id: Option<String> = optional(Kind::Text),
+        "This verifier's name among the replicas sharing database_url (the holder of its agent leases); unset: this host's name and port, as host:port.";
+    agent_lease_seconds: Duration = value(Kind::Seconds, "10") with "seconds",
+        "Seconds an agent stays leased to a replica sharing database_url without a renewal; a dead replica's agents are taken by another within this time plus two quote intervals. Renewed every sixth of it.";
 }
 
 client_config! {
