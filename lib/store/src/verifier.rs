@@ -14,13 +14,19 @@
 //! leases: an agent is attested by the replica (the *holder*, named by the caller) that holds
 //! its unexpired lease. [`VerifierStore::claim_leases`] takes agents whose lease is absent or
 //! expired, [`VerifierStore::renew_leases`] extends all of a holder's leases at once and tells
-//! it which it still holds, [`VerifierStore::release_leases`] gives some back, and
-//! [`VerifierStore::commit_as`] commits a batch only if every agent it writes is leased to the
-//! committing holder and unexpired, so a holder that lost an agent cannot overwrite the state
-//! written by the agent's new holder. [`VerifierStore::lease_holders`] counts live leases per
-//! holder. The redb file has a single verifier and no leases: these calls refuse it with
-//! [`StoreError::LeasesNeedDatabase`] (a daemon leases agents only when it is configured as a
-//! replica on a database), except `lease_holders`, which reports none.
+//! it which it still holds (with each agent's revision), [`VerifierStore::release_leases`]
+//! gives some back, and [`VerifierStore::commit_as`] writes an agent's entry and history only
+//! if no other holder has an unexpired lease on it and the entry was read at the agent's
+//! current revision, so a holder that lost an agent cannot overwrite the state written by the
+//! agent's new holder, nor one that read an agent before an operator changed it
+//! ([`VerifierStore::modify_agent`], which changes one agent under its row lock and counts its
+//! revision up). [`VerifierStore::lease_holders`] counts live leases per holder;
+//! [`VerifierStore::announce`] keeps a replica present (the others divide the fleet by the
+//! replicas present) and [`VerifierStore::withdraw`] ends it with its leases;
+//! [`VerifierStore::take_duty`] leases work one replica does for all (webhook delivery,
+//! pruning). The redb file has a single verifier and no leases: these calls refuse it with
+//! [`StoreError::LeasesNeedDatabase`] (a daemon leases agents only when its state is in a
+//! database), except `lease_holders`, which reports none.
 //!
 //! Lease times are the database server's clock: a lease expires when the server's `now()`
 //! passes the `now()` of the claiming or renewing transaction plus the duration, and
@@ -37,6 +43,9 @@
 //! ends leases early by the size of the step; keep the server's clock slewed, not stepped.
 //! Writes to the database need no margin: [`VerifierStore::commit_as`] checks the lease in
 //! the committing transaction itself.
+//!
+//! Every replica, and the operator changes made through it, writes under the store's write
+//! lock, so event cursors are assigned in commit order across replicas.
 
 use std::ops::Bound;
 use std::path::Path;
