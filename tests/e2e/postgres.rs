@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use kl_proto::registrar::v1::{AgentRecord, GetAgentRequest};
-use kl_tests::daemon::{self, Daemon};
+use kl_tests::daemon::{self, Daemon, KCTL};
 use kl_tests::deployment::Deployment;
 use kl_tests::postgres::Postgres;
 use kl_tests::{Result, err};
@@ -86,7 +86,8 @@ async fn a_registrar_on_postgres_keeps_its_agents_across_a_restart() -> Result<(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_verifier_on_postgres_attests_an_agent_and_keeps_it_across_a_restart() -> Result<()> {
     let Some(mut server) = Postgres::start()? else { return Ok(()) };
-    let settings = database_settings(&server, "verifier")?;
+    let mut settings = database_settings(&server, "verifier")?;
+    settings.insert("agent_lease_seconds".into(), 3.into());
     let Some(mut sys) = System::start_with(toml::Table::new(), &[], settings, true)? else {
         return Ok(());
     };
@@ -112,13 +113,22 @@ async fn a_verifier_on_postgres_attests_an_agent_and_keeps_it_across_a_restart()
     let newest = history["attestations"][0]["sequence"].as_u64().unwrap_or(0);
     assert!(newest > count, "history goes on after the restart: {history}");
 
-    // The server goes away for a while: the verifier holds its writes, keeps running, and
-    // commits them once the server is back (before it takes its agents' leases again).
+    // The server goes away for longer than a lease: the verifier holds its writes, reports
+    // NOT_SERVING, stops attesting once its lease runs out, and commits what it held once the
+    // server is back (before it takes its agents' leases again).
     server.stop()?;
     sys.verifier.wait_for_output("committing attestation state failed", OUTCOME_TIMEOUT)?;
-    let during = sys.show()?["attestation_count"].as_u64().unwrap_or(0);
+    let health = |sys: &System| sys.run(KCTL, &["health"]).map(|o| o.status.code());
+    sys.wait(|s| Ok(health(s)? == Some(1)), "NOT_SERVING while the database is away")?;
+    std::thread::sleep(Duration::from_secs(4));
     server.start_again()?;
     sys.verifier.wait_for_output("the state store can be written again", OUTCOME_TIMEOUT)?;
+    sys.wait(|s| Ok(health(s)? == Some(0)), "SERVING again")?;
+    let during = sys.show()?["attestation_count"].as_u64().unwrap_or(0);
+    sys.wait(
+        |s| Ok(s.show()?["attestation_count"].as_u64() > Some(during)),
+        "an attestation after the database came back",
+    )?;
     assert!(sys.verifier.exited().is_none(), "{}", sys.verifier.output());
     let committed = count_rows(&server, "verifier", "verifier_history")?;
     sys.verifier.restart()?;
