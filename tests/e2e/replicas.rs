@@ -1,6 +1,6 @@
-//! Two verifier replicas on one PostgreSQL database, three agents on swtpm: the fleet is divided
-//! between the replicas, either answers for the whole fleet, and a replica killed with SIGKILL
-//! has its agents taken over by the other, which still finds a tampered agent.
+//! Two verifier replicas on one PostgreSQL database, three agents on swtpm: a replica that joins
+//! takes a share of the fleet, either answers for the whole fleet, and a replica killed with
+//! SIGKILL has its agents taken over by the other, which still finds a tampered agent.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -107,7 +107,7 @@ fn more_agents(sys: &System, tpms: &[Swtpm]) -> Result<Vec<(TestAgent, String)>>
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_replicas_share_the_fleet_and_one_takes_over_when_the_other_is_killed() -> Result<()> {
+async fn a_joining_replica_takes_a_share_and_a_killed_ones_agents_are_taken_over() -> Result<()> {
     let Some(server) = Postgres::start()? else { return Ok(()) };
     let (Some(tpm2), Some(tpm3)) = (Swtpm::manufacture()?, Swtpm::manufacture()?) else {
         return Ok(());
@@ -119,29 +119,35 @@ async fn two_replicas_share_the_fleet_and_one_takes_over_when_the_other_is_kille
     else {
         return Ok(());
     };
-    // The second replica: the same database, CA and keylime_dir, its own port (and so its own
-    // default id, host:port).
-    let mut config2 =
-        sys.deployment.verifier_config(daemon::free_port()?, sys.registrar.port(), 1.0);
-    config2.extend(settings);
-    let mut replica2 = sys.deployment.start_verifier_named("verifier2", &config2)?;
     let tenant1 = sys.tenant.clone();
-    let tenant2 = sys.deployment.tenant_config_named(
-        "tenant2.conf",
-        replica2.port(),
-        sys.registrar.port(),
-    )?;
     let tpms = [tpm2, tpm3];
     let others = more_agents(&sys, &tpms)?;
     let mut ids = vec![sys.agent_id.clone()];
     ids.extend(others.iter().map(|(_, id)| id.clone()));
 
-    // Enrolled through replica 1, listed through replica 2: the whole fleet, all passing.
+    // Enrolled through replica 1, the only one yet: it takes the whole fleet.
     sys.apply_policy("base")?;
     for id in &ids {
         let enrolled = kctl(&tenant1, &["agents", "enroll", id, "--runtime-policy", "base"])?;
         assert_eq!(enrolled["changed"], true, "{enrolled}");
     }
+    for id in &ids {
+        wait_agent(&tenant1, id, "passing", |a| a["state"] == "passed")?;
+    }
+    assert_eq!(lease_holders(&server)?.len(), 1);
+
+    // A second replica joins: the same database, CA and keylime_dir, its own port (and so its
+    // own default id, host:port). It answers for the whole fleet at once, and the fleet is
+    // divided between the two.
+    let mut config2 =
+        sys.deployment.verifier_config(daemon::free_port()?, sys.registrar.port(), 1.0);
+    config2.extend(settings);
+    let mut replica2 = sys.deployment.start_verifier_named("verifier2", &config2)?;
+    let tenant2 = sys.deployment.tenant_config_named(
+        "tenant2.conf",
+        replica2.port(),
+        sys.registrar.port(),
+    )?;
     for id in &ids {
         wait_agent(&tenant2, id, "passing", |a| a["state"] == "passed")?;
     }
@@ -161,7 +167,7 @@ async fn two_replicas_share_the_fleet_and_one_takes_over_when_the_other_is_kille
     let again = kctl(&tenant2, &["agents", "enroll", &ids[1], "--runtime-policy", "base"])?;
     assert_eq!(again["changed"], false, "{again}");
 
-    // Both replicas attest a share of the fleet.
+    // Both replicas attest a share of the fleet, and every agent goes on passing.
     let deadline = Instant::now() + OUTCOME_TIMEOUT;
     let holders = loop {
         let holders = lease_holders(&server)?;
@@ -176,6 +182,12 @@ async fn two_replicas_share_the_fleet_and_one_takes_over_when_the_other_is_kille
         std::thread::sleep(Duration::from_millis(200));
     };
     assert!(holders.iter().all(|(_, n)| (1..=2).contains(n)), "{holders:?}");
+    for id in &ids {
+        let before = kctl(&tenant2, &["agents", "show", id])?["attestation_count"].as_u64();
+        wait_agent(&tenant2, id, "attested after the division", |a| {
+            a["state"] == "passed" && a["attestation_count"].as_u64() > before
+        })?;
+    }
 
     // Replica 1 is killed; agent 1 is tampered with. Replica 2 takes every agent over: the
     // tampered one fails, the others go on being attested.
