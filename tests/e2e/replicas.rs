@@ -189,6 +189,43 @@ async fn a_joining_replica_takes_a_share_and_a_killed_ones_agents_are_taken_over
         })?;
     }
 
+    // Operator changes through either replica reach the holder, whichever it is: stopped
+    // through one replica, the agent is no longer attested; resumed through the other, it is.
+    let third = &ids[2];
+    let stopped = kctl(&tenant2, &["agents", "stop", third])?;
+    assert_eq!(stopped["changed"], true, "{stopped}");
+    let at_stop = wait_agent(&tenant1, third, "stopped", |a| a["state"] == "stopped")?;
+    std::thread::sleep(Duration::from_secs(3));
+    let still = kctl(&tenant1, &["agents", "show", third])?;
+    assert_eq!(still["attestation_count"], at_stop["attestation_count"], "{still}");
+    let resumed = kctl(&tenant1, &["agents", "resume", third])?;
+    assert_eq!(resumed["changed"], true, "{resumed}");
+    wait_agent(&tenant2, third, "attested after the resume", |a| {
+        a["state"] == "passed"
+            && a["attestation_count"].as_u64() > at_stop["attestation_count"].as_u64()
+    })?;
+    // Unenrolled through one and enrolled again through the other: a new history, nothing of
+    // the old enrolment written into it.
+    let before = kctl(&tenant1, &["agents", "show", third])?["attestation_count"].as_u64();
+    assert_eq!(kctl(&tenant2, &["agents", "unenroll", third])?["changed"], true);
+    let again = kctl(&tenant1, &["agents", "enroll", third, "--runtime-policy", "base"])?;
+    assert_eq!(again["changed"], true, "{again}");
+    wait_agent(&tenant2, third, "attested after enrolling again", |a| {
+        a["state"] == "passed" && a["attestation_count"].as_u64() >= Some(1)
+    })?;
+    std::thread::sleep(Duration::from_secs(2));
+    let history = kctl(&tenant2, &["agents", "attestations", third])?;
+    let sequences: Vec<u64> = history["attestations"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|r| r["sequence"].as_u64()).collect())
+        .unwrap_or_default();
+    let shown = kctl(&tenant2, &["agents", "show", third])?;
+    assert!(
+        sequences.first().copied() <= shown["attestation_count"].as_u64()
+            && shown["attestation_count"].as_u64() < before,
+        "a new history: {sequences:?} {shown} (before: {before:?})"
+    );
+
     // Replica 1 is killed; agent 1 is tampered with. Replica 2 takes every agent over: the
     // tampered one fails, the others go on being attested.
     let counts: Vec<u64> = ids

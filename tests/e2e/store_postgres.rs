@@ -419,6 +419,9 @@ fn newer_schema_unreachable_server_and_missing_password_are_named() -> Result<()
     store.set_cursor("webhook", 1)?;
     other.set_cursor("webhook", 2)?;
     assert_eq!(store.cursor("webhook")?, Some(2));
+    // A cursor never goes back, whoever writes it late.
+    store.set_cursor("webhook", 1)?;
+    assert_eq!(other.cursor("webhook")?, Some(2));
     Ok(())
 }
 
@@ -633,9 +636,10 @@ fn postgres_commit_as_writes_only_agents_held_at_their_revision_and_keeps_every_
     // An agent without a row or lease (a new one): refused; an operator's change enrols it.
     assert_eq!(store.commit_as("r1", write("new", "p"), 0)?.refused, ["new"]);
     assert!(store.get_agent("new")?.is_none());
-    let (events, existed) =
+    let modified =
         store.modify_agent("new", 0, |current| (Some(write("new", "p")), current.is_some()))?;
-    assert_eq!((cursors(&events), existed), (vec![7], false));
+    assert_eq!((cursors(&modified.events), modified.answer), (vec![7], false));
+    assert_eq!(modified.stored.iter().map(|x| x.revision).collect::<Vec<_>>(), [1]);
     assert_eq!(
         store.get_agent("new")?.map(|x| (x.runtime_policy, x.revision)),
         Some(("p".to_owned(), 1))
@@ -643,30 +647,43 @@ fn postgres_commit_as_writes_only_agents_held_at_their_revision_and_keeps_every_
 
     // An operator changes r1's agent: r1's writes made at the old revision are refused
     // until it reads the agent again; the renewal reports the new revision.
-    let (_, seen) = store.modify_agent(a, 0, |current| {
-        let mut entry = current.clone().unwrap_or_else(|| agent(a, ""));
-        entry.runtime_policy = "operator".to_owned();
-        (Some(Batch { agents: vec![entry], ..Batch::default() }), current.map(|x| x.revision))
-    })?;
+    let seen = store
+        .modify_agent(a, 0, |current| {
+            let mut entry = current.clone().unwrap_or_else(|| agent(a, ""));
+            entry.runtime_policy = "operator".to_owned();
+            (Some(Batch { agents: vec![entry], ..Batch::default() }), current.map(|x| x.revision))
+        })?
+        .answer;
     assert_eq!(seen, Some(0));
     assert_eq!(store.commit_as("r1", write(a, "stale"), 0)?.refused, std::slice::from_ref(a));
     let renewed = store.renew_leases("r1", LONG)?;
-    assert_eq!((renewed.agents, renewed.revisions), (vec![a.clone()], vec![1]));
+    // Revisions come from one sequence: "new" took 1.
+    assert_eq!((renewed.agents, renewed.revisions), (vec![a.clone()], vec![2]));
     let mut fresh = store.get_agent(a)?.ok_or_else(|| err("agent a is gone"))?;
-    assert_eq!((fresh.runtime_policy.as_str(), fresh.revision), ("operator", 1));
+    assert_eq!((fresh.runtime_policy.as_str(), fresh.revision), ("operator", 2));
     fresh.attestation_count = 7;
     let batch = Batch { agents: vec![fresh], ..Batch::default() };
     assert!(store.commit_as("r1", batch, 0)?.refused.is_empty());
     assert_eq!(store.get_agent(a)?.map(|x| x.attestation_count), Some(7));
     // No change: nothing is written and the revision stays.
-    let (events, ()) = store.modify_agent(a, 0, |_| (None, ()))?;
-    assert!(events.is_empty());
-    assert_eq!(store.get_agent(a)?.map(|x| x.revision), Some(1));
+    let unchanged = store.modify_agent(a, 0, |_| (None, ()))?;
+    assert!(unchanged.events.is_empty() && unchanged.stored.is_empty());
+    assert_eq!(store.get_agent(a)?.map(|x| x.revision), Some(2));
 
-    // An operator unenrols r2's agent: the lease goes with it.
+    // An operator unenrols r2's agent: the lease goes with it. Enrolled again, it has a new
+    // revision and no lease: r2's late writes of the old enrolment are refused.
     store.modify_agent(c, 0, |_| (Some(removal), ()))?;
     assert!(store.get_agent(c)?.is_none());
     assert!(store.renew_leases("r2", LONG)?.agents.is_empty());
+    store.modify_agent(c, 0, |_| (Some(write(c, "again")), ()))?;
+    assert_eq!(store.get_agent(c)?.map(|x| x.revision), Some(3));
+    let mut late = write(c, "late");
+    late.agents[0].revision = 3;
+    assert_eq!(store.commit_as("r2", late, 0)?.refused, std::slice::from_ref(c));
+    assert_eq!(store.get_agent(c)?.map(|x| x.runtime_policy), Some("again".to_owned()));
+    store.modify_agent(c, 0, |current| {
+        (current.map(|x| Batch { removed: vec![x.agent_id], ..Batch::default() }), ())
+    })?;
     assert_eq!(store.lease_holders()?, [("r1".to_owned(), 1), ("r3".to_owned(), 1)]);
     assert_eq!(store.agent_count()?, 3);
     Ok(())
@@ -677,8 +694,8 @@ fn postgres_replicas_announce_themselves_take_duties_one_at_a_time_and_withdraw(
     let Some((server, location)) = database()? else { return Ok(()) };
     let store = VerifierStore::open_at(&location)?;
     let all = enroll(&store, 2)?;
-    assert_eq!(store.announce("r2", LONG)?, ["r2"]);
-    assert_eq!(store.announce("r1", LONG)?, ["r1", "r2"]);
+    assert_eq!(store.announce("r2", "t2", LONG)?, ["r2"]);
+    assert_eq!(store.announce("r1", "t1", LONG)?, ["r1", "r2"]);
     assert!(store.take_duty("webhook", "r1", LONG)?.is_some());
     assert!(store.take_duty("webhook", "r2", LONG)?.is_none());
     assert!(store.take_duty("prune", "r2", LONG)?.is_some());
@@ -686,9 +703,17 @@ fn postgres_replicas_announce_themselves_take_duties_one_at_a_time_and_withdraw(
     assert!(store.take_duty("webhook", "r1", LONG)?.is_some());
     assert_eq!(store.claim_leases("r1", 10, LONG)?.agents, all);
 
+    // Another process with r1's id is refused while r1 is present, and cannot withdraw it.
+    let taken = store.announce("r1", "other", LONG).err().map(|e| e.to_string());
+    assert!(
+        taken.is_some_and(|e| e.contains("another verifier process uses the replica id \"r1\""))
+    );
+    store.withdraw("r1", "other")?;
+    assert_eq!(store.lease_holders()?, [("r1".to_owned(), 2)]);
+
     // r1 withdraws: its presence, duties and leases go at once.
-    store.withdraw("r1")?;
-    assert_eq!(store.announce("r2", LONG)?, ["r2"]);
+    store.withdraw("r1", "t1")?;
+    assert_eq!(store.announce("r2", "t2", LONG)?, ["r2"]);
     assert!(store.take_duty("webhook", "r2", LONG)?.is_some());
     assert_eq!(store.claim_leases("r2", 10, LONG)?.agents, all);
 
@@ -698,7 +723,7 @@ fn postgres_replicas_announce_themselves_take_duties_one_at_a_time_and_withdraw(
         "UPDATE verifier_replicas SET expires_at = now() - interval '1 second' WHERE id = 'r2'; \
          UPDATE verifier_duties SET expires_at = now() - interval '1 second'",
     )?;
-    assert_eq!(store.announce("r3", LONG)?, ["r3"]);
+    assert_eq!(store.announce("r3", "t3", LONG)?, ["r3"]);
     assert!(store.take_duty("webhook", "r3", LONG)?.is_some());
     Ok(())
 }
@@ -724,6 +749,7 @@ fn postgres_verifier_schema_1_migrates_to_leases_keeping_its_data_and_newer_is_r
     // replicas and duties, and without agent revisions.
     psql(
         "DROP TABLE verifier_leases, verifier_replicas, verifier_duties; \
+         DROP SEQUENCE verifier_agent_revisions; \
          ALTER TABLE verifier_agents DROP COLUMN revision; \
          UPDATE meta SET schema_version = 1 WHERE store = 'verifier'",
     )?;

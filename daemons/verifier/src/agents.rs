@@ -62,6 +62,17 @@ pub(crate) fn slot(ctx: &Context, agent_id: &str) -> Result<Arc<AgentSlot>, Erro
     ctx.agents.get(agent_id).ok_or_else(|| Error::AgentNotFound { agent_id: agent_id.to_owned() })
 }
 
+/// NOT_FOUND unless `agent_id` is enrolled (attested here or, on a replica, stored).
+pub(crate) async fn check_enrolled(ctx: &Context, agent_id: &str) -> Result<(), Error> {
+    if ctx.agents.get(agent_id).is_some() {
+        return Ok(());
+    }
+    if ctx.replica.is_some() {
+        return shared::stored(ctx, agent_id).await.map(drop);
+    }
+    Err(Error::AgentNotFound { agent_id: agent_id.to_owned() })
+}
+
 /// Waits until the agent state a client is about to be shown is committed (it may hold
 /// routine rounds still queued). While the store cannot be written (a full disk), the state is
 /// shown at once from memory: reads keep working, and the failure is logged and counted by the

@@ -26,6 +26,10 @@ pub(crate) struct Replica {
     duties: Mutex<HashMap<&'static str, Instant>>,
     /// When the last renewal that reached the database was sent.
     renewed: Mutex<Option<Instant>>,
+    /// When this replica started.
+    started: Instant,
+    /// Tells this process from another started with the same id.
+    pub token: String,
 }
 
 impl Replica {
@@ -43,6 +47,8 @@ impl Replica {
             wake: Arc::new(Notify::new()),
             duties: Mutex::new(HashMap::new()),
             renewed: Mutex::new(None),
+            started: Instant::now(),
+            token: format!("{}-{:016x}", std::process::id(), rand::random::<u64>()),
         })
     }
 
@@ -80,16 +86,15 @@ impl Replica {
     /// whole lease period.
     pub fn stale(&self) -> Option<String> {
         let renewed = *self.renewed.lock().unwrap_or_else(PoisonError::into_inner);
-        match renewed {
-            Some(at) if at.elapsed() < self.lease => None,
-            Some(at) => Some(format!(
+        // Not yet renewed once: counted from the start.
+        let since = renewed.unwrap_or(self.started);
+        (since.elapsed() >= self.lease).then(|| {
+            format!(
                 "no agent lease renewed for {} s (agent_lease_seconds = {})",
-                at.elapsed().as_secs(),
+                since.elapsed().as_secs(),
                 self.lease.as_secs_f64()
-            )),
-            // Not yet renewed once: still starting.
-            None => None,
-        }
+            )
+        })
     }
 }
 

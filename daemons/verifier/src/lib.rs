@@ -344,13 +344,13 @@ impl Server {
         let unsaved = scheduler::unsaved_entries(&context).await;
         context.writer.submit(unsaved);
         let store = context.store.clone();
-        let replica_id = context.replica.as_ref().map(|r| r.id.clone());
+        let replica_id = context.replica.as_ref().map(|r| (r.id.clone(), r.token.clone()));
         drop(context);
         tokio::task::spawn_blocking(move || {
             let joined = writer_thread.join();
             // Once everything is committed: a replica's agents go to the others at once.
-            if let Some(id) = replica_id {
-                replica::withdraw(&store, &id);
+            if let Some((id, token)) = replica_id {
+                replica::withdraw(&store, &id, &token);
             }
             joined
         })

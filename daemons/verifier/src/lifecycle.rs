@@ -83,17 +83,42 @@ pub(crate) struct AgentSlot {
     /// On a replica: until when this replica may act for the agent (its lease, less a
     /// margin, by this host's monotonic clock; see [`crate::replica`]). `None`: no limit.
     deadline: std::sync::Mutex<Option<Instant>>,
+    /// The revision of the stored agent the runtime was read from (see
+    /// `AgentEntry::revision`), readable without the runtime's lock.
+    revision: std::sync::atomic::AtomicU64,
 }
 
 impl AgentSlot {
     pub fn new(entry: AgentEntry) -> AgentSlot {
         AgentSlot {
             id: entry.agent_id.clone(),
+            revision: std::sync::atomic::AtomicU64::new(entry.revision),
             runtime: tokio::sync::Mutex::new(AgentRuntime::new(entry)),
             wake: Notify::new(),
             removed: AtomicBool::new(false),
             deadline: std::sync::Mutex::new(None),
         }
+    }
+
+    pub fn revision(&self) -> u64 {
+        self.revision.load(Ordering::Acquire)
+    }
+
+    /// `rt` (this slot's runtime, locked) becomes `stored`, if `stored` is newer than what it
+    /// was read from ([`AgentRuntime::reload`]); whether it did.
+    pub fn reload(&self, rt: &mut AgentRuntime, stored: AgentEntry) -> bool {
+        if stored.revision <= rt.entry.revision {
+            return false;
+        }
+        self.revision.store(stored.revision, Ordering::Release);
+        rt.reload(stored);
+        self.wake.notify_one();
+        true
+    }
+
+    /// Until when this replica may act for the agent, if there is a limit.
+    pub fn deadline(&self) -> Option<Instant> {
+        *self.deadline.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Whether this verifier may attest the agent now (its lease has not run out).
@@ -175,6 +200,19 @@ impl AgentTable {
 
     pub fn remove(&self, agent_id: &str) -> Option<Arc<AgentSlot>> {
         self.agents.write().unwrap_or_else(PoisonError::into_inner).remove(agent_id)
+    }
+
+    /// Removes `slot` itself, not a newer slot of the same agent that took its place; whether
+    /// it was there. The slot's loop ends.
+    pub fn remove_slot(&self, slot: &Arc<AgentSlot>) -> bool {
+        let mut agents = self.agents.write().unwrap_or_else(PoisonError::into_inner);
+        let here = agents.get(&slot.id).is_some_and(|s| Arc::ptr_eq(s, slot));
+        if here {
+            agents.remove(&slot.id);
+        }
+        drop(agents);
+        slot.mark_removed();
+        here
     }
 
     /// The enrolment lock of `agent_id`.

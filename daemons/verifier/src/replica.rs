@@ -15,14 +15,14 @@
 //! Fencing: a replica acts for an agent (attests it, records a verdict, delivers its key,
 //! sends notices) only while `sent + lease - margin` has not passed on its monotonic clock,
 //! where `sent` is when the renewal that returned the agent was sent and the margin is a fifth
-//! of the lease; a round that ends after that is dropped. Its writes are fenced by the
+//! of the lease; a round still running then is cut off and dropped. Its writes are fenced by the
 //! database itself ([`kl_store::verifier::VerifierStore::commit_as`]): the entries of agents it
 //! no longer holds, or that an operator changed since it read them, are not written (their
 //! events are), and the lease loop is woken to drop or re-read them.
 //!
-//! While the database cannot be reached, a replica keeps attesting the agents it holds until
-//! their deadlines pass, its writes held in memory by the writer; it then attests none and
-//! reports NOT_SERVING. Once the database answers, the held writes are committed first (the
+//! While the database cannot be reached, a replica reports NOT_SERVING and keeps attesting the
+//! agents it holds until their deadlines pass, its writes held in memory by the writer; it then
+//! attests none. Once the database answers, the held writes are committed first (the
 //! events all; the entries and history of agents no other replica has taken meanwhile), and
 //! only then does the lease loop renew, drop and claim again, reading agents with those
 //! writes in.
@@ -115,8 +115,9 @@ async fn cycle(ctx: &Arc<Context>, replica: &Replica) -> Result<(), Error> {
     let (id, lease) = (replica.id.clone(), replica.lease);
     let duties: Vec<&'static str> =
         if ctx.config.webhook_url.is_some() { vec![WEBHOOK, PRUNE] } else { vec![PRUNE] };
+    let token = replica.token.clone();
     let census = blocking(move || {
-        let replicas = store.announce(&id, lease)?.len();
+        let replicas = store.announce(&id, &token, lease)?.len();
         let renewed = store.renew_leases(&id, lease)?;
         let agents = store.agent_count()?;
         let duties = duties
@@ -131,10 +132,12 @@ async fn cycle(ctx: &Arc<Context>, replica: &Replica) -> Result<(), Error> {
     replica.renewed(sent, &census.duties, deadline);
 
     // Agents lost, kept, or changed by an operator elsewhere.
+    let mut lost = false;
     for slot in ctx.agents.all() {
         if !census.held.contains_key(&slot.id) {
             tracing::info!(agent = %slot.id, replica = %replica.id, "agent lease lost; no longer attested here");
-            drop_slot(ctx, &slot);
+            ctx.agents.remove_slot(&slot);
+            lost = true;
         }
     }
     let mut unread = Vec::new();
@@ -142,7 +145,7 @@ async fn cycle(ctx: &Arc<Context>, replica: &Replica) -> Result<(), Error> {
         match ctx.agents.get(agent_id) {
             Some(slot) => {
                 slot.set_deadline(deadline);
-                if slot.runtime.lock().await.entry.revision != *revision {
+                if slot.revision() < *revision {
                     unread.push(agent_id.clone());
                 }
             }
@@ -151,20 +154,26 @@ async fn cycle(ctx: &Arc<Context>, replica: &Replica) -> Result<(), Error> {
     }
     let held = census.held.len();
     if !unread.is_empty() {
-        read_agents(ctx, unread, deadline).await?;
+        read_agents(ctx, replica, unread, deadline).await?;
     }
 
     // The share of this replica.
     let fair = usize::try_from(census.agents.div_ceil(census.replicas.max(1) as u64))
         .unwrap_or(usize::MAX);
     if held < fair {
+        if lost {
+            // Writes for agents just dropped go first (refused, as they should be), so none
+            // lands on an agent read below (one enrolled again, say).
+            ctx.writer.flush().await?;
+        }
         let store = ctx.store.clone();
         let (id, lease, wanted) = (replica.id.clone(), replica.lease, fair - held);
         let sent = Instant::now();
         let claimed = blocking(move || store.claim_leases(&id, wanted, lease)).await?;
         if !claimed.agents.is_empty() {
             tracing::info!(agents = claimed.agents.len(), replica = %replica.id, "agents claimed");
-            read_agents(ctx, claimed.agents, sent + replica.lease - replica.margin()).await?;
+            let deadline = sent + replica.lease - replica.margin();
+            read_agents(ctx, replica, claimed.agents, deadline).await?;
         }
     } else if held > fair {
         let excess: Vec<Arc<AgentSlot>> =
@@ -175,23 +184,37 @@ async fn cycle(ctx: &Arc<Context>, replica: &Replica) -> Result<(), Error> {
 }
 
 /// Reads `agent_ids` from the store (brought up to their newest history record) and attests
-/// them here until `deadline`, replacing what this replica held of them.
+/// them here until `deadline`, replacing what this replica held of them when the store's is
+/// newer. An agent that cannot be read is given back (and logged), so that it neither stops
+/// the others nor stays leased to a replica that does not attest it.
 async fn read_agents(
     ctx: &Arc<Context>,
+    replica: &Replica,
     agent_ids: Vec<String>,
     deadline: Instant,
 ) -> Result<(), Error> {
     let store = ctx.store.clone();
-    let entries = blocking(move || read_entries(&store, &agent_ids)).await?;
-    for entry in entries {
+    let read = blocking(move || Ok(read_entries(&store, agent_ids))).await?;
+    let mut unreadable = Vec::new();
+    for (agent_id, entry) in read {
+        let entry = match entry {
+            Ok(Some(entry)) => entry,
+            // Unenrolled since: its lease went with it.
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::error!(agent = %agent_id, error = %e, "cannot read the agent; its lease is given back");
+                unreadable.push(agent_id);
+                continue;
+            }
+        };
         match ctx.agents.get(&entry.agent_id) {
             Some(slot) => {
                 let mut rt = slot.runtime.lock().await;
-                tracing::info!(agent = %slot.id, revision = entry.revision, "agent changed elsewhere; read again");
-                rt.reload(entry);
+                let revision = entry.revision;
+                if slot.reload(&mut rt, entry) {
+                    tracing::info!(agent = %slot.id, revision, "agent changed elsewhere; read again");
+                }
                 slot.set_deadline(deadline);
-                drop(rt);
-                slot.wake.notify_one();
             }
             None => {
                 let slot = Arc::new(AgentSlot::new(entry));
@@ -203,28 +226,32 @@ async fn read_agents(
             }
         }
     }
+    if !unreadable.is_empty() {
+        let store = ctx.store.clone();
+        let id = replica.id.clone();
+        blocking(move || store.release_leases(&id, &unreadable)).await?;
+    }
     Ok(())
 }
 
+/// Each agent of `agent_ids` as stored, brought up to its newest history record.
 fn read_entries(
     store: &VerifierStore,
-    agent_ids: &[String],
-) -> Result<Vec<AgentEntry>, StoreError> {
-    let mut entries = Vec::with_capacity(agent_ids.len());
-    for agent_id in agent_ids {
-        let Some(mut entry) = store.get_agent(agent_id)? else { continue };
-        if let Some(newest) = store.history(agent_id, None, 1)?.first() {
-            lifecycle::catch_up(&mut entry, newest);
-        }
-        entries.push(entry);
-    }
-    Ok(entries)
-}
-
-/// Ends this replica's work on `slot`'s agent (its loop stops; a round in flight is dropped).
-fn drop_slot(ctx: &Context, slot: &AgentSlot) {
-    ctx.agents.remove(&slot.id);
-    slot.mark_removed();
+    agent_ids: Vec<String>,
+) -> Vec<(String, Result<Option<AgentEntry>, StoreError>)> {
+    agent_ids
+        .into_iter()
+        .map(|agent_id| {
+            let entry = store.get_agent(&agent_id).and_then(|entry| {
+                let Some(mut entry) = entry else { return Ok(None) };
+                if let Some(newest) = store.history(&agent_id, None, 1)?.first() {
+                    lifecycle::catch_up(&mut entry, newest);
+                }
+                Ok(Some(entry))
+            });
+            (agent_id, entry)
+        })
+        .collect()
 }
 
 /// Gives `slots`' agents back for other replicas to claim, their routine progress stored
@@ -237,7 +264,7 @@ async fn release(
     let mut batch = Batch::default();
     let mut ids = Vec::with_capacity(slots.len());
     for slot in &slots {
-        drop_slot(ctx, slot);
+        ctx.agents.remove_slot(slot);
         let mut rt = slot.runtime.lock().await;
         if rt.unsaved {
             batch.agents.push(rt.snapshot());
@@ -260,12 +287,15 @@ async fn release(
 /// rebuild their inputs.
 pub(crate) async fn follow_events(ctx: Arc<Context>) {
     let mut shutdown = ctx.tasks.shutdown();
-    let store = ctx.store.clone();
-    let mut last = match blocking(move || store.last_event()).await {
-        Ok(last) => last,
-        Err(e) => {
-            tracing::error!(error = %e, "reading the outbox; events of other replicas are not followed");
-            return;
+    let mut last = loop {
+        let store = ctx.store.clone();
+        match blocking(move || store.last_event()).await {
+            Ok(last) => break last,
+            Err(e) => tracing::warn!(error = %e, "reading the outbox; trying again"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(FOLLOW_INTERVAL * 4) => {}
+            _ = stopped(&mut shutdown) => return,
         }
     };
     loop {
@@ -303,10 +333,10 @@ pub(crate) async fn follow_events(ctx: Arc<Context>) {
     }
 }
 
-/// At shutdown, once the writer has committed everything: the replica `id` leaves, and its
-/// agents and duties are free for the others at once.
-pub(crate) fn withdraw(store: &VerifierStore, id: &str) {
-    match store.withdraw(id) {
+/// At shutdown, once the writer has committed everything: the replica `id` (this process,
+/// `token`) leaves, and its agents and duties are free for the others at once.
+pub(crate) fn withdraw(store: &VerifierStore, id: &str, token: &str) {
+    match store.withdraw(id, token) {
         Ok(()) => tracing::info!(replica = %id, "agents and duties given back"),
         Err(e) => tracing::warn!(
             replica = %id,

@@ -52,8 +52,13 @@ pub(crate) fn notify_others(ctx: &Arc<Context>, failure: EventRecord) {
                     return;
                 }
             };
-        let targets: Vec<_> =
-            ctx.agents.all().into_iter().filter(|slot| slot.id != failure.agent_id).collect();
+        // On a replica, the agents it holds (each replica tells its own; see `replica`).
+        let targets: Vec<_> = ctx
+            .agents
+            .all()
+            .into_iter()
+            .filter(|slot| slot.id != failure.agent_id && slot.may_act())
+            .collect();
         let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_NOTICES));
         let mut sending = tokio::task::JoinSet::new();
         for slot in targets {

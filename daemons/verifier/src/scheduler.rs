@@ -113,7 +113,16 @@ async fn attest_once(ctx: &Arc<Context>, slot: &Arc<AgentSlot>) -> Duration {
         };
         (client, policy, rt.attestation.clone(), rt.generation)
     };
-    let outcome = attest::round(&mut client, &policy, &prior, ctx.config.request_timeout).await;
+    let round = attest::round(&mut client, &policy, &prior, ctx.config.request_timeout);
+    // A replica's round ends with its lease (less the margin): past it, another may hold the
+    // agent.
+    let outcome = match slot.deadline() {
+        Some(deadline) => match tokio::time::timeout_at(deadline.into(), round).await {
+            Ok(outcome) => outcome,
+            Err(_) => return LAPSED,
+        },
+        None => round.await,
+    };
     let mut rt = slot.runtime.lock().await;
     if rt.generation != generation || slot.is_removed() {
         // Settings changed while the round ran: its result belongs to the old settings.

@@ -231,6 +231,7 @@ impl Verifier for VerifierService {
         self.ctx.writer.check_writable()?;
         let req = request.into_inner();
         check_agent_id(&req.agent_id)?;
+        agents::check_enrolled(&self.ctx, &req.agent_id).await?;
         if let Some(name) = &req.runtime_policy {
             self.check_policy_exists(PolicyKind::Runtime, name)?;
         }
@@ -372,7 +373,7 @@ impl Verifier for VerifierService {
         let req = request.into_inner();
         check_agent_id(&req.agent_id)?;
         // NOT_FOUND for an agent that is not enrolled (an empty history is an answer).
-        agents::status(&self.ctx, &req.agent_id).await?;
+        agents::check_enrolled(&self.ctx, &req.agent_id).await?;
         let before = if req.page_token.is_empty() {
             None
         } else {

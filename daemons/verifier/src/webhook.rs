@@ -235,7 +235,7 @@ pub(crate) async fn run(context: Arc<Context>, client: Client) {
             }
             continue;
         }
-        for event in events {
+        'events: for event in events {
             if context.replica.as_ref().is_some_and(|r| !r.has_duty(lease::WEBHOOK)) {
                 break;
             }
@@ -261,6 +261,10 @@ pub(crate) async fn run(context: Arc<Context>, client: Client) {
                     _ = stopped(&mut shutdown) => return,
                 }
                 backoff = (backoff * 2).min(MAX_BACKOFF);
+                if context.replica.as_ref().is_some_and(|r| !r.has_duty(lease::WEBHOOK)) {
+                    // Another replica delivers now, from the stored cursor.
+                    break 'events;
+                }
             }
             if let Err(e) = context.store.set_cursor(CURSOR, event.cursor) {
                 tracing::error!(error = %e, "webhook: storing the delivery cursor");

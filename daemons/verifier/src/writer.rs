@@ -374,6 +374,8 @@ fn write_batches(
                         error = %reason,
                         "committing attestation state failed; the writes are dropped"
                     );
+                    // Nothing is held any more: the store is not waiting for a retry.
+                    tickets.set_unwritable(None);
                     answer(replies, Err(Refused { reason, held: false }));
                 }
             }

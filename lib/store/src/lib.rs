@@ -105,6 +105,12 @@ pub enum StoreError {
     /// Every pooled connection stayed busy for `waited`.
     #[error("{url}: {operation}: no database connection became free in {waited:?}")]
     PoolExhausted { url: String, operation: String, waited: std::time::Duration },
+    /// Another verifier process announced itself with the same replica id and is present.
+    #[error(
+        "{url}: another verifier process uses the replica id {id:?} (set a distinct id in each \
+         replica's configuration); this one attests nothing until that one's presence runs out"
+    )]
+    ReplicaIdTaken { url: String, id: String },
     /// A lease operation on the redb file, which one verifier owns (see
     /// [`verifier`](crate::verifier)'s agent leases).
     #[error(

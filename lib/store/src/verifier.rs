@@ -103,10 +103,10 @@ pub struct AgentEntry {
     /// A digest of the payload delivered with `v_key_half`, as the client gave it; empty for
     /// none or unknown (enrolled before it was recorded).
     pub payload_digest: String,
-    /// How many operator changes the agent's row in a PostgreSQL store has seen
-    /// ([`VerifierStore::modify_agent`]); a replica writes the agent only at the revision it
-    /// read ([`VerifierStore::commit_as`]). A column of its own, not part of the record;
-    /// always 0 in the redb file.
+    /// The revision of the agent's row in a PostgreSQL store, new with each operator change
+    /// ([`VerifierStore::modify_agent`]; increasing); a replica writes the agent only at the
+    /// revision it read ([`VerifierStore::commit_as`]). A column of its own, not part of the
+    /// record; always 0 in the redb file.
     #[serde(skip)]
     pub revision: u64,
 }
@@ -331,7 +331,8 @@ impl Batch {
 pub struct Leases {
     /// The agents, in id order.
     pub agents: Vec<String>,
-    /// The revision of each agent of `agents` (see [`AgentEntry::revision`]).
+    /// The revision of each agent of `agents` (see [`AgentEntry::revision`]) as the statement
+    /// saw it.
     pub revisions: Vec<u64>,
     /// The server's `now()` when they were taken or renewed.
     pub granted_at: Timestamp,
@@ -347,6 +348,17 @@ pub struct Committed {
     /// The agents whose entries and history were not written, in id order: not leased to the
     /// holder, expired, removed, or changed by an operator since the holder read them.
     pub refused: Vec<String>,
+}
+
+/// What [`VerifierStore::modify_agent`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Modified<T> {
+    /// The events written, with their cursors.
+    pub events: Vec<EventRecord>,
+    /// The agents written, as stored, with their new revisions.
+    pub stored: Vec<AgentEntry>,
+    /// What the change answered.
+    pub answer: T,
 }
 
 /// How many records a [`VerifierStore::prune`] removed.
@@ -637,14 +649,12 @@ impl VerifierStore {
         })
     }
 
-    /// [`VerifierStore::commit`] for the replica `holder`: the entries and history of an agent
-    /// of the batch (see [`Batch::agent_ids`]) are written unless another holder has an
-    /// unexpired lease on it, it was removed, or the entry written was read at another
-    /// revision than the agent's current one (an operator changed it since; see
-    /// [`VerifierStore::modify_agent`]), all checked in the committing transaction. An agent
-    /// whose lease ran out while nobody else took it is written: its last holder wrote
-    /// nothing after its lease ended but what it found before (writes held while the database
-    /// was away). The events are written in any case: they report what the holder saw. A
+    /// [`VerifierStore::commit`] for the replica `holder`: the entry, history or removal of an
+    /// agent is written only if the agent's lease row names `holder` (live, or expired while
+    /// nobody else took it: what it found while it held the agent, written late because the
+    /// database was away) and the entry was read at the agent's current revision (no operator
+    /// changed it since; see [`VerifierStore::modify_agent`]), all checked in the committing
+    /// transaction. The events are written in any case: they report what the holder saw. A
     /// holder takes no new leases while it holds unwritten writes, so what it reads of an
     /// agent it takes includes them. [`Committed::refused`] names the agents whose writes were
     /// left out; their holder must read them again or drop them. A new agent has no row yet:
@@ -662,15 +672,16 @@ impl VerifierStore {
     /// An operator's change of one agent on a database shared by replicas: `change` is given
     /// the agent as stored (`None` when it is not enrolled) while its row is locked, and
     /// returns the batch that stores the change (`None` for no change) and an answer for the
-    /// caller. The batch is committed in the same transaction and the revision of every agent
-    /// it writes goes up by one, so that the agent's holder, which wrote nothing meanwhile,
-    /// reads the agent again before writing it ([`VerifierStore::commit_as`]).
+    /// caller. The batch is committed in the same transaction and every agent it writes gets a
+    /// new revision (from a sequence: higher than any before, also across an unenrolment and
+    /// a new enrolment), so that the agent's holder reads the agent again before writing it
+    /// ([`VerifierStore::commit_as`]).
     pub fn modify_agent<T>(
         &self,
         agent_id: &str,
         history_max_entries: u64,
         change: impl FnOnce(Option<AgentEntry>) -> (Option<Batch>, T),
-    ) -> Result<(Vec<EventRecord>, T), StoreError> {
+    ) -> Result<Modified<T>, StoreError> {
         let pg = self.leased("change an agent")?;
         pg::modify_agent(pg, agent_id, history_max_entries, change)
     }
@@ -709,14 +720,23 @@ impl VerifierStore {
 
     /// Marks `replica` present for `duration` (by the server's clock) and returns the replicas
     /// present, in id order, itself included: replicas divide the agents between those.
-    pub fn announce(&self, replica: &str, duration: Duration) -> Result<Vec<String>, StoreError> {
-        pg::announce(self.leased("announce a replica")?, replica, duration)
+    /// `token` tells processes apart: while another process has announced the same id with
+    /// another token and its presence has not run out, the answer is
+    /// [`StoreError::ReplicaIdTaken`] (two processes with one id would attest the same agents).
+    pub fn announce(
+        &self,
+        replica: &str,
+        token: &str,
+        duration: Duration,
+    ) -> Result<Vec<String>, StoreError> {
+        pg::announce(self.leased("announce a replica")?, replica, token, duration)
     }
 
-    /// Ends the presence of `replica` and gives back its leases and duties (at shutdown), so
-    /// other replicas take its agents at once.
-    pub fn withdraw(&self, replica: &str) -> Result<(), StoreError> {
-        pg::withdraw(self.leased("withdraw a replica")?, replica)
+    /// Ends the presence of `replica` (announced with `token`) and gives back its leases and
+    /// duties (at shutdown), so other replicas take its agents at once. Nothing is given back
+    /// when another process has announced the id since.
+    pub fn withdraw(&self, replica: &str, token: &str) -> Result<(), StoreError> {
+        pg::withdraw(self.leased("withdraw a replica")?, replica, token)
     }
 
     /// Takes or renews the duty `name` (work one replica does for all, such as delivering
@@ -867,12 +887,17 @@ impl VerifierStore {
         db.read("read a cursor", |txn| CURSORS.get(txn, name))
     }
 
+    /// Moves the cursor `name` forward to `value`; a lower value leaves it where it is (a
+    /// delivery cursor never goes back, whoever writes it late).
     pub fn set_cursor(&self, name: &str, value: u64) -> Result<(), StoreError> {
         let db = match self.redb() {
             Ok(db) => db,
             Err(pg) => return pg::set_cursor(pg, name, value),
         };
-        db.write("write a cursor", |txn| CURSORS.insert(txn, name, &value))
+        db.write("write a cursor", |txn| {
+            let current = CURSORS.get_for_update(txn, name)?.unwrap_or(0);
+            if value > current { CURSORS.insert(txn, name, &value) } else { Ok(()) }
+        })
     }
 
     /// Stores `document` under `digest` and points `name` at it, if `precondition` holds for

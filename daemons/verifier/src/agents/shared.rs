@@ -29,7 +29,9 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// Makes `change` on the stored agent `agent_id` under its row lock and commits what it
-/// returns; then this replica's copy of the agent, if it holds it, is the stored one.
+/// returns; then this replica's copy of the agent, if it holds it, is the stored one. The
+/// copy's lock is held throughout, so no round of this replica records anything between the
+/// change and the copy taking it (a round in flight is dropped).
 async fn modify<T: Send + 'static>(
     ctx: &Arc<Context>,
     agent_id: &str,
@@ -37,39 +39,25 @@ async fn modify<T: Send + 'static>(
 ) -> Result<T, Error> {
     ctx.writer.check_writable()?;
     let held = ctx.agents.get(agent_id);
-    if let Some(slot) = &held {
+    let mut runtime = match &held {
+        Some(slot) => Some(slot.runtime.lock().await),
+        None => None,
+    };
+    if let Some(rt) = runtime.as_mut().filter(|rt| rt.unsaved) {
         // This replica's routine progress first, so that the change starts from it.
-        let mut rt = slot.runtime.lock().await;
-        if rt.unsaved {
-            let batch = Batch { agents: vec![rt.snapshot()], ..Batch::default() };
-            drop(rt);
-            ctx.writer.commit(batch).await?;
-        }
+        let batch = Batch { agents: vec![rt.snapshot()], ..Batch::default() };
+        ctx.writer.commit(batch).await?;
     }
     let store = ctx.store.clone();
     let (id, max) = (agent_id.to_owned(), ctx.config.history_max_entries);
-    let (events, (answer, written, removed)) = blocking(move || {
-        let agent = id.clone();
-        store.modify_agent(&id, max, move |current| {
-            let (batch, answer) = change(current);
-            let written = batch.as_ref().and_then(|b| b.agents.last().cloned());
-            let removed = batch.as_ref().is_some_and(|b| b.removed.contains(&agent));
-            (batch, (answer, written, removed))
-        })
-    })
-    .await?;
-    ctx.events.publish(events);
-    if let Some(slot) = held {
-        if removed {
-            ctx.agents.remove(&slot.id);
-            slot.mark_removed();
-        } else if let Some(mut entry) = written {
-            entry.revision += 1;
-            slot.runtime.lock().await.reload(entry);
-            slot.wake.notify_one();
-        }
+    let modified = blocking(move || store.modify_agent(&id, max, change)).await?;
+    ctx.events.publish(modified.events);
+    if let (Some(slot), Some(rt)) = (&held, runtime.as_mut())
+        && let Some(stored) = modified.stored.into_iter().find(|e| e.agent_id == slot.id)
+    {
+        slot.reload(rt, stored);
     }
-    Ok(answer)
+    Ok(modified.answer)
 }
 
 /// Enrols `entry`'s agent, or converges the enrolled one to it.
@@ -102,7 +90,7 @@ pub(super) async fn enrol(
 }
 
 /// An agent's stored entry, or NOT_FOUND.
-async fn stored(ctx: &Context, agent_id: &str) -> Result<AgentEntry, Error> {
+pub(super) async fn stored(ctx: &Context, agent_id: &str) -> Result<AgentEntry, Error> {
     let store = ctx.store.clone();
     let id = agent_id.to_owned();
     blocking(move || store.get_agent(&id))
@@ -164,6 +152,10 @@ pub(super) async fn unenrol(ctx: &Arc<Context>, agent_id: &str) -> Result<bool, 
     .await?;
     if removed {
         tracing::info!(agent = %agent_id, "unenrolled");
+        // Its lease went with it; the loop ends now rather than at the next renewal.
+        if let Some(slot) = ctx.agents.get(agent_id) {
+            ctx.agents.remove_slot(&slot);
+        }
     }
     Ok(removed)
 }

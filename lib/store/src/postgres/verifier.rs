@@ -11,8 +11,8 @@ use tokio_postgres::Row;
 use super::{Database, Migration, Schema, Tx, bigint, bound, limit, unsigned};
 use crate::StoreError;
 use crate::verifier::{
-    AgentEntry, Batch, Committed, EventRecord, HistoryRecord, Leases, PolicyDeletion, PolicyKind,
-    PolicyName, PolicyPut, Pruned, PutPrecondition, Timestamp,
+    AgentEntry, Batch, Committed, EventRecord, HistoryRecord, Leases, Modified, PolicyDeletion,
+    PolicyKind, PolicyName, PolicyPut, Pruned, PutPrecondition, Timestamp,
 };
 
 const AGENTS: &str = "verifier_agents";
@@ -84,9 +84,13 @@ pub(crate) static SCHEMA: Schema = Schema {
         },
         Migration {
             description: "add agent revisions, replica presence and duties",
+            // Revisions come from a sequence, so an agent enrolled again never has a revision
+            // its earlier enrolment had.
             sql: "ALTER TABLE verifier_agents ADD COLUMN revision BIGINT NOT NULL DEFAULT 0;
+              CREATE SEQUENCE verifier_agent_revisions;
               CREATE TABLE verifier_replicas (
                   id TEXT PRIMARY KEY,
+                  token TEXT NOT NULL,
                   expires_at TIMESTAMPTZ NOT NULL
               );
               CREATE TABLE verifier_duties (
@@ -299,22 +303,27 @@ pub(crate) fn modify_agent<T>(
     agent_id: &str,
     history_max_entries: u64,
     change: impl FnOnce(Option<AgentEntry>) -> (Option<Batch>, T),
-) -> Result<(Vec<EventRecord>, T), StoreError> {
+) -> Result<Modified<T>, StoreError> {
     db.write("change an agent", async |tx| {
         // Every write holds the store's write lock: the agent cannot change until this commits.
         let current = select_agent(tx, agent_id, true).await?;
         let (batch, answer) = change(current);
-        let Some(batch) = batch else { return Ok((Vec::new(), answer)) };
+        let Some(batch) = batch else {
+            return Ok(Modified { events: Vec::new(), stored: Vec::new(), answer });
+        };
         let prepared = Prepared::new(&batch, history_max_entries, &BTreeSet::new())?;
         let events = write_batch(tx, &batch, &batch.removed, &prepared).await?;
         let written: Vec<String> = batch.agents.iter().map(|a| a.agent_id.clone()).collect();
-        tx.execute(
-            AGENTS,
-            "UPDATE verifier_agents SET revision = revision + 1 WHERE agent_id = ANY($1)",
-            &[&written],
-        )
-        .await?;
-        Ok((events, answer))
+        let rows = tx
+            .query(
+                AGENTS,
+                "UPDATE verifier_agents SET revision = nextval('verifier_agent_revisions') \
+                 WHERE agent_id = ANY($1) RETURNING agent_id, revision, record",
+                &[&written],
+            )
+            .await?;
+        let stored = rows.iter().map(|row| decode_agent(tx, row)).collect::<Result<_, _>>()?;
+        Ok(Modified { events, stored, answer })
     })
 }
 
@@ -489,7 +498,7 @@ pub(crate) fn set_cursor(db: &Database, name: &str, value: u64) -> Result<(), St
         tx.execute(
             CURSORS,
             "INSERT INTO verifier_cursors (name, value) VALUES ($1, $2) \
-             ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value",
+             ON CONFLICT (name) DO UPDATE SET value = GREATEST(verifier_cursors.value, EXCLUDED.value)",
             &[&name, &value],
         )
         .await?;
@@ -870,18 +879,31 @@ pub(crate) fn agent_count(db: &Database) -> Result<u64, StoreError> {
 pub(crate) fn announce(
     db: &Database,
     replica: &str,
+    token: &str,
     duration: Duration,
 ) -> Result<Vec<String>, StoreError> {
     let millis = lease_millis(duration);
     db.write_unserialized("announce a replica", async |tx| {
-        tx.execute(
-            REPLICAS,
-            "INSERT INTO verifier_replicas (id, expires_at) \
-             VALUES ($1, now() + $2::bigint * interval '1 millisecond') \
-             ON CONFLICT (id) DO UPDATE SET expires_at = EXCLUDED.expires_at",
-            &[&replica, &millis],
-        )
-        .await?;
+        // Another process with the same id and an unexpired presence keeps it.
+        let row = tx
+            .query_opt(
+                REPLICAS,
+                "INSERT INTO verifier_replicas (id, token, expires_at) \
+                 VALUES ($1, $2, now() + $3::bigint * interval '1 millisecond') \
+                 ON CONFLICT (id) DO UPDATE \
+                 SET token = EXCLUDED.token, expires_at = EXCLUDED.expires_at \
+                 WHERE verifier_replicas.token = EXCLUDED.token \
+                     OR verifier_replicas.expires_at <= now() \
+                 RETURNING id",
+                &[&replica, &token, &millis],
+            )
+            .await?;
+        if row.is_none() {
+            return Err(StoreError::ReplicaIdTaken {
+                url: db.url().to_owned(),
+                id: replica.to_owned(),
+            });
+        }
         tx.execute(
             REPLICAS,
             "DELETE FROM verifier_replicas WHERE expires_at < now() - interval '1 day'",
@@ -899,9 +921,19 @@ pub(crate) fn announce(
     })
 }
 
-pub(crate) fn withdraw(db: &Database, replica: &str) -> Result<(), StoreError> {
+pub(crate) fn withdraw(db: &Database, replica: &str, token: &str) -> Result<(), StoreError> {
     db.write_unserialized("withdraw a replica", async |tx| {
-        tx.execute(REPLICAS, "DELETE FROM verifier_replicas WHERE id = $1", &[&replica]).await?;
+        let present = tx
+            .execute(
+                REPLICAS,
+                "DELETE FROM verifier_replicas WHERE id = $1 AND token = $2",
+                &[&replica, &token],
+            )
+            .await?;
+        // Another process of this id holds them now.
+        if present == 0 {
+            return Ok(());
+        }
         tx.execute(DUTIES, "DELETE FROM verifier_duties WHERE holder = $1", &[&replica]).await?;
         tx.execute(LEASES, "DELETE FROM verifier_leases WHERE holder = $1", &[&replica]).await?;
         Ok(())
@@ -939,14 +971,26 @@ pub(crate) fn take_duty(
     })
 }
 
-/// The agents of `batch` (see [`Batch::agent_ids`]) that `holder` may not write: those whose
-/// row is gone, or that another holder has an unexpired lease on, or whose row is at another
-/// revision than the entry the batch writes for it. The agent rows are locked first: a claim
-/// must lock an agent's row to take its lease, so no other holder can take one of these leases
-/// before this transaction ends (and one that a claim is taking right now is seen once that
-/// claim has committed).
+/// The agents whose rows `batch` writes (entries, history, removals) that `holder` may not
+/// write: those whose row is gone, whose lease row names another holder or none (an agent
+/// enrolled again has no lease until it is claimed), or whose row is at another revision than
+/// the entry the batch writes for it. The holder's own expired lease does not refuse it: once
+/// another claims the agent, the lease row names the other. The agent rows are locked first: a
+/// claim must lock an agent's row to take its lease, so no other holder can take one of these
+/// leases before this transaction ends (and one that a claim is taking right now is seen once
+/// that claim has committed).
 async fn fence(tx: &Tx<'_>, holder: &str, batch: &Batch) -> Result<BTreeSet<String>, StoreError> {
-    let agent_ids = batch.agent_ids();
+    // Events are written in any case: the agents the batch writes rows of are fenced.
+    let agent_ids: Vec<String> = batch
+        .agents
+        .iter()
+        .map(|a| &a.agent_id)
+        .chain(&batch.removed)
+        .chain(batch.history.iter().map(|(id, _)| id))
+        .cloned()
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
     if agent_ids.is_empty() {
         return Ok(BTreeSet::new());
     }
@@ -963,8 +1007,7 @@ async fn fence(tx: &Tx<'_>, holder: &str, batch: &Batch) -> Result<BTreeSet<Stri
     let rows = tx
         .query(
             LEASES,
-            "SELECT a.agent_id, a.revision, \
-                 l.holder <> $2 AND l.expires_at > statement_timestamp() AS taken \
+            "SELECT a.agent_id, a.revision, l.holder IS NOT DISTINCT FROM $2 AS mine \
              FROM verifier_agents a LEFT JOIN verifier_leases l ON l.agent_id = a.agent_id \
              WHERE a.agent_id = ANY($1)",
             &[&agent_ids, &holder],
@@ -974,8 +1017,8 @@ async fn fence(tx: &Tx<'_>, holder: &str, batch: &Batch) -> Result<BTreeSet<Stri
     for row in &rows {
         let id: String = tx.get(LEASES, row, "agent_id")?;
         let revision: i64 = tx.get(LEASES, row, "revision")?;
-        let taken: Option<bool> = tx.get(LEASES, row, "taken")?;
-        if taken != Some(true) {
+        let mine: Option<bool> = tx.get(LEASES, row, "mine")?;
+        if mine == Some(true) {
             writable.insert(id, unsigned(revision));
         }
     }

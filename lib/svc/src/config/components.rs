@@ -289,7 +289,7 @@ daemon_config! {
     id: Option<String> = optional(Kind::Text),
         "This verifier's name among the replicas sharing database_url (the holder of its agent leases); unset: this host's name and port, as host:port.";
     agent_lease_seconds: Duration = value(Kind::Seconds, "10") with "seconds",
-        "Seconds an agent stays leased to a replica sharing database_url without a renewal; a dead replica's agents are taken by another within this time plus two quote intervals. Renewed every sixth of it.";
+        "Seconds an agent stays leased to a replica sharing database_url without a renewal (renewed every sixth of it); a dead replica's agents are attested by another within this time, a sixth of it and two quote intervals.";
 }
 
 client_config! {
