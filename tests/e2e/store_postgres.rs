@@ -817,3 +817,38 @@ fn postgres_commit_as_waits_for_a_claim_in_progress_and_is_refused_after_it() ->
     assert_eq!(store.lease_holders()?, [("r2".to_owned(), 1)]);
     Ok(())
 }
+
+#[test]
+fn a_verifier_of_an_earlier_release_on_the_database_keeps_replicas_out() -> Result<()> {
+    let Some((server, location)) = database()? else { return Ok(()) };
+    drop(VerifierStore::open_at(&location)?);
+    std::thread::scope(|scope| -> Result<()> {
+        // The session lock verifiers of schema versions 1 and 2 held while they ran.
+        let earlier = scope
+            .spawn(|| server.psql("keylime", "SELECT pg_advisory_lock(1802240018), pg_sleep(3)"));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while server
+            .psql("keylime", "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'")?
+            != "1"
+        {
+            if Instant::now() > deadline {
+                return Err(err("the earlier verifier's session never started"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let refused = VerifierStore::open_at(&location).err().map(|e| e.to_string());
+        let expected = format!(
+            "{}: a keylime_verifier of an earlier release (one per database) is running on this \
+             database; stop it before starting this one",
+            server.url("keylime")
+        );
+        assert_eq!(refused.as_deref(), Some(expected.as_str()));
+        // Registrars never held it.
+        drop(RegistrarStore::open_at(&location)?);
+        earlier.join().map_err(|_| err("psql thread panicked"))??;
+        Ok(())
+    })?;
+    // Once it is gone, replicas open the database.
+    drop(VerifierStore::open_at(&location)?);
+    Ok(())
+}

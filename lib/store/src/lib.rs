@@ -105,6 +105,12 @@ pub enum StoreError {
     /// Every pooled connection stayed busy for `waited`.
     #[error("{url}: {operation}: no database connection became free in {waited:?}")]
     PoolExhausted { url: String, operation: String, waited: std::time::Duration },
+    /// A daemon of an earlier release, which knows nothing of replicas, uses the database.
+    #[error(
+        "{url}: a keylime_{schema} of an earlier release (one per database) is running on this \
+         database; stop it before starting this one"
+    )]
+    EarlierRelease { url: String, schema: &'static str },
     /// Another verifier process announced itself with the same replica id and is present.
     #[error(
         "{url}: another verifier process uses the replica id {id:?} (set a distinct id in each \

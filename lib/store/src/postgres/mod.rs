@@ -182,6 +182,10 @@ pub(crate) struct Schema {
     pub name: &'static str,
     /// The advisory lock every write transaction of this store takes.
     pub write_lock: i64,
+    /// A session advisory lock that daemons of earlier releases held while they ran, one per
+    /// database: while it is held, this store is not opened (an earlier verifier attests every
+    /// agent, beside replicas it does not know of).
+    pub earlier_release_lock: Option<i64>,
     pub migrations: &'static [Migration],
 }
 
@@ -334,6 +338,7 @@ impl Database {
             connections: Mutex::new(Connections::default()),
             freed: Condvar::new(),
         };
+        database.refuse_earlier_release()?;
         database.migrate()?;
         Ok(database)
     }
@@ -493,6 +498,29 @@ impl Database {
             // The runtime is shutting down: the store is being dropped.
             Err(_) => Err(self.closed(operation)),
         }
+    }
+
+    /// Refuses to open while a daemon of an earlier release holds
+    /// [`Schema::earlier_release_lock`].
+    fn refuse_earlier_release(&self) -> Result<(), StoreError> {
+        let Some(key) = self.schema.earlier_release_lock else { return Ok(()) };
+        let held =
+            self.transaction("look for a verifier of an earlier release", false, async |tx| {
+                let row = tx
+                    .query_opt("meta", "SELECT NOT pg_try_advisory_xact_lock($1) AS held", &[&key])
+                    .await?;
+                match &row {
+                    Some(row) => tx.get::<bool>("meta", row, "held"),
+                    None => Ok(false),
+                }
+            })?;
+        if held {
+            return Err(StoreError::EarlierRelease {
+                url: self.target.shown.clone(),
+                schema: self.schema.name,
+            });
+        }
+        Ok(())
     }
 
     fn migrate(&self) -> Result<(), StoreError> {

@@ -11,6 +11,7 @@ const TABLE: &str = "registrar_agents";
 pub(crate) static SCHEMA: Schema = Schema {
     name: "registrar",
     write_lock: 0x6b6c_0001,
+    earlier_release_lock: None,
     // Activations are checked inside the write transaction, so registrars may share the table
     // (though a registration must reach the registrar that holds it pending).
     migrations: &[Migration {

@@ -34,6 +34,8 @@ const LAST_EVENT: &str = "last_event";
 pub(crate) static SCHEMA: Schema = Schema {
     name: "verifier",
     write_lock: 0x6b6c_0002,
+    // The lock verifiers of schema versions 1 and 2 held, one verifier per database.
+    earlier_release_lock: Some(0x6b6c_0012),
     migrations: &[
         Migration {
             description: "create the agents, policy, history, event and cursor tables",
