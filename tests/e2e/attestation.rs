@@ -689,13 +689,13 @@ async fn a_tampered_event_log_fails_naming_the_event() -> Result<()> {
 }
 
 /// A webhook receiver: records each POST's `X-Keylime-Signature` and body, answers 200.
-struct Webhook {
-    port: u16,
+pub(crate) struct Webhook {
+    pub(crate) port: u16,
     received: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
 }
 
 impl Webhook {
-    fn start() -> Result<Webhook> {
+    pub(crate) fn start() -> Result<Webhook> {
         use std::io::{BufRead, BufReader, Read, Write};
         let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
         let port = listener.local_addr()?.port();
@@ -728,7 +728,7 @@ impl Webhook {
         Ok(Webhook { port, received })
     }
 
-    fn bodies(&self) -> Vec<(String, String)> {
+    pub(crate) fn bodies(&self) -> Vec<(String, String)> {
         self.received.lock().map(|r| r.clone()).unwrap_or_default()
     }
 }

@@ -5,8 +5,9 @@
 //! ([`kl_store::verifier::VerifierStore::modify_agent`]), so changes through different
 //! replicas never overwrite each other; the agent's holder reads it again before its next
 //! write (at once when that is this replica, else at its next lease renewal). What is shown of
-//! an agent another replica holds is what the database holds: its routine progress (counters,
-//! last attestation time) may lag by up to `lifecycle::CHECKPOINT`.
+//! an agent another replica holds is what the database holds: one agent is brought up to its
+//! newest history record, while a list shows the stored entries, whose routine progress
+//! (counters, last attestation time) may lag by up to `lifecycle::CHECKPOINT`.
 
 use std::sync::Arc;
 
@@ -160,9 +161,22 @@ pub(super) async fn unenrol(ctx: &Arc<Context>, agent_id: &str) -> Result<bool, 
     Ok(removed)
 }
 
-/// The status of an agent another replica may hold: as stored.
+/// The status of an agent another replica may hold: as stored, brought up to its newest
+/// history record (the holder stores routine rounds' history at once and the entry only now
+/// and then; see `lifecycle::CHECKPOINT`).
 pub(super) async fn status(ctx: &Context, agent_id: &str) -> Result<pb::AgentStatus, Error> {
-    Ok(convert::agent_status(&stored(ctx, agent_id).await?))
+    let store = ctx.store.clone();
+    let id = agent_id.to_owned();
+    let entry = blocking(move || {
+        let Some(mut entry) = store.get_agent(&id)? else { return Ok(None) };
+        if let Some(newest) = store.history(&id, None, 1)?.first() {
+            lifecycle::catch_up(&mut entry, newest);
+        }
+        Ok(Some(entry))
+    })
+    .await?
+    .ok_or_else(|| Error::AgentNotFound { agent_id: agent_id.to_owned() })?;
+    Ok(convert::agent_status(&entry))
 }
 
 /// A page of the whole fleet's agents: as stored, or as this replica holds them.
