@@ -585,8 +585,8 @@ fn postgres_claims_skip_agents_locked_by_another_transaction_without_waiting() -
 }
 
 #[test]
-fn postgres_commit_as_writes_only_agents_held_at_their_revision_and_keeps_every_event() -> Result<()>
-{
+fn postgres_commit_as_writes_only_agents_held_at_their_revision_and_keeps_what_they_saw()
+-> Result<()> {
     let Some((server, location)) = database()? else { return Ok(()) };
     let store = VerifierStore::open_at(&location)?;
     let all = enroll(&store, 3)?;
@@ -633,12 +633,20 @@ fn postgres_commit_as_writes_only_agents_held_at_their_revision_and_keeps_every_
     assert_eq!(store.claim_leases("r3", 10, LONG)?.agents, std::slice::from_ref(b));
     assert_eq!(store.commit_as("r1", write(b, "p4"), 0)?.refused, std::slice::from_ref(b));
     assert_eq!(store.get_agent(b)?.map(|x| x.runtime_policy), Some("p3".to_owned()));
-    // An agent without a row or lease (a new one): refused; an operator's change enrols it.
-    assert_eq!(store.commit_as("r1", write("new", "p"), 0)?.refused, ["new"]);
+    // An agent without a row (a new one, or one removed): refused, its event too; an
+    // operator's change enrols it.
+    let unknown = store.commit_as("r1", write("new", "p"), 0)?;
+    assert_eq!((unknown.refused, cursors(&unknown.events)), (vec!["new".to_owned()], vec![0]));
     assert!(store.get_agent("new")?.is_none());
     let modified =
         store.modify_agent("new", 0, |current| (Some(write("new", "p")), current.is_some()))?;
-    assert_eq!((cursors(&modified.events), modified.answer), (vec![7], false));
+    assert!(
+        store
+            .modify_agent("new", 0, |current| (None, current.and_then(|(_, h)| h)))?
+            .answer
+            .is_some()
+    );
+    assert_eq!((cursors(&modified.events), modified.answer), (vec![6], false));
     assert_eq!(modified.stored.iter().map(|x| x.revision).collect::<Vec<_>>(), [1]);
     assert_eq!(
         store.get_agent("new")?.map(|x| (x.runtime_policy, x.revision)),
@@ -649,13 +657,19 @@ fn postgres_commit_as_writes_only_agents_held_at_their_revision_and_keeps_every_
     // until it reads the agent again; the renewal reports the new revision.
     let seen = store
         .modify_agent(a, 0, |current| {
-            let mut entry = current.clone().unwrap_or_else(|| agent(a, ""));
+            let revision = current.as_ref().map(|(x, _)| x.revision);
+            let mut entry = current.map(|(x, _)| x).unwrap_or_else(|| agent(a, ""));
             entry.runtime_policy = "operator".to_owned();
-            (Some(Batch { agents: vec![entry], ..Batch::default() }), current.map(|x| x.revision))
+            (Some(Batch { agents: vec![entry], ..Batch::default() }), revision)
         })?
         .answer;
     assert_eq!(seen, Some(0));
-    assert_eq!(store.commit_as("r1", write(a, "stale"), 0)?.refused, std::slice::from_ref(a));
+    let last = store.last_event()?;
+    let stale = store.commit_as("r1", write(a, "stale"), 0)?;
+    assert_eq!(stale.refused, std::slice::from_ref(a));
+    // Its event reports a round under settings that are gone: not written.
+    assert_eq!(cursors(&stale.events), [0]);
+    assert_eq!(store.last_event()?, last);
     let renewed = store.renew_leases("r1", LONG)?;
     // Revisions come from one sequence: "new" took 1.
     assert_eq!((renewed.agents, renewed.revisions), (vec![a.clone()], vec![2]));
@@ -682,7 +696,7 @@ fn postgres_commit_as_writes_only_agents_held_at_their_revision_and_keeps_every_
     assert_eq!(store.commit_as("r2", late, 0)?.refused, std::slice::from_ref(c));
     assert_eq!(store.get_agent(c)?.map(|x| x.runtime_policy), Some("again".to_owned()));
     store.modify_agent(c, 0, |current| {
-        (current.map(|x| Batch { removed: vec![x.agent_id], ..Batch::default() }), ())
+        (current.map(|(x, _)| Batch { removed: vec![x.agent_id], ..Batch::default() }), ())
     })?;
     assert_eq!(store.lease_holders()?, [("r1".to_owned(), 1), ("r3".to_owned(), 1)]);
     assert_eq!(store.agent_count()?, 3);

@@ -341,14 +341,18 @@ fn write_batches(
                 metrics.store_commits.inc();
                 metrics.store_commit_seconds.observe(started.elapsed());
                 let mut rest = events.as_slice();
+                // Cursor 0: an event a replica's commit left out (see `commit_as`).
+                let written = |events: &[EventRecord]| -> Vec<EventRecord> {
+                    events.iter().filter(|e| e.cursor > 0).cloned().collect()
+                };
                 for (count, reply) in replies {
                     let (own, after) = rest.split_at(count.min(rest.len()));
                     rest = after;
                     if let Some(reply) = reply {
-                        let _ = reply.send(Ok(own.to_vec()));
+                        let _ = reply.send(Ok(written(own)));
                     }
                 }
-                hub.publish(events);
+                hub.publish(written(&events));
             }
             Err(e) => {
                 metrics.store_commit_failures.inc();

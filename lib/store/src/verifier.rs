@@ -343,7 +343,8 @@ pub struct Leases {
 /// What [`VerifierStore::commit_as`] wrote.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Committed {
-    /// The events, with their cursors.
+    /// The batch's events in its order, with their cursors; cursor 0 for those not written
+    /// (of agents whose entry was read before an operator changed or removed them).
     pub events: Vec<EventRecord>,
     /// The agents whose entries and history were not written, in id order: not leased to the
     /// holder, expired, removed, or changed by an operator since the holder read them.
@@ -654,7 +655,9 @@ impl VerifierStore {
     /// nobody else took it: what it found while it held the agent, written late because the
     /// database was away) and the entry was read at the agent's current revision (no operator
     /// changed it since; see [`VerifierStore::modify_agent`]), all checked in the committing
-    /// transaction. The events are written in any case: they report what the holder saw. A
+    /// transaction. The events are written too (they report what the holder saw while it held
+    /// the agent), except those of an agent whose written entry was read before an operator
+    /// changed or removed the agent: they report a round under settings that are gone. A
     /// holder takes no new leases while it holds unwritten writes, so what it reads of an
     /// agent it takes includes them. [`Committed::refused`] names the agents whose writes were
     /// left out; their holder must read them again or drop them. A new agent has no row yet:
@@ -670,7 +673,8 @@ impl VerifierStore {
     }
 
     /// An operator's change of one agent on a database shared by replicas: `change` is given
-    /// the agent as stored (`None` when it is not enrolled) while its row is locked, and
+    /// the agent as stored with its newest history record (`None` when it is not enrolled;
+    /// the entry may lag its history, which its holder writes first) while its row is locked, and
     /// returns the batch that stores the change (`None` for no change) and an answer for the
     /// caller. The batch is committed in the same transaction and every agent it writes gets a
     /// new revision (from a sequence: higher than any before, also across an unenrolment and
@@ -680,7 +684,7 @@ impl VerifierStore {
         &self,
         agent_id: &str,
         history_max_entries: u64,
-        change: impl FnOnce(Option<AgentEntry>) -> (Option<Batch>, T),
+        change: impl FnOnce(Option<(AgentEntry, Option<HistoryRecord>)>) -> (Option<Batch>, T),
     ) -> Result<Modified<T>, StoreError> {
         let pg = self.leased("change an agent")?;
         pg::modify_agent(pg, agent_id, history_max_entries, change)

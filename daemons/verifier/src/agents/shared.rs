@@ -12,7 +12,7 @@
 use std::sync::Arc;
 
 use kl_proto::verifier::v1 as pb;
-use kl_store::verifier::{AgentEntry, Batch};
+use kl_store::verifier::{AgentEntry, Batch, HistoryRecord};
 
 use super::{Control, Update, check_pcr_overlap, held_status};
 use crate::context::Context;
@@ -51,7 +51,17 @@ async fn modify<T: Send + 'static>(
     }
     let store = ctx.store.clone();
     let (id, max) = (agent_id.to_owned(), ctx.config.history_max_entries);
-    let modified = blocking(move || store.modify_agent(&id, max, change)).await?;
+    // The change starts from the agent brought up to its newest history record, as a replica
+    // reads an agent it takes.
+    let caught_up = move |current: Option<(AgentEntry, Option<HistoryRecord>)>| {
+        change(current.map(|(mut entry, newest)| {
+            if let Some(newest) = newest {
+                lifecycle::catch_up(&mut entry, &newest);
+            }
+            entry
+        }))
+    };
+    let modified = blocking(move || store.modify_agent(&id, max, caught_up)).await?;
     ctx.events.publish(modified.events);
     if let (Some(slot), Some(rt)) = (&held, runtime.as_mut())
         && let Some(stored) = modified.stored.into_iter().find(|e| e.agent_id == slot.id)

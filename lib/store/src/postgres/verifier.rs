@@ -290,11 +290,26 @@ pub(crate) fn commit_as(
     history_max_entries: u64,
 ) -> Result<Committed, StoreError> {
     db.write("commit attestation state", async |tx| {
-        let refused = fence(tx, holder, batch).await?;
+        let Fenced { refused, superseded } = fence(tx, holder, batch).await?;
         let prepared = Prepared::new(batch, history_max_entries, &refused)?;
         let removed: Vec<String> =
             batch.removed.iter().filter(|id| !refused.contains(*id)).cloned().collect();
-        let events = write_batch(tx, batch, &removed, &prepared).await?;
+        if superseded.is_empty() {
+            let events = write_batch(tx, batch, &removed, &prepared).await?;
+            return Ok(Committed { events, refused: refused.into_iter().collect() });
+        }
+        let kept = |e: &EventRecord| !superseded.contains(&e.agent_id);
+        let written = Batch {
+            events: batch.events.iter().filter(|e| kept(e)).cloned().collect(),
+            ..Batch::default()
+        };
+        let mut written = write_batch(tx, &written, &removed, &prepared).await?.into_iter();
+        // In the batch's order; those not written keep cursor 0.
+        let events = batch
+            .events
+            .iter()
+            .map(|e| if kept(e) { written.next().unwrap_or_else(|| e.clone()) } else { e.clone() })
+            .collect();
         Ok(Committed { events, refused: refused.into_iter().collect() })
     })
 }
@@ -304,11 +319,25 @@ pub(crate) fn modify_agent<T>(
     db: &Database,
     agent_id: &str,
     history_max_entries: u64,
-    change: impl FnOnce(Option<AgentEntry>) -> (Option<Batch>, T),
+    change: impl FnOnce(Option<(AgentEntry, Option<HistoryRecord>)>) -> (Option<Batch>, T),
 ) -> Result<Modified<T>, StoreError> {
     db.write("change an agent", async |tx| {
         // Every write holds the store's write lock: the agent cannot change until this commits.
-        let current = select_agent(tx, agent_id, true).await?;
+        let current = match select_agent(tx, agent_id, true).await? {
+            Some(entry) => {
+                let row = tx
+                    .query_opt(
+                        HISTORY,
+                        "SELECT sequence, record FROM verifier_history WHERE agent_id = $1 \
+                         ORDER BY sequence DESC LIMIT 1",
+                        &[&agent_id],
+                    )
+                    .await?;
+                let newest = row.map(|row| decode_history(tx, agent_id, &row)).transpose()?;
+                Some((entry, newest))
+            }
+            None => None,
+        };
         let (batch, answer) = change(current);
         let Some(batch) = batch else {
             return Ok(Modified { events: Vec::new(), stored: Vec::new(), answer });
@@ -981,7 +1010,7 @@ pub(crate) fn take_duty(
 /// claim must lock an agent's row to take its lease, so no other holder can take one of these
 /// leases before this transaction ends (and one that a claim is taking right now is seen once
 /// that claim has committed).
-async fn fence(tx: &Tx<'_>, holder: &str, batch: &Batch) -> Result<BTreeSet<String>, StoreError> {
+async fn fence(tx: &Tx<'_>, holder: &str, batch: &Batch) -> Result<Fenced, StoreError> {
     // Events are written in any case: the agents the batch writes rows of are fenced.
     let agent_ids: Vec<String> = batch
         .agents
@@ -994,7 +1023,7 @@ async fn fence(tx: &Tx<'_>, holder: &str, batch: &Batch) -> Result<BTreeSet<Stri
         .into_iter()
         .collect();
     if agent_ids.is_empty() {
-        return Ok(BTreeSet::new());
+        return Ok(Fenced::default());
     }
     tx.query(
         AGENTS,
@@ -1015,23 +1044,39 @@ async fn fence(tx: &Tx<'_>, holder: &str, batch: &Batch) -> Result<BTreeSet<Stri
             &[&agent_ids, &holder],
         )
         .await?;
-    let mut writable = BTreeMap::new();
+    // Each stored agent's revision, and whether its lease row names the holder.
+    let mut stored = BTreeMap::new();
     for row in &rows {
         let id: String = tx.get(LEASES, row, "agent_id")?;
         let revision: i64 = tx.get(LEASES, row, "revision")?;
         let mine: Option<bool> = tx.get(LEASES, row, "mine")?;
-        if mine == Some(true) {
-            writable.insert(id, unsigned(revision));
-        }
+        stored.insert(id, (unsigned(revision), mine == Some(true)));
     }
     // The revision each agent's written entry was read at (the last entry of an agent wins).
     let written: BTreeMap<&str, u64> =
         batch.agents.iter().map(|a| (a.agent_id.as_str(), a.revision)).collect();
-    Ok(agent_ids
-        .into_iter()
-        .filter(|id| match writable.get(id) {
-            None => true,
-            Some(revision) => written.get(id.as_str()).is_some_and(|w| w != revision),
-        })
-        .collect())
+    let mut fenced = Fenced::default();
+    for id in agent_ids {
+        let superseded = written
+            .get(id.as_str())
+            .is_some_and(|w| stored.get(&id).is_none_or(|(revision, _)| w != revision));
+        if superseded {
+            fenced.superseded.insert(id.clone());
+        }
+        if superseded || !stored.get(&id).is_some_and(|(_, mine)| *mine) {
+            fenced.refused.insert(id);
+        }
+    }
+    Ok(fenced)
+}
+
+/// What [`fence`] keeps a holder from writing.
+#[derive(Default)]
+struct Fenced {
+    /// Agents whose rows are not written.
+    refused: BTreeSet<String>,
+    /// Of those, the agents whose entry was read before an operator changed or removed the
+    /// agent: their events are not written either (they report a round under settings that
+    /// are no longer the agent's).
+    superseded: BTreeSet<String>,
 }
