@@ -92,18 +92,8 @@ const fn rule(
 pub const RULES: &[Rule] = &[
     // verifier.conf [verifier]
     rule(Verifier, "verifier", "version", Ignored(FORMAT_VERSION)),
-    rule(
-        Verifier,
-        "verifier",
-        "uuid",
-        Absent("one verifier per state file; no verifier id to set"),
-    ),
-    rule(
-        Verifier,
-        "verifier",
-        "cloudverifier_id",
-        Absent("one verifier per state file; no verifier id to set"),
-    ),
+    rule(Verifier, "verifier", "uuid", To("id")),
+    rule(Verifier, "verifier", "cloudverifier_id", To("id")),
     rule(Verifier, "verifier", "ip", To("ip")),
     rule(Verifier, "verifier", "cloudverifier_ip", To("ip")),
     rule(Verifier, "verifier", "port", To("port")),
