@@ -70,7 +70,6 @@ fn verifier_conf() {
     assert_eq!(
         no_equivalent(&r),
         set(&[
-            "[verifier] uuid",
             "[verifier] database_url",
             "[verifier] severity_labels",
             "[verifier] severity_policy",
