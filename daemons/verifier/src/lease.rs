@@ -28,6 +28,8 @@ pub(crate) struct Replica {
     renewed: Mutex<Option<Instant>>,
     /// When this replica started.
     started: Instant,
+    /// The stored policies (names and digests) as the lease loop last saw them.
+    policies: Mutex<Option<Vec<(String, String)>>>,
     /// Tells this process from another started with the same id.
     pub token: String,
 }
@@ -48,6 +50,7 @@ impl Replica {
             duties: Mutex::new(HashMap::new()),
             renewed: Mutex::new(None),
             started: Instant::now(),
+            policies: Mutex::new(None),
             token: format!("{}-{:016x}", std::process::id(), rand::random::<u64>()),
         })
     }
@@ -74,6 +77,15 @@ impl Replica {
                 held.remove(duty);
             }
         }
+    }
+
+    /// Records the stored policies; whether they differ from those seen before (not at the
+    /// first look).
+    pub fn policies_seen(&self, policies: Vec<(String, String)>) -> bool {
+        let mut seen = self.policies.lock().unwrap_or_else(PoisonError::into_inner);
+        let changed = seen.as_ref().is_some_and(|before| *before != policies);
+        *seen = Some(policies);
+        changed
     }
 
     /// Whether this replica holds `duty` now.

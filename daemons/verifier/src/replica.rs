@@ -46,7 +46,7 @@ use crate::tasks::stopped;
 use crate::{Error, revocation, scheduler};
 use kl_proto::verifier::v1 as pb;
 use kl_store::StoreError;
-use kl_store::verifier::{AgentEntry, Batch, VerifierStore};
+use kl_store::verifier::{AgentEntry, Batch, PolicyKind, VerifierStore};
 
 /// How often the outbox is read for events other replicas committed.
 const FOLLOW_INTERVAL: Duration = Duration::from_millis(250);
@@ -102,6 +102,8 @@ struct Census {
     /// The agents still leased to this replica, with their revisions.
     held: BTreeMap<String, u64>,
     duties: Vec<(&'static str, bool)>,
+    /// Every stored policy's name and digest.
+    policies: Vec<(String, String)>,
 }
 
 async fn cycle(ctx: &Arc<Context>, replica: &Replica) -> Result<(), Error> {
@@ -125,9 +127,21 @@ async fn cycle(ctx: &Arc<Context>, replica: &Replica) -> Result<(), Error> {
             .map(|duty| Ok((duty, store.take_duty(duty, &id, lease)?.is_some())))
             .collect::<Result<Vec<_>, StoreError>>()?;
         let held = renewed.agents.into_iter().zip(renewed.revisions).collect();
-        Ok(Census { replicas, agents, held, duties })
+        let mut policies = Vec::new();
+        for kind in [PolicyKind::Runtime, PolicyKind::MeasuredBoot] {
+            policies.extend(store.list_policies(kind)?.into_iter().map(|p| (p.name, p.digest)));
+        }
+        Ok(Census { replicas, agents, held, duties, policies })
     })
     .await?;
+    // A policy changed through another replica reaches this one by its event, or here if the
+    // event was lost (stored apart from the policy).
+    if replica.policies_seen(census.policies) {
+        ctx.policies.changed();
+        for slot in ctx.agents.all() {
+            slot.wake.notify_one();
+        }
+    }
     let deadline = sent + replica.lease - replica.margin();
     replica.renewed(sent, &census.duties, deadline);
 
