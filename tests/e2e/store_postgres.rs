@@ -722,11 +722,11 @@ fn postgres_replicas_announce_themselves_take_duties_one_at_a_time_and_withdraw(
     assert!(
         taken.is_some_and(|e| e.contains("another verifier process uses the replica id \"r1\""))
     );
-    store.withdraw("r1", "other")?;
+    store.withdraw("r1", "other", "r1")?;
     assert_eq!(store.lease_holders()?, [("r1".to_owned(), 2)]);
 
     // r1 withdraws: its presence, duties and leases go at once.
-    store.withdraw("r1", "t1")?;
+    store.withdraw("r1", "t1", "r1")?;
     assert_eq!(store.announce("r2", "t2", LONG)?, ["r2"]);
     assert!(store.take_duty("webhook", "r2", LONG)?.is_some());
     assert_eq!(store.claim_leases("r2", 10, LONG)?.agents, all);

@@ -16,7 +16,7 @@ pub(crate) const PRUNE: &str = "prune";
 /// This verifier as a replica.
 #[derive(Debug)]
 pub(crate) struct Replica {
-    /// The holder name of its leases (`id`).
+    /// Its name among the replicas (`id`).
     pub id: String,
     /// `agent_lease_seconds`.
     pub lease: Duration,
@@ -26,12 +26,16 @@ pub(crate) struct Replica {
     duties: Mutex<HashMap<&'static str, Instant>>,
     /// When the last renewal that reached the database was sent.
     renewed: Mutex<Option<Instant>>,
-    /// When this replica started.
-    started: Instant,
+    /// When its lease loop started.
+    started: Mutex<Instant>,
     /// The stored policies (names and digests) as the lease loop last saw them.
     policies: Mutex<Option<Vec<(String, String)>>>,
     /// Tells this process from another started with the same id.
     pub token: String,
+    /// The holder name of its leases and duties: `id/token`, so that the leases of an earlier
+    /// process with this id (killed, or cut off from the database) are never taken for its
+    /// own, nor its late writes for this one's.
+    pub holder: String,
 }
 
 impl Replica {
@@ -43,16 +47,23 @@ impl Replica {
             Some(id) => id.to_owned(),
             None => format!("{}:{port}", host_name()),
         };
+        let token = format!("{}-{:016x}", std::process::id(), rand::random::<u64>());
         Some(Replica {
-            id,
             lease: config.agent_lease_seconds.max(Duration::from_secs(1)),
             wake: Arc::new(Notify::new()),
             duties: Mutex::new(HashMap::new()),
             renewed: Mutex::new(None),
-            started: Instant::now(),
+            started: Mutex::new(Instant::now()),
             policies: Mutex::new(None),
-            token: format!("{}-{:016x}", std::process::id(), rand::random::<u64>()),
+            holder: format!("{id}/{token}"),
+            token,
+            id,
         })
+    }
+
+    /// The lease loop starts now (what `stale` counts from before the first renewal).
+    pub fn starting(&self) {
+        *self.started.lock().unwrap_or_else(PoisonError::into_inner) = Instant::now();
     }
 
     /// How often leases are renewed.
@@ -98,8 +109,8 @@ impl Replica {
     /// whole lease period.
     pub fn stale(&self) -> Option<String> {
         let renewed = *self.renewed.lock().unwrap_or_else(PoisonError::into_inner);
-        // Not yet renewed once: counted from the start.
-        let since = renewed.unwrap_or(self.started);
+        // Not yet renewed once: counted from the start of the lease loop.
+        let since = renewed.unwrap_or(*self.started.lock().unwrap_or_else(PoisonError::into_inner));
         (since.elapsed() >= self.lease).then(|| {
             format!(
                 "no agent lease renewed for {} s (agent_lease_seconds = {})",

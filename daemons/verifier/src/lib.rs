@@ -181,7 +181,7 @@ impl Server {
         let holder = replica.as_ref().map(|replica| {
             let wake = replica.wake.clone();
             writer::Holder {
-                name: replica.id.clone(),
+                name: replica.holder.clone(),
                 refused: Box::new(move |_| wake.notify_one()),
             }
         });
@@ -344,13 +344,14 @@ impl Server {
         let unsaved = scheduler::unsaved_entries(&context).await;
         context.writer.submit(unsaved);
         let store = context.store.clone();
-        let replica_id = context.replica.as_ref().map(|r| (r.id.clone(), r.token.clone()));
+        let replica_id =
+            context.replica.as_ref().map(|r| (r.id.clone(), r.token.clone(), r.holder.clone()));
         drop(context);
         tokio::task::spawn_blocking(move || {
             let joined = writer_thread.join();
             // Once everything is committed: a replica's agents go to the others at once.
-            if let Some((id, token)) = replica_id {
-                replica::withdraw(&store, &id, &token);
+            if let Some((id, token, holder)) = replica_id {
+                replica::withdraw(&store, &id, &token, &holder);
             }
             joined
         })

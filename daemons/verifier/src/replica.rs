@@ -66,6 +66,7 @@ async fn blocking<T: Send + 'static>(
 /// The lease loop, until shutdown.
 pub(crate) async fn run(ctx: Arc<Context>) {
     let Some(replica) = ctx.replica.as_ref() else { return };
+    replica.starting();
     let mut shutdown = ctx.tasks.shutdown();
     let mut failing = false;
     loop {
@@ -114,17 +115,17 @@ async fn cycle(ctx: &Arc<Context>, replica: &Replica) -> Result<(), Error> {
     }
     let sent = Instant::now();
     let store = ctx.store.clone();
-    let (id, lease) = (replica.id.clone(), replica.lease);
+    let (id, holder, lease) = (replica.id.clone(), replica.holder.clone(), replica.lease);
     let duties: Vec<&'static str> =
         if ctx.config.webhook_url.is_some() { vec![WEBHOOK, PRUNE] } else { vec![PRUNE] };
     let token = replica.token.clone();
     let census = blocking(move || {
         let replicas = store.announce(&id, &token, lease)?.len();
-        let renewed = store.renew_leases(&id, lease)?;
+        let renewed = store.renew_leases(&holder, lease)?;
         let agents = store.agent_count()?;
         let duties = duties
             .into_iter()
-            .map(|duty| Ok((duty, store.take_duty(duty, &id, lease)?.is_some())))
+            .map(|duty| Ok((duty, store.take_duty(duty, &holder, lease)?.is_some())))
             .collect::<Result<Vec<_>, StoreError>>()?;
         let held = renewed.agents.into_iter().zip(renewed.revisions).collect();
         let mut policies = Vec::new();
@@ -181,9 +182,9 @@ async fn cycle(ctx: &Arc<Context>, replica: &Replica) -> Result<(), Error> {
             ctx.writer.flush().await?;
         }
         let store = ctx.store.clone();
-        let (id, lease, wanted) = (replica.id.clone(), replica.lease, fair - held);
+        let (holder, lease, wanted) = (replica.holder.clone(), replica.lease, fair - held);
         let sent = Instant::now();
-        let claimed = blocking(move || store.claim_leases(&id, wanted, lease)).await?;
+        let claimed = blocking(move || store.claim_leases(&holder, wanted, lease)).await?;
         if !claimed.agents.is_empty() {
             tracing::info!(agents = claimed.agents.len(), replica = %replica.id, "agents claimed");
             let deadline = sent + replica.lease - replica.margin();
@@ -215,8 +216,13 @@ async fn read_agents(
             Ok(Some(entry)) => entry,
             // Unenrolled since: its lease went with it.
             Ok(None) => continue,
+            // The database went away: the next cycle reads again.
+            Err(e) if e.is_io() => return Err(e.into()),
             Err(e) => {
                 tracing::error!(agent = %agent_id, error = %e, "cannot read the agent; its lease is given back");
+                if let Some(slot) = ctx.agents.get(&agent_id) {
+                    ctx.agents.remove_slot(&slot);
+                }
                 unreadable.push(agent_id);
                 continue;
             }
@@ -242,8 +248,8 @@ async fn read_agents(
     }
     if !unreadable.is_empty() {
         let store = ctx.store.clone();
-        let id = replica.id.clone();
-        blocking(move || store.release_leases(&id, &unreadable)).await?;
+        let holder = replica.holder.clone();
+        blocking(move || store.release_leases(&holder, &unreadable)).await?;
     }
     Ok(())
 }
@@ -289,9 +295,9 @@ async fn release(
         tracing::warn!(error = %e, "storing the progress of agents given back");
     }
     let store = ctx.store.clone();
-    let id = replica.id.clone();
+    let holder = replica.holder.clone();
     let count = ids.len();
-    blocking(move || store.release_leases(&id, &ids)).await?;
+    blocking(move || store.release_leases(&holder, &ids)).await?;
     tracing::info!(agents = count, replica = %replica.id, "agents given back for other replicas");
     Ok(())
 }
@@ -349,8 +355,8 @@ pub(crate) async fn follow_events(ctx: Arc<Context>) {
 
 /// At shutdown, once the writer has committed everything: the replica `id` (this process,
 /// `token`) leaves, and its agents and duties are free for the others at once.
-pub(crate) fn withdraw(store: &VerifierStore, id: &str, token: &str) {
-    match store.withdraw(id, token) {
+pub(crate) fn withdraw(store: &VerifierStore, id: &str, token: &str, holder: &str) {
+    match store.withdraw(id, token, holder) {
         Ok(()) => tracing::info!(replica = %id, "agents and duties given back"),
         Err(e) => tracing::warn!(
             replica = %id,

@@ -114,14 +114,21 @@ async fn attest_once(ctx: &Arc<Context>, slot: &Arc<AgentSlot>) -> Duration {
         (client, policy, rt.attestation.clone(), rt.generation)
     };
     let round = attest::round(&mut client, &policy, &prior, ctx.config.request_timeout);
-    // A replica's round ends with its lease (less the margin): past it, another may hold the
-    // agent.
-    let outcome = match slot.deadline() {
-        Some(deadline) => match tokio::time::timeout_at(deadline.into(), round).await {
-            Ok(outcome) => outcome,
-            Err(_) => return LAPSED,
-        },
-        None => round.await,
+    // A replica's round ends with its lease (less the margin), renewals included: past it,
+    // another may hold the agent.
+    let outcome = {
+        let mut round = std::pin::pin!(round);
+        loop {
+            let Some(deadline) = slot.deadline() else { break round.await };
+            match tokio::time::timeout_at(deadline.into(), &mut round).await {
+                Ok(outcome) => break outcome,
+                Err(_) if slot.may_act() => continue,
+                Err(_) => {
+                    tracing::info!(agent = %slot.id, "lease ran out during a round; the round is dropped");
+                    return LAPSED;
+                }
+            }
+        }
     };
     let mut rt = slot.runtime.lock().await;
     if rt.generation != generation || slot.is_removed() {

@@ -736,11 +736,11 @@ impl VerifierStore {
         pg::announce(self.leased("announce a replica")?, replica, token, duration)
     }
 
-    /// Ends the presence of `replica` (announced with `token`) and gives back its leases and
-    /// duties (at shutdown), so other replicas take its agents at once. Nothing is given back
-    /// when another process has announced the id since.
-    pub fn withdraw(&self, replica: &str, token: &str) -> Result<(), StoreError> {
-        pg::withdraw(self.leased("withdraw a replica")?, replica, token)
+    /// Ends the presence of `replica` (announced with `token`) and gives back the leases and
+    /// duties of `holder` (at shutdown), so other replicas take its agents at once. Nothing is
+    /// given back when another process has announced the id since.
+    pub fn withdraw(&self, replica: &str, token: &str, holder: &str) -> Result<(), StoreError> {
+        pg::withdraw(self.leased("withdraw a replica")?, replica, token, holder)
     }
 
     /// Takes or renews the duty `name` (work one replica does for all, such as delivering

@@ -44,8 +44,9 @@ async fn modify<T: Send + 'static>(
         Some(slot) => Some(slot.runtime.lock().await),
         None => None,
     };
-    if let Some(rt) = runtime.as_mut().filter(|rt| rt.unsaved) {
-        // This replica's routine progress first, so that the change starts from it.
+    if let Some(rt) = runtime.as_mut() {
+        // This replica's copy first (with every write queued before it), so that the change
+        // starts from it.
         let batch = Batch { agents: vec![rt.snapshot()], ..Batch::default() };
         ctx.writer.commit(batch).await?;
     }
@@ -53,22 +54,37 @@ async fn modify<T: Send + 'static>(
     let (id, max) = (agent_id.to_owned(), ctx.config.history_max_entries);
     // The change starts from the agent brought up to its newest history record, as a replica
     // reads an agent it takes.
+    let agent = id.clone();
     let caught_up = move |current: Option<(AgentEntry, Option<HistoryRecord>)>| {
-        change(current.map(|(mut entry, newest)| {
+        let existed = current.is_some();
+        let (batch, answer) = change(current.map(|(mut entry, newest)| {
             if let Some(newest) = newest {
                 lifecycle::catch_up(&mut entry, &newest);
             }
             entry
-        }))
+        }));
+        let removed = batch.as_ref().is_some_and(|b| b.removed.contains(&agent));
+        (batch, (answer, existed && !removed))
     };
     let modified = blocking(move || store.modify_agent(&id, max, caught_up)).await?;
+    let (answer, same_enrolment) = modified.answer;
     ctx.events.publish(modified.events);
-    if let (Some(slot), Some(rt)) = (&held, runtime.as_mut())
-        && let Some(stored) = modified.stored.into_iter().find(|e| e.agent_id == slot.id)
-    {
-        slot.reload(rt, stored);
+    if let (Some(slot), Some(rt)) = (&held, runtime.as_mut()) {
+        match modified.stored.into_iter().find(|e| e.agent_id == slot.id) {
+            // The same enrolment, changed: the copy takes it.
+            Some(stored) if same_enrolment => {
+                slot.reload(rt, stored);
+            }
+            // The same enrolment, unchanged.
+            None if same_enrolment => {}
+            // Unenrolled, or enrolled anew (without a lease until one is claimed): the copy
+            // of the old enrolment ends here, under its lock, so no round of it is recorded.
+            _ => {
+                ctx.agents.remove_slot(slot);
+            }
+        }
     }
-    Ok(modified.answer)
+    Ok(answer)
 }
 
 /// Enrols `entry`'s agent, or converges the enrolled one to it.
@@ -163,10 +179,6 @@ pub(super) async fn unenrol(ctx: &Arc<Context>, agent_id: &str) -> Result<bool, 
     .await?;
     if removed {
         tracing::info!(agent = %agent_id, "unenrolled");
-        // Its lease went with it; the loop ends now rather than at the next renewal.
-        if let Some(slot) = ctx.agents.get(agent_id) {
-            ctx.agents.remove_slot(&slot);
-        }
     }
     Ok(removed)
 }

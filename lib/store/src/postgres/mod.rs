@@ -501,13 +501,18 @@ impl Database {
     }
 
     /// Refuses to open while a daemon of an earlier release holds
-    /// [`Schema::earlier_release_lock`].
+    /// [`Schema::earlier_release_lock`] (exclusively, for its whole session; taking it shared
+    /// for a moment does not keep out another daemon of this release doing the same).
     fn refuse_earlier_release(&self) -> Result<(), StoreError> {
         let Some(key) = self.schema.earlier_release_lock else { return Ok(()) };
         let held =
             self.transaction("look for a verifier of an earlier release", false, async |tx| {
                 let row = tx
-                    .query_opt("meta", "SELECT NOT pg_try_advisory_xact_lock($1) AS held", &[&key])
+                    .query_opt(
+                        "meta",
+                        "SELECT NOT pg_try_advisory_xact_lock_shared($1) AS held",
+                        &[&key],
+                    )
                     .await?;
                 match &row {
                     Some(row) => tx.get::<bool>("meta", row, "held"),

@@ -952,7 +952,12 @@ pub(crate) fn announce(
     })
 }
 
-pub(crate) fn withdraw(db: &Database, replica: &str, token: &str) -> Result<(), StoreError> {
+pub(crate) fn withdraw(
+    db: &Database,
+    replica: &str,
+    token: &str,
+    holder: &str,
+) -> Result<(), StoreError> {
     db.write_unserialized("withdraw a replica", async |tx| {
         let present = tx
             .execute(
@@ -965,8 +970,8 @@ pub(crate) fn withdraw(db: &Database, replica: &str, token: &str) -> Result<(), 
         if present == 0 {
             return Ok(());
         }
-        tx.execute(DUTIES, "DELETE FROM verifier_duties WHERE holder = $1", &[&replica]).await?;
-        tx.execute(LEASES, "DELETE FROM verifier_leases WHERE holder = $1", &[&replica]).await?;
+        tx.execute(DUTIES, "DELETE FROM verifier_duties WHERE holder = $1", &[&holder]).await?;
+        tx.execute(LEASES, "DELETE FROM verifier_leases WHERE holder = $1", &[&holder]).await?;
         Ok(())
     })
 }
@@ -1033,8 +1038,7 @@ async fn fence(tx: &Tx<'_>, holder: &str, batch: &Batch) -> Result<Fenced, Store
     )
     .await?;
     // A statement of its own, so that its snapshot (read committed) sees what a claim that
-    // held the rows committed. statement_timestamp(), not now(): the transaction may have
-    // waited for the write lock and the agent rows since it began.
+    // held the rows committed.
     let rows = tx
         .query(
             LEASES,
