@@ -866,3 +866,32 @@ fn a_verifier_of_an_earlier_release_on_the_database_keeps_replicas_out() -> Resu
     drop(VerifierStore::open_at(&location)?);
     Ok(())
 }
+
+#[test]
+fn agents_are_read_with_their_newest_history_record_in_one_go() -> Result<()> {
+    let Some((server, location)) = database()? else { return Ok(()) };
+    let store = VerifierStore::open_at(&location)?;
+    let all = enroll(&store, 3)?;
+    let history = (1..=3).map(|n| (all[0].clone(), record(n, Timestamp::now()))).collect();
+    store.commit(Batch { history, ..Batch::default() }, 0)?;
+    let wanted = [all[2].clone(), "missing".to_owned(), all[0].clone()];
+    let read = store.agents_with_newest_history(&wanted)?;
+    let shown: Vec<(String, Option<u64>)> = read
+        .iter()
+        .map(|(id, r)| {
+            (id.clone(), r.as_ref().ok().and_then(|(_, h)| h.as_ref().map(|h| h.sequence)))
+        })
+        .collect();
+    assert_eq!(shown, [(all[0].clone(), Some(3)), (all[2].clone(), None)]);
+    // A record that cannot be decoded is its agent's error alone.
+    server.psql(
+        "keylime",
+        &format!(
+            "UPDATE verifier_agents SET record = '\\x00ff'::bytea WHERE agent_id = '{}'",
+            all[2]
+        ),
+    )?;
+    let read = store.agents_with_newest_history(&wanted)?;
+    assert!(read[0].1.is_ok() && read[1].1.is_err(), "{read:?}");
+    Ok(())
+}

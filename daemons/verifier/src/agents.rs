@@ -57,6 +57,18 @@ fn check_pcr_overlap(policy: &AgentPolicy, entry: &AgentEntry) -> Result<(), Err
     ))
 }
 
+/// `entry`, once its appraisal inputs are usable (built on the blocking pool: the policies
+/// may have to be read and parsed).
+pub(crate) async fn checked(ctx: &Arc<Context>, entry: AgentEntry) -> Result<AgentEntry, Error> {
+    let context = ctx.clone();
+    tokio::task::spawn_blocking(move || {
+        check_pcr_overlap(&context.build_policy(&entry)?, &entry)?;
+        Ok(entry)
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("checking the agent's inputs: {e}")))?
+}
+
 /// The enrolled agent `agent_id`.
 pub(crate) fn slot(ctx: &Context, agent_id: &str) -> Result<Arc<AgentSlot>, Error> {
     ctx.agents.get(agent_id).ok_or_else(|| Error::AgentNotFound { agent_id: agent_id.to_owned() })
@@ -120,7 +132,7 @@ pub(crate) async fn enrol(
         agent_certificate: record.agent_certificate,
     });
     // The inputs must be usable before anything is stored.
-    check_pcr_overlap(&ctx.build_policy(&entry)?, &entry)?;
+    let entry = checked(ctx, entry).await?;
     if ctx.replica.is_some() {
         return shared::enrol(ctx, entry).await;
     }

@@ -41,11 +41,19 @@ fn invalid(e: CanonicalError) -> Error {
     }
 }
 
-/// Parsed policies by digest, shared while any agent holds them.
+/// Runtime policies kept parsed after their last use.
+const RECENT_RUNTIME_POLICIES: usize = 4;
+
+/// Parsed policies by digest, shared while any agent holds them (and the last few runtime
+/// policies used).
 #[derive(Debug, Default)]
 pub(crate) struct PolicyCache {
     runtime: Mutex<HashMap<String, Weak<RuntimeRules>>>,
     measured_boot: Mutex<HashMap<String, Weak<MeasuredBootRules>>>,
+    /// The runtime policies used last, kept parsed while no agent holds them (an enrolment
+    /// checks its inputs before any agent uses them; on a replica, before the agent is even
+    /// claimed), so that a burst of enrolments parses a policy once.
+    recent: Mutex<Vec<Arc<RuntimeRules>>>,
     /// Bumped by every policy change; agents rebuild their inputs when it moves.
     epoch: AtomicU64,
 }
@@ -62,6 +70,21 @@ impl PolicyCache {
 
     /// The runtime policy stored under `name`, parsed once per content digest.
     pub fn runtime(&self, store: &VerifierStore, name: &str) -> Result<Arc<RuntimeRules>, Error> {
+        let rules = self.runtime_uncached(store, name)?;
+        let mut recent = self.recent.lock().map_err(|_| poisoned())?;
+        if let Some(at) = recent.iter().position(|r| Arc::ptr_eq(r, &rules)) {
+            recent.remove(at);
+        }
+        recent.insert(0, rules.clone());
+        recent.truncate(RECENT_RUNTIME_POLICIES);
+        Ok(rules)
+    }
+
+    fn runtime_uncached(
+        &self,
+        store: &VerifierStore,
+        name: &str,
+    ) -> Result<Arc<RuntimeRules>, Error> {
         let not_found = || Error::PolicyNotFound { kind: "runtime", name: name.to_owned() };
         // The name record first: a cached policy costs no read of its (large) document.
         let record = store.policy_name(PolicyKind::Runtime, name)?.ok_or_else(not_found)?;

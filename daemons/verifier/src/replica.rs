@@ -46,7 +46,7 @@ use crate::tasks::stopped;
 use crate::{Error, revocation, scheduler};
 use kl_proto::verifier::v1 as pb;
 use kl_store::StoreError;
-use kl_store::verifier::{AgentEntry, Batch, PolicyKind, VerifierStore};
+use kl_store::verifier::{Batch, PolicyKind, VerifierStore};
 
 /// How often the outbox is read for events other replicas committed.
 const FOLLOW_INTERVAL: Duration = Duration::from_millis(250);
@@ -200,8 +200,9 @@ async fn cycle(ctx: &Arc<Context>, replica: &Replica) -> Result<(), Error> {
 
 /// Reads `agent_ids` from the store (brought up to their newest history record) and attests
 /// them here until `deadline`, replacing what this replica held of them when the store's is
-/// newer. An agent that cannot be read is given back (and logged), so that it neither stops
-/// the others nor stays leased to a replica that does not attest it.
+/// newer, in one read whatever their number. An agent whose records cannot be decoded is given
+/// back (and logged), so that it neither stops the others nor stays leased to a replica that
+/// does not attest it; an error reaching the database ends the cycle (the next reads again).
 async fn read_agents(
     ctx: &Arc<Context>,
     replica: &Replica,
@@ -209,15 +210,16 @@ async fn read_agents(
     deadline: Instant,
 ) -> Result<(), Error> {
     let store = ctx.store.clone();
-    let read = blocking(move || Ok(read_entries(&store, agent_ids))).await?;
+    let read = blocking(move || store.agents_with_newest_history(&agent_ids)).await?;
     let mut unreadable = Vec::new();
-    for (agent_id, entry) in read {
-        let entry = match entry {
-            Ok(Some(entry)) => entry,
-            // Unenrolled since: its lease went with it.
-            Ok(None) => continue,
-            // The database went away: the next cycle reads again.
-            Err(e) if e.is_io() => return Err(e.into()),
+    for (agent_id, read) in read {
+        let entry = match read {
+            Ok((mut entry, newest)) => {
+                if let Some(newest) = newest {
+                    lifecycle::catch_up(&mut entry, &newest);
+                }
+                entry
+            }
             Err(e) => {
                 tracing::error!(agent = %agent_id, error = %e, "cannot read the agent; its lease is given back");
                 if let Some(slot) = ctx.agents.get(&agent_id) {
@@ -252,26 +254,6 @@ async fn read_agents(
         blocking(move || store.release_leases(&holder, &unreadable)).await?;
     }
     Ok(())
-}
-
-/// Each agent of `agent_ids` as stored, brought up to its newest history record.
-fn read_entries(
-    store: &VerifierStore,
-    agent_ids: Vec<String>,
-) -> Vec<(String, Result<Option<AgentEntry>, StoreError>)> {
-    agent_ids
-        .into_iter()
-        .map(|agent_id| {
-            let entry = store.get_agent(&agent_id).and_then(|entry| {
-                let Some(mut entry) = entry else { return Ok(None) };
-                if let Some(newest) = store.history(&agent_id, None, 1)?.first() {
-                    lifecycle::catch_up(&mut entry, newest);
-                }
-                Ok(Some(entry))
-            });
-            (agent_id, entry)
-        })
-        .collect()
 }
 
 /// Gives `slots`' agents back for other replicas to claim, their routine progress stored

@@ -351,6 +351,9 @@ pub struct Committed {
     pub refused: Vec<String>,
 }
 
+/// An agent as stored with its newest history record, or why its records cannot be read.
+pub type AgentRead = Result<(AgentEntry, Option<HistoryRecord>), StoreError>;
+
 /// What [`VerifierStore::modify_agent`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Modified<T> {
@@ -712,6 +715,29 @@ impl VerifierStore {
                     .count() as u64;
             }
         })
+    }
+
+    /// Each of `agent_ids` that is enrolled (those that are not are left out), with its newest
+    /// history record, in id order: one statement on a database, whatever the count. An agent
+    /// whose records cannot be decoded gets its own error; an error reaching the store is the
+    /// call's.
+    pub fn agents_with_newest_history(
+        &self,
+        agent_ids: &[String],
+    ) -> Result<Vec<(String, AgentRead)>, StoreError> {
+        if let Err(pg) = self.redb() {
+            return pg::agents_with_newest_history(pg, agent_ids);
+        }
+        let mut ids = agent_ids.to_vec();
+        ids.sort();
+        ids.dedup();
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let Some(entry) = self.get_agent(&id)? else { continue };
+            let newest = self.history(&id, None, 1)?.into_iter().next();
+            out.push((id, Ok((entry, newest))));
+        }
+        Ok(out)
     }
 
     /// How many agents are enrolled.

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use kl_proto::verifier::v1 as pb;
 use kl_store::verifier::{AgentEntry, Batch, HistoryRecord};
 
-use super::{Control, Update, check_pcr_overlap, held_status};
+use super::{Control, Update, checked, held_status};
 use crate::context::Context;
 use crate::lifecycle::{self, AgentRuntime};
 use crate::{Error, convert};
@@ -134,7 +134,7 @@ pub(super) async fn update(
     let current = stored(ctx, agent_id).await?;
     let settings = update.apply(&current);
     if settings != current {
-        check_pcr_overlap(&ctx.build_policy(&settings)?, &settings)?;
+        checked(ctx, settings).await?;
     }
     let id = agent_id.to_owned();
     modify(ctx, agent_id, move |current| {

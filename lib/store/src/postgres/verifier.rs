@@ -11,8 +11,8 @@ use tokio_postgres::Row;
 use super::{Database, Migration, Schema, Tx, bigint, bound, limit, unsigned};
 use crate::StoreError;
 use crate::verifier::{
-    AgentEntry, Batch, Committed, EventRecord, HistoryRecord, Leases, Modified, PolicyDeletion,
-    PolicyKind, PolicyName, PolicyPut, Pruned, PutPrecondition, Timestamp,
+    AgentEntry, AgentRead, Batch, Committed, EventRecord, HistoryRecord, Leases, Modified,
+    PolicyDeletion, PolicyKind, PolicyName, PolicyPut, Pruned, PutPrecondition, Timestamp,
 };
 
 const AGENTS: &str = "verifier_agents";
@@ -175,6 +175,48 @@ fn decode_history(tx: &Tx<'_>, agent_id: &str, row: &Row) -> Result<HistoryRecor
 
 pub(crate) fn get_agent(db: &Database, agent_id: &str) -> Result<Option<AgentEntry>, StoreError> {
     db.read("read an agent", async |tx| select_agent(tx, agent_id, false).await)
+}
+
+/// Each of `agent_ids` that is enrolled, with its newest history record, in one statement; a
+/// record that cannot be decoded is an error of its agent alone.
+pub(crate) fn agents_with_newest_history(
+    db: &Database,
+    agent_ids: &[String],
+) -> Result<Vec<(String, AgentRead)>, StoreError> {
+    db.read("read agents", async |tx| {
+        let rows = tx
+            .query(
+                AGENTS,
+                "SELECT a.agent_id, a.revision, a.record, h.sequence, h.record AS history \
+                 FROM verifier_agents a LEFT JOIN LATERAL ( \
+                     SELECT sequence, record FROM verifier_history \
+                     WHERE agent_id = a.agent_id ORDER BY sequence DESC LIMIT 1) h ON true \
+                 WHERE a.agent_id = ANY($1) ORDER BY a.agent_id",
+                &[&agent_ids],
+            )
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let id: String = tx.get(AGENTS, row, "agent_id")?;
+            let read = decode_agent(tx, row).and_then(|entry| {
+                let sequence: Option<i64> = tx.get(HISTORY, row, "sequence")?;
+                let newest = match sequence {
+                    None => None,
+                    Some(sequence) => {
+                        let bytes: &[u8] = tx.get(HISTORY, row, "history")?;
+                        Some(postcard::from_bytes(bytes).map_err(|source| StoreError::Decode {
+                            table: HISTORY,
+                            key: format!("{id}/{sequence}"),
+                            source,
+                        })?)
+                    }
+                };
+                Ok((entry, newest))
+            });
+            out.push((id, read));
+        }
+        Ok(out)
+    })
 }
 
 pub(crate) fn list_agents(
