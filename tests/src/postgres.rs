@@ -172,6 +172,16 @@ impl Postgres {
         Ok(output.trim().to_owned())
     }
 
+    /// The process id of the server (the postmaster, parent of every backend and of the
+    /// server's own workers), from `postmaster.pid` in its data directory.
+    pub fn server_pid(&self) -> Result<u32> {
+        let file = self.data_dir().join("postmaster.pid");
+        let text =
+            std::fs::read_to_string(&file).map_err(|e| err(format!("{}: {e}", file.display())))?;
+        let first = text.lines().next().unwrap_or_default().trim();
+        first.parse().map_err(|e| err(format!("{}: first line {first:?}: {e}", file.display())))
+    }
+
     /// The URL of database `name`, without the password.
     pub fn url(&self, name: &str) -> String {
         format!("postgresql://postgres@127.0.0.1:{}/{name}", self.port)

@@ -8,6 +8,13 @@
 //!
 //! `cargo bench -p kl-verifier --bench fleet -- --agents 1000 --seconds 30`
 //!
+//! With `--postgres` the verifier keeps its state in a private PostgreSQL server (kl-tests'
+//! harness) instead of its redb file; with `--replicas N` (which implies it) N verifiers share
+//! that database and divide the fleet with agent leases, the figures are their sums, and the
+//! database's own costs are measured too (transactions, rows and WAL written per attestation,
+//! its size per agent, the server's CPU). `--failover` then kills replica 1 with SIGKILL after
+//! the window and times the takeover of its agents.
+//!
 //! All agents are served by one listening socket (each at its own loopback address), so the
 //! simulator holds about one descriptor per agent, the verifier's connection; the open-file
 //! limit is raised (by re-running through `sh -c 'ulimit -n ...'`) when it is too low.
@@ -28,7 +35,9 @@ use tonic::transport::{Channel, Endpoint};
 use kl_tests::deployment::Deployment;
 use kl_tests::{daemon, soft_agent as agent};
 
+mod database;
 mod detect;
+mod failover;
 mod serve;
 mod sim;
 mod verifier;
@@ -78,6 +87,24 @@ struct Args {
     /// and `KEYLIME_FLEET_DIR` (a scratch directory); scripts/bench-ansible.sh runs a playbook.
     #[arg(long)]
     enrol_command: Option<std::path::PathBuf>,
+    /// Verifier replicas sharing one PostgreSQL database (more than 1 implies --postgres);
+    /// their ids are replica-1, replica-2, ...; agents are enrolled through replica 1.
+    #[arg(long, default_value_t = 1)]
+    replicas: usize,
+    /// Keep the verifiers' state in a private PostgreSQL server instead of redb files.
+    #[arg(long)]
+    postgres: bool,
+    /// The replicas' agent_lease_seconds.
+    #[arg(long, default_value_t = 10.0)]
+    lease: f64,
+    /// The verifiers' history_max_entries (attestation records kept per agent); unset: the
+    /// verifier's default.
+    #[arg(long)]
+    history_max_entries: Option<u64>,
+    /// After the window, kill replica 1 with SIGKILL and time until every agent it held is
+    /// attested by another replica (needs --replicas 2 or more).
+    #[arg(long)]
+    failover: bool,
     /// Accepted and ignored (cargo bench passes it).
     #[arg(long, hide = true)]
     bench: bool,
@@ -85,6 +112,15 @@ struct Args {
 
 fn main() -> Result<(), BoxError> {
     let args = Args::parse();
+    if args.replicas == 0 {
+        return Err("--replicas: at least 1".into());
+    }
+    if args.failover && args.replicas < 2 {
+        return Err("--failover needs --replicas 2 or more".into());
+    }
+    if args.lease.is_nan() || args.lease < 1.0 {
+        return Err(format!("--lease {}: at least 1 second", args.lease).into());
+    }
     // The verifier's connection per agent (one listening socket serves them all), plus a few
     // hundred for the rest: the clients, connections being replaced.
     let needed = args.agents as u64 + 500;
@@ -329,29 +365,67 @@ async fn run(args: Args) -> Result<(), BoxError> {
     let registrar_daemon = deployment.start_registrar(&registrar_config)?;
     let registrar_addr: SocketAddr = ([127, 0, 0, 1], registrar_daemon.port()).into();
 
-    // The verifier, as a child process.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let mut verifier = verifier::VerifierProcess::start(
-        dir,
-        &tls.dir,
-        port,
-        registrar_addr.port(),
-        args.interval,
-    )?;
-    let verifier_addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    eprintln!("{} is process {}", verifier.program().display(), verifier.pid());
-    let started = Instant::now();
-    let mut admin = loop {
-        match channel(&tls, verifier_addr, Some(tls.client_identity()?)).await {
-            Ok(channel) => break VerifierClient::new(channel).max_decoding_message_size(64 << 20),
-            Err(_) if started.elapsed() < Duration::from_secs(30) => {
-                verifier.check_running()?;
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(e) => return Err(format!("the verifier did not answer: {e}").into()),
-        }
+    // The database, when the state is not in the verifier's redb file.
+    let database = if args.postgres || args.replicas > 1 {
+        let database = tokio::task::spawn_blocking(database::FleetDatabase::start).await??;
+        eprintln!("PostgreSQL started (process {})", database.server_pid()?);
+        Some(database)
+    } else {
+        None
     };
-    let idle = verifier.usage()?;
+
+    // The verifiers, as child processes: one, or the replicas.
+    let mut verifiers = Vec::with_capacity(args.replicas);
+    for k in 1..=args.replicas {
+        let (name, mut extra) = match &database {
+            Some(database) => {
+                let id = replica_id(k);
+                let extra = format!(
+                    "{}id = {id:?}\nagent_lease_seconds = {}\n",
+                    database.settings(),
+                    args.lease
+                );
+                (id, extra)
+            }
+            None => ("verifier".to_owned(), String::new()),
+        };
+        if let Some(entries) = args.history_max_entries {
+            extra.push_str(&format!("history_max_entries = {entries}\n"));
+        }
+        let verifier = verifier::VerifierProcess::start(&verifier::Settings {
+            dir,
+            name: &name,
+            tls_dir: &tls.dir,
+            port: daemon::free_port()?,
+            registrar_port: registrar_addr.port(),
+            quote_interval: args.interval,
+            extra: &extra,
+        })?;
+        eprintln!("{} ({name}) is process {}", verifier.program().display(), verifier.pid());
+        verifiers.push(verifier);
+    }
+    let port = verifiers[0].port();
+    let mut admins = Vec::with_capacity(verifiers.len());
+    for verifier in &mut verifiers {
+        let addr: SocketAddr = ([127, 0, 0, 1], verifier.port()).into();
+        let started = Instant::now();
+        let admin = loop {
+            match channel(&tls, addr, Some(tls.client_identity()?)).await {
+                Ok(channel) => {
+                    break VerifierClient::new(channel).max_decoding_message_size(64 << 20);
+                }
+                Err(_) if started.elapsed() < Duration::from_secs(30) => {
+                    verifier.check_running()?;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(format!("the verifier did not answer: {e}").into()),
+            }
+        };
+        admins.push(admin);
+    }
+    // Enrolment, census and the sample of round trips go through replica 1.
+    let mut admin = admins[0].clone();
+    let idle = verifier::each_usage(&verifiers)?;
 
     // The shared policy.
     let document = sim::policy_document(args.policy_paths);
@@ -367,13 +441,21 @@ async fn run(args: Args) -> Result<(), BoxError> {
         })
         .await?;
     let policy_time = t.elapsed();
-    let with_policy = verifier.usage()?;
+    let with_policy = verifier::each_usage(&verifiers)?;
     eprintln!(
         "policy: {} paths, {:.1} MB, stored in {:.2} s",
         args.policy_paths,
         policy_bytes as f64 / 1e6,
         policy_time.as_secs_f64()
     );
+    // The RSS the agents add to: each verifier's idle RSS, and the policy as replica 1 holds
+    // it once per verifier (the others parse it when their first agent is attested).
+    let policy_rss = with_policy[0].rss.saturating_sub(idle[0].rss);
+    let base_rss = idle.iter().map(|u| u.rss).sum::<u64>() + policy_rss * verifiers.len() as u64;
+    let size_without_agents = match &database {
+        Some(database) => Some(database.blocking(|db| db.size()).await?),
+        None => None,
+    };
 
     // The fleet.
     let t = Instant::now();
@@ -428,7 +510,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
     let warmup_limit = Duration::from_secs_f64(60.0 + n as f64 / 100.0);
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        verifier.check_running()?;
+        verifier::check_running(&mut verifiers)?;
         let (_, states) = census(&mut admin).await?;
         let passed = states.get("passed").copied().unwrap_or(0);
         if passed == n {
@@ -438,9 +520,19 @@ async fn run(args: Args) -> Result<(), BoxError> {
             return Err(format!("warm-up: after {warmup_limit:?}, states {states:?}").into());
         }
     }
-    eprintln!("all {n} agents passed after {:.1} s; one more interval", t.elapsed().as_secs_f64());
-    tokio::time::sleep(Duration::from_secs_f64(args.interval * 2.0)).await;
-    let warm = verifier.usage()?;
+    eprintln!("all {n} agents passed after {:.1} s", t.elapsed().as_secs_f64());
+    if let Some(database) = &database {
+        // The replicas give back and claim agents until each holds its share.
+        let holders = wait_divided(database, &mut verifiers, n, warmup_limit).await?;
+        eprintln!("agents divided after {:.1} s: {holders:?}", t.elapsed().as_secs_f64());
+    }
+    // Two more intervals; with a database, long enough too for the server's statistics of
+    // the enrolment to be in (a backend reports them within a second while it works, within
+    // ten seconds once idle) rather than counted in the window.
+    let settle = if database.is_some() { args.interval * 2.0 + 11.0 } else { args.interval * 2.0 };
+    eprintln!("settling for {settle:.0} s");
+    tokio::time::sleep(Duration::from_secs_f64(settle)).await;
+    let warm = verifier::total_usage(&verifiers)?;
 
     // The measured window.
     let (failures, watcher) = if args.tamper > 0 {
@@ -451,7 +543,12 @@ async fn run(args: Args) -> Result<(), BoxError> {
     };
     let (count0, _) = census(&mut admin).await?;
     let quotes0 = sim::quotes(&agents);
-    let (v0, s0) = (verifier.usage()?, verifier::usage("/proc/self")?);
+    let db0 = match &database {
+        Some(database) => Some(database.blocking(|db| db.snapshot()).await?),
+        None => None,
+    };
+    let each0 = verifier::each_usage(&verifiers)?;
+    let (v0, s0) = (verifier::sum(&each0), verifier::usage("/proc/self")?);
     let (t0, wall0) = (Instant::now(), SystemTime::now());
     let window = Duration::from_secs(args.seconds);
     let every = Duration::from_secs(args.sample_every.max(1));
@@ -472,7 +569,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
         }
         let wait = next.saturating_sub(t0.elapsed()).min(Duration::from_secs(1));
         tokio::time::sleep(wait).await;
-        verifier.check_running()?;
+        verifier::check_running(&mut verifiers)?;
         let elapsed = t0.elapsed();
         if tampers.len() < args.tamper.min(n) && elapsed >= tamper_at(tampers.len()) {
             let index = (tampers.len() * tamper_step + tamper_step / 2) % n;
@@ -482,20 +579,22 @@ async fn run(args: Args) -> Result<(), BoxError> {
             curve.push(Point {
                 at: elapsed.as_secs_f64(),
                 quotes: sim::quotes(&agents),
-                usage: verifier.usage()?,
+                usage: verifier::total_usage(&verifiers)?,
             });
             // As it goes, so that a long run that is cut short still shows its curve.
             if let [.., a, b] = curve.as_slice() {
-                eprintln!(
-                    "{}",
-                    curve_row(a, b, n, with_policy.rss).map(|v| format!("{v:.1}")).join(" ")
-                );
+                eprintln!("{}", curve_row(a, b, n, base_rss).map(|v| format!("{v:.1}")).join(" "));
             }
         }
     }
-    let (v1, s1) = (verifier.usage()?, verifier::usage("/proc/self")?);
+    let each1 = verifier::each_usage(&verifiers)?;
+    let (v1, s1) = (verifier::sum(&each1), verifier::usage("/proc/self")?);
     let quotes1 = sim::quotes(&agents);
     let elapsed = t0.elapsed().as_secs_f64();
+    let db1 = match &database {
+        Some(database) => Some(database.blocking(|db| db.snapshot()).await?),
+        None => None,
+    };
     curve.push(Point { at: elapsed, quotes: quotes1, usage: v1 });
     let wall1 = SystemTime::now();
     if let Some(failures) = &failures {
@@ -513,7 +612,6 @@ async fn run(args: Args) -> Result<(), BoxError> {
         watcher.abort();
     }
     let (count1, states) = census(&mut admin).await?;
-    grower.abort();
 
     // Round trips recorded by the verifier, for a sample of agents, inside the window.
     let step = (n / args.sample.max(1)).max(1);
@@ -545,15 +643,27 @@ async fn run(args: Args) -> Result<(), BoxError> {
     let verifier_cpu = (v1.cpu - v0.cpu).as_secs_f64();
     let sim_cpu = (s1.cpu - s0.cpu).as_secs_f64();
     let per_attestation = |cpu: f64| cpu * 1e6 / quotes.max(1) as f64;
-    let end = verifier.usage()?;
-    let per_agent = |usage: verifier::Usage| {
-        usage.rss.saturating_sub(with_policy.rss) as f64 / n as f64 / 1024.0
-    };
+    let end = verifier::total_usage(&verifiers)?;
+    let per_agent =
+        |usage: verifier::Usage| usage.rss.saturating_sub(base_rss) as f64 / n as f64 / 1024.0;
+    let with_policy_total = verifier::sum(&with_policy);
+    let replicas = verifiers.len();
+    // With replicas, the verifier figures are the sums over them.
+    let verifiers_name = if replicas > 1 { "verifiers (all replicas)" } else { "verifier" };
 
     println!();
     println!(
-        "Fleet: {n} agents, quote_interval {} s, {} policy paths, {} s window",
-        args.interval, args.policy_paths, args.seconds
+        "Fleet: {n} agents, quote_interval {} s, {} policy paths, {} s window{}, state in {}",
+        args.interval,
+        args.policy_paths,
+        args.seconds,
+        args.history_max_entries.map(|e| format!(", history_max_entries {e}")).unwrap_or_default(),
+        match (&database, replicas) {
+            (None, _) => "redb".to_owned(),
+            (Some(_), 1) => "PostgreSQL".to_owned(),
+            (Some(_), r) =>
+                format!("PostgreSQL, {r} replicas (agent_lease_seconds {})", args.lease),
+        }
     );
     println!();
     println!("| | |");
@@ -570,28 +680,57 @@ async fn run(args: Args) -> Result<(), BoxError> {
     println!("| round trip p99 | {} µs |", percentile(&durations, 99.0));
     println!("| round trip max | {} µs |", durations.last().copied().unwrap_or(0));
     println!("| IMA entries per round (mean) | {:.1} |", entries as f64 / sampled as f64);
-    println!("| verifier CPU per attestation | {:.1} µs |", per_attestation(verifier_cpu));
-    println!("| verifier CPU use | {:.1} % of a core |", verifier_cpu * 100.0 / elapsed);
+    println!("| {verifiers_name} CPU per attestation | {:.1} µs |", per_attestation(verifier_cpu));
+    println!("| {verifiers_name} CPU use | {:.1} % of a core |", verifier_cpu * 100.0 / elapsed);
+    if replicas > 1 {
+        let each: Vec<String> = each0
+            .iter()
+            .zip(&each1)
+            .map(|(a, b)| format!("{:.1}", (b.cpu - a.cpu).as_secs_f64() * 100.0 / elapsed))
+            .collect();
+        println!("| CPU use per replica | {} % of a core |", each.join(" / "));
+        let rss: Vec<String> = each1.iter().map(|u| format!("{:.1}", mib(u.rss))).collect();
+        println!("| RSS per replica at the end of the window | {} MiB |", rss.join(" / "));
+    }
     println!("| simulator CPU per attestation | {:.1} µs |", per_attestation(sim_cpu));
     println!("| simulator CPU use | {:.1} % of a core |", sim_cpu * 100.0 / elapsed);
     println!(
-        "| verifier RSS idle / with policy | {:.1} / {:.1} MiB |",
-        mib(idle.rss),
-        mib(with_policy.rss)
+        "| {verifiers_name} RSS idle / with policy | {:.1} / {:.1} MiB |",
+        mib(verifier::sum(&idle).rss),
+        mib(with_policy_total.rss)
     );
     println!(
-        "| verifier RSS after warm-up / after window | {:.1} / {:.1} MiB |",
+        "| {verifiers_name} RSS after warm-up / after window | {:.1} / {:.1} MiB |",
         mib(warm.rss),
         mib(end.rss)
     );
-    println!("| verifier peak RSS (VmHWM) | {:.1} MiB |", mib(end.hwm));
+    println!("| {verifiers_name} peak RSS (VmHWM) | {:.1} MiB |", mib(end.hwm));
     println!(
-        "| verifier RSS per agent (after window - with policy) / N | {:.1} KiB |",
+        "| {verifiers_name} RSS per agent (after window - with policy) / N | {:.1} KiB |",
         per_agent(end)
     );
     println!("| agent states at the end | {states:?} |");
     println!();
-    print_curve(&curve, n, with_policy.rss, args.csv.as_deref())?;
+    if let (Some(database), Some(db0), Some(db1), Some(size0)) =
+        (&database, &db0, &db1, size_without_agents)
+    {
+        let holders = database.blocking(|db| db.lease_holders()).await?;
+        let tables = database.blocking(|db| db.tables()).await?;
+        let size1 = database.blocking(|db| db.size()).await?;
+        database::print_window(&database::Window {
+            before: db0,
+            after: db1,
+            seconds: elapsed,
+            attestations: quotes,
+            verifier_cpu,
+            agents: n,
+            size_without_agents: size0,
+            size: size1,
+            tables: &tables,
+            holders: &holders,
+        });
+    }
+    print_curve(&curve, n, base_rss, args.csv.as_deref())?;
     if let Some(failures) = &failures {
         let found = detect::latencies(&tampers, &agents, failures);
         print_detection(&found, tampers.len(), args.interval);
@@ -601,6 +740,57 @@ async fn run(args: Args) -> Result<(), BoxError> {
         println!();
     }
 
-    verifier.stop()?;
+    if let (true, Some(database)) = (args.failover, &database) {
+        let (killed, survivors) = verifiers.split_at_mut(1);
+        let limit = Duration::from_secs_f64(3.0 * args.lease + 4.0 * args.interval + 30.0);
+        let taken = failover::measure(
+            &mut killed[0],
+            &replica_id(1),
+            survivors,
+            &mut admins[1],
+            database,
+            &agents,
+            limit,
+        )
+        .await?;
+        failover::print(&taken, &replica_id(1), args.lease, args.interval);
+    }
+    grower.abort();
+
+    for verifier in verifiers {
+        verifier.stop()?;
+    }
     Ok(())
+}
+
+/// The id of replica `k` (from 1).
+fn replica_id(k: usize) -> String {
+    format!("replica-{k}")
+}
+
+/// Waits until the live leases divide the `n` agents between the replicas, each holding its
+/// share (N / replicas, rounded either way); returns the holders.
+async fn wait_divided(
+    database: &database::FleetDatabase,
+    verifiers: &mut [verifier::VerifierProcess],
+    n: usize,
+    limit: Duration,
+) -> Result<std::collections::BTreeMap<String, u64>, BoxError> {
+    let replicas = verifiers.len() as u64;
+    let (low, high) = (n as u64 / replicas, (n as u64).div_ceil(replicas));
+    let t = Instant::now();
+    loop {
+        verifier::check_running(verifiers)?;
+        let holders = database.blocking(|db| db.lease_holders()).await?;
+        let divided = holders.len() as u64 == replicas
+            && holders.values().sum::<u64>() == n as u64
+            && holders.values().all(|held| (low..=high).contains(held));
+        if divided {
+            return Ok(holders);
+        }
+        if t.elapsed() > limit {
+            return Err(format!("the agents were not divided after {limit:?}: {holders:?}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
