@@ -52,7 +52,13 @@ fn converted_keylime_configs_load_in_their_daemons() -> Result<()> {
         let report: Value = serde_json::from_slice(&out.stdout)?;
         let converted = report["converted"].as_array().ok_or_else(|| err("no converted list"))?;
         assert!(converted.len() >= 3, "{file}: {report}");
-        assert!(!report["no_equivalent"].as_array().is_none_or(Vec::is_empty), "{file}");
+        // Every option of keylime.conf's verifier section has an equivalent.
+        let none_left = file == "keylime.conf";
+        assert_eq!(
+            report["no_equivalent"].as_array().is_none_or(Vec::is_empty),
+            none_left,
+            "{file}: {report}"
+        );
         let drop_in = dir.path().join(format!("{file}.toml"));
         std::fs::write(&drop_in, report["toml"].as_str().ok_or_else(|| err("no toml"))?)?;
 
