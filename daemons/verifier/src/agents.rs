@@ -60,6 +60,7 @@ fn check_pcr_overlap(policy: &AgentPolicy, entry: &AgentEntry) -> Result<(), Err
 /// `entry`, once its appraisal inputs are usable (built on the blocking pool: the policies
 /// may have to be read and parsed).
 pub(crate) async fn checked(ctx: &Arc<Context>, entry: AgentEntry) -> Result<AgentEntry, Error> {
+    let _turn = ctx.changes.acquire().await.map_err(|_| Error::Internal("stopping".into()))?;
     let context = ctx.clone();
     tokio::task::spawn_blocking(move || {
         check_pcr_overlap(&context.build_policy(&entry)?, &entry)?;

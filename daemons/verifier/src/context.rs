@@ -49,6 +49,10 @@ pub(crate) struct Context {
     pub registrar: Mutex<Option<RegistrarClient<Channel>>>,
     /// Bounds the rounds in progress.
     pub permits: Semaphore,
+    /// Bounds the operator changes whose store work runs at once on the blocking pool (a burst
+    /// of enrolments would otherwise run on hundreds of threads, each growing its own
+    /// allocator arena).
+    pub changes: Semaphore,
     pub tasks: Tasks,
     pub default_algorithms: AcceptedAlgorithms,
     pub metrics: Arc<Metrics>,

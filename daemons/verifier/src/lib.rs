@@ -102,6 +102,8 @@ use writer::StateWriter;
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most attestation rounds in progress at once.
 pub const MAX_CONCURRENT_ROUNDS: usize = 256;
+/// Most operator changes checked or stored at once (the others wait their turn).
+pub const MAX_CONCURRENT_CHANGES: usize = 8;
 /// Most events the outbox keeps, whatever their age.
 pub const MAX_EVENTS: u64 = 1_000_000;
 /// How often history and events are pruned.
@@ -231,6 +233,7 @@ impl Server {
             signer,
             registrar: Mutex::new(None),
             permits: Semaphore::new(MAX_CONCURRENT_ROUNDS),
+            changes: Semaphore::new(MAX_CONCURRENT_CHANGES),
             tasks: Tasks::new(shutdown),
             default_algorithms,
             metrics,

@@ -186,21 +186,24 @@ impl FleetDatabase {
         Ok(out)
     }
 
-    /// The agents whose live lease `holder` holds.
+    /// The agents whose live lease replica `holder` holds (leases are held as `id/token`).
     pub fn held_by(&self, holder: &str) -> Result<Vec<String>, BoxError> {
         let text = self.psql(&format!(
-            "SELECT agent_id FROM verifier_leases WHERE holder = {} AND expires_at > now() \
+            "SELECT agent_id FROM verifier_leases WHERE split_part(holder, '/', 1) = {} \
+             AND expires_at > now() \
              ORDER BY agent_id",
             literal(holder)
         ))?;
         Ok(text.lines().filter(|l| !l.is_empty()).map(str::to_owned).collect())
     }
 
-    /// Leases still in `holder`'s name, expired or not (a lease changes hands when another
+    /// Leases still in replica `holder`'s name (any of its processes), expired or not (a lease changes hands when another
     /// replica claims it).
     pub fn leases_of(&self, holder: &str) -> Result<u64, BoxError> {
-        let sql =
-            format!("SELECT count(*) FROM verifier_leases WHERE holder = {}", literal(holder));
+        let sql = format!(
+            "SELECT count(*) FROM verifier_leases WHERE split_part(holder, '/', 1) = {}",
+            literal(holder)
+        );
         number(&self.psql(&sql)?, "leases")
     }
 }

@@ -39,6 +39,7 @@ async fn modify<T: Send + 'static>(
     change: impl FnOnce(Option<AgentEntry>) -> (Option<Batch>, T) + Send + 'static,
 ) -> Result<T, Error> {
     ctx.writer.check_writable()?;
+    let _turn = ctx.changes.acquire().await.map_err(|_| Error::Internal("stopping".into()))?;
     let held = ctx.agents.get(agent_id);
     let mut runtime = match &held {
         Some(slot) => Some(slot.runtime.lock().await),
