@@ -11,13 +11,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use kl_tests::daemon::{self, KCTL};
-use kl_tests::deployment::TestAgent;
-use kl_tests::ima::ImaWriter;
 use kl_tests::swtpm::Swtpm;
 use kl_tests::{Result, err};
 use serde_json::{Value, json};
 
-use crate::agent_settings;
 use crate::attestation::{System, check};
 
 /// The virtual environment holding ansible-playbook, or `None` when the test cannot run.
@@ -151,27 +148,6 @@ const ABSENT: &str = "- hosts: agents
       run_once: true
 ";
 
-/// Two more agents on their own swtpms (whose EK CAs the registrar trusts), measured as the
-/// first one is, so that one policy fits all three.
-fn more_agents(sys: &System, tpms: &[Swtpm]) -> Result<Vec<(TestAgent, String)>> {
-    let mut agents = Vec::new();
-    for (i, tpm) in tpms.iter().enumerate() {
-        let agent = sys
-            .deployment
-            .start_agent(&format!("agent{}", i + 2), &agent_settings(tpm, sys.registrar.port()))?;
-        let mut ima = ImaWriter::default();
-        ima.measure(tpm, &agent.ima_log, "boot_aggregate", b"boot")?;
-        ima.measure(tpm, &agent.ima_log, "/usr/bin/bash", b"bash")?;
-        let id = agent.uuid()?;
-        sys.wait(
-            |s| s.run(KCTL, &["registrar", "show", &id]).map(|o| o.status.success()),
-            "registration",
-        )?;
-        agents.push((agent, id));
-    }
-    Ok(agents)
-}
-
 /// The inventory: three hosts on local connections, the role's paths under `root/<host>`, the
 /// agent role's service left alone (the harness runs the agents), agent2 with a payload.
 fn inventory_doc(sys: &System, ids: &[String], root: &Path, payload: &Path) -> Result<Value> {
@@ -217,7 +193,7 @@ async fn a_fleet_playbook_installs_enrols_three_agents_idempotently_and_removes(
     };
     // The swtpms live as long as the test: their agents use them to the end.
     let tpms = [tpm2, tpm3];
-    let others = more_agents(&sys, &tpms)?;
+    let others = sys.more_agents(&tpms)?;
     let mut ids = vec![sys.agent_id.clone()];
     ids.extend(others.iter().map(|(_, id)| id.clone()));
     let agent2_dir = others[0].0.dir.clone();

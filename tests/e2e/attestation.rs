@@ -176,6 +176,26 @@ impl System {
         }
     }
 
+    /// An agent on each of `tpms` (`agent2`, `agent3`, ...), registered and measuring what the
+    /// first one measured; with their ids.
+    pub(crate) fn more_agents(&self, tpms: &[Swtpm]) -> Result<Vec<(TestAgent, String)>> {
+        let mut agents = Vec::new();
+        for (i, tpm) in tpms.iter().enumerate() {
+            let settings = agent_settings(tpm, self.registrar.port());
+            let agent = self.deployment.start_agent(&format!("agent{}", i + 2), &settings)?;
+            let mut ima = ImaWriter::default();
+            ima.measure(tpm, &agent.ima_log, "boot_aggregate", b"boot")?;
+            ima.measure(tpm, &agent.ima_log, "/usr/bin/bash", b"bash")?;
+            let id = agent.uuid()?;
+            self.wait(
+                |s| s.run(KCTL, &["registrar", "show", &id]).map(|o| o.status.success()),
+                "registration",
+            )?;
+            agents.push((agent, id));
+        }
+        Ok(agents)
+    }
+
     fn secure_dir(&self) -> PathBuf {
         self.agent.dir.join("secure").join("unzipped")
     }

@@ -8,16 +8,14 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use kl_tests::daemon::{self, KCTL};
-use kl_tests::deployment::TestAgent;
-use kl_tests::ima::ImaWriter;
 use kl_tests::postgres::Postgres;
 use kl_tests::swtpm::Swtpm;
 use kl_tests::{Result, err};
 use serde_json::Value;
 
+use crate::OUTCOME_TIMEOUT;
 use crate::attestation::{System, Webhook};
 use crate::postgres::database_settings;
-use crate::{OUTCOME_TIMEOUT, agent_settings};
 
 /// `kctl -o json` with the tenant config `tenant` (pointing at one replica).
 fn kctl(tenant: &Path, args: &[&str]) -> Result<Value> {
@@ -86,26 +84,6 @@ fn lease_holders(server: &Postgres) -> Result<Vec<(String, u64)>> {
         .collect()
 }
 
-/// Starts an agent on each of `tpms`, measuring what the first agent measured.
-fn more_agents(sys: &System, tpms: &[Swtpm]) -> Result<Vec<(TestAgent, String)>> {
-    let mut agents = Vec::new();
-    for (i, tpm) in tpms.iter().enumerate() {
-        let agent = sys
-            .deployment
-            .start_agent(&format!("agent{}", i + 2), &agent_settings(tpm, sys.registrar.port()))?;
-        let mut ima = ImaWriter::default();
-        ima.measure(tpm, &agent.ima_log, "boot_aggregate", b"boot")?;
-        ima.measure(tpm, &agent.ima_log, "/usr/bin/bash", b"bash")?;
-        let id = agent.uuid()?;
-        sys.wait(
-            |s| s.run(KCTL, &["registrar", "show", &id]).map(|o| o.status.success()),
-            "registration",
-        )?;
-        agents.push((agent, id));
-    }
-    Ok(agents)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_joining_replica_takes_a_share_and_a_killed_ones_agents_are_taken_over() -> Result<()> {
     let Some(server) = Postgres::start()? else { return Ok(()) };
@@ -125,7 +103,7 @@ async fn a_joining_replica_takes_a_share_and_a_killed_ones_agents_are_taken_over
     };
     let tenant1 = sys.tenant.clone();
     let tpms = [tpm2, tpm3];
-    let others = more_agents(&sys, &tpms)?;
+    let others = sys.more_agents(&tpms)?;
     let mut ids = vec![sys.agent_id.clone()];
     ids.extend(others.iter().map(|(_, id)| id.clone()));
 

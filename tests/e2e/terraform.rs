@@ -10,13 +10,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use kl_tests::daemon::{self, KCTL, TERRAFORM_PROVIDER};
-use kl_tests::deployment::TestAgent;
-use kl_tests::ima::ImaWriter;
 use kl_tests::swtpm::Swtpm;
 use kl_tests::{Result, err};
 use serde_json::{Value, json};
 
-use crate::agent_settings;
 use crate::attestation::{System, check};
 
 fn workspace() -> PathBuf {
@@ -147,20 +144,6 @@ impl Terraform {
     }
 }
 
-/// An agent on its own TPM, registered and measuring what the first one measured.
-fn another_agent(sys: &System, tpm: &Swtpm, name: &str) -> Result<(TestAgent, String)> {
-    let agent = sys.deployment.start_agent(name, &agent_settings(tpm, sys.registrar.port()))?;
-    let mut ima = ImaWriter::default();
-    ima.measure(tpm, &agent.ima_log, "boot_aggregate", b"boot")?;
-    ima.measure(tpm, &agent.ima_log, "/usr/bin/bash", b"bash")?;
-    let id = agent.uuid()?;
-    sys.wait(
-        |s| s.run(KCTL, &["registrar", "show", &id]).map(|o| o.status.success()),
-        "registration",
-    )?;
-    Ok((agent, id))
-}
-
 fn payload(dir: &Path, version: &str) -> Result<()> {
     std::fs::create_dir_all(dir)?;
     std::fs::write(dir.join("autorun.sh"), "#!/bin/sh\ncat version > marker\n")?;
@@ -218,8 +201,9 @@ async fn terraform_manages_policies_and_enrolments_and_repairs_drift() -> Result
     else {
         return Ok(());
     };
-    let (_agent2, id2) = another_agent(&sys, &tpm2, "agent2")?;
-    let (_agent3, id3) = another_agent(&sys, &tpm3, "agent3")?;
+    let tpms = [tpm2, tpm3];
+    let others = sys.more_agents(&tpms)?;
+    let (id2, id3) = (others[0].1.clone(), others[1].1.clone());
     let id1 = sys.agent_id.clone();
     let provider = daemon::binary(TERRAFORM_PROVIDER)?;
     let provider_dir = provider.parent().ok_or_else(|| err("provider has no directory"))?;
