@@ -427,6 +427,22 @@ fn newer_schema_unreachable_server_and_missing_password_are_named() -> Result<()
 
 const LONG: Duration = Duration::from_secs(600);
 
+/// Waits until one session of `server` sleeps in `pg_sleep` (`who`, started by the test, holds
+/// its locks by then).
+fn wait_sleeping(server: &Postgres, who: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server
+        .psql("keylime", "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'")?
+        != "1"
+    {
+        if Instant::now() > deadline {
+            return Err(err(format!("{who} never started sleeping")));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
 /// Enrolls `count` agents `agent-000`, `agent-001`, ... and returns their ids.
 fn enroll(store: &VerifierStore, count: usize) -> Result<Vec<String>> {
     let ids: Vec<String> = (0..count).map(|i| format!("agent-{i:03}")).collect();
@@ -561,16 +577,7 @@ fn postgres_claims_skip_agents_locked_by_another_transaction_without_waiting() -
                  SELECT pg_sleep(4); COMMIT;",
             )
         });
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while server
-            .psql("keylime", "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'")?
-            != "1"
-        {
-            if Instant::now() > deadline {
-                return Err(err("the locking session never started sleeping"));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_sleeping(&server, "the locking session")?;
         let started = Instant::now();
         let claimed = store.claim_leases("r1", 10, LONG)?;
         let took = started.elapsed();
@@ -812,16 +819,7 @@ fn postgres_commit_as_waits_for_a_claim_in_progress_and_is_refused_after_it() ->
                 ),
             )
         });
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while server
-            .psql("keylime", "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'")?
-            != "1"
-        {
-            if Instant::now() > deadline {
-                return Err(err("the claiming session never started sleeping"));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_sleeping(&server, "the claiming session")?;
         let batch = Batch { agents: vec![agent(a, "late")], ..Batch::default() };
         assert_eq!(store.commit_as("r1", batch, 0)?.refused, all);
         claiming.join().map_err(|_| err("psql thread panicked"))??;
@@ -840,16 +838,7 @@ fn a_verifier_of_an_earlier_release_on_the_database_keeps_replicas_out() -> Resu
         // The session lock verifiers of schema versions 1 and 2 held while they ran.
         let earlier = scope
             .spawn(|| server.psql("keylime", "SELECT pg_advisory_lock(1802240018), pg_sleep(3)"));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while server
-            .psql("keylime", "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'")?
-            != "1"
-        {
-            if Instant::now() > deadline {
-                return Err(err("the earlier verifier's session never started"));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_sleeping(&server, "the earlier verifier's session")?;
         let refused = VerifierStore::open_at(&location).err().map(|e| e.to_string());
         let expected = format!(
             "{}: a keylime_verifier of an earlier release (one per database) is running on this \
