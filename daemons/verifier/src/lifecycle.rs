@@ -68,6 +68,15 @@ fn event(
     }
 }
 
+/// Whether `a` and `b` name the same agent at the same place: AK, identity certificate and
+/// contact (a connection made for one serves the other).
+fn same_identity(a: &AgentEntry, b: &AgentEntry) -> bool {
+    a.ak_public == b.ak_public
+        && a.agent_certificate == b.agent_certificate
+        && a.contact_ip == b.contact_ip
+        && a.contact_port == b.contact_port
+}
+
 fn state_of(state: i32) -> AgentState {
     AgentState::try_from(state).unwrap_or(AgentState::Unspecified)
 }
@@ -351,10 +360,7 @@ impl AgentRuntime {
     /// replica, or the state after this replica took it over): the entry and attestation
     /// state are `stored`'s, the inputs are rebuilt, and a round in flight is dropped.
     pub fn reload(&mut self, stored: AgentEntry) {
-        let identity_changed = self.entry.ak_public != stored.ak_public
-            || self.entry.agent_certificate != stored.agent_certificate
-            || self.entry.contact_ip != stored.contact_ip
-            || self.entry.contact_port != stored.contact_port;
+        let identity_changed = !same_identity(&self.entry, &stored);
         let generation = self.generation;
         let client = self.client.take();
         *self = AgentRuntime::new(stored);
@@ -391,10 +397,7 @@ impl AgentRuntime {
     pub fn converge(&mut self, wanted: AgentEntry) -> Option<Batch> {
         let before = self.entry.clone();
         let current = &mut self.entry;
-        let identity_changed = current.ak_public != wanted.ak_public
-            || current.agent_certificate != wanted.agent_certificate
-            || current.contact_ip != wanted.contact_ip
-            || current.contact_port != wanted.contact_port;
+        let identity_changed = !same_identity(current, &wanted);
         current.contact_ip = wanted.contact_ip;
         current.contact_port = wanted.contact_port;
         current.ak_public = wanted.ak_public;

@@ -39,29 +39,20 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::context::Context;
-use crate::lease::{PRUNE, Replica, WEBHOOK};
-use crate::lifecycle::{self, AgentSlot};
-use crate::tasks::stopped;
-use crate::{Error, revocation, scheduler};
 use kl_proto::verifier::v1 as pb;
 use kl_store::StoreError;
 use kl_store::verifier::{Batch, PolicyKind, VerifierStore};
+
+use crate::context::Context;
+use crate::lease::{PRUNE, Replica, WEBHOOK};
+use crate::lifecycle::{self, AgentSlot};
+use crate::tasks::{blocking, stopped};
+use crate::{Error, revocation, scheduler};
 
 /// How often the outbox is read for events other replicas committed.
 const FOLLOW_INTERVAL: Duration = Duration::from_millis(250);
 /// Events read from the outbox at a time.
 const FOLLOW_PAGE: usize = 1024;
-
-/// Runs `work` on the blocking pool (every store call blocks).
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, Error> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| Error::Internal(format!("store task: {e}")))?
-        .map_err(Error::from)
-}
 
 /// The lease loop, until shutdown.
 pub(crate) async fn run(ctx: Arc<Context>) {

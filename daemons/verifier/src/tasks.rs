@@ -1,5 +1,6 @@
 //! The verifier's background work (attestation loops, notices, webhook delivery, event
-//! streams) and the signal that ends it: shutdown waits for every task spawned here.
+//! streams) and the signal that ends it: shutdown waits for every task spawned here. And
+//! [`blocking`], how async code calls the store.
 
 use std::sync::Mutex;
 
@@ -43,6 +44,16 @@ impl Tasks {
             Err(_) => JoinSet::new(),
         }
     }
+}
+
+/// Runs a store call on the blocking pool (every store call blocks), as the verifier's error.
+pub(crate) async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, kl_store::StoreError> + Send + 'static,
+) -> Result<T, crate::Error> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| crate::Error::Internal(format!("store task: {e}")))?
+        .map_err(crate::Error::from)
 }
 
 /// Resolves once the verifier is shutting down.

@@ -17,17 +17,8 @@ use kl_store::verifier::{AgentEntry, Batch, HistoryRecord};
 use super::{Control, Update, checked, held_status};
 use crate::context::Context;
 use crate::lifecycle::{self, AgentRuntime};
+use crate::tasks::blocking;
 use crate::{Error, convert};
-
-/// Runs `work` on the blocking pool (every store call blocks).
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, kl_store::StoreError> + Send + 'static,
-) -> Result<T, Error> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| Error::Internal(format!("store task: {e}")))?
-        .map_err(Error::from)
-}
 
 /// Makes `change` on the stored agent `agent_id` under its row lock and commits what it
 /// returns; then this replica's copy of the agent, if it holds it, is the stored one. The
