@@ -118,7 +118,7 @@ fn agent(id: &str, runtime_policy: &str) -> AgentEntry {
         enrolled_at: Timestamp::now(),
         last_attestation_at: None,
         last_success_at: None,
-        last_verdict_json: String::new(),
+        last_verdict: None,
         attestation_state_json: String::new(),
         ima_offset: 0,
         reset_count: 0,
@@ -137,7 +137,7 @@ fn event(agent_id: &str, at: Timestamp) -> EventRecord {
         agent_id: agent_id.to_owned(),
         state: 2,
         previous_state: 1,
-        findings_json: String::new(),
+        findings: Vec::new(),
         message: "passed".to_owned(),
     }
 }
@@ -146,7 +146,7 @@ fn record(sequence: u64, at: Timestamp) -> HistoryRecord {
     HistoryRecord {
         sequence,
         at,
-        verdict_json: "{}".to_owned(),
+        verdict: None,
         reset_count: 1,
         restart_count: 0,
         clock: sequence * 10,
@@ -368,7 +368,7 @@ fn newer_schema_unreachable_server_and_missing_password_are_named() -> Result<()
     let psql = |sql: &str| server.psql("keylime", sql);
     assert_eq!(
         psql("SELECT store || '=' || schema_version FROM meta ORDER BY store")?,
-        "registrar=1\nverifier=3"
+        "registrar=1\nverifier=4"
     );
     psql("UPDATE meta SET schema_version = 7 WHERE store = 'registrar'")?;
     let refused = RegistrarStore::open_at(&location).err().map(|e| e.to_string());
@@ -777,7 +777,7 @@ fn postgres_verifier_schema_1_migrates_to_leases_keeping_its_data_and_newer_is_r
     assert_eq!(psql("SELECT to_regclass('verifier_leases') IS NULL")?, "t");
 
     let store = VerifierStore::open_at(&location)?;
-    assert_eq!(psql("SELECT schema_version FROM meta WHERE store = 'verifier'")?, "3");
+    assert_eq!(psql("SELECT schema_version FROM meta WHERE store = 'verifier'")?, "4");
     let ids: Vec<String> = store.list_agents(None, 10)?.into_iter().map(|a| a.agent_id).collect();
     assert_eq!(ids, all);
     assert_eq!(sequences(&store.history(&all[0], None, 10)?), [1]);
@@ -786,16 +786,134 @@ fn postgres_verifier_schema_1_migrates_to_leases_keeping_its_data_and_newer_is_r
     assert_eq!(store.claim_leases("r1", 10, LONG)?.agents, all);
     drop(store);
 
-    psql("UPDATE meta SET schema_version = 4 WHERE store = 'verifier'")?;
+    psql("UPDATE meta SET schema_version = 5 WHERE store = 'verifier'")?;
     let url = server.url("keylime");
     let refused = VerifierStore::open_at(&location).err().map(|e| e.to_string());
     let expected = format!(
-        "{url}: schema version 4 is newer than the 3 this verifier supports; use a newer \
+        "{url}: schema version 5 is newer than the 4 this verifier supports; use a newer \
          keylime-rs or restore a backup made by this version"
     );
     assert_eq!(refused.as_deref(), Some(expected.as_str()));
     // Refused before touching anything.
     assert_eq!(psql("SELECT count(*) FROM verifier_leases")?, "3");
+    Ok(())
+}
+
+/// A history record as schema version 3 wrote it: the verdict as JSON text.
+#[derive(serde::Serialize)]
+struct HistoryRecordV3 {
+    sequence: u64,
+    at: Timestamp,
+    verdict_json: String,
+    reset_count: u32,
+    restart_count: u32,
+    clock: u64,
+    ima_entries: u64,
+    duration_us: u64,
+}
+
+/// An event as schema version 3 wrote it: the findings as a JSON array.
+#[derive(serde::Serialize)]
+struct EventRecordV3 {
+    cursor: u64,
+    at: Timestamp,
+    kind: i32,
+    agent_id: String,
+    state: i32,
+    previous_state: i32,
+    findings_json: String,
+    message: String,
+}
+
+/// `record` as a bytea literal of SQL.
+fn bytea<T: serde::Serialize>(record: &T) -> Result<String> {
+    Ok(format!("'\\x{}'::bytea", hex::encode(postcard::to_allocvec(record)?)))
+}
+
+#[test]
+fn postgres_verifier_schema_3_verdicts_become_records_unless_earlier_replicas_run() -> Result<()> {
+    let Some((server, location)) = database()? else { return Ok(()) };
+    let psql = |sql: &str| server.psql("keylime", sql);
+    let store = VerifierStore::open_at(&location)?;
+    let all = enroll(&store, 1)?;
+    let id = &all[0];
+    store.commit(
+        Batch {
+            history: vec![(id.clone(), record(1, Timestamp::now()))],
+            events: vec![event(id, Timestamp::now())],
+            ..Batch::default()
+        },
+        0,
+    )?;
+    drop(store);
+    // The database as schema version 3 left it: a failed round's verdict and event as JSON
+    // text, and more passed rounds than a migration reads at once.
+    let at = Timestamp { seconds: 1_795_756_037, nanos: 0 };
+    let failed = HistoryRecordV3 {
+        sequence: 1,
+        at,
+        verdict_json: r#"{"verdict":{"findings":[{"rule":"pcr.mismatch","message":"PCR 7","pcr":7,"expected":["ab"],"actual":"cd"}],"checked":["quote","pcrs"]},"at":{"seconds":1795756037,"nanos":0}}"#.to_owned(),
+        reset_count: 1,
+        restart_count: 0,
+        clock: 10,
+        ima_entries: 0,
+        duration_us: 5,
+    };
+    let passed = HistoryRecordV3 {
+        verdict_json: r#"{"verdict":{"findings":[],"checked":["quote"]},"at":{"seconds":1795756039,"nanos":0}}"#.to_owned(),
+        ..failed
+    };
+    let event = EventRecordV3 {
+        cursor: 1,
+        at,
+        kind: 4,
+        agent_id: id.clone(),
+        state: 3,
+        previous_state: 2,
+        findings_json: r#"[{"rule":"pcr.mismatch","message":"PCR 7","pcr":7,"expected":{"a":1}}]"#
+            .to_owned(),
+        message: "attestation failed: pcr.mismatch".to_owned(),
+    };
+    psql(&format!(
+        "UPDATE verifier_history SET record = {} WHERE sequence = 1; \
+         INSERT INTO verifier_history (agent_id, sequence, at_seconds, record) \
+             SELECT '{id}', n, 0, {} FROM generate_series(2, 5000) AS n; \
+         UPDATE verifier_events SET record = {}; \
+         UPDATE meta SET schema_version = 3 WHERE store = 'verifier'; \
+         INSERT INTO verifier_replicas VALUES ('earlier:8881', 't', now() + interval '1 hour')",
+        bytea(&failed)?,
+        bytea(&passed)?,
+        bytea(&event)?,
+    ))?;
+
+    // A replica of the earlier release is present: nothing is rewritten.
+    let refused = VerifierStore::open_at(&location).err().map(|e| e.to_string());
+    assert!(
+        refused.as_deref().is_some_and(|e| e.contains(
+            "migration to schema version 4 (store verdicts and findings as typed records) failed"
+        ) && e
+            .contains("verifier replicas of an earlier release are running")),
+        "{refused:?}"
+    );
+    assert_eq!(psql("SELECT schema_version FROM meta WHERE store = 'verifier'")?, "3");
+
+    psql("DELETE FROM verifier_replicas")?;
+    let store = VerifierStore::open_at(&location)?;
+    assert_eq!(psql("SELECT schema_version FROM meta WHERE store = 'verifier'")?, "4");
+    let history = store.history(id, None, 5000)?;
+    assert_eq!(history.len(), 5000);
+    assert!(history[..4999].iter().all(|h| h.verdict.as_ref().is_some_and(|v| v.passed())));
+    let verdict = history[4999].verdict.clone().ok_or("the failed verdict is gone")?;
+    assert_eq!((verdict.at, verdict.checked.len()), (at, 2));
+    let finding = &verdict.findings[0];
+    assert_eq!(
+        (finding.pcr, finding.expected_json.as_deref(), finding.actual_json.as_deref()),
+        (Some(7), Some(r#"["ab"]"#), Some(r#""cd""#))
+    );
+    let events = store.events_after(0, 10)?;
+    assert_eq!(events[0].findings[0].expected_json.as_deref(), Some(r#"{"a":1}"#));
+    assert_eq!(events[0].message, "attestation failed: pcr.mismatch");
+    assert!(store.get_agent(id)?.is_some_and(|a| a.last_verdict.is_none()));
     Ok(())
 }
 

@@ -1,15 +1,17 @@
 //! Between stored records, kl-core types and the API's messages (and the JSON of webhooks
 //! and revocation notices).
 //!
-//! A verdict is kl-core's [`Verdict`] from appraisal to here; the store keeps it as JSON text
-//! (a [`StoredVerdict`], and the findings of an `attestation_failed` event), written and read
-//! only by this module, and the API carries each finding's expected and actual values as JSON
-//! text ([`finding`]). A PCR policy is kl-core's [`PcrPolicy`], stored as its own document.
+//! A verdict is kl-core's [`Verdict`] from appraisal to here; the store keeps it as a
+//! [`VerdictRecord`] (and the findings of an `attestation_failed` event as [`FindingRecord`]s),
+//! whose expected and actual values are JSON text, as the API carries them ([`finding`]). A PCR
+//! policy is kl-core's [`PcrPolicy`], stored as its own document.
 
 use kl_core::policy::PcrPolicy;
-use kl_core::verdict::{Finding, Verdict, value_to_text};
+use kl_core::verdict::{Finding, Verdict, value_from_text, value_to_text};
 use kl_proto::verifier::v1 as pb;
-use kl_store::verifier::{AgentEntry, EventRecord, HistoryRecord, PolicyName, Timestamp};
+use kl_store::verifier::{
+    AgentEntry, EventRecord, FindingRecord, HistoryRecord, PolicyName, Timestamp, VerdictRecord,
+};
 use serde_json::{Value, json};
 
 use crate::Error;
@@ -47,7 +49,30 @@ pub(crate) fn kind_name(kind: i32) -> &'static str {
     }
 }
 
-pub(crate) fn finding(f: &Finding) -> pb::Finding {
+/// A verdict as the store keeps it, recorded at `at`.
+pub(crate) fn verdict_record(verdict: Verdict, at: Timestamp) -> VerdictRecord {
+    VerdictRecord {
+        at,
+        checked: verdict.checked,
+        findings: verdict.findings.into_iter().map(finding_record).collect(),
+    }
+}
+
+/// A finding as the store keeps it: its expected and actual values as JSON text.
+pub(crate) fn finding_record(f: Finding) -> FindingRecord {
+    FindingRecord {
+        rule: f.rule,
+        message: f.message,
+        pcr: f.pcr,
+        event: f.event,
+        line: f.line,
+        path: f.path,
+        expected_json: f.expected.as_ref().map(value_to_text),
+        actual_json: f.actual.as_ref().map(value_to_text),
+    }
+}
+
+pub(crate) fn finding(f: &FindingRecord) -> pb::Finding {
     pb::Finding {
         rule: f.rule.clone(),
         message: f.message.clone(),
@@ -55,50 +80,40 @@ pub(crate) fn finding(f: &Finding) -> pb::Finding {
         event: f.event,
         line: f.line,
         path: f.path.clone(),
-        expected_json: f.expected.as_ref().map(value_to_text),
-        actual_json: f.actual.as_ref().map(value_to_text),
+        expected_json: f.expected_json.clone(),
+        actual_json: f.actual_json.clone(),
     }
 }
 
-/// The stored findings of an event ("" for none).
-pub(crate) fn findings_json(findings: &[Finding]) -> String {
-    serde_json::to_string(findings).unwrap_or_default()
-}
-
-fn findings_from_json(text: &str) -> Vec<Finding> {
-    if text.is_empty() {
-        return Vec::new();
+/// A finding in the JSON of webhooks and revocation notices: kl-core's form of a finding
+/// (absent fields left out, expected and actual as JSON values).
+fn finding_json(f: &FindingRecord) -> Value {
+    let mut object = serde_json::Map::new();
+    object.insert("rule".to_owned(), json!(f.rule));
+    object.insert("message".to_owned(), json!(f.message));
+    let optional = [
+        ("pcr", f.pcr.map(Value::from)),
+        ("event", f.event.map(Value::from)),
+        ("line", f.line.map(Value::from)),
+        ("path", f.path.as_deref().map(Value::from)),
+        ("expected", f.expected_json.as_deref().map(value_from_text)),
+        ("actual", f.actual_json.as_deref().map(value_from_text)),
+    ];
+    for (name, value) in optional {
+        if let Some(value) = value {
+            object.insert(name.to_owned(), value);
+        }
     }
-    serde_json::from_str(text).unwrap_or_default()
+    Value::Object(object)
 }
 
-/// A stored verdict: `{"verdict": {...}, "at": {...}}`.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-pub(crate) struct StoredVerdict {
-    pub verdict: Verdict,
-    pub at: Timestamp,
-}
-
-impl StoredVerdict {
-    /// Its stored text: `AgentEntry::last_verdict_json` and `HistoryRecord::verdict_json`.
-    pub fn to_json(&self) -> String {
-        serde_json::to_string(self).unwrap_or_default()
-    }
-
-    /// A stored text back; `None` for "" (no verdict yet) or a text this version cannot read.
-    pub fn from_json(text: &str) -> Option<StoredVerdict> {
-        serde_json::from_str(text).ok()
-    }
-}
-
-pub(crate) fn verdict(stored: &str) -> Option<pb::Verdict> {
-    let stored = StoredVerdict::from_json(stored)?;
-    Some(pb::Verdict {
-        passed: stored.verdict.passed(),
-        findings: stored.verdict.findings.iter().map(finding).collect(),
-        checked: stored.verdict.checked.clone(),
+pub(crate) fn verdict(stored: &VerdictRecord) -> pb::Verdict {
+    pb::Verdict {
+        passed: stored.passed(),
+        findings: stored.findings.iter().map(finding).collect(),
+        checked: stored.checked.clone(),
         at: Some(timestamp(&stored.at)),
-    })
+    }
 }
 
 pub(crate) fn agent_status(entry: &AgentEntry) -> pb::AgentStatus {
@@ -118,7 +133,7 @@ pub(crate) fn agent_status(entry: &AgentEntry) -> pb::AgentStatus {
         enrolled_at: Some(timestamp(&entry.enrolled_at)),
         last_attestation_at: entry.last_attestation_at.as_ref().map(timestamp),
         last_success_at: entry.last_success_at.as_ref().map(timestamp),
-        last_verdict: verdict(&entry.last_verdict_json),
+        last_verdict: entry.last_verdict.as_ref().map(verdict),
         ima_offset: entry.ima_offset,
         reset_count: entry.reset_count,
         consecutive_errors: entry.consecutive_errors,
@@ -135,7 +150,7 @@ pub(crate) fn event(e: &EventRecord) -> pb::Event {
         agent_id: e.agent_id.clone(),
         state: e.state,
         previous_state: e.previous_state,
-        findings: findings_from_json(&e.findings_json).iter().map(finding).collect(),
+        findings: e.findings.iter().map(finding).collect(),
         message: e.message.clone(),
     }
 }
@@ -149,7 +164,7 @@ pub(crate) fn event_json(e: &EventRecord) -> Value {
         "agent_id": e.agent_id,
         "state": state_name(e.state),
         "previous_state": state_name(e.previous_state),
-        "findings": findings_from_json(&e.findings_json),
+        "findings": e.findings.iter().map(finding_json).collect::<Vec<_>>(),
         "message": e.message,
     })
 }
@@ -158,7 +173,7 @@ pub(crate) fn attestation(h: &HistoryRecord) -> pb::Attestation {
     pb::Attestation {
         sequence: h.sequence,
         at: Some(timestamp(&h.at)),
-        verdict: verdict(&h.verdict_json),
+        verdict: h.verdict.as_ref().map(verdict),
         reset_count: h.reset_count,
         restart_count: h.restart_count,
         clock: h.clock,

@@ -32,11 +32,13 @@ use kl_core::tpm2::ClockInfo;
 use kl_core::verdict::Verdict;
 use kl_proto::agent::v1::agent_client::AgentClient;
 use kl_proto::verifier::v1::{AgentState, EventKind};
-use kl_store::verifier::{AgentEntry, Batch, EventRecord, HistoryRecord, Timestamp};
+use kl_store::verifier::{
+    AgentEntry, Batch, EventRecord, FindingRecord, HistoryRecord, Timestamp, VerdictRecord,
+};
 use tokio::sync::Notify;
 
 use crate::channel::AgentChannel;
-use crate::convert::{self, StoredVerdict};
+use crate::convert;
 
 /// How long a passing agent's stored entry may lag behind its routine rounds. Each round's
 /// history record is written; the entry (counters, IMA progress) is written with a change of
@@ -53,7 +55,7 @@ fn event(
     agent_id: &str,
     state: AgentState,
     previous: AgentState,
-    findings_json: String,
+    findings: Vec<FindingRecord>,
     message: String,
 ) -> EventRecord {
     EventRecord {
@@ -63,7 +65,7 @@ fn event(
         agent_id: agent_id.to_owned(),
         state: state as i32,
         previous_state: previous as i32,
-        findings_json,
+        findings,
         message,
     }
 }
@@ -279,7 +281,7 @@ impl Enrolment {
             enrolled_at: Timestamp::now(),
             last_attestation_at: None,
             last_success_at: None,
-            last_verdict_json: String::new(),
+            last_verdict: None,
             attestation_state_json: String::new(),
             ima_offset: 0,
             reset_count: 0,
@@ -428,7 +430,7 @@ impl AgentRuntime {
             &id,
             state,
             state,
-            String::new(),
+            Vec::new(),
             "enrolment settings converged".to_owned(),
         )];
         // As with an update, new settings attest a failed agent again.
@@ -439,7 +441,7 @@ impl AgentRuntime {
                 &id,
                 AgentState::Pending,
                 AgentState::Failed,
-                String::new(),
+                Vec::new(),
                 "attestation resumed by a new enrolment".to_owned(),
             ));
         }
@@ -467,7 +469,7 @@ impl AgentRuntime {
                 &id,
                 previous,
                 previous,
-                String::new(),
+                Vec::new(),
                 "policies updated".to_owned(),
             ));
         }
@@ -478,7 +480,7 @@ impl AgentRuntime {
                 &id,
                 AgentState::Pending,
                 previous,
-                String::new(),
+                Vec::new(),
                 "attestation resumed by an update".to_owned(),
             ));
         }
@@ -509,7 +511,7 @@ impl AgentRuntime {
                 &id,
                 state,
                 previous,
-                String::new(),
+                Vec::new(),
                 why.to_owned(),
             )],
             ..Batch::default()
@@ -536,13 +538,12 @@ impl AgentRuntime {
             entry.reset_count = clock.reset_count;
         }
         entry.history_sequence += 1;
-        let stored = StoredVerdict { verdict, at: now };
-        let verdict_json = stored.to_json();
-        entry.last_verdict_json = verdict_json.clone();
+        let stored = convert::verdict_record(verdict, now);
+        entry.last_verdict = Some(stored.clone());
         let history = HistoryRecord {
             sequence: entry.history_sequence,
             at: now,
-            verdict_json,
+            verdict: Some(stored),
             reset_count: clock.map_or(entry.reset_count, |c| c.reset_count),
             restart_count: clock.map_or(0, |c| c.restart_count),
             clock: clock.map_or(0, |c| c.clock),
@@ -560,21 +561,21 @@ impl AgentRuntime {
                     &id,
                     AgentState::Passed,
                     previous,
-                    String::new(),
+                    Vec::new(),
                     format!("attestation passed ({} before)", convert::state_name(previous as i32)),
                 ));
             }
         } else {
             self.set_state(AgentState::Failed);
-            let rules: Vec<&str> =
-                stored.verdict.findings.iter().map(|f| f.rule.as_str()).collect();
+            let findings = self.entry.last_verdict.as_ref().map_or(&[][..], |v| &v.findings);
+            let rules: Vec<&str> = findings.iter().map(|f| f.rule.as_str()).collect();
             tracing::warn!(agent = %id, rules = ?rules, "attestation failed");
             batch.events.push(event(
                 EventKind::AttestationFailed,
                 &id,
                 AgentState::Failed,
                 previous,
-                convert::findings_json(&stored.verdict.findings),
+                findings.to_vec(),
                 format!("attestation failed: {}", rules.join(", ")),
             ));
         }
@@ -603,7 +604,7 @@ impl AgentRuntime {
                 &id,
                 AgentState::Unreachable,
                 previous,
-                String::new(),
+                Vec::new(),
                 format!("no answer after {misses} attempts: {reason}"),
             ));
         } else {
@@ -630,7 +631,7 @@ pub(crate) fn enrol(entry: AgentEntry) -> Batch {
             &id,
             AgentState::Pending,
             AgentState::Unspecified,
-            String::new(),
+            Vec::new(),
             "enrolled".to_owned(),
         )],
         ..Batch::default()
@@ -647,7 +648,7 @@ pub(crate) fn unenrol(rt: &AgentRuntime) -> Batch {
             &id,
             AgentState::Unspecified,
             rt.state(),
-            String::new(),
+            Vec::new(),
             "unenrolled".to_owned(),
         )],
         ..Batch::default()
@@ -656,7 +657,7 @@ pub(crate) fn unenrol(rt: &AgentRuntime) -> Batch {
 
 /// A stored policy changed (every agent using it rebuilds its inputs).
 pub(crate) fn policy_changed(message: String) -> Batch {
-    let (none, empty) = (AgentState::Unspecified, String::new());
+    let (none, empty) = (AgentState::Unspecified, Vec::new());
     Batch {
         events: vec![event(EventKind::PolicyChanged, "", none, none, empty, message)],
         ..Batch::default()
@@ -672,7 +673,7 @@ pub(crate) fn revocation_sent(failure: &EventRecord, message: String) -> Batch {
             &failure.agent_id,
             state,
             state,
-            String::new(),
+            Vec::new(),
             message,
         )],
         ..Batch::default()
@@ -692,10 +693,10 @@ pub(crate) fn catch_up(entry: &mut AgentEntry, newest: &HistoryRecord) {
     entry.attestation_count += newest.sequence - entry.history_sequence;
     entry.history_sequence = newest.sequence;
     entry.last_attestation_at = Some(newest.at);
-    entry.last_verdict_json = newest.verdict_json.clone();
+    entry.last_verdict = newest.verdict.clone();
     entry.reset_count = newest.reset_count;
     entry.consecutive_errors = 0;
-    if StoredVerdict::from_json(&newest.verdict_json).is_some_and(|v| v.verdict.passed()) {
+    if newest.verdict.as_ref().is_some_and(VerdictRecord::passed) {
         entry.last_success_at = Some(newest.at);
     }
 }
@@ -757,13 +758,15 @@ mod tests {
         assert!(!failed.passed);
         let failure = ev(EventKind::AttestationFailed, AgentState::Failed, AgentState::Passed);
         assert_eq!(events(&failed.batch), [failure]);
-        assert!(failed.batch.events[0].findings_json.contains(rule::PCR_MISMATCH));
+        assert_eq!(failed.batch.events[0].findings[0].rule, rule::PCR_MISMATCH);
         assert_eq!(
             (rt.state(), rt.entry.attestation_count, rt.entry.history_sequence),
             (AgentState::Failed, 3, 3)
         );
-        let stored = StoredVerdict::from_json(&rt.entry.last_verdict_json).map(|s| s.verdict);
-        assert_eq!(stored, Some(failing()));
+        let stored = rt.entry.last_verdict.clone().map(|v| (v.checked, v.findings));
+        let expected = failing();
+        let findings = expected.findings.into_iter().map(convert::finding_record).collect();
+        assert_eq!(stored, Some((expected.checked, findings)));
         assert!(rt.paused());
     }
 

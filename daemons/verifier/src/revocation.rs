@@ -40,7 +40,7 @@ pub(crate) fn notify_others(ctx: &Arc<Context>, failure: EventRecord) {
     ctx.spawn(async move {
         let ctx = ctx_task;
         let redacted = EventRecord {
-            findings_json: String::new(),
+            findings: Vec::new(),
             message: "attestation failed".to_owned(),
             ..failure.clone()
         };

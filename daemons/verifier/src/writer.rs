@@ -487,7 +487,7 @@ mod tests {
             agent_id: format!("agent-{n}"),
             state: 2,
             previous_state: 1,
-            findings_json: String::new(),
+            findings: Vec::new(),
             message: String::new(),
         }
     }
@@ -531,7 +531,7 @@ mod tests {
         let history = |n| kl_store::verifier::HistoryRecord {
             sequence: n,
             at: Timestamp::now(),
-            verdict_json: "{}".to_owned(),
+            verdict: None,
             reset_count: 0,
             restart_count: 0,
             clock: 0,

@@ -14,7 +14,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
 use crate::alg::{Digest, HashAlg};
 use crate::eventlog::EventLog;
@@ -476,15 +475,4 @@ fn appraise_measured_boot(
     };
     let cache = MeasuredBootCache { input_digest, verdict: verdict.clone() };
     (verdict, Some(cache))
-}
-
-/// A short JSON summary of an appraisal, for logs and history.
-pub fn summary(a: &Appraisal) -> serde_json::Value {
-    json!({
-        "passed": a.verdict.passed(),
-        "findings": a.verdict.findings.len(),
-        "rebooted": a.rebooted,
-        "ima_entries": a.ima_entries,
-        "next_ima_offset": a.next_ima_offset,
-    })
 }

@@ -38,11 +38,6 @@ pub mod rule {
     pub const MB_EVENT_LOG_MISSING: &str = "mb.event_log_missing";
     pub const MB_EVENT_LOG_MALFORMED: &str = "mb.event_log_malformed";
     pub const COVERAGE_NOT_ENFORCED: &str = "coverage.not_enforced";
-    pub const EKCERT_MISSING: &str = "ekcert.missing";
-    pub const EKCERT_MALFORMED: &str = "ekcert.malformed";
-    pub const EKCERT_UNTRUSTED: &str = "ekcert.untrusted";
-    pub const EKCERT_VALIDITY: &str = "ekcert.validity";
-    pub const EKCERT_KEY_MISMATCH: &str = "ekcert.key_mismatch";
     pub const MB_SECUREBOOT_DISABLED: &str = "mb.secureboot_disabled";
     pub const MB_FIRMWARE_NOT_ALLOWED: &str = "mb.firmware_not_allowed";
     pub const MB_BOOTLOADER_NOT_ALLOWED: &str = "mb.bootloader_not_allowed";

@@ -8,7 +8,9 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use kl_store::verifier::{AgentEntry, Batch, HistoryRecord, Timestamp, VerifierStore};
+use kl_store::verifier::{
+    AgentEntry, Batch, HistoryRecord, Timestamp, VerdictRecord, VerifierStore,
+};
 
 type BoxError = Box<dyn std::error::Error>;
 
@@ -32,7 +34,7 @@ fn entry(id: &str, rounds: u64) -> AgentEntry {
         enrolled_at: Timestamp::now(),
         last_attestation_at: Some(Timestamp::now()),
         last_success_at: Some(Timestamp::now()),
-        last_verdict_json: verdict(),
+        last_verdict: Some(verdict()),
         attestation_state_json: format!(
             "{{\"ima\":{{\"entries_processed\":{rounds},\"pcr\":\"{}\"}},\"boot\":null}}",
             "ab".repeat(32)
@@ -46,8 +48,12 @@ fn entry(id: &str, rounds: u64) -> AgentEntry {
     }
 }
 
-fn verdict() -> String {
-    r#"{"verdict":{"findings":[],"checked":["pcr","ima","measured_boot"]},"at":{"seconds":1764000000,"nanos":123456789}}"#.to_owned()
+fn verdict() -> VerdictRecord {
+    VerdictRecord {
+        at: Timestamp { seconds: 1_764_000_000, nanos: 123_456_789 },
+        checked: vec!["pcrs".to_owned(), "ima".to_owned(), "measured_boot".to_owned()],
+        findings: Vec::new(),
+    }
 }
 
 fn main() -> Result<(), BoxError> {
@@ -75,7 +81,7 @@ fn main() -> Result<(), BoxError> {
             let record = HistoryRecord {
                 sequence,
                 at: Timestamp::now(),
-                verdict_json: verdict(),
+                verdict: Some(verdict()),
                 reset_count: 1,
                 restart_count: 0,
                 clock: sequence * 2000,

@@ -114,7 +114,9 @@ mod tests {
     use std::path::PathBuf;
 
     use crate::registrar::{AgentRecord, RegistrarStore};
-    use crate::verifier::{AgentEntry, Batch, HistoryRecord, Timestamp, VerifierStore};
+    use crate::verifier::{
+        AgentEntry, Batch, HistoryRecord, Timestamp, VerdictRecord, VerifierStore,
+    };
 
     use super::*;
 
@@ -140,7 +142,7 @@ mod tests {
             enrolled_at: Timestamp::now(),
             last_attestation_at: None,
             last_success_at: None,
-            last_verdict_json: String::new(),
+            last_verdict: None,
             attestation_state_json: "{\"ima\":{}}".to_owned(),
             ima_offset: 0,
             reset_count: 0,
@@ -164,7 +166,11 @@ mod tests {
                     let record = HistoryRecord {
                         sequence,
                         at: Timestamp::now(),
-                        verdict_json: "{\"findings\":[]}".to_owned(),
+                        verdict: Some(VerdictRecord {
+                            at: Timestamp::now(),
+                            checked: vec!["quote".to_owned()],
+                            findings: Vec::new(),
+                        }),
                         reset_count: 1,
                         restart_count: 0,
                         clock: sequence * 1000,

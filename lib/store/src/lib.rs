@@ -14,6 +14,7 @@
 
 mod damage;
 mod database;
+mod legacy;
 pub mod postgres;
 mod records;
 pub mod registrar;

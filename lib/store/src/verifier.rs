@@ -2,8 +2,10 @@
 //! once by content digest with a name -> digest map, the attestation history of each agent and
 //! the event outbox with its monotonic cursor.
 //!
-//! Verdicts, findings and attestation state are kept as JSON text: they hold free-form JSON
-//! values (expected/actual), which postcard cannot carry, and the store does not interpret them.
+//! Verdicts and findings are typed records ([`VerdictRecord`], [`FindingRecord`]); a finding's
+//! expected and actual values, free-form JSON that postcard cannot carry, are JSON text, as the
+//! API carries them. The attestation state carried between rounds is JSON text the store does
+//! not interpret.
 //! Agent updates, history and events written by one [`Batch`] share a transaction, so an event
 //! exists exactly when the state change it reports does, and many agents' rounds cost one disk
 //! sync (group commit).
@@ -56,6 +58,7 @@ use redb::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::legacy;
 use crate::postgres::{self, verifier as pg};
 pub use crate::registrar::Timestamp;
 use crate::{
@@ -91,8 +94,8 @@ pub struct AgentEntry {
     pub enrolled_at: Timestamp,
     pub last_attestation_at: Option<Timestamp>,
     pub last_success_at: Option<Timestamp>,
-    /// The last verdict as JSON; empty before the first.
-    pub last_verdict_json: String,
+    /// The last verdict; `None` before the first.
+    pub last_verdict: Option<VerdictRecord>,
     /// The attestation state carried between rounds, as JSON; empty for a fresh start.
     pub attestation_state_json: String,
     pub ima_offset: u64,
@@ -111,79 +114,52 @@ pub struct AgentEntry {
     pub revision: u64,
 }
 
-/// [`AgentEntry`] as schema version 1 stored it: without `payload_digest`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct AgentEntryV1 {
-    agent_id: String,
-    contact_ip: String,
-    contact_port: u16,
-    ak_public: Vec<u8>,
-    agent_certificate: Vec<u8>,
-    runtime_policy: String,
-    measured_boot_policy: String,
-    pcr_policy_json: String,
-    v_key_half: Vec<u8>,
-    key_delivered: bool,
-    accept_hash_algorithms: Vec<String>,
-    accept_signing_algorithms: Vec<String>,
-    hash_algorithm: String,
-    state: i32,
-    attestation_count: u64,
-    enrolled_at: Timestamp,
-    last_attestation_at: Option<Timestamp>,
-    last_success_at: Option<Timestamp>,
-    last_verdict_json: String,
-    attestation_state_json: String,
-    ima_offset: u64,
-    reset_count: u32,
-    consecutive_errors: u32,
-    history_sequence: u64,
-}
-
-impl From<AgentEntryV1> for AgentEntry {
-    fn from(old: AgentEntryV1) -> AgentEntry {
-        AgentEntry {
-            agent_id: old.agent_id,
-            contact_ip: old.contact_ip,
-            contact_port: old.contact_port,
-            ak_public: old.ak_public,
-            agent_certificate: old.agent_certificate,
-            runtime_policy: old.runtime_policy,
-            measured_boot_policy: old.measured_boot_policy,
-            pcr_policy_json: old.pcr_policy_json,
-            v_key_half: old.v_key_half,
-            key_delivered: old.key_delivered,
-            accept_hash_algorithms: old.accept_hash_algorithms,
-            accept_signing_algorithms: old.accept_signing_algorithms,
-            hash_algorithm: old.hash_algorithm,
-            state: old.state,
-            attestation_count: old.attestation_count,
-            enrolled_at: old.enrolled_at,
-            last_attestation_at: old.last_attestation_at,
-            last_success_at: old.last_success_at,
-            last_verdict_json: old.last_verdict_json,
-            attestation_state_json: old.attestation_state_json,
-            ima_offset: old.ima_offset,
-            reset_count: old.reset_count,
-            consecutive_errors: old.consecutive_errors,
-            history_sequence: old.history_sequence,
-            payload_digest: String::new(),
-            revision: 0,
-        }
-    }
-}
-
 /// One attestation round in an agent's history.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HistoryRecord {
     pub sequence: u64,
     pub at: Timestamp,
-    pub verdict_json: String,
+    /// `None` only in a record migrated from a verdict text this version could not read.
+    pub verdict: Option<VerdictRecord>,
     pub reset_count: u32,
     pub restart_count: u32,
     pub clock: u64,
     pub ima_entries: u64,
     pub duration_us: u64,
+}
+
+/// An appraisal's outcome as stored: when, what was evaluated and what did not pass. It passed
+/// when it has no findings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerdictRecord {
+    pub at: Timestamp,
+    /// What was evaluated: `quote`, `pcrs`, `ima`, `measured_boot`.
+    pub checked: Vec<String>,
+    pub findings: Vec<FindingRecord>,
+}
+
+impl VerdictRecord {
+    pub fn passed(&self) -> bool {
+        self.findings.is_empty()
+    }
+}
+
+/// One reason an appraisal did not pass, as stored and as the API carries it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FindingRecord {
+    /// The stable rule id, e.g. `ima.not_in_policy`.
+    pub rule: String,
+    pub message: String,
+    pub pcr: Option<u32>,
+    /// Event number in a UEFI event log.
+    pub event: Option<u64>,
+    /// Line number in an IMA log.
+    pub line: Option<u64>,
+    pub path: Option<String>,
+    /// The expected value as JSON text (a value of any JSON type).
+    pub expected_json: Option<String>,
+    /// The actual value as JSON text.
+    pub actual_json: Option<String>,
 }
 
 /// One event of the outbox.
@@ -197,8 +173,7 @@ pub struct EventRecord {
     pub agent_id: String,
     pub state: i32,
     pub previous_state: i32,
-    /// The findings as a JSON array; empty for none.
-    pub findings_json: String,
+    pub findings: Vec<FindingRecord>,
     pub message: String,
 }
 
@@ -373,7 +348,8 @@ pub struct Pruned {
 }
 
 const AGENTS: Records<AgentEntry> = Records::new("agents");
-const AGENTS_V1: Records<AgentEntryV1> = Records::new("agents");
+const AGENTS_V1: Records<legacy::AgentEntryV1> = Records::new("agents");
+const AGENTS_V2: Records<legacy::AgentEntryV2> = Records::new("agents");
 static RUNTIME_NAMES: Records<PolicyName> = Records::new("runtime_policy_names");
 static RUNTIME_DOCUMENTS: Records<Vec<u8>> = Records::new("runtime_policy_documents");
 static MB_NAMES: Records<PolicyName> = Records::new("mb_policy_names");
@@ -402,13 +378,71 @@ fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
 /// Re-encodes every agent with an empty payload digest.
 fn add_payload_digest(txn: &WriteTransaction) -> Result<(), StoreError> {
     for (key, old) in AGENTS_V1.all_for_update(txn)? {
-        AGENTS.insert(txn, &key, &AgentEntry::from(old))?;
+        AGENTS_V2.insert(txn, &key, &legacy::AgentEntryV2::from(old))?;
     }
     Ok(())
 }
 
+/// Re-encodes agents, history records and events with typed verdicts and findings in place of
+/// their JSON text.
+fn type_verdicts(txn: &WriteTransaction) -> Result<(), StoreError> {
+    for (key, old) in AGENTS_V2.all_for_update(txn)? {
+        AGENTS.insert(txn, &key, &AgentEntry::from(old))?;
+    }
+    // A chunk at a time: redb does not write a table while a range of it is read.
+    let mut history = txn.open_table(HISTORY).map_err(|e| StoreError::table("history", e))?;
+    let mut after: Option<String> = None;
+    loop {
+        let start = after.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
+        let chunk = history
+            .range::<&str>((start, Bound::Unbounded))
+            .map_err(|e| StoreError::table("history", e))?
+            .take(REWRITE_CHUNK)
+            .map(|entry| entry.map(|(k, v)| (k.value().to_owned(), v.value().to_vec())))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| StoreError::table("history", e))?;
+        for (key, bytes) in &chunk {
+            let old: legacy::HistoryRecordV1 = decode("history", key, bytes)?;
+            let new = encode("history", key, &HistoryRecord::from(old))?;
+            history
+                .insert(key.as_str(), new.as_slice())
+                .map_err(|e| StoreError::table("history", e))?;
+        }
+        match chunk.into_iter().last() {
+            Some((key, _)) => after = Some(key),
+            None => break,
+        }
+    }
+    let mut events = txn.open_table(EVENTS).map_err(|e| StoreError::table("events", e))?;
+    let mut after = None;
+    loop {
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let chunk = events
+            .range::<u64>((start, Bound::Unbounded))
+            .map_err(|e| StoreError::table("events", e))?
+            .take(REWRITE_CHUNK)
+            .map(|entry| entry.map(|(k, v)| (k.value(), v.value().to_vec())))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| StoreError::table("events", e))?;
+        for (cursor, bytes) in &chunk {
+            let key = cursor.to_string();
+            let old: legacy::EventRecordV1 = decode("events", &key, bytes)?;
+            let new = encode("events", &key, &EventRecord::from(old))?;
+            events.insert(cursor, new.as_slice()).map_err(|e| StoreError::table("events", e))?;
+        }
+        match chunk.last() {
+            Some((cursor, _)) => after = Some(*cursor),
+            None => break,
+        }
+    }
+    Ok(())
+}
+
+/// How many records a migration reads before writing them back.
+const REWRITE_CHUNK: usize = 4096;
+
 /// Version 1: agents, policies, history, events, cursors. Version 2: agents record the digest
-/// of their payload.
+/// of their payload. Version 3: verdicts and findings are typed records.
 pub static SCHEMA: Schema = Schema {
     name: "verifier",
     migrations: &[
@@ -417,6 +451,10 @@ pub static SCHEMA: Schema = Schema {
             apply: create_tables,
         },
         Migration { description: "record a payload digest per agent", apply: add_payload_digest },
+        Migration {
+            description: "store verdicts and findings as typed records",
+            apply: type_verdicts,
+        },
     ],
 };
 

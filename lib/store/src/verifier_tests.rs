@@ -22,7 +22,7 @@ fn agent(id: &str, runtime_policy: &str) -> AgentEntry {
         enrolled_at: Timestamp::now(),
         last_attestation_at: None,
         last_success_at: None,
-        last_verdict_json: String::new(),
+        last_verdict: None,
         attestation_state_json: String::new(),
         ima_offset: 0,
         reset_count: 0,
@@ -41,7 +41,7 @@ fn event(agent_id: &str, at: Timestamp) -> EventRecord {
         agent_id: agent_id.to_owned(),
         state: 2,
         previous_state: 1,
-        findings_json: String::new(),
+        findings: Vec::new(),
         message: "passed".to_owned(),
     }
 }
@@ -50,7 +50,11 @@ fn record(sequence: u64, at: Timestamp) -> HistoryRecord {
     HistoryRecord {
         sequence,
         at,
-        verdict_json: "{}".to_owned(),
+        verdict: Some(VerdictRecord {
+            at,
+            checked: vec!["quote".to_owned()],
+            findings: Vec::new(),
+        }),
         reset_count: 1,
         restart_count: 0,
         clock: sequence * 10,
@@ -335,7 +339,7 @@ fn agents_of_a_version_1_file_get_an_empty_payload_digest() -> TestResult {
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("verifier.redb");
     let entry = agent("old", "base");
-    let old = AgentEntryV1 {
+    let old = legacy::AgentEntryV1 {
         agent_id: entry.agent_id.clone(),
         contact_ip: entry.contact_ip.clone(),
         contact_port: entry.contact_port,
@@ -354,7 +358,9 @@ fn agents_of_a_version_1_file_get_an_empty_payload_digest() -> TestResult {
         enrolled_at: entry.enrolled_at,
         last_attestation_at: None,
         last_success_at: None,
-        last_verdict_json: String::new(),
+        last_verdict_json:
+            r#"{"verdict":{"findings":[],"checked":["quote"]},"at":{"seconds":9,"nanos":0}}"#
+                .to_owned(),
         attestation_state_json: String::new(),
         ima_offset: 0,
         reset_count: 0,
@@ -372,6 +378,121 @@ fn agents_of_a_version_1_file_get_an_empty_payload_digest() -> TestResult {
     assert!(migrated.key_delivered);
     assert_eq!(migrated.attestation_count, 12);
     assert_eq!(migrated.runtime_policy, "base");
+    let verdict = migrated.last_verdict.ok_or("the verdict is gone")?;
+    assert_eq!((verdict.at.seconds, verdict.checked), (9, vec!["quote".to_owned()]));
+    Ok(())
+}
+
+/// The layout with verdicts as JSON text: the first two migrations.
+static SCHEMA_V2: Schema = Schema { name: "verifier", migrations: SCHEMA.migrations.split_at(2).0 };
+
+#[test]
+fn verdicts_and_findings_of_a_version_2_file_become_records() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("verifier.redb");
+    let failed = r#"{"verdict":{"findings":[{"rule":"ima.not_in_policy","message":"not allowed","line":4,"path":"/bin/x","actual":"sha256:ab"}],"checked":["quote","ima"]},"at":{"seconds":7,"nanos":3}}"#;
+    let passed = |seconds: u64| {
+        format!(
+            r#"{{"verdict":{{"findings":[],"checked":["quote"]}},"at":{{"seconds":{seconds},"nanos":0}}}}"#
+        )
+    };
+    let mut entry = legacy::AgentEntryV2::from(legacy::AgentEntryV1 {
+        agent_id: "old".to_owned(),
+        contact_ip: "127.0.0.1".to_owned(),
+        contact_port: 9002,
+        ak_public: vec![1],
+        agent_certificate: vec![2],
+        runtime_policy: String::new(),
+        measured_boot_policy: String::new(),
+        pcr_policy_json: String::new(),
+        v_key_half: Vec::new(),
+        key_delivered: false,
+        accept_hash_algorithms: Vec::new(),
+        accept_signing_algorithms: Vec::new(),
+        hash_algorithm: "sha256".to_owned(),
+        state: 3,
+        attestation_count: 5000,
+        enrolled_at: Timestamp { seconds: 1, nanos: 0 },
+        last_attestation_at: None,
+        last_success_at: None,
+        last_verdict_json: failed.to_owned(),
+        attestation_state_json: "{}".to_owned(),
+        ima_offset: 0,
+        reset_count: 0,
+        consecutive_errors: 0,
+        history_sequence: 5000,
+    });
+    entry.payload_digest = "digest".to_owned();
+    // More history records than a migration reads at once.
+    let rounds = REWRITE_CHUNK as u64 + 10;
+    let db = open_database(&path, &SCHEMA_V2)?;
+    db.write("add", |txn| {
+        AGENTS_V2.insert(txn, "old", &entry)?;
+        let mut history = txn.open_table(HISTORY).map_err(|e| StoreError::table("history", e))?;
+        for sequence in 1..=rounds {
+            let key = history_key("old", sequence);
+            let text = if sequence == rounds { failed.to_owned() } else { passed(sequence) };
+            let old = legacy::HistoryRecordV1 {
+                sequence,
+                at: Timestamp { seconds: 1, nanos: 0 },
+                verdict_json: text,
+                reset_count: 0,
+                restart_count: 0,
+                clock: sequence,
+                ima_entries: 1,
+                duration_us: 2,
+            };
+            let bytes = encode("history", &key, &old)?;
+            history
+                .insert(key.as_str(), bytes.as_slice())
+                .map_err(|e| StoreError::table("history", e))?;
+        }
+        let mut events = txn.open_table(EVENTS).map_err(|e| StoreError::table("events", e))?;
+        let old = legacy::EventRecordV1 {
+            cursor: 1,
+            at: Timestamp { seconds: 7, nanos: 3 },
+            kind: 4,
+            agent_id: "old".to_owned(),
+            state: 3,
+            previous_state: 2,
+            findings_json:
+                r#"[{"rule":"ima.not_in_policy","message":"not allowed","expected":{"a":[1]}}]"#
+                    .to_owned(),
+            message: "failed".to_owned(),
+        };
+        let bytes = encode("events", "1", &old)?;
+        events.insert(1, bytes.as_slice()).map_err(|e| StoreError::table("events", e))?;
+        Ok(())
+    })?;
+    drop(db);
+
+    let store = VerifierStore::open(&path)?;
+    let migrated = store.get_agent("old")?.ok_or("the agent is gone")?;
+    assert_eq!(migrated.payload_digest, "digest");
+    let verdict = migrated.last_verdict.ok_or("the verdict is gone")?;
+    assert!(!verdict.passed());
+    assert_eq!(verdict.checked, ["quote", "ima"]);
+    assert_eq!(verdict.at, Timestamp { seconds: 7, nanos: 3 });
+    let finding = &verdict.findings[0];
+    assert_eq!(
+        (
+            finding.rule.as_str(),
+            finding.line,
+            finding.path.as_deref(),
+            finding.actual_json.as_deref()
+        ),
+        ("ima.not_in_policy", Some(4), Some("/bin/x"), Some(r#""sha256:ab""#))
+    );
+    let newest = store.history("old", None, 2)?;
+    assert_eq!(newest[0].verdict.as_ref().map(VerdictRecord::passed), Some(false));
+    assert_eq!(newest[1].verdict.as_ref().map(|v| v.at.seconds), Some(i64::try_from(rounds - 1)?));
+    let oldest = store.history("old", Some(2), 1)?;
+    assert_eq!(oldest[0].verdict.as_ref().map(|v| (v.at.seconds, v.passed())), Some((1, true)));
+    assert_eq!(store.last_history_sequence("old")?, Some(rounds));
+    let events = store.events_after(0, 10)?;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].findings[0].expected_json.as_deref(), Some(r#"{"a":[1]}"#));
+    assert_eq!(events[0].message, "failed");
     Ok(())
 }
 

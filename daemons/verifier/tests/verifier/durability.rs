@@ -104,7 +104,7 @@ async fn a_crash_that_left_the_entry_behind_takes_back_nothing_clients_saw() -> 
     entry.history_sequence = 1;
     entry.last_attestation_at = Some(first.at);
     entry.last_success_at = Some(first.at);
-    entry.last_verdict_json = first.verdict_json.clone();
+    entry.last_verdict = first.verdict.clone();
     store.commit(kl_store::verifier::Batch { agents: vec![entry], ..Default::default() }, 0)?;
     drop(store);
 

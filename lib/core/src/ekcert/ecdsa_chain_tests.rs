@@ -4,7 +4,6 @@
 use super::*;
 use crate::der;
 use crate::key::{Curve, PublicKey};
-use crate::verdict::rule;
 
 const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/ek-ecdsa-chain");
 /// 2024-06-01T00:00:00Z, inside every certificate's validity period.
@@ -163,25 +162,23 @@ fn tampered_ecdsa_signatures_fail_at_their_depth() {
 }
 
 #[test]
-fn appraisal_of_an_ek_under_an_ecdsa_issuer() {
+fn an_ek_under_an_ecdsa_issuer_validates_only_through_its_intermediate() {
     let intermediate = pem("intermediate.pem");
     let roots = store(&["root.pem"]);
     let options = ValidationOptions::at(NOW);
     for name in EKS {
         let ek = read(name);
         let (key, _) = parse_ek_certificate(&ek).expect("parses");
-        let (verdict, chain) =
-            appraise_ek_certificate(Some(&ek), &[&intermediate], &roots, &options, &key.key);
-        assert!(verdict.passed(), "{name}: {verdict:?}");
-        assert_eq!(chain.map(|c| c.chain.len()), Some(3));
-        let (verdict, _) = appraise_ek_certificate(Some(&ek), &[], &roots, &options, &key.key);
-        let rules: Vec<_> = verdict.findings.iter().map(|f| f.rule.as_str()).collect();
-        assert_eq!(rules, [rule::EKCERT_UNTRUSTED], "{name}");
-        assert!(verdict.findings[0].message.contains(INTERMEDIATE), "{:?}", verdict.findings);
+        let chain = validate(&ek, &[&intermediate], &roots, &options);
+        assert_eq!(chain.as_ref().map(|c| c.chain.len()), Ok(3), "{name}");
+        assert_eq!(chain.map(|c| c.ek_public.key), Ok(key.key), "{name}");
+        let untrusted = validate(&ek, &[], &roots, &options);
+        assert!(
+            matches!(&untrusted, Err(e @ EkCertError::UnknownIssuer { .. }) if e.to_string().contains(INTERMEDIATE)),
+            "{name}: {untrusted:?}"
+        );
         let late = ValidationOptions::at(2_524_608_000); // 2050-01-01
-        let (verdict, _) =
-            appraise_ek_certificate(Some(&ek), &[&intermediate], &roots, &late, &key.key);
-        let rules: Vec<_> = verdict.findings.iter().map(|f| f.rule.as_str()).collect();
-        assert_eq!(rules, [rule::EKCERT_VALIDITY], "{name}");
+        let expired = validate(&ek, &[&intermediate], &roots, &late);
+        assert!(matches!(expired, Err(EkCertError::Expired { .. })), "{name}: {expired:?}");
     }
 }

@@ -32,7 +32,6 @@
 //!   [`ValidationOptions::allow_sha1`] is set (the default), because Infineon's intermediate CAs are
 //!   signed with SHA-1 by their root. RSA keys must be 2048 to 8192 bits (ring's limits).
 
-mod appraise;
 mod cert;
 mod verify;
 
@@ -41,7 +40,6 @@ mod ecdsa_chain_tests;
 #[cfg(test)]
 mod tests;
 
-pub use appraise::appraise_ek_certificate;
 use cert::Certificate;
 pub use cert::TpmAttributes;
 

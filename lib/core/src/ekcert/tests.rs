@@ -318,48 +318,20 @@ fn parse_ek_certificate_reads_key_and_attributes() {
 }
 
 #[test]
-fn appraisal_reports_each_rule() {
-    use crate::verdict::rule;
+fn validation_names_each_reason_for_a_rejection() {
     let store = full_store();
     let options = ValidationOptions::at(NOW);
+    let chain = validate(&read(ST_ECC), &[], &store, &options).expect("valid");
+    assert_eq!(chain.chain.len(), 2);
     let (ek, _) = parse_ek_certificate(&read(ST_ECC)).expect("parses");
-    let PublicKey::Ec { point, .. } = &ek.key else { panic!("ECC expected") };
-    let agent_ek = PublicKey::ecc(Curve::P256, &point[1..33], &point[33..65]);
-    let rules = |verdict: &crate::verdict::Verdict| -> Vec<String> {
-        verdict.findings.iter().map(|f| f.rule.clone()).collect()
-    };
+    assert_eq!(chain.ek_public.key, ek.key);
 
-    let (verdict, chain) =
-        appraise_ek_certificate(Some(&read(ST_ECC)), &[], &store, &options, &agent_ek);
-    assert!(verdict.passed(), "{verdict:?}");
-    assert_eq!(verdict.checked, ["ek_cert"]);
-    assert_eq!(chain.expect("chain").chain.len(), 2);
-
-    let mut other_point = point.clone();
-    other_point[64] ^= 1;
-    let other = PublicKey::Ec { curve: Curve::P256, point: other_point };
-    let (verdict, chain) =
-        appraise_ek_certificate(Some(&read(ST_ECC)), &[], &store, &options, &other);
-    assert_eq!(rules(&verdict), [rule::EKCERT_KEY_MISMATCH]);
-    assert!(chain.is_some());
-
-    let (verdict, _) = appraise_ek_certificate(None, &[], &store, &options, &agent_ek);
-    assert_eq!(rules(&verdict), [rule::EKCERT_MISSING]);
-    let (verdict, _) =
-        appraise_ek_certificate(Some(&[0x30, 0x01]), &[], &store, &options, &agent_ek);
-    assert_eq!(rules(&verdict), [rule::EKCERT_MALFORMED]);
-    assert!(verdict.findings[0].message.contains("at byte 0"), "{:?}", verdict.findings);
-    let (verdict, _) = appraise_ek_certificate(
-        Some(&read(ST_ECC)),
-        &[],
-        &store_of(&["NUVO_2110.pem"]),
-        &options,
-        &agent_ek,
-    );
-    assert_eq!(rules(&verdict), [rule::EKCERT_UNTRUSTED]);
-    let late = ValidationOptions::at(1_893_456_000);
-    let (verdict, _) = appraise_ek_certificate(Some(&read(ST_ECC)), &[], &store, &late, &agent_ek);
-    assert_eq!(rules(&verdict), [rule::EKCERT_VALIDITY]);
+    let malformed = validate(&[0x30, 0x01], &[], &store, &options);
+    assert!(matches!(&malformed, Err(EkCertError::Malformed { offset: 0, .. })), "{malformed:?}");
+    let untrusted = validate(&read(ST_ECC), &[], &store_of(&["NUVO_2110.pem"]), &options);
+    assert!(matches!(untrusted, Err(EkCertError::UnknownIssuer { depth: 0, .. })), "{untrusted:?}");
+    let late = validate(&read(ST_ECC), &[], &store, &ValidationOptions::at(1_893_456_000));
+    assert!(matches!(late, Err(EkCertError::Expired { .. })), "{late:?}");
 }
 
 #[test]

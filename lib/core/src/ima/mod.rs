@@ -41,9 +41,7 @@ pub use ascii::AsciiLog;
 pub use binary::{BinaryLog, encode_entry};
 pub(crate) use entry::decode_hex;
 pub use entry::{Blob, Entry, FileDigest, Position, Template, TemplateKind};
-pub use replay::{
-    ImaState, IncrementalReplay, LearnedKey, Replayed, replay, replay_incremental, replay_log,
-};
+pub use replay::{ImaState, LearnedKey, Replayed, replay, replay_log};
 pub use sig::{SignatureError, SignatureKey, VerificationKeys};
 pub use speculate::RecordedChecks;
 

@@ -131,56 +131,6 @@ pub fn replay_log(log: &[u8], banks: &[HashAlg]) -> Result<Replayed, ImaError> {
     replay(Entries::parse(log, 0), banks, IMA_PCR)
 }
 
-/// The result of an incremental replay.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IncrementalReplay {
-    /// New entries read.
-    pub entries: u64,
-    /// How many new entries the quoted value covers; `None` when no prefix matched.
-    pub matched: Option<u64>,
-    /// The PCR value after all new entries.
-    pub final_pcr: Digest,
-    /// The state for the next round: at the match, or the prior state when nothing matched.
-    pub state: ImaState,
-}
-
-/// Replays new entries (starting at entry `state.entries_processed`) into PCR `pcr_index` of
-/// the quoted value's bank, accepting the quoted value before any new entry or after any of
-/// them. No template-hash or content checks: see [`appraise`](super::appraise) for those.
-pub fn replay_incremental<'a>(
-    entries: impl IntoIterator<Item = Result<Entry<'a>, ImaError>>,
-    state: &ImaState,
-    quoted: &Digest,
-    pcr_index: u32,
-) -> Result<IncrementalReplay, ImaError> {
-    let bank = quoted.alg();
-    let mut tracker = Tracker::new(state, bank, *quoted)?;
-    let mut data = Vec::new();
-    let mut next_index = state.entries_processed;
-    for entry in entries {
-        let entry = entry?;
-        if entry.index != next_index {
-            return Err(ImaError::State(format!(
-                "entry {} given where entry {next_index} was expected",
-                entry.index
-            )));
-        }
-        next_index += 1;
-        if entry.pcr == pcr_index {
-            let value = extend_value(&entry, bank, entry.template_data(&mut data));
-            tracker.advance(Some(&value));
-        } else {
-            tracker.advance(None);
-        }
-    }
-    Ok(IncrementalReplay {
-        entries: next_index - state.entries_processed,
-        matched: tracker.matched().map(|(count, _)| count - state.entries_processed),
-        final_pcr: tracker.pcr,
-        state: tracker.next_state(state),
-    })
-}
-
 /// Tracks one bank through an incremental round and where the quoted value matched.
 #[derive(Debug)]
 pub(crate) struct Tracker {

@@ -4,6 +4,7 @@ use std::collections::{HashMap, HashSet};
 
 use proptest::prelude::*;
 
+use super::replay::{Tracker, extend_value};
 use super::sig::SignatureHeader;
 use super::*;
 use crate::alg::{Digest, HashAlg};
@@ -318,6 +319,56 @@ fn quote_may_cover_any_prefix_and_later_entries_are_resent() {
     )
     .expect_err("wrong offset");
     assert!(err.to_string().contains("entry 10 given where entry 300 was expected"), "{err}");
+}
+
+/// The result of an incremental replay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct IncrementalReplay {
+    /// New entries read.
+    entries: u64,
+    /// How many new entries the quoted value covers; `None` when no prefix matched.
+    matched: Option<u64>,
+    /// The PCR value after all new entries.
+    final_pcr: Digest,
+    /// The state for the next round: at the match, or the prior state when nothing matched.
+    state: ImaState,
+}
+
+/// Replays new entries (starting at entry `state.entries_processed`) into PCR `pcr_index` of
+/// the quoted value's bank, accepting the quoted value before any new entry or after any of
+/// them. No template-hash or content checks: a reference for the tracking that `appraise` does.
+fn replay_incremental<'a>(
+    entries: impl IntoIterator<Item = Result<Entry<'a>, ImaError>>,
+    state: &ImaState,
+    quoted: &Digest,
+    pcr_index: u32,
+) -> Result<IncrementalReplay, ImaError> {
+    let bank = quoted.alg();
+    let mut tracker = Tracker::new(state, bank, *quoted)?;
+    let mut data = Vec::new();
+    let mut next_index = state.entries_processed;
+    for entry in entries {
+        let entry = entry?;
+        if entry.index != next_index {
+            return Err(ImaError::State(format!(
+                "entry {} given where entry {next_index} was expected",
+                entry.index
+            )));
+        }
+        next_index += 1;
+        if entry.pcr == pcr_index {
+            let value = extend_value(&entry, bank, entry.template_data(&mut data));
+            tracker.advance(Some(&value));
+        } else {
+            tracker.advance(None);
+        }
+    }
+    Ok(IncrementalReplay {
+        entries: next_index - state.entries_processed,
+        matched: tracker.matched().map(|(count, _)| count - state.entries_processed),
+        final_pcr: tracker.pcr,
+        state: tracker.next_state(state),
+    })
 }
 
 #[test]

@@ -167,11 +167,69 @@ fn shown_url(config: &tokio_postgres::Config) -> String {
 /// How errors show a `database_url` that does not parse.
 const UNPARSED: &str = "(database_url, not shown: it does not parse)";
 
-/// One step of a PostgreSQL schema: SQL run inside the migration transaction.
+/// One step of a PostgreSQL schema: SQL run inside the migration transaction, then the
+/// records it re-encodes.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Migration {
     pub description: &'static str,
     pub sql: &'static str,
+    pub rewrite: &'static [Rewrite],
+}
+
+/// A migration's re-encoding of every postcard `record` of a table, for a change of a record's
+/// layout that SQL cannot make.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Rewrite {
+    pub table: &'static str,
+    /// An SQL expression naming a row in errors, e.g. `agent_id`.
+    pub key: &'static str,
+    /// A record of the previous layout in the new one.
+    pub apply: fn(&[u8]) -> Result<Vec<u8>, postcard::Error>,
+}
+
+/// How many records a [`Rewrite`] reads before writing them back.
+const REWRITE_CHUNK: i32 = 4096;
+
+impl Rewrite {
+    /// Re-encodes every record of the table, a chunk at a time. The rows are read through a
+    /// portal, whose snapshot is the transaction's before the first update: a rewritten row is
+    /// never read again.
+    async fn run(&self, tx: &Tx<'_>) -> Result<(), StoreError> {
+        let error = |e| tx.error(self.table, e);
+        let select = format!(
+            "SELECT ctid::text AS id, ({})::text AS key, record FROM {}",
+            self.key, self.table
+        );
+        let update = format!(
+            "UPDATE {0} SET record = u.record FROM unnest($1::text[], $2::bytea[]) AS u(id, record) \
+             WHERE {0}.ctid = u.id::tid",
+            self.table
+        );
+        let select = tx.txn.prepare(&select).await.map_err(error)?;
+        let update = tx.txn.prepare(&update).await.map_err(error)?;
+        let portal = tx.txn.bind(&select, &[]).await.map_err(error)?;
+        loop {
+            let rows = tx.txn.query_portal(&portal, REWRITE_CHUNK).await.map_err(error)?;
+            if rows.is_empty() {
+                return Ok(());
+            }
+            let mut ids = Vec::with_capacity(rows.len());
+            let mut records = Vec::with_capacity(rows.len());
+            for row in &rows {
+                let id: String = tx.get(self.table, row, "id")?;
+                let key: String = tx.get(self.table, row, "key")?;
+                let record: &[u8] = tx.get(self.table, row, "record")?;
+                let record = (self.apply)(record).map_err(|source| StoreError::Decode {
+                    table: self.table,
+                    key,
+                    source,
+                })?;
+                ids.push(id);
+                records.push(record);
+            }
+            tx.txn.execute(&update, &[&ids, &records]).await.map_err(error)?;
+        }
+    }
 }
 
 /// A store's tables in PostgreSQL over time. Its versions count on their own, apart from the
@@ -568,6 +626,14 @@ impl Database {
                     description: migration.description,
                     source: Box::new(tx.error("meta", e)),
                 })?;
+                for rewrite in migration.rewrite {
+                    rewrite.run(tx).await.map_err(|e| StoreError::Migration {
+                        path: PathBuf::from(&url),
+                        version: index as u64 + 1,
+                        description: migration.description,
+                        source: Box::new(e),
+                    })?;
+                }
             }
             if found != supported {
                 let version = supported as i64;

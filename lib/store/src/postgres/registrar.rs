@@ -20,6 +20,7 @@ pub(crate) static SCHEMA: Schema = Schema {
                   agent_id TEXT COLLATE \"C\" PRIMARY KEY,
                   record BYTEA NOT NULL
               )",
+        rewrite: &[],
     }],
 };
 

@@ -8,8 +8,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio_postgres::Row;
 
-use super::{Database, Migration, Schema, Tx, bigint, bound, limit, unsigned};
+use super::{Database, Migration, Rewrite, Schema, Tx, bigint, bound, limit, unsigned};
 use crate::StoreError;
+use crate::legacy;
 use crate::verifier::{
     AgentEntry, AgentRead, Batch, Committed, EventRecord, HistoryRecord, Leases, Modified,
     PolicyDeletion, PolicyKind, PolicyName, PolicyPut, Pruned, PutPrecondition, Timestamp,
@@ -30,7 +31,8 @@ const LAST_EVENT: &str = "last_event";
 
 /// Version 1: agents, policies, history, events, cursors (records as redb's schema version 2
 /// encodes them). Version 2: agent leases (see [`crate::verifier`]). Version 3: agent
-/// revisions, the replicas present, and duties (leases on work that one replica does).
+/// revisions, the replicas present, and duties (leases on work that one replica does). Version
+/// 4: verdicts and findings as typed records (redb's schema version 3).
 pub(crate) static SCHEMA: Schema = Schema {
     name: "verifier",
     write_lock: 0x6b6c_0002,
@@ -72,6 +74,7 @@ pub(crate) static SCHEMA: Schema = Schema {
                   at_seconds BIGINT NOT NULL,
                   record BYTEA NOT NULL
               );",
+            rewrite: &[],
         },
         Migration {
             description: "create the agent lease table",
@@ -83,6 +86,7 @@ pub(crate) static SCHEMA: Schema = Schema {
                   expires_at TIMESTAMPTZ NOT NULL
               );
               CREATE INDEX verifier_leases_holder ON verifier_leases (holder);",
+            rewrite: &[],
         },
         Migration {
             description: "add agent revisions, replica presence and duties",
@@ -100,6 +104,26 @@ pub(crate) static SCHEMA: Schema = Schema {
                   holder TEXT NOT NULL,
                   expires_at TIMESTAMPTZ NOT NULL
               );",
+            rewrite: &[],
+        },
+        Migration {
+            description: "store verdicts and findings as typed records",
+            // Replicas of the earlier release read records in the earlier layout.
+            sql: "DO $$ BEGIN
+                  IF EXISTS (SELECT 1 FROM verifier_replicas WHERE expires_at > now()) THEN
+                      RAISE EXCEPTION 'verifier replicas of an earlier release are running: \
+                          stop every replica, then start this release';
+                  END IF;
+              END $$;",
+            rewrite: &[
+                Rewrite { table: AGENTS, key: "agent_id", apply: legacy::agent_record_v4 },
+                Rewrite {
+                    table: HISTORY,
+                    key: "agent_id || '/' || sequence",
+                    apply: legacy::history_record_v4,
+                },
+                Rewrite { table: EVENTS, key: "cursor", apply: legacy::event_record_v4 },
+            ],
         },
     ],
 };
