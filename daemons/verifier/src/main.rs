@@ -24,6 +24,12 @@ struct Args {
     check_store: bool,
 }
 
+/// mimalloc rather than glibc's malloc: glibc gives every thread that allocates its own arena
+/// and, once a large block (a policy document) has been freed, keeps up to twice that size of
+/// freed memory in each arena; at 2,000 agents that was 50 KiB per agent of memory in no use.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Exit status for a configuration error (sysexits.h EX_CONFIG).
 const EXIT_CONFIG: u8 = 78;
 

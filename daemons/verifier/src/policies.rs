@@ -54,6 +54,10 @@ pub(crate) struct PolicyCache {
     /// checks its inputs before any agent uses them; on a replica, before the agent is even
     /// claimed), so that a burst of enrolments parses a policy once.
     recent: Mutex<Vec<Arc<RuntimeRules>>>,
+    /// Held while a policy is read and parsed: agents that miss the cache at once (a burst of
+    /// enrolments, a verifier starting) wait for the one load instead of each reading the
+    /// document, which at 12 MB per reader left hundreds of MB to the allocator.
+    loading: Mutex<()>,
     /// Bumped by every policy change; agents rebuild their inputs when it moves.
     epoch: AtomicU64,
 }
@@ -88,25 +92,23 @@ impl PolicyCache {
         let not_found = || Error::PolicyNotFound { kind: "runtime", name: name.to_owned() };
         // The name record first: a cached policy costs no read of its (large) document.
         let record = store.policy_name(PolicyKind::Runtime, name)?.ok_or_else(not_found)?;
-        if let Some(rules) =
-            self.runtime.lock().map_err(|_| poisoned())?.get(&record.digest).and_then(Weak::upgrade)
-        {
+        if let Some(rules) = cached(&self.runtime, &record.digest)? {
             return Ok(rules);
         }
+        let _loading = self.loading.lock().map_err(|_| poisoned())?;
         let (record, document) =
             store.get_policy(PolicyKind::Runtime, name)?.ok_or_else(not_found)?;
-        let mut cache = self.runtime.lock().map_err(|_| poisoned())?;
-        if let Some(rules) = cache.get(&record.digest).and_then(Weak::upgrade) {
+        if let Some(rules) = cached(&self.runtime, &record.digest)? {
             return Ok(rules);
         }
         let parsed = policy::native::parse(&document)
             .map_err(|e| Error::Internal(format!("stored runtime policy {name:?}: {e}")))?;
+        drop(document);
         let rules = Arc::new(
             RuntimeRules::new(parsed)
                 .map_err(|e| Error::Internal(format!("stored runtime policy {name:?}: {e}")))?,
         );
-        cache.retain(|_, weak| weak.strong_count() > 0);
-        cache.insert(record.digest, Arc::downgrade(&rules));
+        remember(&self.runtime, record.digest, &rules)?;
         Ok(rules)
     }
 
@@ -116,22 +118,44 @@ impl PolicyCache {
         store: &VerifierStore,
         name: &str,
     ) -> Result<Arc<MeasuredBootRules>, Error> {
+        let not_found = || Error::PolicyNotFound { kind: "measured-boot", name: name.to_owned() };
+        let record = store.policy_name(PolicyKind::MeasuredBoot, name)?.ok_or_else(not_found)?;
+        if let Some(rules) = cached(&self.measured_boot, &record.digest)? {
+            return Ok(rules);
+        }
+        let _loading = self.loading.lock().map_err(|_| poisoned())?;
         let (record, document) =
-            store.get_policy(PolicyKind::MeasuredBoot, name)?.ok_or_else(|| {
-                Error::PolicyNotFound { kind: "measured-boot", name: name.to_owned() }
-            })?;
-        let mut cache = self.measured_boot.lock().map_err(|_| poisoned())?;
-        if let Some(policy) = cache.get(&record.digest).and_then(Weak::upgrade) {
-            return Ok(policy);
+            store.get_policy(PolicyKind::MeasuredBoot, name)?.ok_or_else(not_found)?;
+        if let Some(rules) = cached(&self.measured_boot, &record.digest)? {
+            return Ok(rules);
         }
         let parsed =
             Arc::new(MeasuredBootRules::new(MbPolicy::from_json(&document).map_err(|e| {
                 Error::Internal(format!("stored measured-boot policy {name:?}: {e}"))
             })?));
-        cache.retain(|_, weak| weak.strong_count() > 0);
-        cache.insert(record.digest, Arc::downgrade(&parsed));
+        remember(&self.measured_boot, record.digest, &parsed)?;
         Ok(parsed)
     }
+}
+
+/// The parsed policy of `digest`, while some holder keeps it.
+fn cached<T>(
+    cache: &Mutex<HashMap<String, Weak<T>>>,
+    digest: &str,
+) -> Result<Option<Arc<T>>, Error> {
+    Ok(cache.lock().map_err(|_| poisoned())?.get(digest).and_then(Weak::upgrade))
+}
+
+/// Notes `parsed` as the policy of `digest`, forgetting those no holder keeps.
+fn remember<T>(
+    cache: &Mutex<HashMap<String, Weak<T>>>,
+    digest: String,
+    parsed: &Arc<T>,
+) -> Result<(), Error> {
+    let mut cache = cache.lock().map_err(|_| poisoned())?;
+    cache.retain(|_, weak| weak.strong_count() > 0);
+    cache.insert(digest, Arc::downgrade(parsed));
+    Ok(())
 }
 
 fn poisoned() -> Error {

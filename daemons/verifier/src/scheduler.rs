@@ -70,7 +70,9 @@ async fn agent_loop(ctx: Arc<Context>, slot: Arc<AgentSlot>, first_delay: Durati
             _ = stopped(&mut shutdown) => return,
         };
         let Ok(_permit) = permit else { return };
-        delay = attest_once(&ctx, &slot).await;
+        // Boxed: the round's state (several KiB) is allocated only while it runs, instead of
+        // sizing every agent's resident task for it.
+        delay = Box::pin(attest_once(&ctx, &slot)).await;
     }
 }
 

@@ -6,7 +6,8 @@
 //! encoded with postcard. [`Database`] and [`Records`] are the reusable framework; each
 //! daemon's tables sit in their own module ([`registrar`], [`verifier`]) behind a narrow
 //! interface of domain operations, served either by the redb file (the default) or by a
-//! PostgreSQL database ([`postgres`]; `database_url`), chosen with a [`Location`].
+//! PostgreSQL database ([`postgres`]; `database_url`), chosen with a [`Location`]. The record
+//! layouts of earlier schema versions live in `legacy`, read only by the migrations.
 //!
 //! It never decides policy (who may register, what a valid key is), never speaks a protocol and
 //! never parses TPM structures: it stores and returns what the daemons hand it, and it refuses a
