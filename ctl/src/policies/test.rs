@@ -72,8 +72,8 @@ fn usage(msg: &str) -> Failure {
 
 /// The policy is loaded on a second thread while this one appraises the log against
 /// [`RecordedChecks`] (parsing, template hashes and the PCR 10 replay do not depend on the
-/// policy); the recorded lookups are then confirmed against the policy while the second
-/// thread computes its digest. When the policy does not confirm every lookup (something
+/// policy); the second thread then computes the policy's digest, while this one finishes the
+/// appraisal and confirms the recorded lookups against the policy. When the policy does not confirm every lookup (something
 /// fails), or it names signing keys or another template-hash algorithm than the one assumed,
 /// the log is appraised again against the policy itself: same result, no overlap.
 fn test_runtime(
@@ -99,9 +99,20 @@ fn test_runtime(
     let assumed = ImaOptions { bank, log_hash_alg: HashAlg::Sha1, ..ImaOptions::default() };
 
     std::thread::scope(|scope| {
-        let loading = scope.spawn(|| {
-            load_runtime_policy(policy_path, args.exclude.as_deref(), args.policy_key.as_deref())
+        // The loader hands the policy over as soon as it is loaded, then computes its digest
+        // (kept in the policy) while this thread may still be appraising the log.
+        let (loaded_tx, loaded_rx) = std::sync::mpsc::sync_channel::<Arc<RuntimePolicy>>(1);
+        let loading = scope.spawn(move || {
+            let policy = Arc::new(load_runtime_policy(
+                policy_path,
+                args.exclude.as_deref(),
+                args.policy_key.as_deref(),
+            )?);
+            // Nobody listens only when this thread is gone already; the digest is then unused.
+            let _ = loaded_tx.send(Arc::clone(&policy));
+            Ok::<_, Failure>(policy.content_digest_hex())
         });
+        let loader_panicked = || input(anyhow!("the policy loader panicked"));
 
         let log = read(log_path);
         let speculation = log.as_ref().ok().map(|log| {
@@ -114,18 +125,18 @@ fn test_runtime(
         });
 
         // A broken policy is reported before a broken log.
-        let policy = loading.join().map_err(|_| input(anyhow!("the policy loader panicked")))??;
+        let Ok(policy) = loaded_rx.recv() else {
+            // The loader ended without handing a policy over: it failed.
+            return Err(match loading.join().map_err(|_| loader_panicked())? {
+                Err(failure) => failure,
+                Ok(_) => input(anyhow!("the policy loader ended without a policy")),
+            });
+        };
         let log = log?;
         // Present whenever the log was read.
         let (quoted, recorded, speculative) = speculation
             .ok_or_else(|| input(anyhow!("{}: the log was not appraised", display(log_path))))??;
 
-        // The digest (a sort and a hash of the canonical form) on the other core meanwhile.
-        let policy = Arc::new(policy);
-        let digest = scope.spawn({
-            let policy = Arc::clone(&policy);
-            move || policy.content_digest_hex()
-        });
         let usable = policy.signing_keys().is_empty()
             && policy.log_hash_alg() == assumed.log_hash_alg
             && speculative.is_ok()
@@ -142,8 +153,7 @@ fn test_runtime(
             ima::appraise_log(&log, policy.as_ref(), &keys, &ImaState::default(), &options, &quoted)
                 .map_err(malformed(log_path))?
         };
-        let policy_digest =
-            digest.join().map_err(|_| input(anyhow!("the policy digest panicked")))?;
+        let policy_digest = loading.join().map_err(|_| loader_panicked())??;
 
         let mut verdict = appraisal.verdict;
         verdict.checked("runtime_policy");
