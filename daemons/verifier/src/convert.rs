@@ -220,6 +220,8 @@ pub(crate) fn pcr_policy_proto(json: &str) -> Option<pb::PcrPolicy> {
 
 #[cfg(test)]
 mod tests {
+    use kl_core::verdict::rule;
+
     use super::*;
 
     #[test]
@@ -239,6 +241,39 @@ mod tests {
         ));
         assert_eq!(pcr_policy(None)?, "");
         Ok(())
+    }
+
+    #[test]
+    fn findings_keep_their_values_from_appraisal_to_the_api_and_webhooks() {
+        let verdict = Verdict {
+            findings: vec![
+                Finding::new(rule::PCR_MISMATCH, "PCR 7 differs")
+                    .pcr(7)
+                    .expected(json!(["ab", "cd"]))
+                    .actual("ef"),
+                Finding::new(rule::MB_EVENT_ORDER, "bad event").event(3).expected(json!({"a": 1})),
+            ],
+            checked: vec!["quote".to_owned(), "pcrs".to_owned()],
+        };
+        let at = Timestamp { seconds: 9, nanos: 0 };
+        let stored = verdict_record(verdict, at);
+        let api = self::verdict(&stored);
+        assert!(!api.passed);
+        assert_eq!(api.checked, ["quote", "pcrs"]);
+        assert_eq!(api.findings[0].expected_json.as_deref(), Some(r#"["ab","cd"]"#));
+        assert_eq!(api.findings[0].actual_json.as_deref(), Some(r#""ef""#));
+        assert_eq!((api.findings[1].event, api.findings[1].pcr), (Some(3), None));
+        // Webhooks carry kl-core's JSON form: values as JSON, absent fields left out.
+        assert_eq!(
+            finding_json(&stored.findings[0]),
+            json!({"rule": rule::PCR_MISMATCH, "message": "PCR 7 differs", "pcr": 7,
+                   "expected": ["ab", "cd"], "actual": "ef"})
+        );
+        assert_eq!(
+            finding_json(&stored.findings[1]),
+            json!({"rule": rule::MB_EVENT_ORDER, "message": "bad event", "event": 3,
+                   "expected": {"a": 1}})
+        );
     }
 
     #[test]
