@@ -524,3 +524,40 @@ fn leases_on_the_file_are_refused_naming_it_and_none_are_counted() -> TestResult
     assert!(store.lease_holders()?.is_empty());
     Ok(())
 }
+
+#[test]
+fn a_record_the_migration_cannot_read_stops_it_naming_the_record_and_changes_nothing() -> TestResult
+{
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("verifier.redb");
+    let db = open_database(&path, &SCHEMA_V2)?;
+    db.write("add", |txn| {
+        let mut history = txn.open_table(HISTORY).map_err(|e| StoreError::table("history", e))?;
+        let key = history_key("old", 1);
+        history
+            .insert(key.as_str(), [0xff_u8; 3].as_slice())
+            .map_err(|e| StoreError::table("history", e))?;
+        Ok(())
+    })?;
+    drop(db);
+
+    let refused = VerifierStore::open(&path).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(
+        refused.starts_with(&format!(
+            "{}: migration to schema version 3 (store verdicts and findings as typed records) \
+             failed: table history, key \"old\\0",
+            path.display()
+        )),
+        "{refused}"
+    );
+    // The file is as it was: still version 2, the record untouched.
+    let db = open_database(&path, &SCHEMA_V2)?;
+    let bytes = db.read("read", |txn| {
+        let history = txn.open_table(HISTORY).map_err(|e| StoreError::table("history", e))?;
+        let key = history_key("old", 1);
+        let value = history.get(key.as_str()).map_err(|e| StoreError::table("history", e))?;
+        Ok(value.map(|v| v.value().to_vec()))
+    })?;
+    assert_eq!(bytes, Some(vec![0xff; 3]));
+    Ok(())
+}
