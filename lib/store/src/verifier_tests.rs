@@ -325,6 +325,36 @@ fn full_disk_fails_commits_and_reopen_recovers_once_space_returns() -> TestResul
     Ok(())
 }
 
+/// `entry` in schema version 1's layout, with `last_verdict_json` as its verdict text.
+fn agent_v1(entry: &AgentEntry, last_verdict_json: &str) -> legacy::AgentEntryV1 {
+    legacy::AgentEntryV1 {
+        agent_id: entry.agent_id.clone(),
+        contact_ip: entry.contact_ip.clone(),
+        contact_port: entry.contact_port,
+        ak_public: entry.ak_public.clone(),
+        agent_certificate: entry.agent_certificate.clone(),
+        runtime_policy: entry.runtime_policy.clone(),
+        measured_boot_policy: entry.measured_boot_policy.clone(),
+        pcr_policy_json: entry.pcr_policy_json.clone(),
+        v_key_half: entry.v_key_half.clone(),
+        key_delivered: entry.key_delivered,
+        accept_hash_algorithms: entry.accept_hash_algorithms.clone(),
+        accept_signing_algorithms: entry.accept_signing_algorithms.clone(),
+        hash_algorithm: entry.hash_algorithm.clone(),
+        state: entry.state,
+        attestation_count: entry.attestation_count,
+        enrolled_at: entry.enrolled_at,
+        last_attestation_at: entry.last_attestation_at,
+        last_success_at: entry.last_success_at,
+        last_verdict_json: last_verdict_json.to_owned(),
+        attestation_state_json: entry.attestation_state_json.clone(),
+        ima_offset: entry.ima_offset,
+        reset_count: entry.reset_count,
+        consecutive_errors: entry.consecutive_errors,
+        history_sequence: entry.history_sequence,
+    }
+}
+
 /// The layout before the payload digest: only the first migration.
 static SCHEMA_V1: Schema = Schema {
     name: "verifier",
@@ -339,34 +369,13 @@ fn agents_of_a_version_1_file_get_an_empty_payload_digest() -> TestResult {
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("verifier.redb");
     let entry = agent("old", "base");
-    let old = legacy::AgentEntryV1 {
-        agent_id: entry.agent_id.clone(),
-        contact_ip: entry.contact_ip.clone(),
-        contact_port: entry.contact_port,
-        ak_public: entry.ak_public.clone(),
-        agent_certificate: entry.agent_certificate.clone(),
-        runtime_policy: entry.runtime_policy.clone(),
-        measured_boot_policy: entry.measured_boot_policy.clone(),
-        pcr_policy_json: entry.pcr_policy_json.clone(),
-        v_key_half: vec![7; 32],
-        key_delivered: true,
-        accept_hash_algorithms: Vec::new(),
-        accept_signing_algorithms: Vec::new(),
-        hash_algorithm: entry.hash_algorithm.clone(),
-        state: entry.state,
-        attestation_count: 12,
-        enrolled_at: entry.enrolled_at,
-        last_attestation_at: None,
-        last_success_at: None,
-        last_verdict_json:
-            r#"{"verdict":{"findings":[],"checked":["quote"]},"at":{"seconds":9,"nanos":0}}"#
-                .to_owned(),
-        attestation_state_json: String::new(),
-        ima_offset: 0,
-        reset_count: 0,
-        consecutive_errors: 0,
-        history_sequence: 0,
-    };
+    let mut old = agent_v1(
+        &entry,
+        r#"{"verdict":{"findings":[],"checked":["quote"]},"at":{"seconds":9,"nanos":0}}"#,
+    );
+    old.v_key_half = vec![7; 32];
+    old.key_delivered = true;
+    old.attestation_count = 12;
     let db = open_database(&path, &SCHEMA_V1)?;
     db.write("add", |txn| AGENTS_V1.insert(txn, "old", &old))?;
     drop(db);
@@ -396,32 +405,10 @@ fn verdicts_and_findings_of_a_version_2_file_become_records() -> TestResult {
             r#"{{"verdict":{{"findings":[],"checked":["quote"]}},"at":{{"seconds":{seconds},"nanos":0}}}}"#
         )
     };
-    let mut entry = legacy::AgentEntryV2::from(legacy::AgentEntryV1 {
-        agent_id: "old".to_owned(),
-        contact_ip: "127.0.0.1".to_owned(),
-        contact_port: 9002,
-        ak_public: vec![1],
-        agent_certificate: vec![2],
-        runtime_policy: String::new(),
-        measured_boot_policy: String::new(),
-        pcr_policy_json: String::new(),
-        v_key_half: Vec::new(),
-        key_delivered: false,
-        accept_hash_algorithms: Vec::new(),
-        accept_signing_algorithms: Vec::new(),
-        hash_algorithm: "sha256".to_owned(),
-        state: 3,
-        attestation_count: 5000,
-        enrolled_at: Timestamp { seconds: 1, nanos: 0 },
-        last_attestation_at: None,
-        last_success_at: None,
-        last_verdict_json: failed.to_owned(),
-        attestation_state_json: "{}".to_owned(),
-        ima_offset: 0,
-        reset_count: 0,
-        consecutive_errors: 0,
-        history_sequence: 5000,
-    });
+    let mut old = agent_v1(&agent("old", ""), failed);
+    (old.state, old.attestation_count, old.history_sequence) = (3, 5000, 5000);
+    old.attestation_state_json = "{}".to_owned();
+    let mut entry = legacy::AgentEntryV2::from(old);
     entry.payload_digest = "digest".to_owned();
     // More history records than a migration reads at once.
     let rounds = REWRITE_CHUNK as u64 + 10;
