@@ -38,6 +38,8 @@ pub const PROGRAM_ENV: &str = "KL_FLEET_VERIFIER";
 pub struct Usage {
     /// utime + stime.
     pub cpu: Duration,
+    /// utime + stime of its store writer thread (`verifier-writer`), part of `cpu`.
+    pub writer: Duration,
     /// VmRSS, bytes.
     pub rss: u64,
     /// VmHWM (peak RSS), bytes.
@@ -204,6 +206,7 @@ pub fn tree_cpu(pid: u32) -> Result<Duration, BoxError> {
 /// Usage of the process at `/proc/<pid>` or `/proc/self`.
 pub fn usage(proc_dir: &str) -> Result<Usage, BoxError> {
     let cpu = ticks(stat(proc_dir)?.own);
+    let writer = ticks(threads_cpu(proc_dir, WRITER_THREAD));
     let status = std::fs::read_to_string(format!("{proc_dir}/status"))?;
     let kib = |key: &str| -> Result<u64, BoxError> {
         let line = status
@@ -213,7 +216,28 @@ pub fn usage(proc_dir: &str) -> Result<Usage, BoxError> {
         let value = line[key.len()..].trim().trim_end_matches("kB").trim();
         Ok(value.parse::<u64>()? * 1024)
     };
-    Ok(Usage { cpu, rss: kib("VmRSS:")?, hwm: kib("VmHWM:")? })
+    Ok(Usage { cpu, writer, rss: kib("VmRSS:")?, hwm: kib("VmHWM:")? })
+}
+
+/// The name of the verifier's store writer thread.
+const WRITER_THREAD: &str = "verifier-writer";
+
+/// utime + stime (clock ticks) of the threads of the process at `proc_dir` named `name`;
+/// 0 for a process without them (the benchmark's own).
+fn threads_cpu(proc_dir: &str, name: &str) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("{proc_dir}/task")) else { return 0 };
+    tasks
+        .flatten()
+        .filter_map(|task| {
+            let dir = task.path();
+            let comm = std::fs::read_to_string(dir.join("comm")).ok()?;
+            if comm.trim_end() != name {
+                return None;
+            }
+            // A thread that ends between the listing and the read is left out.
+            stat(dir.to_str()?).ok().map(|s| s.own)
+        })
+        .sum()
 }
 
 /// The soft limit on open files of this process.
@@ -241,8 +265,10 @@ pub fn each_usage(verifiers: &[VerifierProcess]) -> Result<Vec<Usage>, BoxError>
 
 /// The sum of `usages` (of the peaks too, which need not have come at the same time).
 pub fn sum(usages: &[Usage]) -> Usage {
-    usages.iter().fold(Usage { cpu: Duration::ZERO, rss: 0, hwm: 0 }, |a, b| Usage {
+    let zero = Usage { cpu: Duration::ZERO, writer: Duration::ZERO, rss: 0, hwm: 0 };
+    usages.iter().fold(zero, |a, b| Usage {
         cpu: a.cpu + b.cpu,
+        writer: a.writer + b.writer,
         rss: a.rss + b.rss,
         hwm: a.hwm + b.hwm,
     })
