@@ -42,8 +42,8 @@ impl Schema {
 
 /// redb's page cache (read cache and write buffer). redb's default is 1 GiB, which a busy
 /// verifier fills with pages it rarely reads again: its hot state lives in memory, and the
-/// store is mostly written. At 10,000 agents 32 MiB, against 64, costs the verifier about
-/// 6 KiB less per agent and its store writer about 3 µs more per attestation (see
+/// store is mostly written. At 10,000 agents, 32 MiB instead of 64 saves the verifier about
+/// 6 KiB per agent and costs its store writer about 3 µs more per attestation (see
 /// docs/benchmarks.md).
 const CACHE_BYTES: usize = 32 << 20;
 
