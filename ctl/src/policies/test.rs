@@ -73,9 +73,10 @@ fn usage(msg: &str) -> Failure {
 /// The policy is loaded on a second thread while this one appraises the log against
 /// [`RecordedChecks`] (parsing, template hashes and the PCR 10 replay do not depend on the
 /// policy); the second thread then computes the policy's digest, while this one finishes the
-/// appraisal and confirms the recorded lookups against the policy. When the policy does not confirm every lookup (something
-/// fails), or it names signing keys or another template-hash algorithm than the one assumed,
-/// the log is appraised again against the policy itself: same result, no overlap.
+/// appraisal and confirms the recorded lookups against the policy. When the policy does not
+/// confirm every lookup (something fails), or it names signing keys or another template-hash
+/// algorithm than the one assumed, the log is appraised again against the policy itself: same
+/// result, no overlap.
 fn test_runtime(
     args: &TestArgs,
     policy_path: &Path,

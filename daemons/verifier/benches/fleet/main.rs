@@ -234,10 +234,22 @@ struct Point {
     usage: verifier::Usage,
 }
 
-/// The interval from `a` to `b`: its end (s), attestations/s, verifier CPU per attestation
-/// (µs) and the store writer's part of it (µs), CPU use (% of a core), RSS (MiB), RSS per
-/// agent (KiB).
-fn curve_row(a: &Point, b: &Point, n: usize, base_rss: u64) -> [f64; 7] {
+/// The columns of the curve: heading (table and stderr), CSV name, decimals in the table
+/// (the CSV has two more).
+const CURVE_COLUMNS: [(&str, &str, usize); 7] = [
+    ("t (s)", "t_s", 0),
+    ("attestations/s", "attestations_per_s", 0),
+    ("verifier CPU per attestation (µs)", "verifier_cpu_us_per_attestation", 1),
+    ("of which the store writer (µs)", "writer_cpu_us_per_attestation", 1),
+    ("verifier CPU (% of a core)", "verifier_cpu_percent", 1),
+    ("verifier RSS (MiB)", "verifier_rss_mib", 1),
+    ("RSS per agent (KiB)", "rss_per_agent_kib", 1),
+];
+
+/// The interval from `a` to `b`, one value per [`CURVE_COLUMNS`]: its end, attestations/s,
+/// verifier CPU per attestation and the store writer's part of it, CPU use, RSS at the end and
+/// RSS per agent (above the RSS with the policy stored).
+fn curve_row(a: &Point, b: &Point, n: usize, base_rss: u64) -> [f64; CURVE_COLUMNS.len()] {
     let seconds = (b.at - a.at).max(1e-9);
     let quotes = b.quotes.saturating_sub(a.quotes);
     let cpu = b.usage.cpu.saturating_sub(a.usage.cpu).as_secs_f64();
@@ -253,40 +265,37 @@ fn curve_row(a: &Point, b: &Point, n: usize, base_rss: u64) -> [f64; 7] {
     ]
 }
 
-/// Per sampling interval: attestations/s, the verifier's CPU per attestation (and its store
-/// writer's part) and CPU use, its RSS and RSS per agent (above the RSS with the policy stored).
+/// `row`'s values, each with `decimals(column)` decimals, joined by `separator`.
+fn format_row(row: &[f64], decimals: impl Fn(usize) -> usize, separator: &str) -> String {
+    let cells: Vec<String> =
+        row.iter().enumerate().map(|(i, v)| format!("{v:.*}", decimals(i))).collect();
+    cells.join(separator)
+}
+
+/// Per sampling interval, the [`CURVE_COLUMNS`]: as a table, and as CSV into `csv`.
 fn print_curve(
     curve: &[Point],
     n: usize,
     base_rss: u64,
     csv: Option<&std::path::Path>,
 ) -> Result<(), BoxError> {
-    let rows: Vec<[f64; 7]> =
+    let rows: Vec<_> =
         curve.windows(2).map(|pair| curve_row(&pair[0], &pair[1], n, base_rss)).collect();
     println!("Curve (each row: the interval ending at t):");
     println!();
-    println!(
-        "| t (s) | attestations/s | verifier CPU per attestation (µs) | of which the store \
-         writer (µs) | verifier CPU (% of a core) | verifier RSS (MiB) | RSS per agent (KiB) |"
-    );
-    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    let headings: Vec<&str> = CURVE_COLUMNS.iter().map(|c| c.0).collect();
+    println!("| {} |", headings.join(" | "));
+    println!("|{}", "---:|".repeat(CURVE_COLUMNS.len()));
     for r in &rows {
-        println!(
-            "| {:.0} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
-            r[0], r[1], r[2], r[3], r[4], r[5], r[6]
-        );
+        println!("| {} |", format_row(r, |i| CURVE_COLUMNS[i].2, " | "));
     }
     println!();
     if let Some(path) = csv {
-        let mut out = String::from(
-            "t_s,attestations_per_s,verifier_cpu_us_per_attestation,writer_cpu_us_per_attestation,\
-             verifier_cpu_percent,verifier_rss_mib,rss_per_agent_kib\n",
-        );
+        let names: Vec<&str> = CURVE_COLUMNS.iter().map(|c| c.1).collect();
+        let mut out = names.join(",") + "\n";
         for r in &rows {
-            out.push_str(&format!(
-                "{:.1},{:.1},{:.2},{:.2},{:.2},{:.2},{:.2}\n",
-                r[0], r[1], r[2], r[3], r[4], r[5], r[6]
-            ));
+            out.push_str(&format_row(r, |i| CURVE_COLUMNS[i].2 + 1, ","));
+            out.push('\n');
         }
         std::fs::write(path, out).map_err(|e| format!("writing {}: {e}", path.display()))?;
     }
@@ -556,10 +565,8 @@ async fn run(args: Args) -> Result<(), BoxError> {
     let window = Duration::from_secs(args.seconds);
     let every = Duration::from_secs(args.sample_every.max(1));
     let mut curve = vec![Point { at: 0.0, quotes: quotes0, usage: v0 }];
-    eprintln!(
-        "curve: t (s), attestations/s, verifier CPU per attestation (µs), of which the store \
-         writer (µs), verifier CPU (% of a core), verifier RSS (MiB), RSS per agent (KiB)"
-    );
+    let headings: Vec<&str> = CURVE_COLUMNS.iter().map(|c| c.0).collect();
+    eprintln!("curve: {}", headings.join(", "));
     // Tamper k at (k + 0.5) / N of the window, on agents spread over the fleet, so that the
     // revocation notices each failure sends have settled before the next.
     let tamper_at = |k: usize| window.mul_f64((k as f64 + 0.5) / args.tamper.max(1) as f64);
@@ -586,7 +593,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
             });
             // As it goes, so that a long run that is cut short still shows its curve.
             if let [.., a, b] = curve.as_slice() {
-                eprintln!("{}", curve_row(a, b, n, base_rss).map(|v| format!("{v:.1}")).join(" "));
+                eprintln!("{}", format_row(&curve_row(a, b, n, base_rss), |_| 1, " "));
             }
         }
     }
