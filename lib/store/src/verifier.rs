@@ -49,6 +49,8 @@
 //! Every replica, and the operator changes made through it, writes under the store's write
 //! lock, so event cursors are assigned in commit order across replicas.
 
+mod history;
+
 use std::ops::Bound;
 use std::path::Path;
 use std::time::Duration;
@@ -357,7 +359,7 @@ static MB_DOCUMENTS: Records<Vec<u8>> = Records::new("mb_policy_documents");
 /// Named positions: `last_event` (the highest cursor ever assigned), `webhook` (delivered up
 /// to).
 const CURSORS: Records<u64> = Records::new("cursors");
-/// Key: `<agent id>\0<sequence, 20 digits>`.
+/// Key: `<agent id>\0<sequence, 20 digits>`; schema versions 1 to 3 (then [`history`]).
 const HISTORY: TableDefinition<&str, &[u8]> = TableDefinition::new("history");
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 
@@ -442,7 +444,8 @@ fn type_verdicts(txn: &WriteTransaction) -> Result<(), StoreError> {
 const REWRITE_CHUNK: usize = 4096;
 
 /// Version 1: agents, policies, history, events, cursors. Version 2: agents record the digest
-/// of their payload. Version 3: verdicts and findings are typed records.
+/// of their payload. Version 3: verdicts and findings are typed records. Version 4: history
+/// in blocks ([`history`]).
 pub static SCHEMA: Schema = Schema {
     name: "verifier",
     migrations: &[
@@ -455,12 +458,15 @@ pub static SCHEMA: Schema = Schema {
             description: "store verdicts and findings as typed records",
             apply: type_verdicts,
         },
+        Migration {
+            description: "keep attestation history in blocks of records",
+            apply: history::move_into_blocks,
+        },
     ],
 };
 
-/// Every this many records an agent's history is swept by range, not only by its oldest key.
-const HISTORY_SWEEP: u64 = 256;
-
+/// A key of the history table of schema versions 1 to 3.
+#[cfg(test)]
 fn history_key(agent_id: &str, sequence: u64) -> String {
     format!("{agent_id}\0{sequence:020}")
 }
@@ -534,14 +540,7 @@ impl VerifierStore {
                 (MB_DOCUMENTS.name(), MB_DOCUMENTS.decode_all(txn)?),
                 (CURSORS.name(), CURSORS.decode_all(txn)?),
             ];
-            let history = txn.open_table(HISTORY).map_err(|e| StoreError::table("history", e))?;
-            let mut count = 0;
-            for entry in history.iter().map_err(|e| StoreError::table("history", e))? {
-                let (key, value) = entry.map_err(|e| StoreError::table("history", e))?;
-                decode::<HistoryRecord>("history", key.value(), value.value())?;
-                count += 1;
-            }
-            tables.push(("history", count));
+            tables.push(("history", history::check(txn)?));
             let events = txn.open_table(EVENTS).map_err(|e| StoreError::table("events", e))?;
             let mut count = 0;
             for entry in events.iter().map_err(|e| StoreError::table("events", e))? {
@@ -627,49 +626,19 @@ impl VerifierStore {
         // Key order writes neighbouring pages together; of an agent written twice, the
         // later entry is kept (the sort is stable).
         agents.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
-        let mut history: Vec<(String, &str, &HistoryRecord)> = batch
-            .history
-            .iter()
-            .map(|(agent_id, record)| {
-                (history_key(agent_id, record.sequence), agent_id.as_str(), record)
-            })
-            .collect();
-        history.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut history: Vec<(&str, &HistoryRecord)> =
+            batch.history.iter().map(|(agent_id, record)| (agent_id.as_str(), record)).collect();
+        history.sort_by(|a, b| a.0.cmp(b.0).then(a.1.sequence.cmp(&b.1.sequence)));
         db.write("commit attestation state", |txn| {
-            let mut table = txn.open_table(HISTORY).map_err(|e| StoreError::table("history", e))?;
             for agent_id in &batch.removed {
                 AGENTS.remove(txn, agent_id)?;
-                let start = format!("{agent_id}\0");
-                let end = format!("{agent_id}\u{1}");
-                table
-                    .retain_in(start.as_str()..end.as_str(), |_, _| false)
-                    .map_err(|e| StoreError::table("history", e))?;
+                history::remove(txn, agent_id)?;
             }
             let last_of_each = agents.iter().enumerate().filter(|(i, agent)| {
                 agents.get(i + 1).is_none_or(|next| next.agent_id != agent.agent_id)
             });
             AGENTS.insert_all(txn, last_of_each.map(|(_, a)| (a.agent_id.as_str(), *a)))?;
-            for (key, agent_id, record) in &history {
-                let bytes = encode("history", key, *record)?;
-                table
-                    .insert(key.as_str(), bytes.as_slice())
-                    .map_err(|e| StoreError::table("history", e))?;
-                if history_max_entries == 0 || record.sequence <= history_max_entries {
-                    continue;
-                }
-                // Sequences are consecutive: dropping the one that fell out keeps the count.
-                // Now and then a range sweep also takes what a larger limit left behind.
-                let old = history_key(agent_id, record.sequence - history_max_entries);
-                if record.sequence % HISTORY_SWEEP == 0 {
-                    let start = format!("{agent_id}\0");
-                    table
-                        .retain_in(start.as_str()..=old.as_str(), |_, _| false)
-                        .map_err(|e| StoreError::table("history", e))?;
-                } else {
-                    table.remove(old.as_str()).map_err(|e| StoreError::table("history", e))?;
-                }
-            }
-            drop(table);
+            history::append(txn, &history, history_max_entries)?;
             let mut last = CURSORS.get_for_update(txn, LAST_EVENT)?.unwrap_or(0);
             let mut events = txn.open_table(EVENTS).map_err(|e| StoreError::table("events", e))?;
             let mut out = Vec::with_capacity(batch.events.len());
@@ -876,23 +845,7 @@ impl VerifierStore {
             Ok(db) => db,
             Err(pg) => return pg::history(pg, agent_id, before, limit),
         };
-        db.read("read attestation history", |txn| {
-            let table = txn.open_table(HISTORY).map_err(|e| StoreError::table("history", e))?;
-            let start = format!("{agent_id}\0");
-            let end = match before {
-                Some(seq) => Bound::Excluded(history_key(agent_id, seq)),
-                None => Bound::Excluded(format!("{agent_id}\u{1}")),
-            };
-            let range = table
-                .range::<&str>((Bound::Included(start.as_str()), end.as_ref().map(String::as_str)))
-                .map_err(|e| StoreError::table("history", e))?;
-            let mut out = Vec::new();
-            for entry in range.rev().take(limit) {
-                let (key, value) = entry.map_err(|e| StoreError::table("history", e))?;
-                out.push(decode("history", key.value(), value.value())?);
-            }
-            Ok(out)
-        })
+        db.read("read attestation history", |txn| history::read(txn, agent_id, before, limit))
     }
 
     /// The sequence of the newest history record of an agent, if it has any.
@@ -901,22 +854,9 @@ impl VerifierStore {
             Ok(db) => db,
             Err(pg) => return pg::last_history_sequence(pg, agent_id),
         };
-        db.read("read attestation history", |txn| {
-            let table = txn.open_table(HISTORY).map_err(|e| StoreError::table("history", e))?;
-            let start = format!("{agent_id}\0");
-            let end = format!("{agent_id}\u{1}");
-            let mut range = table
-                .range::<&str>(start.as_str()..end.as_str())
-                .map_err(|e| StoreError::table("history", e))?;
-            match range.next_back() {
-                Some(entry) => {
-                    let (key, value) = entry.map_err(|e| StoreError::table("history", e))?;
-                    let record: HistoryRecord = decode("history", key.value(), value.value())?;
-                    Ok(Some(record.sequence))
-                }
-                None => Ok(None),
-            }
-        })
+        let newest =
+            db.read("read attestation history", |txn| history::read(txn, agent_id, None, 1))?;
+        Ok(newest.first().map(|record| record.sequence))
     }
 
     /// At most `limit` events with a cursor above `after`, oldest first.
@@ -1090,22 +1030,8 @@ impl VerifierStore {
         };
         let cutoff = Timestamp::now().seconds.saturating_sub(max_age.as_secs() as i64);
         db.write("prune history and events", |txn| {
-            let mut pruned = Pruned::default();
-            let mut history =
-                txn.open_table(HISTORY).map_err(|e| StoreError::table("history", e))?;
-            history
-                .retain(|key, value| {
-                    let keep = match decode::<HistoryRecord>("history", key, value) {
-                        Ok(record) => !older_than(&record.at, cutoff),
-                        Err(_) => false,
-                    };
-                    if !keep {
-                        pruned.history += 1;
-                    }
-                    keep
-                })
-                .map_err(|e| StoreError::table("history", e))?;
-            drop(history);
+            let mut pruned =
+                Pruned { history: history::prune_older(txn, cutoff)?, ..Pruned::default() };
             let mut events = txn.open_table(EVENTS).map_err(|e| StoreError::table("events", e))?;
             let total = events.len().map_err(|e| StoreError::table("events", e))?;
             let mut excess = total.saturating_sub(max_events);

@@ -108,7 +108,6 @@ fn history_is_bounded_per_agent_newest_first_and_removed_with_the_agent() -> Tes
         };
         store.commit(batch, 3)?;
     }
-    let seqs = |records: Vec<HistoryRecord>| records.iter().map(|r| r.sequence).collect::<Vec<_>>();
     assert_eq!(seqs(store.history("a", None, 10)?), [5, 4, 3]);
     assert_eq!(seqs(store.history("a", Some(5), 1)?), [4]);
     store.commit(Batch { removed: vec!["a".to_owned()], ..Batch::default() }, 3)?;
@@ -116,7 +115,7 @@ fn history_is_bounded_per_agent_newest_first_and_removed_with_the_agent() -> Tes
     assert_eq!(seqs(store.history("b", None, 10)?), [5, 4, 3]);
     let old = Timestamp { seconds: 10, nanos: 0 };
     store
-        .commit(Batch { history: vec![("b".to_owned(), record(6, old))], ..Batch::default() }, 0)?;
+        .commit(Batch { history: vec![("b".to_owned(), record(6, old))], ..Batch::default() }, 3)?;
     assert_eq!(store.prune(Duration::from_secs(60), 100)?.history, 1);
     assert_eq!(seqs(store.history("b", None, 10)?), [5, 4, 3]);
     Ok(())
@@ -200,26 +199,102 @@ fn merged_batches_keep_the_order_of_writes() -> TestResult {
     store.commit(merged, 10)?;
     let count = |id: &str| store.get_agent(id).map(|a| a.map(|a| a.attestation_count));
     assert_eq!((count("a")?, count("b")?), (Some(7), Some(2)));
-    let seqs: Vec<u64> = store.history("a", None, 10)?.iter().map(|r| r.sequence).collect();
-    assert_eq!(seqs, [2], "the history of the removed enrolment is gone");
+    assert_eq!(
+        seqs(store.history("a", None, 10)?),
+        [2],
+        "the history of the removed enrolment is gone"
+    );
+    Ok(())
+}
+
+fn seqs(records: Vec<HistoryRecord>) -> Vec<u64> {
+    records.iter().map(|r| r.sequence).collect()
+}
+
+fn rounds(agent_id: &str, sequences: std::ops::RangeInclusive<u64>, at: Timestamp) -> Batch {
+    Batch {
+        history: sequences.map(|s| (agent_id.to_owned(), record(s, at))).collect(),
+        ..Batch::default()
+    }
+}
+
+/// History records held in the file, by a full check (the store closed).
+fn stored_history(path: &Path) -> Result<u64, StoreError> {
+    let check = VerifierStore::check(path)?;
+    Ok(check.tables.iter().find(|(t, _)| *t == "history").map_or(0, |(_, n)| *n))
+}
+
+#[test]
+fn a_lowered_history_limit_is_shown_at_once_and_stored_blocks_follow() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("verifier.redb");
+    let store = VerifierStore::open(&path)?;
+    store.commit(rounds("a", 1..=250, Timestamp::now()), 100)?;
+    assert_eq!(seqs(store.history("a", None, 1000)?), (151..=250).rev().collect::<Vec<_>>());
+    store.commit(rounds("a", 251..=255, Timestamp::now()), 10)?;
+    assert_eq!(seqs(store.history("a", None, 1000)?), (246..=255).rev().collect::<Vec<_>>());
+    assert_eq!(seqs(store.history("a", Some(250), 3)?), [249, 248, 247]);
+    assert_eq!(seqs(store.history("a", Some(247), 3)?), [246]);
+    assert!(store.history("a", Some(246), 3)?.is_empty());
+    // The next full block leaves only itself stored: every older block is past the limit.
+    store.commit(rounds("a", 256..=256, Timestamp::now()), 10)?;
+    assert_eq!(seqs(store.history("a", None, 1000)?), (247..=256).rev().collect::<Vec<_>>());
+    drop(store);
+    assert_eq!(stored_history(&path)?, history::BLOCK as u64);
     Ok(())
 }
 
 #[test]
-fn a_lowered_history_limit_is_caught_up_by_the_periodic_sweep() -> TestResult {
+fn history_pages_across_blocks_and_is_kept_whole_without_a_limit() -> TestResult {
     let dir = tempfile::tempdir()?;
-    let store = VerifierStore::open(&dir.path().join("verifier.redb"))?;
-    let batch = |seqs: std::ops::RangeInclusive<u64>| Batch {
-        history: seqs.map(|s| ("a".to_owned(), record(s, Timestamp::now()))).collect(),
-        ..Batch::default()
-    };
-    store.commit(batch(1..=250), 100)?;
-    assert_eq!(store.history("a", None, 1000)?.len(), 100);
-    store.commit(batch(251..=255), 10)?;
-    assert_eq!(store.history("a", None, 1000)?.len(), 100, "only the oldest keys go");
-    store.commit(batch(256..=256), 10)?;
-    let seqs: Vec<u64> = store.history("a", None, 1000)?.iter().map(|r| r.sequence).collect();
-    assert_eq!(seqs, (247..=256).rev().collect::<Vec<_>>());
+    let path = dir.path().join("verifier.redb");
+    let store = VerifierStore::open(&path)?;
+    // Round by round, as the verifier commits them, with a neighbour in between.
+    for sequence in 1..=100 {
+        let mut batch = rounds("a", sequence..=sequence, Timestamp::now());
+        batch.history.push(("a2".to_owned(), record(sequence, Timestamp::now())));
+        store.commit(batch, 0)?;
+    }
+    let mut paged = Vec::new();
+    let mut before = None;
+    loop {
+        let page = store.history("a", before, 7)?;
+        let Some(last) = page.last() else { break };
+        before = Some(last.sequence);
+        paged.extend(seqs(page));
+    }
+    assert_eq!(paged, (1..=100).rev().collect::<Vec<_>>());
+    assert_eq!(store.last_history_sequence("a")?, Some(100));
+    // A round written again (a retried commit) replaces the one stored.
+    let mut again = record(100, Timestamp::now());
+    again.duration_us = 99;
+    store.commit(Batch { history: vec![("a".to_owned(), again)], ..Batch::default() }, 0)?;
+    let newest = store.history("a", None, 2)?;
+    assert_eq!((seqs(newest.clone()), newest[0].duration_us), (vec![100, 99], 99));
+    drop(store);
+    assert_eq!(stored_history(&path)?, 200);
+    Ok(())
+}
+
+#[test]
+fn pruning_by_age_takes_old_records_out_of_blocks_and_keeps_the_rest_in_order() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("verifier.redb");
+    let store = VerifierStore::open(&path)?;
+    let old = Timestamp { seconds: 10, nanos: 0 };
+    // 1-20 old, 21-36 new, 37-40 old again (a clock set back), 41-45 new: full blocks
+    // 1-16 (all old) and 17-32 (partly old), 33-45 open (partly old).
+    store.commit(rounds("a", 1..=20, old), 0)?;
+    store.commit(rounds("a", 21..=36, Timestamp::now()), 0)?;
+    store.commit(rounds("a", 37..=40, old), 0)?;
+    store.commit(rounds("a", 41..=45, Timestamp::now()), 0)?;
+    assert_eq!(store.prune(Duration::from_secs(60), 100)?.history, 24);
+    let kept: Vec<u64> = (21..=36).chain(41..=45).rev().collect();
+    assert_eq!(seqs(store.history("a", None, 100)?), kept);
+    assert_eq!(seqs(store.history("a", Some(41), 2)?), [36, 35]);
+    assert_eq!(store.prune(Duration::from_secs(60), 100)?.history, 0);
+    drop(store);
+    assert_eq!(stored_history(&path)?, 21);
     Ok(())
 }
 
@@ -480,6 +555,8 @@ fn verdicts_and_findings_of_a_version_2_file_become_records() -> TestResult {
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].findings[0].expected_json.as_deref(), Some(r#"{"a":[1]}"#));
     assert_eq!(events[0].message, "failed");
+    drop(store);
+    assert_eq!(stored_history(&path)?, rounds, "every record was moved into blocks");
     Ok(())
 }
 

@@ -1,0 +1,324 @@
+//! The attestation history of agents in the redb file, kept in blocks.
+//!
+//! Every round adds a record to its agent's history. Stored one record per key, each commit
+//! (about one round of every agent) would copy one leaf page per agent, and more pages above
+//! them the longer the histories grow. Here an agent's newest records are its *open block*: one
+//! value in a table keyed by agent id, where neighbouring agents share leaf pages. When the
+//! open block holds [`BLOCK`] records it moves, whole, to the table of full blocks, keyed by
+//! agent id and first sequence. A commit writes a page per few agents, and one block per agent
+//! every [`BLOCK`] rounds.
+//!
+//! The count limit (`history_max_entries`) removes full blocks once every record in them has
+//! fallen out of it; readers skip the records of the oldest block that are past the limit.
+//! The open block records the limit of the commit that wrote it, so reads need no setting.
+
+use std::ops::Bound;
+
+use redb::{ReadTransaction, ReadableTable, TableDefinition, WriteTransaction};
+use serde::{Deserialize, Serialize};
+
+use super::{HISTORY, HistoryRecord, decode, encode, older_than};
+use crate::StoreError;
+
+/// Records per full block.
+pub(super) const BLOCK: usize = 16;
+
+/// Full blocks: key `<agent id>\0<first sequence, 20 digits>`; value: the records, oldest
+/// first ([`BLOCK`] of them, fewer once some were pruned by age).
+const BLOCKS: TableDefinition<&str, &[u8]> = TableDefinition::new("history_blocks");
+/// Open blocks: key: agent id; value: an [`OpenBlock`].
+const OPEN: TableDefinition<&str, &[u8]> = TableDefinition::new("history_open");
+
+/// An agent's newest records.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct OpenBlock {
+    /// The count limit of the commit that wrote the block (0: none).
+    limit: u64,
+    /// Fewer than [`BLOCK`], oldest first.
+    records: Vec<HistoryRecord>,
+}
+
+fn block_key(agent_id: &str, first: u64) -> String {
+    format!("{agent_id}\0{first:020}")
+}
+
+/// The keys of every block of `agent_id`.
+fn agent_range(agent_id: &str) -> (String, String) {
+    (format!("{agent_id}\0"), format!("{agent_id}\u{1}"))
+}
+
+fn blocks_error<E: Into<redb::Error>>(e: E) -> StoreError {
+    StoreError::table("history_blocks", e)
+}
+
+fn open_error<E: Into<redb::Error>>(e: E) -> StoreError {
+    StoreError::table("history_open", e)
+}
+
+fn read_open(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    agent_id: &str,
+) -> Result<OpenBlock, StoreError> {
+    match table.get(agent_id).map_err(open_error)? {
+        Some(value) => decode("history_open", agent_id, value.value()),
+        None => Ok(OpenBlock::default()),
+    }
+}
+
+/// Creates both tables (in a migration).
+pub(super) fn create(txn: &WriteTransaction) -> Result<(), StoreError> {
+    txn.open_table(BLOCKS).map_err(blocks_error)?;
+    txn.open_table(OPEN).map_err(open_error)?;
+    Ok(())
+}
+
+/// Appends `records`, sorted by agent id and then sequence; keeps each agent's newest `limit`
+/// (0: all). A record with the sequence of one already in the open block replaces it and
+/// the records after it.
+pub(super) fn append(
+    txn: &WriteTransaction,
+    records: &[(&str, &HistoryRecord)],
+    limit: u64,
+) -> Result<(), StoreError> {
+    let mut blocks = txn.open_table(BLOCKS).map_err(blocks_error)?;
+    let mut open = txn.open_table(OPEN).map_err(open_error)?;
+    for group in records.chunk_by(|a, b| a.0 == b.0) {
+        let agent_id = group[0].0;
+        let mut block = read_open(&open, agent_id)?;
+        block.limit = limit;
+        for (_, record) in group {
+            block.records.retain(|r| r.sequence < record.sequence);
+            block.records.push((*record).clone());
+            if block.records.len() < BLOCK {
+                continue;
+            }
+            let full = std::mem::take(&mut block.records);
+            let key = block_key(agent_id, full[0].sequence);
+            let newest = full[full.len() - 1].sequence;
+            let bytes = encode("history_blocks", &key, &full)?;
+            blocks.insert(key.as_str(), bytes.as_slice()).map_err(blocks_error)?;
+            if limit > 0 {
+                drop_fallen(&mut blocks, agent_id, newest.saturating_sub(limit))?;
+            }
+        }
+        let bytes = encode("history_open", agent_id, &block)?;
+        open.insert(agent_id, bytes.as_slice()).map_err(open_error)?;
+    }
+    Ok(())
+}
+
+/// Removes the oldest blocks of `agent_id` while their newest record is at or below `upto`.
+fn drop_fallen(
+    blocks: &mut redb::Table<'_, &'static str, &'static [u8]>,
+    agent_id: &str,
+    upto: u64,
+) -> Result<(), StoreError> {
+    let (start, end) = agent_range(agent_id);
+    loop {
+        let oldest = {
+            let mut range =
+                blocks.range::<&str>(start.as_str()..end.as_str()).map_err(blocks_error)?;
+            match range.next() {
+                Some(entry) => {
+                    let (key, value) = entry.map_err(blocks_error)?;
+                    let records: Vec<HistoryRecord> =
+                        decode("history_blocks", key.value(), value.value())?;
+                    let newest = records.last().map_or(0, |r| r.sequence);
+                    Some((key.value().to_owned(), newest))
+                }
+                None => None,
+            }
+        };
+        match oldest {
+            Some((key, newest)) if newest <= upto => {
+                blocks.remove(key.as_str()).map_err(blocks_error)?;
+            }
+            _ => return Ok(()),
+        }
+    }
+}
+
+/// Removes the whole history of `agent_id`.
+pub(super) fn remove(txn: &WriteTransaction, agent_id: &str) -> Result<(), StoreError> {
+    let mut blocks = txn.open_table(BLOCKS).map_err(blocks_error)?;
+    let (start, end) = agent_range(agent_id);
+    blocks.retain_in(start.as_str()..end.as_str(), |_, _| false).map_err(blocks_error)?;
+    let mut open = txn.open_table(OPEN).map_err(open_error)?;
+    open.remove(agent_id).map_err(open_error)?;
+    Ok(())
+}
+
+/// The history of `agent_id`, newest first: at most `limit` records with a sequence below
+/// `before` (from the newest when `None`), within the count limit.
+pub(super) fn read(
+    txn: &ReadTransaction,
+    agent_id: &str,
+    before: Option<u64>,
+    limit: usize,
+) -> Result<Vec<HistoryRecord>, StoreError> {
+    let blocks = txn.open_table(BLOCKS).map_err(blocks_error)?;
+    let open = txn.open_table(OPEN).map_err(open_error)?;
+    let block = read_open(&open, agent_id)?;
+    let (start, end) = agent_range(agent_id);
+    let newest = match block.records.last() {
+        Some(record) => record.sequence,
+        None => {
+            let mut range =
+                blocks.range::<&str>(start.as_str()..end.as_str()).map_err(blocks_error)?;
+            match range.next_back() {
+                Some(entry) => {
+                    let (key, value) = entry.map_err(blocks_error)?;
+                    let records: Vec<HistoryRecord> =
+                        decode("history_blocks", key.value(), value.value())?;
+                    records.last().map_or(0, |r| r.sequence)
+                }
+                None => return Ok(Vec::new()),
+            }
+        }
+    };
+    // Records at or below `hidden` are past the count limit.
+    let hidden = (block.limit > 0 && newest > block.limit).then(|| newest - block.limit);
+    let below = before.unwrap_or(u64::MAX);
+    let mut out = Vec::new();
+    // Takes `record` if it is shown; true once nothing older is wanted.
+    let mut take = |record: HistoryRecord| {
+        let sequence = record.sequence;
+        if sequence < below && hidden.is_none_or(|h| sequence > h) {
+            out.push(record);
+        }
+        out.len() >= limit || hidden.is_some_and(|h| sequence <= h + 1)
+    };
+    for record in block.records.into_iter().rev() {
+        if take(record) {
+            return Ok(out);
+        }
+    }
+    // A block whose first sequence is `before` or above holds nothing below it.
+    let upper = match before {
+        Some(sequence) => block_key(agent_id, sequence),
+        None => end,
+    };
+    let range = blocks
+        .range::<&str>((Bound::Included(start.as_str()), Bound::Excluded(upper.as_str())))
+        .map_err(blocks_error)?;
+    for entry in range.rev() {
+        let (key, value) = entry.map_err(blocks_error)?;
+        let records: Vec<HistoryRecord> = decode("history_blocks", key.value(), value.value())?;
+        for record in records.into_iter().rev() {
+            if take(record) {
+                return Ok(out);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Removes the records older than `cutoff` (seconds since the epoch), and any block that
+/// cannot be decoded; returns how many.
+pub(super) fn prune_older(txn: &WriteTransaction, cutoff: i64) -> Result<u64, StoreError> {
+    let old = |record: &HistoryRecord| older_than(&record.at, cutoff);
+    let mut pruned = 0;
+    let mut blocks = txn.open_table(BLOCKS).map_err(blocks_error)?;
+    let mut rest: Vec<(String, Vec<HistoryRecord>)> = Vec::new();
+    blocks
+        .retain(|key, value| match decode::<Vec<HistoryRecord>>("history_blocks", key, value) {
+            Ok(records) => {
+                let count = records.iter().filter(|r| old(r)).count();
+                if count == 0 {
+                    return true;
+                }
+                pruned += count as u64;
+                let kept: Vec<HistoryRecord> = records.into_iter().filter(|r| !old(r)).collect();
+                if let (Some(first), Some(agent_id)) = (kept.first(), key.split('\0').next()) {
+                    rest.push((block_key(agent_id, first.sequence), kept));
+                }
+                false
+            }
+            Err(_) => {
+                pruned += 1;
+                false
+            }
+        })
+        .map_err(blocks_error)?;
+    for (key, records) in rest {
+        let bytes = encode("history_blocks", &key, &records)?;
+        blocks.insert(key.as_str(), bytes.as_slice()).map_err(blocks_error)?;
+    }
+    let mut open = txn.open_table(OPEN).map_err(open_error)?;
+    let mut changed: Vec<(String, OpenBlock)> = Vec::new();
+    for entry in open.iter().map_err(open_error)? {
+        let (key, value) = entry.map_err(open_error)?;
+        let mut block: OpenBlock = decode("history_open", key.value(), value.value())?;
+        let before = block.records.len();
+        block.records.retain(|r| !old(r));
+        if block.records.len() < before {
+            pruned += (before - block.records.len()) as u64;
+            changed.push((key.value().to_owned(), block));
+        }
+    }
+    for (agent_id, block) in changed {
+        let bytes = encode("history_open", &agent_id, &block)?;
+        open.insert(agent_id.as_str(), bytes.as_slice()).map_err(open_error)?;
+    }
+    Ok(pruned)
+}
+
+/// Reads and decodes every block and open block; returns how many records they hold.
+pub(super) fn check(txn: &ReadTransaction) -> Result<u64, StoreError> {
+    let mut records = 0;
+    let blocks = txn.open_table(BLOCKS).map_err(blocks_error)?;
+    for entry in blocks.iter().map_err(blocks_error)? {
+        let (key, value) = entry.map_err(blocks_error)?;
+        let block: Vec<HistoryRecord> = decode("history_blocks", key.value(), value.value())?;
+        records += block.len() as u64;
+    }
+    let open = txn.open_table(OPEN).map_err(open_error)?;
+    for entry in open.iter().map_err(open_error)? {
+        let (key, value) = entry.map_err(open_error)?;
+        let block: OpenBlock = decode("history_open", key.value(), value.value())?;
+        records += block.records.len() as u64;
+    }
+    Ok(records)
+}
+
+/// Moves the records of the table of one record per key (schema versions 1 to 3) into
+/// blocks, each agent's newest into its open block with no count limit until its next
+/// commit, and deletes that table.
+pub(super) fn move_into_blocks(txn: &WriteTransaction) -> Result<(), StoreError> {
+    create(txn)?;
+    let mut blocks = txn.open_table(BLOCKS).map_err(blocks_error)?;
+    let mut open = txn.open_table(OPEN).map_err(open_error)?;
+    let old = txn.open_table(HISTORY).map_err(|e| StoreError::table("history", e))?;
+    let mut close = |agent_id: &str, records: Vec<HistoryRecord>| -> Result<(), StoreError> {
+        let block = OpenBlock { limit: 0, records };
+        let bytes = encode("history_open", agent_id, &block)?;
+        open.insert(agent_id, bytes.as_slice()).map_err(open_error)?;
+        Ok(())
+    };
+    let mut agent: Option<String> = None;
+    let mut pending: Vec<HistoryRecord> = Vec::new();
+    for entry in old.iter().map_err(|e| StoreError::table("history", e))? {
+        let (key, value) = entry.map_err(|e| StoreError::table("history", e))?;
+        let key = key.value();
+        let agent_id = key.split('\0').next().unwrap_or(key);
+        let record: HistoryRecord = decode("history", key, value.value())?;
+        if agent.as_deref() != Some(agent_id)
+            && let Some(previous) = agent.replace(agent_id.to_owned())
+        {
+            close(&previous, std::mem::take(&mut pending))?;
+        }
+        pending.push(record);
+        if pending.len() == BLOCK {
+            let key = block_key(agent_id, pending[0].sequence);
+            let bytes = encode("history_blocks", &key, &pending)?;
+            blocks.insert(key.as_str(), bytes.as_slice()).map_err(blocks_error)?;
+            pending.clear();
+        }
+    }
+    if let Some(previous) = agent {
+        close(&previous, pending)?;
+    }
+    drop(old);
+    txn.delete_table(HISTORY).map_err(|e| StoreError::table("history", e))?;
+    Ok(())
+}
