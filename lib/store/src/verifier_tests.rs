@@ -115,7 +115,7 @@ fn history_is_bounded_per_agent_newest_first_and_removed_with_the_agent() -> Tes
     assert_eq!(seqs(store.history("b", None, 10)?), [5, 4, 3]);
     let old = Timestamp { seconds: 10, nanos: 0 };
     store
-        .commit(Batch { history: vec![("b".to_owned(), record(6, old))], ..Batch::default() }, 3)?;
+        .commit(Batch { history: vec![("b".to_owned(), record(6, old))], ..Batch::default() }, 0)?;
     assert_eq!(store.prune(Duration::from_secs(60), 100)?.history, 1);
     assert_eq!(seqs(store.history("b", None, 10)?), [5, 4, 3]);
     Ok(())
@@ -241,6 +241,49 @@ fn a_lowered_history_limit_is_shown_at_once_and_stored_blocks_follow() -> TestRe
     assert_eq!(seqs(store.history("a", None, 1000)?), (247..=256).rev().collect::<Vec<_>>());
     drop(store);
     assert_eq!(stored_history(&path)?, history::BLOCK as u64);
+    Ok(())
+}
+
+#[test]
+fn a_raised_limit_brings_no_record_back_and_a_zero_limit_reads_nothing() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let store = VerifierStore::open(&dir.path().join("verifier.redb"))?;
+    store.commit(rounds("a", 1..=5, Timestamp::now()), 3)?;
+    assert_eq!(seqs(store.history("a", None, 10)?), [5, 4, 3]);
+    store.commit(rounds("a", 6..=6, Timestamp::now()), 1000)?;
+    assert_eq!(seqs(store.history("a", None, 10)?), [6, 5, 4, 3]);
+    store.commit(rounds("a", 7..=7, Timestamp::now()), 0)?;
+    assert_eq!(seqs(store.history("a", None, 10)?), [7, 6, 5, 4, 3]);
+    assert!(store.history("a", None, 0)?.is_empty());
+    Ok(())
+}
+
+#[test]
+fn rounds_written_again_replace_theirs_in_full_blocks_too() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("verifier.redb");
+    let store = VerifierStore::open(&path)?;
+    let again = |sequence: u64| {
+        let mut record = record(sequence, Timestamp::now());
+        record.duration_us = 1000 + sequence;
+        ("a".to_owned(), record)
+    };
+    // 16 fills the first block and leaves the open block empty; a commit applied again
+    // (its transaction reached the disk though the call failed) brings it once more.
+    store.commit(rounds("a", 1..=16, Timestamp::now()), 0)?;
+    store.commit(Batch { history: vec![again(16)], ..Batch::default() }, 0)?;
+    store.commit(rounds("a", 17..=20, Timestamp::now()), 0)?;
+    // A record of a full block, one of the open block, and the same one twice in a batch.
+    let history = vec![again(3), again(18), again(3)];
+    store.commit(Batch { history, ..Batch::default() }, 0)?;
+    let all = store.history("a", None, 100)?;
+    assert_eq!(seqs(all.clone()), (1..=20).rev().collect::<Vec<_>>());
+    let rewritten: Vec<u64> =
+        all.iter().filter(|r| r.duration_us > 1000).map(|r| r.sequence).collect();
+    assert_eq!(rewritten, [18, 16, 3]);
+    assert_eq!(seqs(store.history("a", Some(17), 2)?), [16, 15]);
+    drop(store);
+    assert_eq!(stored_history(&path)?, 20);
     Ok(())
 }
 
@@ -623,5 +666,43 @@ fn a_record_the_migration_cannot_read_stops_it_naming_the_record_and_changes_not
         Ok(value.map(|v| v.value().to_vec()))
     })?;
     assert_eq!(bytes, Some(vec![0xff; 3]));
+    Ok(())
+}
+
+#[test]
+fn each_agents_history_is_moved_into_blocks_of_its_own() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("verifier.redb");
+    static SCHEMA_V3: Schema =
+        Schema { name: "verifier", migrations: SCHEMA.migrations.split_at(3).0 };
+    // "a" a whole number of blocks, "a1" less than one, "b" one more than a block.
+    let counts = [("a", 32_u64), ("a1", 5), ("b", 17)];
+    let db = open_database(&path, &SCHEMA_V3)?;
+    db.write("add", |txn| {
+        let mut history = txn.open_table(HISTORY).map_err(|e| StoreError::table("history", e))?;
+        for (id, count) in counts {
+            for sequence in 1..=count {
+                let key = history_key(id, sequence);
+                let bytes = encode("history", &key, &record(sequence, Timestamp::now()))?;
+                history
+                    .insert(key.as_str(), bytes.as_slice())
+                    .map_err(|e| StoreError::table("history", e))?;
+            }
+        }
+        Ok(())
+    })?;
+    drop(db);
+
+    let store = VerifierStore::open(&path)?;
+    for (id, count) in counts {
+        assert_eq!(seqs(store.history(id, None, 100)?), (1..=count).rev().collect::<Vec<_>>());
+    }
+    // Rounds go on from where each history ended, the limit now applied.
+    store.commit(rounds("a", 33..=33, Timestamp::now()), 20)?;
+    assert_eq!(seqs(store.history("a", None, 100)?), (14..=33).rev().collect::<Vec<_>>());
+    store.commit(rounds("a1", 6..=16, Timestamp::now()), 0)?;
+    assert_eq!(store.last_history_sequence("a1")?, Some(16));
+    drop(store);
+    assert_eq!(stored_history(&path)?, 32 + 1 + 16 + 17);
     Ok(())
 }

@@ -8,9 +8,13 @@
 //! agent id and first sequence. A commit writes a page per few agents, and one block per agent
 //! every [`BLOCK`] rounds.
 //!
-//! The count limit (`history_max_entries`) removes full blocks once every record in them has
-//! fallen out of it; readers skip the records of the oldest block that are past the limit.
-//! The open block records the limit of the commit that wrote it, so reads need no setting.
+//! The count limit (`history_max_entries`) moves the open block's `visible_from` up: records
+//! below it are gone for readers at once, and a full block is removed when its newest record
+//! falls below it. `visible_from` never moves down, so a raised limit does not bring records
+//! back; reads need no setting.
+//!
+//! A record is placed by its sequence: one already stored (a commit applied again) is
+//! replaced, in the open block or in the full block that holds it.
 
 use std::ops::Bound;
 
@@ -29,12 +33,14 @@ const BLOCKS: TableDefinition<&str, &[u8]> = TableDefinition::new("history_block
 /// Open blocks: key: agent id; value: an [`OpenBlock`].
 const OPEN: TableDefinition<&str, &[u8]> = TableDefinition::new("history_open");
 
-/// An agent's newest records.
+/// An agent's newest records and where its history starts.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct OpenBlock {
-    /// The count limit of the commit that wrote the block (0: none).
-    limit: u64,
-    /// Fewer than [`BLOCK`], oldest first.
+    /// The oldest sequence readers see: what lies below fell out of the count limit.
+    visible_from: u64,
+    /// The newest sequence moved to a full block (0: none yet).
+    flushed_upto: u64,
+    /// Newer than `flushed_upto`, fewer than [`BLOCK`], oldest first.
     records: Vec<HistoryRecord>,
 }
 
@@ -65,6 +71,15 @@ fn read_open(
     }
 }
 
+/// Puts `record` in its place among `records` (ordered by sequence), replacing one of the
+/// same sequence.
+fn place(records: &mut Vec<HistoryRecord>, record: &HistoryRecord) {
+    match records.binary_search_by_key(&record.sequence, |r| r.sequence) {
+        Ok(i) => records[i] = record.clone(),
+        Err(i) => records.insert(i, record.clone()),
+    }
+}
+
 /// Creates both tables (in a migration).
 pub(super) fn create(txn: &WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(BLOCKS).map_err(blocks_error)?;
@@ -72,9 +87,8 @@ pub(super) fn create(txn: &WriteTransaction) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Appends `records`, sorted by agent id and then sequence; keeps each agent's newest `limit`
-/// (0: all). A record with the sequence of one already in the open block replaces it and
-/// the records after it.
+/// Adds `records`, sorted by agent id and then sequence; keeps each agent's newest `limit`
+/// (0: all).
 pub(super) fn append(
     txn: &WriteTransaction,
     records: &[(&str, &HistoryRecord)],
@@ -84,22 +98,31 @@ pub(super) fn append(
     let mut open = txn.open_table(OPEN).map_err(open_error)?;
     for group in records.chunk_by(|a, b| a.0 == b.0) {
         let agent_id = group[0].0;
-        let mut block = read_open(&open, agent_id)?;
-        block.limit = limit;
+        // An open block this version cannot read (none is written so) is started afresh
+        // rather than stopping every agent's writes.
+        let mut block = read_open(&open, agent_id).unwrap_or_default();
         for (_, record) in group {
-            block.records.retain(|r| r.sequence < record.sequence);
-            block.records.push((*record).clone());
+            if record.sequence < block.visible_from {
+                continue;
+            }
+            if record.sequence <= block.flushed_upto {
+                place_in_blocks(&mut blocks, agent_id, record)?;
+                continue;
+            }
+            place(&mut block.records, record);
+            let newest = block.records[block.records.len() - 1].sequence;
+            if limit > 0 && newest >= limit {
+                block.visible_from = block.visible_from.max(newest - limit + 1);
+            }
             if block.records.len() < BLOCK {
                 continue;
             }
             let full = std::mem::take(&mut block.records);
             let key = block_key(agent_id, full[0].sequence);
-            let newest = full[full.len() - 1].sequence;
+            block.flushed_upto = newest;
             let bytes = encode("history_blocks", &key, &full)?;
             blocks.insert(key.as_str(), bytes.as_slice()).map_err(blocks_error)?;
-            if limit > 0 {
-                drop_fallen(&mut blocks, agent_id, newest.saturating_sub(limit))?;
-            }
+            drop_fallen(&mut blocks, agent_id, block.visible_from)?;
         }
         let bytes = encode("history_open", agent_id, &block)?;
         open.insert(agent_id, bytes.as_slice()).map_err(open_error)?;
@@ -107,35 +130,64 @@ pub(super) fn append(
     Ok(())
 }
 
-/// Removes the oldest blocks of `agent_id` while their newest record is at or below `upto`.
-fn drop_fallen(
-    blocks: &mut redb::Table<'_, &'static str, &'static [u8]>,
+type BlocksTable<'txn> = redb::Table<'txn, &'static str, &'static [u8]>;
+
+/// The key and records of a block of `agent_id`: the newest (`newest`) or the oldest
+/// within `range`.
+fn block_in(
+    blocks: &BlocksTable<'_>,
+    range: std::ops::Range<&str>,
+    newest: bool,
+) -> Result<Option<(String, Vec<HistoryRecord>)>, StoreError> {
+    let mut entries = blocks.range::<&str>(range).map_err(blocks_error)?;
+    let entry = if newest { entries.next_back() } else { entries.next() };
+    let Some(entry) = entry else { return Ok(None) };
+    let (key, value) = entry.map_err(blocks_error)?;
+    let records = decode("history_blocks", key.value(), value.value())?;
+    Ok(Some((key.value().to_owned(), records)))
+}
+
+/// Puts a record that belongs among the full blocks of `agent_id` (its sequence is not newer
+/// than the last one moved there) in the block that holds its sequence, or would.
+fn place_in_blocks(
+    blocks: &mut BlocksTable<'_>,
     agent_id: &str,
-    upto: u64,
+    record: &HistoryRecord,
 ) -> Result<(), StoreError> {
     let (start, end) = agent_range(agent_id);
-    loop {
-        let oldest = {
-            let mut range =
-                blocks.range::<&str>(start.as_str()..end.as_str()).map_err(blocks_error)?;
-            match range.next() {
-                Some(entry) => {
-                    let (key, value) = entry.map_err(blocks_error)?;
-                    let records: Vec<HistoryRecord> =
-                        decode("history_blocks", key.value(), value.value())?;
-                    let newest = records.last().map_or(0, |r| r.sequence);
-                    Some((key.value().to_owned(), newest))
-                }
-                None => None,
-            }
-        };
-        match oldest {
-            Some((key, newest)) if newest <= upto => {
-                blocks.remove(key.as_str()).map_err(blocks_error)?;
-            }
-            _ => return Ok(()),
-        }
+    // The last block to start at or before the sequence (the key just after it bounds the
+    // range), else the first one; none when pruning by age took them all.
+    let after = block_key(agent_id, record.sequence.saturating_add(1));
+    let found = match block_in(blocks, start.as_str()..after.as_str(), true)? {
+        Some(found) => Some(found),
+        None => block_in(blocks, start.as_str()..end.as_str(), false)?,
+    };
+    let (old_key, mut records) = found.unwrap_or_default();
+    place(&mut records, record);
+    if !old_key.is_empty() {
+        blocks.remove(old_key.as_str()).map_err(blocks_error)?;
     }
+    let key = block_key(agent_id, records[0].sequence);
+    let bytes = encode("history_blocks", &key, &records)?;
+    blocks.insert(key.as_str(), bytes.as_slice()).map_err(blocks_error)?;
+    Ok(())
+}
+
+/// Removes the oldest blocks of `agent_id` while their newest record is below
+/// `visible_from`.
+fn drop_fallen(
+    blocks: &mut BlocksTable<'_>,
+    agent_id: &str,
+    visible_from: u64,
+) -> Result<(), StoreError> {
+    let (start, end) = agent_range(agent_id);
+    while let Some((key, records)) = block_in(blocks, start.as_str()..end.as_str(), false)? {
+        if records.last().is_some_and(|r| r.sequence >= visible_from) {
+            break;
+        }
+        blocks.remove(key.as_str()).map_err(blocks_error)?;
+    }
+    Ok(())
 }
 
 /// Removes the whole history of `agent_id`.
@@ -156,37 +208,23 @@ pub(super) fn read(
     before: Option<u64>,
     limit: usize,
 ) -> Result<Vec<HistoryRecord>, StoreError> {
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
     let blocks = txn.open_table(BLOCKS).map_err(blocks_error)?;
     let open = txn.open_table(OPEN).map_err(open_error)?;
     let block = read_open(&open, agent_id)?;
     let (start, end) = agent_range(agent_id);
-    let newest = match block.records.last() {
-        Some(record) => record.sequence,
-        None => {
-            let mut range =
-                blocks.range::<&str>(start.as_str()..end.as_str()).map_err(blocks_error)?;
-            match range.next_back() {
-                Some(entry) => {
-                    let (key, value) = entry.map_err(blocks_error)?;
-                    let records: Vec<HistoryRecord> =
-                        decode("history_blocks", key.value(), value.value())?;
-                    records.last().map_or(0, |r| r.sequence)
-                }
-                None => return Ok(Vec::new()),
-            }
-        }
-    };
-    // Records at or below `hidden` are past the count limit.
-    let hidden = (block.limit > 0 && newest > block.limit).then(|| newest - block.limit);
+    let visible_from = block.visible_from;
     let below = before.unwrap_or(u64::MAX);
     let mut out = Vec::new();
     // Takes `record` if it is shown; true once nothing older is wanted.
     let mut take = |record: HistoryRecord| {
         let sequence = record.sequence;
-        if sequence < below && hidden.is_none_or(|h| sequence > h) {
+        if sequence < below && sequence >= visible_from {
             out.push(record);
         }
-        out.len() >= limit || hidden.is_some_and(|h| sequence <= h + 1)
+        out.len() >= limit || sequence <= visible_from
     };
     for record in block.records.into_iter().rev() {
         if take(record) {
@@ -214,7 +252,7 @@ pub(super) fn read(
 }
 
 /// Removes the records older than `cutoff` (seconds since the epoch), and any block that
-/// cannot be decoded; returns how many.
+/// cannot be decoded (counted as one); returns how many.
 pub(super) fn prune_older(txn: &WriteTransaction, cutoff: i64) -> Result<u64, StoreError> {
     let old = |record: &HistoryRecord| older_than(&record.at, cutoff);
     let mut pruned = 0;
@@ -245,20 +283,31 @@ pub(super) fn prune_older(txn: &WriteTransaction, cutoff: i64) -> Result<u64, St
         blocks.insert(key.as_str(), bytes.as_slice()).map_err(blocks_error)?;
     }
     let mut open = txn.open_table(OPEN).map_err(open_error)?;
-    let mut changed: Vec<(String, OpenBlock)> = Vec::new();
+    let mut changed: Vec<(String, Option<OpenBlock>)> = Vec::new();
     for entry in open.iter().map_err(open_error)? {
         let (key, value) = entry.map_err(open_error)?;
-        let mut block: OpenBlock = decode("history_open", key.value(), value.value())?;
+        let Ok(mut block) = decode::<OpenBlock>("history_open", key.value(), value.value()) else {
+            pruned += 1;
+            changed.push((key.value().to_owned(), None));
+            continue;
+        };
         let before = block.records.len();
         block.records.retain(|r| !old(r));
         if block.records.len() < before {
             pruned += (before - block.records.len()) as u64;
-            changed.push((key.value().to_owned(), block));
+            changed.push((key.value().to_owned(), Some(block)));
         }
     }
     for (agent_id, block) in changed {
-        let bytes = encode("history_open", &agent_id, &block)?;
-        open.insert(agent_id.as_str(), bytes.as_slice()).map_err(open_error)?;
+        match block {
+            Some(block) => {
+                let bytes = encode("history_open", &agent_id, &block)?;
+                open.insert(agent_id.as_str(), bytes.as_slice()).map_err(open_error)?;
+            }
+            None => {
+                open.remove(agent_id.as_str()).map_err(open_error)?;
+            }
+        }
     }
     Ok(pruned)
 }
@@ -282,21 +331,20 @@ pub(super) fn check(txn: &ReadTransaction) -> Result<u64, StoreError> {
 }
 
 /// Moves the records of the table of one record per key (schema versions 1 to 3) into
-/// blocks, each agent's newest into its open block with no count limit until its next
-/// commit, and deletes that table.
+/// blocks, each agent's newest into its open block, all visible (the count limit applies from
+/// the next commit), and deletes that table.
 pub(super) fn move_into_blocks(txn: &WriteTransaction) -> Result<(), StoreError> {
     create(txn)?;
     let mut blocks = txn.open_table(BLOCKS).map_err(blocks_error)?;
     let mut open = txn.open_table(OPEN).map_err(open_error)?;
     let old = txn.open_table(HISTORY).map_err(|e| StoreError::table("history", e))?;
-    let mut close = |agent_id: &str, records: Vec<HistoryRecord>| -> Result<(), StoreError> {
-        let block = OpenBlock { limit: 0, records };
+    let mut close = |agent_id: &str, block: OpenBlock| -> Result<(), StoreError> {
         let bytes = encode("history_open", agent_id, &block)?;
         open.insert(agent_id, bytes.as_slice()).map_err(open_error)?;
         Ok(())
     };
     let mut agent: Option<String> = None;
-    let mut pending: Vec<HistoryRecord> = Vec::new();
+    let mut block = OpenBlock::default();
     for entry in old.iter().map_err(|e| StoreError::table("history", e))? {
         let (key, value) = entry.map_err(|e| StoreError::table("history", e))?;
         let key = key.value();
@@ -305,18 +353,19 @@ pub(super) fn move_into_blocks(txn: &WriteTransaction) -> Result<(), StoreError>
         if agent.as_deref() != Some(agent_id)
             && let Some(previous) = agent.replace(agent_id.to_owned())
         {
-            close(&previous, std::mem::take(&mut pending))?;
+            close(&previous, std::mem::take(&mut block))?;
         }
-        pending.push(record);
-        if pending.len() == BLOCK {
-            let key = block_key(agent_id, pending[0].sequence);
-            let bytes = encode("history_blocks", &key, &pending)?;
+        block.records.push(record);
+        if block.records.len() == BLOCK {
+            let full = std::mem::take(&mut block.records);
+            block.flushed_upto = full[full.len() - 1].sequence;
+            let key = block_key(agent_id, full[0].sequence);
+            let bytes = encode("history_blocks", &key, &full)?;
             blocks.insert(key.as_str(), bytes.as_slice()).map_err(blocks_error)?;
-            pending.clear();
         }
     }
     if let Some(previous) = agent {
-        close(&previous, pending)?;
+        close(&previous, block)?;
     }
     drop(old);
     txn.delete_table(HISTORY).map_err(|e| StoreError::table("history", e))?;
