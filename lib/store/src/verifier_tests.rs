@@ -288,6 +288,43 @@ fn rounds_written_again_replace_theirs_in_full_blocks_too() -> TestResult {
 }
 
 #[test]
+fn an_open_block_that_cannot_be_decoded_stops_no_write_and_is_pruned() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("verifier.redb");
+    let garble = || -> TestResult {
+        let db = open_database(&path, &SCHEMA)?;
+        db.write("garble", |txn| {
+            let mut open =
+                txn.open_table(history::OPEN).map_err(|e| StoreError::table("history_open", e))?;
+            open.insert("a", [0xff_u8; 3].as_slice())
+                .map_err(|e| StoreError::table("history_open", e))?;
+            Ok(())
+        })?;
+        Ok(())
+    };
+    let store = VerifierStore::open(&path)?;
+    store.commit(rounds("a", 1..=3, Timestamp::now()), 0)?;
+    store.commit(rounds("b", 1..=3, Timestamp::now()), 0)?;
+    drop(store);
+    garble()?;
+    let store = VerifierStore::open(&path)?;
+    assert!(store.history("a", None, 10).is_err(), "the garbled block is not read as empty");
+    // Both agents' rounds are written; a's unreadable records are replaced.
+    let mut batch = rounds("a", 4..=4, Timestamp::now());
+    batch.history.extend(rounds("b", 4..=4, Timestamp::now()).history);
+    store.commit(batch, 0)?;
+    assert_eq!(seqs(store.history("a", None, 10)?), [4]);
+    assert_eq!(seqs(store.history("b", None, 10)?), [4, 3, 2, 1]);
+    drop(store);
+    garble()?;
+    let store = VerifierStore::open(&path)?;
+    assert_eq!(store.prune(Duration::from_secs(60), 100)?.history, 1);
+    assert!(store.history("a", None, 10)?.is_empty());
+    assert_eq!(seqs(store.history("b", None, 10)?), [4, 3, 2, 1]);
+    Ok(())
+}
+
+#[test]
 fn history_pages_across_blocks_and_is_kept_whole_without_a_limit() -> TestResult {
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("verifier.redb");

@@ -31,7 +31,7 @@ pub(super) const BLOCK: usize = 16;
 /// first ([`BLOCK`] of them, fewer once some were pruned by age).
 const BLOCKS: TableDefinition<&str, &[u8]> = TableDefinition::new("history_blocks");
 /// Open blocks: key: agent id; value: an [`OpenBlock`].
-const OPEN: TableDefinition<&str, &[u8]> = TableDefinition::new("history_open");
+pub(super) const OPEN: TableDefinition<&str, &[u8]> = TableDefinition::new("history_open");
 
 /// An agent's newest records and where its history starts.
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -98,9 +98,12 @@ pub(super) fn append(
     let mut open = txn.open_table(OPEN).map_err(open_error)?;
     for group in records.chunk_by(|a, b| a.0 == b.0) {
         let agent_id = group[0].0;
-        // An open block this version cannot read (none is written so) is started afresh
-        // rather than stopping every agent's writes.
-        let mut block = read_open(&open, agent_id).unwrap_or_default();
+        // An open block this version cannot decode (none is written so) is started afresh
+        // rather than stopping every agent's writes; an error reading the file stops them.
+        let mut block = match read_open(&open, agent_id) {
+            Err(StoreError::Decode { .. }) => OpenBlock::default(),
+            read => read?,
+        };
         for (_, record) in group {
             if record.sequence < block.visible_from {
                 continue;
@@ -132,8 +135,7 @@ pub(super) fn append(
 
 type BlocksTable<'txn> = redb::Table<'txn, &'static str, &'static [u8]>;
 
-/// The key and records of a block of `agent_id`: the newest (`newest`) or the oldest
-/// within `range`.
+/// The key and records of the newest (`newest`) or the oldest block within `range`.
 fn block_in(
     blocks: &BlocksTable<'_>,
     range: std::ops::Range<&str>,
