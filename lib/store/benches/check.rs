@@ -129,8 +129,9 @@ fn main() -> Result<(), BoxError> {
     let ids: Vec<String> = (0..agents)
         .map(|n| format!("{:08x}-0000-4000-8000-{n:012x}", n * 2654435761 % (1 << 32)))
         .collect();
+    let version_3 = args.get(3).map(String::as_str) == Some("version-3");
     let started = Instant::now();
-    if args.get(3).map(String::as_str) == Some("version-3") {
+    if version_3 {
         populate_version_3(&path, &ids, history)?;
     } else {
         populate(&path, &ids, history)?;
@@ -141,7 +142,7 @@ fn main() -> Result<(), BoxError> {
         started.elapsed().as_secs_f64(),
         bytes as f64 / 1e6
     );
-    if args.get(3).map(String::as_str) == Some("version-3") {
+    if version_3 {
         let _ = std::process::Command::new("sh")
             .args(["-c", "sync; echo 3 > /proc/sys/vm/drop_caches"])
             .status();

@@ -80,6 +80,36 @@ fn place(records: &mut Vec<HistoryRecord>, record: &HistoryRecord) {
     }
 }
 
+/// [`BLOCKS`] or [`OPEN`], open for writing.
+type Table<'txn> = redb::Table<'txn, &'static str, &'static [u8]>;
+
+/// Stores `records` (oldest first, at least one) as a full block of `agent_id`.
+fn put_block(
+    blocks: &mut Table<'_>,
+    agent_id: &str,
+    records: &[HistoryRecord],
+) -> Result<(), StoreError> {
+    let key = block_key(agent_id, records[0].sequence);
+    let bytes = encode("history_blocks", &key, &records)?;
+    blocks.insert(key.as_str(), bytes.as_slice()).map_err(blocks_error)?;
+    Ok(())
+}
+
+fn put_open(open: &mut Table<'_>, agent_id: &str, block: &OpenBlock) -> Result<(), StoreError> {
+    let bytes = encode("history_open", agent_id, block)?;
+    open.insert(agent_id, bytes.as_slice()).map_err(open_error)?;
+    Ok(())
+}
+
+impl OpenBlock {
+    /// Moves the records (at least one) to a full block.
+    fn flush(&mut self, blocks: &mut Table<'_>, agent_id: &str) -> Result<(), StoreError> {
+        let full = std::mem::take(&mut self.records);
+        self.flushed_upto = full[full.len() - 1].sequence;
+        put_block(blocks, agent_id, &full)
+    }
+}
+
 /// Creates both tables (in a migration).
 pub(super) fn create(txn: &WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(BLOCKS).map_err(blocks_error)?;
@@ -120,24 +150,17 @@ pub(super) fn append(
             if block.records.len() < BLOCK {
                 continue;
             }
-            let full = std::mem::take(&mut block.records);
-            let key = block_key(agent_id, full[0].sequence);
-            block.flushed_upto = newest;
-            let bytes = encode("history_blocks", &key, &full)?;
-            blocks.insert(key.as_str(), bytes.as_slice()).map_err(blocks_error)?;
+            block.flush(&mut blocks, agent_id)?;
             drop_fallen(&mut blocks, agent_id, block.visible_from)?;
         }
-        let bytes = encode("history_open", agent_id, &block)?;
-        open.insert(agent_id, bytes.as_slice()).map_err(open_error)?;
+        put_open(&mut open, agent_id, &block)?;
     }
     Ok(())
 }
 
-type BlocksTable<'txn> = redb::Table<'txn, &'static str, &'static [u8]>;
-
 /// The key and records of the newest (`newest`) or the oldest block within `range`.
 fn block_in(
-    blocks: &BlocksTable<'_>,
+    blocks: &Table<'_>,
     range: std::ops::Range<&str>,
     newest: bool,
 ) -> Result<Option<(String, Vec<HistoryRecord>)>, StoreError> {
@@ -152,7 +175,7 @@ fn block_in(
 /// Puts a record that belongs among the full blocks of `agent_id` (its sequence is not newer
 /// than the last one moved there) in the block that holds its sequence, or would.
 fn place_in_blocks(
-    blocks: &mut BlocksTable<'_>,
+    blocks: &mut Table<'_>,
     agent_id: &str,
     record: &HistoryRecord,
 ) -> Result<(), StoreError> {
@@ -169,16 +192,13 @@ fn place_in_blocks(
     if !old_key.is_empty() {
         blocks.remove(old_key.as_str()).map_err(blocks_error)?;
     }
-    let key = block_key(agent_id, records[0].sequence);
-    let bytes = encode("history_blocks", &key, &records)?;
-    blocks.insert(key.as_str(), bytes.as_slice()).map_err(blocks_error)?;
-    Ok(())
+    put_block(blocks, agent_id, &records)
 }
 
 /// Removes the oldest blocks of `agent_id` while their newest record is below
 /// `visible_from`.
 fn drop_fallen(
-    blocks: &mut BlocksTable<'_>,
+    blocks: &mut Table<'_>,
     agent_id: &str,
     visible_from: u64,
 ) -> Result<(), StoreError> {
@@ -269,8 +289,10 @@ pub(super) fn prune_older(txn: &WriteTransaction, cutoff: i64) -> Result<u64, St
                 }
                 pruned += count as u64;
                 let kept: Vec<HistoryRecord> = records.into_iter().filter(|r| !old(r)).collect();
-                if let (Some(first), Some(agent_id)) = (kept.first(), key.split('\0').next()) {
-                    rest.push((block_key(agent_id, first.sequence), kept));
+                if !kept.is_empty()
+                    && let Some(agent_id) = key.split('\0').next()
+                {
+                    rest.push((agent_id.to_owned(), kept));
                 }
                 false
             }
@@ -280,9 +302,8 @@ pub(super) fn prune_older(txn: &WriteTransaction, cutoff: i64) -> Result<u64, St
             }
         })
         .map_err(blocks_error)?;
-    for (key, records) in rest {
-        let bytes = encode("history_blocks", &key, &records)?;
-        blocks.insert(key.as_str(), bytes.as_slice()).map_err(blocks_error)?;
+    for (agent_id, records) in rest {
+        put_block(&mut blocks, &agent_id, &records)?;
     }
     let mut open = txn.open_table(OPEN).map_err(open_error)?;
     let mut changed: Vec<(String, Option<OpenBlock>)> = Vec::new();
@@ -302,10 +323,7 @@ pub(super) fn prune_older(txn: &WriteTransaction, cutoff: i64) -> Result<u64, St
     }
     for (agent_id, block) in changed {
         match block {
-            Some(block) => {
-                let bytes = encode("history_open", &agent_id, &block)?;
-                open.insert(agent_id.as_str(), bytes.as_slice()).map_err(open_error)?;
-            }
+            Some(block) => put_open(&mut open, &agent_id, &block)?,
             None => {
                 open.remove(agent_id.as_str()).map_err(open_error)?;
             }
@@ -340,11 +358,6 @@ pub(super) fn move_into_blocks(txn: &WriteTransaction) -> Result<(), StoreError>
     let mut blocks = txn.open_table(BLOCKS).map_err(blocks_error)?;
     let mut open = txn.open_table(OPEN).map_err(open_error)?;
     let old = txn.open_table(HISTORY).map_err(|e| StoreError::table("history", e))?;
-    let mut close = |agent_id: &str, block: OpenBlock| -> Result<(), StoreError> {
-        let bytes = encode("history_open", agent_id, &block)?;
-        open.insert(agent_id, bytes.as_slice()).map_err(open_error)?;
-        Ok(())
-    };
     let mut agent: Option<String> = None;
     let mut block = OpenBlock::default();
     for entry in old.iter().map_err(|e| StoreError::table("history", e))? {
@@ -355,19 +368,15 @@ pub(super) fn move_into_blocks(txn: &WriteTransaction) -> Result<(), StoreError>
         if agent.as_deref() != Some(agent_id)
             && let Some(previous) = agent.replace(agent_id.to_owned())
         {
-            close(&previous, std::mem::take(&mut block))?;
+            put_open(&mut open, &previous, &std::mem::take(&mut block))?;
         }
         block.records.push(record);
         if block.records.len() == BLOCK {
-            let full = std::mem::take(&mut block.records);
-            block.flushed_upto = full[full.len() - 1].sequence;
-            let key = block_key(agent_id, full[0].sequence);
-            let bytes = encode("history_blocks", &key, &full)?;
-            blocks.insert(key.as_str(), bytes.as_slice()).map_err(blocks_error)?;
+            block.flush(&mut blocks, agent_id)?;
         }
     }
     if let Some(previous) = agent {
-        close(&previous, block)?;
+        put_open(&mut open, &previous, &block)?;
     }
     drop(old);
     txn.delete_table(HISTORY).map_err(|e| StoreError::table("history", e))?;
